@@ -1,0 +1,448 @@
+/**
+ * Elementwise ops: unary math, binary arithmetic and comparisons with NumPy broadcasting, `where`, casts
+ * and contiguous copies. Same signature on both backends; the cpu path is the float64 reference.
+ * @module
+ */
+
+import { checkDType, type DType, isFloat, promote } from "../../runtime/dtype.ts";
+import { gpu } from "../../runtime/device.ts";
+import { broadcastShapes, contiguousStrides, fmt } from "../../runtime/shape.ts";
+import { type Operand, Tensor } from "../../runtime/tensor.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { binaryRef, intBinaryRef, mapRef, toDType, unaryRef } from "./elementwise_ref.ts";
+import { binaryWgsl, elementwiseSource, EW_WG, EW_WORDS, MAX_RANK, unaryWgsl } from "./elementwise_wgsl.ts";
+import { coalesce, computeType, empty, operand, sameDevice, Uniforms } from "./util.ts";
+
+/**
+ * Runs an elementwise kernel over inputs already broadcast to one shape. `computeTypes[k]` is the WGSL type
+ * input k is converted to before `expr`.
+ */
+function mapOp(
+  op: string,
+  inputs: Tensor[],
+  outDtype: DType,
+  ref: (...x: number[]) => number,
+  expr: string,
+  computeTypes: string[],
+): Tensor {
+  const shape = inputs[0].shape;
+  const out = empty(op, shape, outDtype, inputs[0].device);
+  if (out.size === 0) return out;
+  if (out.device === "cpu") {
+    mapRef(inputs, out.storage.data!, ref);
+    return out;
+  }
+  const c = coalesce(shape, [contiguousStrides(shape), ...inputs.map((t) => t.strides)]);
+  if (c.shape.length > MAX_RANK) {
+    throw new Error(`${op}: ${fmt(shape)} needs ${c.shape.length} strided dims; at most ${MAX_RANK} are supported`);
+  }
+  const outStrides = c.strides[0];
+  const contig = inputs.map((_, k) => c.strides[k + 1].every((s, d) => s === outStrides[d]));
+  const u = new Uniforms().u32(out.size, c.shape.length, ...inputs.map((t) => t.offset)).padTo(8);
+  u.u32(...c.shape).padTo(16);
+  inputs.forEach((_, k) => u.u32(...c.strides[k + 1]).padTo(24 + 8 * k));
+  u.padTo(EW_WORDS);
+  const dtypes = inputs.map((t) => t.dtype);
+  gpu().run({
+    name: op,
+    key: `${expr}|${dtypes.join(",")}>${outDtype}|${contig.map(Number).join("")}|${computeTypes.join(",")}`,
+    source: () => elementwiseSource(dtypes, outDtype, expr, contig, computeTypes),
+    inputs: inputs.map((t) => t.storage.buffer!),
+    outputs: [out.storage.buffer!],
+    uniforms: u.build(),
+    workgroups: grid(out.size, EW_WG),
+  });
+  return out;
+}
+
+/** Broadcast views of tensors to their common shape (caller disposes). */
+function broadcastAll(op: string, ts: Tensor[]): Tensor[] {
+  const shape = broadcastShapes(op, ...ts.map((t) => t.shape));
+  return ts.map((t) => t.expand(shape));
+}
+
+/** Unary ops that keep an integer dtype; the rest compute in f32 for integer inputs. */
+const INT_UNARY = new Set(["neg", "abs", "relu", "copy"]);
+
+function unary(op: string, x: Tensor): Tensor {
+  x.check(op);
+  if (op === "neg" && x.dtype === "u32") throw new Error(`neg: ${x.describe()} is unsigned; cast to i32 first`);
+  const keep = isFloat(x.dtype) || INT_UNARY.has(op);
+  const out: DType = keep ? x.dtype : "f32";
+  const ct = keep ? computeType(x.dtype) : "f32";
+  const expr = op === "abs" && x.dtype === "u32" ? "a" : unaryWgsl[op];
+  return mapOp(op, [x], out, unaryRef[op], expr, [ct]);
+}
+
+const COMPARE = new Set(["eq", "ne", "lt", "le", "gt", "ge"]);
+const FLOAT_ONLY = new Set(["div", "pow"]);
+
+function binary(op: string, a: Operand, b: Operand): Tensor {
+  if (!(a instanceof Tensor) && !(b instanceof Tensor)) throw new Error(`${op}: needs at least one Tensor operand`);
+  const ta = a instanceof Tensor ? a : operand(a, b as Tensor);
+  const tb = b instanceof Tensor ? b : operand(b, ta);
+  try {
+    sameDevice(op, ta, tb);
+    let dtype = promote(ta.dtype, tb.dtype);
+    if (FLOAT_ONLY.has(op) && !isFloat(dtype)) dtype = "f32";
+    const out: DType = COMPARE.has(op) ? "u32" : dtype;
+    const ct = computeType(dtype);
+    const views = broadcastAll(op, [ta, tb]);
+    const int = !isFloat(dtype);
+    const ref = (int && intBinaryRef[op]) || binaryRef[op];
+    const r = mapOp(op, views, out, ref, binaryWgsl[op], [ct, ct]);
+    views.forEach((v) => v.dispose());
+    return r;
+  } finally {
+    if (ta !== a) ta.dispose();
+    if (tb !== b) tb.dispose();
+  }
+}
+
+/**
+ * Elementwise `a + b` with NumPy broadcasting; numbers act as scalars. Mixed dtypes promote
+ * (u32 < i32 < f16 < f32).
+ *
+ * @example
+ * ```ts
+ * import { add, tensor } from "seqlab";
+ * console.log(await add(tensor([[1], [2]]), tensor([10, 20, 30])).toArray()); // [11, 21, 31, 12, 22, 32]
+ * ```
+ */
+export function add(a: Operand, b: Operand): Tensor {
+  return binary("add", a, b);
+}
+/**
+ * Elementwise `a - b` with broadcasting.
+ * @example
+ * ```ts
+ * import { sub, tensor } from "seqlab";
+ * console.log(await sub(tensor([5, 7]), 2).toArray()); // [3, 5]
+ * ```
+ */
+export function sub(a: Operand, b: Operand): Tensor {
+  return binary("sub", a, b);
+}
+/**
+ * Elementwise `a * b` with broadcasting.
+ * @example
+ * ```ts
+ * import { mul, tensor } from "seqlab";
+ * console.log(await mul(tensor([1, 2]), tensor([3, 4])).toArray()); // [3, 8]
+ * ```
+ */
+export function mul(a: Operand, b: Operand): Tensor {
+  return binary("mul", a, b);
+}
+/**
+ * Elementwise true division (integers divide as f32).
+ * @example
+ * ```ts
+ * import { div, tensor } from "seqlab";
+ * console.log(await div(tensor([1, 3]), 2).toArray()); // [0.5, 1.5]
+ * ```
+ */
+export function div(a: Operand, b: Operand): Tensor {
+  return binary("div", a, b);
+}
+/**
+ * Elementwise power; a negative base with an integral exponent keeps its sign.
+ * @example
+ * ```ts
+ * import { pow, tensor } from "seqlab";
+ * console.log(await pow(tensor([-2, 3]), 3).toArray()); // [-8, 27]
+ * ```
+ */
+export function pow(a: Operand, b: Operand): Tensor {
+  return binary("pow", a, b);
+}
+/**
+ * Elementwise maximum; NaN in either operand gives NaN.
+ * @example
+ * ```ts
+ * import { maximum, tensor } from "seqlab";
+ * console.log(await maximum(tensor([1, 5]), 3).toArray()); // [3, 5]
+ * ```
+ */
+export function maximum(a: Operand, b: Operand): Tensor {
+  return binary("maximum", a, b);
+}
+/**
+ * Elementwise minimum; NaN in either operand gives NaN.
+ * @example
+ * ```ts
+ * import { minimum, tensor } from "seqlab";
+ * console.log(await minimum(tensor([1, 5]), 3).toArray()); // [1, 3]
+ * ```
+ */
+export function minimum(a: Operand, b: Operand): Tensor {
+  return binary("minimum", a, b);
+}
+/**
+ * `a == b` as u32 0/1.
+ * @example
+ * ```ts
+ * import { eq, tensor } from "seqlab";
+ * console.log(await eq(tensor([1, 2]), 2).toArray()); // Uint32Array [0, 1]
+ * ```
+ */
+export function eq(a: Operand, b: Operand): Tensor {
+  return binary("eq", a, b);
+}
+/**
+ * `a != b` as u32 0/1 (true for NaN).
+ * @example
+ * ```ts
+ * import { ne, tensor } from "seqlab";
+ * console.log(await ne(tensor([1, 2]), 2).toArray()); // Uint32Array [1, 0]
+ * ```
+ */
+export function ne(a: Operand, b: Operand): Tensor {
+  return binary("ne", a, b);
+}
+/**
+ * `a < b` as u32 0/1.
+ * @example
+ * ```ts
+ * import { lt, tensor } from "seqlab";
+ * console.log(await lt(tensor([1, 2]), 2).toArray()); // Uint32Array [1, 0]
+ * ```
+ */
+export function lt(a: Operand, b: Operand): Tensor {
+  return binary("lt", a, b);
+}
+/**
+ * `a <= b` as u32 0/1.
+ * @example
+ * ```ts
+ * import { le, tensor } from "seqlab";
+ * console.log(await le(tensor([1, 3]), 2).toArray()); // Uint32Array [1, 0]
+ * ```
+ */
+export function le(a: Operand, b: Operand): Tensor {
+  return binary("le", a, b);
+}
+/**
+ * `a > b` as u32 0/1.
+ * @example
+ * ```ts
+ * import { gt, tensor } from "seqlab";
+ * console.log(await gt(tensor([1, 3]), 2).toArray()); // Uint32Array [0, 1]
+ * ```
+ */
+export function gt(a: Operand, b: Operand): Tensor {
+  return binary("gt", a, b);
+}
+/**
+ * `a >= b` as u32 0/1.
+ * @example
+ * ```ts
+ * import { ge, tensor } from "seqlab";
+ * console.log(await ge(tensor([1, 2]), 2).toArray()); // Uint32Array [0, 1]
+ * ```
+ */
+export function ge(a: Operand, b: Operand): Tensor {
+  return binary("ge", a, b);
+}
+
+/**
+ * Picks `a` where `cond` is non-zero, else `b`, with broadcasting over all three.
+ *
+ * @example
+ * ```ts
+ * import { tensor, where } from "seqlab";
+ * const x = tensor([-1, 2, -3]);
+ * console.log(await where(x.gt(0), x, 0).toArray()); // [0, 2, 0]
+ * ```
+ */
+export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
+  cond.check("where");
+  const ta = a instanceof Tensor ? a : operand(a, b instanceof Tensor ? b : cond);
+  const tb = b instanceof Tensor ? b : operand(b, ta);
+  try {
+    sameDevice("where", cond, ta, tb);
+    const dtype = promote(ta.dtype, tb.dtype);
+    const ct = computeType(dtype), cc = computeType(cond.dtype);
+    const views = broadcastAll("where", [ta, tb, cond]);
+    const r = mapOp("where", views, dtype, (x, y, c) => (c !== 0 ? x : y), `select(b, a, c != ${cc}(0))`, [
+      ct,
+      ct,
+      cc,
+    ]);
+    views.forEach((v) => v.dispose());
+    return r;
+  } finally {
+    if (ta !== a) ta.dispose();
+    if (tb !== b) tb.dispose();
+  }
+}
+
+/**
+ * A contiguous copy of a view (a plain new view when the layout is already contiguous).
+ *
+ * @example
+ * ```ts
+ * import { arange, contiguous } from "seqlab";
+ * const t = contiguous(arange(6).reshape([2, 3]).transpose());
+ * console.log(t.isContiguous, await t.toArray()); // true [0, 3, 1, 4, 2, 5]
+ * ```
+ */
+export function contiguous(x: Tensor): Tensor {
+  x.check("contiguous");
+  if (x.isContiguous) return x.view(x.shape, contiguousStrides(x.shape), x.offset);
+  return mapOp("contiguous", [x], x.dtype, unaryRef.copy, "a", [computeType(x.dtype)]);
+}
+
+/**
+ * Converts elements to another dtype (floats to ints truncate toward zero and saturate; NaN becomes 0).
+ *
+ * @example
+ * ```ts
+ * import { cast, tensor } from "seqlab";
+ * console.log(await cast(tensor([1.7, -2.5]), "i32").toArray()); // Int32Array [1, -2]
+ * ```
+ */
+export function cast(x: Tensor, dtype: DType): Tensor {
+  x.check("cast");
+  checkDType("cast", dtype);
+  if (dtype === x.dtype) return contiguous(x);
+  const ct = isFloat(dtype) ? "f32" : computeType(x.dtype);
+  // WGSL float-to-int conversion saturates; NaN maps to 0 on the reference and is pinned here to match
+  const expr = isFloat(x.dtype) && !isFloat(dtype) ? `select(a, 0.0, is_nan(a))` : "a";
+  // int-to-int casts reinterpret modulo 2^32 (as WGSL does); float-to-int follows toDType
+  const ref = isFloat(x.dtype) ? (v: number) => toDType(v, dtype) : (v: number) => v;
+  return mapOp("cast", [x], dtype, ref, expr, [isFloat(x.dtype) ? "f32" : ct]);
+}
+
+/**
+ * Elementwise negation.
+ * @example
+ * ```ts
+ * import { neg, tensor } from "seqlab";
+ * console.log(await neg(tensor([1, -2])).toArray()); // [-1, 2]
+ * ```
+ */
+export function neg(x: Tensor): Tensor {
+  return unary("neg", x);
+}
+/**
+ * Elementwise absolute value.
+ * @example
+ * ```ts
+ * import { abs, tensor } from "seqlab";
+ * console.log(await abs(tensor([1, -2])).toArray()); // [1, 2]
+ * ```
+ */
+export function abs(x: Tensor): Tensor {
+  return unary("abs", x);
+}
+/**
+ * Elementwise e^x.
+ * @example
+ * ```ts
+ * import { exp, tensor } from "seqlab";
+ * console.log(await exp(tensor([0])).toArray()); // [1]
+ * ```
+ */
+export function exp(x: Tensor): Tensor {
+  return unary("exp", x);
+}
+/**
+ * Elementwise natural logarithm.
+ * @example
+ * ```ts
+ * import { log, tensor } from "seqlab";
+ * console.log(await log(tensor([1])).toArray()); // [0]
+ * ```
+ */
+export function log(x: Tensor): Tensor {
+  return unary("log", x);
+}
+/**
+ * Elementwise square root.
+ * @example
+ * ```ts
+ * import { sqrt, tensor } from "seqlab";
+ * console.log(await sqrt(tensor([4, 9])).toArray()); // [2, 3]
+ * ```
+ */
+export function sqrt(x: Tensor): Tensor {
+  return unary("sqrt", x);
+}
+/**
+ * Elementwise 1 / sqrt(x).
+ * @example
+ * ```ts
+ * import { rsqrt, tensor } from "seqlab";
+ * console.log(await rsqrt(tensor([4])).toArray()); // [0.5]
+ * ```
+ */
+export function rsqrt(x: Tensor): Tensor {
+  return unary("rsqrt", x);
+}
+/**
+ * Elementwise max(x, 0) (NaN stays NaN).
+ * @example
+ * ```ts
+ * import { relu, tensor } from "seqlab";
+ * console.log(await relu(tensor([-1, 2])).toArray()); // [0, 2]
+ * ```
+ */
+export function relu(x: Tensor): Tensor {
+  return unary("relu", x);
+}
+/**
+ * Elementwise GELU, the exact erf form 0.5 x (1 + erf(x / sqrt 2)).
+ * @example
+ * ```ts
+ * import { gelu, tensor } from "seqlab";
+ * console.log(await gelu(tensor([0, 1])).toArray()); // [0, 0.8413]
+ * ```
+ */
+export function gelu(x: Tensor): Tensor {
+  return unary("gelu", x);
+}
+/**
+ * Elementwise SiLU (swish): x * sigmoid(x).
+ * @example
+ * ```ts
+ * import { silu, tensor } from "seqlab";
+ * console.log(await silu(tensor([0])).toArray()); // [0]
+ * ```
+ */
+export function silu(x: Tensor): Tensor {
+  return unary("silu", x);
+}
+/**
+ * Elementwise logistic sigmoid.
+ * @example
+ * ```ts
+ * import { sigmoid, tensor } from "seqlab";
+ * console.log(await sigmoid(tensor([0])).toArray()); // [0.5]
+ * ```
+ */
+export function sigmoid(x: Tensor): Tensor {
+  return unary("sigmoid", x);
+}
+/**
+ * Elementwise hyperbolic tangent.
+ * @example
+ * ```ts
+ * import { tanh, tensor } from "seqlab";
+ * console.log(await tanh(tensor([0])).toArray()); // [0]
+ * ```
+ */
+export function tanh(x: Tensor): Tensor {
+  return unary("tanh", x);
+}
+/**
+ * Elementwise softplus log(1 + e^x), stable for large |x|.
+ * @example
+ * ```ts
+ * import { softplus, tensor } from "seqlab";
+ * console.log(await softplus(tensor([0])).toArray()); // [0.6931]
+ * ```
+ */
+export function softplus(x: Tensor): Tensor {
+  return unary("softplus", x);
+}

@@ -1,0 +1,128 @@
+/**
+ * WGSL for elementwise ops: one generator for any number of inputs and an expression.
+ *
+ * Versions:
+ * - v1 strided: one invocation per output element; each input's index is decoded from the output position
+ *   through shape/strides in the uniform block (rank <= 8 after coalescing). Serves views and broadcasts.
+ * - v2 contiguous: the same with `offset + gid` indexing for inputs already laid out like the output
+ *   (the common case), chosen per input, so no div/mod per element.
+ * @module
+ */
+
+import type { DType } from "../../runtime/dtype.ts";
+import { flatId } from "../../runtime/webgpu.ts";
+import { binding, computeType, enables, uniformDecl, WGSL_MATH } from "./util.ts";
+
+/** Max rank after coalescing. */
+export const MAX_RANK = 8;
+/** Uniform layout: [n, rank, off0..off3], shape at 8, strides of input k at 16 + 8k. */
+export const EW_WORDS = 16 + 8 * 4;
+export const EW_WG = 64;
+
+/** WGSL expressions of the unary ops over `a` (compute type f32, or the int type for int-safe ops). */
+export const unaryWgsl: Record<string, string> = {
+  neg: "-a",
+  abs: "abs(a)",
+  exp: "exp(a)",
+  log: "log(a)",
+  sqrt: "sqrt(a)",
+  rsqrt: "inverseSqrt(a)",
+  relu: "select(a, 0, a < 0)",
+  gelu: "0.5 * a * (1.0 + erf_(a * 0.70710678118654752))",
+  silu: "a / (1.0 + exp(-a))",
+  sigmoid: "1.0 / (1.0 + exp(-a))",
+  tanh: "tanh_(a)",
+  softplus: "max(a, 0.0) + log(1.0 + exp(-abs(a)))",
+  copy: "a",
+};
+
+/** WGSL expressions of the binary ops over `a`, `b`. */
+export const binaryWgsl: Record<string, string> = {
+  add: "a + b",
+  sub: "a - b",
+  mul: "a * b",
+  div: "a / b",
+  pow: "pow_(a, b)",
+  maximum: "max_(a, b)",
+  minimum: "min_(a, b)",
+  eq: "select(0u, 1u, a == b)",
+  ne: "select(0u, 1u, a != b)",
+  lt: "select(0u, 1u, a < b)",
+  le: "select(0u, 1u, a <= b)",
+  gt: "select(0u, 1u, a > b)",
+  ge: "select(0u, 1u, a >= b)",
+};
+
+const FLOAT_FNS = `
+// erf: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7)
+fn erf_(x: f32) -> f32 {
+  let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+  let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+  return select(y, -y, x < 0.0);
+}
+// tanh without overflow for large |x|
+fn tanh_(x: f32) -> f32 {
+  if (is_nan(x)) { return x; }
+  let e = exp(-2.0 * abs(x));
+  let y = (1.0 - e) / (1.0 + e);
+  return select(y, -y, x < 0.0);
+}
+fn pow_(a: f32, b: f32) -> f32 {
+  if (b == 0.0) { return 1.0; }
+  if (b == 1.0) { return a; }
+  if (b == 2.0) { return a * a; }
+  if (b == 0.5) { return sqrt(a); }
+  let r = pow(abs(a), b);
+  if (a < 0.0) {
+    if (fract(b) != 0.0) { return nan(); }
+    if (fract(b * 0.5) != 0.0) { return -r; }
+  }
+  return r;
+}
+fn max_(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, is_nan(a) || is_nan(b)); }
+fn min_(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, is_nan(a) || is_nan(b)); }
+`;
+
+/** Builds the shader for an elementwise op. `contig[k]` marks inputs indexed as `offset + gid`. */
+export function elementwiseSource(
+  inputs: DType[],
+  out: DType,
+  expr: string,
+  contig: boolean[],
+  computeTypes: string[],
+): string {
+  const names = ["a", "b", "c"];
+  const binds = inputs.map((d, k) => binding(k + 1, `in${k}`, d)).join("\n");
+  const intMax = computeTypes.every((t) => t !== "f32")
+    ? "fn max_(a: " + computeTypes[0] + ", b: " + computeTypes[0] + ") -> " + computeTypes[0] +
+      " { return max(a, b); }\nfn min_(a: " + computeTypes[0] + ", b: " + computeTypes[0] + ") -> " +
+      computeTypes[0] + " { return min(a, b); }"
+    : "";
+  const needStrided = contig.some((c) => !c);
+  const index = inputs.map((_, k) => contig[k] ? `let i${k} = U(${2 + k}u) + gid;` : `var i${k} = U(${2 + k}u);`)
+    .join("\n  ");
+  const decode = needStrided
+    ? `var rem = gid;
+  for (var d = i32(U(1u)) - 1; d >= 0; d--) {
+    let n = U(8u + u32(d));
+    let c = rem % n;
+    rem = rem / n;
+    ${inputs.map((_, k) => contig[k] ? "" : `i${k} += c * U(${16 + 8 * k}u + u32(d));`).join(" ")}
+  }`
+    : "";
+  const loads = inputs.map((_, k) => `let ${names[k]} = ${computeTypes[k]}(in${k}[i${k}]);`).join("\n  ");
+  return `${enables(...inputs, out)}${uniformDecl(EW_WORDS)}
+${binds}
+${binding(inputs.length + 1, "out", out, true)}
+${WGSL_MATH}
+${computeTypes.includes("f32") ? FLOAT_FNS : intMax}
+${flatId(EW_WG)}
+  if (gid >= U(0u)) { return; }
+  ${index}
+  ${decode}
+  ${loads}
+  out[gid] = ${out === "f16" ? "f16" : out}(${expr});
+}`;
+}
+
+export { computeType };

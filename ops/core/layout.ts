@@ -1,0 +1,147 @@
+/**
+ * Layout ops: concat, stack, gather (indexSelect / embedding lookup).
+ * @module
+ */
+
+import { type DType, isFloat, promote } from "../../runtime/dtype.ts";
+import { gpu } from "../../runtime/device.ts";
+import { fmt, normAxis, numel } from "../../runtime/shape.ts";
+import type { Tensor } from "../../runtime/tensor.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { cast, contiguous } from "./elementwise.ts";
+import { copyIntoRef, gatherRef } from "./layout_ref.ts";
+import { copyIntoSource, GATHER_OOB, gatherSource, LAYOUT_WG } from "./layout_wgsl.ts";
+import { empty, sameDevice, Uniforms } from "./util.ts";
+
+/**
+ * Joins tensors along an existing `axis` (default 0). All other dims must match; dtypes promote.
+ *
+ * @example
+ * ```ts
+ * import { concat, tensor } from "seqlab";
+ * console.log(concat([tensor([[1, 2]]), tensor([[3, 4], [5, 6]])], 0).shape); // [3, 2]
+ * ```
+ */
+export function concat(tensors: readonly Tensor[], axis = 0): Tensor {
+  if (!Array.isArray(tensors) || tensors.length === 0) throw new Error("concat: needs a non-empty array of tensors");
+  const device = sameDevice("concat", ...tensors);
+  const first: Tensor = tensors[0];
+  if (first.rank === 0) throw new Error("concat: cannot concatenate scalars; use stack");
+  const a = normAxis("concat", axis, first.rank);
+  for (const t of tensors) {
+    if (t.rank !== first.rank || t.shape.some((d: number, i: number) => i !== a && d !== first.shape[i])) {
+      throw new Error(
+        `concat: shapes must match except on axis ${a}: ${tensors.map((x) => fmt(x.shape)).join(", ")}`,
+      );
+    }
+  }
+  const dtype = tensors.map((t) => t.dtype).reduce(promote);
+  const total = tensors.reduce((s, t) => s + t.shape[a], 0);
+  const outShape = first.shape.map((d, i) => (i === a ? total : d));
+  const out = empty("concat", outShape, dtype, device);
+  if (out.size === 0) return out;
+  const outer = numel(first.shape.slice(0, a)), inner = numel(first.shape.slice(a + 1));
+  let colOff = 0;
+  for (const t of tensors) {
+    const cols = t.shape[a] * inner;
+    if (cols > 0) {
+      const c0 = t.dtype === dtype ? t : cast(t, dtype);
+      const src = contiguous(c0);
+      if (c0 !== t) c0.dispose();
+      if (device === "cpu") {
+        copyIntoRef(src.storage.data!, src.offset, outer, cols, out.storage.data!, total * inner, colOff);
+      } else {
+        gpu().run({
+          name: "concat",
+          key: dtype,
+          source: () => copyIntoSource(dtype),
+          inputs: [src.storage.buffer!],
+          outputs: [out.storage.buffer!],
+          uniforms: new Uniforms().u32(outer, cols, total * inner, colOff, src.offset).build(),
+          workgroups: grid(outer * cols, LAYOUT_WG),
+        });
+      }
+      src.dispose();
+    }
+    colOff += cols;
+  }
+  return out;
+}
+
+/**
+ * Joins equally shaped tensors along a new `axis` (default 0).
+ *
+ * @example
+ * ```ts
+ * import { stack, tensor } from "seqlab";
+ * console.log(stack([tensor([1, 2]), tensor([3, 4])], 1).shape); // [2, 2]
+ * ```
+ */
+export function stack(tensors: readonly Tensor[], axis = 0): Tensor {
+  if (!Array.isArray(tensors) || tensors.length === 0) throw new Error("stack: needs a non-empty array of tensors");
+  const shape: readonly number[] = tensors[0].check("stack").shape;
+  for (const t of tensors) {
+    if (t.check("stack").rank !== shape.length || t.shape.some((d: number, i: number) => d !== shape[i])) {
+      throw new Error(`stack: all tensors must have one shape: ${tensors.map((x) => fmt(x.shape)).join(", ")}`);
+    }
+  }
+  const a = normAxis("stack", axis, shape.length + 1);
+  const views = tensors.map((t) => t.unsqueeze(a));
+  try {
+    return concat(views, a);
+  } finally {
+    views.forEach((v) => v.dispose());
+  }
+}
+
+/**
+ * Selects entries of `x` along `axis` (default 0) by integer `indices` (i32 or u32, any shape): the
+ * result has shape x.shape[:axis] + indices.shape + x.shape[axis+1:]. With axis 0 this is an embedding
+ * lookup. An index outside [0, size) is an error (on webgpu, reported at the next readback).
+ *
+ * @example
+ * ```ts
+ * import { gather, tensor } from "seqlab";
+ * const table = tensor([[0, 0], [1, 1], [2, 2]]);
+ * console.log(await gather(table, tensor([2, 0], { dtype: "i32" })).toArray()); // [2, 2, 0, 0]
+ * ```
+ */
+export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
+  const device = sameDevice("gather", x, indices);
+  if (isFloat(indices.dtype)) {
+    throw new Error(`gather: indices must be i32 or u32, got ${indices.describe()}`);
+  }
+  if (x.rank === 0) throw new Error(`gather: cannot index a scalar ${x.describe()}`);
+  const a = normAxis("gather", axis, x.rank);
+  const outShape = [...x.shape.slice(0, a), ...indices.shape, ...x.shape.slice(a + 1)];
+  const outer = numel(x.shape.slice(0, a)), A = x.shape[a], inner = numel(x.shape.slice(a + 1));
+  const I = indices.size;
+  const out = empty("gather", outShape, x.dtype, device);
+  if (out.size === 0 && I === 0) return out;
+  const src = contiguous(x), idx = contiguous(indices);
+  try {
+    if (device === "cpu") {
+      gatherRef(src.storage.data!, src.offset, outer, A, inner, idx.storage.data!, idx.offset, I, out.storage.data!, "gather");
+      return out;
+    }
+    if (out.size === 0) return out;
+    const ctx = gpu();
+    ctx.diagnostic(GATHER_OOB, (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`);
+    ctx.run({
+      name: "gather",
+      key: `${x.dtype}|${indices.dtype}`,
+      source: () => gatherSource(x.dtype, indices.dtype as DType),
+      inputs: [src.storage.buffer!, idx.storage.buffer!],
+      outputs: [out.storage.buffer!, ctx.diagnostics],
+      uniforms: new Uniforms().u32(outer, A, inner, I, src.offset, idx.offset).build(),
+      workgroups: grid(out.size, LAYOUT_WG),
+    });
+    return out;
+  } catch (e) {
+    out.dispose();
+    throw e;
+  } finally {
+    src.dispose();
+    idx.dispose();
+  }
+}

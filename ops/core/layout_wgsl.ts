@@ -1,0 +1,56 @@
+/**
+ * WGSL layout kernels.
+ *
+ * Versions:
+ * - copyInto v1: one invocation per source element (concat writes each input at its column offset).
+ * - gather v1: one invocation per output element; an index outside [0, A) writes 0 and raises a
+ *   diagnostic that the next readback turns into an error (no garbage reads, no silent clamp).
+ * @module
+ */
+
+import type { DType } from "../../runtime/dtype.ts";
+import { flatId } from "../../runtime/webgpu.ts";
+import { binding, enables, uniformDecl } from "./util.ts";
+
+export const LAYOUT_WG = 64;
+
+/** Uniforms: [outer, cols, dstCols, colOff, srcOff]. */
+export function copyIntoSource(dtype: DType): string {
+  return `${enables(dtype)}${uniformDecl(8)}
+${binding(1, "src", dtype)}
+${binding(2, "dst", dtype, true)}
+${flatId(LAYOUT_WG)}
+  let outer = U(0u); let cols = U(1u);
+  if (gid >= outer * cols) { return; }
+  let o = gid / cols; let c = gid % cols;
+  dst[o * U(2u) + U(3u) + c] = src[U(4u) + gid];
+}`;
+}
+
+/** The diagnostic code gather raises for an index out of range. */
+export const GATHER_OOB = 1;
+
+/** Uniforms: [outer, A, inner, I, xOff, idxOff]. */
+export function gatherSource(dtype: DType, idxType: DType): string {
+  return `${enables(dtype)}${uniformDecl(8)}
+${binding(1, "x", dtype)}
+${binding(2, "idx", idxType)}
+${binding(3, "out", dtype, true)}
+@group(0) @binding(4) var<storage, read_write> diag: array<atomic<u32>, 4>;
+${flatId(LAYOUT_WG)}
+  let outer = U(0u); let A = U(1u); let inner = U(2u); let I = U(3u);
+  if (gid >= outer * I * inner) { return; }
+  let i = gid % inner;
+  let j = (gid / inner) % I;
+  let o = gid / (inner * I);
+  let k = idx[U(5u) + j];
+  if (${idxType === "i32" ? "k < 0 || " : ""}u32(k) >= A) {
+    atomicStore(&diag[1], u32(k));
+    atomicStore(&diag[2], A);
+    atomicStore(&diag[0], ${GATHER_OOB}u);
+    out[gid] = ${dtype}(0);
+    return;
+  }
+  out[gid] = x[U(4u) + (o * A + u32(k)) * inner + i];
+}`;
+}

@@ -1,0 +1,232 @@
+/**
+ * Reductions along axes (sum, mean, max, min, argmax) with keepdims, and cumsum.
+ * @module
+ */
+
+import { type DType, isFloat } from "../../runtime/dtype.ts";
+import { gpu } from "../../runtime/device.ts";
+import { fmt, normAxis, numel } from "../../runtime/shape.ts";
+import type { Tensor } from "../../runtime/tensor.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { contiguous } from "./elementwise.ts";
+import { cumsumRef, type ReduceKind, reduceRef } from "./reduce_ref.ts";
+import { cumsumSource, RED_WG, reduceSource } from "./reduce_wgsl.ts";
+import { empty, Uniforms } from "./util.ts";
+
+/** Axis argument: one axis, several, or all (undefined/null). */
+export type Axes = number | readonly number[] | null | undefined;
+
+/** Lays `x` out as contiguous (outer, R, inner) for reducing `axes`; also the result shapes. */
+function plan(op: string, x: Tensor, axes: Axes, keepdims: boolean) {
+  x.check(op);
+  const rank = x.rank;
+  let list = axes === undefined || axes === null
+    ? [...Array(rank).keys()]
+    : (typeof axes === "number" ? [axes] : [...axes]).map((a) => normAxis(op, a, rank));
+  list = [...new Set(list)].sort((a, b) => a - b);
+  if (rank === 0) list = [];
+  const outShape = keepdims
+    ? x.shape.map((d, i) => (list.includes(i) ? 1 : d))
+    : x.shape.filter((_, i) => !list.includes(i));
+  const R = numel(list.map((a) => x.shape[a]));
+  let src: Tensor, outer: number, inner: number;
+  const consecutive = list.every((a, i) => i === 0 || a === list[i - 1] + 1);
+  if (list.length === 0) {
+    src = contiguous(x);
+    outer = x.size;
+    inner = 1;
+  } else if (consecutive) {
+    src = contiguous(x);
+    outer = numel(x.shape.slice(0, list[0]));
+    inner = numel(x.shape.slice(list[list.length - 1] + 1));
+  } else {
+    const kept = [...Array(rank).keys()].filter((a) => !list.includes(a));
+    const p = x.permute([...kept, ...list]);
+    src = contiguous(p);
+    p.dispose();
+    outer = numel(kept.map((a) => x.shape[a]));
+    inner = 1;
+  }
+  return { src, outer, R, inner, outShape };
+}
+
+function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Tensor {
+  const { src, outer, R, inner, outShape } = plan(kind, x, axes, keepdims);
+  try {
+    if (R === 0 && kind !== "sum" && kind !== "mean") {
+      throw new Error(`${kind}: cannot reduce over an empty dimension of ${x.describe()} (axis ${String(axes)})`);
+    }
+    const outDtype: DType = kind === "argmax" ? "i32" : kind === "mean" && !isFloat(x.dtype) ? "f32" : x.dtype;
+    const out = empty(kind, outShape, outDtype, x.device);
+    if (out.size === 0) return out;
+    if (x.device === "cpu") {
+      reduceRef(kind, src.storage.data!, src.offset, outer, R, inner, out.storage.data!);
+      return out;
+    }
+    const ctx = gpu();
+    const scale = kind === "mean" ? 1 / R : 1;
+    const run = (input: Tensor, offset: number, R_: number, chunk: number, C: number, target: Tensor, s: number) =>
+      ctx.run({
+        name: kind,
+        key: `${kind}|${input.dtype}>${target.dtype}`,
+        source: () => reduceSource(kind, input.dtype, target.dtype),
+        inputs: [input.storage.buffer!],
+        outputs: [target.storage.buffer!],
+        uniforms: new Uniforms().u32(outer, R_, inner, offset, chunk, C).f32(s).padTo(8).build(),
+        workgroups: grid(outer * C * inner, RED_WG),
+      });
+    // v2: split long reductions with few outputs into chunks, then reduce the partials
+    const outputs = outer * inner;
+    if (kind !== "argmax" && outputs < 4096 && R >= 1024 && (kind !== "sum" || isFloat(x.dtype) || true)) {
+      const C = Math.min(Math.ceil(R / 256), Math.max(1, Math.floor(65536 / outputs)));
+      const chunk = Math.ceil(R / C);
+      const partialKind = kind === "mean" ? "sum" : kind;
+      const partial = empty(kind, [outer, C, inner], isFloat(x.dtype) ? "f32" : x.dtype, x.device);
+      const key = partialKind as ReduceKind;
+      ctx.run({
+        name: kind,
+        key: `${key}|${src.dtype}>${partial.dtype}`,
+        source: () => reduceSource(key, src.dtype, partial.dtype),
+        inputs: [src.storage.buffer!],
+        outputs: [partial.storage.buffer!],
+        uniforms: new Uniforms().u32(outer, R, inner, src.offset, chunk, C).f32(1).padTo(8).build(),
+        workgroups: grid(outer * C * inner, RED_WG),
+      });
+      const finalKind = kind === "mean" ? "mean" : kind;
+      ctx.run({
+        name: kind,
+        key: `${finalKind}|${partial.dtype}>${out.dtype}`,
+        source: () => reduceSource(finalKind, partial.dtype, out.dtype),
+        inputs: [partial.storage.buffer!],
+        outputs: [out.storage.buffer!],
+        uniforms: new Uniforms().u32(outer, C, inner, 0, C, 1).f32(scale).padTo(8).build(),
+        workgroups: grid(outer * inner, RED_WG),
+      });
+      partial.dispose();
+      return out;
+    }
+    run(src, src.offset, R, R, 1, out, scale);
+    return out;
+  } finally {
+    src.dispose();
+  }
+}
+
+/**
+ * Sum over `axis` (one, several, or all when omitted); ints stay ints (wrapping), floats accumulate
+ * compensated in f32 on webgpu and in float64 on cpu.
+ *
+ * @example
+ * ```ts
+ * import { sum, tensor } from "seqlab";
+ * const t = tensor([[1, 2, 3], [4, 5, 6]]);
+ * console.log(await sum(t).item(), await sum(t, 1).toArray(), sum(t, 0, true).shape); // 21 [6, 15] [1, 3]
+ * ```
+ */
+export function sum(x: Tensor, axis?: Axes, keepdims = false): Tensor {
+  return reduce("sum", x, axis, keepdims);
+}
+
+/**
+ * Mean over `axis` (all when omitted); integer inputs give f32. An empty reduction gives NaN.
+ *
+ * @example
+ * ```ts
+ * import { mean, tensor } from "seqlab";
+ * console.log(await mean(tensor([[1, 2], [3, 4]]), -1).toArray()); // [1.5, 3.5]
+ * ```
+ */
+export function mean(x: Tensor, axis?: Axes, keepdims = false): Tensor {
+  return reduce("mean", x, axis, keepdims);
+}
+
+/**
+ * Maximum over `axis` (all when omitted); NaN propagates.
+ *
+ * @example
+ * ```ts
+ * import { max, tensor } from "seqlab";
+ * console.log(await max(tensor([[1, 9], [3, 4]]), 0).toArray()); // [3, 9]
+ * ```
+ */
+export function max(x: Tensor, axis?: Axes, keepdims = false): Tensor {
+  return reduce("max", x, axis, keepdims);
+}
+
+/**
+ * Minimum over `axis` (all when omitted); NaN propagates.
+ *
+ * @example
+ * ```ts
+ * import { min, tensor } from "seqlab";
+ * console.log(await min(tensor([[1, 9], [3, 4]]), 1).toArray()); // [1, 3]
+ * ```
+ */
+export function min(x: Tensor, axis?: Axes, keepdims = false): Tensor {
+  return reduce("min", x, axis, keepdims);
+}
+
+/**
+ * Index (i32) of the first maximum along `axis`, or in the flattened tensor when omitted. NaN counts as
+ * the maximum.
+ *
+ * @example
+ * ```ts
+ * import { argmax, tensor } from "seqlab";
+ * console.log(await argmax(tensor([[1, 9], [5, 4]]), 1).toArray()); // Int32Array [1, 0]
+ * ```
+ */
+export function argmax(x: Tensor, axis?: number | null, keepdims = false): Tensor {
+  if (axis === undefined || axis === null) {
+    const flat = x.check("argmax").reshape([-1]);
+    try {
+      const r = reduce("argmax", flat, 0, false);
+      if (!keepdims) return r;
+      const k = r.reshape(x.shape.map(() => 1));
+      r.dispose();
+      return k;
+    } finally {
+      flat.dispose();
+    }
+  }
+  return reduce("argmax", x, axis, keepdims);
+}
+
+/**
+ * Inclusive cumulative sum along `axis` (default the last).
+ *
+ * @example
+ * ```ts
+ * import { cumsum, tensor } from "seqlab";
+ * console.log(await cumsum(tensor([1, 2, 3, 4])).toArray()); // [1, 3, 6, 10]
+ * ```
+ */
+export function cumsum(x: Tensor, axis = -1): Tensor {
+  x.check("cumsum");
+  if (x.rank === 0) throw new Error(`cumsum: ${x.describe()} is a scalar; it has no axis ${axis}`);
+  const a = normAxis("cumsum", axis, x.rank);
+  const src = contiguous(x);
+  try {
+    const outer = numel(x.shape.slice(0, a)), R = x.shape[a], inner = numel(x.shape.slice(a + 1));
+    const out = empty("cumsum", x.shape, x.dtype, x.device);
+    if (out.size === 0) return out;
+    if (x.device === "cpu") {
+      cumsumRef(src.storage.data!, src.offset, outer, R, inner, out.storage.data!);
+      return out;
+    }
+    gpu().run({
+      name: "cumsum",
+      key: x.dtype,
+      source: () => cumsumSource(x.dtype),
+      inputs: [src.storage.buffer!],
+      outputs: [out.storage.buffer!],
+      uniforms: new Uniforms().u32(outer, R, inner, src.offset).build(),
+      workgroups: grid(outer * inner, RED_WG),
+    });
+    return out;
+  } finally {
+    src.dispose();
+  }
+}
+
+export { fmt };
