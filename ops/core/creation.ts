@@ -8,7 +8,6 @@ import { checkDevice, getDevice, gpu } from "../../runtime/device.ts";
 import { checkShape, fmt, numel, type Shape } from "../../runtime/shape.ts";
 import type { CreateOptions, Tensor } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
-import { toDType } from "./elementwise_ref.ts";
 import { randomRef } from "./random_ref.ts";
 import { arangeSource, fillSource, RAND_WG, randomSource } from "./random_wgsl.ts";
 import { empty, fromArray, Uniforms } from "./util.ts";
@@ -20,6 +19,14 @@ function resolve(op: string, opts: CreateOptions | undefined, fallback: DType = 
   const dtype = opts?.dtype === undefined ? fallback : checkDType(op, opts.dtype);
   const device = opts?.device === undefined ? getDevice() : checkDevice(op, opts.device);
   return { dtype, device, name: opts?.name };
+}
+
+/** Throws unless `v` is an integer that `dtype` (i32 or u32) can hold exactly. */
+function checkInt(op: string, v: number, dtype: DType): void {
+  const [lo, hi] = dtype === "i32" ? [-(2 ** 31), 2 ** 31 - 1] : [0, 2 ** 32 - 1];
+  if (!Number.isInteger(v) || v < lo || v > hi) {
+    throw new Error(`${op}: ${v} is not a valid ${dtype} value (integers in [${lo}, ${hi}]); cast a float tensor instead`);
+  }
 }
 
 function flatten(data: NestedArray): { values: number[]; shape: number[] } {
@@ -79,10 +86,7 @@ export function tensor(
     }
     shape = s;
   }
-  if (!isFloat(dtype) && typed !== dtype) {
-    const conv = Array.from(values, (v) => toDType(v, dtype));
-    return fromArray(conv, shape, dtype, device, name);
-  }
+  if (!isFloat(dtype) && typed !== dtype) for (let i = 0; i < values.length; i++) checkInt("tensor", values[i], dtype);
   return fromArray(values, shape, dtype, device, name);
 }
 
@@ -101,7 +105,8 @@ export function full(shape: Shape, value: number, opts?: CreateOptions): Tensor 
   const out = empty("full", s, dtype, device);
   out.name = name;
   if (out.size === 0) return out;
-  const v = isFloat(dtype) ? value : toDType(value, dtype);
+  if (!isFloat(dtype)) checkInt("full", value, dtype);
+  const v = value;
   if (device === "cpu") {
     out.storage.data!.fill(v);
     return out;

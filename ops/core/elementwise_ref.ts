@@ -18,10 +18,13 @@ export function stridedIndex(i: number, shape: readonly number[], strides: reado
   return idx;
 }
 
-/** Converts a float64 result to what storing into `dtype` should give (WGSL conversion rules for ints). */
+/**
+ * Converts a float to `dtype` the way WGSL does: truncate toward zero and saturate to the largest f32 that
+ * fits (2147483520 for i32, 4294967040 for u32); NaN becomes 0.
+ */
 export function toDType(v: number, dtype: DType): number {
-  if (dtype === "i32") return Number.isNaN(v) ? 0 : Math.min(Math.max(Math.trunc(v), -2147483648), 2147483647);
-  if (dtype === "u32") return Number.isNaN(v) ? 0 : Math.min(Math.max(Math.trunc(v), 0), 4294967295);
+  if (dtype === "i32") return Number.isNaN(v) ? 0 : Math.min(Math.max(Math.trunc(v), -2147483648), 2147483520);
+  if (dtype === "u32") return Number.isNaN(v) ? 0 : Math.min(Math.max(Math.trunc(v), 0), 4294967040);
   return v;
 }
 

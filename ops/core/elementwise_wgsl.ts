@@ -24,9 +24,9 @@ export const unaryWgsl: Record<string, string> = {
   neg: "-a",
   abs: "abs(a)",
   exp: "exp(a)",
-  log: "log(a)",
-  sqrt: "sqrt(a)",
-  rsqrt: "inverseSqrt(a)",
+  log: "log_(a)",
+  sqrt: "sqrt_(a)",
+  rsqrt: "rsqrt_(a)",
   relu: "select(a, 0, a < 0)",
   gelu: "0.5 * a * (1.0 + erf_(a * 0.70710678118654752))",
   silu: "a / (1.0 + exp(-a))",
@@ -46,14 +46,27 @@ export const binaryWgsl: Record<string, string> = {
   maximum: "max_(a, b)",
   minimum: "min_(a, b)",
   eq: "select(0u, 1u, a == b)",
-  ne: "select(0u, 1u, a != b)",
+  ne: "select(0u, 1u, !(a == b))", // true for NaN whatever the driver's != does
   lt: "select(0u, 1u, a < b)",
   le: "select(0u, 1u, a <= b)",
   gt: "select(0u, 1u, a > b)",
   ge: "select(0u, 1u, a >= b)",
 };
 
+// log, sqrt and inverseSqrt are undefined for negative (and zero) inputs in SPIR-V's GLSL.std.450, so
+// the IEEE answers are pinned explicitly rather than left to the driver.
 const FLOAT_FNS = `
+fn log_(x: f32) -> f32 {
+  if (is_nan(x) || x < 0.0) { return nan(); }
+  if (x == 0.0) { return -inf(); }
+  return log(x);
+}
+fn sqrt_(x: f32) -> f32 { return select(sqrt(x), nan(), is_nan(x) || x < 0.0); }
+fn rsqrt_(x: f32) -> f32 {
+  if (is_nan(x) || x < 0.0) { return nan(); }
+  if (x == 0.0) { return select(inf(), -inf(), (bitcast<u32>(x) & 0x80000000u) != 0u); } // 1/sqrt(-0) = -inf
+  return inverseSqrt(x);
+}
 // erf: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7)
 fn erf_(x: f32) -> f32 {
   let t = 1.0 / (1.0 + 0.3275911 * abs(x));
@@ -67,17 +80,27 @@ fn tanh_(x: f32) -> f32 {
   let y = (1.0 - e) / (1.0 + e);
   return select(y, -y, x < 0.0);
 }
+// pow with the IEEE/JavaScript special cases (SPIR-V's pow is undefined for x < 0 and for x = 0, y <= 0)
 fn pow_(a: f32, b: f32) -> f32 {
   if (b == 0.0) { return 1.0; }
+  if (is_nan(a) || is_nan(b)) { return nan(); }
   if (b == 1.0) { return a; }
   if (b == 2.0) { return a * a; }
-  if (b == 0.5) { return sqrt(a); }
-  let r = pow(abs(a), b);
-  if (a < 0.0) {
-    if (fract(b) != 0.0) { return nan(); }
-    if (fract(b * 0.5) != 0.0) { return -r; }
+  let m = abs(a);
+  let neg = (bitcast<u32>(a) & 0x80000000u) != 0u;
+  let integral = abs(b) != inf() && fract(b) == 0.0;
+  let odd = integral && fract(b * 0.5) != 0.0;
+  var r: f32;
+  if (m == 0.0) { r = select(0.0, inf(), b < 0.0); }
+  else if (m == inf()) { r = select(inf(), 0.0, b < 0.0); }
+  else if (abs(b) == inf()) {
+    if (m == 1.0) { return nan(); }
+    r = select(0.0, inf(), (m > 1.0) == (b > 0.0));
+  } else {
+    if (neg && !integral) { return nan(); }
+    r = pow(m, b);
   }
-  return r;
+  return select(r, -r, neg && odd);
 }
 fn max_(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, is_nan(a) || is_nan(b)); }
 fn min_(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, is_nan(a) || is_nan(b)); }
