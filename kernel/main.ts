@@ -1,0 +1,657 @@
+/**
+ * seqlab's Jupyter kernel for TypeScript on Deno.
+ *
+ * Usage: deno run -A --config deno.json kernel/main.ts CONNECTION_FILE
+ *
+ * The main thread speaks the protocol (kernel/zmtp.ts, kernel/wire.ts) and owns the order of
+ * messages; cells run in a Worker (kernel/worker.ts) so that a runaway cell can be interrupted while
+ * the protocol keeps answering. Shell requests are handled one at a time; control requests
+ * (interrupt, shutdown, kernel_info) are answered at once, even while a cell runs.
+ *
+ * For each request: status busy, then every output and the reply, then status idle.
+ *
+ * @module
+ */
+import { EchoRepSocket, type Frames, PubSocket, RouterSocket, setLogger } from "./zmtp.ts";
+import { decode, encode, header, type Header, type Message, PROTOCOL_VERSION, Signer } from "./wire.ts";
+import type { FromWorker, Output, ToWorker } from "./worker.ts";
+import { CTL_INPUT_LEN, CTL_INPUT_STATE, CTL_INTERRUPT, INPUT_INTERRUPTED, INPUT_READY } from "./worker.ts";
+import { DocIndex } from "./docs.ts";
+
+/** Contents of a Jupyter connection file. */
+export interface ConnectionInfo {
+  ip: string;
+  transport: string;
+  shell_port: number;
+  iopub_port: number;
+  stdin_port: number;
+  control_port: number;
+  hb_port: number;
+  key: string;
+  signature_scheme: string;
+  kernel_name?: string;
+}
+
+/** Kernel version reported in kernel_info. */
+export const KERNEL_VERSION = "0.1.0";
+const INTERRUPT_GRACE_MS = 3000;
+const enc = new TextEncoder();
+
+function log(msg: string): void {
+  console.error(`[seqlab kernel] ${msg}`);
+}
+setLogger((m) => log(`zmtp: ${m}`));
+
+type Transform = typeof import("./transform.ts");
+
+interface Running {
+  seq: number;
+  msg: Message;
+  count: number;
+  silent: boolean;
+  resolve: (d: Extract<FromWorker, { type: "done" }>) => void;
+  rewrite?: { mapPosition(line: number, column: number): { line: number; column: number } };
+  label: string;
+}
+
+/** The kernel: sockets, session, worker and request handlers. */
+export class Kernel {
+  readonly session = crypto.randomUUID();
+  private signer: Signer;
+  private shell = new RouterSocket("shell");
+  private control = new RouterSocket("control");
+  private stdin = new RouterSocket("stdin");
+  private iopub = new PubSocket("iopub");
+  private hb = new EchoRepSocket("hb");
+  private executionCount = 0;
+  private history: { line: number; input: string; output: string | null }[] = [];
+  private shellQueue: { msg: Message; socket: RouterSocket }[] = [];
+  private shellBusy = false;
+  private abortQueued = false;
+  private worker!: Worker;
+  private workerReady!: Promise<void>;
+  private ctl = new Int32Array(new SharedArrayBuffer(16));
+  private inputBuf = new Uint8Array(new SharedArrayBuffer(4 * 1024 * 1024));
+  private seq = 0;
+  private running: Running | null = null;
+  private parents = new Map<number, { header: Header; label: string; count: number }>();
+  private lastParent: Partial<Header> = {};
+  private inputWaiting = false;
+  private replyWaiters = new Map<number, (v: unknown) => void>();
+  private replyId = 0;
+  private cellDir = Deno.makeTempDirSync({ prefix: "seqlab-kernel-" });
+  private transform: Promise<Transform> = import("./transform.ts");
+  private docs = new DocIndex();
+  private shuttingDown = false;
+
+  constructor(readonly conn: ConnectionInfo, readonly opts: { preload?: boolean } = {}) {
+    if (conn.transport && conn.transport !== "tcp") throw new Error(`transport ${conn.transport} is not supported`);
+    this.signer = new Signer(conn.key ?? "", conn.signature_scheme?.replace(/^$/, "hmac-sha256") ?? "hmac-sha256");
+  }
+
+  /** Bind the five sockets and start the worker. */
+  start(): void {
+    const ip = this.conn.ip || "127.0.0.1";
+    this.conn.shell_port = this.shell.bind(ip, this.conn.shell_port);
+    this.conn.control_port = this.control.bind(ip, this.conn.control_port);
+    this.conn.stdin_port = this.stdin.bind(ip, this.conn.stdin_port);
+    this.conn.iopub_port = this.iopub.bind(ip, this.conn.iopub_port);
+    this.conn.hb_port = this.hb.bind(ip, this.conn.hb_port);
+    this.shell.onMessage = (f) => this.receive(f, this.shell);
+    this.control.onMessage = (f) => this.receive(f, this.control);
+    this.stdin.onMessage = (f) => this.receiveStdin(f);
+    this.startWorker();
+    this.transform.catch((e) => log(`TypeScript failed to load: ${e}`));
+    log(`listening on ${ip}: shell ${this.conn.shell_port}, iopub ${this.conn.iopub_port}, session ${this.session}`);
+  }
+
+  // ---------------------------------------------------------------- worker
+
+  private startWorker(): void {
+    this.worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module", name: "seqlab-cells" });
+    let ready!: () => void;
+    this.workerReady = new Promise((r) => (ready = r));
+    Atomics.store(this.ctl, CTL_INTERRUPT, 0);
+    this.worker.onmessage = (e: MessageEvent<FromWorker>) => {
+      const m = e.data;
+      if (m.type === "ready") {
+        if (m.warning) log(m.warning);
+        ready();
+      } else this.onWorker(m);
+    };
+    this.worker.onerror = (e) => {
+      e.preventDefault();
+      log(`worker error: ${e.message}`);
+    };
+    const init: ToWorker = {
+      type: "init",
+      ctl: this.ctl.buffer as SharedArrayBuffer,
+      input: this.inputBuf.buffer as SharedArrayBuffer,
+      preload: this.opts.preload ?? true,
+    };
+    this.worker.postMessage(init);
+  }
+
+  private onWorker(m: FromWorker): void {
+    if (m.type === "out") this.publishOutput(m.seq, m.out);
+    else if (m.type === "done") {
+      if (this.running?.seq === m.seq) this.running.resolve(m);
+    } else if (m.type === "input") this.requestInput(m.prompt, m.password);
+    else if (m.type === "reply") {
+      this.replyWaiters.get(m.id)?.(m.value);
+      this.replyWaiters.delete(m.id);
+    } else if (m.type === "log") log(m.text);
+  }
+
+  private ask<T>(
+    msg: { type: "complete"; object: string | null; prefix: string } | { type: "inspect"; expr: string },
+    timeoutMs = 2000,
+  ): Promise<T | null> {
+    const id = ++this.replyId;
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.replyWaiters.delete(id);
+        resolve(null);
+      }, timeoutMs);
+      this.replyWaiters.set(id, (v) => {
+        clearTimeout(t);
+        resolve(v as T);
+      });
+      this.worker.postMessage({ ...msg, id });
+    });
+  }
+
+  // ---------------------------------------------------------------- sending
+
+  private send(socket: RouterSocket, parent: Message, msgType: string, content: unknown): Promise<void> {
+    const frames = encode(this.signer, parent.identities, header(msgType, this.session), parent.header, {}, content);
+    return socket.send(frames);
+  }
+
+  private publish(msgType: string, content: unknown, parent: Partial<Header>, metadata = {}): Promise<void> {
+    const topic = enc.encode(`kernel.${this.session}.${msgType}`);
+    return this.iopub.send(encode(this.signer, [topic], header(msgType, this.session), parent, metadata, content));
+  }
+
+  private publishOutput(seq: number, out: Output): void {
+    const p = this.parents.get(seq);
+    const parent = p?.header ?? this.lastParent;
+    switch (out.kind) {
+      case "stream":
+        this.publish("stream", { name: out.name, text: out.text }, parent);
+        break;
+      case "display":
+        this.publish(out.update ? "update_display_data" : "display_data", {
+          data: out.data,
+          metadata: out.metadata,
+          transient: out.displayId ? { display_id: out.displayId } : {},
+        }, parent);
+        break;
+      case "clear":
+        this.publish("clear_output", { wait: out.wait }, parent);
+        break;
+      case "result":
+        this.publish("execute_result", {
+          execution_count: p?.count ?? this.executionCount,
+          data: out.data,
+          metadata: out.metadata,
+        }, parent);
+        break;
+      case "error": {
+        const tb = this.traceback(out.ename, out.evalue, out.stack, seq);
+        this.publish("error", { ename: out.ename, evalue: out.evalue, traceback: tb }, parent);
+        if (this.running?.seq === seq) this.lastError = { ename: out.ename, evalue: out.evalue, traceback: tb };
+        break;
+      }
+    }
+  }
+  private lastError: { ename: string; evalue: string; traceback: string[] } | null = null;
+
+  /** Traceback lines with cell positions in the cell's own lines and columns. */
+  private traceback(ename: string, evalue: string, stack: string, seq: number): string[] {
+    const lines = stack.split("\n");
+    const frames = lines.filter((l) => /^\s+at /.test(l));
+    const mapped: string[] = [];
+    for (const f of frames) {
+      if (f.includes("/kernel/worker.ts") || f.includes("/kernel/display.ts")) continue;
+      mapped.push(f.replace(/(file:\/\/[^\s)]*\/cell-(\d+)\.ts):(\d+):(\d+)/g, (_all, _url, s, l, c) => {
+        const info = this.parents.get(Number(s));
+        const rw = this.rewrites.get(Number(s));
+        const pos = rw ? rw.mapPosition(Number(l), Number(c)) : { line: Number(l), column: Number(c) };
+        return `${info?.label ?? `cell[${s}]`}:${pos.line}:${pos.column}`;
+      }));
+    }
+    // Errors thrown while loading the module (syntax errors Deno finds) name the file in the message.
+    const ev = evalue.replace(/file:\/\/[^\s)]*\/cell-(\d+)\.ts(?::(\d+):(\d+))?/g, (_a, s, l, c) => {
+      const label = this.parents.get(Number(s))?.label ?? `cell[${s}]`;
+      if (!l) return label;
+      const rw = this.rewrites.get(Number(s));
+      const pos = rw ? rw.mapPosition(Number(l), Number(c)) : { line: Number(l), column: Number(c) };
+      return `${label}:${pos.line}:${pos.column}`;
+    });
+    void seq;
+    return [`${ename}: ${ev}`, ...mapped];
+  }
+  private rewrites = new Map<number, { mapPosition(line: number, column: number): { line: number; column: number } }>();
+
+  // ---------------------------------------------------------------- receiving
+
+  private receive(frames: Frames, socket: RouterSocket): void {
+    const d = decode(frames, this.signer);
+    if (!d.ok) {
+      log(`dropped a message on ${socket.name}: ${d.reason}`);
+      return;
+    }
+    const msg = d.msg;
+    if (socket === this.control) {
+      this.handle(msg, socket).catch((e) => log(`control ${msg.header.msg_type} failed: ${e?.stack ?? e}`));
+      return;
+    }
+    // kernel_info needs no worker: answer it at once, so clients connect even while a cell runs.
+    if (msg.header.msg_type === "kernel_info_request") {
+      this.handle(msg, socket).catch((e) => log(`kernel_info failed: ${e}`));
+      return;
+    }
+    this.shellQueue.push({ msg, socket });
+    this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.shellBusy) return;
+    this.shellBusy = true;
+    try {
+      while (this.shellQueue.length) {
+        const { msg, socket } = this.shellQueue.shift()!;
+        try {
+          if (this.abortQueued && msg.header.msg_type === "execute_request") await this.abort(msg, socket);
+          else await this.handle(msg, socket);
+        } catch (e) {
+          log(`${msg.header.msg_type} failed: ${(e as Error)?.stack ?? e}`);
+        }
+        if (!this.shellQueue.length) this.abortQueued = false;
+      }
+    } finally {
+      this.shellBusy = false;
+    }
+  }
+
+  private async abort(msg: Message, socket: RouterSocket): Promise<void> {
+    this.publish("status", { execution_state: "busy" }, msg.header);
+    await this.send(socket, msg, "execute_reply", { status: "aborted", execution_count: this.executionCount });
+    this.publish("status", { execution_state: "idle" }, msg.header);
+  }
+
+  private async handle(msg: Message, socket: RouterSocket): Promise<void> {
+    const type = msg.header.msg_type;
+    this.publish("status", { execution_state: "busy" }, msg.header);
+    try {
+      switch (type) {
+        case "kernel_info_request":
+          await this.send(socket, msg, "kernel_info_reply", await this.kernelInfo());
+          break;
+        case "execute_request":
+          await this.execute(msg, socket);
+          break;
+        case "complete_request":
+          await this.send(socket, msg, "complete_reply", await this.complete(msg.content));
+          break;
+        case "inspect_request":
+          await this.send(socket, msg, "inspect_reply", await this.inspect(msg.content));
+          break;
+        case "is_complete_request": {
+          const t = await this.transform;
+          await this.send(socket, msg, "is_complete_reply", t.isComplete(String(msg.content.code ?? "")));
+          break;
+        }
+        case "history_request":
+          await this.send(socket, msg, "history_reply", this.historyReply(msg.content));
+          break;
+        case "comm_info_request":
+          await this.send(socket, msg, "comm_info_reply", { status: "ok", comms: {} });
+          break;
+        case "comm_open":
+          log(`comm_open for target ${msg.content.target_name}: no such target, closing it`);
+          this.publish("comm_close", { comm_id: msg.content.comm_id, data: {} }, msg.header);
+          break;
+        case "comm_msg":
+        case "comm_close":
+          break;
+        case "connect_request":
+          await this.send(socket, msg, "connect_reply", {
+            status: "ok",
+            shell_port: this.conn.shell_port,
+            iopub_port: this.conn.iopub_port,
+            stdin_port: this.conn.stdin_port,
+            hb_port: this.conn.hb_port,
+            control_port: this.conn.control_port,
+          });
+          break;
+        case "interrupt_request":
+          this.interrupt();
+          await this.send(socket, msg, "interrupt_reply", { status: "ok" });
+          break;
+        case "shutdown_request":
+          await this.send(socket, msg, "shutdown_reply", { status: "ok", restart: !!msg.content.restart });
+          this.publish("status", { execution_state: "idle" }, msg.header);
+          await this.shutdown();
+          return;
+        default:
+          log(`unknown message type ${JSON.stringify(type)} on ${socket.name}: ignored`);
+      }
+    } finally {
+      this.publish("status", { execution_state: "idle" }, msg.header);
+    }
+  }
+
+  private async kernelInfo(): Promise<Record<string, unknown>> {
+    return {
+      status: "ok",
+      protocol_version: PROTOCOL_VERSION,
+      implementation: "seqlab",
+      implementation_version: KERNEL_VERSION,
+      language_info: {
+        name: "typescript",
+        version: Deno.version.typescript,
+        mimetype: "text/x.typescript",
+        file_extension: ".ts",
+        pygments_lexer: "typescript",
+        codemirror_mode: "typescript",
+        nbconvert_exporter: "script",
+      },
+      banner: `seqlab kernel ${KERNEL_VERSION}: TypeScript on Deno ${Deno.version.deno}`,
+      help_links: [{ text: "Deno", url: "https://docs.deno.com" }],
+      debugger: false,
+    };
+  }
+
+  // ---------------------------------------------------------------- execute
+
+  private async execute(msg: Message, socket: RouterSocket): Promise<void> {
+    const c = msg.content as {
+      code?: string;
+      silent?: boolean;
+      store_history?: boolean;
+      user_expressions?: Record<string, string>;
+      allow_stdin?: boolean;
+      stop_on_error?: boolean;
+    };
+    const code = String(c.code ?? "");
+    const silent = !!c.silent;
+    const storeHistory = silent ? false : c.store_history ?? true;
+    if (storeHistory) this.executionCount++;
+    const count = this.executionCount;
+    this.lastParent = msg.header;
+    if (!silent) this.publish("execute_input", { code, execution_count: count }, msg.header);
+
+    const reply = async (content: Record<string, unknown>, output: string | null) => {
+      if (storeHistory) this.history.push({ line: count, input: code, output });
+      await this.send(socket, msg, "execute_reply", { execution_count: count, ...content });
+    };
+
+    // `name?` shows help in the pager, as in IPython.
+    const help = /^\s*([A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)\s*\?{1,2}\s*$/.exec(code);
+    if (help) {
+      const info = await this.inspectText(help[1]);
+      const payload = info ? [{ source: "page", data: { "text/plain": info }, start: 0 }] : [];
+      if (!info) this.publish("stream", { name: "stderr", text: `no object named ${help[1]}\n` }, msg.header);
+      await reply({ status: "ok", payload, user_expressions: {} }, null);
+      return;
+    }
+
+    const t = await this.transform;
+    const seq = ++this.seq;
+    const label = storeHistory ? `cell[${count}]` : `cell[silent ${seq}]`;
+    this.parents.set(seq, { header: msg.header, label, count });
+    if (this.parents.size > 1000) this.parents.delete(this.parents.keys().next().value!);
+    const cwdUrl = new URL(`file://${Deno.cwd().replace(/\/?$/, "/")}`);
+    const rw = t.rewriteCell(code, (s) => /^\.{0,2}\//.test(s) ? new URL(s, cwdUrl).href : s);
+    if (!rw.ok) {
+      const lines = code.split("\n");
+      const tb = [
+        `SyntaxError: ${rw.message}`,
+        `    at ${label}:${rw.line}:${rw.column}`,
+        `    ${lines[rw.line - 1] ?? ""}`,
+        `    ${" ".repeat(Math.max(0, rw.column - 1))}^`,
+      ];
+      const err = { ename: "SyntaxError", evalue: `${rw.message} (${label}:${rw.line}:${rw.column})`, traceback: tb };
+      this.publish("error", err, msg.header);
+      if (c.stop_on_error ?? true) this.abortQueued = true;
+      await reply({ status: "error", ...err }, null);
+      return;
+    }
+    this.rewrites.set(seq, rw);
+    if (this.rewrites.size > 1000) this.rewrites.delete(this.rewrites.keys().next().value!);
+    this.docs.addCell(code);
+    const file = `${this.cellDir}/cell-${seq}.ts`;
+    await Deno.writeTextFile(file, rw.code);
+    await this.workerReady;
+    this.lastError = null;
+    Atomics.store(this.ctl, CTL_INTERRUPT, 0);
+    const done = await new Promise<Extract<FromWorker, { type: "done" }>>((resolve) => {
+      this.running = { seq, msg, count, silent, resolve, rewrite: rw, label };
+      const run: ToWorker = {
+        type: "run",
+        seq,
+        url: `file://${file}`,
+        silent,
+        allowStdin: !!c.allow_stdin,
+        hasResult: rw.hasResult,
+        userExpressions: c.user_expressions ?? {},
+      };
+      this.worker.postMessage(run);
+    });
+    this.running = null;
+    Atomics.store(this.ctl, CTL_INTERRUPT, 0);
+    Deno.remove(file).catch(() => {});
+    if (done.status === "ok") {
+      await reply({ status: "ok", payload: [], user_expressions: done.userExpressions }, done.resultText ?? null);
+    } else {
+      if (c.stop_on_error ?? true) this.abortQueued = true;
+      const err = this.lastError ?? { ename: "Error", evalue: "cell failed", traceback: [] };
+      await reply({ status: "error", ...err, user_expressions: {} }, null);
+    }
+  }
+
+  /** Interrupt the running cell: flag for loops, message for awaits, and a watchdog as the last resort. */
+  interrupt(): void {
+    const r = this.running;
+    if (!r) return;
+    Atomics.store(this.ctl, CTL_INTERRUPT, 1);
+    this.worker.postMessage({ type: "interrupt" } satisfies ToWorker);
+    if (this.inputWaiting) {
+      this.inputWaiting = false;
+      Atomics.store(this.ctl, CTL_INPUT_STATE, INPUT_INTERRUPTED);
+      Atomics.notify(this.ctl, CTL_INPUT_STATE);
+    }
+    setTimeout(() => {
+      if (this.running !== r) return;
+      // The cell is stuck where no check runs (a long native call, a loop in library code): replace the
+      // worker. Its state is lost, which the error says.
+      log(`cell ${r.label} ignored the interrupt for ${INTERRUPT_GRACE_MS} ms: restarting the worker`);
+      this.worker.terminate();
+      this.lastError = {
+        ename: "InterruptError",
+        evalue: "the cell did not stop, so the execution worker was restarted: all variables are lost",
+        traceback: [],
+      };
+      this.publish("error", { ...this.lastError }, r.msg.header);
+      this.startWorker();
+      r.resolve({ type: "done", seq: r.seq, status: "error", userExpressions: {} });
+    }, INTERRUPT_GRACE_MS);
+  }
+
+  // ---------------------------------------------------------------- stdin
+
+  private requestInput(prompt: string, password: boolean): void {
+    const r = this.running;
+    if (!r) {
+      Atomics.store(this.ctl, CTL_INPUT_STATE, INPUT_INTERRUPTED);
+      Atomics.notify(this.ctl, CTL_INPUT_STATE);
+      return;
+    }
+    this.inputWaiting = true;
+    this.send(this.stdin, r.msg, "input_request", { prompt, password });
+  }
+
+  private receiveStdin(frames: Frames): void {
+    const d = decode(frames, this.signer);
+    if (!d.ok) {
+      log(`dropped a message on stdin: ${d.reason}`);
+      return;
+    }
+    if (d.msg.header.msg_type !== "input_reply") {
+      log(`unexpected ${d.msg.header.msg_type} on stdin: ignored`);
+      return;
+    }
+    if (!this.inputWaiting) return;
+    this.inputWaiting = false;
+    let bytes = enc.encode(String(d.msg.content.value ?? ""));
+    if (bytes.length > this.inputBuf.length) bytes = bytes.subarray(0, this.inputBuf.length);
+    this.inputBuf.set(bytes);
+    Atomics.store(this.ctl, CTL_INPUT_LEN, bytes.length);
+    Atomics.store(this.ctl, CTL_INPUT_STATE, INPUT_READY);
+    Atomics.notify(this.ctl, CTL_INPUT_STATE);
+  }
+
+  // ---------------------------------------------------------------- complete, inspect, history
+
+  private async complete(content: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const code = String(content.code ?? "");
+    const cp = [...code];
+    const cursor = Math.min(Number(content.cursor_pos ?? cp.length), cp.length);
+    const before = cp.slice(0, cursor).join("");
+    const m = /((?:[A-Za-z_$][\w$]*\s*\??\.\s*)*)([A-Za-z_$][\w$]*)?$/.exec(before)!;
+    const object = m[1] ? m[1].replace(/\s*\??\.\s*$/, "") : null;
+    const prefix = m[2] ?? "";
+    let matches: string[] = [];
+    if (object !== null || prefix) {
+      matches = (await this.ask<string[]>({ type: "complete", object, prefix })) ?? [];
+      if (object === null) {
+        // Names this cell declares but has not run yet, and keywords.
+        const t = await this.transform;
+        const rw = t.rewriteCell(code);
+        const extra = [...(rw.ok ? rw.declared : []), ...KEYWORDS].filter((k) => k.startsWith(prefix));
+        matches = [...new Set([...matches, ...extra])];
+      }
+    }
+    return {
+      status: "ok",
+      matches,
+      cursor_start: cursor - [...prefix].length,
+      cursor_end: cursor,
+      metadata: {},
+    };
+  }
+
+  private async inspectText(expr: string): Promise<string | null> {
+    await this.workerReady;
+    const info = await this.ask<
+      { found: boolean; type?: string; signature?: string; repr?: string }
+    >({ type: "inspect", expr });
+    // Declared docs belong to plain names (cells, preloaded seqlab names) and to seqlab.NAME.
+    const parts0 = expr.split(".");
+    const name = parts0.length === 1 ? expr : parts0.length === 2 && parts0[0] === "seqlab" ? parts0[1] : null;
+    const doc = name ? await this.docs.lookup(name).catch(() => undefined) : undefined;
+    if (!info?.found && !doc) return null;
+    const parts: string[] = [];
+    parts.push(`${expr}: ${info?.type ?? "(not defined yet)"}`);
+    if (doc?.signature) parts.push(doc.signature);
+    else if (info?.signature) parts.push(info.signature);
+    if (doc?.doc) parts.push("", doc.doc);
+    if (info?.repr && info.type !== "function" && info.type !== "class") parts.push("", info.repr);
+    return parts.join("\n");
+  }
+
+  private async inspect(content: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const code = String(content.code ?? "");
+    const cp = [...code];
+    const cursor = Math.min(Number(content.cursor_pos ?? cp.length), cp.length);
+    const before = cp.slice(0, cursor).join("");
+    const after = cp.slice(cursor).join("");
+    const left = /[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*\.?$/.exec(before)?.[0] ?? "";
+    const right = /^[\w$]*/.exec(after)?.[0] ?? "";
+    let expr = (left + right).replace(/\.$/, "");
+    // Cursor just after `f(`: inspect f.
+    if (!expr) expr = /([A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)\s*\(\s*$/.exec(before)?.[1] ?? "";
+    if (!expr) return { status: "ok", found: false, data: {}, metadata: {} };
+    const text = await this.inspectText(expr);
+    if (!text) return { status: "ok", found: false, data: {}, metadata: {} };
+    return { status: "ok", found: true, data: { "text/plain": text }, metadata: {} };
+  }
+
+  private historyReply(c: Record<string, unknown>): Record<string, unknown> {
+    const session = 1;
+    const withOutput = !!c.output;
+    const row = (h: { line: number; input: string; output: string | null }) =>
+      withOutput ? [session, h.line, [h.input, h.output]] : [session, h.line, h.input];
+    let items = this.history;
+    const type = c.hist_access_type;
+    if (type === "tail") {
+      const n = Number(c.n ?? 10);
+      items = n > 0 ? items.slice(-n) : [];
+    } else if (type === "range") {
+      const s = Number(c.session ?? 0);
+      if (s !== 0 && s !== session && s > 0) items = [];
+      else {
+        const start = Number(c.start ?? 0);
+        const stop = c.stop == null ? Infinity : Number(c.stop);
+        items = items.filter((h) => h.line >= start && h.line < stop);
+      }
+    } else if (type === "search") {
+      const pattern = String(c.pattern ?? "*");
+      const re = new RegExp(
+        "^" + pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".") + "$",
+        "s",
+      );
+      items = items.filter((h) => re.test(h.input));
+      if (c.unique) {
+        const seen = new Set<string>();
+        items = items.slice().reverse().filter((h) => !seen.has(h.input) && !!seen.add(h.input)).reverse();
+      }
+      const n = c.n == null ? 0 : Number(c.n);
+      if (n > 0) items = items.slice(-n);
+    } else items = [];
+    return { status: "ok", history: items.map(row) };
+  }
+
+  // ---------------------------------------------------------------- shutdown
+
+  /** Stop the worker and sockets and exit the process. */
+  async shutdown(): Promise<never> {
+    if (!this.shuttingDown) {
+      this.shuttingDown = true;
+      await new Promise((r) => setTimeout(r, 50)); // let the reply and idle reach the wire
+      try {
+        this.worker.terminate();
+      } catch { /* gone */ }
+      for (const s of [this.shell, this.control, this.stdin, this.iopub, this.hb]) s.close();
+      try {
+        Deno.removeSync(this.cellDir, { recursive: true });
+      } catch { /* already gone */ }
+    }
+    Deno.exit(0);
+  }
+}
+
+const KEYWORDS = [
+  "await", "break", "case", "catch", "class", "const", "continue", "debugger", "default", "delete", "do",
+  "else", "enum", "export", "extends", "false", "finally", "for", "function", "if", "import", "in",
+  "instanceof", "interface", "let", "new", "null", "return", "super", "switch", "this", "throw", "true",
+  "try", "type", "typeof", "undefined", "var", "void", "while", "with", "yield",
+];
+
+if (import.meta.main) {
+  const path = Deno.args.find((a) => !a.startsWith("--"));
+  if (!path) {
+    console.error("usage: deno run -A kernel/main.ts CONNECTION_FILE [--no-preload]");
+    Deno.exit(2);
+  }
+  const conn = JSON.parse(Deno.readTextFileSync(path)) as ConnectionInfo;
+  const kernel = new Kernel(conn, { preload: !Deno.args.includes("--no-preload") });
+  kernel.start();
+  // SIGINT (a frontend using signal interrupts, or Ctrl-C in a terminal) interrupts the cell, not the kernel.
+  try {
+    Deno.addSignalListener("SIGINT", () => kernel.interrupt());
+    Deno.addSignalListener("SIGTERM", () => kernel.shutdown());
+  } catch { /* signals unsupported on this platform */ }
+}

@@ -1,0 +1,462 @@
+/**
+ * The cell executor. Runs in a Worker so that the protocol side (main thread) keeps answering while a
+ * cell computes, and can interrupt it.
+ *
+ * A cell arrives as a rewritten module (see transform.ts) written to a file; it is imported, which
+ * runs it with top-level await. Its top-level names live on globalThis. Every output goes through one
+ * ordered outbox to the main thread, and `done` is posted only after the cell's module has finished and
+ * every output it produced has been posted: nothing a cell awaited can arrive after its `idle`.
+ *
+ * Interrupts: the main thread sets ctl[CTL_INTERRUPT]; loop bodies call `__sl_ck()`, which throws an
+ * InterruptError while it is set (it stays set until the cell ends, so a `catch` cannot swallow it for
+ * good). A cell that is awaiting is interrupted by an `interrupt` message instead.
+ *
+ * @module
+ */
+/// <reference lib="deno.worker" />
+import { Console } from "node:console";
+import { Writable } from "node:stream";
+import {
+  $display,
+  clearOutput,
+  display,
+  formatValue,
+  html,
+  image,
+  json,
+  md,
+  mime,
+  type MimeBundle,
+  plot,
+  progress,
+  setDisplaySink,
+  svg,
+} from "./display.ts";
+
+/** Indices into the shared control array. */
+export const CTL_INTERRUPT = 0, CTL_INPUT_STATE = 1, CTL_INPUT_LEN = 2;
+/** Input states. */
+export const INPUT_WAITING = 0, INPUT_READY = 1, INPUT_INTERRUPTED = 2;
+
+/** Messages from the main thread. */
+export type ToWorker =
+  | { type: "init"; ctl: SharedArrayBuffer; input: SharedArrayBuffer; preload: boolean }
+  | {
+    type: "run";
+    seq: number;
+    url: string;
+    silent: boolean;
+    allowStdin: boolean;
+    hasResult: boolean;
+    userExpressions: Record<string, string>;
+  }
+  | { type: "interrupt" }
+  | { type: "complete"; id: number; object: string | null; prefix: string }
+  | { type: "inspect"; id: number; expr: string };
+
+/** Output of a cell, in order. */
+export type Output =
+  | { kind: "stream"; name: "stdout" | "stderr"; text: string }
+  | { kind: "display"; data: MimeBundle; metadata: Record<string, unknown>; displayId?: string; update: boolean }
+  | { kind: "clear"; wait: boolean }
+  | { kind: "result"; data: MimeBundle; metadata: Record<string, unknown> }
+  | { kind: "error"; ename: string; evalue: string; stack: string };
+
+/** Messages to the main thread. */
+export type FromWorker =
+  | { type: "ready"; warning?: string }
+  | { type: "out"; seq: number; out: Output }
+  | { type: "input"; prompt: string; password: boolean }
+  | {
+    type: "done";
+    seq: number;
+    status: "ok" | "error";
+    userExpressions: Record<string, unknown>;
+    resultText?: string;
+  }
+  | { type: "reply"; id: number; value: unknown }
+  | { type: "log"; text: string };
+
+/** Raised in a cell when the user interrupts it. */
+export class InterruptError extends Error {
+  override name = "InterruptError";
+  constructor() {
+    super("execution interrupted");
+  }
+}
+
+const post = (m: FromWorker) => self.postMessage(m);
+let ctl: Int32Array<ArrayBufferLike> = new Int32Array(4);
+let inputBuf: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+let currentSeq = -1;
+let allowStdin = false;
+let interruptReject: ((e: unknown) => void) | null = null;
+const g = globalThis as unknown as Record<string, unknown>;
+
+// ------------------------------------------------------------------ ordered outbox
+
+/** Outputs wait here only while an earlier asynchronous display is still being formatted. */
+const pending: { ready: boolean; out?: Output; seq: number }[] = [];
+let streamBuf: { name: "stdout" | "stderr"; text: string } | null = null;
+let lastStreamFlush = 0;
+let streamTimer: ReturnType<typeof setTimeout> | undefined;
+
+function flushStream(): void {
+  if (streamTimer !== undefined) {
+    clearTimeout(streamTimer);
+    streamTimer = undefined;
+  }
+  if (!streamBuf) return;
+  const b = streamBuf;
+  streamBuf = null;
+  lastStreamFlush = performance.now();
+  emitNow({ kind: "stream", name: b.name, text: b.text });
+}
+
+function emitNow(out: Output): void {
+  if (pending.length) pending.push({ ready: true, out, seq: currentSeq });
+  else post({ type: "out", seq: currentSeq, out });
+}
+
+function drain(): void {
+  while (pending.length && pending[0].ready) {
+    const p = pending.shift()!;
+    if (p.out) post({ type: "out", seq: p.seq, out: p.out });
+  }
+}
+
+/** Queue an output; streams are coalesced but never held past another output or 50 ms. */
+function emit(out: Output): void {
+  if (out.kind === "stream") {
+    if (streamBuf && streamBuf.name !== out.name) flushStream();
+    if (streamBuf) streamBuf.text += out.text;
+    else streamBuf = { name: out.name, text: out.text };
+    // Inside a long synchronous loop timers never fire, so time is checked on every write too.
+    if (streamBuf.text.length > 64 * 1024 || performance.now() - lastStreamFlush > 50) flushStream();
+    else if (streamTimer === undefined) streamTimer = setTimeout(flushStream, 20);
+    return;
+  }
+  flushStream();
+  emitNow(out);
+}
+
+/** Reserve a place for an output that is still being computed (async display formatting). */
+function reserve(): (out: Output | undefined) => void {
+  flushStream();
+  const slot: { ready: boolean; out?: Output; seq: number } = { ready: false, seq: currentSeq };
+  pending.push(slot);
+  return (out) => {
+    slot.out = out;
+    slot.ready = true;
+    drain();
+  };
+}
+
+const inFlight = new Set<Promise<unknown>>();
+function track<T>(p: Promise<T>): Promise<T> {
+  inFlight.add(p);
+  p.finally(() => inFlight.delete(p)).catch(() => {});
+  return p;
+}
+
+/** Wait until every output of the cell has been posted. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 100 && inFlight.size; i++) await Promise.allSettled([...inFlight]);
+  flushStream();
+  drain();
+}
+
+// ------------------------------------------------------------------ console, display, input
+
+function writable(name: "stdout" | "stderr"): Writable {
+  return new Writable({
+    write(chunk: unknown, _enc: unknown, cb: () => void) {
+      emit({ kind: "stream", name, text: String(chunk) });
+      cb();
+    },
+  });
+}
+
+const cellConsole = new Console({
+  stdout: writable("stdout"),
+  stderr: writable("stderr"),
+  colorMode: false,
+  inspectOptions: { depth: 4 },
+});
+g.console = cellConsole;
+
+setDisplaySink({
+  display(data, metadata, displayId, update) {
+    emit({ kind: "display", data, metadata, displayId, update: !!update });
+  },
+  clear(wait) {
+    emit({ kind: "clear", wait });
+  },
+});
+
+/** `display` for cells: keeps its place in the output order even when formatting is asynchronous. */
+function cellDisplay(value: unknown, opts: { id?: string; update?: boolean; raw?: boolean } = {}) {
+  const done = reserve();
+  const p = display(value, opts).finally(() => done(undefined));
+  // display() emits through the sink while its slot is still reserved; emitNow queues behind the slot.
+  return track(p);
+}
+
+const dec = new TextDecoder();
+
+function requestInput(promptText: string, password: boolean): string {
+  if (!allowStdin) {
+    throw new Error("input is not available: the frontend does not allow stdin (allow_stdin is false)");
+  }
+  flushStream();
+  Atomics.store(ctl, CTL_INPUT_STATE, INPUT_WAITING);
+  post({ type: "input", prompt: promptText, password });
+  while (Atomics.load(ctl, CTL_INPUT_STATE) === INPUT_WAITING) {
+    Atomics.wait(ctl, CTL_INPUT_STATE, INPUT_WAITING, 1000);
+  }
+  if (Atomics.load(ctl, CTL_INPUT_STATE) === INPUT_INTERRUPTED) throw new InterruptError();
+  const n = Atomics.load(ctl, CTL_INPUT_LEN);
+  return dec.decode(inputBuf.slice(0, n));
+}
+
+g.prompt = (message = "", defaultValue?: string) => {
+  const v = requestInput(String(message), false);
+  return v === "" && defaultValue !== undefined ? defaultValue : v;
+};
+g.confirm = (message = "") => /^y(es)?$/i.test(requestInput(`${message} [y/N] `, false).trim());
+g.alert = (message = "") => {
+  requestInput(`${message} [Enter] `, false);
+};
+/** Read a line from the frontend, optionally hidden (passwords). */
+g.input = (message = "", opts: { password?: boolean } = {}) => requestInput(String(message), !!opts.password);
+
+const jupyter = { display: cellDisplay, html, md, svg, image, json, mime, plot, progress, clearOutput, $display };
+Object.assign(g, { display: cellDisplay, html, md, svg, image, json, plot, progress, clearOutput, jupyter });
+try {
+  // Deno's kernel puts these on Deno.jupyter; do the same where the namespace allows it.
+  // deno-lint-ignore no-explicit-any
+  if (!(Deno as any).jupyter) Object.defineProperty(Deno, "jupyter", { value: jupyter, configurable: true });
+} catch { /* Deno namespace frozen: the global `jupyter` still works */ }
+
+// ------------------------------------------------------------------ helpers the rewritten cells call
+
+g.__sl_ck = () => {
+  if (Atomics.load(ctl, CTL_INTERRUPT) !== 0) throw new InterruptError();
+};
+g.__sl_decl = (names: string[]) => {
+  for (const n of names) {
+    const d = Object.getOwnPropertyDescriptor(globalThis, n);
+    if (!d) {
+      Object.defineProperty(globalThis, n, { value: undefined, writable: true, configurable: true, enumerable: true });
+    } else if (!("value" in d) || !d.writable) {
+      if (!d.configurable) throw new TypeError(`cannot declare ${n}: it is a read-only global`);
+      Object.defineProperty(globalThis, n, { value: undefined, writable: true, configurable: true, enumerable: true });
+    }
+  }
+};
+g.__sl_set = (name: string, value: unknown) => {
+  const d = Object.getOwnPropertyDescriptor(globalThis, name);
+  if (d && !d.configurable) {
+    if (d.writable) g[name] = value;
+    else throw new TypeError(`cannot declare ${name}: it is a read-only global`);
+  } else Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: true });
+};
+g.__sl_import = (spec: string, opts?: ImportCallOptions) => import(spec, opts);
+let result: { has: boolean; value: unknown } = { has: false, value: undefined };
+g.__sl_r = (v: unknown) => {
+  result = { has: true, value: v };
+  return v;
+};
+
+// ------------------------------------------------------------------ running cells
+
+function errorOutput(e: unknown): Output {
+  if (e instanceof Error) {
+    return { kind: "error", ename: e.name || "Error", evalue: e.message, stack: e.stack ?? `${e.name}: ${e.message}` };
+  }
+  let s: string;
+  try {
+    s = typeof e === "string" ? e : Deno.inspect(e, { colors: false });
+  } catch {
+    s = String(e);
+  }
+  return { kind: "error", ename: "Uncaught", evalue: s, stack: `Uncaught ${s}` };
+}
+
+async function run(m: Extract<ToWorker, { type: "run" }>): Promise<void> {
+  currentSeq = m.seq;
+  allowStdin = m.allowStdin;
+  result = { has: false, value: undefined };
+  let status: "ok" | "error" = "ok";
+  let resultText: string | undefined;
+  const interrupted = new Promise<never>((_, rej) => (interruptReject = rej));
+  interrupted.catch(() => {});
+  try {
+    await Promise.race([import(m.url), interrupted]);
+    if (result.has && result.value !== undefined && !m.silent) {
+      const done = reserve();
+      try {
+        const b = await Promise.race([formatValue(result.value), interrupted]);
+        resultText = String(b.data["text/plain"]);
+        done({ kind: "result", data: b.data, metadata: b.metadata });
+      } catch (e) {
+        done(undefined);
+        throw e;
+      }
+    }
+    await Promise.race([settle(), interrupted]);
+  } catch (e) {
+    status = "error";
+    flushStream();
+    emit(errorOutput(e));
+  }
+  interruptReject = null;
+  result = { has: false, value: undefined };
+  // Async displays that were interrupted must not hold back the rest.
+  for (const p of pending) p.ready = true;
+  flushStream();
+  drain();
+  const userExpressions: Record<string, unknown> = {};
+  if (status === "ok") {
+    for (const [k, expr] of Object.entries(m.userExpressions ?? {})) {
+      try {
+        const b = await formatValue((0, eval)(expr));
+        userExpressions[k] = { status: "ok", data: b.data, metadata: b.metadata };
+      } catch (e) {
+        const o = errorOutput(e) as Extract<Output, { kind: "error" }>;
+        userExpressions[k] = { status: "error", ename: o.ename, evalue: o.evalue, traceback: [o.stack] };
+      }
+    }
+  }
+  post({ type: "done", seq: m.seq, status, userExpressions, resultText });
+}
+
+// ------------------------------------------------------------------ completion and inspection
+
+const IDENT_PATH = /^[A-Za-z_$][\w$]*(\s*\??\.\s*[A-Za-z_$#][\w$]*)*$/;
+
+function evalPath(expr: string): { ok: boolean; value?: unknown } {
+  if (!IDENT_PATH.test(expr.trim())) return { ok: false };
+  try {
+    return { ok: true, value: (0, eval)(expr.replace(/\?\./g, ".")) };
+  } catch {
+    return { ok: false };
+  }
+}
+
+function propertyNames(v: unknown): string[] {
+  const names = new Set<string>();
+  let o: unknown = v;
+  if (o === null || o === undefined) return [];
+  if (typeof o !== "object" && typeof o !== "function") o = Object(o);
+  for (let depth = 0; o && depth < 20; depth++) {
+    for (const k of Object.getOwnPropertyNames(o)) names.add(k);
+    o = Object.getPrototypeOf(o);
+  }
+  return [...names].filter((k) => /^[A-Za-z_$][\w$]*$/.test(k));
+}
+
+function complete(object: string | null, prefix: string): string[] {
+  let names: string[];
+  if (object !== null) {
+    const r = evalPath(object);
+    names = r.ok ? propertyNames(r.value) : [];
+  } else names = propertyNames(globalThis).filter((k) => !k.startsWith("__sl_"));
+  return [...new Set(names)].filter((k) => k.startsWith(prefix)).sort((a, b) => {
+    const pa = a.startsWith("_") ? 1 : 0, pb = b.startsWith("_") ? 1 : 0;
+    return pa - pb || a.localeCompare(b);
+  });
+}
+
+/** Signature line of a function from its source text. */
+function signatureOf(f: (...a: unknown[]) => unknown): string {
+  const src = Function.prototype.toString.call(f);
+  if (/\{\s*\[native code\]\s*\}$/.test(src)) return `${f.name}(${Array(f.length).fill("arg").map((a, i) => a + i).join(", ")})`;
+  if (src.startsWith("class")) return src.slice(0, src.indexOf("{")).trim();
+  let depth = 0;
+  for (let i = 0; i < src.length; i++) {
+    const c = src[i];
+    if (c === "(") depth++;
+    else if (c === ")") {
+      depth--;
+      if (depth === 0) {
+        const head = src.slice(0, i + 1).replace(/\s+/g, " ");
+        return head.startsWith("function") || head.startsWith("async") ? head : `${f.name}${head.replace(/^[^(]*/, "")}`;
+      }
+    }
+  }
+  return `${f.name}(…)`;
+}
+
+function inspect(expr: string): { found: boolean; type?: string; signature?: string; repr?: string; doc?: string } {
+  const r = evalPath(expr);
+  if (!r.ok) return { found: false };
+  const v = r.value;
+  const type = v === null
+    ? "null"
+    : typeof v === "object"
+    ? (Object.getPrototypeOf(v)?.constructor?.name ?? "Object")
+    : typeof v === "function" && /^class\b/.test(Function.prototype.toString.call(v))
+    ? "class"
+    : typeof v;
+  const out: { found: boolean; type?: string; signature?: string; repr?: string } = { found: true, type };
+  if (typeof v === "function") out.signature = signatureOf(v as (...a: unknown[]) => unknown);
+  try {
+    const s = Deno.inspect(v, { colors: false, depth: 2, iterableLimit: 20 });
+    out.repr = s.length > 2000 ? s.slice(0, 2000) + " …" : s;
+  } catch { /* exotic value */ }
+  return out;
+}
+
+// ------------------------------------------------------------------ message loop
+
+async function preload(): Promise<string | undefined> {
+  try {
+    const m = await import("seqlab");
+    g.seqlab = m;
+    const skipped: string[] = [];
+    for (const [k, v] of Object.entries(m)) {
+      if (k === "default") continue;
+      if (k in globalThis) skipped.push(k);
+      else Object.defineProperty(globalThis, k, { value: v, writable: true, configurable: true, enumerable: true });
+    }
+    return skipped.length ? `seqlab names left to seqlab.*: ${skipped.join(", ")}` : undefined;
+  } catch (e) {
+    return `seqlab was not preloaded (${(e as Error).message.split("\n")[0]}); cells can still import it`;
+  }
+}
+
+self.onmessage = async (ev: MessageEvent<ToWorker>) => {
+  const m = ev.data;
+  switch (m.type) {
+    case "init": {
+      ctl = new Int32Array(m.ctl);
+      inputBuf = new Uint8Array(m.input);
+      const warning = m.preload ? await preload() : undefined;
+      post({ type: "ready", warning });
+      break;
+    }
+    case "run":
+      await run(m);
+      break;
+    case "interrupt":
+      interruptReject?.(new InterruptError());
+      break;
+    case "complete":
+      post({ type: "reply", id: m.id, value: complete(m.object, m.prefix) });
+      break;
+    case "inspect":
+      post({ type: "reply", id: m.id, value: inspect(m.expr) });
+      break;
+  }
+};
+
+// Errors from timers or promises nobody awaited: report them on stderr instead of killing the worker.
+self.addEventListener("unhandledrejection", (e) => {
+  e.preventDefault();
+  emit({ kind: "stream", name: "stderr", text: `Uncaught (in promise) ${String((e.reason as Error)?.stack ?? e.reason)}\n` });
+});
+self.addEventListener("error", (e) => {
+  e.preventDefault();
+  emit({ kind: "stream", name: "stderr", text: `Uncaught ${String(e.error?.stack ?? e.message)}\n` });
+});
