@@ -5,7 +5,7 @@
 
 import { type DType, isFloat } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
-import { fmt, normAxis, numel } from "../../runtime/shape.ts";
+import { normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
 import { contiguous } from "./elementwise.ts";
@@ -64,48 +64,28 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
       return out;
     }
     const ctx = gpu();
-    const scale = kind === "mean" ? 1 / R : 1;
-    const run = (input: Tensor, offset: number, R_: number, chunk: number, C: number, target: Tensor, s: number) =>
+    const pass = (k: ReduceKind, input: Tensor, offset: number, R_: number, chunk: number, C: number, target: Tensor, scale: number) =>
       ctx.run({
         name: kind,
-        key: `${kind}|${input.dtype}>${target.dtype}`,
-        source: () => reduceSource(kind, input.dtype, target.dtype),
+        key: `${k}|${input.dtype}>${target.dtype}`,
+        source: () => reduceSource(k, input.dtype, target.dtype),
         inputs: [input.storage.buffer!],
         outputs: [target.storage.buffer!],
-        uniforms: new Uniforms().u32(outer, R_, inner, offset, chunk, C).f32(s).padTo(8).build(),
+        uniforms: new Uniforms().u32(outer, R_, inner, offset, chunk, C).f32(scale).padTo(8).build(),
         workgroups: grid(outer * C * inner, RED_WG),
       });
-    // v2: split long reductions with few outputs into chunks, then reduce the partials
-    const outputs = outer * inner;
-    if (kind !== "argmax" && outputs < 4096 && R >= 1024 && (kind !== "sum" || isFloat(x.dtype) || true)) {
-      const C = Math.min(Math.ceil(R / 256), Math.max(1, Math.floor(65536 / outputs)));
-      const chunk = Math.ceil(R / C);
-      const partialKind = kind === "mean" ? "sum" : kind;
-      const partial = empty(kind, [outer, C, inner], isFloat(x.dtype) ? "f32" : x.dtype, x.device);
-      const key = partialKind as ReduceKind;
-      ctx.run({
-        name: kind,
-        key: `${key}|${src.dtype}>${partial.dtype}`,
-        source: () => reduceSource(key, src.dtype, partial.dtype),
-        inputs: [src.storage.buffer!],
-        outputs: [partial.storage.buffer!],
-        uniforms: new Uniforms().u32(outer, R, inner, src.offset, chunk, C).f32(1).padTo(8).build(),
-        workgroups: grid(outer * C * inner, RED_WG),
-      });
-      const finalKind = kind === "mean" ? "mean" : kind;
-      ctx.run({
-        name: kind,
-        key: `${finalKind}|${partial.dtype}>${out.dtype}`,
-        source: () => reduceSource(finalKind, partial.dtype, out.dtype),
-        inputs: [partial.storage.buffer!],
-        outputs: [out.storage.buffer!],
-        uniforms: new Uniforms().u32(outer, C, inner, 0, C, 1).f32(scale).padTo(8).build(),
-        workgroups: grid(outer * inner, RED_WG),
-      });
-      partial.dispose();
+    const scale = kind === "mean" ? 1 / R : 1;
+    if (kind === "argmax" || outer * inner >= 4096 || R < 1024) {
+      pass(kind, src, src.offset, R, R, 1, out, scale); // v1
       return out;
     }
-    run(src, src.offset, R, R, 1, out, scale);
+    // v2: reduce C chunks of R per output into partials, then the partials. A mean sums its chunks in f32
+    // (scale 1) and scales at the end.
+    const C = Math.min(Math.ceil(R / 256), Math.max(1, Math.floor(65536 / (outer * inner))));
+    const partial = empty(kind, [outer, C, inner], kind === "mean" || isFloat(x.dtype) ? "f32" : x.dtype, x.device);
+    pass(kind === "mean" ? "mean" : kind, src, src.offset, R, Math.ceil(R / C), C, partial, 1);
+    pass(kind === "mean" ? "mean" : kind, partial, 0, C, C, 1, out, scale);
+    partial.dispose();
     return out;
   } finally {
     src.dispose();
@@ -229,4 +209,3 @@ export function cumsum(x: Tensor, axis = -1): Tensor {
   }
 }
 
-export { fmt };

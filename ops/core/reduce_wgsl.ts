@@ -19,7 +19,8 @@ export const RED_WG = 64;
 
 /** Uniforms: [outer, R, inner, offset, chunk, C, scale(f32)]. */
 export function reduceSource(kind: ReduceKind, inDtype: DType, outDtype: DType): string {
-  const ct = computeType(inDtype);
+  // mean always accumulates in f32 (an integer mean is a float, and must not wrap)
+  const ct = kind === "mean" ? "f32" : computeType(inDtype);
   const float = ct === "f32";
   let body: string;
   if (kind === "sum" || kind === "mean") {
