@@ -121,3 +121,15 @@ export function data(n: number, seed = 1, scale = 1, specials: number[] = []): F
   });
   return out;
 }
+
+/**
+ * Wraps a test body in `tidy`, so tensors it creates inline are freed even when an assertion fails.
+ * Ops' own temporaries are checked separately (test/leaks.test.ts runs every op outside any scope).
+ */
+export function scoped(fn: () => Promise<void> | void): () => Promise<void> {
+  return async () => {
+    await tidy(async () => {
+      await fn();
+    });
+  };
+}
