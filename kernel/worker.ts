@@ -19,7 +19,6 @@ import { Writable } from "node:stream";
 import {
   $display,
   clearOutput,
-  display,
   formatValue,
   html,
   image,
@@ -195,12 +194,30 @@ setDisplaySink({
 });
 
 /** `display` for cells: keeps its place in the output order even when formatting is asynchronous. */
-function cellDisplay(value: unknown, opts: { id?: string; update?: boolean; raw?: boolean } = {}) {
+let displayCount = 0;
+function cellDisplay(
+  value: unknown,
+  opts: { id?: string; update?: boolean; raw?: boolean } = {},
+): Promise<{ id: string; update(v: unknown): Promise<unknown> }> {
   const done = reserve();
-  const p = display(value, opts).finally(() => done(undefined));
-  // display() emits through the sink while its slot is still reserved; emitNow queues behind the slot.
-  return track(p);
+  const update = opts.update ?? false;
+  const id = opts.id ?? (update ? undefined : `seqlab-display-${displayCount++}`);
+  const formatted = opts.raw
+    ? Promise.resolve({ data: value as MimeBundle, metadata: {} })
+    : formatValue(value);
+  const p = formatted.then(
+    (b) => done({ kind: "display", data: b.data, metadata: b.metadata, displayId: id, update }),
+    (e) => {
+      done(undefined);
+      throw e;
+    },
+  ).then(() => ({ id: id ?? "", update: (v: unknown) => cellDisplay(v, { id, update: true }) }));
+  // `display(x)` as a cell's last line shows x once, not also a pending Promise.
+  return Object.assign(track(p), { [NO_RESULT]: true });
 }
+
+/** Marks values that are not shown as a cell's result. */
+const NO_RESULT = Symbol.for("seqlab.noResult");
 
 const dec = new TextDecoder();
 
@@ -293,7 +310,9 @@ async function run(m: Extract<ToWorker, { type: "run" }>): Promise<void> {
   interrupted.catch(() => {});
   try {
     await Promise.race([import(m.url), interrupted]);
-    if (result.has && result.value !== undefined && !m.silent) {
+    const v = result.value as Record<symbol, unknown> | undefined;
+    const hidden = v !== null && (typeof v === "object" || typeof v === "function") && v[NO_RESULT] === true;
+    if (result.has && result.value !== undefined && !m.silent && !hidden) {
       const done = reserve();
       try {
         const b = await Promise.race([formatValue(result.value), interrupted]);
