@@ -13,13 +13,13 @@
 
 import { initDevices } from "./runtime/device.ts";
 
-export type { DType } from "./runtime/dtype.ts";
+export type { DType, TypedArray } from "./runtime/dtype.ts";
 export type { Shape } from "./runtime/shape.ts";
 export type { MemoryInfo } from "./runtime/memory.ts";
 export { memory, resetPeak } from "./runtime/memory.ts";
 export { adapterInfo, getDevice, hasWebGPU, setDefaultDevice } from "./runtime/device.ts";
 export type { DeviceName } from "./runtime/device.ts";
-export { keep, Tensor, tidy } from "./runtime/tensor.ts";
+export { keep, Storage, Tensor, tidy } from "./runtime/tensor.ts";
 export type { CreateOptions, Operand, SliceSpec } from "./runtime/tensor.ts";
 export { WebGPUError } from "./runtime/webgpu.ts";
 export * from "./ops/core/mod.ts";

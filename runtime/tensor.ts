@@ -18,6 +18,7 @@ export class Storage {
   refs = 1;
   /** Bytes the ledger charged for it. */
   readonly bytes: number;
+  /** Wraps host data or a GPU buffer; the cpu ledger is charged here, webgpu's by the pool. */
   constructor(
     readonly device: DeviceName,
     readonly dtype: DType,
@@ -241,6 +242,7 @@ export class Tensor {
     this.storage.release();
   }
 
+  /** Same as `dispose()`, for `using t = ...` blocks. */
   [Symbol.dispose](): void {
     this.dispose();
   }
@@ -355,10 +357,12 @@ export class Tensor {
     return `${head}\n${formatValues(await this.toArray(), this.shape, this.dtype)}`;
   }
 
+  /** Deno's console.log hook: the same summary as `toString()`. */
   [Symbol.for("Deno.customInspect")](): string {
     return this.toString();
   }
 
+  /** Node's console.log hook: the same summary as `toString()`. */
   [Symbol.for("nodejs.util.inspect.custom")](): string {
     return this.toString();
   }

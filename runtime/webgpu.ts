@@ -67,6 +67,7 @@ function fmtBytes(n: number): string {
 
 /** An error raised by the WebGPU backend (device lost, out of memory, validation). */
 export class WebGPUError extends Error {
+  /** Always "WebGPUError". */
   override name = "WebGPUError";
 }
 

@@ -6,7 +6,7 @@ import { philox } from "./random_ref.ts";
 leakCheck();
 
 describe("creation", () => {
-  test("tensor infers shapes and dtypes; rejects ragged and bad values", scoped(async () => {
+  test("tensor infers shapes and dtypes; rejects ragged and bad values", scoped(() => {
     const t = s.tensor([[1, 2, 3], [4, 5, 6]], { device: "cpu" });
     expect(t.shape).toEqual([2, 3]);
     expect(t.dtype).toBe("f32");
