@@ -52,7 +52,11 @@ if (s.hasWebGPU()) {
     const ours = await gflops(n, "webgpu", "auto");
     const naive = n <= 512 ? (await gflops(n, "webgpu", "v1")).toFixed(2) : "-";
     const cpu = n <= 512 ? (await gflops(n, "cpu", "auto")).toFixed(2) : "-";
-    console.log(`${String(n).padStart(4)}   ${ours.toFixed(2).padStart(13)}   ${naive.padStart(12)}   ${cpu.padStart(13)}`);
+    console.log(
+      `${String(n).padStart(4)}   ${ours.toFixed(2).padStart(13)}   ${naive.padStart(12)}   ${
+        cpu.padStart(13)
+      }`,
+    );
   }
 }
 console.log(`\nmemory on ${s.getDevice()}:`, s.memory(s.getDevice()));

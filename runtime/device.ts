@@ -28,7 +28,9 @@ export async function initDevices(): Promise<DeviceName> {
   try {
     gpuContext = await GpuContext.create();
   } catch (e) {
-    if (forced === "webgpu") throw new WebGPUError(`SEQLAB_DEVICE=webgpu but no device: ${(e as Error).message}`);
+    if (forced === "webgpu") {
+      throw new WebGPUError(`SEQLAB_DEVICE=webgpu but no device: ${(e as Error).message}`);
+    }
     notice(`WebGPU failed to start (${(e as Error).message}); using the cpu backend`);
   }
   if (gpuContext) {
@@ -74,7 +76,9 @@ export function setDefaultDevice(device: DeviceName): void {
 export function checkDevice(op: string, device: unknown): DeviceName {
   if (device === "cpu") return "cpu";
   if (device === "webgpu") {
-    if (!gpuContext) throw new WebGPUError(`${op}: device "webgpu" is not available on this host (no adapter)`);
+    if (!gpuContext) {
+      throw new WebGPUError(`${op}: device "webgpu" is not available on this host (no adapter)`);
+    }
     return "webgpu";
   }
   throw new Error(`${op}: unknown device ${JSON.stringify(device)}; expected "cpu" or "webgpu"`);

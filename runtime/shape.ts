@@ -28,10 +28,14 @@ export function contiguousStrides(shape: Shape): number[] {
 
 /** Checks that every entry is a non-negative integer. */
 export function checkShape(op: string, shape: unknown): number[] {
-  if (!Array.isArray(shape)) throw new Error(`${op}: shape must be an array of integers, got ${String(shape)}`);
+  if (!Array.isArray(shape)) {
+    throw new Error(`${op}: shape must be an array of integers, got ${String(shape)}`);
+  }
   for (const d of shape) {
     if (!Number.isInteger(d) || d < 0) {
-      throw new Error(`${op}: shape ${fmt(shape)} has an invalid dimension ${d}; dimensions are integers >= 0`);
+      throw new Error(
+        `${op}: shape ${fmt(shape)} has an invalid dimension ${d}; dimensions are integers >= 0`,
+      );
     }
   }
   return [...shape];
@@ -47,9 +51,9 @@ export function broadcastShapes(op: string, ...shapes: Shape[]): number[] {
       if (d === 1) continue;
       if (out[i] !== 1 && out[i] !== d) {
         throw new Error(
-          `${op}: shapes cannot be broadcast together: ${shapes.map(fmt).join(" and ")} (dimension ${i} of the result: ${
-            out[i]
-          } vs ${d})`,
+          `${op}: shapes cannot be broadcast together: ${
+            shapes.map(fmt).join(" and ")
+          } (dimension ${i} of the result: ${out[i]} vs ${d})`,
         );
       }
       out[i] = d;

@@ -64,8 +64,8 @@ function collect(value: unknown, into: Set<Tensor>, depth = 0): void {
     into.add(value);
     return;
   }
-  if (Array.isArray(value)) for (const v of value) collect(v, into, depth + 1);
-  else if (value instanceof Map) for (const v of value.values()) collect(v, into, depth + 1);
+  if (Array.isArray(value)) { for (const v of value) collect(v, into, depth + 1); }
+  else if (value instanceof Map) { for (const v of value.values()) collect(v, into, depth + 1); }
   else if (Object.getPrototypeOf(value) === Object.prototype) {
     for (const v of Object.values(value)) collect(v, into, depth + 1);
   }
@@ -148,7 +148,11 @@ export interface CreateOptions {
 }
 
 /** One dimension's selection for {@link Tensor.slice}: an index (drops the dim), a range, or all (null). */
-export type SliceSpec = number | null | undefined | [start?: number | null, end?: number | null, step?: number];
+export type SliceSpec = number | null | undefined | [
+  start?: number | null,
+  end?: number | null,
+  step?: number,
+];
 
 /** A scalar or tensor operand. */
 export type Operand = Tensor | number;
@@ -226,7 +230,9 @@ export class Tensor {
 
   /** `name [shape] dtype device`, for error messages. */
   describe(): string {
-    return `${this.name ? `tensor "${this.name}" ` : "tensor "}${fmt(this.shape)} ${this.dtype} on ${this.device}`;
+    return `${this.name ? `tensor "${this.name}" ` : "tensor "}${
+      fmt(this.shape)
+    } ${this.dtype} on ${this.device}`;
   }
 
   /** Throws if disposed; names the op. */
@@ -329,7 +335,9 @@ export class Tensor {
 
   /** A one-line summary; values are shown for cpu tensors (webgpu values need `await t.format()`). */
   toString(): string {
-    const head = `Tensor(${fmt(this.shape)}, ${this.dtype}, ${this.device}${this.name ? `, "${this.name}"` : ""})`;
+    const head = `Tensor(${fmt(this.shape)}, ${this.dtype}, ${this.device}${
+      this.name ? `, "${this.name}"` : ""
+    })`;
     if (this.#disposed) return `${head} <disposed>`;
     if (this.device === "cpu") {
       const c = this.isContiguous ? null : ops.contiguous(this);
@@ -352,7 +360,9 @@ export class Tensor {
    * ```
    */
   async format(): Promise<string> {
-    const head = `Tensor(${fmt(this.shape)}, ${this.dtype}, ${this.device}${this.name ? `, "${this.name}"` : ""})`;
+    const head = `Tensor(${fmt(this.shape)}, ${this.dtype}, ${this.device}${
+      this.name ? `, "${this.name}"` : ""
+    })`;
     if (this.#disposed) return `${head} <disposed>`;
     return `${head}\n${formatValues(await this.toArray(), this.shape, this.dtype)}`;
   }
@@ -406,7 +416,9 @@ export class Tensor {
       out[neg] = n / rest;
     }
     if (numel(out) !== n) {
-      throw new Error(`reshape: cannot reshape ${this.describe()} (${n} elements) to ${fmt(shape)} (${numel(out)})`);
+      throw new Error(
+        `reshape: cannot reshape ${this.describe()} (${n} elements) to ${fmt(shape)} (${numel(out)})`,
+      );
     }
     if (this.isContiguous) return this.view(out, contiguousStrides(out), this.offset);
     const c = ops.contiguous(this);
@@ -429,7 +441,9 @@ export class Tensor {
     const r = this.rank;
     const norm = axes.map((a) => normAxis("permute", a, r));
     if (norm.length !== r || new Set(norm).size !== r) {
-      throw new Error(`permute: axes ${fmt(axes)} are not a permutation of the ${r} dims of ${this.describe()}`);
+      throw new Error(
+        `permute: axes ${fmt(axes)} are not a permutation of the ${r} dims of ${this.describe()}`,
+      );
     }
     return this.view(norm.map((a) => this.shape[a]), norm.map((a) => this.strides[a]), this.offset);
   }
@@ -475,7 +489,9 @@ export class Tensor {
       if (typeof spec === "number") {
         const i = spec < 0 ? spec + n : spec;
         if (!Number.isInteger(spec) || i < 0 || i >= n) {
-          throw new Error(`slice: index ${spec} is out of range for dimension ${d} (size ${n}) of ${this.describe()}`);
+          throw new Error(
+            `slice: index ${spec} is out of range for dimension ${d} (size ${n}) of ${this.describe()}`,
+          );
         }
         offset += i * st;
         continue;
@@ -521,9 +537,13 @@ export class Tensor {
       const src = i - lead;
       const have = src >= 0 ? this.shape[src] : 1;
       const want = shape[i] === -1 && src >= 0 ? have : shape[i];
-      if (!Number.isInteger(want) || want < 0) throw new Error(`expand: invalid size ${shape[i]} in ${fmt(shape)}`);
+      if (!Number.isInteger(want) || want < 0) {
+        throw new Error(`expand: invalid size ${shape[i]} in ${fmt(shape)}`);
+      }
       if (have !== want && have !== 1) {
-        throw new Error(`expand: cannot expand ${this.describe()} to ${fmt(shape)}: dimension ${i} is ${have}, not 1`);
+        throw new Error(
+          `expand: cannot expand ${this.describe()} to ${fmt(shape)}: dimension ${i} is ${have}, not 1`,
+        );
       }
       outShape.push(want);
       strides.push(src >= 0 && have === want ? this.strides[src] : 0);
@@ -754,7 +774,8 @@ export function formatValues(data: ArrayLike<number>, shape: Shape, dtype: DType
   const strides = contiguousStrides(shape);
   const rec = (dim: number, off: number, indent: string): string => {
     const n = shape[dim];
-    const idx = n > 2 * edge ? [...Array(edge).keys(), -1, ...Array.from({ length: edge }, (_, i) => n - edge + i)]
+    const idx = n > 2 * edge
+      ? [...Array(edge).keys(), -1, ...Array.from({ length: edge }, (_, i) => n - edge + i)]
       : [...Array(n).keys()];
     if (dim === shape.length - 1) {
       return `[${idx.map((i) => (i < 0 ? "..." : formatNumber(data[off + i], dtype))).join(", ")}]`;

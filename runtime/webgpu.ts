@@ -270,7 +270,11 @@ export class GpuContext {
     this.cacheStats.misses++;
     const code = p.source();
     const module = this.device.createShaderModule({ code, label: key });
-    pipe = this.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" }, label: key });
+    pipe = this.device.createComputePipeline({
+      layout: "auto",
+      compute: { module, entryPoint: "main" },
+      label: key,
+    });
     this.pipelines.set(key, pipe);
     return pipe;
   }
@@ -285,14 +289,22 @@ export class GpuContext {
     this.checkAlive(p.name);
     const ubytes = Math.max(16, Math.ceil(p.uniforms.byteLength / 16) * 16);
     const slots = Math.ceil(ubytes / UNIFORM_SLOT) * UNIFORM_SLOT;
-    if (slots > ARENA_BYTES) throw new WebGPUError(`${p.name}: uniform block of ${ubytes} bytes is too large`);
+    if (slots > ARENA_BYTES) {
+      throw new WebGPUError(`${p.name}: uniform block of ${ubytes} bytes is too large`);
+    }
     if (this.arenaUsed + slots > ARENA_BYTES) this.flush();
     this.openScope();
     const pipe = this.pipeline(p);
     const offset = this.arenaUsed;
-    this.arenaData.set(new Uint8Array(p.uniforms.buffer, p.uniforms.byteOffset, p.uniforms.byteLength), offset);
+    this.arenaData.set(
+      new Uint8Array(p.uniforms.buffer, p.uniforms.byteOffset, p.uniforms.byteLength),
+      offset,
+    );
     this.arenaUsed += slots;
-    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.arena, offset, size: ubytes } }];
+    const entries: GPUBindGroupEntry[] = [{
+      binding: 0,
+      resource: { buffer: this.arena, offset, size: ubytes },
+    }];
     let b = 1;
     for (const buf of p.inputs) entries.push({ binding: b++, resource: { buffer: buf } });
     for (const buf of p.outputs) entries.push({ binding: b++, resource: { buffer: buf } });
@@ -404,7 +416,9 @@ export class GpuContext {
     await this.checkErrors();
     if (flags[0] !== 0) {
       const msg = this.diagnosticMessages.get(flags[0]);
-      const text = msg ? msg(flags[1] | 0, flags[2]) : `shader diagnostic ${flags[0]} (${flags[1] | 0}, ${flags[2]})`;
+      const text = msg
+        ? msg(flags[1] | 0, flags[2])
+        : `shader diagnostic ${flags[0]} (${flags[1] | 0}, ${flags[2]})`;
       throw new WebGPUError(`${text}; results computed since the last readback are invalid`);
     }
     return out;

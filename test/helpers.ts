@@ -59,7 +59,9 @@ export function assertClose(
   }
   if (nBad > 0) {
     throw new Error(
-      `${nBad} of ${actual.length} elements differ (atol ${atol}, rtol ${rtol}, max error ${maxErr}):\n${bad.join("\n")}`,
+      `${nBad} of ${actual.length} elements differ (atol ${atol}, rtol ${rtol}, max error ${maxErr}):\n${
+        bad.join("\n")
+      }`,
     );
   }
 }
@@ -101,7 +103,10 @@ export function leakCheck(): void {
   });
   afterEach((ctx) => {
     if (ctx.task.result?.state === "fail") return; // a failed test's tensors are not the leak to report
-    expect({ cpu: memory("cpu").bytesInUse, webgpu: memory("webgpu").bytesInUse }, "bytes in use after the test")
+    expect(
+      { cpu: memory("cpu").bytesInUse, webgpu: memory("webgpu").bytesInUse },
+      "bytes in use after the test",
+    )
       .toEqual(before);
   });
 }

@@ -25,7 +25,9 @@ function resolve(op: string, opts: CreateOptions | undefined, fallback: DType = 
 function checkInt(op: string, v: number, dtype: DType): void {
   const [lo, hi] = dtype === "i32" ? [-(2 ** 31), 2 ** 31 - 1] : [0, 2 ** 32 - 1];
   if (!Number.isInteger(v) || v < lo || v > hi) {
-    throw new Error(`${op}: ${v} is not a valid ${dtype} value (integers in [${lo}, ${hi}]); cast a float tensor instead`);
+    throw new Error(
+      `${op}: ${v} is not a valid ${dtype} value (integers in [${lo}, ${hi}]); cast a float tensor instead`,
+    );
   }
 }
 
@@ -40,14 +42,20 @@ function flatten(data: NestedArray): { values: number[]; shape: number[] } {
   const values: number[] = [];
   const walk = (x: NestedArray, dim: number) => {
     if (dim === shape.length) {
-      if (Array.isArray(x)) throw new Error(`tensor: ragged nested array (expected a number at depth ${dim})`);
+      if (Array.isArray(x)) {
+        throw new Error(`tensor: ragged nested array (expected a number at depth ${dim})`);
+      }
       if (typeof x === "boolean") values.push(x ? 1 : 0);
       else if (typeof x === "number") values.push(x);
       else throw new Error(`tensor: elements must be numbers, got ${typeof x} (${String(x)})`);
       return;
     }
     if (!Array.isArray(x) || x.length !== shape[dim]) {
-      throw new Error(`tensor: ragged nested array: expected length ${shape[dim]} at depth ${dim}, got ${Array.isArray(x) ? x.length : typeof x}`);
+      throw new Error(
+        `tensor: ragged nested array: expected length ${shape[dim]} at depth ${dim}, got ${
+          Array.isArray(x) ? x.length : typeof x
+        }`,
+      );
     }
     for (const y of x) walk(y, dim + 1);
   };
@@ -86,7 +94,9 @@ export function tensor(
     }
     shape = s;
   }
-  if (!isFloat(dtype) && typed !== dtype) for (let i = 0; i < values.length; i++) checkInt("tensor", values[i], dtype);
+  if (!isFloat(dtype) && typed !== dtype) {
+    for (let i = 0; i < values.length; i++) checkInt("tensor", values[i], dtype);
+  }
   return fromArray(values, shape, dtype, device, name);
 }
 
@@ -222,7 +232,9 @@ let streamCounter = 0;
  * ```
  */
 export function manualSeed(seed: number): void {
-  if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`manualSeed: seed must be a non-negative integer, got ${seed}`);
+  if (!Number.isSafeInteger(seed) || seed < 0) {
+    throw new Error(`manualSeed: seed must be a non-negative integer, got ${seed}`);
+  }
   globalSeed = seed;
   streamCounter = 0;
 }
@@ -233,13 +245,22 @@ export interface RandomOptions extends CreateOptions {
   seed?: number;
 }
 
-function random(op: string, kind: "uniform" | "normal", shape: Shape, a: number, b: number, opts?: RandomOptions) {
+function random(
+  op: string,
+  kind: "uniform" | "normal",
+  shape: Shape,
+  a: number,
+  b: number,
+  opts?: RandomOptions,
+) {
   const s = checkShape(op, shape);
   const { dtype, device, name } = resolve(op, opts);
   if (!isFloat(dtype)) throw new Error(`${op}: dtype must be f32 or f16, got ${dtype}`);
   let seed: number, stream: number;
   if (opts?.seed !== undefined) {
-    if (!Number.isSafeInteger(opts.seed) || opts.seed < 0) throw new Error(`${op}: seed must be a non-negative integer, got ${opts.seed}`);
+    if (!Number.isSafeInteger(opts.seed) || opts.seed < 0) {
+      throw new Error(`${op}: seed must be a non-negative integer, got ${opts.seed}`);
+    }
     seed = opts.seed;
     stream = 0;
   } else {
@@ -259,7 +280,13 @@ function random(op: string, kind: "uniform" | "normal", shape: Shape, a: number,
     source: () => randomSource(kind, dtype),
     inputs: [],
     outputs: [out.storage.buffer!],
-    uniforms: new Uniforms().u32(out.size, seed >>> 0, Math.floor(seed / 2 ** 32), stream >>> 0, Math.floor(stream / 2 ** 32))
+    uniforms: new Uniforms().u32(
+      out.size,
+      seed >>> 0,
+      Math.floor(seed / 2 ** 32),
+      stream >>> 0,
+      Math.floor(stream / 2 ** 32),
+    )
       .f32(a, b).padTo(8).build(),
     workgroups: grid(Math.ceil(out.size / 4), RAND_WG),
   });

@@ -34,7 +34,9 @@ function mapOp(
   }
   const c = coalesce(shape, [contiguousStrides(shape), ...inputs.map((t) => t.strides)]);
   if (c.shape.length > MAX_RANK) {
-    throw new Error(`${op}: ${fmt(shape)} needs ${c.shape.length} strided dims; at most ${MAX_RANK} are supported`);
+    throw new Error(
+      `${op}: ${fmt(shape)} needs ${c.shape.length} strided dims; at most ${MAX_RANK} are supported`,
+    );
   }
   const outStrides = c.strides[0];
   const contig = inputs.map((_, k) => c.strides[k + 1].every((s, d) => s === outStrides[d]));
@@ -66,7 +68,9 @@ const INT_UNARY = new Set(["neg", "abs", "relu", "copy"]);
 
 function unary(op: string, x: Tensor): Tensor {
   x.check(op);
-  if (op === "neg" && x.dtype === "u32") throw new Error(`neg: ${x.describe()} is unsigned; cast to i32 first`);
+  if (op === "neg" && x.dtype === "u32") {
+    throw new Error(`neg: ${x.describe()} is unsigned; cast to i32 first`);
+  }
   const keep = isFloat(x.dtype) || INT_UNARY.has(op);
   const out: DType = keep ? x.dtype : "f32";
   const ct = keep ? computeType(x.dtype) : "f32";
@@ -78,7 +82,9 @@ const COMPARE = new Set(["eq", "ne", "lt", "le", "gt", "ge"]);
 const FLOAT_ONLY = new Set(["div", "pow"]);
 
 function binary(op: string, a: Operand, b: Operand): Tensor {
-  if (!(a instanceof Tensor) && !(b instanceof Tensor)) throw new Error(`${op}: needs at least one Tensor operand`);
+  if (!(a instanceof Tensor) && !(b instanceof Tensor)) {
+    throw new Error(`${op}: needs at least one Tensor operand`);
+  }
   const ta = a instanceof Tensor ? a : operand(a, b as Tensor);
   const tb = b instanceof Tensor ? b : operand(b, ta);
   try {

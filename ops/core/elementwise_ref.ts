@@ -8,7 +8,12 @@ import type { DType, TypedArray } from "../../runtime/dtype.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 
 /** Storage index of the element at row-major position `i` of a strided view. */
-export function stridedIndex(i: number, shape: readonly number[], strides: readonly number[], offset: number): number {
+export function stridedIndex(
+  i: number,
+  shape: readonly number[],
+  strides: readonly number[],
+  offset: number,
+): number {
   let idx = offset;
   for (let d = shape.length - 1; d >= 0; d--) {
     const n = shape[d];
@@ -23,7 +28,9 @@ export function stridedIndex(i: number, shape: readonly number[], strides: reado
  * fits (2147483520 for i32, 4294967040 for u32); NaN becomes 0.
  */
 export function toDType(v: number, dtype: DType): number {
-  if (dtype === "i32") return Number.isNaN(v) ? 0 : Math.min(Math.max(Math.trunc(v), -2147483648), 2147483520);
+  if (dtype === "i32") {
+    return Number.isNaN(v) ? 0 : Math.min(Math.max(Math.trunc(v), -2147483648), 2147483520);
+  }
   if (dtype === "u32") return Number.isNaN(v) ? 0 : Math.min(Math.max(Math.trunc(v), 0), 4294967040);
   return v;
 }

@@ -7,8 +7,35 @@ leakCheck();
 
 const SPECIALS = [NaN, 1e4, -1e4, Infinity, -Infinity, 0, -0, 1e-30, 88, -88];
 const SHAPES = [[], [1], [7], [3, 5], [2, 3, 17], [0, 4], [65, 33], [4099]];
-const UNARY = ["neg", "abs", "exp", "log", "sqrt", "rsqrt", "relu", "gelu", "silu", "sigmoid", "tanh", "softplus"] as const;
-const BINARY = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge"] as const;
+const UNARY = [
+  "neg",
+  "abs",
+  "exp",
+  "log",
+  "sqrt",
+  "rsqrt",
+  "relu",
+  "gelu",
+  "silu",
+  "sigmoid",
+  "tanh",
+  "softplus",
+] as const;
+const BINARY = [
+  "add",
+  "sub",
+  "mul",
+  "div",
+  "pow",
+  "maximum",
+  "minimum",
+  "eq",
+  "ne",
+  "lt",
+  "le",
+  "gt",
+  "ge",
+] as const;
 
 const cpu = (shape: number[], seed = 1, scale = 3, specials = SPECIALS) => {
   const n = shape.reduce((a, b) => a * b, 1);
@@ -52,7 +79,12 @@ describe("unary ops: webgpu against the float64 cpu reference", () => {
     };
     await close(x.gelu(), [-0.15865525393145707, 0, 0.8413447460685429, 1.9544997361036416]);
     await close(x.silu(), [-0.2689414213699951, 0, 0.7310585786300049, 1.7615941559557649]);
-    await close(x.softplus(), [0.31326168751822286, 0.6931471805599453, 1.3132616875182228, 2.1269280110429727]);
+    await close(x.softplus(), [
+      0.31326168751822286,
+      0.6931471805599453,
+      1.3132616875182228,
+      2.1269280110429727,
+    ]);
     await close(x.tanh(), [-0.7615941559557649, 0, 0.7615941559557649, 0.9640275800758169]);
     x.dispose();
   });
@@ -80,7 +112,10 @@ describe("binary ops", () => {
       }
       // non-contiguous views: transposed and strided slices
       const a = cpu([6, 9], 11), b = cpu([9, 6], 12);
-      await compareBackends((x, y) => f(x.slice([[0, 6, 2], [1, 9, 3]]), y.transpose().slice([[1, 6, 2], [0, 3]])), [a, b]);
+      await compareBackends(
+        (x, y) => f(x.slice([[0, 6, 2], [1, 9, 3]]), y.transpose().slice([[1, 6, 2], [0, 3]])),
+        [a, b],
+      );
       a.dispose();
       b.dispose();
     });
@@ -97,7 +132,8 @@ describe("binary ops", () => {
     expect(r.dtype).toBe("i32");
     expect((await r.toArray())[0]).toBe(-2147483647); // wrapped
     r.dispose();
-    const ua = s.tensor([1, 4000000000], { dtype: "u32", device: "cpu" }), ub = s.tensor([2, 500000000], { dtype: "u32", device: "cpu" });
+    const ua = s.tensor([1, 4000000000], { dtype: "u32", device: "cpu" }),
+      ub = s.tensor([2, 500000000], { dtype: "u32", device: "cpu" });
     await compareBackends(s.sub as (a: Tensor, b: Tensor) => Tensor, [ua, ub], TOL.u32);
     await compareBackends(s.add as (a: Tensor, b: Tensor) => Tensor, [ua, ub], TOL.u32);
     // division of integers is true division
@@ -152,7 +188,9 @@ describe("where, cast, contiguous", () => {
     for (const d of ["i32", "u32", "f32"] as const) {
       await compareBackends((t) => s.cast(t, d), [x], TOL[d]);
       const i = s.cast(x, d);
-      for (const d2 of ["i32", "u32", "f32"] as const) await compareBackends((t) => s.cast(t, d2), [i], TOL[d2]);
+      for (const d2 of ["i32", "u32", "f32"] as const) {
+        await compareBackends((t) => s.cast(t, d2), [i], TOL[d2]);
+      }
       i.dispose();
     }
     const i = s.cast(x, "i32");

@@ -122,7 +122,9 @@ export function elementwiseSource(
       computeTypes[0] + " { return min(a, b); }"
     : "";
   const needStrided = contig.some((c) => !c);
-  const index = inputs.map((_, k) => contig[k] ? `let i${k} = U(${2 + k}u) + gid;` : `var i${k} = U(${2 + k}u);`)
+  const index = inputs.map((_, k) =>
+    contig[k] ? `let i${k} = U(${2 + k}u) + gid;` : `var i${k} = U(${2 + k}u);`
+  )
     .join("\n  ");
   const decode = needStrided
     ? `var rem = gid;

@@ -23,7 +23,9 @@ import { empty, sameDevice, Uniforms } from "./util.ts";
  * ```
  */
 export function concat(tensors: readonly Tensor[], axis = 0): Tensor {
-  if (!Array.isArray(tensors) || tensors.length === 0) throw new Error("concat: needs a non-empty array of tensors");
+  if (!Array.isArray(tensors) || tensors.length === 0) {
+    throw new Error("concat: needs a non-empty array of tensors");
+  }
   const device = sameDevice("concat", ...tensors);
   const first: Tensor = tensors[0];
   if (first.rank === 0) throw new Error("concat: cannot concatenate scalars; use stack");
@@ -78,11 +80,15 @@ export function concat(tensors: readonly Tensor[], axis = 0): Tensor {
  * ```
  */
 export function stack(tensors: readonly Tensor[], axis = 0): Tensor {
-  if (!Array.isArray(tensors) || tensors.length === 0) throw new Error("stack: needs a non-empty array of tensors");
+  if (!Array.isArray(tensors) || tensors.length === 0) {
+    throw new Error("stack: needs a non-empty array of tensors");
+  }
   const shape: readonly number[] = tensors[0].check("stack").shape;
   for (const t of tensors) {
     if (t.check("stack").rank !== shape.length || t.shape.some((d: number, i: number) => d !== shape[i])) {
-      throw new Error(`stack: all tensors must have one shape: ${tensors.map((x) => fmt(x.shape)).join(", ")}`);
+      throw new Error(
+        `stack: all tensors must have one shape: ${tensors.map((x) => fmt(x.shape)).join(", ")}`,
+      );
     }
   }
   const a = normAxis("stack", axis, shape.length + 1);
@@ -121,12 +127,26 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
   const src = contiguous(x), idx = contiguous(indices);
   try {
     if (device === "cpu") {
-      gatherRef(src.storage.data!, src.offset, outer, A, inner, idx.storage.data!, idx.offset, I, out.storage.data!, "gather");
+      gatherRef(
+        src.storage.data!,
+        src.offset,
+        outer,
+        A,
+        inner,
+        idx.storage.data!,
+        idx.offset,
+        I,
+        out.storage.data!,
+        "gather",
+      );
       return out;
     }
     if (out.size === 0) return out;
     const ctx = gpu();
-    ctx.diagnostic(GATHER_OOB, (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`);
+    ctx.diagnostic(
+      GATHER_OOB,
+      (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`,
+    );
     ctx.run({
       name: "gather",
       key: `${x.dtype}|${indices.dtype}`,

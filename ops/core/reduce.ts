@@ -54,9 +54,15 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
   const { src, outer, R, inner, outShape } = plan(kind, x, axes, keepdims);
   try {
     if (R === 0 && kind !== "sum" && kind !== "mean") {
-      throw new Error(`${kind}: cannot reduce over an empty dimension of ${x.describe()} (axis ${String(axes)})`);
+      throw new Error(
+        `${kind}: cannot reduce over an empty dimension of ${x.describe()} (axis ${String(axes)})`,
+      );
     }
-    const outDtype: DType = kind === "argmax" ? "i32" : kind === "mean" && !isFloat(x.dtype) ? "f32" : x.dtype;
+    const outDtype: DType = kind === "argmax"
+      ? "i32"
+      : kind === "mean" && !isFloat(x.dtype)
+      ? "f32"
+      : x.dtype;
     const out = empty(kind, outShape, outDtype, x.device);
     if (out.size === 0) return out;
     if (x.device === "cpu") {
@@ -64,7 +70,16 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
       return out;
     }
     const ctx = gpu();
-    const pass = (k: ReduceKind, input: Tensor, offset: number, R_: number, chunk: number, C: number, target: Tensor, scale: number) =>
+    const pass = (
+      k: ReduceKind,
+      input: Tensor,
+      offset: number,
+      R_: number,
+      chunk: number,
+      C: number,
+      target: Tensor,
+      scale: number,
+    ) =>
       ctx.run({
         name: kind,
         key: `${k}|${input.dtype}>${target.dtype}`,
@@ -82,7 +97,12 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
     // v2: reduce C chunks of R per output into partials, then the partials. A mean sums its chunks in f32
     // (scale 1) and scales at the end.
     const C = Math.min(Math.ceil(R / 256), Math.max(1, Math.floor(65536 / (outer * inner))));
-    const partial = empty(kind, [outer, C, inner], kind === "mean" || isFloat(x.dtype) ? "f32" : x.dtype, x.device);
+    const partial = empty(
+      kind,
+      [outer, C, inner],
+      kind === "mean" || isFloat(x.dtype) ? "f32" : x.dtype,
+      x.device,
+    );
     pass(kind === "mean" ? "mean" : kind, src, src.offset, R, Math.ceil(R / C), C, partial, 1);
     pass(kind === "mean" ? "mean" : kind, partial, 0, C, C, 1, out, scale);
     partial.dispose();
@@ -208,4 +228,3 @@ export function cumsum(x: Tensor, axis = -1): Tensor {
     src.dispose();
   }
 }
-

@@ -54,7 +54,14 @@ export function reduceRef(
 }
 
 /** Inclusive cumulative sum along R of (outer, R, inner), float64 running sums. */
-export function cumsumRef(x: TypedArray, offset: number, outer: number, R: number, inner: number, out: TypedArray): void {
+export function cumsumRef(
+  x: TypedArray,
+  offset: number,
+  outer: number,
+  R: number,
+  inner: number,
+  out: TypedArray,
+): void {
   for (let o = 0; o < outer; o++) {
     for (let i = 0; i < inner; i++) {
       let acc = 0;

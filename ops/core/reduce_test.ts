@@ -41,8 +41,15 @@ describe("reductions: webgpu against the float64 reference", () => {
   }
 
   test("argmax: first maximum, NaN wins, flat and per axis", async () => {
-    const x = s.tensor([[1, 5, 5, 2], [NaN, 1, 9, 9], [-Infinity, -Infinity, -Infinity, -Infinity]], { device: "cpu" });
-    for (const [axis, keep] of [[undefined, false], [0, false], [1, false], [1, true], [undefined, true]] as const) {
+    const x = s.tensor([[1, 5, 5, 2], [NaN, 1, 9, 9], [-Infinity, -Infinity, -Infinity, -Infinity]], {
+      device: "cpu",
+    });
+    for (
+      const [axis, keep] of [[undefined, false], [0, false], [1, false], [1, true], [
+        undefined,
+        true,
+      ]] as const
+    ) {
       await compareBackends((t) => s.argmax(t, axis, keep), [x], TOL.i32);
     }
     const r = s.argmax(x, 1);
@@ -54,7 +61,9 @@ describe("reductions: webgpu against the float64 reference", () => {
   });
 
   test("NaN and infinities propagate; large magnitudes stay exact", async () => {
-    const x = s.tensor([[1, NaN, 3], [1e30, -1e30, 5], [Infinity, 1, 2], [Infinity, -Infinity, 0]], { device: "cpu" });
+    const x = s.tensor([[1, NaN, 3], [1e30, -1e30, 5], [Infinity, 1, 2], [Infinity, -Infinity, 0]], {
+      device: "cpu",
+    });
     for (const op of ["sum", "mean", "max", "min"] as const) {
       await compareBackends((t) => s[op](t, 1), [x], TOL.f32);
     }
@@ -90,9 +99,11 @@ describe("reductions: webgpu against the float64 reference", () => {
   });
 
   test("cumsum along each axis, views and long lines", async () => {
-    for (const [shape, axes] of [[[7], [0, -1]], [[3, 5], [0, 1]], [[2, 3, 17], [0, 1, 2]], [[0, 4], [0, 1]], [[
-      20000,
-    ], [0]]] as [number[], number[]][]) {
+    for (
+      const [shape, axes] of [[[7], [0, -1]], [[3, 5], [0, 1]], [[2, 3, 17], [0, 1, 2]], [[0, 4], [0, 1]], [[
+        20000,
+      ], [0]]] as [number[], number[]][]
+    ) {
       const x = cpu(shape, 7, 1);
       for (const a of axes) await compareBackends((t) => s.cumsum(t, a), [x], { atol: 1e-4, rtol: 1e-5 });
       x.dispose();

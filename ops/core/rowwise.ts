@@ -20,7 +20,11 @@ function softmaxLike(op: string, x: Tensor, axis: number, lse: boolean, keepdims
   if (x.rank === 0) throw new Error(`${op}: ${x.describe()} is a scalar; it has no axis ${axis}`);
   const a = normAxis(op, axis, x.rank);
   const outer = numel(x.shape.slice(0, a)), R = x.shape[a], inner = numel(x.shape.slice(a + 1));
-  const outShape = !lse ? x.shape : keepdims ? x.shape.map((d, i) => (i === a ? 1 : d)) : x.shape.filter((_, i) => i !== a);
+  const outShape = !lse
+    ? x.shape
+    : keepdims
+    ? x.shape.map((d, i) => (i === a ? 1 : d))
+    : x.shape.filter((_, i) => i !== a);
   const out = empty(op, outShape, x.dtype, x.device);
   if (out.size === 0) return out;
   const src = contiguous(x);
@@ -70,15 +74,26 @@ export function logSumExp(x: Tensor, axis = -1, keepdims = false): Tensor {
   return softmaxLike("logSumExp", x, axis, true, keepdims);
 }
 
-function norm(op: string, x: Tensor, w: Tensor | null | undefined, b: Tensor | null | undefined, eps: number, rms: boolean) {
+function norm(
+  op: string,
+  x: Tensor,
+  w: Tensor | null | undefined,
+  b: Tensor | null | undefined,
+  eps: number,
+  rms: boolean,
+) {
   const device = sameDevice(op, x, ...(w ? [w] : []), ...(b ? [b] : []));
   if (!isFloat(x.dtype)) throw new Error(`${op}: needs a float tensor, got ${x.describe()}`);
-  if (x.rank === 0) throw new Error(`${op}: ${x.describe()} is a scalar; it needs a last dimension to normalise`);
+  if (x.rank === 0) {
+    throw new Error(`${op}: ${x.describe()} is a scalar; it needs a last dimension to normalise`);
+  }
   if (!(eps >= 0)) throw new Error(`${op}: eps must be a non-negative number, got ${eps}`);
   const D = x.shape[x.rank - 1];
   for (const [label, p] of [["weight", w], ["bias", b]] as const) {
     if (p && (p.rank !== 1 || p.shape[0] !== D)) {
-      throw new Error(`${op}: ${label} must have shape [${D}] (the last dim of x ${fmt(x.shape)}), got ${fmt(p.shape)}`);
+      throw new Error(
+        `${op}: ${label} must have shape [${D}] (the last dim of x ${fmt(x.shape)}), got ${fmt(p.shape)}`,
+      );
     }
     if (p && p.dtype !== x.dtype) throw new Error(`${op}: ${label} is ${p.dtype} but x is ${x.dtype}`);
   }
@@ -89,7 +104,19 @@ function norm(op: string, x: Tensor, w: Tensor | null | undefined, b: Tensor | n
   const wc = w ? contiguous(w) : null, bc = b ? contiguous(b) : null;
   try {
     if (device === "cpu") {
-      normRef(src.storage.data!, src.offset, rows, D, wc?.storage.data ?? null, wc?.offset ?? 0, bc?.storage.data ?? null, bc?.offset ?? 0, eps, rms, out.storage.data!);
+      normRef(
+        src.storage.data!,
+        src.offset,
+        rows,
+        D,
+        wc?.storage.data ?? null,
+        wc?.offset ?? 0,
+        bc?.storage.data ?? null,
+        bc?.offset ?? 0,
+        eps,
+        rms,
+        out.storage.data!,
+      );
       return out;
     }
     gpu().run({
@@ -98,7 +125,8 @@ function norm(op: string, x: Tensor, w: Tensor | null | undefined, b: Tensor | n
       source: () => normSource(x.dtype, rms, !!wc, !!bc),
       inputs: [src, ...(wc ? [wc] : []), ...(bc ? [bc] : [])].map((t) => t.storage.buffer!),
       outputs: [out.storage.buffer!],
-      uniforms: new Uniforms().u32(rows, D, src.offset, wc?.offset ?? 0, bc?.offset ?? 0).f32(eps).padTo(8).build(),
+      uniforms: new Uniforms().u32(rows, D, src.offset, wc?.offset ?? 0, bc?.offset ?? 0).f32(eps).padTo(8)
+        .build(),
       workgroups: grid(rows, ROW_WG),
     });
     return out;

@@ -23,7 +23,10 @@ describe("softmax and logSumExp", () => {
   });
 
   test("stable for inputs like 1e4; NaN propagates; -inf rows", async () => {
-    const x = s.tensor([[1e4, 1e4, 0], [-1e4, 1e4 - 1, 1e4], [NaN, 1, 2], [-Infinity, -Infinity, -Infinity]], { device: "cpu" });
+    const x = s.tensor(
+      [[1e4, 1e4, 0], [-1e4, 1e4 - 1, 1e4], [NaN, 1, 2], [-Infinity, -Infinity, -Infinity]],
+      { device: "cpu" },
+    );
     await compareBackends((t) => s.softmax(t), [x], TOL.f32);
     await compareBackends((t) => s.logSumExp(t), [x], TOL.f32);
     const sm = s.softmax(x), l = s.logSumExp(x);
@@ -71,7 +74,9 @@ describe("layerNorm and rmsNorm", () => {
 
   test("bad weight shape names it", () => {
     const x = s.zeros([2, 4], { device: "cpu" }), w = s.zeros([3], { device: "cpu" });
-    expect(() => s.layerNorm(x, w)).toThrow("layerNorm: weight must have shape [4] (the last dim of x [2, 4]), got [3]");
+    expect(() => s.layerNorm(x, w)).toThrow(
+      "layerNorm: weight must have shape [4] (the last dim of x [2, 4]), got [3]",
+    );
     expect(() => s.rmsNorm(x, w)).toThrow(/rmsNorm: weight must have shape \[4\]/);
     x.dispose();
     w.dispose();

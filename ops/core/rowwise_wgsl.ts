@@ -34,9 +34,7 @@ ${flatId(ROW_WG)}
   var s = 0.0;
   for (var r = 0u; r < R; r++) { s += exp(f32(x[U(3u) + base + r * inner]) - m); }
   ${
-    lse
-      ? `out[gid] = ${dtype}(select(m + log(s), m, m == -inf()));`
-      : `for (var r = 0u; r < R; r++) {
+    lse ? `out[gid] = ${dtype}(select(m + log(s), m, m == -inf()));` : `for (var r = 0u; r < R; r++) {
     out[base + r * inner] = ${dtype}(exp(f32(x[U(3u) + base + r * inner]) - m) / s);
   }`
   }
@@ -58,8 +56,10 @@ ${flatId(ROW_WG)}
   if (gid >= rows) { return; }
   let base = U(2u) + gid * D;
   var mean = 0.0;
-  ${rms ? "" : `for (var d = 0u; d < D; d++) { mean += f32(x[base + d]); }
-  mean /= f32(D);`}
+  ${
+    rms ? "" : `for (var d = 0u; d < D; d++) { mean += f32(x[base + d]); }
+  mean /= f32(D);`
+  }
   var v = 0.0;
   for (var d = 0u; d < D; d++) { let t = f32(x[base + d]) - mean; v += t * t; }
   let inv = inverseSqrt(v / f32(D) + UF(5u));

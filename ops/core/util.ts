@@ -128,7 +128,10 @@ export function logicalBytes(t: { size: number; dtype: DType }): number {
 }
 
 /** Merges dimensions that are contiguous in every stride list and drops size-1 dims (fewer index steps). */
-export function coalesce(shape: Shape, strideLists: (readonly number[])[]): { shape: number[]; strides: number[][] } {
+export function coalesce(
+  shape: Shape,
+  strideLists: (readonly number[])[],
+): { shape: number[]; strides: number[][] } {
   const outShape: number[] = [];
   const outStrides: number[][] = strideLists.map(() => []);
   for (let d = 0; d < shape.length; d++) {
