@@ -14,8 +14,8 @@
  */
 import { EchoRepSocket, type Frames, PubSocket, RouterSocket, setLogger } from "./zmtp.ts";
 import { decode, encode, header, type Header, type Message, PROTOCOL_VERSION, Signer } from "./wire.ts";
-import type { FromWorker, Output, ToWorker } from "./worker.ts";
-import { CTL_INPUT_LEN, CTL_INPUT_STATE, CTL_INTERRUPT, INPUT_INTERRUPTED, INPUT_READY } from "./worker.ts";
+import type { FromWorker, Output, ToWorker } from "./messages.ts";
+import { CTL_INPUT_LEN, CTL_INPUT_STATE, CTL_INTERRUPT, INPUT_INTERRUPTED, INPUT_READY } from "./messages.ts";
 import { DocIndex } from "./docs.ts";
 
 /** Contents of a Jupyter connection file. */
@@ -647,8 +647,12 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   const conn = JSON.parse(Deno.readTextFileSync(path)) as ConnectionInfo;
+  const anyZero = ["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"]
+    .some((k) => !conn[k as keyof ConnectionInfo]);
   const kernel = new Kernel(conn, { preload: !Deno.args.includes("--no-preload") });
   kernel.start();
+  // Ports given as 0 were chosen by the system: write them back so a client can read them.
+  if (anyZero) Deno.writeTextFileSync(path, JSON.stringify(conn, null, 2));
   // SIGINT (a frontend using signal interrupts, or Ctrl-C in a terminal) interrupts the cell, not the kernel.
   try {
     Deno.addSignalListener("SIGINT", () => kernel.interrupt());
