@@ -120,10 +120,13 @@ export function tidy<T>(fn: () => T): T {
  *
  * @example
  * ```ts
- * import { keep, ones, tidy } from "seqlab";
- * let w;
- * tidy(() => { w = keep(ones([4], { device: "cpu" })); });
- * w.dispose();
+ * import { keep, ones, type Tensor, tidy } from "seqlab";
+ * const saved: Tensor[] = [];
+ * tidy(() => {
+ *   saved.push(keep(ones([4], { device: "cpu" }))); // survives the scope
+ *   ones([4], { device: "cpu" }); // freed when tidy returns
+ * });
+ * saved[0].dispose();
  * ```
  */
 export function keep<T extends Tensor>(t: T): T {
