@@ -388,6 +388,12 @@ export class Kernel {
       await this.send(socket, msg, "execute_reply", { execution_count: count, ...content });
     };
 
+    // `exit` / `quit` ask the frontend to close (jupyter console does; notebooks ignore it).
+    if (/^\s*(exit|quit)(\(\))?\s*;?\s*$/.test(code)) {
+      await reply({ status: "ok", payload: [{ source: "ask_exit", keepkernel: false }], user_expressions: {} }, null);
+      return;
+    }
+
     // `name?` shows help in the pager, as in IPython.
     const help = /^\s*([A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)\s*\?{1,2}\s*$/.exec(code);
     if (help) {
