@@ -83,6 +83,8 @@ export class Kernel {
   private transform: Promise<Transform> = import("./transform.ts");
   private docs = new DocIndex();
   private shuttingDown = false;
+  /** Shown once, on the first cell's stderr: a user would not see the kernel's log. */
+  private startupWarning: string | null = null;
 
   constructor(readonly conn: ConnectionInfo, readonly opts: { preload?: boolean } = {}) {
     if (conn.transport && conn.transport !== "tcp") throw new Error(`transport ${conn.transport} is not supported`);
@@ -116,6 +118,7 @@ export class Kernel {
       const m = e.data;
       if (m.type === "ready") {
         if (m.warning) log(m.warning);
+        if (m.warning?.includes("not preloaded")) this.startupWarning = m.warning;
         ready();
       } else this.onWorker(m);
     };
@@ -431,6 +434,10 @@ export class Kernel {
     const file = `${this.cellDir}/cell-${seq}.ts`;
     await Deno.writeTextFile(file, rw.code);
     await this.workerReady;
+    if (this.startupWarning && !silent) {
+      this.publish("stream", { name: "stderr", text: `warning: ${this.startupWarning}\n` }, msg.header);
+      this.startupWarning = null;
+    }
     this.lastError = null;
     Atomics.store(this.ctl, CTL_INTERRUPT, 0);
     const done = await new Promise<Extract<FromWorker, { type: "done" }>>((resolve) => {
