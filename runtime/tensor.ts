@@ -42,6 +42,7 @@ export class Storage {
 /** Allocates uninitialised storage for `n` elements. `what` names the tensor in errors. */
 export function newStorage(device: DeviceName, dtype: DType, n: number, what: string): Storage {
   if (device === "cpu") return new Storage("cpu", dtype, n, allocArray(dtype, n), null);
+  if (dtype === "f64") throw new Error(`${what}: dtype f64 lives on the cpu backend only (WGSL has no f64)`);
   const ctx = gpu();
   if (dtype === "f16" && !ctx.hasF16) {
     throw new Error(`${what}: dtype f16 needs the adapter feature shader-f16, which this adapter lacks`);
@@ -140,6 +141,23 @@ export function keep<T extends Tensor>(t: T): T {
 /** The core ops, registered by ops/core/mod.ts. Tensor methods call through this table. */
 export const ops = {} as typeof CoreOps;
 
+/** Autograd entry points, registered by runtime/autograd.ts (kept apart to avoid an import cycle). */
+export const hooks: {
+  backward?: (root: Tensor, grad?: Tensor) => void;
+  record?: (
+    name: string,
+    out: Tensor,
+    inputs: readonly Tensor[],
+    save: readonly Tensor[],
+    backward: (grad: Tensor, saved: Tensor[]) => (Tensor | null | undefined)[],
+  ) => Tensor;
+} = {};
+
+/** Records a view op for autograd (a no-op until autograd is loaded). */
+function recordView(name: string, out: Tensor, x: Tensor, backward: (g: Tensor) => Tensor): Tensor {
+  return hooks.record ? hooks.record(name, out, [x], [], (g) => [backward(g)]) : out;
+}
+
 /** Options accepted by creation functions. */
 export interface CreateOptions {
   /** Element type (default f32). */
@@ -178,6 +196,12 @@ export class Tensor {
   readonly id: number = nextId++;
   /** Optional name shown in summaries and errors. */
   name: string | undefined;
+  /** Whether gradients flow to this tensor (set on leaves, e.g. via `param`; propagated by ops). */
+  requiresGrad = false;
+  /** The accumulated gradient of a leaf after `backward()`. */
+  grad: Tensor | null = null;
+  /** The op that produced this tensor, while its graph is alive (null for leaves). */
+  gradFn: import("./autograd.ts").GradNode | null = null;
   #disposed = false;
 
   /** Wraps storage as a view. Takes ownership of one storage reference. Internal: use creation functions. */
@@ -249,6 +273,43 @@ export class Tensor {
     if (this.#disposed) return;
     this.#disposed = true;
     this.storage.release();
+  }
+
+  /**
+   * Backpropagates from this one-element loss (or with an explicit `grad` of the same shape) into the
+   * `.grad` of every leaf with `requiresGrad`, then frees the graph.
+   *
+   * @example
+   * ```ts
+   * import { param, tensor } from "seqlab";
+   * const x = param(tensor([1, 2, 3]));
+   * x.mul(x).sum().backward();
+   * console.log(await x.grad!.toArray()); // [2, 4, 6]
+   * ```
+   */
+  backward(grad?: Tensor): void {
+    if (!hooks.backward) throw new Error("backward: autograd is not loaded (import seqlab's mod.ts)");
+    hooks.backward(this, grad);
+  }
+
+  /**
+   * The same values without gradient history (a view sharing storage).
+   *
+   * @example
+   * ```ts
+   * import { param, ones } from "seqlab";
+   * console.log(param(ones([2])).mul(2).detach().requiresGrad); // false
+   * ```
+   */
+  detach(): Tensor {
+    this.check("detach");
+    return this.view(this.shape, this.strides, this.offset);
+  }
+
+  /** Clears `.grad` (disposing it). */
+  zeroGrad(): void {
+    this.grad?.dispose();
+    this.grad = null;
   }
 
   /** Same as `dispose()`, for `using t = ...` blocks. */
@@ -423,11 +484,15 @@ export class Tensor {
         `reshape: cannot reshape ${this.describe()} (${n} elements) to ${fmt(shape)} (${numel(out)})`,
       );
     }
-    if (this.isContiguous) return this.view(out, contiguousStrides(out), this.offset);
-    const c = ops.contiguous(this);
-    const r = c.view(out, contiguousStrides(out), 0);
-    c.dispose();
-    return r;
+    let r: Tensor;
+    if (this.isContiguous) r = this.view(out, contiguousStrides(out), this.offset);
+    else {
+      const c = ops.contiguous(this);
+      r = c.view(out, contiguousStrides(out), 0);
+      c.dispose();
+    }
+    const shape0 = this.shape;
+    return recordView("reshape", r, this, (g) => g.reshape(shape0));
   }
 
   /**
@@ -448,7 +513,9 @@ export class Tensor {
         `permute: axes ${fmt(axes)} are not a permutation of the ${r} dims of ${this.describe()}`,
       );
     }
-    return this.view(norm.map((a) => this.shape[a]), norm.map((a) => this.strides[a]), this.offset);
+    const inverse = norm.map((_, i) => norm.indexOf(i));
+    const v = this.view(norm.map((a) => this.shape[a]), norm.map((a) => this.strides[a]), this.offset);
+    return recordView("permute", v, this, (g) => g.permute(inverse));
   }
 
   /**
@@ -519,7 +586,15 @@ export class Tensor {
       shape.push(len);
       strides.push(st * step);
     }
-    return this.view(shape, strides, offset);
+    const r = this.view(shape, strides, offset);
+    const shape0 = this.shape, dtype = this.dtype, device = this.device;
+    return recordView("slice", r, this, (g) => {
+      const z = ops.zeros(shape0, { dtype, device });
+      const dst = z.slice(specs);
+      ops.copyInto(dst, g);
+      dst.dispose();
+      return z;
+    });
   }
 
   /**
@@ -551,7 +626,8 @@ export class Tensor {
       outShape.push(want);
       strides.push(src >= 0 && have === want ? this.strides[src] : 0);
     }
-    return this.view(outShape, strides, this.offset);
+    const shape0 = this.shape;
+    return recordView("expand", this.view(outShape, strides, this.offset), this, (g) => ops.sumTo(g, shape0));
   }
 
   /**
@@ -568,7 +644,8 @@ export class Tensor {
     const shape = [...this.shape], strides = [...this.strides];
     shape.splice(a, 0, 1);
     strides.splice(a, 0, 0);
-    return this.view(shape, strides, this.offset);
+    const shape0 = this.shape;
+    return recordView("unsqueeze", this.view(shape, strides, this.offset), this, (g) => g.reshape(shape0));
   }
 
   /**
@@ -586,11 +663,13 @@ export class Tensor {
     if (axis !== undefined && this.shape[normAxis("squeeze", axis, this.rank)] !== 1) {
       throw new Error(`squeeze: dimension ${axis} of ${this.describe()} is not 1`);
     }
-    return this.view(
+    const r = this.view(
       this.shape.filter(keepDim),
       this.strides.filter((_, i) => keepDim(this.shape[i], i)),
       this.offset,
     );
+    const shape0 = this.shape;
+    return recordView("squeeze", r, this, (g) => g.reshape(shape0));
   }
 
   /** Flattens to one dimension. */

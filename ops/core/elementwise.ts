@@ -12,10 +12,13 @@ import { grid } from "../../runtime/webgpu.ts";
 import { binaryRef, intBinaryRef, mapRef, toDType, unaryRef } from "./elementwise_ref.ts";
 import { binaryWgsl, elementwiseSource, EW_WG, EW_WORDS, MAX_RANK, unaryWgsl } from "./elementwise_wgsl.ts";
 import { coalesce, computeType, empty, operand, sameDevice, Uniforms } from "./util.ts";
+import { record } from "../../runtime/autograd.ts";
+import { sumTo } from "./reduce.ts";
 
 /**
  * Runs an elementwise kernel over inputs already broadcast to one shape. `computeTypes[k]` is the WGSL type
- * input k is converted to before `expr`.
+ * input k is converted to before `expr`. With `dst` (a view of the same shape), writes into its storage
+ * positions instead of a new contiguous tensor.
  */
 function mapOp(
   op: string,
@@ -24,31 +27,38 @@ function mapOp(
   ref: (...x: number[]) => number,
   expr: string,
   computeTypes: string[],
+  dst?: Tensor,
 ): Tensor {
   const shape = inputs[0].shape;
-  const out = empty(op, shape, outDtype, inputs[0].device);
+  const out = dst ?? empty(op, shape, outDtype, inputs[0].device);
   if (out.size === 0) return out;
   if (out.device === "cpu") {
-    mapRef(inputs, out.storage.data!, ref);
+    mapRef(inputs, out, ref);
     return out;
   }
-  const c = coalesce(shape, [contiguousStrides(shape), ...inputs.map((t) => t.strides)]);
+  const lists = [contiguousStrides(shape), ...inputs.map((t) => t.strides), ...(dst ? [dst.strides] : [])];
+  const c = coalesce(shape, lists);
   if (c.shape.length > MAX_RANK) {
     throw new Error(
       `${op}: ${fmt(shape)} needs ${c.shape.length} strided dims; at most ${MAX_RANK} are supported`,
     );
   }
-  const outStrides = c.strides[0];
-  const contig = inputs.map((_, k) => c.strides[k + 1].every((s, d) => s === outStrides[d]));
-  const u = new Uniforms().u32(out.size, c.shape.length, ...inputs.map((t) => t.offset)).padTo(8);
+  const flat = c.strides[0];
+  const contig = inputs.map((_, k) => c.strides[k + 1].every((s, d) => s === flat[d]));
+  const outStrided = !!dst && !c.strides[inputs.length + 1].every((s, d) => s === flat[d]);
+  const u = new Uniforms().u32(out.size, c.shape.length, ...inputs.map((t) => t.offset)).padTo(5);
+  u.u32(dst ? dst.offset : 0).padTo(8);
   u.u32(...c.shape).padTo(16);
   inputs.forEach((_, k) => u.u32(...c.strides[k + 1]).padTo(24 + 8 * k));
+  if (dst) u.padTo(40).u32(...c.strides[inputs.length + 1]);
   u.padTo(EW_WORDS);
   const dtypes = inputs.map((t) => t.dtype);
   gpu().run({
     name: op,
-    key: `${expr}|${dtypes.join(",")}>${outDtype}|${contig.map(Number).join("")}|${computeTypes.join(",")}`,
-    source: () => elementwiseSource(dtypes, outDtype, expr, contig, computeTypes),
+    key: `${expr}|${dtypes.join(",")}>${outDtype}|${contig.map(Number).join("")}${outStrided ? "s" : ""}${
+      dst ? "d" : ""
+    }|${computeTypes.join(",")}`,
+    source: () => elementwiseSource(dtypes, outDtype, expr, contig, computeTypes, !!dst, outStrided),
     inputs: inputs.map((t) => t.storage.buffer!),
     outputs: [out.storage.buffer!],
     uniforms: u.build(),
@@ -63,6 +73,40 @@ function broadcastAll(op: string, ts: Tensor[]): Tensor[] {
   return ts.map((t) => t.expand(shape));
 }
 
+/** Sums a gradient over broadcast dims and casts it to the input's dtype. */
+function fitGrad(g: Tensor, shape: readonly number[], dtype: DType): Tensor {
+  const s = sumTo(g, shape);
+  if (s.dtype === dtype || !isFloat(dtype)) return s;
+  const c = cast(s, dtype);
+  if (s !== g) s.dispose();
+  return c;
+}
+
+/** Ties in maximum/minimum split the gradient evenly, as PyTorch does. */
+function pick(a: Tensor, b: Tensor, first: Tensor): Tensor {
+  return where(first, 1, where(eq(a, b), 0.5, 0));
+}
+
+/** Backward rules of the binary ops: (grad, a, b, out, b needs grad) -> [grad a, grad b] before unbroadcast. */
+const BINARY_GRAD: Record<string, (g: Tensor, a: Tensor, b: Tensor, out: Tensor, needB: boolean) => (Tensor | null)[]> = {
+  add: (g) => [g, g],
+  sub: (g) => [g, neg(g)],
+  mul: (g, a, b) => [mul(g, b), mul(g, a)],
+  div: (g, _a, b, out) => [div(g, b), neg(div(mul(g, out), b))],
+  pow: (g, a, b, out, needB) => [
+    mul(g, mul(b, pow(a, sub(b, 1)))),
+    needB ? mul(g, mul(out, log(a))) : null,
+  ],
+  maximum: (g, a, b) => {
+    const w = pick(a, b, gt(a, b));
+    return [mul(g, w), mul(g, sub(1, w))];
+  },
+  minimum: (g, a, b) => {
+    const w = pick(a, b, lt(a, b));
+    return [mul(g, w), mul(g, sub(1, w))];
+  },
+};
+
 /** Unary ops that keep an integer dtype; the rest compute in f32 for integer inputs. */
 const INT_UNARY = new Set(["neg", "abs", "relu", "copy"]);
 
@@ -75,8 +119,34 @@ function unary(op: string, x: Tensor): Tensor {
   const out: DType = keep ? x.dtype : "f32";
   const ct = keep ? computeType(x.dtype) : "f32";
   const expr = op === "abs" && x.dtype === "u32" ? "a" : unaryWgsl[op];
-  return mapOp(op, [x], out, unaryRef[op], expr, [ct]);
+  const y = mapOp(op, [x], out, unaryRef[op], expr, [ct]);
+  const rule = UNARY_GRAD[op];
+  if (!rule || !isFloat(x.dtype)) return y;
+  return record(op, y, [x], [x, y], (g, [xs, ys]) => [rule(g, xs, ys)]);
 }
+
+/** Backward rules of the unary ops: (incoming grad, input, output) -> input grad. */
+const UNARY_GRAD: Record<string, (g: Tensor, x: Tensor, y: Tensor) => Tensor> = {
+  neg: (g) => neg(g),
+  abs: (g, x) => where(x.gt(0), g, where(x.lt(0), neg(g), 0)),
+  exp: (g, _x, y) => mul(g, y),
+  log: (g, x) => div(g, x),
+  sqrt: (g, _x, y) => div(g, mul(y, 2)),
+  rsqrt: (g, _x, y) => mul(g, mul(pow(y, 3), -0.5)),
+  relu: (g, x) => where(x.gt(0), g, 0),
+  // d/dx x Phi(x) = Phi(x) + x phi(x)
+  gelu: (g, x) =>
+    mul(g, add(mul(add(erf(mul(x, Math.SQRT1_2)), 1), 0.5), mul(x, mul(exp(mul(mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI))))),
+  // d/dx x s(x) = s (1 + x (1 - s))
+  silu: (g, x) => {
+    const sg = sigmoid(x);
+    return mul(g, mul(sg, add(mul(x, sub(1, sg)), 1)));
+  },
+  sigmoid: (g, _x, y) => mul(g, mul(y, sub(1, y))),
+  tanh: (g, _x, y) => mul(g, sub(1, mul(y, y))),
+  softplus: (g, x) => mul(g, sigmoid(x)),
+  erf: (g, x) => mul(g, mul(exp(neg(mul(x, x))), 2 / Math.sqrt(Math.PI))),
+};
 
 const COMPARE = new Set(["eq", "ne", "lt", "le", "gt", "ge"]);
 const FLOAT_ONLY = new Set(["div", "pow"]);
@@ -98,7 +168,14 @@ function binary(op: string, a: Operand, b: Operand): Tensor {
     const ref = (int && intBinaryRef[op]) || binaryRef[op];
     const r = mapOp(op, views, out, ref, binaryWgsl[op], [ct, ct]);
     views.forEach((v) => v.dispose());
-    return r;
+    const rule = BINARY_GRAD[op];
+    if (!rule || !isFloat(out)) return r;
+    const sa = ta.shape, sb = tb.shape, da = ta.dtype, db = tb.dtype;
+    const needB = tb.requiresGrad;
+    return record(op, r, [ta, tb], [ta, tb, r], (g, [x, y, z]) => {
+      const [ga, gb] = rule(g, x, y, z, needB);
+      return [ga && fitGrad(ga, sa, da), gb && fitGrad(gb, sb, db)];
+    });
   } finally {
     if (ta !== a) ta.dispose();
     if (tb !== b) tb.dispose();
@@ -276,7 +353,13 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
       cc,
     ]);
     views.forEach((v) => v.dispose());
-    return r;
+    if (!isFloat(dtype)) return r;
+    const sa = ta.shape, sb = tb.shape, da = ta.dtype, db = tb.dtype;
+    return record("where", r, [cond, ta, tb], [cond], (g, [c]) => [
+      null,
+      fitGrad(where(c, g, 0), sa, da),
+      fitGrad(where(c, 0, g), sb, db),
+    ]);
   } finally {
     if (ta !== a) ta.dispose();
     if (tb !== b) tb.dispose();
@@ -295,8 +378,37 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
  */
 export function contiguous(x: Tensor): Tensor {
   x.check("contiguous");
-  if (x.isContiguous) return x.view(x.shape, contiguousStrides(x.shape), x.offset);
-  return mapOp("contiguous", [x], x.dtype, unaryRef.copy, "a", [computeType(x.dtype)]);
+  const y = x.isContiguous
+    ? x.view(x.shape, contiguousStrides(x.shape), x.offset)
+    : mapOp("contiguous", [x], x.dtype, unaryRef.copy, "a", [computeType(x.dtype)]);
+  return record("contiguous", y, [x], [], (g) => [g]);
+}
+
+/**
+ * Writes `src` (broadcast to `dst`'s shape, converted to its dtype) into the elements `dst` views, in
+ * place: the way to fill a slice of a tensor. Not differentiable.
+ *
+ * @example
+ * ```ts
+ * import { copyInto, tensor, zeros } from "seqlab";
+ * const z = zeros([2, 3]);
+ * copyInto(z.slice([null, [1, 3]]), tensor([7, 8]));
+ * console.log(await z.toArray()); // [0, 7, 8, 0, 7, 8]
+ * ```
+ */
+export function copyInto(dst: Tensor, src: Tensor): Tensor {
+  sameDevice("copyInto", dst, src);
+  const view = src.expand(broadcastShapes("copyInto", dst.shape, src.shape));
+  try {
+    if (view.rank !== dst.rank || view.shape.some((d, i) => d !== dst.shape[i])) {
+      throw new Error(`copyInto: src ${fmt(src.shape)} does not broadcast to dst ${fmt(dst.shape)}`);
+    }
+    const ct = isFloat(dst.dtype) ? "f32" : computeType(src.dtype);
+    mapOp("copyInto", [view], dst.dtype, unaryRef.copy, "a", [isFloat(src.dtype) ? "f32" : ct], dst);
+    return dst;
+  } finally {
+    view.dispose();
+  }
 }
 
 /**
@@ -317,7 +429,10 @@ export function cast(x: Tensor, dtype: DType): Tensor {
   const expr = isFloat(x.dtype) && !isFloat(dtype) ? `select(a, 0.0, is_nan(a))` : "a";
   // int-to-int casts reinterpret modulo 2^32 (as WGSL does); float-to-int follows toDType
   const ref = isFloat(x.dtype) ? (v: number) => toDType(v, dtype) : (v: number) => v;
-  return mapOp("cast", [x], dtype, ref, expr, [isFloat(x.dtype) ? "f32" : ct]);
+  const y = mapOp("cast", [x], dtype, ref, expr, [isFloat(x.dtype) ? "f32" : ct]);
+  if (!isFloat(x.dtype) || !isFloat(dtype)) return y;
+  const from = x.dtype;
+  return record("cast", y, [x], [], (g) => [cast(g, from)]);
 }
 
 /**
@@ -418,6 +533,17 @@ export function gelu(x: Tensor): Tensor {
  */
 export function silu(x: Tensor): Tensor {
   return unary("silu", x);
+}
+/**
+ * Elementwise error function erf(x).
+ * @example
+ * ```ts
+ * import { erf, tensor } from "seqlab";
+ * console.log(await erf(tensor([0, 1])).toArray()); // [0, 0.8427]
+ * ```
+ */
+export function erf(x: Tensor): Tensor {
+  return unary("erf", x);
 }
 /**
  * Elementwise logistic sigmoid.

@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { DType, TypedArray } from "../../runtime/dtype.ts";
+import type { DType } from "../../runtime/dtype.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 
 /** Storage index of the element at row-major position `i` of a strided view. */
@@ -35,11 +35,13 @@ export function toDType(v: number, dtype: DType): number {
   return v;
 }
 
-/** Applies `fn` elementwise over equally shaped strided inputs into `out` (contiguous). */
-export function mapRef(inputs: Tensor[], out: TypedArray, fn: (...x: number[]) => number): void {
+/** Applies `fn` elementwise over equally shaped strided inputs into `out` (a contiguous or strided view). */
+export function mapRef(inputs: Tensor[], dst: Tensor, fn: (...x: number[]) => number): void {
   const shape = inputs[0].shape;
   const datas = inputs.map((t) => t.storage.data!);
-  const n = out.length;
+  const out = dst.storage.data!;
+  const n = dst.size;
+  const direct = dst.isContiguous;
   const xs = new Array<number>(inputs.length);
   const contiguous = inputs.every((t) => t.isContiguous);
   for (let i = 0; i < n; i++) {
@@ -48,7 +50,7 @@ export function mapRef(inputs: Tensor[], out: TypedArray, fn: (...x: number[]) =
       xs[k] = datas[k][contiguous ? t.offset + i : stridedIndex(i, shape, t.strides, t.offset)];
     }
     // integer results wrap modulo 2^32 on store (as in WGSL); float results round once on store
-    out[i] = fn(...xs);
+    out[direct ? dst.offset + i : stridedIndex(i, shape, dst.strides, dst.offset)] = fn(...xs);
   }
 }
 
@@ -91,6 +93,7 @@ export const unaryRef: Record<string, (x: number) => number> = {
   sigmoid: (x) => 1 / (1 + Math.exp(-x)),
   tanh: (x) => Math.tanh(x),
   softplus: (x) => Math.max(x, 0) + Math.log1p(Math.exp(-Math.abs(x))),
+  erf: (x) => erf(x),
   copy: (x) => x,
 };
 

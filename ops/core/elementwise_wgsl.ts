@@ -15,7 +15,7 @@ import { binding, computeType, enables, uniformDecl, WGSL_MATH } from "./util.ts
 
 /** Max rank after coalescing. */
 export const MAX_RANK = 8;
-/** Uniform layout: [n, rank, off0..off3], shape at 8, strides of input k at 16 + 8k. */
+/** Uniform layout: [n, rank, off0..off2, outOff], shape at 8, strides of input k at 16 + 8k, out strides at 40. */
 export const EW_WORDS = 16 + 8 * 4;
 export const EW_WG = 64;
 
@@ -33,6 +33,7 @@ export const unaryWgsl: Record<string, string> = {
   sigmoid: "1.0 / (1.0 + exp(-a))",
   tanh: "tanh_(a)",
   softplus: "max(a, 0.0) + log(1.0 + exp(-abs(a)))",
+  erf: "erf_(a)",
   copy: "a",
 };
 
@@ -113,6 +114,8 @@ export function elementwiseSource(
   expr: string,
   contig: boolean[],
   computeTypes: string[],
+  hasDst = false,
+  outStrided = false,
 ): string {
   const names = ["a", "b", "c"];
   const binds = inputs.map((d, k) => binding(k + 1, `in${k}`, d)).join("\n");
@@ -121,7 +124,7 @@ export function elementwiseSource(
       " { return max(a, b); }\nfn min_(a: " + computeTypes[0] + ", b: " + computeTypes[0] + ") -> " +
       computeTypes[0] + " { return min(a, b); }"
     : "";
-  const needStrided = contig.some((c) => !c);
+  const needStrided = contig.some((c) => !c) || outStrided;
   const index = inputs.map((_, k) =>
     contig[k] ? `let i${k} = U(${2 + k}u) + gid;` : `var i${k} = U(${2 + k}u);`
   )
@@ -133,6 +136,7 @@ export function elementwiseSource(
     let c = rem % n;
     rem = rem / n;
     ${inputs.map((_, k) => contig[k] ? "" : `i${k} += c * U(${16 + 8 * k}u + u32(d));`).join(" ")}
+    ${outStrided ? "io += c * U(40u + u32(d));" : ""}
   }`
     : "";
   const loads = inputs.map((_, k) => `let ${names[k]} = ${computeTypes[k]}(in${k}[i${k}]);`).join("\n  ");
@@ -144,9 +148,10 @@ ${computeTypes.includes("f32") ? FLOAT_FNS : intMax}
 ${flatId(EW_WG)}
   if (gid >= U(0u)) { return; }
   ${index}
+  ${outStrided ? "var io = U(5u);" : `let io = ${hasDst ? "U(5u) + " : ""}gid;`}
   ${decode}
   ${loads}
-  out[gid] = ${out === "f16" ? "f16" : out}(${expr});
+  out[io] = ${out === "f16" ? "f16" : out}(${expr});
 }`;
 }
 

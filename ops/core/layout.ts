@@ -9,9 +9,25 @@ import { fmt, normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
 import { cast, contiguous } from "./elementwise.ts";
-import { copyIntoRef, gatherRef } from "./layout_ref.ts";
-import { copyIntoSource, GATHER_OOB, gatherSource, LAYOUT_WG } from "./layout_wgsl.ts";
+import { copyIntoRef, gatherRef, scatterAddRef } from "./layout_ref.ts";
+import { copyIntoSource, GATHER_OOB, gatherSource, LAYOUT_WG, scatterAddSource } from "./layout_wgsl.ts";
+import { record } from "../../runtime/autograd.ts";
 import { empty, sameDevice, Uniforms } from "./util.ts";
+
+/** The gradient of each concat input is its slice of g (cast back to its own dtype). */
+function recordConcat(tensors: readonly Tensor[], a: number, out: Tensor): Tensor {
+  if (!isFloat(out.dtype)) return out;
+  const sizes = tensors.map((t) => t.shape[a]), dtypes = tensors.map((t) => t.dtype);
+  return record("concat", out, tensors, [], (g) => {
+    let start = 0;
+    return sizes.map((n, k) => {
+      const spec = g.shape.map((_, d) => (d === a ? [start, start + n] as [number, number] : null));
+      start += n;
+      const part = contiguous(g.slice(spec));
+      return isFloat(dtypes[k]) && dtypes[k] !== g.dtype ? cast(part, dtypes[k]) : part;
+    });
+  });
+}
 
 /**
  * Joins tensors along an existing `axis` (default 0). All other dims must match; dtypes promote.
@@ -40,7 +56,7 @@ export function concat(tensors: readonly Tensor[], axis = 0): Tensor {
   const dtype = tensors.map((t) => t.dtype).reduce(promote);
   const total = tensors.reduce((s, t) => s + t.shape[a], 0);
   const outShape = first.shape.map((d, i) => (i === a ? total : d));
-  const out = empty("concat", outShape, dtype, device);
+  const out = recordConcat(tensors, a, empty("concat", outShape, dtype, device));
   if (out.size === 0) return out;
   const outer = numel(first.shape.slice(0, a)), inner = numel(first.shape.slice(a + 1));
   let colOff = 0;
@@ -122,7 +138,13 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
   const outShape = [...x.shape.slice(0, a), ...indices.shape, ...x.shape.slice(a + 1)];
   const outer = numel(x.shape.slice(0, a)), A = x.shape[a], inner = numel(x.shape.slice(a + 1));
   const I = indices.size;
-  const out = empty("gather", outShape, x.dtype, device);
+  const A0 = x.shape[a];
+  const out = isFloat(x.dtype)
+    ? record("gather", empty("gather", outShape, x.dtype, device), [x, indices], [indices], (g, [idx]) => [
+      scatterAdd(g, idx, A0, a),
+      null,
+    ])
+    : empty("gather", outShape, x.dtype, device);
   if (out.size === 0 && I === 0) return out;
   const src = contiguous(x), idx = contiguous(indices);
   try {
@@ -162,6 +184,65 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
     throw e;
   } finally {
     src.dispose();
+    idx.dispose();
+  }
+}
+
+/**
+ * The adjoint of {@link gather}: a tensor whose `axis` has `size` entries, entry k holding the sum of the
+ * slices of `src` whose index is k. `src` has shape lead + indices.shape + trail; the result lead + [size] +
+ * trail. Deterministic (no atomics). Used for embedding gradients.
+ *
+ * @example
+ * ```ts
+ * import { scatterAdd, tensor } from "seqlab";
+ * const src = tensor([[1, 1], [2, 2], [3, 3]]);
+ * console.log(await scatterAdd(src, tensor([2, 0, 2], { dtype: "i32" }), 3).toArray()); // [2, 2, 0, 0, 4, 4]
+ * ```
+ */
+export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0): Tensor {
+  const device = sameDevice("scatterAdd", src, indices);
+  if (isFloat(indices.dtype)) throw new Error(`scatterAdd: indices must be i32 or u32, got ${indices.describe()}`);
+  if (!isFloat(src.dtype)) throw new Error(`scatterAdd: src must be a float tensor, got ${src.describe()}`);
+  if (!Number.isInteger(size) || size < 0) throw new Error(`scatterAdd: size must be an integer >= 0, got ${size}`);
+  const ir = indices.rank;
+  const a = normAxis("scatterAdd", axis, src.rank - ir + 1);
+  const mid = src.shape.slice(a, a + ir);
+  if (mid.length !== ir || mid.some((d, i) => d !== indices.shape[i])) {
+    throw new Error(
+      `scatterAdd: src ${fmt(src.shape)} must hold indices ${fmt(indices.shape)} at axis ${a}`,
+    );
+  }
+  const outShape = [...src.shape.slice(0, a), size, ...src.shape.slice(a + ir)];
+  const outer = numel(src.shape.slice(0, a)), inner = numel(src.shape.slice(a + ir)), I = indices.size;
+  const out = record("scatterAdd", empty("scatterAdd", outShape, src.dtype, device), [src, indices], [indices], (
+    g,
+    [idx],
+  ) => [gather(g, idx, a), null]);
+  if (out.size === 0) return out;
+  const s = contiguous(src), idx = contiguous(indices);
+  try {
+    if (device === "cpu") {
+      scatterAddRef(s.storage.data!, s.offset, outer, I, inner, idx.storage.data!, idx.offset, size, out.storage.data!, "scatterAdd");
+      return out;
+    }
+    const ctx = gpu();
+    ctx.diagnostic(GATHER_OOB, (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`);
+    ctx.run({
+      name: "scatterAdd",
+      key: `${src.dtype}|${indices.dtype}`,
+      source: () => scatterAddSource(src.dtype, indices.dtype),
+      inputs: [s.storage.buffer!, idx.storage.buffer!],
+      outputs: [out.storage.buffer!, ctx.diagnostics],
+      uniforms: new Uniforms().u32(outer, size, inner, I, s.offset, idx.offset).build(),
+      workgroups: grid(out.size, LAYOUT_WG),
+    });
+    return out;
+  } catch (e) {
+    out.dispose();
+    throw e;
+  } finally {
+    s.dispose();
     idx.dispose();
   }
 }

@@ -45,3 +45,27 @@ export function gatherRef(
     }
   }
 }
+
+/** out (outer, A, inner) = sum over j with idx[j] = a of src (outer, I, inner); the adjoint of gather. */
+export function scatterAddRef(
+  src: TypedArray,
+  srcOff: number,
+  outer: number,
+  I: number,
+  inner: number,
+  idx: TypedArray,
+  idxOff: number,
+  A: number,
+  out: TypedArray,
+  op: string,
+): void {
+  const acc = new Float64Array(outer * A * inner);
+  for (let j = 0; j < I; j++) {
+    const k = idx[idxOff + j];
+    if (!(k >= 0 && k < A)) throw new Error(`${op}: index ${k} is out of range for an axis of size ${A}`);
+    for (let o = 0; o < outer; o++) {
+      for (let i = 0; i < inner; i++) acc[(o * A + k) * inner + i] += src[srcOff + (o * I + j) * inner + i];
+    }
+  }
+  out.set(acc);
+}

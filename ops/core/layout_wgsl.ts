@@ -5,6 +5,9 @@
  * - copyInto v1: one invocation per source element (concat writes each input at its column offset).
  * - gather v1: one invocation per output element; an index outside [0, A) writes 0 and raises a
  *   diagnostic that the next readback turns into an error (no garbage reads, no silent clamp).
+ * - scatterAdd v1: one invocation per output element, looping over all indices and summing the matches.
+ *   Deterministic and atomic-free (WGSL has no float atomics); O(outputs x indices), fine for embedding
+ *   tables and gradients of moderate size.
  * @module
  */
 
@@ -52,5 +55,32 @@ ${flatId(LAYOUT_WG)}
     return;
   }
   out[gid] = x[U(4u) + (o * A + u32(k)) * inner + i];
+}`;
+}
+
+/** Uniforms: [outer, A, inner, I, srcOff, idxOff]. */
+export function scatterAddSource(dtype: DType, idxType: DType): string {
+  return `${enables(dtype)}${uniformDecl(8)}
+${binding(1, "src", dtype)}
+${binding(2, "idx", idxType)}
+${binding(3, "out", dtype, true)}
+@group(0) @binding(4) var<storage, read_write> diag: array<atomic<u32>, 4>;
+${flatId(LAYOUT_WG)}
+  let outer = U(0u); let A = U(1u); let inner = U(2u); let I = U(3u);
+  if (gid >= outer * A * inner) { return; }
+  let i = gid % inner;
+  let a = (gid / inner) % A;
+  let o = gid / (inner * A);
+  var s = 0.0;
+  for (var j = 0u; j < I; j++) {
+    let k = idx[U(5u) + j];
+    if (gid == 0u && (${idxType === "i32" ? "k < 0 || " : ""}u32(k) >= A)) {
+      atomicStore(&diag[1], u32(k));
+      atomicStore(&diag[2], A);
+      atomicStore(&diag[0], ${GATHER_OOB}u);
+    }
+    if (u32(k) == a) { s += f32(src[U(4u) + (o * I + j) * inner + i]); }
+  }
+  out[gid] = ${dtype}(s);
 }`;
 }

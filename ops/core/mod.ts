@@ -14,6 +14,7 @@ import { fromArray } from "./util.ts";
 
 export * from "./creation.ts";
 export * from "./elementwise.ts";
+export * from "./gradcheck.ts";
 export * from "./layout.ts";
 export * from "./matmul.ts";
 export * from "./reduce.ts";

@@ -5,10 +5,11 @@
 
 import { type DType, isFloat } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
-import { normAxis, numel } from "../../runtime/shape.ts";
+import { fmt, normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
-import { contiguous } from "./elementwise.ts";
+import { record } from "../../runtime/autograd.ts";
+import { add, contiguous, div, eq, mul, sub } from "./elementwise.ts";
 import { cumsumRef, type ReduceKind, reduceRef } from "./reduce_ref.ts";
 import { cumsumSource, RED_WG, reduceSource } from "./reduce_wgsl.ts";
 import { empty, Uniforms } from "./util.ts";
@@ -16,15 +17,64 @@ import { empty, Uniforms } from "./util.ts";
 /** Axis argument: one axis, several, or all (undefined/null). */
 export type Axes = number | readonly number[] | null | undefined;
 
+/** The axes an Axes argument names, normalised and sorted. */
+function axesList(op: string, x: Tensor, axes: Axes): number[] {
+  if (x.rank === 0) return [];
+  const list = axes === undefined || axes === null
+    ? [...Array(x.rank).keys()]
+    : (typeof axes === "number" ? [axes] : [...axes]).map((a) => normAxis(op, a, x.rank));
+  return [...new Set(list)].sort((a, b) => a - b);
+}
+
+/** Records the backward of sum/mean/max/min: the gradient spreads back over the reduced axes. */
+function recordReduce(kind: ReduceKind, x: Tensor, out: Tensor, axes: Axes): Tensor {
+  if (!isFloat(x.dtype)) return out;
+  const list = axesList(kind, x, axes);
+  const kshape = x.shape.map((d, i) => (list.includes(i) ? 1 : d));
+  const shape = x.shape;
+  const R = numel(list.map((a) => x.shape[a]));
+  if (kind === "sum" || kind === "mean") {
+    return record(kind, out, [x], [], (g) => {
+      const spread = g.reshape(kshape).expand(shape);
+      return [kind === "mean" ? mul(spread, 1 / R) : spread];
+    });
+  }
+  // max/min: the gradient goes to the elements equal to the result, split evenly among ties
+  return record(kind, out, [x], [x, out], (g, [xs, o]) => {
+    const hit = eq(xs, o.reshape(kshape));
+    const count = sum(hit, list, true);
+    return [div(mul(g.reshape(kshape), hit), count)];
+  });
+}
+
+/**
+ * Sums `g` over broadcast dimensions so it has `shape`: the gradient of an implicit broadcast.
+ *
+ * @example
+ * ```ts
+ * import { ones, sumTo } from "seqlab";
+ * console.log(sumTo(ones([4, 3]), [1, 3]).shape); // [1, 3]
+ * ```
+ */
+export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
+  if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g;
+  const lead = g.rank - shape.length;
+  if (lead < 0) throw new Error(`sumTo: ${g.describe()} has fewer dims than ${fmt(shape)}`);
+  const axes: number[] = [];
+  for (let i = 0; i < g.rank; i++) {
+    if (i < lead || (shape[i - lead] === 1 && g.shape[i] !== 1)) axes.push(i);
+  }
+  const summed = axes.length ? sum(g, axes, true) : g;
+  const r = summed.reshape(shape);
+  if (summed !== g) summed.dispose();
+  return r;
+}
+
 /** Lays `x` out as contiguous (outer, R, inner) for reducing `axes`; also the result shapes. */
 function plan(op: string, x: Tensor, axes: Axes, keepdims: boolean) {
   x.check(op);
   const rank = x.rank;
-  let list = axes === undefined || axes === null
-    ? [...Array(rank).keys()]
-    : (typeof axes === "number" ? [axes] : [...axes]).map((a) => normAxis(op, a, rank));
-  list = [...new Set(list)].sort((a, b) => a - b);
-  if (rank === 0) list = [];
+  const list = axesList(op, x, axes);
   const outShape = keepdims
     ? x.shape.map((d, i) => (list.includes(i) ? 1 : d))
     : x.shape.filter((_, i) => !list.includes(i));
@@ -124,7 +174,7 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
  * ```
  */
 export function sum(x: Tensor, axis?: Axes, keepdims = false): Tensor {
-  return reduce("sum", x, axis, keepdims);
+  return recordReduce("sum", x, reduce("sum", x, axis, keepdims), axis);
 }
 
 /**
@@ -137,7 +187,7 @@ export function sum(x: Tensor, axis?: Axes, keepdims = false): Tensor {
  * ```
  */
 export function mean(x: Tensor, axis?: Axes, keepdims = false): Tensor {
-  return reduce("mean", x, axis, keepdims);
+  return recordReduce("mean", x, reduce("mean", x, axis, keepdims), axis);
 }
 
 /**
@@ -150,7 +200,7 @@ export function mean(x: Tensor, axis?: Axes, keepdims = false): Tensor {
  * ```
  */
 export function max(x: Tensor, axis?: Axes, keepdims = false): Tensor {
-  return reduce("max", x, axis, keepdims);
+  return recordReduce("max", x, reduce("max", x, axis, keepdims), axis);
 }
 
 /**
@@ -163,7 +213,7 @@ export function max(x: Tensor, axis?: Axes, keepdims = false): Tensor {
  * ```
  */
 export function min(x: Tensor, axis?: Axes, keepdims = false): Tensor {
-  return reduce("min", x, axis, keepdims);
+  return recordReduce("min", x, reduce("min", x, axis, keepdims), axis);
 }
 
 /**
@@ -209,10 +259,14 @@ export function cumsum(x: Tensor, axis = -1): Tensor {
   try {
     const outer = numel(x.shape.slice(0, a)), R = x.shape[a], inner = numel(x.shape.slice(a + 1));
     const out = empty("cumsum", x.shape, x.dtype, x.device);
-    if (out.size === 0) return out;
+    // d/dx_j of sum_i<=k x_i: the reversed cumulative sum of g, written as total - cumsum + g
+    const recorded = isFloat(x.dtype)
+      ? record("cumsum", out, [x], [], (g) => [add(sub(sum(g, a, true), cumsum(g, a)), g)])
+      : out;
+    if (out.size === 0) return recorded;
     if (x.device === "cpu") {
       cumsumRef(src.storage.data!, src.offset, outer, R, inner, out.storage.data!);
-      return out;
+      return recorded;
     }
     gpu().run({
       name: "cumsum",
@@ -223,7 +277,7 @@ export function cumsum(x: Tensor, axis = -1): Tensor {
       uniforms: new Uniforms().u32(outer, R, inner, src.offset).build(),
       workgroups: grid(outer * inner, RED_WG),
     });
-    return out;
+    return recorded;
   } finally {
     src.dispose();
   }

@@ -9,10 +9,23 @@ import { gpu } from "../../runtime/device.ts";
 import { fmt, normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
-import { contiguous } from "./elementwise.ts";
+import { record } from "../../runtime/autograd.ts";
+import { add, contiguous, exp, mul, rsqrt, sub } from "./elementwise.ts";
+import { mean, sum } from "./reduce.ts";
 import { normRef, softmaxRef } from "./rowwise_ref.ts";
 import { normSource, ROW_WG, softmaxSource } from "./rowwise_wgsl.ts";
 import { empty, sameDevice, Uniforms } from "./util.ts";
+
+/** Records softmax / logSumExp backward: dx = y (g - sum(g y)) and dx = g softmax(x). */
+function recordSoftmax(op: string, x: Tensor, out: Tensor, a: number, lse: boolean, keepdims: boolean): Tensor {
+  if (lse) {
+    return record(op, out, [x], [x, out], (g, [xs, o]) => {
+      const gk = keepdims ? g : g.unsqueeze(a), ok = keepdims ? o : o.unsqueeze(a);
+      return [mul(gk, exp(sub(xs, ok)))];
+    });
+  }
+  return record(op, out, [x], [out], (g, [y]) => [mul(y, sub(g, sum(mul(g, y), a, true)))]);
+}
 
 function softmaxLike(op: string, x: Tensor, axis: number, lse: boolean, keepdims: boolean): Tensor {
   x.check(op);
@@ -25,7 +38,7 @@ function softmaxLike(op: string, x: Tensor, axis: number, lse: boolean, keepdims
     : keepdims
     ? x.shape.map((d, i) => (i === a ? 1 : d))
     : x.shape.filter((_, i) => i !== a);
-  const out = empty(op, outShape, x.dtype, x.device);
+  const out = recordSoftmax(op, x, empty(op, outShape, x.dtype, x.device), a, lse, keepdims);
   if (out.size === 0) return out;
   const src = contiguous(x);
   try {
@@ -74,6 +87,37 @@ export function logSumExp(x: Tensor, axis = -1, keepdims = false): Tensor {
   return softmaxLike("logSumExp", x, axis, true, keepdims);
 }
 
+/**
+ * Records layerNorm / rmsNorm backward, recomputing the statistics from x (nothing but the inputs saved).
+ * With xhat the normalised input, r = 1/sigma and gw = g * weight:
+ * layerNorm dx = r (gw - mean(gw) - xhat mean(gw xhat)); rmsNorm dx = r (gw - xhat mean(gw xhat)).
+ */
+function recordNorm(
+  op: string,
+  x: Tensor,
+  w: Tensor | null,
+  b: Tensor | null,
+  eps: number,
+  rms: boolean,
+  out: Tensor,
+): Tensor {
+  const inputs = [x, ...(w ? [w] : []), ...(b ? [b] : [])];
+  return record(op, out, inputs, inputs, (g, saved) => {
+    const [xs, ws] = [saved[0], w ? saved[1] : null];
+    const centred = rms ? xs : sub(xs, mean(xs, -1, true));
+    const r = rsqrt(add(mean(mul(centred, centred), -1, true), eps));
+    const xhat = mul(centred, r);
+    const gw = ws ? mul(g, ws) : g;
+    let inner = sub(gw, mul(xhat, mean(mul(gw, xhat), -1, true)));
+    if (!rms) inner = sub(inner, mean(gw, -1, true));
+    const dx = mul(inner, r);
+    const lead = [...Array(x.rank - 1).keys()];
+    const dw = w ? sum(mul(g, xhat), lead) : null;
+    const db = b ? sum(g, lead) : null;
+    return [dx, ...(w ? [dw] : []), ...(b ? [db] : [])];
+  });
+}
+
 function norm(
   op: string,
   x: Tensor,
@@ -98,7 +142,7 @@ function norm(
     if (p && p.dtype !== x.dtype) throw new Error(`${op}: ${label} is ${p.dtype} but x is ${x.dtype}`);
   }
   const rows = x.size / Math.max(D, 1);
-  const out = empty(op, x.shape, x.dtype, device);
+  const out = recordNorm(op, x, w ?? null, b ?? null, eps, rms, empty(op, x.shape, x.dtype, device));
   if (out.size === 0) return out;
   const src = contiguous(x);
   const wc = w ? contiguous(w) : null, bc = b ? contiguous(b) : null;
