@@ -63,6 +63,10 @@ export interface GradNode {
   backward(grad: Tensor): (Tensor | null | undefined)[];
   /** Frees the saved tensors. */
   release(): void;
+  /** Adds a holder: the output tensor, or a later node that reads the output. */
+  hold(): void;
+  /** Drops a holder; at zero the saved tensors are freed and the inputs' nodes dropped in turn. */
+  drop(): void;
 }
 
 /** A view over the same storage that outlives the caller's handle and any tidy scope. */
@@ -97,10 +101,13 @@ export function record(
 ): Tensor {
   if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return out;
   let saved: Tensor[] | null = save.map(retain);
-  out.requiresGrad = true;
-  out.gradFn = {
+  // The graph is reference-counted: a node lives while its output tensor is undisposed or a later node
+  // that read the output is alive, so a graph that is never backpropagated is still freed by dispose/tidy.
+  let holders = 1;
+  const edges = [...inputs];
+  const node: GradNode = {
     name,
-    inputs: [...inputs],
+    inputs: edges,
     backward: (g) => {
       if (!saved) throw new Error(`backward: the graph through ${name} was already used and freed`);
       return backward(g, saved);
@@ -109,7 +116,16 @@ export function record(
       saved?.forEach((t) => t.dispose());
       saved = null;
     },
+    hold: () => void holders++,
+    drop: () => {
+      if (--holders > 0) return;
+      node.release();
+      for (const t of edges) t.gradFn?.drop();
+    },
   };
+  for (const t of edges) t.gradFn?.hold();
+  out.requiresGrad = true;
+  out.gradFn = node;
   return out;
 }
 
@@ -142,7 +158,9 @@ function topoOrder(root: Tensor): Tensor[] {
 export function backward(root: Tensor, grad?: Tensor): void {
   root.check("backward");
   if (!root.requiresGrad) {
-    throw new Error(`backward: ${root.describe()} does not require grad (no input of its graph has requiresGrad)`);
+    throw new Error(
+      `backward: ${root.describe()} does not require grad (no input of its graph has requiresGrad)`,
+    );
   }
   if (!grad && root.size !== 1) {
     throw new Error(`backward: ${root.describe()} is not a one-element loss; pass its gradient explicitly`);
@@ -197,8 +215,7 @@ export function backward(root: Tensor, grad?: Tensor): void {
           gi.dispose();
         } else grads.set(inp, gi);
       });
-      node.release();
-      t.gradFn = null;
+      node.release(); // gradFn stays: a second backward through it is a clear error
     }
   });
 }

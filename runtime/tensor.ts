@@ -273,6 +273,7 @@ export class Tensor {
     if (this.#disposed) return;
     this.#disposed = true;
     this.storage.release();
+    this.gradFn?.drop();
   }
 
   /**

@@ -88,7 +88,10 @@ function pick(a: Tensor, b: Tensor, first: Tensor): Tensor {
 }
 
 /** Backward rules of the binary ops: (grad, a, b, out, b needs grad) -> [grad a, grad b] before unbroadcast. */
-const BINARY_GRAD: Record<string, (g: Tensor, a: Tensor, b: Tensor, out: Tensor, needB: boolean) => (Tensor | null)[]> = {
+const BINARY_GRAD: Record<
+  string,
+  (g: Tensor, a: Tensor, b: Tensor, out: Tensor, needB: boolean) => (Tensor | null)[]
+> = {
   add: (g) => [g, g],
   sub: (g) => [g, neg(g)],
   mul: (g, a, b) => [mul(g, b), mul(g, a)],
@@ -136,7 +139,13 @@ const UNARY_GRAD: Record<string, (g: Tensor, x: Tensor, y: Tensor) => Tensor> = 
   relu: (g, x) => where(x.gt(0), g, 0),
   // d/dx x Phi(x) = Phi(x) + x phi(x)
   gelu: (g, x) =>
-    mul(g, add(mul(add(erf(mul(x, Math.SQRT1_2)), 1), 0.5), mul(x, mul(exp(mul(mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI))))),
+    mul(
+      g,
+      add(
+        mul(add(erf(mul(x, Math.SQRT1_2)), 1), 0.5),
+        mul(x, mul(exp(mul(mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI))),
+      ),
+    ),
   // d/dx x s(x) = s (1 + x (1 - s))
   silu: (g, x) => {
     const sg = sigmoid(x);

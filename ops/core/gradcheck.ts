@@ -89,7 +89,9 @@ export async function gradcheck(
         worst = Math.max(worst, err);
         if (!(err <= atol + rtol * Math.abs(numeric))) {
           throw new Error(
-            `gradcheck: input ${k} ${inputs[k].describe()}, element ${e}: analytic ${analytic[e]}, numeric ${numeric} ` +
+            `gradcheck: input ${k} ${inputs[k].describe()}, element ${e}: analytic ${
+              analytic[e]
+            }, numeric ${numeric} ` +
               `(|error| ${err.toExponential(2)} > atol ${atol} + rtol ${rtol} x |numeric|)`,
           );
         }

@@ -202,9 +202,13 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
  */
 export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0): Tensor {
   const device = sameDevice("scatterAdd", src, indices);
-  if (isFloat(indices.dtype)) throw new Error(`scatterAdd: indices must be i32 or u32, got ${indices.describe()}`);
+  if (isFloat(indices.dtype)) {
+    throw new Error(`scatterAdd: indices must be i32 or u32, got ${indices.describe()}`);
+  }
   if (!isFloat(src.dtype)) throw new Error(`scatterAdd: src must be a float tensor, got ${src.describe()}`);
-  if (!Number.isInteger(size) || size < 0) throw new Error(`scatterAdd: size must be an integer >= 0, got ${size}`);
+  if (!Number.isInteger(size) || size < 0) {
+    throw new Error(`scatterAdd: size must be an integer >= 0, got ${size}`);
+  }
   const ir = indices.rank;
   const a = normAxis("scatterAdd", axis, src.rank - ir + 1);
   const mid = src.shape.slice(a, a + ir);
@@ -215,7 +219,9 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
   }
   const outShape = [...src.shape.slice(0, a), size, ...src.shape.slice(a + ir)];
   const outer = numel(src.shape.slice(0, a)), inner = numel(src.shape.slice(a + ir)), I = indices.size;
-  const out = record("scatterAdd", empty("scatterAdd", outShape, src.dtype, device), [src, indices], [indices], (
+  const out = record("scatterAdd", empty("scatterAdd", outShape, src.dtype, device), [src, indices], [
+    indices,
+  ], (
     g,
     [idx],
   ) => [gather(g, idx, a), null]);
@@ -223,11 +229,25 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
   const s = contiguous(src), idx = contiguous(indices);
   try {
     if (device === "cpu") {
-      scatterAddRef(s.storage.data!, s.offset, outer, I, inner, idx.storage.data!, idx.offset, size, out.storage.data!, "scatterAdd");
+      scatterAddRef(
+        s.storage.data!,
+        s.offset,
+        outer,
+        I,
+        inner,
+        idx.storage.data!,
+        idx.offset,
+        size,
+        out.storage.data!,
+        "scatterAdd",
+      );
       return out;
     }
     const ctx = gpu();
-    ctx.diagnostic(GATHER_OOB, (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`);
+    ctx.diagnostic(
+      GATHER_OOB,
+      (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`,
+    );
     ctx.run({
       name: "scatterAdd",
       key: `${src.dtype}|${indices.dtype}`,

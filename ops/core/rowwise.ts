@@ -17,7 +17,14 @@ import { normSource, ROW_WG, softmaxSource } from "./rowwise_wgsl.ts";
 import { empty, sameDevice, Uniforms } from "./util.ts";
 
 /** Records softmax / logSumExp backward: dx = y (g - sum(g y)) and dx = g softmax(x). */
-function recordSoftmax(op: string, x: Tensor, out: Tensor, a: number, lse: boolean, keepdims: boolean): Tensor {
+function recordSoftmax(
+  op: string,
+  x: Tensor,
+  out: Tensor,
+  a: number,
+  lse: boolean,
+  keepdims: boolean,
+): Tensor {
   if (lse) {
     return record(op, out, [x], [x, out], (g, [xs, o]) => {
       const gk = keepdims ? g : g.unsqueeze(a), ok = keepdims ? o : o.unsqueeze(a);
