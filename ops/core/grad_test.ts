@@ -175,8 +175,9 @@ describe("the autograd engine", () => {
     const before = s.memory("webgpu").bytesInUse;
     const w = s.param(s.randn([32, 32], { seed: 2, device: "webgpu" }));
     s.tidy(() => void w.exp().mul(w).softmax().sum()); // forward only
-    const kept = w.tanh().add(1); // outside any scope: freed by dispose
+    const t = w.tanh(), kept = t.add(1); // outside any scope: freed by dispose, in any order
     kept.dispose();
+    t.dispose();
     w.dispose();
     expect(s.memory("webgpu").bytesInUse).toBe(before);
   });
