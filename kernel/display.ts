@@ -44,7 +44,9 @@ export function hasFrontend(): boolean {
 function inspect(v: unknown): string {
   // deno-lint-ignore no-explicit-any
   const D = (globalThis as any).Deno;
-  if (D?.inspect) return D.inspect(v, { colors: false, depth: 4, iterableLimit: 100, strAbbreviateSize: 10000 });
+  if (D?.inspect) {
+    return D.inspect(v, { colors: false, depth: 4, iterableLimit: 100, strAbbreviateSize: 10000 });
+  }
   try {
     return typeof v === "string" ? v : JSON.stringify(v);
   } catch {
@@ -140,7 +142,9 @@ export function isPlotlyFigure(v: unknown): v is PlotlyFigure {
   if (!v || typeof v !== "object" || Array.isArray(v)) return false;
   const f = v as Record<string, unknown>;
   const keys = Object.keys(f);
-  if (!Array.isArray(f.data) || keys.some((k) => !["data", "layout", "config", "frames"].includes(k))) return false;
+  if (!Array.isArray(f.data) || keys.some((k) => !["data", "layout", "config", "frames"].includes(k))) {
+    return false;
+  }
   return f.data.length > 0 &&
     f.data.every((t) => t && typeof t === "object" && ("type" in t || "x" in t || "y" in t || "z" in t));
 }
@@ -168,17 +172,20 @@ export function plotlyBundle(fig: PlotlyFigure): MimeBundle {
     }
   }
   const height = typeof layout.height === "number" ? `${layout.height}px` : "450px";
-  const htmlText = `${lib}<div id="${id}" class="plotly-graph-div" style="height:${height}; width:100%;"></div>
+  const htmlText =
+    `${lib}<div id="${id}" class="plotly-graph-div" style="height:${height}; width:100%;"></div>
 <script type="text/javascript">(function(){var d=${jsonSafe(fig.data)},l=${jsonSafe(layout)},c=${
-    jsonSafe(config)
-  };function draw(){if(window.Plotly){window.Plotly.newPlot("${id}",d,l,c);}else{setTimeout(draw,50);}}draw();})();</script>`;
+      jsonSafe(config)
+    };function draw(){if(window.Plotly){window.Plotly.newPlot("${id}",d,l,c);}else{setTimeout(draw,50);}}draw();})();</script>`;
   const traces = fig.data.map((t) => String((t as Record<string, unknown>).type ?? "scatter")).join(", ");
-  const title = (layout.title as { text?: string } | string | undefined);
+  const title = layout.title as { text?: string } | string | undefined;
   const titleText = typeof title === "string" ? title : title?.text;
   return {
     "application/vnd.plotly.v1+json": { data: fig.data, layout, config: fig.config ?? {} },
     "text/html": htmlText,
-    "text/plain": `<plotly figure${titleText ? ` "${titleText}"` : ""}: ${fig.data.length} trace(s): ${traces}>`,
+    "text/plain": `<plotly figure${
+      titleText ? ` "${titleText}"` : ""
+    }: ${fig.data.length} trace(s): ${traces}>`,
   };
 }
 
@@ -203,7 +210,8 @@ interface ArqueroLike {
 
 function isArqueroTable(v: unknown): v is ArqueroLike {
   const t = v as Record<string, unknown>;
-  return !!t && typeof t === "object" && typeof t.toHTML === "function" && typeof t.toMarkdown === "function" &&
+  return !!t && typeof t === "object" && typeof t.toHTML === "function" &&
+    typeof t.toMarkdown === "function" &&
     typeof t.numRows === "function" && typeof t.numCols === "function";
 }
 
@@ -258,7 +266,9 @@ export async function tensorBundle(t: TensorLike): Promise<MimeBundle> {
   ];
   return {
     "text/html": `<table class="seqlab-tensor"><caption>Tensor</caption>${
-      rows.map(([k, v]) => `<tr><th style="text-align:left">${k}</th><td style="text-align:left">${escapeHtml(v)}</td></tr>`)
+      rows.map(([k, v]) =>
+        `<tr><th style="text-align:left">${k}</th><td style="text-align:left">${escapeHtml(v)}</td></tr>`
+      )
         .join("")
     }</table>`,
     "text/markdown": `| Tensor | |\n|---|---|\n${rows.map(([k, v]) => `| ${k} | ${v} |`).join("\n")}`,
@@ -283,7 +293,9 @@ function isPng(v: unknown): v is Uint8Array {
 }
 
 /** The MIME bundle for any value. Always has text/plain. */
-export async function formatValue(v: unknown): Promise<{ data: MimeBundle; metadata: Record<string, unknown> }> {
+export async function formatValue(
+  v: unknown,
+): Promise<{ data: MimeBundle; metadata: Record<string, unknown> }> {
   let data: MimeBundle | undefined;
   const metadata: Record<string, unknown> = {};
   // deno-lint-ignore no-explicit-any
@@ -366,7 +378,12 @@ class ProgressBar {
     const bar = this.total
       ? `<progress value="${this.n}" max="${this.total}" style="width:30em"></progress>`
       : "";
-    return { "text/plain": text, "text/html": `<div>${escapeHtml(this.label)} ${bar} <code>${escapeHtml(text.replace(this.label, "").trim())}</code></div>` };
+    return {
+      "text/plain": text,
+      "text/html": `<div>${escapeHtml(this.label)} ${bar} <code>${
+        escapeHtml(text.replace(this.label, "").trim())
+      }</code></div>`,
+    };
   }
 
   tick(done = false): void {

@@ -67,7 +67,8 @@ function jsdocOf(t: typeof ts, src: string, node: ts.Node): string | undefined {
   const ranges = t.getLeadingCommentRanges(src, node.pos) ?? [];
   const last = ranges.filter((r) => src.startsWith("/**", r.pos)).pop();
   if (!last) return undefined;
-  return src.slice(last.pos + 3, last.end - 2).split("\n").map((l) => l.replace(/^\s*\* ?/, "")).join("\n").trim();
+  return src.slice(last.pos + 3, last.end - 2).split("\n").map((l) => l.replace(/^\s*\* ?/, "")).join("\n")
+    .trim();
 }
 
 function collect(
@@ -87,10 +88,13 @@ function collect(
     const doc = jsdocOf(t, src, s);
     if (t.isFunctionDeclaration(s) && s.name) {
       const end = s.body ? s.body.getStart(sf) : s.end;
-      const head = src.slice(s.getStart(sf), end).replace(/^export\s+(default\s+)?/, "").replace(/\s+/g, " ").trim();
+      const head = src.slice(s.getStart(sf), end).replace(/^export\s+(default\s+)?/, "").replace(/\s+/g, " ")
+        .trim();
       const prev = into.get(s.name.text);
       // Overloads: keep every signature.
-      const signature = prev && !keepExisting && prev.signature && !s.body ? `${prev.signature}\n${head}` : head;
+      const signature = prev && !keepExisting && prev.signature && !s.body
+        ? `${prev.signature}\n${head}`
+        : head;
       put(s.name.text, { signature: signature.replace(/;$/, ""), doc: doc ?? prev?.doc });
     } else if (t.isClassDeclaration(s) && s.name) {
       put(s.name.text, { signature: `class ${s.name.text}`, doc });

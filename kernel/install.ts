@@ -50,7 +50,9 @@ export function userDataDir(): string {
 
 /** Write kernel.json; returns the directory written. */
 export function install(prefix?: string, name = "seqlab"): string {
-  const dir = prefix ? join(prefix, "share", "jupyter", "kernels", name) : join(userDataDir(), "kernels", name);
+  const dir = prefix
+    ? join(prefix, "share", "jupyter", "kernels", name)
+    : join(userDataDir(), "kernels", name);
   Deno.mkdirSync(dir, { recursive: true });
   Deno.writeTextFileSync(join(dir, "kernel.json"), JSON.stringify(kernelSpec(), null, 2) + "\n");
   return dir;

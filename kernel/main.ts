@@ -13,7 +13,7 @@
  * @module
  */
 import { EchoRepSocket, type Frames, PubSocket, RouterSocket, setLogger } from "./zmtp.ts";
-import { decode, encode, header, type Header, type Message, PROTOCOL_VERSION, Signer } from "./wire.ts";
+import { decode, encode, type Header, header, type Message, PROTOCOL_VERSION, Signer } from "./wire.ts";
 import type { FromWorker, Output, ToWorker } from "./messages.ts";
 import { CTL_INPUT_LEN, CTL_INPUT_STATE, CTL_INTERRUPT, INPUT_INTERRUPTED, INPUT_READY } from "./messages.ts";
 import { DocIndex } from "./docs.ts";
@@ -87,8 +87,13 @@ export class Kernel {
   private startupWarning: string | null = null;
 
   constructor(readonly conn: ConnectionInfo, readonly opts: { preload?: boolean } = {}) {
-    if (conn.transport && conn.transport !== "tcp") throw new Error(`transport ${conn.transport} is not supported`);
-    this.signer = new Signer(conn.key ?? "", conn.signature_scheme?.replace(/^$/, "hmac-sha256") ?? "hmac-sha256");
+    if (conn.transport && conn.transport !== "tcp") {
+      throw new Error(`transport ${conn.transport} is not supported`);
+    }
+    this.signer = new Signer(
+      conn.key ?? "",
+      conn.signature_scheme?.replace(/^$/, "hmac-sha256") ?? "hmac-sha256",
+    );
   }
 
   /** Bind the five sockets and start the worker. */
@@ -104,13 +109,18 @@ export class Kernel {
     this.stdin.onMessage = (f) => this.receiveStdin(f);
     this.startWorker();
     this.transform.catch((e) => log(`TypeScript failed to load: ${e}`));
-    log(`listening on ${ip}: shell ${this.conn.shell_port}, iopub ${this.conn.iopub_port}, session ${this.session}`);
+    log(
+      `listening on ${ip}: shell ${this.conn.shell_port}, iopub ${this.conn.iopub_port}, session ${this.session}`,
+    );
   }
 
   // ---------------------------------------------------------------- worker
 
   private startWorker(): void {
-    this.worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module", name: "seqlab-cells" });
+    this.worker = new Worker(new URL("./worker.ts", import.meta.url), {
+      type: "module",
+      name: "seqlab-cells",
+    });
     let ready!: () => void;
     this.workerReady = new Promise((r) => (ready = r));
     Atomics.store(this.ctl, CTL_INTERRUPT, 0);
@@ -167,13 +177,22 @@ export class Kernel {
   // ---------------------------------------------------------------- sending
 
   private send(socket: RouterSocket, parent: Message, msgType: string, content: unknown): Promise<void> {
-    const frames = encode(this.signer, parent.identities, header(msgType, this.session), parent.header, {}, content);
+    const frames = encode(
+      this.signer,
+      parent.identities,
+      header(msgType, this.session),
+      parent.header,
+      {},
+      content,
+    );
     return socket.send(frames);
   }
 
   private publish(msgType: string, content: unknown, parent: Partial<Header>, metadata = {}): Promise<void> {
     const topic = enc.encode(`kernel.${this.session}.${msgType}`);
-    return this.iopub.send(encode(this.signer, [topic], header(msgType, this.session), parent, metadata, content));
+    return this.iopub.send(
+      encode(this.signer, [topic], header(msgType, this.session), parent, metadata, content),
+    );
   }
 
   private publishOutput(seq: number, out: Output): void {
@@ -203,7 +222,9 @@ export class Kernel {
       case "error": {
         const tb = this.traceback(out.ename, out.evalue, out.stack, seq);
         this.publish("error", { ename: out.ename, evalue: out.evalue, traceback: tb }, parent);
-        if (this.running?.seq === seq) this.lastError = { ename: out.ename, evalue: out.evalue, traceback: tb };
+        if (this.running?.seq === seq) {
+          this.lastError = { ename: out.ename, evalue: out.evalue, traceback: tb };
+        }
         break;
       }
     }
@@ -235,7 +256,10 @@ export class Kernel {
     void seq;
     return [`${ename}: ${ev}`, ...mapped];
   }
-  private rewrites = new Map<number, { mapPosition(line: number, column: number): { line: number; column: number } }>();
+  private rewrites = new Map<
+    number,
+    { mapPosition(line: number, column: number): { line: number; column: number } }
+  >();
 
   // ---------------------------------------------------------------- receiving
 
@@ -280,7 +304,10 @@ export class Kernel {
 
   private async abort(msg: Message, socket: RouterSocket): Promise<void> {
     this.publish("status", { execution_state: "busy" }, msg.header);
-    await this.send(socket, msg, "execute_reply", { status: "aborted", execution_count: this.executionCount });
+    await this.send(socket, msg, "execute_reply", {
+      status: "aborted",
+      execution_count: this.executionCount,
+    });
     this.publish("status", { execution_state: "idle" }, msg.header);
   }
 
@@ -290,7 +317,7 @@ export class Kernel {
     try {
       switch (type) {
         case "kernel_info_request":
-          await this.send(socket, msg, "kernel_info_reply", await this.kernelInfo());
+          await this.send(socket, msg, "kernel_info_reply", this.kernelInfo());
           break;
         case "execute_request":
           await this.execute(msg, socket);
@@ -346,7 +373,7 @@ export class Kernel {
     }
   }
 
-  private async kernelInfo(): Promise<Record<string, unknown>> {
+  private kernelInfo(): Record<string, unknown> {
     return {
       status: "ok",
       protocol_version: PROTOCOL_VERSION,
@@ -393,7 +420,11 @@ export class Kernel {
 
     // `exit` / `quit` ask the frontend to close (jupyter console does; notebooks ignore it).
     if (/^\s*(exit|quit)(\(\))?\s*;?\s*$/.test(code)) {
-      await reply({ status: "ok", payload: [{ source: "ask_exit", keepkernel: false }], user_expressions: {} }, null);
+      await reply({
+        status: "ok",
+        payload: [{ source: "ask_exit", keepkernel: false }],
+        user_expressions: {},
+      }, null);
       return;
     }
 
@@ -422,7 +453,11 @@ export class Kernel {
         `    ${lines[rw.line - 1] ?? ""}`,
         `    ${" ".repeat(Math.max(0, rw.column - 1))}^`,
       ];
-      const err = { ename: "SyntaxError", evalue: `${rw.message} (${label}:${rw.line}:${rw.column})`, traceback: tb };
+      const err = {
+        ename: "SyntaxError",
+        evalue: `${rw.message} (${label}:${rw.line}:${rw.column})`,
+        traceback: tb,
+      };
       this.publish("error", err, msg.header);
       if (c.stop_on_error ?? true) this.abortQueued = true;
       await reply({ status: "error", ...err }, null);
@@ -457,7 +492,10 @@ export class Kernel {
     Atomics.store(this.ctl, CTL_INTERRUPT, 0);
     Deno.remove(file).catch(() => {});
     if (done.status === "ok") {
-      await reply({ status: "ok", payload: [], user_expressions: done.userExpressions }, done.resultText ?? null);
+      await reply(
+        { status: "ok", payload: [], user_expressions: done.userExpressions },
+        done.resultText ?? null,
+      );
     } else {
       if (c.stop_on_error ?? true) this.abortQueued = true;
       const err = this.lastError ?? { ename: "Error", evalue: "cell failed", traceback: [] };
@@ -563,7 +601,11 @@ export class Kernel {
     >({ type: "inspect", expr });
     // Declared docs belong to plain names (cells, preloaded seqlab names) and to seqlab.NAME.
     const parts0 = expr.split(".");
-    const name = parts0.length === 1 ? expr : parts0.length === 2 && parts0[0] === "seqlab" ? parts0[1] : null;
+    const name = parts0.length === 1
+      ? expr
+      : parts0.length === 2 && parts0[0] === "seqlab"
+      ? parts0[1]
+      : null;
     const doc = name ? await this.docs.lookup(name).catch(() => undefined) : undefined;
     if (!info?.found && !doc) return null;
     const parts: string[] = [];
@@ -647,10 +689,48 @@ export class Kernel {
 }
 
 const KEYWORDS = [
-  "await", "break", "case", "catch", "class", "const", "continue", "debugger", "default", "delete", "do",
-  "else", "enum", "export", "extends", "false", "finally", "for", "function", "if", "import", "in",
-  "instanceof", "interface", "let", "new", "null", "return", "super", "switch", "this", "throw", "true",
-  "try", "type", "typeof", "undefined", "var", "void", "while", "with", "yield",
+  "await",
+  "break",
+  "case",
+  "catch",
+  "class",
+  "const",
+  "continue",
+  "debugger",
+  "default",
+  "delete",
+  "do",
+  "else",
+  "enum",
+  "export",
+  "extends",
+  "false",
+  "finally",
+  "for",
+  "function",
+  "if",
+  "import",
+  "in",
+  "instanceof",
+  "interface",
+  "let",
+  "new",
+  "null",
+  "return",
+  "super",
+  "switch",
+  "this",
+  "throw",
+  "true",
+  "try",
+  "type",
+  "typeof",
+  "undefined",
+  "var",
+  "void",
+  "while",
+  "with",
+  "yield",
 ];
 
 if (import.meta.main) {

@@ -31,7 +31,13 @@ export type ToWorker =
 /** Output of a cell, in order. */
 export type Output =
   | { kind: "stream"; name: "stdout" | "stderr"; text: string }
-  | { kind: "display"; data: MimeBundle; metadata: Record<string, unknown>; displayId?: string; update: boolean }
+  | {
+    kind: "display";
+    data: MimeBundle;
+    metadata: Record<string, unknown>;
+    displayId?: string;
+    update: boolean;
+  }
   | { kind: "clear"; wait: boolean }
   | { kind: "result"; data: MimeBundle; metadata: Record<string, unknown> }
   | { kind: "error"; ename: string; evalue: string; stack: string };

@@ -121,8 +121,14 @@ export async function runNotebook(
         s.executed++;
         if (ev.error && ev.expected_error) s.expectedErrors++;
         else if (ev.error) s.errors++;
-        const note = ev.error ? (ev.expected_error ? ` (expected error: ${ev.error})` : ` FAILED: ${ev.error}`) : "";
-        show(`${name} ${bar(s.executed, s.cells)} cell ${Number(ev.index) + 1} ${Number(ev.seconds).toFixed(2)}s${note}`);
+        const note = ev.error
+          ? (ev.expected_error ? ` (expected error: ${ev.error})` : ` FAILED: ${ev.error}`)
+          : "";
+        show(
+          `${name} ${bar(s.executed, s.cells)} cell ${Number(ev.index) + 1} ${
+            Number(ev.seconds).toFixed(2)
+          }s${note}`,
+        );
       } else if (ev.event === "end") {
         s.status = ev.status === "ok" ? "ok" : "failed";
         s.seconds = Number(ev.seconds);
@@ -132,7 +138,9 @@ export async function runNotebook(
   }
   const { code } = await child.status;
   if (code !== 0 && s.status === "ok") s.status = "failed";
-  if (s.status === "failed" && !s.message) s.message = (await stderr).trim().split("\n").slice(-3).join(" | ");
+  if (s.status === "failed" && !s.message) {
+    s.message = (await stderr).trim().split("\n").slice(-3).join(" | ");
+  }
   show(
     `${name}: ${s.status} — ${s.executed}/${s.cells} cells, ${s.errors} errors` +
       `${s.expectedErrors ? ` (+${s.expectedErrors} expected)` : ""}, ${s.seconds.toFixed(1)}s` +
@@ -169,7 +177,11 @@ if (import.meta.main) {
     JUPYTER_PLATFORM_DIRS: "1",
     PYDEVD_DISABLE_FILE_VALIDATION: "1",
   };
-  console.log(`running ${opts.notebooks.length} notebook(s) with ${opts.python}; outputs in ${relative(ROOT, opts.out) || "."}`);
+  console.log(
+    `running ${opts.notebooks.length} notebook(s) with ${opts.python}; outputs in ${
+      relative(ROOT, opts.out) || "."
+    }`,
+  );
   const rows: NotebookSummary[] = [];
   for (const nb of opts.notebooks) rows.push(await runNotebook(nb, opts.out, { ...opts, env }));
   Deno.writeTextFileSync(join(opts.out, "summary.json"), JSON.stringify(rows, null, 2) + "\n");

@@ -60,7 +60,10 @@ export function parse(src: string): ts.SourceFile {
 export function syntaxErrors(sf: ts.SourceFile): { message: string; start: number }[] {
   // parseDiagnostics is internal but stable across TypeScript 4.x/5.x; it is what the compiler reports.
   const diags = (sf as unknown as { parseDiagnostics: ts.Diagnostic[] }).parseDiagnostics ?? [];
-  return diags.map((d) => ({ message: ts.flattenDiagnosticMessageText(d.messageText, "\n"), start: d.start ?? 0 }));
+  return diags.map((d) => ({
+    message: ts.flattenDiagnosticMessageText(d.messageText, "\n"),
+    start: d.start ?? 0,
+  }));
 }
 
 /** A cell that is exactly an object literal (`{a: 1}`) is shown as one, as in Deno's REPL. */
@@ -184,7 +187,9 @@ export function rewriteCell(
         continue;
       }
       const spec = (s.moduleSpecifier as ts.StringLiteral).text;
-      const attrs = s.attributes ? `, { with: ${s.attributes.getText(sf).replace(/^(with|assert)\s*/, "")} }` : "";
+      const attrs = s.attributes
+        ? `, { with: ${s.attributes.getText(sf).replace(/^(with|assert)\s*/, "")} }`
+        : "";
       const v = `__sl_m${importCount++}`;
       let code = `const ${v} = await __sl_import(${JSON.stringify(resolveSpecifier(spec))}${attrs});`;
       if (clause?.name) {
@@ -211,7 +216,11 @@ export function rewriteCell(
       continue;
     } else if (ts.isExportAssignment(s)) {
       // `export default expr` → `expr`
-      replace(s.getStart(sf), s.expression.getStart(sf), blank(src.slice(s.getStart(sf), s.expression.getStart(sf))));
+      replace(
+        s.getStart(sf),
+        s.expression.getStart(sf),
+        blank(src.slice(s.getStart(sf), s.expression.getStart(sf))),
+      );
       if (s === last) {
         insert(s.expression.getStart(sf), "__sl_r((");
         insert(s.expression.end, "))");

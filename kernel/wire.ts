@@ -86,15 +86,21 @@ export function decode(frames: Uint8Array[], signer: Signer): Decoded {
     }
   }
   if (d < 0) return { ok: false, reason: "no <IDS|MSG> delimiter" };
-  if (frames.length < d + 6) return { ok: false, reason: `only ${frames.length - d - 1} frames after delimiter` };
+  if (frames.length < d + 6) {
+    return { ok: false, reason: `only ${frames.length - d - 1} frames after delimiter` };
+  }
   const sig = dec.decode(frames[d + 1]);
   const body = frames.slice(d + 2, d + 6);
   const bad = signer.verify(sig, body);
   if (bad) return { ok: false, reason: bad };
   try {
     const [header, parent_header, metadata, content] = body.map((f) => JSON.parse(dec.decode(f)));
-    if (!header || typeof header.msg_type !== "string") return { ok: false, reason: "header without msg_type" };
-    if (typeof content !== "object" || content === null) return { ok: false, reason: "content is not an object" };
+    if (!header || typeof header.msg_type !== "string") {
+      return { ok: false, reason: "header without msg_type" };
+    }
+    if (typeof content !== "object" || content === null) {
+      return { ok: false, reason: "content is not an object" };
+    }
     return {
       ok: true,
       msg: {

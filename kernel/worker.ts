@@ -213,7 +213,19 @@ g.alert = (message = "") => {
 /** Read a line from the frontend, optionally hidden (passwords). */
 g.input = (message = "", opts: { password?: boolean } = {}) => requestInput(String(message), !!opts.password);
 
-const jupyter = { display: cellDisplay, html, md, svg, image, json, mime, plot, progress, clearOutput, $display };
+const jupyter = {
+  display: cellDisplay,
+  html,
+  md,
+  svg,
+  image,
+  json,
+  mime,
+  plot,
+  progress,
+  clearOutput,
+  $display,
+};
 Object.assign(g, { display: cellDisplay, html, md, svg, image, json, plot, progress, clearOutput, jupyter });
 try {
   // Deno's kernel puts these on Deno.jupyter; do the same where the namespace allows it.
@@ -230,10 +242,20 @@ g.__sl_decl = (names: string[]) => {
   for (const n of names) {
     const d = Object.getOwnPropertyDescriptor(globalThis, n);
     if (!d) {
-      Object.defineProperty(globalThis, n, { value: undefined, writable: true, configurable: true, enumerable: true });
+      Object.defineProperty(globalThis, n, {
+        value: undefined,
+        writable: true,
+        configurable: true,
+        enumerable: true,
+      });
     } else if (!("value" in d) || !d.writable) {
       if (!d.configurable) throw new TypeError(`cannot declare ${n}: it is a read-only global`);
-      Object.defineProperty(globalThis, n, { value: undefined, writable: true, configurable: true, enumerable: true });
+      Object.defineProperty(globalThis, n, {
+        value: undefined,
+        writable: true,
+        configurable: true,
+        enumerable: true,
+      });
     }
   }
 };
@@ -242,7 +264,12 @@ g.__sl_set = (name: string, value: unknown) => {
   if (d && !d.configurable) {
     if (d.writable) g[name] = value;
     else throw new TypeError(`cannot declare ${name}: it is a read-only global`);
-  } else Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: true });
+  } else {Object.defineProperty(globalThis, name, {
+      value,
+      writable: true,
+      configurable: true,
+      enumerable: true,
+    });}
 };
 g.__sl_import = (spec: string, opts?: ImportCallOptions) => import(spec, opts);
 let result: { has: boolean; value: unknown } = { has: false, value: undefined };
@@ -255,7 +282,12 @@ g.__sl_r = (v: unknown) => {
 
 function errorOutput(e: unknown): Output {
   if (e instanceof Error) {
-    return { kind: "error", ename: e.name || "Error", evalue: e.message, stack: e.stack ?? `${e.name}: ${e.message}` };
+    return {
+      kind: "error",
+      ename: e.name || "Error",
+      evalue: e.message,
+      stack: e.stack ?? `${e.name}: ${e.message}`,
+    };
   }
   let s: string;
   try {
@@ -356,7 +388,9 @@ function complete(object: string | null, prefix: string): string[] {
 /** Signature line of a function from its source text. */
 function signatureOf(f: (...a: unknown[]) => unknown): string {
   const src = Function.prototype.toString.call(f);
-  if (/\{\s*\[native code\]\s*\}$/.test(src)) return `${f.name}(${Array(f.length).fill("arg").map((a, i) => a + i).join(", ")})`;
+  if (/\{\s*\[native code\]\s*\}$/.test(src)) {
+    return `${f.name}(${Array(f.length).fill("arg").map((a, i) => a + i).join(", ")})`;
+  }
   if (src.startsWith("class")) return src.slice(0, src.indexOf("{")).trim();
   let depth = 0;
   for (let i = 0; i < src.length; i++) {
@@ -366,14 +400,18 @@ function signatureOf(f: (...a: unknown[]) => unknown): string {
       depth--;
       if (depth === 0) {
         const head = src.slice(0, i + 1).replace(/\s+/g, " ");
-        return head.startsWith("function") || head.startsWith("async") ? head : `${f.name}${head.replace(/^[^(]*/, "")}`;
+        return head.startsWith("function") || head.startsWith("async")
+          ? head
+          : `${f.name}${head.replace(/^[^(]*/, "")}`;
       }
     }
   }
   return `${f.name}(…)`;
 }
 
-function inspect(expr: string): { found: boolean; type?: string; signature?: string; repr?: string; doc?: string } {
+function inspect(
+  expr: string,
+): { found: boolean; type?: string; signature?: string; repr?: string; doc?: string } {
   const r = evalPath(expr);
   if (!r.ok) return { found: false };
   const v = r.value;
@@ -403,7 +441,12 @@ async function preload(): Promise<string | undefined> {
     for (const [k, v] of Object.entries(m)) {
       if (k === "default") continue;
       if (k in globalThis) skipped.push(k);
-      else Object.defineProperty(globalThis, k, { value: v, writable: true, configurable: true, enumerable: true });
+      else {Object.defineProperty(globalThis, k, {
+          value: v,
+          writable: true,
+          configurable: true,
+          enumerable: true,
+        });}
     }
     return skipped.length ? `seqlab names left to seqlab.*: ${skipped.join(", ")}` : undefined;
   } catch (e) {
@@ -439,7 +482,11 @@ self.onmessage = async (ev: MessageEvent<ToWorker>) => {
 // Errors from timers or promises nobody awaited: report them on stderr instead of killing the worker.
 self.addEventListener("unhandledrejection", (e) => {
   e.preventDefault();
-  emit({ kind: "stream", name: "stderr", text: `Uncaught (in promise) ${String((e.reason as Error)?.stack ?? e.reason)}\n` });
+  emit({
+    kind: "stream",
+    name: "stderr",
+    text: `Uncaught (in promise) ${String((e.reason as Error)?.stack ?? e.reason)}\n`,
+  });
 });
 self.addEventListener("error", (e) => {
   e.preventDefault();

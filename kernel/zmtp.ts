@@ -371,7 +371,9 @@ export abstract class BoundSocket {
           new Peer(conn, this).run();
         }
       } catch (e) {
-        if (!(e instanceof Deno.errors.BadResource)) log(`${this.name}: accept failed: ${(e as Error).message}`);
+        if (!(e instanceof Deno.errors.BadResource)) {
+          log(`${this.name}: accept failed: ${(e as Error).message}`);
+        }
       }
     })();
     return (l.addr as Deno.NetAddr).port;

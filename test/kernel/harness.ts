@@ -87,7 +87,10 @@ export async function run(
 /** One execute step's outcome as driver.py reports it. */
 export interface ExecResult {
   reply: Record<string, unknown> & { status: string; ename?: string; evalue?: string; traceback?: string[] };
-  outputs: { type: string; content: Record<string, unknown> & { text?: string; data?: Record<string, unknown> } }[];
+  outputs: {
+    type: string;
+    content: Record<string, unknown> & { text?: string; data?: Record<string, unknown> };
+  }[];
   prompts: string[];
   states: string[];
   late: string[];
@@ -100,13 +103,18 @@ export interface ExecResult {
 /** Run driver.py steps against a fresh kernel. */
 export async function drive(steps: Record<string, unknown>[], timeoutMs = 120_000): Promise<unknown[]> {
   const r = await run(PYTHON, [`${HERE}/driver.py`], { stdin: JSON.stringify({ steps }), timeoutMs });
-  if (r.code !== 0) throw new Error(`driver.py exited ${r.code}${r.timedOut ? " (timed out)" : ""}:\n${r.stderr.slice(-4000)}`);
+  if (r.code !== 0) {
+    throw new Error(
+      `driver.py exited ${r.code}${r.timedOut ? " (timed out)" : ""}:\n${r.stderr.slice(-4000)}`,
+    );
+  }
   return JSON.parse(r.stdout).results;
 }
 
 /** Text of an execute's stdout stream outputs. */
 export function stdoutOf(r: ExecResult, name = "stdout"): string {
-  return r.outputs.filter((o) => o.type === "stream" && o.content.name === name).map((o) => o.content.text).join("");
+  return r.outputs.filter((o) => o.type === "stream" && o.content.name === name).map((o) => o.content.text)
+    .join("");
 }
 
 /** text/plain of the execute_result, if any. */

@@ -28,19 +28,27 @@ test("interrupting while(true), an endless await, and a prompt keeps state", asy
   expect(resultOf(last)).toBe("41");
 }, 160_000);
 
-test("a cell stuck outside instrumented code is cut off by restarting the worker, the kernel lives", async () => {
-  const r = (await drive([
-    { execute: "const x = 1" },
-    // Atomics.wait blocks in native code where no interrupt check runs.
-    { execute: "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000)", interrupt_after: 0.5, timeout: 20 },
-    { execute: "typeof x" },
-    { execute: "1 + 1" },
-  ], 120_000)) as ExecResult[];
-  const [, stuck, lost, fresh] = r;
-  expect(stuck.timed_out).toBe(false);
-  expect(stuck.reply.ename).toBe("InterruptError");
-  expect(stuck.reply.evalue).toMatch(/restarted/);
-  expect(stuck.stop_seconds!).toBeLessThan(5);
-  expect(resultOf(lost)).toBe('"undefined"'); // the error said so: state is gone
-  expect(resultOf(fresh)).toBe("2");
-}, 130_000);
+test(
+  "a cell stuck outside instrumented code is cut off by restarting the worker, the kernel lives",
+  async () => {
+    const r = (await drive([
+      { execute: "const x = 1" },
+      // Atomics.wait blocks in native code where no interrupt check runs.
+      {
+        execute: "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000)",
+        interrupt_after: 0.5,
+        timeout: 20,
+      },
+      { execute: "typeof x" },
+      { execute: "1 + 1" },
+    ], 120_000)) as ExecResult[];
+    const [, stuck, lost, fresh] = r;
+    expect(stuck.timed_out).toBe(false);
+    expect(stuck.reply.ename).toBe("InterruptError");
+    expect(stuck.reply.evalue).toMatch(/restarted/);
+    expect(stuck.stop_seconds!).toBeLessThan(5);
+    expect(resultOf(lost)).toBe('"undefined"'); // the error said so: state is gone
+    expect(resultOf(fresh)).toBe("2");
+  },
+  130_000,
+);

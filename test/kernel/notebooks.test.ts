@@ -27,6 +27,7 @@ function nbconvert(nb: string, outDir: string, name: string, extra: string[] = [
 /** nbformat stores multi-line strings as lists of lines. */
 const txt = (v: string | string[]) => (Array.isArray(v) ? v.join("") : v);
 
+// deno-lint-ignore no-explicit-any -- executed nbformat JSON, checked field by field below
 type Cell = { cell_type: string; id: string; metadata: { tags?: string[] }; outputs: Record<string, any>[] };
 
 test("the tour executes under nbconvert, and its HTML export carries plotly.js once", async () => {
@@ -51,13 +52,24 @@ test("the tour executes under nbconvert, and its HTML export carries plotly.js o
   expect(byId.error.outputs[0].ename).toBe("Error");
   expect(byId.error.outputs[0].traceback.join("\n")).toMatch(/cell\[\d+\]:2:1/);
   const fig = byId.plot.outputs[0].data;
-  expect(Object.keys(fig)).toEqual(expect.arrayContaining(["application/vnd.plotly.v1+json", "text/html", "text/plain"]));
+  expect(Object.keys(fig)).toEqual(
+    expect.arrayContaining(["application/vnd.plotly.v1+json", "text/html", "text/plain"]),
+  );
   expect(fig["application/vnd.plotly.v1+json"].data[0].type).toBe("histogram");
   expect(types("table")).toEqual(["display_data", "execute_result"]);
   expect(txt(byId.table.outputs[0].data["text/plain"])).toMatch(/4\/4 100%/);
-  expect(Object.keys(byId.table.outputs[1].data)).toEqual(expect.arrayContaining(["text/html", "text/markdown"]));
+  expect(Object.keys(byId.table.outputs[1].data)).toEqual(
+    expect.arrayContaining(["text/html", "text/markdown"]),
+  );
 
-  const html = await run(PYTHON, ["-m", "nbconvert", "--to", "html", `--output-dir=${out}`, `${out}/tour.ipynb`], {
+  const html = await run(PYTHON, [
+    "-m",
+    "nbconvert",
+    "--to",
+    "html",
+    `--output-dir=${out}`,
+    `${out}/tour.ipynb`,
+  ], {
     timeoutMs: 120_000,
   });
   expect(html.code, html.stderr.slice(-2000)).toBe(0);
@@ -83,8 +95,10 @@ test(`the 50-cell stress notebook, ${STRESS_RUNS} runs: zero lost or misplaced o
   const check = await run(PYTHON, [`${HERE}/check_outputs.py`, ...files], { timeoutMs: 60_000 });
   expect(check.code, check.stderr).toBe(0);
   const report = JSON.parse(check.stdout);
-  console.log(`stress: ${report.notebooks} runs x 50 cells = ${report.cells} cells, ${report.bad_cells} wrong, ` +
-    `${report.lost} outputs lost, ${report.extra} extra`);
+  console.log(
+    `stress: ${report.notebooks} runs x 50 cells = ${report.cells} cells, ${report.bad_cells} wrong, ` +
+      `${report.lost} outputs lost, ${report.extra} extra`,
+  );
   expect(report.notebooks).toBe(STRESS_RUNS);
   expect(report.cells).toBe(STRESS_RUNS * 50);
   expect(report.examples).toEqual([]);

@@ -18,7 +18,9 @@ test("npm zeromq (Node) drives the kernel: 300 round trips, 1500 of 1500 iopub m
   // "zeromq" is in deno.json's imports; `deno install` puts it where Node can load it.
   if (!have()) await run(Deno.execPath(), ["install"], { timeoutMs: 120_000 });
   expect(have(), `npm zeromq missing at ${PKG}`).toBe(true);
-  const r = await run("node", [`${HERE}/npm_zeromq_peer.mjs`, PKG, Deno.execPath(), ROOT, "300"], { timeoutMs: 150_000 });
+  const r = await run("node", [`${HERE}/npm_zeromq_peer.mjs`, PKG, Deno.execPath(), ROOT, "300"], {
+    timeoutMs: 150_000,
+  });
   expect(r.code, r.stderr.slice(-2000)).toBe(0);
   const d = JSON.parse(r.stdout);
   expect(d).toMatchObject({

@@ -49,8 +49,25 @@ describe("execution semantics", () => {
       stop_on_error: false,
     }));
     results = (await drive(steps, 150_000)) as ExecResult[];
-    const [decl, redecl, destr, imp, tla, mixed, err, syn, types, en, loops, pre, preImport, input, noInput, upd, uni] =
-      results;
+    const [
+      decl,
+      redecl,
+      destr,
+      imp,
+      tla,
+      mixed,
+      err,
+      syn,
+      types,
+      en,
+      loops,
+      pre,
+      preImport,
+      input,
+      noInput,
+      upd,
+      uni,
+    ] = results;
     for (const r of results) expect(r.order_ok, JSON.stringify(r)).toBe(true);
     expect(resultOf(decl)).toBe("21");
     expect(resultOf(redecl)).toBe("85");
@@ -91,7 +108,10 @@ describe("execution semantics", () => {
 
   test("complete, inspect, is_complete", async () => {
     const r = (await drive([
-      { execute: "/** Adds one. */\nfunction inc(x: number): number { return x + 1 }\nconst longNameHere = { alpha: 1, beta: 2 }" },
+      {
+        execute:
+          "/** Adds one. */\nfunction inc(x: number): number { return x + 1 }\nconst longNameHere = { alpha: 1, beta: 2 }",
+      },
       { complete: "longNameHere.al" },
       { complete: "longName" },
       // Cursor positions count code points: the emoji is one.
@@ -101,6 +121,7 @@ describe("execution semantics", () => {
       { is_complete: "for (const x of xs) {" },
       { kernel_info: true },
     ])) as Record<string, unknown>[];
+    // deno-lint-ignore no-explicit-any -- reply contents as JSON
     const [, c1, c2, c3, i1, i2, ic, ki] = r as Record<string, any>[];
     expect(c1.matches).toEqual(["alpha"]);
     expect([c1.cursor_start, c1.cursor_end]).toEqual([13, 15]);

@@ -1,6 +1,6 @@
 /** `deno task repro`: executes notebooks, writes them and a summary, fails on an untagged error. */
 import { expect, test } from "vitest";
-import { ROOT, run } from "./harness.ts";
+import { run } from "./harness.ts";
 
 function notebook(cells: { src: string; tags?: string[] }[]): string {
   return JSON.stringify({
@@ -20,11 +20,14 @@ function notebook(cells: { src: string; tags?: string[] }[]): string {
 
 test("repro runs notebooks in order, accepts raises-exception, fails on other errors", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "seqlab-repro-" });
-  Deno.writeTextFileSync(`${dir}/a_ok.ipynb`, notebook([
-    { src: "const x = 2" },
-    { src: "throw new Error('expected')", tags: ["raises-exception"] },
-    { src: "console.log(x * 21)" },
-  ]));
+  Deno.writeTextFileSync(
+    `${dir}/a_ok.ipynb`,
+    notebook([
+      { src: "const x = 2" },
+      { src: "throw new Error('expected')", tags: ["raises-exception"] },
+      { src: "console.log(x * 21)" },
+    ]),
+  );
   Deno.writeTextFileSync(`${dir}/b_bad.ipynb`, notebook([{ src: "undefinedThing.call()" }, { src: "1" }]));
   const out = `${dir}/out`;
   const ok = await run(Deno.execPath(), ["run", "-A", "kernel/repro.ts", "--out", out, `${dir}/a_ok.ipynb`], {
@@ -35,7 +38,15 @@ test("repro runs notebooks in order, accepts raises-exception, fails on other er
   const executed = JSON.parse(Deno.readTextFileSync(`${out}/a_ok.ipynb`));
   expect(executed.cells[2].outputs[0].text).toEqual(["42\n"]);
 
-  const bad = await run(Deno.execPath(), ["run", "-A", "kernel/repro.ts", "--out", out, `${dir}/a_ok.ipynb`, `${dir}/b_bad.ipynb`], {
+  const bad = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    "kernel/repro.ts",
+    "--out",
+    out,
+    `${dir}/a_ok.ipynb`,
+    `${dir}/b_bad.ipynb`,
+  ], {
     timeoutMs: 90_000,
   });
   expect(bad.code).toBe(1);
@@ -44,6 +55,8 @@ test("repro runs notebooks in order, accepts raises-exception, fails on other er
   expect(summary[1].errors).toBe(1);
   expect(summary[1].executed).toBe(1); // stops at the first failing cell
   expect(summary[1].message).toMatch(/ReferenceError/);
-  expect(Deno.readTextFileSync(`${out}/summary.md`)).toMatch(/\| .*b_bad\.ipynb \| failed \| 2 \| 1 \| 1 \| 0 \|/);
+  expect(Deno.readTextFileSync(`${out}/summary.md`)).toMatch(
+    /\| .*b_bad\.ipynb \| failed \| 2 \| 1 \| 1 \| 0 \|/,
+  );
   Deno.removeSync(dir, { recursive: true });
 }, 120_000);

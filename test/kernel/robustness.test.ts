@@ -17,7 +17,15 @@ test("the kernel survives abuse and keeps answering", async () => {
   expect(d.after_wrong_socket_type).toBe(true);
   expect(log).toMatch(/incompatible peer socket type SUB/);
   expect(d.after_malformed).toBe(true);
-  for (const why of ["no <IDS|MSG> delimiter", "bad signature", "missing signature", "bad JSON", "replayed signature"]) {
+  for (
+    const why of [
+      "no <IDS|MSG> delimiter",
+      "bad signature",
+      "missing signature",
+      "bad JSON",
+      "replayed signature",
+    ]
+  ) {
     expect(log).toContain(`dropped a message on shell: ${why}`);
   }
   expect(log).toMatch(/unknown message type "frobnicate_request"/);

@@ -28,7 +28,7 @@ afterEach(() => {
 
 /** A minimal ZMTP client: enough to play DEALER/SUB/REQ by hand. */
 class RawPeer {
-  private buf = new Uint8Array(0);
+  private buf: Uint8Array = new Uint8Array(0);
   constructor(readonly conn: Deno.Conn) {}
   static async connect(port: number, type: string, identity = ""): Promise<RawPeer> {
     const p = new RawPeer(await Deno.connect({ hostname: "127.0.0.1", port }));
@@ -83,7 +83,10 @@ class RawPeer {
   }
   send(parts: (string | Uint8Array)[], chunk = 0): Promise<void> {
     const bytes = parts.map((p) => (typeof p === "string" ? enc.encode(p) : p));
-    return this.write(concat(bytes.flatMap((b, i) => [frameHeader(b.length, i < bytes.length - 1 ? 1 : 0), b])), chunk);
+    return this.write(
+      concat(bytes.flatMap((b, i) => [frameHeader(b.length, i < bytes.length - 1 ? 1 : 0), b])),
+      chunk,
+    );
   }
   command(name: string, data?: Uint8Array): Promise<void> {
     const body = commandBody(name, data);
@@ -203,5 +206,10 @@ print(json.dumps(out)); c.destroy(linger=0)
 `;
   const r = await run(PYTHON, ["-c", script], { timeoutMs: 60_000 });
   expect(r.code, r.stderr).toBe(0);
-  expect(JSON.parse(r.stdout)).toEqual({ hb: "ping", round_trips: 200, published: 200, big: 8 * 1024 * 1024 });
+  expect(JSON.parse(r.stdout)).toEqual({
+    hb: "ping",
+    round_trips: 200,
+    published: 200,
+    big: 8 * 1024 * 1024,
+  });
 }, 70_000);
