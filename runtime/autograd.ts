@@ -15,7 +15,7 @@
  * @module
  */
 
-import { hooks, keep, ops, Tensor } from "./tensor.ts";
+import { hooks, keep, ops, Tensor, tidy } from "./tensor.ts";
 import { fmt } from "./shape.ts";
 
 let gradEnabled = true;
@@ -189,7 +189,8 @@ export function backward(root: Tensor, grad?: Tensor): void {
       // A backward may return its incoming gradient, or one tensor for several inputs: give each input
       // its own handle (a view sharing storage) so that freeing one never frees another.
       const handles = new Set<Tensor>([g]);
-      const gs = node.backward(g).map((gi) => {
+      // tidy: a rule's temporaries are freed even when backward runs outside any scope
+      const gs = tidy(() => node.backward(g)).map((gi) => {
         if (!gi) return null;
         const own = handles.has(gi) || gi === grad ? gi.view(gi.shape, gi.strides, gi.offset) : gi;
         handles.add(own);

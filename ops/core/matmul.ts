@@ -10,6 +10,8 @@ import { broadcastShapes, fmt, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { cast, contiguous } from "./elementwise.ts";
 import { matmulRef } from "./matmul_ref.ts";
+import { record } from "../../runtime/autograd.ts";
+import { sumTo } from "./reduce.ts";
 import { matmulV1, matmulV2, matmulV3, TILE } from "./matmul_wgsl.ts";
 import { empty, sameDevice, Uniforms } from "./util.ts";
 
@@ -29,7 +31,31 @@ export type MatmulVersion = "auto" | "v1" | "v2" | "v3";
  * ```
  */
 export function matmul(a: Tensor, b: Tensor): Tensor {
-  return matmulWith(a, b, "auto");
+  return recordMatmul(a, b, matmulWith(a, b, "auto"));
+}
+
+/**
+ * Records matmul's backward: dA = g @ B^T and dB = A^T @ g, 1-D operands lifted to matrices as in the
+ * forward pass, broadcast batch dims summed back to each operand's shape, and no product for an operand
+ * that did not require grad (a Linear layer's input).
+ */
+function recordMatmul(a: Tensor, b: Tensor, out: Tensor): Tensor {
+  const sa = a.shape, sb = b.shape, da = a.dtype, db = b.dtype;
+  const needA = a.requiresGrad, needB = b.requiresGrad;
+  return record("matmul", out, [a, b], [a, b], (g, [as, bs]) => {
+    const a2 = sa.length === 1 ? as.reshape([1, sa[0]]) : as; // (..., M, K)
+    const b2 = sb.length === 1 ? bs.reshape([sb[0], 1]) : bs; // (..., K, N)
+    const lead = g.shape.slice(0, g.rank - (sa.length > 1 ? 1 : 0) - (sb.length > 1 ? 1 : 0));
+    const g2 = g.reshape([...lead, a2.shape.at(-2)!, b2.shape.at(-1)!]); // (..., M, N)
+    const fit = (d: Tensor, lifted: readonly number[], shape: readonly number[], dtype: Tensor["dtype"]) => {
+      const r = sumTo(d, lifted).reshape(shape);
+      return r.dtype === dtype ? r : cast(r, dtype);
+    };
+    return [
+      needA ? fit(matmul(g2, b2.transpose()), a2.shape, sa, da) : null,
+      needB ? fit(matmul(a2.transpose(), g2), b2.shape, sb, db) : null,
+    ];
+  });
 }
 
 /** {@link matmul} with a chosen shader version (for tests and benchmarks). */

@@ -1,0 +1,79 @@
+// Autograd bugs found while building the training kit (models/): each test failed before its fix.
+// 1. matmul had no backward: `a.matmul(b)` of params did not require grad, so no Linear layer could train.
+// 2. backward rules' temporaries leaked when `loss.backward()` ran outside a tidy scope.
+import { describe, expect, test } from "vitest";
+import * as s from "../mod.ts";
+import type { Tensor } from "../mod.ts";
+import { data, GPU, leakCheck, scoped } from "./helpers.ts";
+
+leakCheck();
+
+const rnd = (shape: number[], seed: number) => {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return s.tensor(data(n, seed, 1), { shape, device: "cpu", dtype: "f64" });
+};
+
+const MATMUL: [string, () => Tensor[]][] = [
+  ["2-D", () => [rnd([3, 4], 1), rnd([4, 2], 2)]],
+  ["batched, b broadcast", () => [rnd([2, 3, 4], 3), rnd([4, 5], 4)]],
+  ["batch dims broadcast both ways", () => [rnd([2, 1, 3, 4], 5), rnd([3, 4, 2], 6)]],
+  ["1-D a (row vector)", () => [rnd([4], 7), rnd([2, 4, 3], 8)]],
+  ["1-D b (column vector)", () => [rnd([3, 4], 9), rnd([4], 10)]],
+  ["1-D both (dot)", () => [rnd([5], 11), rnd([5], 12)]],
+];
+
+describe("matmul backward", () => {
+  for (const [name, make] of MATMUL) {
+    test(
+      `gradcheck ${name} (cpu f64)`,
+      scoped(async () => {
+        await s.gradcheck((a, b) => a.matmul(b), make());
+      }),
+    );
+    test.skipIf(!GPU)(
+      `gradcheck ${name} (webgpu f32)`,
+      scoped(async () => {
+        const xs = await Promise.all(make().map((t) => s.cast(t, "f32").to("webgpu")));
+        await s.gradcheck((a, b) => a.matmul(b), xs);
+      }),
+    );
+  }
+
+  test(
+    "an operand without requiresGrad gets no gradient and costs no product",
+    scoped(() => {
+      const x = rnd([3, 4], 13), w = s.param(rnd([4, 2], 14));
+      x.matmul(w).sum().backward();
+      expect(x.grad).toBeNull();
+      expect(w.grad!.shape).toEqual([4, 2]);
+      w.zeroGrad();
+      w.dispose();
+    }),
+  );
+});
+
+describe("backward outside tidy frees its temporaries", () => {
+  const CASES: [string, (x: Tensor) => Tensor][] = [
+    ["sum", (x) => x.sum()],
+    ["pow", (x) => x.pow(3).sum()],
+    ["maximum", (x) => x.maximum(0.1).sum()],
+    ["layerNorm", (x) => x.layerNorm().sum()],
+    ["softmax", (x) => x.softmax().mul(x).sum()],
+    ["gelu", (x) => x.gelu().mean()],
+    ["matmul", (x) => x.matmul(x.transpose()).sum()],
+  ];
+  for (const device of ["cpu", "webgpu"] as const) {
+    for (const [name, f] of CASES) {
+      test.skipIf(device === "webgpu" && !GPU)(`${name} (${device})`, () => {
+        const x = s.param(s.randn([3, 4], { seed: 1, device }));
+        const before = s.memory(device).bytesInUse;
+        const loss = s.tidy(() => f(x)); // the forward's intermediates go; the graph stays for backward
+        loss.backward();
+        loss.dispose();
+        x.zeroGrad();
+        expect(s.memory(device).bytesInUse - before).toBe(0);
+        x.dispose();
+      });
+    }
+  }
+});
