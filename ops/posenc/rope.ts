@@ -1,0 +1,121 @@
+/**
+ * Rotary position embedding (rotate-half pairing) on both backends, differentiable: the backward is the
+ * transposed rotation (angle -a), run by the same code.
+ * @module
+ */
+
+import { isFloat } from "../../runtime/dtype.ts";
+import { gpu } from "../../runtime/device.ts";
+import { fmt, numel } from "../../runtime/shape.ts";
+import type { Tensor } from "../../runtime/tensor.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { record } from "../../runtime/autograd.ts";
+import { contiguous } from "../core/elementwise.ts";
+import { empty, fromArray, Uniforms } from "../core/util.ts";
+import { type RopeFrequencies, ropeFrequencies } from "./frequencies.ts";
+import { ropeRef } from "./rope_ref.ts";
+import { ROPE_WG, ropeV1 } from "./rope_wgsl.ts";
+
+/** Positions for the T rows of each sequence: a start offset, or T (or B * T) explicit values. */
+export type RopePositions = number | ArrayLike<number>;
+
+/** Validates x and positions; returns the explicit positions. */
+function check(x: Tensor, positions: RopePositions, freqs?: RopeFrequencies) {
+  x.check("applyRope");
+  if (!isFloat(x.dtype)) throw new Error(`applyRope: needs a float tensor, got ${x.describe()}`);
+  if (x.rank < 2) {
+    throw new Error(`applyRope: x must be (B, H, T, D) or (..., T, D), got ${x.describe()}`);
+  }
+  const D = x.shape[x.rank - 1], T = x.shape[x.rank - 2];
+  if (D % 2 !== 0) {
+    throw new Error(
+      `applyRope: head dim D = ${D} of ${fmt(x.shape)} is odd; RoPE rotates pairs (i, i + D/2)`,
+    );
+  }
+  const f = freqs ?? ropeFrequencies(D);
+  if (f.dim !== D || f.invFreq.length !== D / 2) {
+    throw new Error(`applyRope: frequencies are for head dim ${f.dim} but x ${fmt(x.shape)} has D = ${D}`);
+  }
+  let pos: ArrayLike<number>;
+  if (typeof positions === "number") {
+    if (!Number.isFinite(positions)) throw new Error(`applyRope: offset must be finite, got ${positions}`);
+    pos = Float64Array.from({ length: T }, (_, t) => positions + t);
+  } else {
+    pos = Float64Array.from(positions); // copied: the backward must see the forward's positions
+    const B = x.rank > 2 ? x.shape[0] : 1;
+    if (pos.length !== T && !(x.rank > 2 && pos.length === B * T)) {
+      throw new Error(
+        `applyRope: ${pos.length} positions for x ${fmt(x.shape)}; expected T = ${T}` +
+          (x.rank > 2 ? ` or B * T = ${B * T}` : ""),
+      );
+    }
+    for (let i = 0; i < pos.length; i++) {
+      if (!Number.isFinite(pos[i])) throw new Error(`applyRope: position ${i} is ${pos[i]}, not finite`);
+    }
+  }
+  return { pos, f };
+}
+
+/** The rotation (or its transpose) without recording. */
+function rotate(x: Tensor, pos: ArrayLike<number>, freqs: RopeFrequencies, transpose: boolean): Tensor {
+  if (x.device === "cpu") return ropeRef(x, pos, freqs, transpose);
+  const D = x.shape[x.rank - 1], T = x.shape[x.rank - 2], half = D / 2;
+  const rows = numel(x.shape.slice(0, -1));
+  const out = empty("applyRope", x.shape, x.dtype, x.device);
+  if (out.size === 0) return out;
+  const Tt = pos.length;
+  const tab = new Float32Array(2 * Tt * half);
+  for (let t = 0; t < Tt; t++) {
+    for (let i = 0; i < half; i++) {
+      const a = pos[t] * freqs.invFreq[i];
+      tab[t * half + i] = freqs.mscale * Math.cos(a);
+      tab[(Tt + t) * half + i] = freqs.mscale * Math.sin(a);
+    }
+  }
+  const table = fromArray(tab, [2, Tt, half], "f32", x.device, "rope table");
+  const src = contiguous(x);
+  try {
+    gpu().run({
+      name: "applyRope",
+      key: `v1|${x.dtype}`,
+      source: () => ropeV1(x.dtype),
+      inputs: [src.storage.buffer!, table.storage.buffer!],
+      outputs: [out.storage.buffer!],
+      uniforms: new Uniforms()
+        .u32(rows * half, T, half, src.offset, Tt === T ? 0 : rows / x.shape[0], Tt)
+        .f32(transpose ? -1 : 1)
+        .padTo(8)
+        .build(),
+      workgroups: grid(rows * half, ROPE_WG),
+    });
+  } finally {
+    src.dispose();
+    table.dispose();
+  }
+  return out;
+}
+
+/**
+ * Applies rotary position embedding to `x` (B, H, T, D) (or any (..., T, D)) with rotate-half pairing:
+ * for pair (i, i + D/2) at position p, angle a = p * invFreq[i], c = mscale cos a, s = mscale sin a,
+ * out[i] = x[i] c - x[i + D/2] s and out[i + D/2] = x[i + D/2] c + x[i] s (REFERENCES.md, RoPE).
+ *
+ * `positions` is a start offset (rows get offset, offset + 1, ...), or T explicit positions shared by every
+ * leading index, or B * T (row-major (B, T)) giving each batch entry its own. `freqs` defaults to
+ * `ropeFrequencies(D)`; pass scaled ones for PI, NTK, dynamic NTK or YaRN. Differentiable in x.
+ * The cpu path is {@link ropeRef} (float64); the WebGPU path reads a float64-computed cos/sin table.
+ *
+ * @example
+ * ```ts
+ * import { applyRope, ropeFrequencies, tensor } from "seqlab";
+ * const x = tensor([[[[1, 0, 0, 1]]]]); // (B, H, T, D) = (1, 1, 1, 4)
+ * console.log(await applyRope(x, 0).toArray()); // position 0 is the identity: [1, 0, 0, 1]
+ * const y = applyRope(x, [1], ropeFrequencies(4)); // rotates pair (0, 2) by 1 rad, pair (1, 3) by 0.01
+ * console.log((await y.toArray())[2].toFixed(4)); // "0.8415" (sin 1)
+ * ```
+ */
+export function applyRope(x: Tensor, positions: RopePositions, freqs?: RopeFrequencies): Tensor {
+  const { pos, f } = check(x, positions, freqs);
+  const out = rotate(x, pos, f, false);
+  return record("applyRope", out, [x], [], (g) => [rotate(g, pos, f, true)]);
+}
