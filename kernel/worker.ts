@@ -213,6 +213,26 @@ g.alert = (message = "") => {
 /** Read a line from the frontend, optionally hidden (passwords). */
 g.input = (message = "", opts: { password?: boolean } = {}) => requestInput(String(message), !!opts.password);
 
+// Node-style writes (process.stdout.write, used by some npm packages) reach the notebook too.
+try {
+  // deno-lint-ignore no-explicit-any
+  const proc = (globalThis as any).process;
+  for (const name of ["stdout", "stderr"] as const) {
+    const stream = proc?.[name];
+    if (!stream) continue;
+    stream.write = (chunk: unknown, ...rest: unknown[]) => {
+      emit({
+        kind: "stream",
+        name,
+        text: typeof chunk === "string" ? chunk : dec.decode(chunk as Uint8Array),
+      });
+      const cb = rest.find((f) => typeof f === "function") as (() => void) | undefined;
+      cb?.();
+      return true;
+    };
+  }
+} catch { /* no Node compatibility layer */ }
+
 const jupyter = {
   display: cellDisplay,
   html,

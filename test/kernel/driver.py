@@ -7,6 +7,7 @@ Input (stdin, JSON): {"steps": [step, ...]}, each step one of
   {"is_complete": CODE}
   {"history": {...history_request args...}}
   {"kernel_info": true}
+  {"restart": true}                         restart through the kernel manager
 Output (stdout, JSON): {"results": [...]} with, for execute steps, the reply content, the outputs
 (iopub messages between busy and idle, in order) and timing; `order_ok` says whether busy came first,
 idle last, and nothing for this request arrived after idle within a short grace period.
@@ -57,6 +58,10 @@ def run_step(km, kc, step):
     if "history" in step:
         mid = kc.history(**step["history"])
         return shell_reply(kc, mid, 20)["content"]
+    if "restart" in step:
+        km.restart_kernel(now=False)  # shutdown_request(restart=True) on control, then a new process
+        kc.wait_for_ready(timeout=60)
+        return {"restarted": True}
     if "kernel_info" in step:
         mid = kc.kernel_info()
         return shell_reply(kc, mid, 20)["content"]

@@ -3,7 +3,7 @@
  * loop stops within a second and earlier variables survive.
  */
 import { expect, test } from "vitest";
-import { drive, type ExecResult, resultOf } from "./harness.ts";
+import { drive, type ExecResult, resultOf, stdoutOf } from "./harness.ts";
 
 test("interrupting while(true), an endless await, and a prompt keeps state", async () => {
   const r = (await drive([
@@ -51,4 +51,18 @@ test(
     expect(resultOf(fresh)).toBe("2");
   },
   130_000,
+);
+
+test(
+  "restart: the kernel exits on shutdown_request(restart), a fresh one answers, state is gone",
+  async () => {
+    const r = (await drive([
+      { execute: "const before = 1; process.stdout.write('node-style write\\n')" },
+      { restart: true },
+      { execute: "typeof before" },
+    ], 90_000)) as ExecResult[];
+    expect(stdoutOf(r[0])).toBe("node-style write\n");
+    expect(resultOf(r[2])).toBe('"undefined"');
+  },
+  100_000,
 );
