@@ -24,6 +24,7 @@ export type { CreateOptions, Operand, SliceSpec } from "./runtime/tensor.ts";
 export { WebGPUError } from "./runtime/webgpu.ts";
 export * from "./ops/core/mod.ts";
 export * from "./ops/posenc/mod.ts";
+export * from "./ops/approx/mod.ts";
 export { isGradEnabled, noGrad, param, record } from "./runtime/autograd.ts";
 export type { GradNode } from "./runtime/autograd.ts";
 

@@ -183,3 +183,17 @@ describe("applyRope", () => {
     for (const t of [x, y, i, v]) t.dispose();
   });
 });
+
+test("applyRope and alibiBias leave nothing allocated (forward and backward, both devices)", () => {
+  for (const device of ["cpu", "webgpu"] as const) {
+    const x = s.randn([2, 2, 5, 8], { seed: 1, device });
+    s.applyRope(x, 3).dispose();
+    x.requiresGrad = true;
+    const y = s.applyRope(x, [0, 1, 2, 3, 4, 9, 8, 7, 6, 5]), loss = y.sum();
+    loss.backward();
+    for (const t of [loss, y]) t.dispose();
+    x.zeroGrad();
+    x.dispose();
+    s.alibiBias(s.alibiSlopes(3), 4, 6, { device }).dispose();
+  }
+});
