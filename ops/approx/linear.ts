@@ -10,7 +10,8 @@ import { full, tensor } from "../core/creation.ts";
 import { add, contiguous, div, exp, minimum, mul, relu } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
 import { cumsum, sum } from "../core/reduce.ts";
-import { checkQKV, mm, padSeq } from "./util.ts";
+import { matmul } from "../core/matmul.ts";
+import { checkQKV, padSeq } from "./util.ts";
 
 /** Options of {@link featureAttention} and {@link linearAttention}. */
 export interface FeatureAttentionOptions {
@@ -76,9 +77,9 @@ export function featureAttention(
   const m = phiQ.shape[3];
   return tidy(() => {
     if (!causal) {
-      const S = mm(phiK.transpose(), v); // (B, H, m, Dv)
+      const S = matmul(phiK.transpose(), v); // (B, H, m, Dv)
       const z = sum(phiK, 2, true); // (B, H, 1, m)
-      return div(mm(phiQ, S), mm(phiQ, z.transpose())); // (B, H, Tq, Dv) / (B, H, Tq, 1)
+      return div(matmul(phiQ, S), matmul(phiQ, z.transpose())); // (B, H, Tq, Dv) / (B, H, Tq, 1)
     }
     const T = Tq, C = Math.min(chunk, Math.max(T, 1)), n = Math.ceil(T / C), Tp = n * C;
     // padded queries get features 1 so their (discarded) rows never divide 0 by 0, which would put NaN
@@ -86,14 +87,14 @@ export function featureAttention(
     const Qc = padSeq(phiQ, Tp, 1).reshape([B, H, n, C, m]);
     const Kc = padSeq(phiK, Tp, 0).reshape([B, H, n, C, m]);
     const Vc = padSeq(v, Tp, 0).reshape([B, H, n, C, Dv]);
-    const A = mul(mm(Qc, Kc.transpose()), tril(C, phiQ)); // (B, H, n, C, C), masked within a chunk
-    let num = mm(A, Vc); // (B, H, n, C, Dv)
+    const A = mul(matmul(Qc, Kc.transpose()), tril(C, phiQ)); // (B, H, n, C, C), masked within a chunk
+    let num = matmul(A, Vc); // (B, H, n, C, Dv)
     let den = sum(A, -1, true); // (B, H, n, C, 1)
     if (n > 1) {
-      const Sprev = exclusiveCumsum(mm(Kc.transpose(), Vc)); // (B, H, n, m, Dv): chunks before c
+      const Sprev = exclusiveCumsum(matmul(Kc.transpose(), Vc)); // (B, H, n, m, Dv): chunks before c
       const zprev = exclusiveCumsum(sum(Kc, 3)); // (B, H, n, m)
-      num = add(num, mm(Qc, Sprev));
-      den = add(den, mm(Qc, zprev.unsqueeze(-1)));
+      num = add(num, matmul(Qc, Sprev));
+      den = add(den, matmul(Qc, zprev.unsqueeze(-1)));
     }
     const out = div(num, den).reshape([B, H, Tp, Dv]);
     return Tp === T ? out : contiguous(out.slice([null, null, [0, T]]));

@@ -13,7 +13,8 @@ import { randn } from "../core/creation.ts";
 import { mul } from "../core/elementwise.ts";
 import { softmax } from "../core/rowwise.ts";
 import { checkProjection, type LinformerOptions } from "./linformer_ref.ts";
-import { checkQKV, checkScale, mm } from "./util.ts";
+import { matmul } from "../core/matmul.ts";
+import { checkQKV, checkScale } from "./util.ts";
 
 /** Options of {@link linformerProjection}. */
 export interface LinformerProjectionOptions {
@@ -89,9 +90,9 @@ export function linformerAttention(
   }
   const scale = checkScale(op, opts.scale, D);
   return tidy(() => {
-    const EK = mm(E, k); // (B, H, k, D): E's batch dims [] or [H] broadcast against [B, H]
-    const FV = mm(F, v); // (B, H, k, Dv)
-    const P = softmax(mul(mm(q, EK.transpose()), scale), -1); // (B, H, Tq, k)
-    return mm(P, FV); // (B, H, Tq, Dv)
+    const EK = matmul(E, k); // (B, H, k, D): E's batch dims [] or [H] broadcast against [B, H]
+    const FV = matmul(F, v); // (B, H, k, Dv)
+    const P = softmax(mul(matmul(q, EK.transpose()), scale), -1); // (B, H, Tq, k)
+    return matmul(P, FV); // (B, H, Tq, Dv)
   });
 }

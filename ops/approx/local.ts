@@ -10,7 +10,8 @@ import { tensor } from "../core/creation.ts";
 import { add, contiguous, mul } from "../core/elementwise.ts";
 import { softmax } from "../core/rowwise.ts";
 import { checkBlockSize, type LocalAttentionOptions } from "./local_ref.ts";
-import { checkQKV, checkScale, mm, padSeq } from "./util.ts";
+import { matmul } from "../core/matmul.ts";
+import { checkQKV, checkScale, padSeq } from "./util.ts";
 
 /**
  * The additive mask (n, b, b) of the padded blocks: 0 where key j is visible from query i (same block,
@@ -60,10 +61,10 @@ export function localAttention(q: Tensor, k: Tensor, v: Tensor, opts: LocalAtten
     const qb = padSeq(q, Tp, 0).reshape([B, H, n, b, D]);
     const kb = padSeq(k, Tp, 0).reshape([B, H, n, b, D]);
     const vb = padSeq(v, Tp, 0).reshape([B, H, n, b, Dv]);
-    let s = mul(mm(qb, kb.transpose()), scale); // (B, H, n, b, b)
+    let s = mul(matmul(qb, kb.transpose()), scale); // (B, H, n, b, b)
     const mask = blockMask(T, b, n, !!opts.causal, q);
     if (mask) s = add(s, mask);
-    const out = mm(softmax(s, -1), vb).reshape([B, H, Tp, Dv]);
+    const out = matmul(softmax(s, -1), vb).reshape([B, H, Tp, Dv]);
     return Tp === T ? out : contiguous(out.slice([null, null, [0, T]]));
   });
 }

@@ -14,7 +14,8 @@ import { max, sum } from "../core/reduce.ts";
 import { fromArray } from "../core/util.ts";
 import { featureAttention } from "./linear.ts";
 import { type PerformerOptions, performerProjection64, projectionFrom } from "./performer_ref.ts";
-import { checkQKV, checkScale, mm } from "./util.ts";
+import { matmul } from "../core/matmul.ts";
+import { checkQKV, checkScale } from "./util.ts";
 
 /** Options of {@link performerFeatures}. */
 export interface PerformerFeatureOptions {
@@ -105,9 +106,9 @@ export function performerAttention(q: Tensor, k: Tensor, v: Tensor, opts: Perfor
     return tidy(() => {
       const Wt = W.dtype === q.dtype ? W.transpose() : W.cast(q.dtype).transpose(); // (D, m)
       const qs = mul(q, root), ks = mul(k, root);
-      const pq = mm(qs, Wt); // (B, H, Tq, m)
+      const pq = matmul(qs, Wt); // (B, H, Tq, m)
       const phiQ = exp(sub(pq, noGrad(() => max(pq, -1, true))));
-      const ek = sub(mm(ks, Wt), mul(sum(mul(ks, ks), -1, true), 0.5)); // w.k' - |k'|^2 / 2
+      const ek = sub(matmul(ks, Wt), mul(sum(mul(ks, ks), -1, true), 0.5)); // w.k' - |k'|^2 / 2
       const phiK = exp(sub(ek, noGrad(() => max(ek, [2, 3], true))));
       return featureAttention(phiQ, phiK, v, { causal: opts.causal, chunkSize: opts.chunkSize });
     });

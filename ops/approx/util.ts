@@ -1,19 +1,16 @@
 /**
- * Helpers shared by the approximated attentions: input validation, a differentiable matmul, sequence
- * padding, and float64 host views for the references.
+ * Helpers shared by the approximated attentions: input validation, sequence padding, and float64 host
+ * views for the references.
  * @module
  */
 
 import { isFloat } from "../../runtime/dtype.ts";
 import type { DeviceName } from "../../runtime/device.ts";
-import { noGrad, record } from "../../runtime/autograd.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
 import { full } from "../core/creation.ts";
 import { contiguous } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
-import { matmul } from "../core/matmul.ts";
-import { sumTo } from "../core/reduce.ts";
 import { fromArray } from "../core/util.ts";
 
 /** The sizes of a validated (q, k, v) triple. */
@@ -64,22 +61,6 @@ export function checkScale(op: string, scale: number | undefined, D: number): nu
     throw new Error(`${op}: scale must be a positive finite number, got ${String(scale)}`);
   }
   return s;
-}
-
-/**
- * `matmul(a, b)` recorded for autograd (dA = g b^T, dB = a^T g, summed over broadcast batch dims). The
- * core matmul has no backward rule yet; this wrapper computes its product without recording, so it stays
- * correct once one exists.
- */
-export function mm(a: Tensor, b: Tensor): Tensor {
-  const out = noGrad(() => matmul(a, b));
-  const needA = a.requiresGrad, needB = b.requiresGrad;
-  const sa = a.shape, sb = b.shape;
-  return record("matmul", out, [a, b], [a, b], (g, [x, y]) =>
-    tidy(() => [
-      needA ? sumTo(matmul(g, y.transpose()), sa) : null,
-      needB ? sumTo(matmul(x.transpose(), g), sb) : null,
-    ]));
 }
 
 /** Pads axis 2 of (B, H, T, X) to length `Tp` with `value` (a concat, so gradients flow to x). */
