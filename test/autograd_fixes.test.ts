@@ -1,6 +1,8 @@
 // Autograd bugs found while building the training kit (models/): each test failed before its fix.
 // 1. matmul had no backward: `a.matmul(b)` of params did not require grad, so no Linear layer could train.
 // 2. backward rules' temporaries leaked when `loss.backward()` ran outside a tidy scope.
+// 3. gradcheck of an input that requires grad (a parameter) read a zero analytic gradient: its copy was a
+//    graph node passing the gradient on to the original, not a leaf.
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
@@ -76,4 +78,16 @@ describe("backward outside tidy frees its temporaries", () => {
       });
     }
   }
+});
+
+describe("gradcheck", () => {
+  test(
+    "an input that requires grad (a parameter) is checked, and its own .grad is left alone",
+    scoped(async () => {
+      const w = s.param(rnd([3, 2], 15));
+      await s.gradcheck((x, w) => x.matmul(w).tanh(), [rnd([4, 3], 16), w]);
+      expect(w.grad).toBeNull();
+      w.dispose();
+    }),
+  );
 });

@@ -61,7 +61,9 @@ export async function gradcheck(
 
     // analytic, on the inputs' device
     const leaves = await Promise.all(inputs.map(async (t) => {
-      const c = await t.to(t.device);
+      // detached: a copy of an input that itself requires grad (a parameter) must be a leaf, not a node
+      // that sends its gradient on to the original
+      const c = await t.detach().to(t.device);
       if (isFloat(t.dtype)) c.requiresGrad = true;
       return c;
     }));
