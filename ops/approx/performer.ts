@@ -6,16 +6,63 @@
  */
 
 import { checkDType, type DType, isFloat } from "../../runtime/dtype.ts";
-import { checkDevice, type DeviceName, getDevice } from "../../runtime/device.ts";
-import { noGrad } from "../../runtime/autograd.ts";
+import { checkDevice, type DeviceName, getDevice, gpu } from "../../runtime/device.ts";
+import { noGrad, record } from "../../runtime/autograd.ts";
+import { grid } from "../../runtime/webgpu.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
-import { exp, mul, sub } from "../core/elementwise.ts";
+import { contiguous, exp, mul, sub } from "../core/elementwise.ts";
 import { max, sum } from "../core/reduce.ts";
-import { fromArray } from "../core/util.ts";
+import { fromArray, Uniforms } from "../core/util.ts";
+import { FAVOR_WG, favorExpV1 } from "./performer_wgsl.ts";
 import { featureAttention } from "./linear.ts";
 import { type PerformerOptions, performerProjection64, projectionFrom } from "./performer_ref.ts";
 import { matmul } from "../core/matmul.ts";
 import { checkQKV, checkScale } from "./util.ts";
+
+/**
+ * Positive random features of x (B, H, T, D) for the projection W (m, D), up to a constant factor per
+ * query row (queries) or per (b, h) (keys), which cancels in the attention's normalisation:
+ * phi = exp(e - max e) with e_j = root w_j . x - [key] root^2 |x|^2 / 2, the max over the row (queries) or
+ * over (T, m) (keys) and treated as a constant. WebGPU: core matmul and row maxima, then the favor v1
+ * shader; cpu: core ops in float64.
+ * Backward (recorded here): with G = g phi, dx = root G W - [key] root^2 x sum_j G_j.
+ */
+function favorFeatures(x: Tensor, W: Tensor, root: number, isKey: boolean): Tensor {
+  const [B, H, T] = x.shape, m = W.shape[0];
+  const out = noGrad(() =>
+    tidy(() => {
+      if (x.device !== "webgpu") {
+        let e = mul(matmul(x, W.transpose()), root);
+        if (isKey) e = sub(e, mul(sum(mul(x, x), -1, true), (root * root) / 2));
+        return exp(sub(e, max(e, isKey ? [2, 3] : -1, true)));
+      }
+      // the stabiliser from (B, H, T, 1) row data: max_j e_j = root max_j p_j - c |x|^2 root^2 / 2
+      const p = contiguous(matmul(x, W.transpose())); // (B, H, T, m), updated in place below
+      const c = isKey ? (root * root) / 2 : 0;
+      const sq = isKey ? sum(mul(x, x), -1, true) : null; // (B, H, T, 1)
+      const rowMax = mul(max(p, -1, true), root);
+      const stab = sq ? max(sub(rowMax, mul(sq, c)), 2, true) : rowMax; // (B, H, 1, 1) or (B, H, T, 1)
+      const n = B * H * T * m;
+      if (n === 0) return p;
+      gpu().run({
+        name: "performerFeatures",
+        key: `exp v1|${x.dtype}`,
+        source: () => favorExpV1(x.dtype),
+        inputs: [(sq ?? stab).storage.buffer!, stab.storage.buffer!],
+        outputs: [p.storage.buffer!],
+        uniforms: new Uniforms().u32(n, m, isKey ? T * m : m).f32(root, c).padTo(8).build(),
+        workgroups: grid(n, FAVOR_WG),
+      });
+      return p;
+    })
+  );
+  return record("performerFeatures", out, [x], [x, out, W], (g, [xs, phi, w]) =>
+    tidy(() => {
+      const G = mul(g, phi);
+      const dx = mul(matmul(G, w), root);
+      return [isKey ? sub(dx, mul(xs, mul(sum(G, -1, true), root * root))) : dx];
+    }));
+}
 
 /** Options of {@link performerFeatures}. */
 export interface PerformerFeatureOptions {
@@ -68,7 +115,8 @@ export function performerFeatures(m: number, D: number, opts: PerformerFeatureOp
  * Numerics: each query's features are divided by their row maximum and the keys' by the maximum over
  * (T, m) of one (b, h); both are constant factors that cancel between numerator and denominator, so the
  * result is unchanged while exp stays in range (the query's exp(-|q'|^2 / 2) and 1/sqrt(m) cancel too
- * and are skipped).
+ * and are skipped). On WebGPU the feature maps end in one fused shader (performer_wgsl.ts, favor v1);
+ * the rest is composed from core ops.
  *
  * - `q`: (B, H, Tq, D), `k`: (B, H, Tk, D), `v`: (B, H, Tk, Dv) -> (B, H, Tq, Dv).
  * - `features`: m (default round(D ln D)) with `seed` and `orthogonal`, or an (m, D) projection tensor
@@ -104,12 +152,8 @@ export function performerAttention(q: Tensor, k: Tensor, v: Tensor, opts: Perfor
   }
   try {
     return tidy(() => {
-      const Wt = W.dtype === q.dtype ? W.transpose() : W.cast(q.dtype).transpose(); // (D, m)
-      const qs = mul(q, root), ks = mul(k, root);
-      const pq = matmul(qs, Wt); // (B, H, Tq, m)
-      const phiQ = exp(sub(pq, noGrad(() => max(pq, -1, true))));
-      const ek = sub(matmul(ks, Wt), mul(sum(mul(ks, ks), -1, true), 0.5)); // w.k' - |k'|^2 / 2
-      const phiK = exp(sub(ek, noGrad(() => max(ek, [2, 3], true))));
+      const Wq = W.dtype === q.dtype ? W : W.cast(q.dtype);
+      const phiQ = favorFeatures(q, Wq, root, false), phiK = favorFeatures(k, Wq, root, true);
       return featureAttention(phiQ, phiK, v, { causal: opts.causal, chunkSize: opts.chunkSize });
     });
   } finally {
