@@ -27,5 +27,6 @@ export * from "./ops/posenc/mod.ts";
 export * from "./ops/approx/mod.ts";
 export { isGradEnabled, noGrad, param, record } from "./runtime/autograd.ts";
 export type { GradNode } from "./runtime/autograd.ts";
+export * from "./models/mod.ts";
 
 await initDevices();

@@ -29,3 +29,56 @@ export function hostName(): string {
   if (g.process?.versions?.node) return `Node ${g.process.versions.node}`;
   return "unknown host";
 }
+
+/**
+ * Reads a whole file as bytes (Deno, else Node's `fs`).
+ *
+ * @example
+ * ```ts
+ * import { readFile, writeFile } from "./platform.ts";
+ * const path = await Deno.makeTempFile();
+ * await writeFile(path, new Uint8Array([1, 2, 3]));
+ * console.log(await readFile(path)); // Uint8Array [1, 2, 3]
+ * await Deno.remove(path);
+ * ```
+ */
+export async function readFile(path: string): Promise<Uint8Array> {
+  if (g.Deno?.readFile) return await g.Deno.readFile(path);
+  const fs = await import("node:fs/promises");
+  return new Uint8Array(await fs.readFile(path));
+}
+
+/**
+ * Writes bytes to a file atomically: to `path.tmp-<random>` first, then renamed over `path`, so a crash
+ * mid-write never leaves a truncated file under the real name.
+ *
+ * @example
+ * ```ts
+ * import { readFile, writeFile } from "./platform.ts";
+ * const path = await Deno.makeTempFile();
+ * await writeFile(path, new Uint8Array([7]));
+ * console.log((await readFile(path))[0]); // 7
+ * await Deno.remove(path);
+ * ```
+ */
+export async function writeFile(path: string, bytes: Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp-${Math.random().toString(36).slice(2, 10)}`;
+  if (g.Deno?.writeFile) {
+    try {
+      await g.Deno.writeFile(tmp, bytes);
+      await g.Deno.rename(tmp, path);
+    } catch (e) {
+      await g.Deno.remove(tmp).catch(() => {});
+      throw e;
+    }
+    return;
+  }
+  const fs = await import("node:fs/promises");
+  try {
+    await fs.writeFile(tmp, bytes);
+    await fs.rename(tmp, path);
+  } catch (e) {
+    await fs.rm(tmp, { force: true }).catch(() => {});
+    throw e;
+  }
+}

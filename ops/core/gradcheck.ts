@@ -25,6 +25,7 @@ export interface GradcheckOptions {
 
 /** What {@link gradcheck} measured: the largest |analytic - numeric| per float input. */
 export interface GradcheckReport {
+  /** The largest |analytic - numeric| of each float input, in input order. */
   maxError: number[];
 }
 

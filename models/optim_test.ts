@@ -1,0 +1,302 @@
+// Optimisers against float64 hand computations of PyTorch's update rules, gradient clipping, schedules,
+// state lifetime (kept out of tidy, freed by dispose) and the no-readback rule.
+import { describe, expect, test } from "vitest";
+import * as s from "../mod.ts";
+import type { Tensor } from "../mod.ts";
+import { gpu } from "../runtime/device.ts";
+import { assertClose, GPU, leakCheck, scoped } from "../test/helpers.ts";
+
+leakCheck();
+
+const DEVICES = GPU ? (["cpu", "webgpu"] as const) : (["cpu"] as const);
+const P0 = [0.5, -1.25, 2, 0.1];
+const GRADS = [[0.3, -0.2, 1.5, -0.7], [-0.1, 0.4, 0.9, 0.05], [0.2, 0.2, -1, 0.6]];
+
+interface Hyper {
+  lr: number[];
+  momentum?: number;
+  dampening?: number;
+  nesterov?: boolean;
+  wd?: number;
+  betas?: [number, number];
+  eps?: number;
+  decoupled?: boolean;
+}
+
+/** PyTorch's SGD in float64. */
+function sgdRef(h: Hyper): number[] {
+  const p = [...P0];
+  let buf: number[] | null = null;
+  GRADS.forEach((g0, t) => {
+    let g = g0.map((v, i) => v + (h.wd ?? 0) * p[i]);
+    if (h.momentum) {
+      buf = buf ? buf.map((b, i) => h.momentum! * b + (1 - (h.dampening ?? 0)) * g[i]) : [...g];
+      g = h.nesterov ? g.map((v, i) => v + h.momentum! * buf![i]) : buf;
+    }
+    g.forEach((v, i) => (p[i] -= h.lr[t] * v));
+  });
+  return p;
+}
+
+/** PyTorch's Adam / AdamW in float64. */
+function adamRef(h: Hyper): number[] {
+  const [b1, b2] = h.betas ?? [0.9, 0.999], eps = h.eps ?? 1e-8, wd = h.wd ?? 0;
+  const p = [...P0], m = P0.map(() => 0), v = P0.map(() => 0);
+  GRADS.forEach((g0, t0) => {
+    const t = t0 + 1, lr = h.lr[t0];
+    for (let i = 0; i < p.length; i++) {
+      if (h.decoupled) p[i] *= 1 - lr * wd;
+      const g = h.decoupled ? g0[i] : g0[i] + wd * p[i];
+      m[i] = b1 * m[i] + (1 - b1) * g;
+      v[i] = b2 * v[i] + (1 - b2) * g * g;
+      const denom = Math.sqrt(v[i]) / Math.sqrt(1 - b2 ** t) + eps;
+      p[i] -= (lr / (1 - b1 ** t)) * (m[i] / denom);
+    }
+  });
+  return p;
+}
+
+/** Runs `make(params)` for GRADS.length steps with the given gradients; returns the final values. */
+async function run(device: s.DeviceName, make: (ps: Tensor[]) => s.Optimizer): Promise<Float64Array> {
+  const dtype = device === "cpu" ? "f64" : "f32";
+  const p = s.param(s.tensor(P0, { device, dtype }));
+  const opt = make([p]);
+  for (const g of GRADS) {
+    s.tidy(() => {
+      p.zeroGrad();
+      p.grad = s.keep(s.tensor(g, { device, dtype }));
+      opt.step();
+    });
+  }
+  const out = Float64Array.from(await p.toArray());
+  p.zeroGrad();
+  p.dispose();
+  opt.dispose();
+  return out;
+}
+
+const CASES: [string, Hyper, (ps: Tensor[], h: Hyper) => s.Optimizer, (h: Hyper) => number[]][] = [
+  ["SGD", { lr: [0.1, 0.1, 0.1] }, (ps) => new s.SGD(ps, { lr: 0.1 }), sgdRef],
+  [
+    "SGD momentum + dampening + weight decay",
+    { lr: [0.1, 0.1, 0.1], momentum: 0.9, dampening: 0.1, wd: 0.01 },
+    (ps) => new s.SGD(ps, { lr: 0.1, momentum: 0.9, dampening: 0.1, weightDecay: 0.01 }),
+    sgdRef,
+  ],
+  [
+    "SGD Nesterov",
+    { lr: [0.05, 0.05, 0.05], momentum: 0.8, nesterov: true },
+    (ps) => new s.SGD(ps, { lr: 0.05, momentum: 0.8, nesterov: true }),
+    sgdRef,
+  ],
+  ["Adam", { lr: [1e-2, 1e-2, 1e-2] }, (ps) => new s.Adam(ps, { lr: 1e-2 }), adamRef],
+  [
+    "Adam L2 weight decay, custom betas and eps",
+    { lr: [0.1, 0.1, 0.1], wd: 0.1, betas: [0.8, 0.99], eps: 1e-3 },
+    (ps) => new s.Adam(ps, { lr: 0.1, weightDecay: 0.1, betas: [0.8, 0.99], eps: 1e-3 }),
+    adamRef,
+  ],
+  [
+    "AdamW (decoupled weight decay)",
+    { lr: [0.1, 0.1, 0.1], wd: 0.05, decoupled: true },
+    (ps) => new s.AdamW(ps, { lr: 0.1, weightDecay: 0.05 }),
+    adamRef,
+  ],
+  [
+    "AdamW default weight decay 0.01 with a warmup schedule",
+    { lr: [1 / 3, 2 / 3, 1], wd: 0.01, decoupled: true },
+    (ps) => new s.AdamW(ps, { lr: s.warmupSchedule(1, 3) }),
+    adamRef,
+  ],
+];
+
+describe("optimisers against float64 hand computations (3 steps)", () => {
+  for (const device of DEVICES) {
+    const tol = device === "cpu" ? { atol: 1e-13, rtol: 1e-12 } : { atol: 1e-6, rtol: 1e-5 };
+    for (const [name, h, make, ref] of CASES) {
+      test(`${name} (${device})`, async () => {
+        assertClose(await run(device, (ps) => make(ps, h)), ref(h), tol);
+      });
+    }
+  }
+});
+
+describe("Optimizer mechanics", () => {
+  test(
+    "parameters without a gradient are skipped; lr follows the schedule; stepCount counts",
+    scoped(async () => {
+      const a = s.param(s.tensor([1, 1], { device: "cpu" })), b = s.param(s.tensor([5], { device: "cpu" }));
+      const opt = new s.SGD([a, b], { lr: (t) => 0.5 / (t + 1) });
+      expect(opt.lr).toBe(0.5);
+      a.mul(2).sum().backward(); // b has no gradient
+      opt.step();
+      expect(Array.from(await a.toArray())).toEqual([0, 0]);
+      expect(Array.from(await b.toArray())).toEqual([5]);
+      expect([opt.stepCount, opt.lr]).toEqual([1, 0.25]);
+      opt.zeroGrad();
+      expect(a.grad).toBeNull();
+      opt.dispose();
+      a.dispose();
+      b.dispose();
+    }),
+  );
+
+  for (const device of DEVICES) {
+    test(`state outlives tidy, opt.dispose() frees it; updates are in place (${device})`, () => {
+      const w = s.param(s.randn([64, 32], { seed: 1, device }));
+      const before = s.memory(device).bytesInUse;
+      const opt = new s.Adam([w], { lr: 1e-3 });
+      for (let i = 0; i < 3; i++) {
+        s.tidy(() => {
+          opt.zeroGrad();
+          w.mul(w).sum().backward();
+          opt.step();
+        });
+      }
+      expect(w.disposed).toBe(false);
+      const state = [...opt.stateTensors().values()];
+      expect(state.map((t) => t.disposed)).toEqual([false, false]);
+      w.zeroGrad();
+      // exactly the two moment buffers are alive
+      expect(s.memory(device).bytesInUse - before).toBe(2 * state[0].storage.bytes);
+      opt.dispose();
+      expect(state.map((t) => t.disposed)).toEqual([true, true]);
+      expect(s.memory(device).bytesInUse).toBe(before);
+      expect(() => opt.step()).toThrow(/Adam.step: the optimizer was disposed/);
+      w.dispose();
+    });
+  }
+
+  test.skipIf(!GPU)("a step never reads back: 20 steps with momentum, Adam and clipping, 0 readbacks", () => {
+    const w = s.param(s.randn([16, 8], { seed: 2, device: "webgpu" }));
+    const b = s.param(s.randn([8], { seed: 3, device: "webgpu" }));
+    const x = s.randn([4, 16], { seed: 4, device: "webgpu" });
+    const opts = [
+      new s.SGD([w, b], { lr: 0.01, momentum: 0.9, nesterov: true }),
+      new s.AdamW([w, b], { lr: 1e-3 }),
+    ];
+    const readbacks = gpu().counters.readbacks;
+    for (let i = 0; i < 20; i++) {
+      s.tidy(() => {
+        for (const p of [w, b]) p.zeroGrad();
+        x.matmul(w).add(b).tanh().sum().backward();
+        s.clipGradNorm([w, b], 0.5);
+        opts[i % 2].step();
+      });
+    }
+    expect(gpu().counters.readbacks).toBe(readbacks);
+    for (const o of opts) o.dispose();
+    for (const t of [w, b]) {
+      t.zeroGrad();
+      t.dispose();
+    }
+    x.dispose();
+  });
+
+  test(
+    "loadState validates everything before changing anything",
+    scoped(async () => {
+      const w = s.param(s.tensor([1, 2], { device: "cpu" }));
+      const opt = new s.Adam([w], { lr: 0.1 });
+      w.mul(w).sum().backward();
+      opt.step();
+      const m0 = Array.from(await opt.stateTensors().get("0.m")!.toArray());
+      const bad = new Map([["0.m", s.zeros([3], { device: "cpu" })]]);
+      expect(() => opt.loadState(bad, 5)).toThrow(/state "0.m" is \[3\] f32 but parameter 0 is \[2\] f32/);
+      expect(() => opt.loadState(new Map([["7.m", s.zeros([2], { device: "cpu" })]]), 5)).toThrow(
+        /state "7.m" names no parameter/,
+      );
+      expect(Array.from(await opt.stateTensors().get("0.m")!.toArray())).toEqual(m0);
+      expect(opt.stepCount).toBe(1);
+      opt.dispose();
+      w.zeroGrad();
+      w.dispose();
+    }),
+  );
+
+  test(
+    "bad options throw",
+    scoped(() => {
+      const w = s.param(s.tensor([1], { device: "cpu" }));
+      expect(() => new s.SGD([w], { lr: 0.1, nesterov: true })).toThrow(/nesterov needs momentum > 0/);
+      expect(() => new s.Adam([w], { lr: 0.1, betas: [1, 0.9] })).toThrow(/beta1 must be in \[0, 1\), got 1/);
+      expect(() => new s.SGD([w, w], { lr: 0.1 })).toThrow(/a parameter is listed twice/);
+      expect(() => new s.SGD([s.tensor([1], { device: "cpu" })], { lr: 1 })).toThrow(/does not require grad/);
+      const o = new s.SGD([w], { lr: () => -1 });
+      w.sum().backward();
+      expect(() => o.step()).toThrow(/lr at step 0 must be a non-negative number, got -1/);
+      w.zeroGrad();
+      w.dispose();
+    }),
+  );
+});
+
+describe("clipGradNorm", () => {
+  for (const device of DEVICES) {
+    test(
+      `global norm over all gradients; clipped above maxNorm, untouched below (${device})`,
+      scoped(async () => {
+        const a = s.param(s.tensor([0, 0], { device })), b = s.param(s.tensor([0], { device }));
+        a.grad = s.keep(s.tensor([3, 4], { device }));
+        b.grad = s.keep(s.tensor([12], { device }));
+        const norm = s.clipGradNorm([a, b], 6.5);
+        expect(norm.shape).toEqual([]);
+        assertClose([await norm.item()], [13], { atol: 1e-5, rtol: 0 });
+        const k = 6.5 / (13 + 1e-6);
+        assertClose(await a.grad!.toArray(), [3 * k, 4 * k], { atol: 1e-6, rtol: 1e-6 });
+        assertClose(await b.grad!.toArray(), [12 * k], { atol: 1e-6, rtol: 1e-6 });
+        const again = s.clipGradNorm([a, b], 100); // now 6.5: no change
+        assertClose([await again.item()], [6.5], { atol: 1e-5, rtol: 0 });
+        assertClose(await a.grad!.toArray(), [3 * k, 4 * k], { atol: 1e-6, rtol: 1e-6 });
+        for (const t of [a, b]) {
+          t.zeroGrad();
+          t.dispose();
+        }
+      }),
+    );
+  }
+
+  test(
+    "gradients that share storage (one backward tensor handed to two leaves) are scaled once each",
+    scoped(
+      async () => {
+        const a = s.param(s.tensor([1, 2], { device: "cpu" })),
+          b = s.param(s.tensor([3, 4], { device: "cpu" }));
+        a.add(b).mul(2).sum().backward(); // both gradients are views of one [2, 2] tensor
+        expect(a.grad!.storage).toBe(b.grad!.storage);
+        s.clipGradNorm([a, b], 2); // norm 4 -> scale 0.5
+        assertClose(await a.grad!.toArray(), [1, 1], { atol: 1e-6, rtol: 0 });
+        assertClose(await b.grad!.toArray(), [1, 1], { atol: 1e-6, rtol: 0 });
+        for (const t of [a, b]) {
+          t.zeroGrad();
+          t.dispose();
+        }
+      },
+    ),
+  );
+
+  test(
+    "no gradients at all is an error",
+    scoped(() => {
+      expect(() => s.clipGradNorm([s.tensor([1], { device: "cpu" })], 1)).toThrow(
+        /no parameter has a gradient/,
+      );
+    }),
+  );
+});
+
+describe("schedules", () => {
+  test("constant, linear warmup, cosine with warmup and floor", () => {
+    expect([0, 10, 1e6].map(s.constantSchedule(0.3))).toEqual([0.3, 0.3, 0.3]);
+    expect([0, 1, 2, 3, 4, 50].map(s.warmupSchedule(2, 4))).toEqual([0.5, 1, 1.5, 2, 2, 2]);
+    const c = s.cosineSchedule(1, 12, { warmup: 2, minLr: 0.1 });
+    const want = (t: number) =>
+      t < 2 ? (t + 1) / 2 : t >= 12 ? 0.1 : 0.1 + 0.45 * (1 + Math.cos((Math.PI * (t - 2)) / 10));
+    for (const t of [0, 1, 2, 3, 7, 11, 12, 40]) expect(c(t)).toBeCloseTo(want(t), 14);
+    expect(c(7)).toBeCloseTo(0.55, 14); // halfway
+    const plain = s.cosineSchedule(2, 4);
+    expect([0, 2, 4].map(plain).map((v) => Number(v.toFixed(12)))).toEqual([2, 1, 0]);
+    expect(() => s.cosineSchedule(1, 5, { warmup: 5 })).toThrow(/0 <= warmup < total/);
+    expect(() => s.warmupSchedule(1, -1)).toThrow(/warmup must be an integer >= 0/);
+  });
+});

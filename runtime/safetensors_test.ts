@@ -1,0 +1,450 @@
+// safetensors: round trips of every dtype; files from an independent encoder written here; our files read
+// by an independent reader (Python's standard library); every malformed, truncated or mismatched file
+// gives a clear error and leaves the model and optimiser untouched.
+import { describe, expect, test } from "vitest";
+import * as s from "../mod.ts";
+import type { Tensor } from "../mod.ts";
+import { GPU, leakCheck, scoped } from "../test/helpers.ts";
+
+leakCheck();
+
+const DEVICES = GPU ? (["cpu", "webgpu"] as const) : (["cpu"] as const);
+
+/**
+ * An independent encoder: a header given as an object or raw text (no padding unless asked), the data
+ * bytes as given, and an optional wrong header length.
+ */
+function rawFile(header: unknown, data: Uint8Array = new Uint8Array(), headerLen?: number): Uint8Array {
+  const h = typeof header === "string"
+    ? new TextEncoder().encode(header)
+    : header instanceof Uint8Array
+    ? header
+    : new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(8 + h.length + data.length);
+  const dv = new DataView(out.buffer);
+  const n = headerLen ?? h.length;
+  dv.setUint32(0, n % 2 ** 32, true);
+  dv.setUint32(4, Math.floor(n / 2 ** 32), true);
+  out.set(h, 8);
+  out.set(data, 8 + h.length);
+  return out;
+}
+
+/** Little-endian bytes of values written with DataView (independent of typed-array layout). */
+function le(kind: "F32" | "F64" | "I32" | "U32" | "F16", values: number[]): Uint8Array<ArrayBuffer> {
+  const size = kind === "F64" ? 8 : kind === "F16" ? 2 : 4;
+  const out = new Uint8Array(values.length * size), dv = new DataView(out.buffer);
+  values.forEach((v, i) => {
+    if (kind === "F32") dv.setFloat32(i * size, v, true);
+    else if (kind === "F64") dv.setFloat64(i * size, v, true);
+    else if (kind === "I32") dv.setInt32(i * size, v, true);
+    else if (kind === "U32") dv.setUint32(i * size, v, true);
+    else dv.setUint16(i * size, f16bits(v), true);
+  });
+  return out;
+}
+
+/** IEEE half-precision bits of values exactly representable in it (the test uses only those). */
+function f16bits(v: number): number {
+  if (v === 0) return Object.is(v, -0) ? 0x8000 : 0;
+  const sign = v < 0 ? 0x8000 : 0, a = Math.abs(v);
+  const e = Math.floor(Math.log2(a));
+  return sign | ((e + 15) << 10) | Math.round((a / 2 ** e - 1) * 1024);
+}
+
+const cat = (...parts: Uint8Array[]): Uint8Array<ArrayBuffer> => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+};
+
+describe("encode/decode", () => {
+  test("round trip of every dtype, scalars, empty tensors, special values and metadata", () => {
+    const tensors = {
+      "w.f32": {
+        dtype: "f32" as const,
+        shape: [2, 3],
+        data: new Float32Array([1.5, -0, NaN, Infinity, -3e38, 1e-45]),
+      },
+      "h.f16": { dtype: "f16" as const, shape: [3], data: new Float16Array([0.5, -2, 65504]) },
+      "d.f64": { dtype: "f64" as const, shape: [], data: new Float64Array([Math.PI]) },
+      "i.i32": {
+        dtype: "i32" as const,
+        shape: [2, 2],
+        data: new Int32Array([-(2 ** 31), 2 ** 31 - 1, 0, -7]),
+      },
+      "u.u32": { dtype: "u32" as const, shape: [2], data: new Uint32Array([2 ** 32 - 1, 3]) },
+      "empty": { dtype: "f32" as const, shape: [0, 4], data: new Float32Array(0) },
+    };
+    const bytes = s.encodeSafetensors(tensors, { note: "hello", step: "3" });
+    const back = s.decodeSafetensors(bytes);
+    expect(back.metadata).toEqual({ note: "hello", step: "3" });
+    expect([...back.tensors.keys()].sort()).toEqual(Object.keys(tensors).sort());
+    for (const [name, t] of Object.entries(tensors)) {
+      const got = back.tensors.get(name)!;
+      expect(got.dtype).toBe(t.dtype);
+      expect(got.shape).toEqual(t.shape);
+      expect(new Uint8Array(got.data.buffer, got.data.byteOffset, got.data.byteLength)).toEqual(
+        new Uint8Array(t.data.buffer),
+      ); // bit-exact, NaN and -0 included
+    }
+  });
+
+  test("layout: header padded to 8 bytes, tensors by item size so each is aligned", () => {
+    const bytes = s.encodeSafetensors({
+      a: { dtype: "f16", shape: [3], data: new Float16Array(3) },
+      b: { dtype: "f32", shape: [1], data: new Float32Array(1) },
+      c: { dtype: "f64", shape: [1], data: new Float64Array(1) },
+    });
+    const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    expect(n % 8).toBe(0);
+    const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
+    expect(header.c.data_offsets).toEqual([0, 8]);
+    expect(header.b.data_offsets).toEqual([8, 12]);
+    expect(header.a.data_offsets).toEqual([12, 18]);
+    expect(header.__metadata__).toBeUndefined();
+  });
+
+  test("a file from an independent encoder: unpadded header, unsorted entries, every dtype", () => {
+    const data = cat(
+      le("I32", [-5, 6]),
+      le("F64", [0.1, -1e300]),
+      le("F16", [1.5, -0.25]),
+      le("U32", [4000000000]),
+      le("F32", [0.25, -8, 3]),
+    );
+    const header = `{"f": {"dtype":"F32","shape":[3],"data_offsets":[36,48]},` +
+      `"__metadata__":{"format":"pt"},` +
+      `"d":{"shape":[2,1],"dtype":"F64","data_offsets":[8,24]},` +
+      `"i":{"dtype":"I32","shape":[2],"data_offsets":[0,8]},` +
+      `"h":{"dtype":"F16","shape":[2],"data_offsets":[24,28]},` +
+      `"u":{"dtype":"U32","shape":[],"data_offsets":[28,32]}}`;
+    // 4 stray bytes at [32, 36) would be a gap: fill them with a zero-size-safe tensor instead
+    const withPad = header.replace(`"u":`, `"p":{"dtype":"I32","shape":[1],"data_offsets":[32,36]},"u":`);
+    const f = s.decodeSafetensors(
+      rawFile(withPad, cat(data.subarray(0, 32), le("I32", [9]), data.subarray(32))),
+    );
+    expect(f.metadata).toEqual({ format: "pt" });
+    const vals = (k: string) => Array.from(f.tensors.get(k)!.data);
+    expect(vals("i")).toEqual([-5, 6]);
+    expect(vals("d")).toEqual([0.1, -1e300]);
+    expect(f.tensors.get("d")!.shape).toEqual([2, 1]);
+    expect(vals("h")).toEqual([1.5, -0.25]);
+    expect(vals("u")).toEqual([4000000000]);
+    expect(f.tensors.get("u")!.shape).toEqual([]);
+    expect(vals("p")).toEqual([9]);
+    expect(vals("f")).toEqual([0.25, -8, 3]);
+  });
+
+  test("our files read by an independent reader (Python's json and struct)", async () => {
+    const bytes = s.encodeSafetensors({
+      w: { dtype: "f32", shape: [2, 2], data: new Float32Array([1, -2.5, 3.25, 1e-3]) },
+      h: { dtype: "f16", shape: [2], data: new Float16Array([0.5, -4]) },
+      d: { dtype: "f64", shape: [1], data: new Float64Array([Math.E]) },
+      i: { dtype: "i32", shape: [3], data: new Int32Array([-1, 0, 1]) },
+      u: { dtype: "u32", shape: [1], data: new Uint32Array([123456789]) },
+    }, { who: "seqlab" });
+    const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+    await Deno.writeFile(path, bytes);
+    const py = `
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n, = struct.unpack("<Q", b[:8])
+h = json.loads(b[8:8 + n])
+out = {"__metadata__": h.pop("__metadata__", {})}
+fmt = {"F32": "f", "F16": "e", "F64": "d", "I32": "i", "U32": "I"}
+for k, v in h.items():
+    a, z = v["data_offsets"]
+    c = struct.calcsize(fmt[v["dtype"]])
+    out[k] = {"shape": v["shape"], "values": list(struct.unpack("<%d%s" % ((z - a) // c, fmt[v["dtype"]]), b[8 + n + a:8 + n + z]))}
+print(json.dumps(out))
+`;
+    const r = await new Deno.Command("python3", { args: ["-c", py, path], stdout: "piped", stderr: "piped" })
+      .output();
+    await Deno.remove(path);
+    expect(r.success, new TextDecoder().decode(r.stderr)).toBe(true);
+    const got = JSON.parse(new TextDecoder().decode(r.stdout));
+    expect(got.__metadata__).toEqual({ who: "seqlab" });
+    expect(got.w).toEqual({ shape: [2, 2], values: [1, -2.5, 3.25, Math.fround(1e-3)] });
+    expect(got.h.values).toEqual([0.5, -4]);
+    expect(got.d.values).toEqual([Math.E]);
+    expect(got.i.values).toEqual([-1, 0, 1]);
+    expect(got.u.values).toEqual([123456789]);
+  });
+
+  test("unencodable inputs throw", () => {
+    expect(() => s.encodeSafetensors({ a: { dtype: "f32", shape: [3], data: new Float32Array(2) } })).toThrow(
+      /tensor "a": 2 elements do not fill shape \[3\]/,
+    );
+    expect(() =>
+      s.encodeSafetensors({ __metadata__: { dtype: "f32", shape: [], data: new Float32Array(1) } })
+    )
+      .toThrow(/invalid tensor name "__metadata__"/);
+    expect(() => s.encodeSafetensors({ a: { dtype: "f32", shape: [1], data: new Int32Array(1) } })).toThrow(
+      /data is a Int32Array, not f32/,
+    );
+  });
+});
+
+// ---- malformed files: each is [name, bytes, expected message] ------------------------------------------------
+
+const W = le("F32", [1, 2, 3, 4, 5, 6]), B = le("F32", [7, 8]);
+const GOOD = {
+  weight: { dtype: "F32", shape: [3, 2], data_offsets: [0, 24] },
+  bias: { dtype: "F32", shape: [2], data_offsets: [24, 32] },
+};
+const good = () => rawFile(GOOD, cat(W, B));
+const withEntry = (name: string, entry: unknown, data = cat(W, B)) =>
+  rawFile({ ...GOOD, [name]: entry }, data);
+
+const MALFORMED: [string, () => Uint8Array, RegExp][] = [
+  [
+    "empty file",
+    () => new Uint8Array(),
+    /file is 0 bytes; a safetensors file starts with an 8-byte header length/,
+  ],
+  ["5 bytes", () => good().slice(0, 5), /file is 5 bytes/],
+  [
+    "truncated inside the header",
+    () => good().slice(0, 40),
+    /header length \d+ is larger than the 32 bytes after it/,
+  ],
+  [
+    "truncated inside the data",
+    () => good().slice(0, good().length - 3),
+    /tensor "bias": data_offsets \[24, 32\] run past the 29 data bytes \(truncated file\?\)/,
+  ],
+  [
+    "header length past the end",
+    () => rawFile(GOOD, cat(W, B), 10_000),
+    /header length 10000 is larger than/,
+  ],
+  [
+    "header length 2^40",
+    () => rawFile(GOOD, cat(W, B), 2 ** 40),
+    /header length 1099511627776 is larger than/,
+  ],
+  ["header not UTF-8", () => rawFile(new Uint8Array([0x7b, 0xff, 0xfe, 0x7d])), /header is not valid UTF-8/],
+  ["header not JSON", () => rawFile("{weight: 1}   "), /header is not valid JSON/],
+  ["header a JSON array", () => rawFile("[1, 2]"), /header must be a JSON object, got an array/],
+  [
+    "entry not an object",
+    () => withEntry("x", 3),
+    /tensor "x": entry must be an object \{dtype, shape, data_offsets\}/,
+  ],
+  [
+    "unknown dtype",
+    () => withEntry("weight", { ...GOOD.weight, dtype: "F33" }),
+    /tensor "weight": unknown dtype "F33"/,
+  ],
+  [
+    "unsupported dtype",
+    () => withEntry("weight", { ...GOOD.weight, dtype: "BF16" }),
+    /dtype BF16 is not supported by seqlab \(supported: F32, F16, F64, I32, U32\)/,
+  ],
+  [
+    "dtype not a string",
+    () => withEntry("weight", { ...GOOD.weight, dtype: 4 }),
+    /tensor "weight": dtype must be a string, got 4/,
+  ],
+  [
+    "negative dim",
+    () => withEntry("weight", { ...GOOD.weight, shape: [3, -2] }),
+    /shape must be an array of non-negative integers, got \[3,-2\]/,
+  ],
+  [
+    "fractional dim",
+    () => withEntry("weight", { ...GOOD.weight, shape: [2.5] }),
+    /shape must be an array of non-negative integers/,
+  ],
+  [
+    "offsets of length 1",
+    () => withEntry("weight", { ...GOOD.weight, data_offsets: [0] }),
+    /data_offsets must be \[begin, end\] with 0 <= begin <= end, got \[0\]/,
+  ],
+  [
+    "offsets reversed",
+    () => withEntry("weight", { ...GOOD.weight, data_offsets: [24, 0] }),
+    /data_offsets must be \[begin, end\]/,
+  ],
+  [
+    "byte count differs from numel x itemsize",
+    () => withEntry("weight", { ...GOOD.weight, data_offsets: [0, 20] }),
+    /tensor "weight": data_offsets \[0, 20\] hold 20 bytes but shape \[3, 2\] F32 needs 24/,
+  ],
+  [
+    "overlapping tensors",
+    () => withEntry("bias", { ...GOOD.bias, data_offsets: [16, 24] }, W),
+    /tensor "bias" \[16, 24\] overlaps tensor "weight" \[0, 24\]|tensor "weight" \[0, 24\] overlaps tensor "bias" \[16, 24\]/,
+  ],
+  [
+    "a gap between tensors",
+    () => withEntry("bias", { ...GOOD.bias, data_offsets: [28, 36] }, cat(W, le("F32", [0]), B)),
+    /data bytes \[24, 28\) belong to no tensor/,
+  ],
+  [
+    "trailing bytes",
+    () => rawFile(GOOD, cat(W, B, le("F32", [9]))),
+    /data bytes \[32, 36\) belong to no tensor \(trailing data\)/,
+  ],
+  [
+    "metadata value not a string",
+    () => rawFile({ ...GOOD, __metadata__: { step: 3 } }, cat(W, B)),
+    /__metadata__ "step" must be a string, got 3/,
+  ],
+];
+
+/** A model and an Adam with state, with their values snapshotted. */
+async function fixture(device: s.DeviceName) {
+  const model = new s.Linear(3, 2, { seed: 1, device });
+  const opt = new s.Adam(model.parameters(), { lr: 0.1 });
+  s.tidy(() => {
+    model.forward(s.ones([1, 3], { device })).sum().backward();
+    opt.step();
+  });
+  model.zeroGrad();
+  const snapshot = async () => ({
+    params: await Promise.all(model.parameters().map(async (p) => Array.from(await p.toArray()))),
+    state: await Promise.all(
+      [...opt.stateTensors().values()].map(async (t) => Array.from(await t.toArray())),
+    ),
+    step: opt.stepCount,
+  });
+  return { model, opt, snapshot, before: await snapshot(), done: () => (opt.dispose(), model.dispose()) };
+}
+
+describe("malformed and truncated files", () => {
+  for (const [name, bytes, message] of MALFORMED) {
+    test(`${name}: a clear error`, () => {
+      let err: unknown;
+      try {
+        s.decodeSafetensors(bytes());
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(s.SafetensorsError);
+      expect((err as Error).message).toMatch(message);
+    });
+  }
+
+  test("the independent encoder's good file is accepted (the cases above differ from it in one thing)", () => {
+    expect([...s.decodeSafetensors(good()).tensors.keys()]).toEqual(["weight", "bias"]);
+  });
+
+  for (const device of DEVICES) {
+    test(`every malformed file leaves the model and the optimiser untouched (${device})`, async () => {
+      const f = await fixture(device);
+      const mem = s.memory(device).bytesInUse;
+      for (const [, bytes, message] of MALFORMED) {
+        expect(() => s.decodeIntoModel(bytes(), f.model, { optimizer: f.opt })).toThrow(message);
+      }
+      expect(await f.snapshot()).toEqual(f.before);
+      expect(s.memory(device).bytesInUse).toBe(mem);
+      f.done();
+    });
+  }
+});
+
+describe("loading into a model", () => {
+  for (const device of DEVICES) {
+    test(`mismatched files are refused whole; the model is untouched (${device})`, async () => {
+      const f = await fixture(device);
+      const mem = s.memory(device).bytesInUse;
+      const cases: [Uint8Array, s.LoadOptions, RegExp][] = [
+        [
+          rawFile({ ...GOOD, weight: { dtype: "F32", shape: [2, 3], data_offsets: [0, 24] } }, cat(W, B)),
+          {},
+          /tensor "weight" is \[2, 3\] F32 in the file but \[3, 2\] F32 in the model/,
+        ],
+        [
+          rawFile({
+            weight: { dtype: "F64", shape: [3, 2], data_offsets: [0, 48] },
+            bias: { dtype: "F32", shape: [2], data_offsets: [48, 56] },
+          }, cat(le("F64", [1, 2, 3, 4, 5, 6]), B)),
+          {},
+          /tensor "weight" is \[3, 2\] F64 in the file but \[3, 2\] F32 in the model/,
+        ],
+        [
+          rawFile({ weight: GOOD.weight }, W),
+          {},
+          /the file has no tensor "bias" \(a parameter of the model\)/,
+        ],
+        [
+          withEntry("extra", { dtype: "F32", shape: [1], data_offsets: [32, 36] }, cat(W, B, le("F32", [1]))),
+          {},
+          /the file's tensor "extra" is not a parameter of the model/,
+        ],
+        [good(), { optimizer: f.opt }, /the file holds no optimizer state \(saved without one\)/],
+        [
+          rawFile({ ...GOOD, __metadata__: { "seqlab.optimizer": "SGD", "seqlab.step": "1" } }, cat(W, B)),
+          { optimizer: f.opt },
+          /the file holds SGD state, not Adam/,
+        ],
+        [
+          rawFile({
+            ...GOOD,
+            "__optimizer__.0.m": { dtype: "F32", shape: [2], data_offsets: [32, 40] },
+            __metadata__: { "seqlab.optimizer": "Adam", "seqlab.step": "1" },
+          }, cat(W, B, B)),
+          { optimizer: f.opt },
+          /optimizer state "0.m" is \[2\] F32 in the file but \[3, 2\] F32 in the model/,
+        ],
+      ];
+      for (const [bytes, o, message] of cases) {
+        expect(() => s.decodeIntoModel(bytes, f.model, o)).toThrow(message);
+      }
+      expect(await f.snapshot()).toEqual(f.before);
+      expect(s.memory(device).bytesInUse).toBe(mem);
+      // not strict: a partial file loads what it has, ignores the rest
+      s.decodeIntoModel(rawFile({ bias: { dtype: "F32", shape: [2], data_offsets: [0, 8] } }, B), f.model, {
+        strict: false,
+      });
+      expect(Array.from(await f.model.bias!.toArray())).toEqual([7, 8]);
+      expect(Array.from(await f.model.weight.toArray())).toEqual(f.before.params[0]);
+      f.done();
+    });
+
+    test(`save and load files with optimiser state; nothing but the file is left (${device})`, async () => {
+      const dir = await Deno.makeTempDir();
+      const path = `${dir}/ckpt.safetensors`;
+      const a = await fixture(device);
+      await s.saveModel(path, a.model, { optimizer: a.opt, metadata: { run: "test" } });
+      expect([...Deno.readDirSync(dir)].map((e) => e.name)).toEqual(["ckpt.safetensors"]);
+      const b = new s.Linear(3, 2, { seed: 99, device });
+      const opt = new s.Adam(b.parameters(), { lr: 0.1 });
+      const meta = await s.loadModel(path, b, { optimizer: opt });
+      expect(meta).toEqual({ run: "test", "seqlab.optimizer": "Adam", "seqlab.step": "1" });
+      expect(await Promise.all(b.parameters().map(async (p) => Array.from(await p.toArray())))).toEqual(
+        a.before.params,
+      );
+      expect(
+        await Promise.all([...opt.stateTensors().values()].map(async (t) => Array.from(await t.toArray()))),
+      )
+        .toEqual(a.before.state);
+      expect(opt.stepCount).toBe(1);
+      expect([...opt.stateTensors().values()].every((t: Tensor) => t.device === device)).toBe(true);
+      await expect(s.loadModel(`${dir}/missing.safetensors`, b)).rejects.toThrow(/No such file|not found/i);
+      opt.dispose();
+      b.dispose();
+      a.done();
+      await Deno.remove(dir, { recursive: true });
+    });
+  }
+
+  test(
+    "f16 parameters round-trip through a file on cpu",
+    scoped(async () => {
+      const a = new s.Linear(2, 2, { seed: 3, device: "cpu", dtype: "f16" });
+      const b = new s.Linear(2, 2, { seed: 4, device: "cpu", dtype: "f16" });
+      s.decodeIntoModel(await s.encodeModel(a), b);
+      expect(await b.weight.toArray()).toEqual(await a.weight.toArray());
+      expect(s.decodeSafetensors(await s.encodeModel(a)).tensors.get("weight")!.dtype).toBe("f16");
+      a.dispose();
+      b.dispose();
+    }),
+  );
+});
