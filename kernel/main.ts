@@ -135,6 +135,9 @@ export class Kernel {
     this.worker.onerror = (e) => {
       e.preventDefault();
       log(`worker error: ${e.message}`);
+      this.replaceWorker(
+        `the execution worker failed (${e.message}), so it was restarted: all variables are lost`,
+      );
     };
     const init: ToWorker = {
       type: "init",
@@ -519,16 +522,23 @@ export class Kernel {
       // The cell is stuck where no check runs (a long native call, a loop in library code): replace the
       // worker. Its state is lost, which the error says.
       log(`cell ${r.label} ignored the interrupt for ${INTERRUPT_GRACE_MS} ms: restarting the worker`);
-      this.worker.terminate();
-      this.lastError = {
-        ename: "InterruptError",
-        evalue: "the cell did not stop, so the execution worker was restarted: all variables are lost",
-        traceback: [],
-      };
-      this.publish("error", { ...this.lastError }, r.msg.header);
-      this.startWorker();
-      r.resolve({ type: "done", seq: r.seq, status: "error", userExpressions: {} });
+      this.replaceWorker(
+        "the cell did not stop, so the execution worker was restarted: all variables are lost",
+      );
     }, INTERRUPT_GRACE_MS);
+  }
+
+  /** Terminate the worker and start a fresh one; the running cell, if any, ends with an error. */
+  private replaceWorker(why: string): void {
+    const r = this.running;
+    try {
+      this.worker.terminate();
+    } catch { /* already gone */ }
+    this.startWorker();
+    if (!r) return;
+    this.lastError = { ename: "InterruptError", evalue: why, traceback: [] };
+    this.publish("error", { ...this.lastError }, r.msg.header);
+    r.resolve({ type: "done", seq: r.seq, status: "error", userExpressions: {} });
   }
 
   // ---------------------------------------------------------------- stdin
@@ -733,6 +743,40 @@ const KEYWORDS = [
   "yield",
 ];
 
+/**
+ * Exit when the process that started the kernel is gone (the kernel was re-parented, or the
+ * JPY_PARENT_PID that jupyter_client sets no longer exists), so a crashed client leaves no orphan
+ * behind. Linux only (reads /proc); elsewhere a no-op.
+ */
+function watchParent(onGone: () => void): void {
+  const ppid = () => {
+    try {
+      return Number(/^PPid:\s*(\d+)/m.exec(Deno.readTextFileSync("/proc/self/status"))?.[1]);
+    } catch {
+      return NaN;
+    }
+  };
+  const exists = (pid: number) => {
+    try {
+      return !/^State:\s*Z/m.test(Deno.readTextFileSync(`/proc/${pid}/status`));
+    } catch {
+      return false;
+    }
+  };
+  const first = ppid();
+  if (!Number.isFinite(first)) return;
+  const jpy = Number(Deno.env.get("JPY_PARENT_PID") ?? NaN);
+  const t = setInterval(() => {
+    const gone = (first > 1 && ppid() !== first) || (jpy > 1 && !exists(jpy));
+    if (gone) {
+      log(`parent process ${jpy > 1 ? jpy : first} is gone: shutting down`);
+      clearInterval(t);
+      onGone();
+    }
+  }, 2000);
+  Deno.unrefTimer(t);
+}
+
 if (import.meta.main) {
   const path = Deno.args.find((a) => !a.startsWith("--"));
   if (!path) {
@@ -746,6 +790,7 @@ if (import.meta.main) {
   kernel.start();
   // Ports given as 0 were chosen by the system: write them back so a client can read them.
   if (anyZero) Deno.writeTextFileSync(path, JSON.stringify(conn, null, 2));
+  watchParent(() => kernel.shutdown());
   // SIGINT (a frontend using signal interrupts, or Ctrl-C in a terminal) interrupts the cell, not the kernel.
   try {
     Deno.addSignalListener("SIGINT", () => kernel.interrupt());

@@ -213,6 +213,20 @@ g.alert = (message = "") => {
 /** Read a line from the frontend, optionally hidden (passwords). */
 g.input = (message = "", opts: { password?: boolean } = {}) => requestInput(String(message), !!opts.password);
 
+// A cell must not end the worker or the process behind the kernel's back: say how instead.
+g.close = () => {
+  throw new Error("close() would stop the kernel's execution worker; restart the kernel instead");
+};
+try {
+  Object.defineProperty(Deno, "exit", {
+    value: (code?: number) => {
+      throw new Error(`Deno.exit(${code ?? ""}) in a notebook cell: restart or shut down the kernel instead`);
+    },
+    configurable: true,
+    writable: true,
+  });
+} catch { /* Deno namespace frozen */ }
+
 // Node-style writes (process.stdout.write, used by some npm packages) reach the notebook too.
 try {
   // deno-lint-ignore no-explicit-any

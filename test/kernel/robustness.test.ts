@@ -38,3 +38,53 @@ test("the kernel survives abuse and keeps answering", async () => {
   expect(d.heartbeat).toBe(true);
   expect(d.kernel_exit).toBe(0);
 }, 180_000);
+
+test("a kernel whose parent dies exits instead of lingering", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "seqlab-orphan-" });
+  const cf = `${dir}/conn.json`;
+  Deno.writeTextFileSync(
+    cf,
+    JSON.stringify({
+      ip: "127.0.0.1",
+      transport: "tcp",
+      key: "k",
+      signature_scheme: "hmac-sha256",
+      shell_port: 0,
+      iopub_port: 0,
+      stdin_port: 0,
+      control_port: 0,
+      hb_port: 0,
+    }),
+  );
+  const deno = Deno.execPath();
+  // The shell starts the kernel in the background, naming itself as the parent the way jupyter_client
+  // does (JPY_PARENT_PID), and exits 2 s later: the kernel is orphaned.
+  const sh = await run("sh", [
+    "-c",
+    `JPY_PARENT_PID=$$ "${deno}" run -A --quiet --config "${ROOT}/deno.json" "${ROOT}/kernel/main.ts" "${cf}" ` +
+    `--no-preload > "${dir}/log" 2>&1 & echo $!; sleep 2`,
+  ], {
+    timeoutMs: 20_000,
+  });
+  const pid = Number(sh.stdout.trim());
+  expect(pid).toBeGreaterThan(1);
+  const alive = () => {
+    try {
+      return !/^State:\s*Z/m.test(Deno.readTextFileSync(`/proc/${pid}/status`));
+    } catch {
+      return false;
+    }
+  };
+  const end = Date.now() + 15_000;
+  while (alive() && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
+  const stillAlive = alive();
+  let status = "";
+  try {
+    status = Deno.readTextFileSync(`/proc/${pid}/status`).split("\n").filter((l) => /^(State|PPid)/.test(l))
+      .join(" ");
+  } catch { /* gone */ }
+  if (stillAlive) Deno.kill(pid, "SIGKILL");
+  expect(stillAlive, `${status}\n${Deno.readTextFileSync(`${dir}/log`)}`).toBe(false);
+  expect(Deno.readTextFileSync(`${dir}/log`)).toMatch(/parent process \d+ is gone: shutting down/);
+  Deno.removeSync(dir, { recursive: true });
+}, 30_000);
