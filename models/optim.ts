@@ -28,10 +28,14 @@
  * @module
  */
 
+import type { DType } from "../runtime/dtype.ts";
+import type { DeviceName } from "../runtime/device.ts";
 import { noGrad } from "../runtime/autograd.ts";
 import { keep, type Tensor } from "../runtime/tensor.ts";
 import { fmt } from "../runtime/shape.ts";
+import { full } from "../ops/core/creation.ts";
 import { add, copyInto, div, minimum, mul, sqrt, sub } from "../ops/core/elementwise.ts";
+import { concat } from "../ops/core/layout.ts";
 import { sum } from "../ops/core/reduce.ts";
 import "../ops/core/mod.ts"; // fills the Tensor method table
 
@@ -122,34 +126,75 @@ export interface OptimizerOptions {
   weightDecay?: number;
 }
 
+/** What an update rule computes: the parameter's new value and its new state tensors (all fresh). */
+export interface Update {
+  /** The new parameter value (same shape). */
+  param: Tensor;
+  /** The new state tensors by slot name (e.g. "m", "v", "momentum"). */
+  state: Record<string, Tensor>;
+}
+
 /**
- * Base of the optimisers: the parameter list, the step count, the learning rate and the state tensors.
- * Subclasses implement `update(p, g, k)` for parameter k; it runs under `noGrad` and must not read back.
+ * Parameters that share a device and dtype: their state lives in one flat tensor per slot, the
+ * parameters laid end to end (`offsets`), so a step updates the whole group with one chain of ops.
+ */
+interface Group {
+  readonly idx: number[];
+  readonly offsets: number[];
+  readonly total: number;
+  readonly device: DeviceName;
+  readonly dtype: DType;
+  /** Flat state by slot, (total), kept out of tidy scopes. */
+  readonly state: Map<string, Tensor>;
+}
+
+const STATE_KEY = /^(\d+)\.([A-Za-z_]\w*)$/;
+
+/**
+ * Base of the optimisers: parameters, step counts, learning rate and state. A subclass supplies one update
+ * rule; the base applies it "multi-tensor" style: the parameters of a (device, dtype) group and their
+ * gradients are concatenated into flat tensors, updated by one chain of ops and written back in place, so
+ * a step costs about 3 dispatches per parameter plus the rule's ops once, instead of the rule's ops per
+ * parameter. When only some parameters of a group have gradients (or their step counts differ), those are
+ * updated one by one against slices of the flat state. Nothing reads back.
  */
 export abstract class Optimizer {
   /** The parameters updated by {@link Optimizer.step}. */
   readonly params: Tensor[];
   /** Steps taken so far (the schedule's argument for the next step). */
   stepCount = 0;
-  /** Per-parameter state tensors by slot name (e.g. "m", "v", "momentum"), kept out of tidy scopes. */
-  protected state: Map<string, Tensor>[];
+  /** Updates applied to each parameter: its own step for bias corrections and state initialisation. */
+  readonly paramSteps: number[];
+  readonly #groups: Group[] = [];
   readonly #lr: Schedule;
+  #views: Map<string, Tensor> | null = null;
   #disposed = false;
 
-  /** Takes the parameters (e.g. `model.parameters()`) and the options. */
+  /** Takes the parameters (e.g. `model.parameters()`), the options and the optimiser's name. */
   constructor(params: Iterable<Tensor>, o: OptimizerOptions, readonly name: string) {
     this.params = [...params];
     if (new Set(this.params).size !== this.params.length) {
       throw new Error(`${name}: a parameter is listed twice`);
     }
+    const byKey = new Map<string, Group>();
     for (const [i, p] of this.params.entries()) {
       p.check(name);
       if (!p.requiresGrad) throw new Error(`${name}: parameter ${i} (${p.describe()}) does not require grad`);
+      const key = `${p.device}|${p.dtype}`;
+      let g = byKey.get(key);
+      if (!g) {
+        g = { idx: [], offsets: [], total: 0, device: p.device, dtype: p.dtype, state: new Map() };
+        byKey.set(key, g);
+        this.#groups.push(g);
+      }
+      g.idx.push(i);
+      g.offsets.push(g.total);
+      (g as { total: number }).total += p.size;
     }
     if (typeof o.lr === "number") this.#lr = constantSchedule(o.lr);
     else if (typeof o.lr === "function") this.#lr = o.lr;
     else throw new Error(`${name}: lr must be a number or a schedule function, got ${typeof o.lr}`);
-    this.state = this.params.map(() => new Map());
+    this.paramSteps = this.params.map(() => 0);
   }
 
   /** The learning rate the next step will use. */
@@ -157,37 +202,92 @@ export abstract class Optimizer {
     return this.#lr(this.stepCount);
   }
 
+  /**
+   * The update rule for one parameter (or a flat group): new value and state from the current value `p`,
+   * gradient `g`, state (null on the parameter's first step), its step `t` (1 on the first) and `lr`.
+   * Runs under noGrad; returns fresh tensors and frees its own temporaries.
+   */
+  protected abstract rule(
+    p: Tensor,
+    g: Tensor,
+    state: ReadonlyMap<string, Tensor> | null,
+    t: number,
+    lr: number,
+  ): Update;
+
   /** One update of every parameter that has a gradient (others are skipped). No readback. */
   step(): void {
     if (this.#disposed) throw new Error(`${this.name}.step: the optimizer was disposed`);
     const lr = this.lr;
     checkPositive(`${this.name}.step`, `lr at step ${this.stepCount}`, lr, true);
+    for (const p of this.params) p.check(`${this.name}.step`);
     this.stepCount++;
+    this.#dropViews();
     noGrad(() => {
-      this.params.forEach((p, k) => {
-        if (!p.grad) return;
-        p.check(`${this.name}.step`);
-        this.update(p, p.grad, k, lr);
-      });
+      for (const g of this.#groups) this.#stepGroup(g, lr);
     });
   }
 
-  /** The new value of parameter `k` (written in place by the caller); state updates go through `setState`. */
-  protected abstract update(p: Tensor, g: Tensor, k: number, lr: number): void;
-
-  /** Writes `value` into parameter `p` in place and frees `value`. */
-  protected assign(p: Tensor, value: Tensor): void {
-    copyInto(p, value);
-    value.dispose();
+  #stepGroup(group: Group, lr: number): void {
+    const have = group.idx.filter((k) => this.params[k].grad);
+    if (have.length === 0) return;
+    for (const k of have) this.paramSteps[k]++;
+    const t0 = this.paramSteps[have[0]];
+    const temps: Tensor[] = [];
+    const tmp = (x: Tensor) => (temps.push(x), x);
+    try {
+      if (have.length === group.idx.length && have.every((k) => this.paramSteps[k] === t0)) {
+        const flat = (ts: Tensor[]) => {
+          const rows = ts.map((t) => tmp(t.reshape([-1])));
+          return rows.length === 1 ? rows[0] : tmp(concat(rows));
+        };
+        const p = flat(group.idx.map((k) => this.params[k]));
+        const g = flat(group.idx.map((k) => this.params[k].grad!));
+        const r = this.rule(p, g, t0 === 1 ? null : group.state, t0, lr);
+        tmp(r.param);
+        for (const [slot, v] of Object.entries(r.state)) {
+          const old = group.state.get(slot);
+          group.state.set(slot, keep(v));
+          old?.dispose();
+        }
+        group.idx.forEach((k, i) => {
+          const piece = tmp(r.param.slice([[group.offsets[i], group.offsets[i] + this.params[k].size]]));
+          copyInto(this.params[k], tmp(piece.reshape(this.params[k].shape)));
+        });
+        return;
+      }
+      for (const k of have) {
+        const i = group.idx.indexOf(k), p = this.params[k];
+        const slice = (flat: Tensor) =>
+          tmp(tmp(flat.slice([[group.offsets[i], group.offsets[i] + p.size]])).reshape(p.shape));
+        const first = this.paramSteps[k] === 1;
+        const views = first ? null : new Map([...group.state].map(([slot, flat]) => [slot, slice(flat)]));
+        const r = this.rule(p, p.grad!, views, this.paramSteps[k], lr);
+        tmp(r.param);
+        for (const [slot, v] of Object.entries(r.state)) {
+          tmp(v);
+          copyInto(slice(this.#flatState(group, slot)), v);
+        }
+        copyInto(p, r.param);
+      }
+    } finally {
+      for (const t of temps) t.dispose();
+    }
   }
 
-  /** Replaces a state slot (the old tensor is freed, the new one kept out of tidy). */
-  protected setState(k: number, slot: string, t: Tensor): Tensor {
-    const m = this.state[k];
-    const old = m.get(slot);
-    m.set(slot, keep(t));
-    if (old && old !== t) old.dispose();
-    return t;
+  /** A group's flat state slot, created as zeros when absent. */
+  #flatState(group: Group, slot: string): Tensor {
+    let s = group.state.get(slot);
+    if (!s) {
+      s = keep(full([group.total], 0, { device: group.device, dtype: group.dtype }));
+      group.state.set(slot, s);
+    }
+    return s;
+  }
+
+  #dropViews(): void {
+    if (this.#views) { for (const v of this.#views.values()) v.dispose(); }
+    this.#views = null;
   }
 
   /**
@@ -208,7 +308,8 @@ export abstract class Optimizer {
   }
 
   /**
-   * The state tensors as `<param index>.<slot>` -> tensor (for checkpoints). Views of the live state.
+   * The state as `<param index>.<slot>` -> tensor, for checkpoints: views of the live state, valid until
+   * the next step, `loadState` or `dispose` (the optimiser frees them).
    *
    * @example
    * ```ts
@@ -221,16 +322,26 @@ export abstract class Optimizer {
    * ```
    */
   stateTensors(): Map<string, Tensor> {
-    const out = new Map<string, Tensor>();
-    this.state.forEach((m, k) => {
-      for (const [slot, t] of m) out.set(`${k}.${slot}`, t);
+    if (this.#views) return new Map(this.#views);
+    const views = new Map<string, Tensor>();
+    const groupOf = new Map<number, [Group, number]>();
+    for (const g of this.#groups) g.idx.forEach((k, i) => groupOf.set(k, [g, i]));
+    this.params.forEach((p, k) => {
+      const [g, i] = groupOf.get(k)!;
+      for (const [slot, flat] of g.state) {
+        const piece = flat.slice([[g.offsets[i], g.offsets[i] + p.size]]);
+        views.set(`${k}.${slot}`, keep(piece.reshape(p.shape)));
+        piece.dispose();
+      }
     });
-    return out;
+    this.#views = views;
+    return new Map(views);
   }
 
   /**
-   * Replaces the state with copies of `tensors` (named as {@link Optimizer.stateTensors} names them) and
-   * sets the step count. Everything is validated before anything changes.
+   * Replaces the state with copies of `tensors` (named as {@link Optimizer.stateTensors} names them), the
+   * step count and the per-parameter step counts (default: all `stepCount`). Everything is validated
+   * before anything changes.
    *
    * @example
    * ```ts
@@ -243,45 +354,59 @@ export abstract class Optimizer {
    * console.log(b.stepCount, [...b.stateTensors().keys()]); // 1 ["0.m", "0.v"]
    * ```
    */
-  loadState(tensors: Map<string, Tensor>, stepCount: number): void {
+  loadState(tensors: Map<string, Tensor>, stepCount: number, paramSteps?: readonly number[]): void {
+    const op = `${this.name}.loadState`;
     if (!Number.isInteger(stepCount) || stepCount < 0) {
-      throw new Error(`${this.name}.loadState: step count must be an integer >= 0, got ${stepCount}`);
+      throw new Error(`${op}: step count must be an integer >= 0, got ${stepCount}`);
+    }
+    if (
+      paramSteps &&
+      (paramSteps.length !== this.params.length || !paramSteps.every((n) => Number.isInteger(n) && n >= 0))
+    ) {
+      throw new Error(
+        `${op}: parameter step counts must be ${this.params.length} integers >= 0, got ${
+          JSON.stringify(paramSteps)
+        }`,
+      );
     }
     const plan: [number, string, Tensor][] = [];
     for (const [key, t] of tensors) {
-      const m = /^(\d+)\.([A-Za-z_]\w*)$/.exec(key);
+      const m = STATE_KEY.exec(key);
       const k = m ? Number(m[1]) : -1;
       if (!m || k >= this.params.length) {
         throw new Error(
-          `${this.name}.loadState: state "${key}" names no parameter (expected <index>.<slot>, ` +
-            `${this.params.length} parameters)`,
+          `${op}: state "${key}" names no parameter (expected <index>.<slot>, ${this.params.length} parameters)`,
         );
       }
       const p = this.params[k];
       if (t.rank !== p.rank || t.shape.some((d, i) => d !== p.shape[i]) || t.dtype !== p.dtype) {
         throw new Error(
-          `${this.name}.loadState: state "${key}" is ${fmt(t.shape)} ${t.dtype} but parameter ${k} is ` +
-            `${fmt(p.shape)} ${p.dtype}`,
+          `${op}: state "${key}" is ${fmt(t.shape)} ${t.dtype} but parameter ${k} is ${
+            fmt(p.shape)
+          } ${p.dtype}`,
         );
       }
+      if (t.device !== p.device) throw new Error(`${op}: state "${key}" is on ${t.device}, not ${p.device}`);
       plan.push([k, m[2], t]);
     }
-    for (const m of this.state) {
-      for (const t of m.values()) t.dispose();
-      m.clear();
+    this.#dropViews();
+    for (const g of this.#groups) {
+      for (const t of g.state.values()) t.dispose();
+      g.state.clear();
     }
     noGrad(() => {
       for (const [k, slot, t] of plan) {
-        const c = t.device === this.params[k].device ? t.contiguous() : null;
-        if (!c) {
-          throw new Error(
-            `${this.name}.loadState: state ${k}.${slot} is on ${t.device}, not ${this.params[k].device}`,
-          );
-        }
-        this.setState(k, slot, c);
+        const g = this.#groups.find((g) => g.idx.includes(k))!;
+        const i = g.idx.indexOf(k);
+        const piece = this.#flatState(g, slot).slice([[g.offsets[i], g.offsets[i] + t.size]]);
+        const shaped = piece.reshape(t.shape);
+        copyInto(shaped, t);
+        piece.dispose();
+        shaped.dispose();
       }
     });
     this.stepCount = stepCount;
+    this.params.forEach((_, k) => (this.paramSteps[k] = paramSteps ? paramSteps[k] : stepCount));
   }
 
   /**
@@ -295,9 +420,10 @@ export abstract class Optimizer {
    * ```
    */
   dispose(): void {
-    for (const m of this.state) {
-      for (const t of m.values()) t.dispose();
-      m.clear();
+    this.#dropViews();
+    for (const g of this.#groups) {
+      for (const t of g.state.values()) t.dispose();
+      g.state.clear();
     }
     this.#disposed = true;
   }
@@ -350,20 +476,30 @@ export class SGD extends Optimizer {
     }
   }
 
-  /** The SGD update of parameter `k`. */
-  protected update(p: Tensor, g0: Tensor, k: number, lr: number): void {
+  /** The SGD rule. */
+  protected rule(
+    p: Tensor,
+    g0: Tensor,
+    state: ReadonlyMap<string, Tensor> | null,
+    _t: number,
+    lr: number,
+  ): Update {
     const temps: Tensor[] = [];
     const t = (x: Tensor) => (temps.push(x), x);
-    let g = this.weightDecay ? t(add(g0, t(mul(p, this.weightDecay)))) : g0;
-    if (this.momentum) {
-      const prev = this.state[k].get("momentum");
-      // PyTorch starts the buffer at g itself (no dampening on the first step)
-      const next = prev ? add(t(mul(prev, this.momentum)), t(mul(g, 1 - this.dampening))) : mul(g, 1);
-      const buf = this.setState(k, "momentum", next);
-      g = this.nesterov ? t(add(g, t(mul(buf, this.momentum)))) : buf;
+    try {
+      let g = this.weightDecay ? t(add(g0, t(mul(p, this.weightDecay)))) : g0;
+      const out: Record<string, Tensor> = {};
+      if (this.momentum) {
+        const prev = state?.get("momentum");
+        // PyTorch starts the buffer at g itself (no dampening on the first step)
+        const buf = prev ? add(t(mul(prev, this.momentum)), t(mul(g, 1 - this.dampening))) : mul(g, 1);
+        out.momentum = buf;
+        g = this.nesterov ? t(add(g, t(mul(buf, this.momentum)))) : buf;
+      }
+      return { param: sub(p, t(mul(g, lr))), state: out };
+    } finally {
+      for (const x of temps) x.dispose();
     }
-    this.assign(p, sub(p, t(mul(g, lr))));
-    for (const x of temps) x.dispose();
   }
 }
 
@@ -377,7 +513,8 @@ export interface AdamOptions extends OptimizerOptions {
 
 /**
  * Adam (Kingma and Ba, 2015), PyTorch's formulation: g += wd p (L2, coupled); m = β1 m + (1 - β1) g;
- * v = β2 v + (1 - β2) g²; p -= (lr / (1 - β1^t)) m / (sqrt(v) / sqrt(1 - β2^t) + eps).
+ * v = β2 v + (1 - β2) g²; p -= (lr / (1 - β1^t)) m / (sqrt(v) / sqrt(1 - β2^t) + eps), with t the
+ * parameter's own step count.
  *
  * @example
  * ```ts
@@ -413,22 +550,29 @@ export class Adam extends Optimizer {
     checkPositive(name, "weightDecay", this.weightDecay, true);
   }
 
-  /** The Adam/AdamW update of parameter `k`. */
-  protected update(p: Tensor, g0: Tensor, k: number, lr: number): void {
+  /** The Adam/AdamW rule. */
+  protected rule(
+    p: Tensor,
+    g0: Tensor,
+    state: ReadonlyMap<string, Tensor> | null,
+    step: number,
+    lr: number,
+  ): Update {
     const temps: Tensor[] = [];
     const t = (x: Tensor) => (temps.push(x), x);
-    const step = this.stepCount; // already incremented: 1 on the first step
-    let pv = p;
-    if (this.weightDecay && this.decoupled) pv = t(mul(p, 1 - lr * this.weightDecay));
-    const g = this.weightDecay && !this.decoupled ? t(add(g0, t(mul(p, this.weightDecay)))) : g0;
-    const m0 = this.state[k].get("m"), v0 = this.state[k].get("v");
-    const gm = mul(g, 1 - this.beta1), gg = mul(t(mul(g, g)), 1 - this.beta2);
-    const m = this.setState(k, "m", m0 ? add(t(mul(m0, this.beta1)), t(gm)) : gm);
-    const v = this.setState(k, "v", v0 ? add(t(mul(v0, this.beta2)), t(gg)) : gg);
-    const bc1 = 1 - this.beta1 ** step, bc2 = 1 - this.beta2 ** step;
-    const denom = t(t(mul(t(sqrt(v)), 1 / Math.sqrt(bc2))).add(this.eps));
-    this.assign(p, sub(pv, t(mul(t(div(m, denom)), lr / bc1))));
-    for (const x of temps) x.dispose();
+    try {
+      const pv = this.weightDecay && this.decoupled ? t(mul(p, 1 - lr * this.weightDecay)) : p;
+      const g = this.weightDecay && !this.decoupled ? t(add(g0, t(mul(p, this.weightDecay)))) : g0;
+      const m0 = state?.get("m"), v0 = state?.get("v");
+      const gm = mul(g, 1 - this.beta1), gg = mul(t(mul(g, g)), 1 - this.beta2);
+      const m = m0 ? add(t(mul(m0, this.beta1)), t(gm)) : gm;
+      const v = v0 ? add(t(mul(v0, this.beta2)), t(gg)) : gg;
+      const bc1 = 1 - this.beta1 ** step, bc2 = 1 - this.beta2 ** step;
+      const denom = t(t(mul(t(sqrt(v)), 1 / Math.sqrt(bc2))).add(this.eps));
+      return { param: sub(pv, t(mul(t(div(m, denom)), lr / bc1))), state: { m, v } };
+    } finally {
+      for (const x of temps) x.dispose();
+    }
   }
 }
 
@@ -476,22 +620,23 @@ export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor 
   const withGrad = [...params].filter((p) => p.grad);
   return noGrad(() => {
     if (withGrad.length === 0) throw new Error("clipGradNorm: no parameter has a gradient");
+    const devices = new Set(withGrad.map((p) => p.grad!.device));
+    if (devices.size > 1) throw new Error(`clipGradNorm: gradients on several devices (${[...devices]})`);
     const temps: Tensor[] = [];
     const t = (x: Tensor) => (temps.push(x), x);
-    let total: Tensor | null = null;
-    for (const p of withGrad) {
-      const g = p.grad!;
-      const g32 = g.dtype === "f32" ? g : t(g.cast("f32"));
-      const s = t(sum(t(mul(g32, g32))));
-      total = total ? t(add(total, s)) : s;
-    }
-    const norm = sqrt(total!);
+    // one concatenation, one sum of squares (in f32 at least)
+    const rows = withGrad.map((p) => {
+      const r = t(p.grad!.reshape([-1]));
+      return r.dtype === "f16" ? t(r.cast("f32")) : r;
+    });
+    const all = rows.length === 1 ? rows[0] : t(concat(rows));
+    const norm = sqrt(t(sum(t(mul(all, all)))));
     const scale = t(minimum(t(div(maxNorm, t(norm.add(1e-6)))), 1));
     for (const p of withGrad) {
       // a new tensor, not an in-place write: a gradient may be a broadcast view or share storage with
       // another parameter's gradient (the backward engine hands out views of one tensor)
       const g = p.grad!;
-      p.grad = keep(mul(g, g.dtype === "f32" ? scale : t(scale.cast(g.dtype))));
+      p.grad = keep(mul(g, g.dtype === scale.dtype ? scale : t(scale.cast(g.dtype))));
       g.dispose();
     }
     for (const x of temps) x.dispose();

@@ -281,10 +281,12 @@ export interface HasState {
   readonly params: readonly Tensor[];
   /** Steps taken, stored as metadata. */
   stepCount: number;
+  /** Each parameter's own step count, stored as metadata. */
+  readonly paramSteps: readonly number[];
   /** `<param index>.<slot>` -> state tensor. */
   stateTensors(): Map<string, Tensor>;
-  /** Replaces the state (validating first) and the step count. */
-  loadState(tensors: Map<string, Tensor>, stepCount: number): void;
+  /** Replaces the state (validating first) and the step counts. */
+  loadState(tensors: Map<string, Tensor>, stepCount: number, paramSteps?: readonly number[]): void;
 }
 
 /** Options of {@link encodeModel} and {@link saveModel}. */
@@ -336,6 +338,7 @@ export async function encodeModel(model: HasParameters, o: SaveOptions = {}): Pr
     for (const [k, t] of o.optimizer.stateTensors()) await add(OPT_PREFIX + k, t);
     metadata["seqlab.optimizer"] = o.optimizer.name;
     metadata["seqlab.step"] = String(o.optimizer.stepCount);
+    metadata["seqlab.paramSteps"] = JSON.stringify(o.optimizer.paramSteps);
   }
   return encodeSafetensors(out, metadata);
 }
@@ -393,6 +396,7 @@ export function decodeIntoModel(
   }
   const opt = o.optimizer;
   let step = 0;
+  let paramSteps: number[] | undefined;
   const optPlan: [string, Tensor, HostTensor][] = [];
   if (opt) {
     const saved = file.metadata["seqlab.optimizer"];
@@ -401,6 +405,22 @@ export function decodeIntoModel(
     step = Number(file.metadata["seqlab.step"]);
     if (!Number.isSafeInteger(step) || step < 0) {
       fail(`metadata seqlab.step ${JSON.stringify(file.metadata["seqlab.step"])} is not a step count`);
+    }
+    const ps = file.metadata["seqlab.paramSteps"];
+    if (ps !== undefined) {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(ps);
+      } catch {
+        parsed = null;
+      }
+      if (
+        !Array.isArray(parsed) || parsed.length !== opt.params.length ||
+        !parsed.every((n) => Number.isSafeInteger(n) && n >= 0)
+      ) {
+        fail(`metadata seqlab.paramSteps ${JSON.stringify(ps)} is not ${opt.params.length} step counts`);
+      }
+      paramSteps = parsed;
     }
     for (const [key, src] of optState) {
       const m = /^(\d+)\.([A-Za-z_]\w*)$/.exec(key);
@@ -423,7 +443,7 @@ export function decodeIntoModel(
     const uploads = plan.map(([p, src]) => upload(src, p));
     const optUploads = new Map(optPlan.map(([key, p, src]) => [key, upload(src, p)]));
     noGrad(() => plan.forEach(([p], i) => ops.copyInto(p, uploads[i])));
-    if (opt) opt.loadState(optUploads, step);
+    if (opt) opt.loadState(optUploads, step, paramSteps);
   } finally {
     for (const t of staged) t.dispose();
   }

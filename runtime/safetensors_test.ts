@@ -387,6 +387,14 @@ describe("loading into a model", () => {
         [
           rawFile({
             ...GOOD,
+            __metadata__: { "seqlab.optimizer": "Adam", "seqlab.step": "1", "seqlab.paramSteps": "[1]" },
+          }, cat(W, B)),
+          { optimizer: f.opt },
+          /metadata seqlab.paramSteps "\[1\]" is not 2 step counts/,
+        ],
+        [
+          rawFile({
+            ...GOOD,
             "__optimizer__.0.m": { dtype: "F32", shape: [2], data_offsets: [32, 40] },
             __metadata__: { "seqlab.optimizer": "Adam", "seqlab.step": "1" },
           }, cat(W, B, B)),
@@ -417,7 +425,13 @@ describe("loading into a model", () => {
       const b = new s.Linear(3, 2, { seed: 99, device });
       const opt = new s.Adam(b.parameters(), { lr: 0.1 });
       const meta = await s.loadModel(path, b, { optimizer: opt });
-      expect(meta).toEqual({ run: "test", "seqlab.optimizer": "Adam", "seqlab.step": "1" });
+      expect(meta).toEqual({
+        run: "test",
+        "seqlab.optimizer": "Adam",
+        "seqlab.step": "1",
+        "seqlab.paramSteps": "[1,1]",
+      });
+      expect(opt.paramSteps).toEqual([1, 1]);
       expect(await Promise.all(b.parameters().map(async (p) => Array.from(await p.toArray())))).toEqual(
         a.before.params,
       );
