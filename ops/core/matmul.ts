@@ -241,7 +241,11 @@ function texFits(K: number): boolean {
 
 const roundUp = (x: number, m: number) => Math.ceil(x / m) * m;
 
-/** A scratch texture of at least w x h texels and `layers` layers (bigger ones are fine: see matmulTex). */
+/**
+ * A scratch texture of at least w x h texels and `layers` layers: a cached one if any fits (the shaders
+ * index within the packed region, so a bigger texture serves), else a new one rounded up so that nearby
+ * shapes reuse it.
+ */
 function scratchTexture(role: "A" | "B", w: number, h: number, layers: number): Scratch {
   const list = scratch[role];
   let best: Scratch | undefined;
@@ -252,8 +256,8 @@ function scratchTexture(role: "A" | "B", w: number, h: number, layers: number): 
     const lim = gpu().limits;
     const W = Math.min(roundUp(w, 16), lim.maxTextureDimension2D);
     const H = Math.min(roundUp(h, 16), lim.maxTextureDimension2D);
-    // rgba32float storage textures: written by the pack pass, read (read-only) by the multiply
     const Lr = Math.min(2 ** Math.ceil(Math.log2(layers)), lim.maxTextureArrayLayers);
+    // rgba32float storage textures: written by the pack pass (or copies), read-only by the multiply
     const tex = gpu().device.createTexture({
       label: `matmul scratch ${role} ${W}x${H}x${Lr}`,
       size: [W, H, Lr],
@@ -378,14 +382,44 @@ function texMatmul(
 ): void {
   const ctx = gpu();
   ctx.checkAlive("matmul");
-  const maxLayers = ctx.limits.maxTextureArrayLayers;
+  // Submit what the context has recorded (closing its error scopes) before opening ours: error scopes are
+  // a stack, and everything below, texture creation included, reports into ours.
+  ctx.flush();
+  const device = ctx.device;
+  device.pushErrorScope("out-of-memory");
+  device.pushErrorScope("validation");
+  try {
+    const pa = packView(a, "A", batchShape), pb = packView(b, "B", batchShape);
+    const dispatches = recordTex(device, tile, pa, pb, out, numel(batchShape), M, N, K);
+    ctx.counters.dispatches += dispatches;
+    ctx.counters.submits++;
+  } finally {
+    const validation = device.popErrorScope(), oom = device.popErrorScope();
+    Promise.all([validation, oom]).then(([v, o]) => {
+      const e = o ?? v;
+      if (e) deferredError = `matmul ${tile.R}x${tile.C} texture pass failed: ${e.message}`;
+    });
+  }
+}
+
+/** Records and submits the passes of one texture matmul; returns the number of dispatches. */
+function recordTex(
+  device: GPUDevice,
+  tile: TexTile,
+  pa: PackView,
+  pb: PackView,
+  out: Tensor,
+  batch: number,
+  M: number,
+  N: number,
+  K: number,
+): number {
+  const lim = device.limits;
   const K4 = Math.ceil(K / 4);
-  const batch = numel(batchShape);
   const { RB, CB } = texBlocks(tile);
-  const pa = packView(a, "A", batchShape), pb = packView(b, "B", batchShape);
   // Chunks of row blocks, column blocks and batches, each within the layer limit and TEX_CAP.
-  const layersA = Math.max(1, Math.min(maxLayers, Math.floor(TEX_CAP / (RB * K4 * 16))));
-  const layersB = Math.max(1, Math.min(maxLayers, Math.floor(TEX_CAP / (4 * CB * K4 * 16))));
+  const layersA = Math.max(1, Math.min(lim.maxTextureArrayLayers, Math.floor(TEX_CAP / (RB * K4 * 16))));
+  const layersB = Math.max(1, Math.min(lim.maxTextureArrayLayers, Math.floor(TEX_CAP / (4 * CB * K4 * 16))));
   const mbAll = Math.ceil(M / RB), nbAll = Math.ceil(N / (4 * CB));
   const mbc = Math.min(mbAll, layersA), nbc = Math.min(nbAll, layersB);
   let bc = 1;
@@ -408,8 +442,6 @@ function texMatmul(
     () => matmulTex(tile, out.dtype),
   );
   ring.begin(chunks * (2 * roundUp(PACK_UNIFORM_WORDS * 4, 256) + 256));
-  ctx.flush();
-  const device = ctx.device;
   const enc = device.createCommandEncoder({ label: "matmul texture" });
   let pass: GPUComputePassEncoder | null = null;
   const compute = () => (pass ??= enc.beginComputePass());
@@ -419,11 +451,10 @@ function texMatmul(
   };
   let dispatches = 0;
 
-  // Packs `rows` x `cols` of operand p, starting at element `off`, for batches b0..b0+nb-1 (or once when
-  // shared), `blocks` blocks each: by row copies when the rows are aligned f32, else by the pack shader.
+  // Packs `rows` x `cols` of operand p, from element `off`, for batches b0..b0+nb-1 (once when shared),
+  // `blocks` blocks each: by row copies when the rows are aligned f32, else by the pack shader.
   const pack = (
     p: PackView,
-    role: "A" | "B",
     s: Scratch,
     blocks: number,
     rows: number,
@@ -432,36 +463,26 @@ function texMatmul(
     b0: number,
     nb: number,
   ) => {
+    const role = p === pa ? "A" : "B";
     const zs = p.shared ? 1 : nb;
     const offs = Array.from({ length: zs }, (_, z) => off + batchOffset(p, p.shared ? 0 : b0 + z));
-    const copies = zs * (role === "A" ? 2 : blocks);
-    if (copyable(p, cols, K, offs) && copies <= MAX_COPIES) {
+    if (copyable(p, cols, K, offs) && zs * (role === "A" ? 2 : blocks) <= MAX_COPIES) {
       endPass();
-      const bpr = p.rs * 4, blockCols = 4 * CB;
+      const src = { buffer: p.t.storage.buffer!, bytesPerRow: p.rs * 4 };
+      const at = (z: number, layer: number) => ({ texture: s.tex, origin: [0, 0, z * blocks + layer] });
       for (let z = 0; z < zs; z++) {
-        const src = { buffer: p.t.storage.buffer!, bytesPerRow: bpr };
         if (role === "A") {
           // whole blocks of RB rows in one copy, the last partial block in another
           const full = Math.floor(rows / RB), tail = rows - full * RB;
-          const at = (layer: number) => ({ texture: s.tex, origin: [0, 0, z * blocks + layer] });
+          const o = offs[z] * 4, oTail = (offs[z] + full * RB * p.rs) * 4;
           if (full > 0) {
-            enc.copyBufferToTexture({ ...src, offset: offs[z] * 4, rowsPerImage: RB }, at(0), [K4, RB, full]);
+            enc.copyBufferToTexture({ ...src, offset: o, rowsPerImage: RB }, at(z, 0), [K4, RB, full]);
           }
-          if (tail > 0) {
-            enc.copyBufferToTexture({ ...src, offset: (offs[z] + full * RB * p.rs) * 4 }, at(full), [
-              K4,
-              tail,
-              1,
-            ]);
-          }
+          if (tail > 0) enc.copyBufferToTexture({ ...src, offset: oTail }, at(z, full), [K4, tail, 1]);
         } else {
           for (let blk = 0; blk < blocks; blk++) {
-            const w = Math.ceil(Math.min(blockCols, cols - blk * blockCols) / 4);
-            enc.copyBufferToTexture(
-              { ...src, offset: (offs[z] + blk * blockCols) * 4 },
-              { texture: s.tex, origin: [0, 0, z * blocks + blk] },
-              [w, K, 1],
-            );
+            const w = Math.ceil(Math.min(4 * CB, cols - blk * 4 * CB) / 4);
+            enc.copyBufferToTexture({ ...src, offset: (offs[z] + blk * 4 * CB) * 4 }, at(z, blk), [w, K, 1]);
           }
         }
       }
@@ -479,42 +500,29 @@ function texMatmul(
     dispatches++;
   };
 
-  try {
-    for (let b0 = 0; b0 < batch; b0 += bc) {
-      const nb = Math.min(bc, batch - b0);
-      for (let n0 = 0; n0 < N; n0 += nc) {
-        const nn = Math.min(nc, N - n0), nbk = Math.ceil(nn / (4 * CB));
-        pack(pb, "B", tb, nbk, K, nn, pb.t.offset + n0 * pb.cs, b0, nb);
-        for (let m0 = 0; m0 < M; m0 += mc) {
-          const mm0 = Math.min(mc, M - m0), mbk = Math.ceil(mm0 / RB);
-          // with all rows in one chunk, A's texture still holds this batch chunk from the first n0
-          if (n0 === 0 || mc < M) pack(pa, "A", ta, mbk, mm0, K, pa.t.offset + m0 * pa.rs, b0, nb);
-          const u = new Uniforms().u32(mm0, nn, K4, pa.shared ? 0 : 1, pb.shared ? 0 : 1);
-          u.u32(b0 * M * N + m0 * N + n0, N, M * N, mbk, nbk);
-          const c = compute();
-          c.setPipeline(mm);
-          c.setBindGroup(0, bindGroup(mm, ring.push(u.build()), ta.view, tb.view, buf(out)));
-          c.dispatchWorkgroups(nbk, mbk, nb);
-          dispatches++;
-        }
+  for (let b0 = 0; b0 < batch; b0 += bc) {
+    const nb = Math.min(bc, batch - b0);
+    for (let n0 = 0; n0 < N; n0 += nc) {
+      const nn = Math.min(nc, N - n0), nbk = Math.ceil(nn / (4 * CB));
+      pack(pb, tb, nbk, K, nn, pb.t.offset + n0 * pb.cs, b0, nb);
+      for (let m0 = 0; m0 < M; m0 += mc) {
+        const mm0 = Math.min(mc, M - m0), mbk = Math.ceil(mm0 / RB);
+        // with all rows in one chunk, A's texture still holds this batch chunk from the first n0
+        if (n0 === 0 || mc < M) pack(pa, ta, mbk, mm0, K, pa.t.offset + m0 * pa.rs, b0, nb);
+        const u = new Uniforms().u32(mm0, nn, K4, pa.shared ? 0 : 1, pb.shared ? 0 : 1);
+        u.u32(b0 * M * N + m0 * N + n0, N, M * N, mbk, nbk);
+        const c = compute();
+        c.setPipeline(mm);
+        c.setBindGroup(0, bindGroup(mm, ring.push(u.build()), ta.view, tb.view, buf(out)));
+        c.dispatchWorkgroups(nbk, mbk, nb);
+        dispatches++;
       }
     }
-    endPass();
-    ring.upload();
-    device.pushErrorScope("out-of-memory");
-    device.pushErrorScope("validation");
-    device.queue.submit([enc.finish()]);
-    const validation = device.popErrorScope(), oom = device.popErrorScope();
-    Promise.all([validation, oom]).then(([v, o]) => {
-      const e = o ?? v;
-      if (e) deferredError = `matmul ${tile.R}x${tile.C} texture pass failed: ${e.message}`;
-    });
-    ctx.counters.dispatches += dispatches;
-    ctx.counters.submits++;
-  } finally {
-    if (pa.t !== a) pa.t.dispose();
-    if (pb.t !== b) pb.t.dispose();
   }
+  endPass();
+  ring.upload();
+  device.queue.submit([enc.finish()]);
+  return dispatches;
 }
 
 /** More row copies than this per operand and chunk, and the pack shader is cheaper. */
