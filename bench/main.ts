@@ -1,0 +1,22 @@
+/**
+ * `deno task bench [name...] [-- args]`: runs the named benchmarks (default: all), each printing a table
+ * and writing bench/results/<name>.json. `deno task bench matmul 256 512` passes sizes to matmul.
+ * @module
+ */
+
+const BENCHES = ["matmul", "rowwise", "train"] as const;
+
+const args = [...Deno.args];
+const names = args.filter((a) => Number.isNaN(Number(a)));
+const rest = args.filter((a) => !Number.isNaN(Number(a)));
+for (const n of names) {
+  if (!(BENCHES as readonly string[]).includes(n)) {
+    console.error(`unknown benchmark "${n}"; available: ${BENCHES.join(", ")}`);
+    Deno.exit(2);
+  }
+}
+for (const name of names.length ? names : BENCHES) {
+  console.log(`\n=== bench ${name} ===`);
+  const mod = await import(`./${name}.ts`);
+  await mod.main(rest);
+}

@@ -1,0 +1,84 @@
+/**
+ * Row-wise ops benchmark: softmax and layerNorm throughput in GB/s (bytes read + written per second) on
+ * both backends, over a few row counts and widths.
+ *
+ * Run: `deno task bench rowwise` (prints the table, writes bench/results/rowwise.json).
+ * @module
+ */
+
+import * as s from "../mod.ts";
+import type { Tensor } from "../mod.ts";
+import { hasWebGPU } from "../runtime/device.ts";
+import { loadAverage, table, timeOp, writeResult } from "./util.ts";
+
+/** [rows, D]: short and long rows, one large. */
+const SHAPES = [[1024, 1024], [4096, 1024], [256, 8192], [16384, 256]];
+
+/** One measurement. */
+export interface RowwiseRow {
+  op: "softmax" | "layerNorm";
+  shape: number[];
+  device: s.DeviceName;
+  ms: number;
+  gbps: number;
+}
+
+/** Times softmax (last axis) and layerNorm (with weight and bias) at each shape on each device. */
+export async function rowwiseTable(shapes = SHAPES): Promise<{ rows: RowwiseRow[]; text: string }> {
+  const devices: s.DeviceName[] = hasWebGPU() ? ["webgpu", "cpu"] : ["cpu"];
+  const rows: RowwiseRow[] = [];
+  for (const shape of shapes) {
+    const [R, D] = shape;
+    for (const device of devices) {
+      const x = s.randn(shape, { seed: 1, device }), w = s.randn([D], { seed: 2, device });
+      const b = s.randn([D], { seed: 3, device });
+      const ops: [RowwiseRow["op"], () => Tensor, number][] = [
+        ["softmax", () => s.softmax(x, -1), 2 * R * D * 4],
+        ["layerNorm", () => s.layerNorm(x, w, b), (2 * R * D + 2 * D) * 4],
+      ];
+      for (const [op, f, bytes] of ops) {
+        const { ms } = await timeOp(f, (t) => t.toArray(), (t) => t.dispose(), {
+          trials: device === "cpu" ? 3 : 5,
+          trialMs: 200,
+        });
+        rows.push({ op, shape, device, ms, gbps: bytes / (ms * 1e6) });
+      }
+      for (const t of [x, w, b]) t.dispose();
+    }
+  }
+  const cols = devices.flatMap((d) => [`softmax ${d}`, `layerNorm ${d}`]);
+  const body = shapes.map((shape) => [
+    `[${shape.join(", ")}]`,
+    ...devices.flatMap((d) =>
+      (["softmax", "layerNorm"] as const).map((op) => {
+        const r = rows.find((r) => r.op === op && r.device === d && r.shape === shape);
+        return r ? r.gbps.toFixed(2) : "-";
+      })
+    ),
+  ]);
+  const text = [
+    "softmax / layerNorm throughput, GB/s (f32; bytes read + written per second; median of trials)",
+    table(["shape", ...cols], body),
+  ].join("\n");
+  return { rows, text };
+}
+
+/** `deno task bench rowwise`: prints the table and writes bench/results/rowwise.json. */
+export async function main(): Promise<void> {
+  const load0 = loadAverage();
+  console.log(`adapter: ${s.adapterInfo()}\nload average at start: ${load0 ?? "?"}`);
+  const started = new Date().toISOString();
+  const t = await rowwiseTable();
+  const load1 = loadAverage();
+  console.log(`\n${t.text}\nload average at end: ${load1 ?? "?"}`);
+  const file = await writeResult("rowwise", {
+    bench: "rowwise",
+    started,
+    adapter: s.adapterInfo(),
+    deno: Deno.version.deno,
+    loadAverage: { start: load0, end: load1 },
+    unit: "GB/s",
+    rows: t.rows,
+  });
+  console.log(`wrote ${file}`);
+}
