@@ -8,13 +8,16 @@
  *   barriers are costly on the software adapter.
  * - v3 blocked-vec4: v2 with vec4 loads of A rows and B rows, four k per step (needs K, N and both
  *   offsets divisible by 4, f32).
- * - v4 texture: both operands are first packed (by {@link matmulPack}) into rgba32float texture arrays and
- *   read with textureLoad; 16x16 outputs per invocation. Exists because on lavapipe every storage-buffer
- *   load is a per-lane loop with a bounds check (~7 ns per lane and component, measured) while a texel
- *   fetch is a vector gather (~0.75 ns): v3 spent ~90% of its time loading, whatever its tile shape.
- *   Any M, N, K (K up to the texture height limit), f32 or f16 operands, strided views, broadcast batches.
- * - v5 texture-skinny: v4 with 4 rows per invocation, for short A (M <= 8: matrix-vector products), where
- *   v4's 16 rows would fetch 4x the A texels for nothing.
+ * - v4 texture: both operands are first packed into rgba32float texture arrays (row copies when the
+ *   operand is aligned f32, else {@link matmulPack}, which reads any strided view, casts f16 and
+ *   broadcasts batches) and read as read-only storage textures; 16x16 outputs per invocation, 8x2
+ *   invocations per workgroup. Exists because on lavapipe (Mesa 22.3) every storage-buffer load is a
+ *   per-lane loop with a bounds check, ~7 ns per lane and component (measured), while a storage-texture
+ *   load is a vector gather, ~0.34 ns: v3 spent ~90% of its time loading, and no tile shape (4x4 to 8x8,
+ *   workgroups 8x8, 16x16, 64x1) or loop order moved it past ~1 GFLOP/s at N = 1024. Any M, N, f32 or f16,
+ *   K up to the texture height limit (B's packed texture is K texels high).
+ * - v5 texture-skinny: v4 with 4 rows per invocation, for short A (M <= 16, matrix-vector products),
+ *   where v4's 32-row blocks would mostly fetch padding.
  *
  * v1-v3 uniforms: [M, N, K, batch0, offA, offB, sA, sB]; workgroup z is the batch index (plus batch0 when a
  * batch count over 65535 is split across dispatches). v4/v5 uniforms: see {@link matmulTex}.
