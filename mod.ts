@@ -25,6 +25,7 @@ export { WebGPUError } from "./runtime/webgpu.ts";
 export * from "./ops/core/mod.ts";
 export * from "./ops/posenc/mod.ts";
 export * from "./ops/approx/mod.ts";
+export * from "./ops/ssm/mod.ts";
 export { isGradEnabled, noGrad, param, record } from "./runtime/autograd.ts";
 export type { GradNode } from "./runtime/autograd.ts";
 export * from "./models/mod.ts";

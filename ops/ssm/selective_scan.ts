@@ -1,0 +1,556 @@
+/**
+ * The selective scan (S6) op on both backends with a backward registered with autograd: cpu runs the
+ * float64 reference; WebGPU runs fwd v1 (sequential) or fwd v2 (chunked parallel scan over textures) and
+ * bwd v1 (see `selective_scan_wgsl.ts` for the versions and why each exists).
+ * @module
+ */
+
+import { gpu } from "../../runtime/device.ts";
+import { fmt } from "../../runtime/shape.ts";
+import { type Tensor, tidy } from "../../runtime/tensor.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { record } from "../../runtime/autograd.ts";
+import { zeros } from "../core/creation.ts";
+import { add, cast, contiguous } from "../core/elementwise.ts";
+import { concat } from "../core/layout.ts";
+import { sum } from "../core/reduce.ts";
+import { empty, fromArray, Uniforms } from "../core/util.ts";
+import {
+  checkAHost,
+  checkScan,
+  positiveAMessage,
+  type ScanDims,
+  type SelectiveScanOptions,
+} from "./scan_check.ts";
+import { selectiveScanBackwardRef, selectiveScanRef } from "./selective_scan_ref.ts";
+import {
+  carryHillisSteeleV2,
+  carrySeqV2,
+  packSeqV2,
+  paramStride,
+  SCAN_POSITIVE_A,
+  SCAN_WG,
+  scanChunkV2,
+  scanFixupV2,
+  scanV1,
+  type ScanVariant,
+  seqLayout,
+  type SeqTexLayout,
+  TEX_W,
+  V2_WORDS,
+  variantKey,
+} from "./selective_scan_wgsl.ts";
+import { scanBackwardV1 } from "./selective_scan_bwd_wgsl.ts";
+import { PassRecorder, scratchTexture } from "./texture_pass.ts";
+
+export type { SelectiveScanOptions } from "./scan_check.ts";
+
+/** Options of {@link selectiveScan}: the reference's, plus the shader choice. */
+export interface SelectiveScanGpuOptions extends SelectiveScanOptions {
+  /**
+   * WebGPU version: "v1" sequential, "v2" chunked parallel scan, "auto" (default): v2 unless the chunks
+   * would be a single one and v1 is cheaper (L < 256) or v2's textures cannot hold the inputs.
+   */
+  version?: "auto" | "v1" | "v2";
+  /** v2 chunk length in steps (a multiple of 4; default: from L and B * D, see {@link scanChunkSize}). */
+  chunkSize?: number;
+  /** v2 carry pass: "sequential" (default, measured faster on lavapipe) or "hillis-steele". */
+  carry?: "sequential" | "hillis-steele";
+}
+
+/**
+ * The chunk length v2 uses by default: enough chunks that B * D * chunks invocations keep the adapter
+ * busy (~4096), each at least 64 steps, a multiple of 4.
+ *
+ * @example
+ * ```ts
+ * import { scanChunkSize } from "seqlab";
+ * console.log(scanChunkSize(16384, 512)); // 2048
+ * ```
+ */
+export function scanChunkSize(L: number, BD: number): number {
+  const chunks = Math.max(1, Math.ceil(4096 / BD));
+  return Math.max(64, Math.ceil(L / chunks / 4) * 4);
+}
+
+/**
+ * FLOPs and bytes of one forward scan (for benchmarks): ~6 flops and one exp (counted as 1) per
+ * (b, d, t, n); u, delta, out and input-dependent B, C read or written once.
+ *
+ * @example
+ * ```ts
+ * import { scanCost } from "seqlab";
+ * console.log(scanCost({ Bn: 1, D: 512, N: 16, L: 16384 }).flops / 1e9); // 0.939524096
+ * ```
+ */
+export function scanCost(
+  d: { Bn: number; D: number; N: number; L: number },
+): { flops: number; bytes: number } {
+  const elems = d.Bn * d.D * d.L;
+  return { flops: elems * d.N * 7, bytes: 4 * (3 * elems + 2 * d.Bn * d.N * d.L) };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// WebGPU forward
+
+interface Prepared {
+  dims: ScanDims;
+  v: ScanVariant;
+  params: Tensor;
+  u: Tensor;
+  delta: Tensor;
+  z: Tensor | null;
+  B: Tensor | null;
+  C: Tensor | null;
+}
+
+/** Contiguous f32 inputs and the per-channel params row (A, D, deltaBias, shared B and C). */
+function prepare(
+  op: string,
+  dims: ScanDims,
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  o: SelectiveScanOptions,
+  last: boolean,
+): Prepared {
+  const { D, device } = dims;
+  for (const t of [u, delta, A, B, C, o.D, o.z, o.deltaBias]) {
+    if (t && t.dtype !== "f32") {
+      throw new Error(`${op}: the WebGPU scan computes in f32; got ${t.describe()} (cast it first)`);
+    }
+  }
+  const ctx = gpu();
+  ctx.diagnostic(SCAN_POSITIVE_A, (d, n) => positiveAMessage(op, d, n, NaN, A.shape).replace(" = NaN", ""));
+  const col = (t: Tensor | null | undefined) =>
+    t ? t.reshape([D, 1]) : zeros([D, 1], { dtype: "f32", device });
+  const parts = [A, col(o.D), col(o.deltaBias)];
+  if (dims.bShared) parts.push(B);
+  if (dims.cShared) parts.push(C);
+  return {
+    dims,
+    v: {
+      N: dims.N,
+      bShared: dims.bShared,
+      cShared: dims.cShared,
+      hasZ: !!o.z,
+      softplus: !!o.deltaSoftplus,
+      last,
+    },
+    params: concat(parts, 1),
+    u: contiguous(u),
+    delta: contiguous(delta),
+    z: o.z ? contiguous(o.z) : null,
+    B: dims.bShared ? null : contiguous(B),
+    C: dims.cShared ? null : contiguous(C),
+  };
+}
+
+function forwardV1(p: Prepared, out: Tensor, last: Tensor | null): void {
+  const { Bn, D, L, G } = p.dims;
+  const ctx = gpu();
+  const inputs = [p.params, p.u, p.delta, p.B, p.C, p.z].filter((t): t is Tensor => !!t);
+  ctx.run({
+    name: "selectiveScan",
+    key: `v1|${variantKey(p.v)}`,
+    source: () => scanV1(p.v),
+    inputs: inputs.map((t) => t.storage.buffer!),
+    outputs: [out.storage.buffer!, ...(last ? [last.storage.buffer!] : []), ctx.diagnostics],
+    uniforms: new Uniforms().u32(
+      Bn,
+      D,
+      L,
+      D / G,
+      G,
+      p.u.offset,
+      p.delta.offset,
+      p.z?.offset ?? 0,
+      p.B?.offset ?? 0,
+      p.C?.offset ?? 0,
+    ).padTo(12).build(),
+    workgroups: grid(Bn * D, SCAN_WG),
+  });
+}
+
+/** Packs (rows, L) operands into layer ranges of a scratch texture: by copies when aligned, else a pass. */
+function packSeq(rec: PassRecorder, role: string, ops: Tensor[], rows: number, lay: SeqTexLayout) {
+  const tex = scratchTexture(role, lay.width, lay.height, ops.length * lay.rowBlocks * lay.segments);
+  ops.forEach((t, op) => {
+    if (lay.L % 64 === 0 && t.offset % 4 === 0) {
+      // whole rows of 4L bytes (a multiple of 256) straight into the texture, per row block and segment
+      for (let rb = 0; rb < lay.rowBlocks; rb++) {
+        const r0 = rb * lay.rowsPerBlock, nr = Math.min(lay.rowsPerBlock, rows - r0);
+        for (let s = 0; s < lay.segments; s++) {
+          const w = Math.min(TEX_W, lay.L4 - s * TEX_W);
+          rec.copyBufferToTexture(
+            {
+              buffer: t.storage.buffer!,
+              offset: (t.offset + r0 * lay.L + s * TEX_W * 4) * 4,
+              bytesPerRow: lay.L * 4,
+            },
+            { texture: tex.tex, origin: [0, 0, (op * lay.rowBlocks + rb) * lay.segments + s] },
+            [w, nr, 1],
+          );
+        }
+      }
+      return;
+    }
+    rec.dispatch(
+      "ssm pack v2",
+      packSeqV2,
+      new Uniforms().u32(rows, lay.L, lay.L4, t.offset, lay.rowsPerBlock, lay.rowBlocks, lay.segments, op)
+        .build(),
+      [{ buffer: t.storage.buffer! }, tex.view],
+      [Math.ceil(lay.L4 / SCAN_WG), Math.min(rows, 65535), Math.ceil(rows / 65535)],
+    );
+  });
+  return tex;
+}
+
+/** Whether v2's textures can hold these inputs. */
+function v2Fits(d: ScanDims): boolean {
+  const lim = gpu().limits;
+  const x = seqLayout(d.Bn * d.D, d.L, 1), bc = seqLayout(d.Bn * d.G * d.N, d.L, d.N);
+  return d.N <= TEX_W && 3 * x.rowBlocks * x.segments <= lim.maxTextureArrayLayers &&
+    2 * bc.rowBlocks * bc.segments <= lim.maxTextureArrayLayers;
+}
+
+function forwardV2(
+  p: Prepared,
+  out: Tensor,
+  last: Tensor | null,
+  chunkSize: number,
+  carry: "sequential" | "hillis-steele",
+): void {
+  const { Bn, D, L, G, N } = p.dims;
+  const BD = Bn * D;
+  const xl = seqLayout(BD, L, 1), bl = seqLayout(Bn * G * N, L, N);
+  const T4 = chunkSize / 4, chunks = Math.ceil(xl.L4 / T4);
+  const rec = new PassRecorder("selectiveScan v2");
+  const tx = packSeq(rec, "ssm scan X", [p.u, p.delta, ...(p.z ? [p.z] : [])], BD, xl);
+  const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
+  const tbc = bcOps.length ? packSeq(rec, "ssm scan BC", bcOps, Bn * G * N, bl) : null;
+  const uni = new Uniforms().u32(
+    BD,
+    D,
+    L,
+    xl.L4,
+    T4,
+    chunks,
+    D / G,
+    G,
+    xl.rowBlocks,
+    bl.rowsPerBlock / N,
+    bl.rowBlocks,
+    xl.segments,
+    out.offset,
+  ).padTo(V2_WORDS).build();
+  const ctx = gpu();
+  const key = variantKey(p.v);
+  const carryBuf = empty("selectiveScan carry", [BD, chunks, N + 1], "f32", "webgpu");
+  const diag = { buffer: ctx.diagnostics };
+  const params = { buffer: p.params.storage.buffer! };
+  const groups: [number, number, number] = [Math.ceil(BD / SCAN_WG), chunks, 1];
+  try {
+    if (chunks > 1) {
+      const res: GPUBindingResource[] = [params, tx.view];
+      if (!p.v.bShared) res.push(tbc!.view);
+      res.push({ buffer: carryBuf.storage.buffer! }, diag);
+      rec.dispatch(`ssm chunk v2|${key}`, () => scanChunkV2(p.v), uni, res, groups);
+      const cres = [params, { buffer: carryBuf.storage.buffer! }, diag];
+      if (carry === "hillis-steele") {
+        rec.dispatch(`ssm carry hs v2|${key}`, () => carryHillisSteeleV2(p.v), uni, cres, [
+          BD,
+          Math.ceil(N / 4),
+          1,
+        ]);
+      } else {
+        rec.dispatch(`ssm carry seq v2|${key}`, () => carrySeqV2(p.v), uni, cres, grid(BD, SCAN_WG));
+      }
+    }
+    const res: GPUBindingResource[] = [params, tx.view];
+    if (tbc) res.push(tbc.view);
+    res.push({ buffer: carryBuf.storage.buffer! }, { buffer: out.storage.buffer! });
+    if (last) res.push({ buffer: last.storage.buffer! });
+    res.push(diag);
+    rec.dispatch(`ssm fixup v2|${key}`, () => scanFixupV2(p.v), uni, res, groups);
+    rec.submit();
+  } finally {
+    carryBuf.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// WebGPU backward
+
+/** Scratch floats the backward may take per dispatch for input-dependent dB / dC terms (64 MiB each). */
+const BWD_PARTIAL_CAP = 16 * 2 ** 20;
+
+interface ScanGrads {
+  du: Tensor;
+  ddelta: Tensor;
+  dA: Tensor;
+  dB: Tensor;
+  dC: Tensor;
+  dD: Tensor | null;
+  dz: Tensor | null;
+  dDeltaBias: Tensor | null;
+}
+
+/** Channel blocks of the backward: whole groups at a time, or equal parts of one group. */
+function channelBlocks(D: number, H: number, perChannel: number): number {
+  const cap = Math.max(1, Math.floor(BWD_PARTIAL_CAP / Math.max(perChannel, 1)));
+  if (cap >= H) return H * Math.max(1, Math.min(D / H, Math.floor(cap / H)));
+  let b = Math.min(cap, H);
+  while (H % b !== 0) b--;
+  return b;
+}
+
+function backwardV1(
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  o: SelectiveScanOptions,
+  dout: Tensor | null,
+  dlast: Tensor | null,
+): ScanGrads {
+  const dims = checkScan("selectiveScan backward", u, delta, A, B, C, o);
+  const p = prepare("selectiveScan backward", dims, u, delta, A, B, C, o, false);
+  const { Bn, D, L, N, G } = dims;
+  const H = D / G, P = paramStride(p.v);
+  const ctx = gpu();
+  const go = dout ? contiguous(dout) : null, gl = dlast ? contiguous(dlast) : null;
+  const du = empty("selectiveScan du", [Bn, D, L], "f32", "webgpu");
+  const ddelta = empty("selectiveScan ddelta", [Bn, D, L], "f32", "webgpu");
+  const dz = p.z ? empty("selectiveScan dz", [Bn, D, L], "f32", "webgpu") : null;
+  const dP = empty("selectiveScan dparams", [Bn, D, P], "f32", "webgpu");
+  const K = Math.max(16, Math.ceil(Math.sqrt(L))), nS = Math.ceil(L / K);
+  const varB = !dims.bShared, varC = !dims.cShared;
+  const Dblk = varB || varC ? channelBlocks(D, H, Bn * N * L) : D;
+  // (Bn, groups, N, L) pieces of input-dependent dB / dC in channel order (the backward runs in a tidy
+  // scope, which frees every intermediate)
+  const pieces: { B: Tensor[]; C: Tensor[] } = { B: [], C: [] };
+  const partial: { B: Tensor | null; C: Tensor | null } = { B: null, C: null };
+  const v = { ...p.v, last: false };
+  for (let d0 = 0; d0 < D; d0 += Dblk) {
+    const nb = Math.min(Dblk, D - d0);
+    const scratch = empty("selectiveScan bwd scratch", [Bn * nb, nS + K, N], "f32", "webgpu");
+    const dBv = varB ? empty("selectiveScan dB terms", [Bn, nb, N, L], "f32", "webgpu") : null;
+    const dCv = varC ? empty("selectiveScan dC terms", [Bn, nb, N, L], "f32", "webgpu") : null;
+    const inputs = [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl].filter((t): t is Tensor => !!t);
+    const outputs = [du, ddelta, dz, dP, dBv, dCv, scratch].filter((t): t is Tensor => !!t);
+    ctx.run({
+      name: "selectiveScan backward",
+      key: `bwd v1|${variantKey(v)}|${!!go}|${!!gl}`,
+      source: () => scanBackwardV1(v, !!go, !!gl),
+      inputs: inputs.map((t) => t.storage.buffer!),
+      outputs: outputs.map((t) => t.storage.buffer!),
+      uniforms: new Uniforms().u32(
+        Bn,
+        D,
+        L,
+        H,
+        G,
+        d0,
+        nb,
+        K,
+        nS,
+        p.u.offset,
+        p.delta.offset,
+        p.z?.offset ?? 0,
+        p.B?.offset ?? 0,
+        p.C?.offset ?? 0,
+        go?.offset ?? 0,
+        gl?.offset ?? 0,
+      ).build(),
+      workgroups: grid(Bn * nb, SCAN_WG),
+    });
+    scratch.dispose();
+    for (const [which, t] of [["B", dBv], ["C", dCv]] as const) {
+      if (!t) continue;
+      if (nb >= H) pieces[which].push(sum(t.reshape([Bn, nb / H, H, N, L]), 2));
+      else {
+        // a block inside one group: summed into the group's partial until the group is complete
+        const s = sum(t, 1, true);
+        partial[which] = partial[which] ? add(partial[which]!, s) : s;
+        if ((d0 + nb) % H === 0) {
+          pieces[which].push(partial[which]!);
+          partial[which] = null;
+        }
+      }
+      t.dispose();
+    }
+  }
+  for (const t of [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl]) t?.dispose();
+  return tidy(() => {
+    const dPs = sum(dP, 0); // (D, P)
+    dP.dispose();
+    const colRange = (a: number, b: number) => contiguous(dPs.slice([null, [a, b]]));
+    let off = N + 2;
+    const dBs = dims.bShared ? colRange(off, off += N) : null;
+    const dCs = dims.cShared ? colRange(off, off + N) : null;
+    const grouped = (which: "B" | "C", like: Tensor) => concat(pieces[which], 1).reshape(like.shape);
+    return {
+      du,
+      ddelta,
+      dA: colRange(0, N),
+      dB: dBs ?? grouped("B", B),
+      dC: dCs ?? grouped("C", C),
+      dD: o.D ? colRange(N, N + 1).reshape([D]) : null,
+      dz,
+      dDeltaBias: o.deltaBias ? colRange(N + 1, N + 2).reshape([D]) : null,
+    };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// the op
+
+/** Gradients from the float64 reference, as tensors of the inputs' dtype (cpu). */
+function backwardCpu(
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  o: SelectiveScanOptions,
+  dout: Tensor | null,
+  dlast: Tensor | null,
+): ScanGrads {
+  const r = selectiveScanBackwardRef(u, delta, A, B, C, o, { dout, dlast });
+  const t = (x: Float64Array | null, like: Tensor | null | undefined) =>
+    x && like ? fromArray(x, like.shape, like.dtype, "cpu") : null;
+  return {
+    du: t(r.du, u)!,
+    ddelta: t(r.ddelta, delta)!,
+    dA: t(r.dA, A)!,
+    dB: t(r.dB, B)!,
+    dC: t(r.dC, C)!,
+    dD: t(r.dD, o.D),
+    dz: t(r.dz, o.z),
+    dDeltaBias: t(r.dDeltaBias, o.deltaBias),
+  };
+}
+
+/** Records the scan's backward for `out` (dout) or the last state (dlast). */
+function recordScan(
+  name: string,
+  out: Tensor,
+  inputs: Tensor[],
+  o: SelectiveScanOptions,
+  forLast: boolean,
+): Tensor {
+  return record(name, out, inputs, inputs, (g, saved) => {
+    const [u, delta, A, B, C] = saved;
+    let k = 5;
+    const so: SelectiveScanOptions = {
+      deltaSoftplus: o.deltaSoftplus,
+      D: o.D ? saved[k++] : null,
+      z: o.z ? saved[k++] : null,
+      deltaBias: o.deltaBias ? saved[k++] : null,
+    };
+    const dout = forLast ? null : g, dlast = forLast ? g : null;
+    const r = u.device === "cpu"
+      ? backwardCpu(u, delta, A, B, C, so, dout, dlast)
+      : backwardV1(u, delta, A, B, C, so, dout, dlast);
+    const grads: (Tensor | null)[] = [r.du, r.ddelta, r.dA, r.dB, r.dC];
+    if (o.D) grads.push(r.dD);
+    if (o.z) grads.push(r.dz);
+    if (o.deltaBias) grads.push(r.dDeltaBias);
+    return grads;
+  });
+}
+
+/**
+ * The selective scan (S6) with `selectiveScanRef`'s signature and shapes: u, delta (B, D, L); A (D, N)
+ * non-positive; B and C shared (D, N), input-dependent (B, N, L) or grouped (B, G, N, L); options D (D),
+ * z (B, D, L), deltaBias (D), deltaSoftplus, returnLastState (then `[out, lastState]` with lastState
+ * (B, D, N)). Differentiable in every tensor input (a second node carries the last state's gradient).
+ *
+ * On cpu it is the float64 reference (rounded to the inputs' dtype). On WebGPU (f32) `version` picks
+ * fwd v1 (sequential, one invocation per (b, d)) or v2 (chunked parallel scan reading textures);
+ * "auto" takes v2 from L = 256 on. A positive A raises a shader diagnostic, reported as an error at the
+ * next readback.
+ *
+ * @example
+ * ```ts
+ * import { rand, randn, selectiveScan, tensor } from "seqlab";
+ * const [Bn, D, L, N] = [1, 4, 16, 8];
+ * const u = randn([Bn, D, L], { seed: 1 }), delta = rand([Bn, D, L], { seed: 2, low: 0.01, high: 0.1 });
+ * const A = rand([D, N], { seed: 3, low: -2, high: -0.5 });
+ * const B = randn([Bn, N, L], { seed: 4 }), C = randn([Bn, N, L], { seed: 5 });
+ * const [y, last] = selectiveScan(u, delta, A, B, C, { returnLastState: true });
+ * console.log(y.shape, last.shape); // [1, 4, 16] [1, 4, 8]
+ * ```
+ */
+export function selectiveScan(
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  opts: SelectiveScanGpuOptions & { returnLastState: true },
+): [Tensor, Tensor];
+/** The selective scan returning only the output (see the overload above). */
+export function selectiveScan(
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  opts?: SelectiveScanGpuOptions,
+): Tensor;
+export function selectiveScan(
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  opts: SelectiveScanGpuOptions = {},
+): Tensor | [Tensor, Tensor] {
+  const op = "selectiveScan";
+  const dims = checkScan(op, u, delta, A, B, C, opts);
+  const wantLast = !!opts.returnLastState;
+  const inputs = [u, delta, A, B, C, opts.D, opts.z, opts.deltaBias].filter((t): t is Tensor => !!t);
+  let out: Tensor, last: Tensor | null = null;
+  if (dims.device === "cpu") {
+    checkAHost(op, A);
+    const r = selectiveScanRef(u, delta, A, B, C, { ...opts, returnLastState: true });
+    out = cast(r[0], u.dtype);
+    last = wantLast ? cast(r[1], u.dtype) : null;
+    r[0].dispose();
+    r[1].dispose();
+  } else {
+    const version = opts.version ?? "auto";
+    if (!["auto", "v1", "v2"].includes(version)) {
+      throw new Error(`${op}: version must be "auto", "v1" or "v2", got ${JSON.stringify(version)}`);
+    }
+    const chunkSize = opts.chunkSize ?? scanChunkSize(dims.L, dims.Bn * dims.D);
+    if (!Number.isInteger(chunkSize) || chunkSize < 4 || chunkSize % 4 !== 0) {
+      throw new Error(`${op}: chunkSize must be a positive multiple of 4, got ${chunkSize}`);
+    }
+    const fits = v2Fits(dims);
+    if (version === "v2" && !fits) {
+      throw new Error(
+        `${op}: v2's textures cannot hold u ${fmt(u.shape)} with N = ${dims.N} on this adapter; use v1`,
+      );
+    }
+    const useV2 = version === "v2" || (version === "auto" && fits && dims.L >= 256);
+    out = empty(op, [dims.Bn, dims.D, dims.L], "f32", "webgpu");
+    last = wantLast ? empty(`${op} last state`, [dims.Bn, dims.D, dims.N], "f32", "webgpu") : null;
+    const p = prepare(op, dims, u, delta, A, B, C, opts, wantLast);
+    try {
+      if (useV2) forwardV2(p, out, last, chunkSize, opts.carry ?? "sequential");
+      else forwardV1(p, out, last);
+    } finally {
+      for (const t of [p.params, p.u, p.delta, p.z, p.B, p.C]) t?.dispose();
+    }
+  }
+  out = recordScan(op, out, inputs, opts, false);
+  if (!wantLast) return out;
+  return [out, recordScan(`${op} last state`, last!, inputs, opts, true)];
+}

@@ -1,0 +1,390 @@
+import { describe, expect, test } from "vitest";
+import * as s from "../../mod.ts";
+import type { Tensor } from "../../mod.ts";
+import { assertClose, GPU, leakCheck, scoped } from "../../test/helpers.ts";
+
+leakCheck();
+
+/** The reference repo's fp32 tolerances; gradients looser as there (delta: rtol x5, atol x10). */
+const TOL = { atol: 2e-3, rtol: 6e-4 };
+const GTOL = { atol: 2e-3, rtol: 1e-3 };
+const DTOL = { atol: 2e-2, rtol: 3e-3 };
+const HEAVY = !!Deno.env.get("SEQLAB_HEAVY");
+
+const arr = async (t: Tensor) => Array.from(await t.toArray());
+const cpu = { device: "cpu" as const };
+
+type Layout = "shared" | "var" | "group";
+
+/**
+ * Random scan inputs on cpu (f64), A in [-2, -0.1]; delta in [-3, 0.5] for use with softplus, or (`raw`)
+ * in [0.01, 0.5] for use without.
+ */
+function inputs(Bn: number, D: number, L: number, N: number, layout: Layout, seed = 1, G = 2, raw = false) {
+  const o = { ...cpu, dtype: "f64" as const };
+  const bshape = layout === "shared" ? [D, N] : layout === "group" ? [Bn, G, N, L] : [Bn, N, L];
+  return {
+    u: s.randn([Bn, D, L], { seed, ...o }),
+    delta: s.rand([Bn, D, L], { seed: seed + 1, low: raw ? 0.01 : -3, high: 0.5, ...o }),
+    A: s.rand([D, N], { seed: seed + 2, low: -2, high: -0.1, ...o }),
+    B: s.randn(bshape, { seed: seed + 3, ...o }),
+    C: s.randn(bshape, { seed: seed + 4, ...o }),
+    D: s.randn([D], { seed: seed + 5, ...o }),
+    z: s.randn([Bn, D, L], { seed: seed + 6, ...o }),
+    deltaBias: s.randn([D], { seed: seed + 7, std: 0.5, ...o }),
+  };
+}
+type Inputs = ReturnType<typeof inputs>;
+
+async function toGpu(x: Inputs): Promise<Inputs> {
+  const out: Record<string, Tensor> = {};
+  for (const [k, v] of Object.entries(x)) out[k] = await s.cast(v, "f32").to("webgpu");
+  return out as Inputs;
+}
+
+const full = (x: Inputs) => ({ D: x.D, z: x.z, deltaBias: x.deltaBias, deltaSoftplus: true });
+
+describe("selectiveScanRef", () => {
+  test(
+    "hand-computed: running sum (A = 0) and decay exp(-1), D skip, softplus, gate",
+    scoped(async () => {
+      const t = (v: unknown) => s.tensor(v as number[], { ...cpu, dtype: "f64" });
+      const u = t([[[1, 2, 3]]]), one = t([[[1, 1, 1]]]);
+      expect(await arr(s.selectiveScanRef(u, one, t([[0]]), t([[1]]), t([[2]])))).toEqual([2, 6, 12]);
+      // h_t = e^-1 h_t-1 + u_t with A = -1, delta = 1; out = h + 0.5 u
+      const e = Math.exp(-1);
+      const [y, last] = s.selectiveScanRef(u, one, t([[-1]]), t([[1]]), t([[1]]), {
+        D: t([0.5]),
+        returnLastState: true,
+      });
+      const h = [1, 2 + e, 3 + e * (2 + e)];
+      assertClose(await arr(y), h.map((v, i) => v + 0.5 * (i + 1)), { atol: 1e-12, rtol: 1e-12 });
+      assertClose(await arr(last), [h[2]], { atol: 1e-12, rtol: 1e-12 });
+      // delta = softplus(0 + bias ln(e - 1)) = 1 and a gate z = 0 zeroes the output
+      const g = s.selectiveScanRef(u, t([[[0, 0, 0]]]), t([[0]]), t([[1]]), t([[1]]), {
+        deltaBias: t([Math.log(Math.E - 1)]),
+        deltaSoftplus: true,
+        z: t([[[0, 1, 0]]]),
+      });
+      assertClose(await arr(g), [0, 3 / (1 + Math.exp(-1)), 0], { atol: 1e-12, rtol: 1e-12 });
+    }),
+  );
+
+  test(
+    "grouped B equals B repeated per channel; shared equals input-dependent constant in time",
+    scoped(async () => {
+      const x = inputs(2, 4, 9, 3, "group");
+      const Brep = x.B.unsqueeze(2).expand([2, 2, 2, 3, 9]).reshape([2, 4, 3, 9]);
+      const Crep = x.C.unsqueeze(2).expand([2, 2, 2, 3, 9]).reshape([2, 4, 3, 9]);
+      const g = await arr(s.selectiveScanRef(x.u, x.delta, x.A, x.B, x.C, full(x)));
+      const r = await arr(s.selectiveScanRef(x.u, x.delta, x.A, Brep, Crep, full(x)));
+      assertClose(g, r, { atol: 1e-12, rtol: 1e-12 });
+      const y = inputs(1, 3, 5, 2, "shared");
+      const Bt = y.B.unsqueeze(0).unsqueeze(-1).expand([1, 3, 2, 5]);
+      const Ct = y.C.unsqueeze(0).unsqueeze(-1).expand([1, 3, 2, 5]);
+      assertClose(
+        await arr(s.selectiveScanRef(y.u, y.delta, y.A, y.B, y.C)),
+        await arr(s.selectiveScanRef(y.u, y.delta, y.A, Bt, Ct)),
+        { atol: 1e-12, rtol: 1e-12 },
+      );
+    }),
+  );
+});
+
+describe.skipIf(!GPU)("selectiveScan on WebGPU against the reference", () => {
+  const versions: [string, s.SelectiveScanGpuOptions][] = [
+    ["v1", { version: "v1" }],
+    ["v2 chunk 8", { version: "v2", chunkSize: 8 }],
+    ["v2 chunk 12 hillis-steele", { version: "v2", chunkSize: 12, carry: "hillis-steele" }],
+  ];
+  const cases: [number, number, number, number, Layout, boolean][] = [
+    // Bn, D, L, N, layout, every option
+    [1, 1, 1, 1, "var", false],
+    [2, 3, 37, 5, "var", true],
+    [2, 4, 64, 16, "group", true],
+    [1, 5, 23, 17, "shared", true],
+    [2, 2, 50, 4, "var", false],
+  ];
+  for (const [Bn, D, L, N, layout, opts] of cases) {
+    test(
+      `B ${Bn}, D ${D}, L ${L}, N ${N}, ${layout} B/C${opts ? ", D, z, deltaBias, softplus" : ""}`,
+      scoped(async () => {
+        const x = inputs(Bn, D, L, N, layout, Bn * 7 + L, 2, !opts);
+        const o = opts ? full(x) : {};
+        const [ref, refLast] = s.selectiveScanRef(x.u, x.delta, x.A, x.B, x.C, {
+          ...o,
+          returnLastState: true,
+        });
+        const g = await toGpu(x);
+        const og = opts ? full(g) : {};
+        for (const [name, v] of versions) {
+          const [y, last] = s.selectiveScan(g.u, g.delta, g.A, g.B, g.C, {
+            ...og,
+            ...v,
+            returnLastState: true,
+          });
+          try {
+            assertClose(await arr(y), await arr(ref), TOL, { actual: y.shape, expected: ref.shape });
+            assertClose(await arr(last), await arr(refLast), TOL, {
+              actual: last.shape,
+              expected: refLast.shape,
+            });
+          } catch (e) {
+            throw new Error(`${name}: ${(e as Error).message}`);
+          }
+        }
+      }),
+    );
+  }
+
+  test(
+    "strided and offset views are read correctly",
+    scoped(async () => {
+      const x = inputs(3, 4, 70, 4, "var", 5, 2, true);
+      const g = await toGpu(x);
+      const sl = (t: Tensor) => t.slice([[1, 3]]); // offset views
+      const ref = s.selectiveScanRef(sl(x.u), sl(x.delta), x.A, sl(x.B), sl(x.C));
+      for (const version of ["v1", "v2"] as const) {
+        const y = s.selectiveScan(sl(g.u), sl(g.delta), g.A, sl(g.B), sl(g.C), { version, chunkSize: 16 });
+        assertClose(await arr(y), await arr(ref), TOL);
+      }
+      // a transposed A is made contiguous
+      const At = x.A.transpose().contiguous().transpose();
+      const y2 = s.selectiveScan(g.u, g.delta, await s.cast(At, "f32").to("webgpu"), g.B, g.C);
+      assertClose(await arr(y2), await arr(s.selectiveScanRef(x.u, x.delta, x.A, x.B, x.C)), TOL);
+    }),
+  );
+});
+
+describe.skipIf(!GPU)("parallel scan (v2) equals the sequential one (v1) and the reference", () => {
+  // default: a few lengths including ones that are not multiples of the chunk; SEQLAB_HEAVY=1: 1 .. 65536
+  const lengths = HEAVY
+    ? [1, 2, 3, 5, 16, 63, 64, 255, 256, 1000, 1024, 4096, 4097, 16384, 16411, 65536]
+    : [1, 7, 257, 1000, 4096];
+  for (const L of lengths) {
+    test(
+      `L = ${L}`,
+      scoped(async () => {
+        const x = inputs(1, 4, L, 16, "var", L);
+        const o = full(x);
+        const [ref, refLast] = s.selectiveScanRef(x.u, x.delta, x.A, x.B, x.C, {
+          ...o,
+          returnLastState: true,
+        });
+        const g = await toGpu(x);
+        const og = full(g);
+        const [y1, l1] = s.selectiveScan(g.u, g.delta, g.A, g.B, g.C, {
+          ...og,
+          version: "v1",
+          returnLastState: true,
+        });
+        const chunkSizes = [undefined, 12, 256];
+        const r = await arr(ref), rl = await arr(refLast), a1 = await arr(y1), al1 = await arr(l1);
+        assertClose(a1, r, TOL);
+        assertClose(al1, rl, TOL);
+        for (const chunkSize of chunkSizes) {
+          if (chunkSize && L / chunkSize > 4096) continue; // 5000+ chunks: the carry pass dominates, no news
+          const [y2, l2] = s.selectiveScan(g.u, g.delta, g.A, g.B, g.C, {
+            ...og,
+            version: "v2",
+            chunkSize,
+            returnLastState: true,
+          });
+          assertClose(await arr(y2), a1, TOL);
+          assertClose(await arr(l2), al1, TOL);
+          assertClose(await arr(y2), r, TOL);
+        }
+      }),
+    );
+  }
+});
+
+describe("selectiveScan backward", () => {
+  const fwd = (last: boolean) => (...x: Tensor[]) => {
+    const o = { D: x[5], z: x[6], deltaBias: x[7], deltaSoftplus: true };
+    return last
+      ? s.selectiveScan(x[0], x[1], x[2], x[3], x[4], { ...o, returnLastState: true })[1]
+      : s.selectiveScan(x[0], x[1], x[2], x[3], x[4], o);
+  };
+  const list = (x: Inputs) => [x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.deltaBias];
+
+  for (const layout of ["var", "shared", "group"] as const) {
+    test(
+      `gradcheck on cpu (float64), ${layout} B/C: output and last state`,
+      scoped(async () => {
+        const x = inputs(2, 4, 6, 3, layout, 3);
+        for (const last of [false, true]) await s.gradcheck(fwd(last), list(x));
+      }),
+    );
+  }
+
+  test.skipIf(!GPU)(
+    "gradcheck on WebGPU (f32 analytic against float64 differences)",
+    scoped(async () => {
+      const x = inputs(1, 2, 5, 3, "var", 11);
+      const g = await toGpu(x);
+      await s.gradcheck(fwd(false), list(g), { atol: 2e-3, rtol: 1e-2, eps: 1e-4 });
+    }),
+  );
+
+  for (
+    const [Bn, D, L, N, layout] of [[2, 4, 40, 5, "var"], [1, 6, 33, 16, "group"], [
+      2,
+      3,
+      9,
+      6,
+      "shared",
+    ]] as const
+  ) {
+    test.skipIf(!GPU)(
+      `WebGPU gradients equal the reference's: B ${Bn}, D ${D}, L ${L}, N ${N}, ${layout}`,
+      scoped(async () => {
+        const x = inputs(Bn, D, L, N, layout, 21);
+        const names = ["u", "delta", "A", "B", "C", "D", "z", "deltaBias"];
+        const grads = async (xs: Tensor[]) => {
+          const leaves = xs.map((t) => {
+            const c = t.detach();
+            c.requiresGrad = true;
+            return c;
+          });
+          const [y, last] = s.selectiveScan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], {
+            D: leaves[5],
+            z: leaves[6],
+            deltaBias: leaves[7],
+            deltaSoftplus: true,
+            returnLastState: true,
+          });
+          // a weighted loss on both outputs: every gradient path is exercised
+          const wy = s.randn(y.shape, { seed: 1, device: y.device }),
+            wl = s.randn(last.shape, { seed: 2, device: y.device });
+          y.mul(wy).sum().add(last.mul(wl).sum()).backward();
+          const out = await Promise.all(leaves.map(async (t) => await arr(t.grad!)));
+          leaves.forEach((t) => t.zeroGrad());
+          return out;
+        };
+        const ref = await grads(list(x).map((t) => s.cast(t, "f32")));
+        const g = await grads(list(await toGpu(x)));
+        names.forEach((n, i) => {
+          try {
+            assertClose(g[i], ref[i], n === "delta" || n === "deltaBias" ? DTOL : GTOL);
+          } catch (e) {
+            throw new Error(`d${n}: ${(e as Error).message}`);
+          }
+        });
+      }),
+    );
+  }
+});
+
+describe("selectiveScanStep", () => {
+  for (const device of GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const) {
+    test(
+      `decoding token by token equals the full scan (output and last state), ${device}`,
+      scoped(async () => {
+        const [Bn, D, L, N] = [2, 4, 12, 5];
+        const x = inputs(Bn, D, L, N, "group", 31);
+        const g = device === "cpu" ? x : await toGpu(x);
+        const [y, last] = s.selectiveScan(g.u, g.delta, g.A, g.B, g.C, { ...full(g), returnLastState: true });
+        // prefill 5 tokens with the scan, then step the rest
+        const pre = 5;
+        const head = (t: Tensor) => t.slice([null, null, [0, pre]]);
+        const hb = (t: Tensor) => t.slice([null, null, null, [0, pre]]);
+        const [y0, s0] = s.selectiveScan(head(g.u), head(g.delta), g.A, hb(g.B), hb(g.C), {
+          ...full(g),
+          z: head(g.z),
+          returnLastState: true,
+        });
+        let state = s0;
+        const ys: Tensor[] = [y0];
+        for (let t = pre; t < L; t++) {
+          const at = (v: Tensor) => v.slice([null, null, t]);
+          const r = s.selectiveScanStep(
+            state,
+            at(g.u),
+            at(g.delta),
+            g.A,
+            g.B.slice([null, null, null, t]),
+            g.C.slice([null, null, null, t]),
+            {
+              D: g.D,
+              z: at(g.z),
+              deltaBias: g.deltaBias,
+              deltaSoftplus: true,
+            },
+          );
+          ys.push(r.y.unsqueeze(-1));
+          state = r.state;
+        }
+        const tol = device === "cpu" ? { atol: 1e-12, rtol: 1e-12 } : TOL;
+        assertClose(await arr(s.concat(ys, 2)), await arr(y), tol);
+        assertClose(await arr(state), await arr(last), tol);
+      }),
+    );
+  }
+
+  test(
+    "gradcheck (composed from core ops) and bad shapes",
+    scoped(async () => {
+      const o = { ...cpu, dtype: "f64" as const };
+      const st = s.randn([2, 3, 4], { seed: 1, ...o }), u = s.randn([2, 3], { seed: 2, ...o });
+      const dl = s.randn([2, 3], { seed: 3, ...o }), A = s.rand([3, 4], { seed: 4, low: -1, high: 0, ...o });
+      const B = s.randn([2, 4], { seed: 5, ...o }), C = s.randn([2, 4], { seed: 6, ...o });
+      await s.gradcheck(
+        (a, b, c, d, e, f) => s.selectiveScanStep(a, b, c, d, e, f, { deltaSoftplus: true }).y,
+        [st, u, dl, A, B, C],
+      );
+      expect(() => s.selectiveScanStep(st, u, dl, A, s.zeros([2, 5], cpu), C)).toThrow(
+        "selectiveScanStep: B must be (B, N) = [2, 4] or grouped (B, G, N) with G dividing D = 3; got [2, 5]",
+      );
+      expect(() => s.selectiveScanStep(st, s.zeros([3, 3], cpu), dl, A, B, C)).toThrow(
+        "selectiveScanStep: u must be (B, D) = [2, 3] (from state [2, 3, 4]), got [3, 3]",
+      );
+    }),
+  );
+});
+
+describe("bad inputs", () => {
+  test(
+    "mismatched D, B/C of the wrong layout, other shapes: errors name the shapes",
+    scoped(() => {
+      const z = (shape: number[]) => s.zeros(shape, cpu);
+      const u = z([2, 4, 8]), A = z([4, 3]), B = z([2, 3, 8]);
+      expect(() => s.selectiveScan(u, u, z([5, 3]), B, B)).toThrow(
+        "selectiveScan: A must be (D, N) with D = 4 (from u [2, 4, 8]), got [5, 3]",
+      );
+      expect(() => s.selectiveScan(u, u, A, z([2, 8, 3]), B)).toThrow(
+        "selectiveScan: B must be shared (D, N) = [4, 3], input-dependent (B, N, L) = [2, 3, 8] or grouped " +
+          "(B, G, N, L) with G dividing D; got [2, 8, 3] (u is [2, 4, 8], A is [4, 3])",
+      );
+      expect(() => s.selectiveScan(u, u, A, B, z([2, 3, 3, 8]))).toThrow(
+        /C must be shared .* got \[2, 3, 3, 8\]/,
+      );
+      expect(() => s.selectiveScan(u, z([2, 4, 7]), A, B, B)).toThrow(
+        "selectiveScan: delta must have u's shape (B, D, L) = [2, 4, 8], got [2, 4, 7]",
+      );
+      expect(() => s.selectiveScan(u, u, A, B, B, { D: z([3]) })).toThrow(
+        "selectiveScan: D must be (D) = [4] (from u [2, 4, 8]), got [3]",
+      );
+      expect(() => s.selectiveScan(z([4, 8]), u, A, B, B)).toThrow(
+        "selectiveScan: u must be (B, D, L), got tensor [4, 8]",
+      );
+    }),
+  );
+
+  test(
+    "A with a positive entry: thrown on cpu, reported at the next readback on WebGPU",
+    scoped(async () => {
+      const u = s.zeros([1, 2, 4], cpu), B = s.zeros([1, 3, 4], cpu);
+      const A = s.tensor([[-1, -1, -1], [-1, 0.5, -1]], cpu);
+      expect(() => s.selectiveScan(u, u, A, B, B)).toThrow(
+        "selectiveScan: A[1, 1] = 0.5 is positive; A [2, 3] must be non-positive (A = -exp(A_log)) for a stable scan",
+      );
+      if (!GPU) return;
+      for (const version of ["v1", "v2"] as const) {
+        const [ug, Ag, Bg] = await Promise.all([u, A, B].map((t) => t.to("webgpu")));
+        const y = s.selectiveScan(ug, ug, Ag, Bg, Bg, { version });
+        await expect(y.toArray()).rejects.toThrow(/selectiveScan: A\[1, 1\] is positive/);
+      }
+    }),
+  );
+});
