@@ -1,0 +1,253 @@
+/**
+ * Causal depthwise conv1d (Mamba's short convolution, and the S4 convolution mode with a kernel as long as
+ * the sequence) on both backends, differentiable, with a carried state for stepping.
+ * @module
+ */
+
+import { isFloat } from "../../runtime/dtype.ts";
+import { gpu } from "../../runtime/device.ts";
+import { fmt } from "../../runtime/shape.ts";
+import { type Tensor, tidy } from "../../runtime/tensor.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { record } from "../../runtime/autograd.ts";
+import { zeros } from "../core/creation.ts";
+import { add, contiguous, mul, silu } from "../core/elementwise.ts";
+import { concat } from "../core/layout.ts";
+import { sum } from "../core/reduce.ts";
+import { empty, fromArray, Uniforms } from "../core/util.ts";
+import { causalConv1dBackwardRef, causalConv1dRef } from "./conv1d_ref.ts";
+import { CONV_V2_MAX_W, CONV_WG, convBwdDwV1, convBwdDxV1, convFwdV1, convFwdV2 } from "./conv1d_wgsl.ts";
+
+/** Options of {@link causalConv1d}. */
+export interface CausalConv1dOptions {
+  /** Bias (D). */
+  bias?: Tensor | null;
+  /** The W - 1 inputs before t = 0 (B, D, W - 1); zeros when absent. */
+  initialState?: Tensor | null;
+  /** Apply SiLU to the output (Mamba's conv branch). Default none. */
+  activation?: "silu" | null;
+  /** Also return the state after the last input (B, D, W - 1), to continue with {@link causalConv1dStep}. */
+  returnFinalState?: boolean;
+  /** WebGPU forward version: "v1" any width, "v2" unrolled for W <= 8, "auto" (default) v2 when it can. */
+  version?: "auto" | "v1" | "v2";
+}
+
+function check(op: string, x: Tensor, w: Tensor, bias?: Tensor | null, state?: Tensor | null) {
+  const all = [x, w, ...(bias ? [bias] : []), ...(state ? [state] : [])];
+  for (const t of all) {
+    t.check(op);
+    if (!isFloat(t.dtype)) throw new Error(`${op}: needs float tensors, got ${t.describe()}`);
+    if (t.device !== x.device) {
+      throw new Error(`${op}: tensors are on different devices: ${all.map((t) => t.describe()).join(", ")}`);
+    }
+    if (t.dtype !== x.dtype) {
+      throw new Error(`${op}: dtypes differ: ${all.map((t) => t.describe()).join(", ")}`);
+    }
+  }
+  if (x.rank !== 3) throw new Error(`${op}: x must be (B, D, L), got ${x.describe()}`);
+  const [Bn, D, L] = x.shape;
+  if (w.rank !== 2 || w.shape[0] !== D || w.shape[1] < 1) {
+    throw new Error(
+      `${op}: weight must be (D, W) with D = ${D} (from x ${fmt(x.shape)}), got ${fmt(w.shape)}`,
+    );
+  }
+  const W = w.shape[1];
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== D)) {
+    throw new Error(`${op}: bias must be (D) = [${D}] (from x ${fmt(x.shape)}), got ${fmt(bias.shape)}`);
+  }
+  if (
+    state && (state.rank !== 3 || state.shape[0] !== Bn || state.shape[1] !== D || state.shape[2] !== W - 1)
+  ) {
+    throw new Error(
+      `${op}: the state must be (B, D, W - 1) = [${Bn}, ${D}, ${W - 1}] (x ${fmt(x.shape)}, weight ` +
+        `${fmt(w.shape)}), got ${fmt(state.shape)}`,
+    );
+  }
+  return { Bn, D, L, W };
+}
+
+const host = (t: Tensor | null | undefined) => {
+  if (!t) return null;
+  const c = contiguous(t);
+  const a = c.storage.data!.slice(c.offset, c.offset + c.size);
+  c.dispose();
+  return a;
+};
+
+/** The forward without recording. */
+function forward(x: Tensor, w: Tensor, b: Tensor | null, st: Tensor | null, version: string): Tensor {
+  const { Bn, D, L, W } = check("causalConv1d", x, w, b, st);
+  if (x.device === "cpu") {
+    return fromArray(
+      causalConv1dRef(host(x)!, x.shape, host(w)!, W, host(b), host(st)),
+      x.shape,
+      x.dtype,
+      "cpu",
+    );
+  }
+  if (x.dtype !== "f32") throw new Error(`causalConv1d: WebGPU computes in f32, got ${x.describe()}`);
+  const v2 = version === "v2" || (version === "auto" && W <= CONV_V2_MAX_W);
+  if (version === "v2" && W > CONV_V2_MAX_W) {
+    throw new Error(`causalConv1d: v2 is for widths up to ${CONV_V2_MAX_W}, got weight ${fmt(w.shape)}`);
+  }
+  const out = empty("causalConv1d", x.shape, "f32", "webgpu");
+  const [xc, wc, bc, sc] = [x, w, b, st].map((t) => (t ? contiguous(t) : null));
+  try {
+    const threads = v2 ? Bn * D * Math.ceil(L / 4) : Bn * D * L;
+    gpu().run({
+      name: "causalConv1d",
+      key: v2 ? `v2|${W}|${!!b}|${!!st}` : `v1|${!!b}|${!!st}`,
+      source: () => (v2 ? convFwdV2(W, !!b, !!st) : convFwdV1(!!b, !!st)),
+      inputs: [xc, wc, bc, sc].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
+      outputs: [out.storage.buffer!],
+      uniforms: new Uniforms().u32(Bn * D, D, L, W, xc!.offset, wc!.offset, sc?.offset ?? 0, bc?.offset ?? 0)
+        .build(),
+      workgroups: grid(threads, CONV_WG),
+    });
+  } finally {
+    for (const t of [xc, wc, bc, sc]) t?.dispose();
+  }
+  return out;
+}
+
+/** Gradients (dx, dweight, dbias, dstate) for the output gradient g. */
+function backward(g: Tensor, x: Tensor, w: Tensor, st: Tensor | null): Tensor[] {
+  const [Bn, D, L] = x.shape, W = w.shape[1];
+  if (x.device === "cpu") {
+    const r = causalConv1dBackwardRef(host(g)!, host(x)!, x.shape, host(w)!, W, host(st));
+    return [
+      fromArray(r.dx, x.shape, x.dtype, "cpu"),
+      fromArray(r.dweight, w.shape, w.dtype, "cpu"),
+      fromArray(r.dbias, [D], w.dtype, "cpu"),
+      fromArray(r.dstate, [Bn, D, W - 1], x.dtype, "cpu"),
+    ];
+  }
+  const ctx = gpu();
+  const dx = empty("causalConv1d dx", x.shape, "f32", "webgpu");
+  const ds = empty("causalConv1d dstate", [Bn, D, W - 1], "f32", "webgpu");
+  const dwb = empty("causalConv1d dweight", [D, W + 1], "f32", "webgpu");
+  const [gc, xc, wc, sc] = [g, x, w, st].map((t) => (t ? contiguous(t) : null));
+  try {
+    ctx.run({
+      name: "causalConv1d backward",
+      key: "dx v1",
+      source: convBwdDxV1,
+      inputs: [gc!, wc!].map((t) => t.storage.buffer!),
+      outputs: [dx.storage.buffer!, ds.storage.buffer!], // an empty dstate (W = 1) still has a buffer
+      uniforms: new Uniforms().u32(Bn * D, D, L, W, gc!.offset, wc!.offset).padTo(8).build(),
+      workgroups: grid(Bn * D * (L + W - 1), CONV_WG),
+    });
+    ctx.run({
+      name: "causalConv1d backward",
+      key: `dw v1|${!!sc}`,
+      source: () => convBwdDwV1(!!sc),
+      inputs: [gc, xc, sc].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
+      outputs: [dwb.storage.buffer!],
+      uniforms: new Uniforms().u32(Bn, D, L, W, gc!.offset, xc!.offset, sc?.offset ?? 0).padTo(8).build(),
+      workgroups: grid(D * (W + 1), CONV_WG),
+    });
+  } finally {
+    for (const t of [gc, xc, wc, sc]) t?.dispose();
+  }
+  return tidy(() => [dx, contiguous(dwb.slice([null, [0, W]])), contiguous(dwb.slice([null, W])), ds]);
+}
+
+/**
+ * Causal depthwise conv1d: x (B, D, L), weight (D, W) -> (B, D, L) with
+ * out[b, d, t] = bias[d] + sum_k weight[d, k] x[b, d, t - (W - 1) + k] (PyTorch's `conv1d(x, w[:, None],
+ * groups=D, padding=W-1)[..., :L]`, as in Mamba), inputs before t = 0 from `initialState` (B, D, W - 1) or
+ * zero; optionally SiLU after. With `returnFinalState`, returns `[out, state]` where state (B, D, W - 1)
+ * holds the last W - 1 inputs, to continue with {@link causalConv1dStep}. Differentiable in x, weight,
+ * bias and the initial state. On WebGPU: v2 (registers, W <= 8) or v1 (any W); on cpu the float64
+ * reference {@link causalConv1dRef}.
+ *
+ * @example
+ * ```ts
+ * import { causalConv1d, tensor } from "seqlab";
+ * const x = tensor([[[1, 2, 3, 4]]]), w = tensor([[0, 0, 1, 1]]); // out_t = x_t-1 + x_t
+ * console.log(await causalConv1d(x, w).toArray()); // Float32Array [1, 3, 5, 7]
+ * ```
+ */
+export function causalConv1d(
+  x: Tensor,
+  weight: Tensor,
+  opts: CausalConv1dOptions & { returnFinalState: true },
+): [Tensor, Tensor];
+/** Causal depthwise conv1d returning only the output (see the overload above). */
+export function causalConv1d(x: Tensor, weight: Tensor, opts?: CausalConv1dOptions): Tensor;
+export function causalConv1d(
+  x: Tensor,
+  weight: Tensor,
+  opts: CausalConv1dOptions = {},
+): Tensor | [Tensor, Tensor] {
+  const op = "causalConv1d";
+  const version = opts.version ?? "auto";
+  if (!["auto", "v1", "v2"].includes(version)) {
+    throw new Error(`${op}: version must be "auto", "v1" or "v2", got ${JSON.stringify(version)}`);
+  }
+  if (opts.activation && opts.activation !== "silu") {
+    throw new Error(`${op}: activation must be "silu" or none, got ${JSON.stringify(opts.activation)}`);
+  }
+  const b = opts.bias ?? null, st = opts.initialState ?? null;
+  const { Bn, D, W } = check(op, x, weight, b, st);
+  const inputs = [x, weight, ...(b ? [b] : []), ...(st ? [st] : [])];
+  let out = record(
+    op,
+    forward(x, weight, b, st, version),
+    inputs,
+    [x, weight, ...(st ? [st] : [])],
+    (g, s) => {
+      const [dx, dw, db, ds] = backward(g, s[0], s[1], st ? s[2] : null);
+      return [dx, dw, ...(b ? [db] : []), ...(st ? [ds] : [])];
+    },
+  );
+  if (opts.activation === "silu") {
+    const pre = out;
+    out = silu(pre);
+    pre.dispose(); // the graph keeps what the backward needs
+  }
+  if (!opts.returnFinalState) return out;
+  const final = tidy(() => {
+    const past = st ?? zeros([Bn, D, W - 1], { dtype: x.dtype, device: x.device });
+    const all = concat([past, x], 2); // (B, D, W - 1 + L)
+    const n = all.shape[2];
+    return contiguous(all.slice([null, null, [n - (W - 1), n]]));
+  });
+  return [out, final];
+}
+
+/**
+ * One step of {@link causalConv1d} for decoding: state (B, D, W - 1) (the previous W - 1 inputs), x (B, D)
+ * -> `{ y (B, D), state }` with the window shifted by one. Composed from core ops (differentiable, either
+ * device); `activation: "silu"` as in the full conv.
+ *
+ * @example
+ * ```ts
+ * import { causalConv1dStep, tensor, zeros } from "seqlab";
+ * const w = tensor([[0, 0, 1, 1]]);
+ * let state = zeros([1, 1, 3]);
+ * for (const v of [1, 2, 3]) {
+ *   const r = causalConv1dStep(state, tensor([[v]]), w);
+ *   console.log(await r.y.item()); // 1, 3, 5
+ *   state = r.state;
+ * }
+ * ```
+ */
+export function causalConv1dStep(
+  state: Tensor,
+  x: Tensor,
+  weight: Tensor,
+  opts: { bias?: Tensor | null; activation?: "silu" | null } = {},
+): { y: Tensor; state: Tensor } {
+  const op = "causalConv1dStep";
+  if (x.rank !== 2) throw new Error(`${op}: x must be (B, D), got ${x.describe()}`);
+  check(op, x.unsqueeze(-1), weight, opts.bias, state);
+  const W = weight.shape[1];
+  return tidy(() => {
+    const win = concat([state, x.unsqueeze(-1)], 2); // (B, D, W)
+    let y = sum(mul(win, weight), -1); // (B, D)
+    if (opts.bias) y = add(y, opts.bias);
+    if (opts.activation === "silu") y = silu(y);
+    return { y, state: contiguous(win.slice([null, null, [1, W]])) };
+  });
+}
