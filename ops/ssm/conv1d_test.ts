@@ -12,7 +12,7 @@ const TOL = { atol: 1e-5, rtol: 1e-5 };
 describe("causalConv1d reference", () => {
   test(
     "hand-computed taps, bias, initial state",
-    scoped(async () => {
+    scoped(() => {
       // W = 3, weights [1, 10, 100]: out_t = x_t-2 + 10 x_t-1 + 100 x_t + 0.5, state supplies x_-2, x_-1
       const x = new Float64Array([1, 2, 3]);
       const out = s.causalConv1dRef(x, [1, 1, 3], [1, 10, 100], 3, [0.5], [7, 8]);
