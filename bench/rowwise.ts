@@ -9,7 +9,7 @@
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { hasWebGPU } from "../runtime/device.ts";
-import { loadAverage, table, timeOp, writeResult } from "./util.ts";
+import { loadAverage, prepareTimer, table, timeInterleaved, type Timer, writeResult } from "./util.ts";
 
 /** [rows, D]: short and long rows, one large. */
 const SHAPES = [[1024, 1024], [4096, 1024], [256, 8192], [16384, 256]];
@@ -29,22 +29,30 @@ export async function rowwiseTable(shapes = SHAPES): Promise<{ rows: RowwiseRow[
   const rows: RowwiseRow[] = [];
   for (const shape of shapes) {
     const [R, D] = shape;
+    // every (op, device) of this shape is prepared, then timed in interleaved trials
+    const cells: { op: RowwiseRow["op"]; device: s.DeviceName; bytes: number; timer: Timer }[] = [];
+    const inputs: Tensor[] = [];
     for (const device of devices) {
       const x = s.randn(shape, { seed: 1, device }), w = s.randn([D], { seed: 2, device });
       const b = s.randn([D], { seed: 3, device });
+      inputs.push(x, w, b);
       const ops: [RowwiseRow["op"], () => Tensor, number][] = [
         ["softmax", () => s.softmax(x, -1), 2 * R * D * 4],
         ["layerNorm", () => s.layerNorm(x, w, b), (2 * R * D + 2 * D) * 4],
       ];
       for (const [op, f, bytes] of ops) {
-        const { ms } = await timeOp(f, (t) => t.toArray(), (t) => t.dispose(), {
+        const timer = await prepareTimer(f, (t) => t.toArray(), (t) => t.dispose(), {
           trials: device === "cpu" ? 3 : 5,
           trialMs: 200,
         });
-        rows.push({ op, shape, device, ms, gbps: bytes / (ms * 1e6) });
+        cells.push({ op, device, bytes, timer });
       }
-      for (const t of [x, w, b]) t.dispose();
     }
+    const ms = await timeInterleaved(cells.map((c) => c.timer));
+    cells.forEach(({ op, device, bytes }, i) =>
+      rows.push({ op, shape, device, ms: ms[i], gbps: bytes / (ms[i] * 1e6) })
+    );
+    for (const t of inputs) t.dispose();
   }
   const cols = devices.flatMap((d) => [`softmax ${d}`, `layerNorm ${d}`]);
   const body = shapes.map((shape) => [
@@ -57,7 +65,7 @@ export async function rowwiseTable(shapes = SHAPES): Promise<{ rows: RowwiseRow[
     ),
   ]);
   const text = [
-    "softmax / layerNorm throughput, GB/s (f32; bytes read + written per second; median of trials)",
+    "softmax / layerNorm throughput, GB/s (f32; bytes read + written per second; median of interleaved trials)",
     table(["shape", ...cols], body),
   ].join("\n");
   return { rows, text };

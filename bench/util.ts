@@ -28,19 +28,27 @@ export interface TimeOpOptions<T> extends TimeOptions {
   check?: (t: T) => Promise<void>;
 }
 
+/** A prepared measurement: `trial()` times one batch of `reps` calls (ms per call). */
+export interface Timer {
+  reps: number;
+  /** How many trials this op should get (2 for a slow op, else the requested number). */
+  trials: number;
+  trial: () => Promise<number>;
+}
+
 /**
- * Times `op`: one warm-up (compiles, fills pools), then `trials` trials of `reps` calls where only the
- * last call's result is awaited (`finish`), so dispatches batch as they do in real use. Returns the
- * median ms per call. An op slower than `slowMs` gets 2 trials of one call each. `op` returns something
- * `finish` waits on and `dispose` frees; `check` sees the warm-up's result.
+ * Prepares to time `op`: one warm-up call (compiles, fills pools; `check` sees its result), then, unless
+ * the op is slower than `slowMs`, one more call to size a batch of about `trialMs`. A trial runs `reps`
+ * calls and awaits only the last one's result (`finish`), so dispatches batch as they do in real use.
+ * `op` returns something `finish` waits on and `dispose` frees.
  */
-export async function timeOp<T>(
+export async function prepareTimer<T>(
   op: () => T,
   finish: (t: T) => Promise<unknown>,
   dispose: (t: T) => void,
   opts: TimeOpOptions<T> = {},
-): Promise<{ ms: number; reps: number; trials: number }> {
-  let { trials = 5, trialMs = 300, maxReps = 20, slowMs = 2000 } = opts;
+): Promise<Timer> {
+  const { trials = 5, trialMs = 300, maxReps = 20, slowMs = 2000 } = opts;
   const run = async (reps: number, check?: (t: T) => Promise<void>) => {
     const start = performance.now();
     let last: T | null = null;
@@ -58,12 +66,36 @@ export async function timeOp<T>(
     return ms;
   };
   const warm = await run(1, opts.check); // includes compiling
-  let reps = 1;
-  if (warm > slowMs) trials = Math.min(trials, 2);
-  else reps = Math.max(1, Math.min(maxReps, Math.round(trialMs / Math.max(await run(1), 0.01))));
+  if (warm > slowMs) return { reps: 1, trials: Math.min(trials, 2), trial: () => run(1) };
+  const reps = Math.max(1, Math.min(maxReps, Math.round(trialMs / Math.max(await run(1), 0.01))));
+  return { reps, trials, trial: () => run(reps) };
+}
+
+/** Times `op` alone: {@link prepareTimer}, then the median of its trials in ms per call. */
+export async function timeOp<T>(
+  op: () => T,
+  finish: (t: T) => Promise<unknown>,
+  dispose: (t: T) => void,
+  opts: TimeOpOptions<T> = {},
+): Promise<{ ms: number; reps: number; trials: number }> {
+  const timer = await prepareTimer(op, finish, dispose, opts);
   const times: number[] = [];
-  for (let t = 0; t < trials; t++) times.push(await run(reps));
-  return { ms: median(times), reps, trials };
+  for (let t = 0; t < timer.trials; t++) times.push(await timer.trial());
+  return { ms: median(times), reps: timer.reps, trials: timer.trials };
+}
+
+/**
+ * Times several ops against each other: trials are interleaved (op 1, op 2, ..., op 1, ...), so a burst
+ * of load from other processes lands on every op rather than on one. Returns the median ms per call of
+ * each, in order.
+ */
+export async function timeInterleaved(timers: Timer[]): Promise<number[]> {
+  const times: number[][] = timers.map(() => []);
+  const rounds = Math.max(0, ...timers.map((t) => t.trials));
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < timers.length; i++) if (r < timers[i].trials) times[i].push(await timers[i].trial());
+  }
+  return times.map(median);
 }
 
 /** Formats rows of cells as an aligned text table (first column left, others right). */
