@@ -165,10 +165,12 @@ export type Initializer = (shape: Shape, o: InitOptions) => Tensor;
 // Module
 
 /**
- * Base of all layers. Parameters and children are the module's own enumerable fields: a `Tensor` field
- * is a parameter, a `Module` field a child, and arrays of either are numbered (`layers.0.weight`). Names
- * join field names with dots, in field order; a tensor shared by two modules (tied weights) is listed
- * once, under its first name.
+ * Base of all layers. Tensors and children are the module's own enumerable fields: a `Tensor` field
+ * with `requiresGrad` (made with `param`) is a parameter, any other `Tensor` field a buffer (a constant
+ * table, a frozen weight: saved in checkpoints, not trained), a `Module` field a child, and arrays of
+ * either are numbered (`layers.0.weight`). Names join field names with dots, in field order; a tensor
+ * shared by two modules (tied weights) is listed once, under its first name. Keep scratch tensors in
+ * `#private` fields (not enumerable) or locals.
  *
  * @example
  * ```ts
@@ -218,6 +220,44 @@ export abstract class Module {
    * ```
    */
   namedParameters(): [string, Tensor][] {
+    return this.namedTensors().filter(([, t]) => t.requiresGrad);
+  }
+
+  /**
+   * [name, tensor] for every buffer (a tensor field without `requiresGrad`) of this module and its
+   * descendants.
+   *
+   * @example
+   * ```ts
+   * import { Module, param, randn, type Tensor, zeros } from "seqlab";
+   * class Shift extends Module {
+   *   w = param(randn([4]));
+   *   table = zeros([4]); // a buffer
+   *   forward(x: Tensor): Tensor {
+   *     return x.mul(this.w).add(this.table);
+   *   }
+   * }
+   * const m = new Shift();
+   * console.log(m.namedBuffers().map(([n]) => n), m.parameters().length); // ["table"] 1
+   * m.dispose();
+   * ```
+   */
+  namedBuffers(): [string, Tensor][] {
+    return this.namedTensors().filter(([, t]) => !t.requiresGrad);
+  }
+
+  /**
+   * [name, tensor] for every parameter and buffer, in field order: what a checkpoint holds.
+   *
+   * @example
+   * ```ts
+   * import { LayerNorm } from "seqlab";
+   * const n = new LayerNorm(4);
+   * console.log(n.namedTensors().map(([name]) => name)); // ["weight", "bias"]
+   * n.dispose();
+   * ```
+   */
+  namedTensors(): [string, Tensor][] {
     const out: [string, Tensor][] = [];
     const seen = new Set<Tensor>();
     const visit = (m: Module, prefix: string, path: Set<Module>) => {
@@ -319,7 +359,7 @@ export abstract class Module {
   }
 
   /**
-   * Frees every parameter and its gradient.
+   * Frees every parameter (and its gradient) and buffer.
    *
    * @example
    * ```ts
@@ -330,9 +370,9 @@ export abstract class Module {
    * ```
    */
   dispose(): void {
-    for (const p of this.parameters()) {
-      p.zeroGrad();
-      p.dispose();
+    for (const [, t] of this.namedTensors()) {
+      t.zeroGrad();
+      t.dispose();
     }
   }
 }

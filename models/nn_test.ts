@@ -69,6 +69,24 @@ describe("Module", () => {
     expect(net.parameters().every((p) => p.disposed)).toBe(true);
   });
 
+  test("buffers: tensor fields without requiresGrad are not parameters but are tensors, and are disposed", () => {
+    class WithBuffer extends s.Module {
+      lin = new s.Linear(2, 2, { device: "cpu" });
+      table = s.init.zeros([5], { device: "cpu" });
+      frozen = s.init.ones([2], { device: "cpu" });
+      forward(x: Tensor): Tensor {
+        return this.lin.forward(x);
+      }
+    }
+    const m = new WithBuffer();
+    expect(m.namedParameters().map(([n]) => n)).toEqual(["lin.weight", "lin.bias"]);
+    expect(m.namedBuffers().map(([n]) => n)).toEqual(["table", "frozen"]);
+    expect(m.namedTensors().map(([n]) => n)).toEqual(["lin.weight", "lin.bias", "table", "frozen"]);
+    expect(m.numParameters()).toBe(6);
+    m.dispose();
+    expect([m.table, m.frozen, m.lin.weight].every((t) => t.disposed)).toBe(true);
+  });
+
   test("train/eval reach every descendant", () => {
     const net = new Net();
     net.eval();

@@ -267,10 +267,16 @@ export function decodeSafetensors(bytes: Uint8Array): SafetensorsFile {
 // ---------------------------------------------------------------------------------------------------------
 // modules and optimisers
 
-/** Anything with named parameters (a `Module`). */
+/** Anything with named tensors (a `Module`: its parameters and buffers). */
 export interface HasParameters {
-  /** [name, tensor] pairs; names become the file's tensor names. */
+  /** [name, tensor] pairs of the trainable parameters. */
   namedParameters(): [string, Tensor][];
+  /** [name, tensor] pairs of everything to checkpoint (parameters and buffers); default namedParameters. */
+  namedTensors?(): [string, Tensor][];
+}
+
+function tensorsOf(model: HasParameters): [string, Tensor][] {
+  return model.namedTensors ? model.namedTensors() : model.namedParameters();
 }
 
 /** Anything with checkpointable state (an `Optimizer`). */
@@ -311,8 +317,8 @@ export interface LoadOptions {
 const OPT_PREFIX = "__optimizer__.";
 
 /**
- * A module's parameters (and optionally an optimiser's state) as safetensors bytes. Reads the tensors
- * back from their device.
+ * A module's parameters and buffers (and optionally an optimiser's state) as safetensors bytes. Reads
+ * the tensors back from their device.
  *
  * @example
  * ```ts
@@ -329,7 +335,7 @@ export async function encodeModel(model: HasParameters, o: SaveOptions = {}): Pr
     if (out.has(name)) fail(`two tensors are named "${name}"`);
     out.set(name, { dtype: t.dtype, shape: t.shape, data: await t.toArray() });
   };
-  for (const [name, t] of model.namedParameters()) {
+  for (const [name, t] of tensorsOf(model)) {
     if (name.startsWith(OPT_PREFIX)) fail(`parameter name "${name}" uses the reserved prefix ${OPT_PREFIX}`);
     await add(name, t);
   }
@@ -366,7 +372,7 @@ export function decodeIntoModel(
 ): Record<string, string> {
   const file = decodeSafetensors(bytes);
   const strict = o.strict ?? true;
-  const params = model.namedParameters();
+  const params = tensorsOf(model);
   const byName = new Map(params);
   const plan: [Tensor, HostTensor, string][] = [];
   const check = (what: string, target: Tensor, src: HostTensor) => {
@@ -383,7 +389,7 @@ export function decodeIntoModel(
   for (const [name, p] of params) {
     const src = file.tensors.get(name);
     if (!src) {
-      if (strict) fail(`the file has no tensor "${name}" (a parameter of the model)`);
+      if (strict) fail(`the file has no tensor "${name}" (a parameter or buffer of the model)`);
       continue;
     }
     check(`tensor "${name}"`, p, src);
@@ -392,7 +398,9 @@ export function decodeIntoModel(
   const optState = new Map<string, HostTensor>();
   for (const [name, src] of file.tensors) {
     if (name.startsWith(OPT_PREFIX)) optState.set(name.slice(OPT_PREFIX.length), src);
-    else if (!byName.has(name) && strict) fail(`the file's tensor "${name}" is not a parameter of the model`);
+    else if (!byName.has(name) && strict) {
+      fail(`the file's tensor "${name}" is not a parameter or buffer of the model`);
+    }
   }
   const opt = o.optimizer;
   let step = 0;

@@ -371,12 +371,12 @@ describe("loading into a model", () => {
         [
           rawFile({ weight: GOOD.weight }, W),
           {},
-          /the file has no tensor "bias" \(a parameter of the model\)/,
+          /the file has no tensor "bias" \(a parameter or buffer of the model\)/,
         ],
         [
           withEntry("extra", { dtype: "F32", shape: [1], data_offsets: [32, 36] }, cat(W, B, le("F32", [1]))),
           {},
-          /the file's tensor "extra" is not a parameter of the model/,
+          /the file's tensor "extra" is not a parameter or buffer of the model/,
         ],
         [good(), { optimizer: f.opt }, /the file holds no optimizer state \(saved without one\)/],
         [
@@ -448,6 +448,31 @@ describe("loading into a model", () => {
       await Deno.remove(dir, { recursive: true });
     });
   }
+
+  test(
+    "buffers (tensor fields without requiresGrad) are saved and loaded with the parameters",
+    scoped(async () => {
+      class WithTable extends s.Module {
+        proj = new s.Linear(2, 2, { device: "cpu" });
+        table = s.tensor([1, 2, 3], { device: "cpu" });
+        forward(x: Tensor): Tensor {
+          return this.proj.forward(x);
+        }
+      }
+      const a = new WithTable(), b = new WithTable();
+      s.copyInto(a.table, s.tensor([7, 8, 9], { device: "cpu" }));
+      const bytes = await s.encodeModel(a);
+      expect([...s.decodeSafetensors(bytes).tensors.keys()].sort()).toEqual([
+        "proj.bias",
+        "proj.weight",
+        "table",
+      ]);
+      s.decodeIntoModel(bytes, b);
+      expect(Array.from(await b.table.toArray())).toEqual([7, 8, 9]);
+      a.dispose();
+      b.dispose();
+    }),
+  );
 
   test(
     "f16 parameters round-trip through a file on cpu",
