@@ -25,3 +25,15 @@ export { releaseScanTextures } from "./texture_pass.ts";
 export { selectiveScanStep, type SelectiveScanStepOptions } from "./selective_scan_step.ts";
 export { causalConv1d, type CausalConv1dOptions, causalConv1dStep } from "./conv1d.ts";
 export { causalConv1dBackwardRef, causalConv1dRef } from "./conv1d_ref.ts";
+export { discretize, type DiscretizeMethod, expm1OverX } from "./discretize.ts";
+export { s4dInit, type S4DInitOptions, ssmConvolution, ssmKernel, ssmRecurrence } from "./s4.ts";
+export {
+  bilinearDense,
+  denseSSMRef,
+  type DiagSSM,
+  discretizeDiag,
+  hippoLegS,
+  ssmKernelRef,
+  type SSMModeOptions,
+  ssmRecurrenceRef,
+} from "./s4_ref.ts";

@@ -1,0 +1,216 @@
+/**
+ * S4: the diagonal initialisations (S4D-Lin, S4D-Real), the SSM convolution kernel, and the two ways to
+ * run an LTI SSM over a sequence: convolution mode (the kernel as a causal depthwise convolution on the
+ * device, differentiable in u and K) and recurrent mode (the discretized recurrence, a shader on WebGPU).
+ * Both give the same output. Parameters are host float64 {@link DiagSSM}s: small, and S4's complex
+ * arithmetic (cos, sin of delta Im(A)) is done once on the host.
+ * @module
+ */
+
+import type { DeviceName } from "../../runtime/device.ts";
+import type { DType } from "../../runtime/dtype.ts";
+import { gpu } from "../../runtime/device.ts";
+import { fmt } from "../../runtime/shape.ts";
+import { type Tensor, tidy } from "../../runtime/tensor.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { rand, randn, tensor } from "../core/creation.ts";
+import { add, contiguous, mul } from "../core/elementwise.ts";
+import { gather } from "../core/layout.ts";
+import { empty, fromArray, Uniforms } from "../core/util.ts";
+import { causalConv1d } from "./conv1d.ts";
+import {
+  type DiagSSM,
+  discretizeDiag,
+  ssmKernelRef,
+  type SSMModeOptions,
+  ssmRecurrenceRef,
+} from "./s4_ref.ts";
+import { recurrentV1, S4_WG } from "./s4_wgsl.ts";
+
+/** Options of {@link s4dInit}. */
+export interface S4DInitOptions {
+  /** Seed of C and delta. */
+  seed?: number;
+  /** delta is log-uniform in [dtMin, dtMax] per channel (defaults 1e-3, 1e-1, as S4D). */
+  dtMin?: number;
+  /** Upper end of delta's range. */
+  dtMax?: number;
+}
+
+/**
+ * S4D initialisations of a diagonal SSM with D channels and N states: "lin" (S4D-Lin:
+ * A_n = -1/2 + i pi n, complex, used with `conj: true`) or "real" (S4D-Real: A_n = -(n + 1), the
+ * initialisation of Mamba's A_log); B = 1; C ~ N(0, 1) (complex: N(0, 1/2) per part); delta log-uniform
+ * in [dtMin, dtMax].
+ *
+ * @example
+ * ```ts
+ * import { s4dInit } from "seqlab";
+ * const ssm = s4dInit("lin", 2, 4, { seed: 0 });
+ * console.log(ssm.Are[1], ssm.Aim![1].toFixed(4)); // -0.5 "3.1416"
+ * console.log(Array.from(s4dInit("real", 1, 3).Are)); // [-1, -2, -3]
+ * ```
+ */
+export function s4dInit(kind: "lin" | "real", D: number, N: number, opts: S4DInitOptions = {}): DiagSSM {
+  if (kind !== "lin" && kind !== "real") {
+    throw new Error(`s4dInit: kind must be "lin" or "real", got ${kind}`);
+  }
+  for (const [n, v] of [["D", D], ["N", N]] as const) {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`s4dInit: ${n} must be a positive integer, got ${v}`);
+  }
+  const { dtMin = 1e-3, dtMax = 1e-1, seed } = opts;
+  const Are = new Float64Array(D * N), Aim = kind === "lin" ? new Float64Array(D * N) : null;
+  for (let d = 0; d < D; d++) {
+    for (let n = 0; n < N; n++) {
+      Are[d * N + n] = kind === "lin" ? -0.5 : -(n + 1);
+      if (Aim) Aim[d * N + n] = Math.PI * n;
+    }
+  }
+  return tidy(() => {
+    const o = { device: "cpu" as const, dtype: "f64" as const };
+    const std = kind === "lin" ? Math.SQRT1_2 : 1;
+    const Cre = randn([D, N], { ...o, std, seed }).storage.data as Float64Array;
+    const Cim = kind === "lin"
+      ? randn([D, N], { ...o, std, seed: seed === undefined ? undefined : seed + 1 })
+      : null;
+    const u = rand([D], { ...o, seed: seed === undefined ? undefined : seed + 2 }).storage
+      .data as Float64Array;
+    const delta = Float64Array.from(
+      u,
+      (x) => Math.exp(Math.log(dtMin) + x * (Math.log(dtMax) - Math.log(dtMin))),
+    );
+    return {
+      D,
+      N,
+      Are,
+      Aim,
+      Bre: new Float64Array(D * N).fill(1),
+      Bim: kind === "lin" ? new Float64Array(D * N) : null,
+      Cre: Cre.slice(),
+      Cim: Cim ? (Cim.storage.data as Float64Array).slice() : null,
+      delta,
+    };
+  });
+}
+
+/**
+ * The SSM convolution kernel K (D, L) of a diagonal SSM (see `ssmKernelRef`), as a tensor.
+ *
+ * @example
+ * ```ts
+ * import { s4dInit, ssmKernel } from "seqlab";
+ * const K = ssmKernel(s4dInit("lin", 3, 8, { seed: 1 }), 64, { conj: true });
+ * console.log(K.shape); // [3, 64]
+ * ```
+ */
+export function ssmKernel(
+  ssm: DiagSSM,
+  L: number,
+  opts: SSMModeOptions & { device?: DeviceName; dtype?: DType } = {},
+): Tensor {
+  if (!Number.isInteger(L) || L < 1) throw new Error(`ssmKernel: L must be a positive integer, got ${L}`);
+  return tensor(ssmKernelRef(ssm, L, opts), {
+    shape: [ssm.D, L],
+    device: opts.device,
+    dtype: opts.dtype ?? "f32",
+  });
+}
+
+/**
+ * Convolution mode: y = K * u (causal, per channel) + Dskip u, i.e. y[b, d, t] = sum_{s <= t} K[d, t - s]
+ * u[b, d, s] for u (B, D, L) and a kernel K (D, Lk) with Lk <= L (longer kernels are cut to L). Runs the
+ * causal depthwise conv with the kernel reversed in time (on WebGPU: conv1d v1, a direct O(L Lk) sum per
+ * channel); differentiable in u, K and Dskip.
+ *
+ * @example
+ * ```ts
+ * import { ssmConvolution, tensor } from "seqlab";
+ * const u = tensor([[[1, 0, 0, 2]]]), K = tensor([[1, 0.5, 0.25]]);
+ * console.log(await ssmConvolution(u, K).toArray()); // [1, 0.5, 0.25, 2]
+ * ```
+ */
+export function ssmConvolution(u: Tensor, K: Tensor, opts: { Dskip?: Tensor | null } = {}): Tensor {
+  if (u.rank !== 3) throw new Error(`ssmConvolution: u must be (B, D, L), got ${u.describe()}`);
+  if (K.rank !== 2 || K.shape[0] !== u.shape[1]) {
+    throw new Error(
+      `ssmConvolution: K must be (D, Lk) with D = ${u.shape[1]} (u ${fmt(u.shape)}), got ${fmt(K.shape)}`,
+    );
+  }
+  const L = u.shape[2], Lk = Math.min(K.shape[1], L);
+  return tidy(() => {
+    const rev = tensor(Array.from({ length: Lk }, (_, i) => Lk - 1 - i), { dtype: "i32", device: K.device });
+    const w = gather(K.shape[1] === Lk ? K : K.slice([null, [0, Lk]]), rev, 1); // (D, Lk), reversed
+    const y = causalConv1d(u, contiguous(w));
+    return opts.Dskip ? add(y, mul(u, opts.Dskip.unsqueeze(-1))) : y;
+  });
+}
+
+/**
+ * Recurrent mode: h_t = A_bar h_t-1 + B_bar u_t, y_t = s Re(C h_t) + Dskip u_t (s = 2 with `conj`) for
+ * u (B, D, L) on cpu (the float64 reference, `ssmRecurrenceRef`) or WebGPU (recurrent v1, f32). The
+ * discretization and the conjugate convention are those of {@link ssmKernel}, so this equals
+ * `ssmConvolution(u, ssmKernel(ssm, L, opts))`. Not differentiable (a decoding and testing path).
+ *
+ * @example
+ * ```ts
+ * import { randn, s4dInit, ssmConvolution, ssmKernel, ssmRecurrence } from "seqlab";
+ * const ssm = s4dInit("real", 2, 4, { seed: 1 });
+ * const u = randn([1, 2, 16], { seed: 2 });
+ * const a = ssmRecurrence(u, ssm), b = ssmConvolution(u, ssmKernel(ssm, 16));
+ * console.log(a.shape, b.shape); // [1, 2, 16] [1, 2, 16]
+ * ```
+ */
+export function ssmRecurrence(
+  u: Tensor,
+  ssm: DiagSSM,
+  opts: SSMModeOptions & { Dskip?: ArrayLike<number> | null } = {},
+): Tensor {
+  const op = "ssmRecurrence";
+  u.check(op);
+  if (u.rank !== 3 || u.shape[1] !== ssm.D) {
+    throw new Error(`${op}: u must be (B, D, L) with D = ${ssm.D} (the SSM's channels), got ${u.describe()}`);
+  }
+  if (opts.Dskip && opts.Dskip.length !== ssm.D) {
+    throw new Error(`${op}: Dskip must have D = ${ssm.D} values, got ${opts.Dskip.length}`);
+  }
+  const [Bn, D, L] = u.shape, N = ssm.N;
+  if (u.device === "cpu") {
+    const c = contiguous(u);
+    const y = ssmRecurrenceRef(c.storage.data!.subarray(c.offset, c.offset + c.size), u.shape, ssm, opts);
+    c.dispose();
+    return fromArray(y, u.shape, u.dtype, "cpu");
+  }
+  if (u.dtype !== "f32") throw new Error(`${op}: WebGPU computes in f32, got ${u.describe()}`);
+  const { Abar: [ar, ai], Bbar: [br, bi] } = discretizeDiag(ssm, opts.method ?? "zoh");
+  const s = opts.conj ? 2 : 1;
+  const P = new Float32Array(D * 6 * N);
+  for (let d = 0; d < D; d++) {
+    for (let n = 0; n < N; n++) {
+      const i = d * N + n, o = d * 6 * N + n;
+      P[o] = ar[i];
+      P[o + N] = ai[i];
+      P[o + 2 * N] = br[i];
+      P[o + 3 * N] = bi[i];
+      P[o + 4 * N] = s * ssm.Cre[i];
+      P[o + 5 * N] = s * (ssm.Cim ? ssm.Cim[i] : 0);
+    }
+  }
+  const params = fromArray(P, [D, 6 * N], "f32", "webgpu", "s4 params");
+  const skip = fromArray(opts.Dskip ?? new Float32Array(D), [D], "f32", "webgpu", "s4 skip");
+  const uc = contiguous(u);
+  const out = empty(op, [Bn, D, L], "f32", "webgpu");
+  try {
+    gpu().run({
+      name: op,
+      key: `v1|${N}`,
+      source: () => recurrentV1(N),
+      inputs: [params, uc, skip].map((t) => t.storage.buffer!),
+      outputs: [out.storage.buffer!],
+      uniforms: new Uniforms().u32(Bn * D, D, L, uc.offset).build(),
+      workgroups: grid(Bn * D, S4_WG),
+    });
+  } finally {
+    for (const t of [params, skip, uc]) t.dispose();
+  }
+  return out;
+}
