@@ -37,3 +37,4 @@ export {
   type SSMModeOptions,
   ssmRecurrenceRef,
 } from "./s4_ref.ts";
+export { bidirectional, crossMerge, crossScan, flip } from "./vision.ts";
