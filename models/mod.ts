@@ -28,6 +28,7 @@
 export * from "./nn.ts";
 export * from "./loss.ts";
 export * from "./optim.ts";
+export * from "./mamba.ts";
 export {
   decodeIntoModel,
   decodeSafetensors,

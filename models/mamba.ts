@@ -1,0 +1,245 @@
+/**
+ * The Mamba block (Gu and Dao, arXiv 2312.00752; REFERENCES.md, Mamba): in_proj, a short causal depthwise
+ * conv with SiLU, the input-dependent projections of delta, B and C, the selective scan, the gate and
+ * out_proj. `forward` runs the whole sequence (the scan's parallel version on WebGPU); `step` advances one
+ * token from a (conv state, ssm state) pair for recurrent decoding; `prefill` runs a prompt and returns
+ * the state to continue from.
+ * @module
+ */
+
+import type { DType } from "../runtime/dtype.ts";
+import type { DeviceName } from "../runtime/device.ts";
+import { param } from "../runtime/autograd.ts";
+import { type Tensor, tidy } from "../runtime/tensor.ts";
+import { arange, rand, tensor, zeros } from "../ops/core/creation.ts";
+import { exp, log, matmul, neg } from "../ops/core/mod.ts";
+import {
+  causalConv1d,
+  causalConv1dStep,
+  selectiveScan,
+  type SelectiveScanGpuOptions,
+  selectiveScanStep,
+} from "../ops/ssm/mod.ts";
+import { init, Linear, Module } from "./nn.ts";
+
+/** Configuration of a {@link Mamba} block; defaults are the paper's. */
+export interface MambaConfig {
+  /** Model width D. */
+  dModel: number;
+  /** State size N (default 16). */
+  dState?: number;
+  /** Width of the causal depthwise conv (default 4). */
+  dConv?: number;
+  /** Expansion E: the inner width is E * D (default 2). */
+  expand?: number;
+  /** Rank of delta's projection (default ceil(D / 16)). */
+  dtRank?: number;
+  /** dt at init is log-uniform in [dtMin, dtMax] (defaults 1e-3, 0.1), floored at dtInitFloor (1e-4). */
+  dtMin?: number;
+  /** Upper end of dt's initial range. */
+  dtMax?: number;
+  /** Floor of the initial dt. */
+  dtInitFloor?: number;
+  /** Scale of dt_proj's initial weights U(+-dtScale / sqrt(dtRank)) (default 1). */
+  dtScale?: number;
+  /** Layers of the model this block sits in: out_proj's init is scaled by 1 / sqrt(nLayer) (default 1). */
+  nLayer?: number;
+  /** Bias in the conv (default true). */
+  convBias?: boolean;
+  /** Seed of the first parameter (the others follow). */
+  seed?: number;
+  /** Device of the parameters. */
+  device?: DeviceName;
+  /** Float dtype of the parameters (default f32). */
+  dtype?: DType;
+  /** Options passed to the selective scan (e.g. version, chunkSize). */
+  scan?: Pick<SelectiveScanGpuOptions, "version" | "chunkSize" | "carry">;
+}
+
+/** The recurrent state of a {@link Mamba} block: conv (B, ED, dConv - 1) and ssm (B, ED, N). */
+export interface MambaState {
+  /** The last dConv - 1 inputs of the conv, (B, ED, dConv - 1). */
+  conv: Tensor;
+  /** The selective scan's state, (B, ED, N). */
+  ssm: Tensor;
+}
+
+/**
+ * A Mamba block: x (B, L, D) -> (B, L, D).
+ *
+ * Parameters (seqlab's Linear layout: weight (in, out)): inProj (D, 2 ED) no bias; convWeight (ED, dConv),
+ * convBias (ED); xProj (ED, dtRank + 2N) no bias; dtProj (dtRank, ED) with weight U(+-dtScale /
+ * sqrt(dtRank)) and bias softplus^-1(dt), dt log-uniform in [dtMin, dtMax] floored at dtInitFloor;
+ * ALog (ED, N) = log(1 .. N) per channel (S4D-Real: A = -exp(ALog)); D (ED) = 1; outProj (ED, D) no bias.
+ *
+ * @example
+ * ```ts
+ * import { Mamba, randn } from "seqlab";
+ * const m = new Mamba({ dModel: 16, seed: 1 });
+ * const x = randn([2, 10, 16], { seed: 2 });
+ * console.log(m.forward(x).shape); // [2, 10, 16]
+ * let state = m.initialState(2);
+ * const r = m.step(x.slice([null, 0]), state); // one token
+ * console.log(r.y.shape, r.state.ssm.shape); // [2, 16] [2, 32, 16]
+ * m.dispose();
+ * ```
+ */
+export class Mamba extends Module {
+  /** D -> 2 ED (x and the gate z), no bias. */
+  inProj: Linear;
+  /** (ED, dConv). */
+  convWeight: Tensor;
+  /** (ED), or null. */
+  convBias: Tensor | null;
+  /** ED -> dtRank + 2N (delta's low-rank input, B, C), no bias. */
+  xProj: Linear;
+  /** dtRank -> ED; its bias is the scan's deltaBias. */
+  dtProj: Linear;
+  /** (ED, N): A = -exp(ALog). */
+  ALog: Tensor;
+  /** (ED): the skip. */
+  D: Tensor;
+  /** ED -> D, no bias. */
+  outProj: Linear;
+  /** Resolved sizes. */
+  readonly dims: { D: number; ED: number; N: number; W: number; R: number };
+  readonly #scan: MambaConfig["scan"];
+
+  /** Creates the block's parameters. */
+  constructor(cfg: MambaConfig) {
+    super();
+    const D = cfg.dModel, N = cfg.dState ?? 16, W = cfg.dConv ?? 4, E = cfg.expand ?? 2;
+    const ED = E * D, R = cfg.dtRank ?? Math.ceil(D / 16);
+    for (
+      const [n, v] of [["dModel", D], ["dState", N], ["dConv", W], ["expand", E], ["dtRank", R]] as const
+    ) {
+      if (!Number.isInteger(v) || v < 1) throw new Error(`Mamba: ${n} must be a positive integer, got ${v}`);
+    }
+    this.dims = { D, ED, N, W, R };
+    this.#scan = cfg.scan;
+    const { dtMin = 1e-3, dtMax = 0.1, dtInitFloor = 1e-4, dtScale = 1, nLayer = 1 } = cfg;
+    const o = { device: cfg.device, dtype: cfg.dtype };
+    const seed = (k: number) => (cfg.seed === undefined ? undefined : cfg.seed + 10 * k);
+    this.inProj = new Linear(D, 2 * ED, { ...o, bias: false, seed: seed(0) });
+    // PyTorch's Conv1d init: U(+-1/sqrt(fan_in)), fan_in = dConv for a depthwise conv
+    const cb = 1 / Math.sqrt(W);
+    this.convWeight = param(init.uniform([ED, W], { ...o, low: -cb, high: cb, seed: seed(1) }));
+    this.convBias = cfg.convBias === false
+      ? null
+      : param(init.uniform([ED], { ...o, low: -cb, high: cb, seed: (seed(1) ?? 0) + 1 }));
+    this.xProj = new Linear(ED, R + 2 * N, { ...o, bias: false, seed: seed(2) });
+    const wb = dtScale / Math.sqrt(R);
+    this.dtProj = new Linear(R, ED, {
+      ...o,
+      seed: seed(3),
+      weightInit: (s, io) => init.uniform(s, { ...io, low: -wb, high: wb }),
+      biasInit: (s, io) =>
+        tidy(() => {
+          // dt = exp(U * (log dtMax - log dtMin) + log dtMin), floored; bias = dt + log(-expm1(-dt))
+          const u = rand(s, { ...io, device: "cpu", dtype: "f64" }).storage.data as Float64Array;
+          const inv = Float64Array.from(u, (x) => {
+            const dt = Math.max(
+              Math.exp(x * (Math.log(dtMax) - Math.log(dtMin)) + Math.log(dtMin)),
+              dtInitFloor,
+            );
+            return dt + Math.log(-Math.expm1(-dt));
+          });
+          return tensor(inv, { shape: s, device: io.device, dtype: io.dtype ?? "f32" });
+        }),
+    });
+    this.ALog = param(tidy(() => log(arange(1, N + 1, 1, o).reshape([1, N]).expand([ED, N]).contiguous())));
+    this.D = param(init.ones([ED], o));
+    const ob = 1 / Math.sqrt(ED) / Math.sqrt(nLayer);
+    this.outProj = new Linear(ED, D, {
+      ...o,
+      bias: false,
+      seed: seed(4),
+      weightInit: (s, io) => init.uniform(s, { ...io, low: -ob, high: ob }),
+    });
+  }
+
+  /** A = -exp(ALog), (ED, N). */
+  A(): Tensor {
+    return neg(exp(this.ALog));
+  }
+
+  /** The whole sequence: x (B, L, D) -> (B, L, D). */
+  forward(x: Tensor): Tensor {
+    return this.#run(x, false).y;
+  }
+
+  /** Runs a prompt x (B, L, D): the output (B, L, D) and the state after its last token. */
+  prefill(x: Tensor): { y: Tensor; state: MambaState } {
+    const r = this.#run(x, true);
+    return { y: r.y, state: r.state! };
+  }
+
+  #run(x: Tensor, withState: boolean): { y: Tensor; state?: MambaState } {
+    const { D, ED, N, R } = this.dims;
+    if (x.rank !== 3 || x.shape[2] !== D) {
+      throw new Error(`Mamba: x must be (B, L, D) with D = ${D}, got ${x.describe()}`);
+    }
+    return tidy(() => {
+      const xz = this.inProj.forward(x).transpose(1, 2); // (B, 2 ED, L)
+      const xi = xz.slice([null, [0, ED]]), z = xz.slice([null, [ED, 2 * ED]]); // (B, ED, L) each
+      const conv = causalConv1d(xi, this.convWeight, {
+        bias: this.convBias,
+        activation: "silu",
+        returnFinalState: true,
+      });
+      const xc = conv[0]; // (B, ED, L)
+      const xdbl = this.xProj.forward(xc.transpose(1, 2)); // (B, L, R + 2N)
+      const dt = matmul(xdbl.slice([null, null, [0, R]]), this.dtProj.weight).transpose(1, 2); // (B, ED, L)
+      const Bm = xdbl.slice([null, null, [R, R + N]]).transpose(1, 2); // (B, N, L)
+      const Cm = xdbl.slice([null, null, [R + N, R + 2 * N]]).transpose(1, 2); // (B, N, L)
+      const [y, last] = selectiveScan(xc, dt, this.A(), Bm, Cm, {
+        ...this.#scan,
+        D: this.D,
+        z,
+        deltaBias: this.dtProj.bias,
+        deltaSoftplus: true,
+        returnLastState: true,
+      }); // (B, ED, L), (B, ED, N)
+      const out = this.outProj.forward(y.transpose(1, 2)); // (B, L, D)
+      return withState ? { y: out, state: { conv: conv[1], ssm: last } } : { y: out };
+    });
+  }
+
+  /** The state before any token: zeros, for a batch of `batch`. */
+  initialState(batch: number): MambaState {
+    const { ED, N, W } = this.dims;
+    const o = { device: this.D.device, dtype: this.D.dtype };
+    return { conv: zeros([batch, ED, W - 1], o), ssm: zeros([batch, ED, N], o) };
+  }
+
+  /**
+   * One token: x (B, D) and the state -> `{ y (B, D), state }` (a new state; the old one is left to the
+   * caller). Stepping through a sequence equals {@link Mamba.forward} on it.
+   */
+  step(x: Tensor, state: MambaState): { y: Tensor; state: MambaState } {
+    const { D, ED, N, R } = this.dims;
+    if (x.rank !== 2 || x.shape[1] !== D) {
+      throw new Error(`Mamba.step: x must be (B, D) with D = ${D}, got ${x.describe()}`);
+    }
+    return tidy(() => {
+      const xz = this.inProj.forward(x); // (B, 2 ED)
+      const xi = xz.slice([null, [0, ED]]), z = xz.slice([null, [ED, 2 * ED]]);
+      const c = causalConv1dStep(state.conv, xi, this.convWeight, {
+        bias: this.convBias,
+        activation: "silu",
+      });
+      const xdbl = this.xProj.forward(c.y); // (B, R + 2N)
+      const dt = matmul(xdbl.slice([null, [0, R]]), this.dtProj.weight); // (B, ED)
+      const s = selectiveScanStep(
+        state.ssm,
+        c.y,
+        dt,
+        this.A(),
+        xdbl.slice([null, [R, R + N]]),
+        xdbl.slice([null, [R + N, R + 2 * N]]),
+        { D: this.D, z, deltaBias: this.dtProj.bias, deltaSoftplus: true },
+      );
+      return { y: this.outProj.forward(s.y), state: { conv: c.state, ssm: s.state } };
+    });
+  }
+}
