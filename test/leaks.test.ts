@@ -21,7 +21,7 @@ const OPS: [string, (x: Tensor, i: Tensor) => Tensor][] = [
   ["logSumExp", (x) => x.logSumExp(1, true)],
   ["layerNorm", (x) => x.layerNorm(x.slice([0]), x.slice([1]))],
   ["rmsNorm", (x) => x.transpose().rmsNorm()],
-  ["concat", (x) => s.concat([x, x.cast("i32")], 1)],
+  ["concat (promotes i32)", (x, i) => s.concat([x.slice([[0, 1], [0, 3]]), i.unsqueeze(0)], 0)],
   ["stack", (x) => s.stack([x, x], 1)],
   ["gather", (x, i) => s.gather(x, i, 1)],
   ["reshape copy", (x) => x.transpose().reshape([-1])],
