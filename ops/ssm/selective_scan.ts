@@ -59,17 +59,18 @@ export interface SelectiveScanGpuOptions extends SelectiveScanOptions {
 }
 
 /**
- * The chunk length v2 uses by default: enough chunks that B * D * chunks invocations keep the adapter
- * busy (~4096), each at least 64 steps, a multiple of 4.
+ * The chunk length v2 uses by default: enough chunks that B * D * chunks invocations keep the adapter busy
+ * (~1024 on lavapipe's 2 threads x 8 lanes; more chunks only add summary work: the chunk pass covers all
+ * but the last chunk), each at least 64 steps, a multiple of 4.
  *
  * @example
  * ```ts
  * import { scanChunkSize } from "seqlab";
- * console.log(scanChunkSize(16384, 512)); // 2048
+ * console.log(scanChunkSize(16384, 512), scanChunkSize(16384, 16)); // 8192 256
  * ```
  */
 export function scanChunkSize(L: number, BD: number): number {
-  const chunks = Math.max(1, Math.ceil(4096 / BD));
+  const chunks = Math.max(1, Math.ceil(1024 / BD));
   return Math.max(64, Math.ceil(L / chunks / 4) * 4);
 }
 
