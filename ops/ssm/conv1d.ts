@@ -241,7 +241,7 @@ export function causalConv1dStep(
 ): { y: Tensor; state: Tensor } {
   const op = "causalConv1dStep";
   if (x.rank !== 2) throw new Error(`${op}: x must be (B, D), got ${x.describe()}`);
-  check(op, x.unsqueeze(-1), weight, opts.bias, state);
+  tidy(() => check(op, x.unsqueeze(-1), weight, opts.bias, state)); // the view is freed at once
   const W = weight.shape[1];
   return tidy(() => {
     const win = concat([state, x.unsqueeze(-1)], 2); // (B, D, W)

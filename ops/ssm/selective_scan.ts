@@ -125,11 +125,14 @@ function prepare(
   }
   const ctx = gpu();
   ctx.diagnostic(SCAN_POSITIVE_A, (d, n) => positiveAMessage(op, d, n, NaN, A.shape).replace(" = NaN", ""));
-  const col = (t: Tensor | null | undefined) =>
-    t ? t.reshape([D, 1]) : zeros([D, 1], { dtype: "f32", device });
-  const parts = [A, col(o.D), col(o.deltaBias)];
-  if (dims.bShared) parts.push(B);
-  if (dims.cShared) parts.push(C);
+  const params = tidy(() => {
+    const col = (t: Tensor | null | undefined) =>
+      t ? t.reshape([D, 1]) : zeros([D, 1], { dtype: "f32", device });
+    const parts = [A, col(o.D), col(o.deltaBias)];
+    if (dims.bShared) parts.push(B);
+    if (dims.cShared) parts.push(C);
+    return concat(parts, 1); // (D, P)
+  });
   return {
     dims,
     v: {
@@ -140,7 +143,7 @@ function prepare(
       softplus: !!o.deltaSoftplus,
       last,
     },
-    params: concat(parts, 1),
+    params,
     u: contiguous(u),
     delta: contiguous(delta),
     z: o.z ? contiguous(o.z) : null,

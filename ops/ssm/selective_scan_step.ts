@@ -96,8 +96,8 @@ export function selectiveScanStep(
       throw new Error(`${op}: ${name} must be (D) = [${D}], got ${fmt(t.shape)}`);
     }
   }
-  const Bc = perChannel(op, "B", B, Bn, D, N), Cc = perChannel(op, "C", C, Bn, D, N);
   return tidy(() => {
+    const Bc = perChannel(op, "B", B, Bn, D, N), Cc = perChannel(op, "C", C, Bn, D, N); // (B, D, N) views
     let dt = opts.deltaBias ? add(delta, opts.deltaBias) : delta;
     if (opts.deltaSoftplus) dt = softplus(dt);
     const dt3 = dt.unsqueeze(-1); // (B, D, 1)
