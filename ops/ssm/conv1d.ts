@@ -16,7 +16,15 @@ import { concat } from "../core/layout.ts";
 import { sum } from "../core/reduce.ts";
 import { empty, fromArray, Uniforms } from "../core/util.ts";
 import { causalConv1dBackwardRef, causalConv1dRef } from "./conv1d_ref.ts";
-import { CONV_V2_MAX_W, CONV_WG, convBwdDwV1, convBwdDxV1, convFwdV1, convFwdV2 } from "./conv1d_wgsl.ts";
+import {
+  CONV_MAX_LOOP,
+  CONV_V2_MAX_W,
+  CONV_WG,
+  convBwdDwV1,
+  convBwdDxV1,
+  convFwdV1,
+  convFwdV2,
+} from "./conv1d_wgsl.ts";
 
 /** Options of {@link causalConv1d}. */
 export interface CausalConv1dOptions {
@@ -94,16 +102,28 @@ function forward(x: Tensor, w: Tensor, b: Tensor | null, st: Tensor | null, vers
   const [xc, wc, bc, sc] = [x, w, b, st].map((t) => (t ? contiguous(t) : null));
   try {
     const threads = v2 ? Bn * D * Math.ceil(L / 4) : Bn * D * L;
-    gpu().run({
-      name: "causalConv1d",
-      key: v2 ? `v2|${W}|${!!b}|${!!st}` : `v1|${!!b}|${!!st}`,
-      source: () => (v2 ? convFwdV2(W, !!b, !!st) : convFwdV1(!!b, !!st)),
-      inputs: [xc, wc, bc, sc].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
-      outputs: [out.storage.buffer!],
-      uniforms: new Uniforms().u32(Bn * D, D, L, W, xc!.offset, wc!.offset, sc?.offset ?? 0, bc?.offset ?? 0)
-        .build(),
-      workgroups: grid(threads, CONV_WG),
-    });
+    // v1: taps in slices of CONV_MAX_LOOP, accumulated (lavapipe's loop limit); v2 has no loop
+    for (let k0 = 0; k0 < W; k0 += v2 ? W : CONV_MAX_LOOP) {
+      gpu().run({
+        name: "causalConv1d",
+        key: v2 ? `v2|${W}|${!!b}|${!!st}` : `v1|${!!b}|${!!st}`,
+        source: () => (v2 ? convFwdV2(W, !!b, !!st) : convFwdV1(!!b, !!st)),
+        inputs: [xc, wc, bc, sc].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
+        outputs: [out.storage.buffer!],
+        uniforms: new Uniforms().u32(
+          Bn * D,
+          D,
+          L,
+          W,
+          xc!.offset,
+          wc!.offset,
+          sc?.offset ?? 0,
+          bc?.offset ?? 0,
+        )
+          .u32(k0, Math.min(W, k0 + CONV_MAX_LOOP), k0 > 0 ? 1 : 0).padTo(12).build(),
+        workgroups: grid(threads, CONV_WG),
+      });
+    }
   } finally {
     for (const t of [xc, wc, bc, sc]) t?.dispose();
   }
@@ -128,24 +148,32 @@ function backward(g: Tensor, x: Tensor, w: Tensor, st: Tensor | null): Tensor[] 
   const dwb = empty("causalConv1d dweight", [D, W + 1], "f32", "webgpu");
   const [gc, xc, wc, sc] = [g, x, w, st].map((t) => (t ? contiguous(t) : null));
   try {
-    ctx.run({
-      name: "causalConv1d backward",
-      key: "dx v1",
-      source: convBwdDxV1,
-      inputs: [gc!, wc!].map((t) => t.storage.buffer!),
-      outputs: [dx.storage.buffer!, ds.storage.buffer!], // an empty dstate (W = 1) still has a buffer
-      uniforms: new Uniforms().u32(Bn * D, D, L, W, gc!.offset, wc!.offset).padTo(8).build(),
-      workgroups: grid(Bn * D * (L + W - 1), CONV_WG),
-    });
-    ctx.run({
-      name: "causalConv1d backward",
-      key: `dw v1|${!!sc}`,
-      source: () => convBwdDwV1(!!sc),
-      inputs: [gc, xc, sc].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
-      outputs: [dwb.storage.buffer!],
-      uniforms: new Uniforms().u32(Bn, D, L, W, gc!.offset, xc!.offset, sc?.offset ?? 0).padTo(8).build(),
-      workgroups: grid(D * (W + 1), CONV_WG),
-    });
+    // long loops in slices that accumulate (lavapipe's loop limit, see CONV_MAX_LOOP)
+    for (let k0 = 0; k0 < W; k0 += CONV_MAX_LOOP) {
+      ctx.run({
+        name: "causalConv1d backward",
+        key: "dx v1",
+        source: convBwdDxV1,
+        inputs: [gc!, wc!].map((t) => t.storage.buffer!),
+        outputs: [dx.storage.buffer!, ds.storage.buffer!], // an empty dstate (W = 1) still has a buffer
+        uniforms: new Uniforms().u32(Bn * D, D, L, W, gc!.offset, wc!.offset)
+          .u32(k0, Math.min(W, k0 + CONV_MAX_LOOP), k0 > 0 ? 1 : 0).padTo(12).build(),
+        workgroups: grid(Bn * D * (L + W - 1), CONV_WG),
+      });
+    }
+    const span = Math.max(1, Math.floor(CONV_MAX_LOOP / Bn) - 1); // steps per slice: Bn * span iterations
+    for (let t0 = 0; t0 < L; t0 += span) {
+      ctx.run({
+        name: "causalConv1d backward",
+        key: `dw v1|${!!sc}`,
+        source: () => convBwdDwV1(!!sc),
+        inputs: [gc, xc, sc].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
+        outputs: [dwb.storage.buffer!],
+        uniforms: new Uniforms().u32(Bn, D, L, W, gc!.offset, xc!.offset, sc?.offset ?? 0)
+          .u32(t0, Math.min(L, t0 + span), t0 > 0 ? 1 : 0).padTo(12).build(),
+        workgroups: grid(D * (W + 1), CONV_WG),
+      });
+    }
   } finally {
     for (const t of [gc, xc, wc, sc]) t?.dispose();
   }

@@ -4,7 +4,8 @@
  *
  * Versions (numbers are never reused):
  * - fwd v1 any width: one invocation per output, a loop over the W taps. Also the S4 convolution mode,
- *   where W = L (a kernel as long as the sequence).
+ *   where W = L (a kernel as long as the sequence). Taps past CONV_MAX_LOOP go to further dispatches that
+ *   accumulate (lavapipe's loop limit), as do the backward's long loops.
  * - fwd v2 small width (W <= 8; Mamba's is 4): one invocation per 4 consecutive outputs of a channel with
  *   the W weights in registers and the W + 3 inputs loaded once: (W + 3) + W loads per 4 outputs against
  *   8 W for v1. Storage-buffer loads dominate on lavapipe (a per-lane loop each), so this is what counts.
@@ -39,7 +40,14 @@ function readX(hasState: boolean): string {
 }
 
 /**
- * fwd v1. Uniforms: [Bn*D, D, L, W, xOff, wOff, stOff, bOff]. Bindings: x, weight, bias?, state?, out.
+ * Taps (or steps) one dispatch of a loop over W (or L) covers: lavapipe stops an invocation's loops after
+ * 65535 iterations in total, so longer loops are split over dispatches that accumulate into the output.
+ */
+export const CONV_MAX_LOOP = 32768;
+
+/**
+ * fwd v1. Uniforms: [Bn*D, D, L, W, xOff, wOff, stOff, bOff, k0, k1, acc]: taps k0 .. k1 - 1, added to
+ * the output when acc = 1 (else bias first). Bindings: x, weight, bias?, state?, out.
  */
 export function convFwdV1(hasBias: boolean, hasState: boolean): string {
   const names: [string, boolean][] = [["X", false], ["WT", false]];
@@ -47,7 +55,7 @@ export function convFwdV1(hasBias: boolean, hasState: boolean): string {
   if (hasState) names.push(["ST", false]);
   names.push(["OUT", true]);
   return `// causal conv1d fwd v1
-${uniformDecl(8)}
+${uniformDecl(12)}
 ${decl(names)}
 ${readX(hasState)}
 ${flatId(CONV_WG)}
@@ -55,7 +63,8 @@ ${flatId(CONV_WG)}
   if (gid >= BD * L) { return; }
   let bd = gid / L; let t = gid - bd * L; let d = bd % U(1u);
   var acc = ${hasBias ? "BI[U(7u) + d]" : "0.0"};
-  for (var k = 0u; k < W; k++) {
+  if (U(10u) != 0u) { acc = OUT[gid]; }
+  for (var k = U(8u); k < U(9u); k++) {
     acc += WT[U(5u) + d * W + k] * rx(bd, i32(t) - i32(W) + 1 + i32(k));
   }
   OUT[gid] = acc;
@@ -93,12 +102,12 @@ ${flatId(CONV_WG)}
 }
 
 /**
- * bwd dx v1. Uniforms: [Bn*D, D, L, W, gOff, wOff]. Bindings: g, weight, dx, dstate.
- * One invocation per (bd, s) with s + W - 1 in [0, L + W - 1).
+ * bwd dx v1. Uniforms: [Bn*D, D, L, W, gOff, wOff, k0, k1, acc] (taps k0 .. k1 - 1, accumulated when
+ * acc = 1). Bindings: g, weight, dx, dstate. One invocation per (bd, s) with s + W - 1 in [0, L + W - 1).
  */
 export function convBwdDxV1(): string {
   return `// causal conv1d bwd dx v1
-${uniformDecl(8)}
+${uniformDecl(12)}
 ${decl([["G", false], ["WT", false], ["DX", true], ["DS", true]])}
 ${flatId(CONV_WG)}
   let BD = U(0u); let L = U(2u); let W = U(3u);
@@ -108,7 +117,8 @@ ${flatId(CONV_WG)}
   let bd = gid / span; let p = gid - bd * span; let d = bd % U(1u);
   let s = i32(p) - i32(S);
   var acc = 0.0;
-  for (var k = 0u; k < W; k++) {
+  if (U(8u) != 0u) { if (s >= 0) { acc = DX[bd * L + u32(s)]; } else { acc = DS[bd * S + p]; } }
+  for (var k = U(6u); k < U(7u); k++) {
     let t = s + i32(S) - i32(k);
     if (t >= 0 && t < i32(L)) { acc += WT[U(5u) + d * W + k] * G[U(4u) + bd * L + u32(t)]; }
   }
@@ -117,15 +127,16 @@ ${flatId(CONV_WG)}
 }
 
 /**
- * bwd dw v1. Uniforms: [Bn, D, L, W, gOff, xOff, stOff]. Bindings: g, x, state?, dw (D, W + 1: the last
- * column is dbias). One invocation per (d, k), k in [0, W].
+ * bwd dw v1. Uniforms: [Bn, D, L, W, gOff, xOff, stOff, t0, t1, acc] (steps t0 .. t1 - 1 of every batch,
+ * accumulated when acc = 1). Bindings: g, x, state?, dw (D, W + 1: the last column is dbias). One
+ * invocation per (d, k), k in [0, W].
  */
 export function convBwdDwV1(hasState: boolean): string {
   const names: [string, boolean][] = [["G", false], ["X", false]];
   if (hasState) names.push(["ST", false]);
   names.push(["DW", true]);
   return `// causal conv1d bwd dw v1
-${uniformDecl(8)}
+${uniformDecl(12)}
 ${decl(names)}
 ${flatId(CONV_WG)}
   let Bn = U(0u); let D = U(1u); let L = U(2u); let W = U(3u);
@@ -133,9 +144,10 @@ ${flatId(CONV_WG)}
   let d = gid / (W + 1u); let k = gid - d * (W + 1u);
   let S = W - 1u;
   var acc = 0.0;
+  if (U(9u) != 0u) { acc = DW[gid]; }
   for (var b = 0u; b < Bn; b++) {
     let bd = b * D + d;
-    for (var t = 0u; t < L; t++) {
+    for (var t = U(7u); t < U(8u); t++) {
       let g = G[U(4u) + bd * L + t];
       if (k == W) { acc += g; continue; }
       let s = i32(t) - i32(S) + i32(k);

@@ -25,7 +25,7 @@ import {
   type SSMModeOptions,
   ssmRecurrenceRef,
 } from "./s4_ref.ts";
-import { recurrentV1, S4_WG } from "./s4_wgsl.ts";
+import { recurrentV1, S4_MAX_LOOP, S4_WG } from "./s4_wgsl.ts";
 
 /** Options of {@link s4dInit}. */
 export interface S4DInitOptions {
@@ -199,18 +199,22 @@ export function ssmRecurrence(
   const skip = fromArray(opts.Dskip ?? new Float32Array(D), [D], "f32", "webgpu", "s4 skip");
   const uc = contiguous(u);
   const out = empty(op, [Bn, D, L], "f32", "webgpu");
+  const state = empty(`${op} state`, [Bn * D, 2 * N], "f32", "webgpu");
   try {
-    gpu().run({
-      name: op,
-      key: `v1|${N}`,
-      source: () => recurrentV1(N),
-      inputs: [params, uc, skip].map((t) => t.storage.buffer!),
-      outputs: [out.storage.buffer!],
-      uniforms: new Uniforms().u32(Bn * D, D, L, uc.offset).build(),
-      workgroups: grid(Bn * D, S4_WG),
-    });
+    for (let t0 = 0; t0 < L; t0 += S4_MAX_LOOP) {
+      gpu().run({
+        name: op,
+        key: `v1|${N}`,
+        source: () => recurrentV1(N),
+        inputs: [params, uc, skip].map((t) => t.storage.buffer!),
+        outputs: [out.storage.buffer!, state.storage.buffer!],
+        uniforms: new Uniforms().u32(Bn * D, D, L, uc.offset, t0, Math.min(L, t0 + S4_MAX_LOOP)).padTo(8)
+          .build(),
+        workgroups: grid(Bn * D, S4_WG),
+      });
+    }
   } finally {
-    for (const t of [params, skip, uc]) t.dispose();
+    for (const t of [params, skip, uc, state]) t.dispose();
   }
   return out;
 }

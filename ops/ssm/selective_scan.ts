@@ -26,6 +26,7 @@ import { selectiveScanBackwardRef, selectiveScanRef } from "./selective_scan_ref
 import {
   carryHillisSteeleV2,
   carrySeqV2,
+  MAX_LOOP,
   packSeqV2,
   paramStride,
   SCAN_POSITIVE_A,
@@ -71,7 +72,8 @@ export interface SelectiveScanGpuOptions extends SelectiveScanOptions {
  */
 export function scanChunkSize(L: number, BD: number): number {
   const chunks = Math.max(1, Math.ceil(1024 / BD));
-  return Math.max(64, Math.ceil(L / chunks / 4) * 4);
+  // a chunk's loop runs T / 4 texel steps: at most MAX_LOOP (lavapipe's loop limit)
+  return Math.min(4 * MAX_LOOP, Math.max(64, Math.ceil(L / chunks / 4) * 4));
 }
 
 /**
@@ -153,29 +155,40 @@ function prepare(
 }
 
 function forwardV1(p: Prepared, out: Tensor, last: Tensor | null): void {
-  const { Bn, D, L, G } = p.dims;
+  const { Bn, D, L, G, N } = p.dims;
   const ctx = gpu();
   const inputs = [p.params, p.u, p.delta, p.B, p.C, p.z].filter((t): t is Tensor => !!t);
-  ctx.run({
-    name: "selectiveScan",
-    key: `v1|${variantKey(p.v)}`,
-    source: () => scanV1(p.v),
-    inputs: inputs.map((t) => t.storage.buffer!),
-    outputs: [out.storage.buffer!, ...(last ? [last.storage.buffer!] : []), ctx.diagnostics],
-    uniforms: new Uniforms().u32(
-      Bn,
-      D,
-      L,
-      D / G,
-      G,
-      p.u.offset,
-      p.delta.offset,
-      p.z?.offset ?? 0,
-      p.B?.offset ?? 0,
-      p.C?.offset ?? 0,
-    ).padTo(12).build(),
-    workgroups: grid(Bn * D, SCAN_WG),
-  });
+  const state = last ?? empty("selectiveScan state", [Bn, D, N], "f32", "webgpu");
+  const v = { ...p.v, last: true };
+  try {
+    // time slices of MAX_LOOP steps, the state carried in `state` (lavapipe's loop limit)
+    for (let t0 = 0; t0 < L; t0 += MAX_LOOP) {
+      ctx.run({
+        name: "selectiveScan",
+        key: `v1|${variantKey(v)}`,
+        source: () => scanV1(v),
+        inputs: inputs.map((t) => t.storage.buffer!),
+        outputs: [out.storage.buffer!, state.storage.buffer!, ctx.diagnostics],
+        uniforms: new Uniforms().u32(
+          Bn,
+          D,
+          L,
+          D / G,
+          G,
+          p.u.offset,
+          p.delta.offset,
+          p.z?.offset ?? 0,
+          p.B?.offset ?? 0,
+          p.C?.offset ?? 0,
+          t0,
+          Math.min(L, t0 + MAX_LOOP),
+        ).build(),
+        workgroups: grid(Bn * D, SCAN_WG),
+      });
+    }
+  } finally {
+    if (!last) state.dispose();
+  }
 }
 
 /** Packs (rows, L) operands into layer ranges of a scratch texture: by copies when aligned, else a pass. */
@@ -332,6 +345,7 @@ function backwardV1(
   const ddelta = empty("selectiveScan ddelta", [Bn, D, L], "f32", "webgpu");
   const dz = p.z ? empty("selectiveScan dz", [Bn, D, L], "f32", "webgpu") : null;
   const dP = empty("selectiveScan dparams", [Bn, D, P], "f32", "webgpu");
+  // segments of K steps: checkpoints O(L N / K) and one segment's states O(K N) per channel
   const K = Math.max(16, Math.ceil(Math.sqrt(L))), nS = Math.ceil(L / K);
   const varB = !dims.bShared, varC = !dims.cShared;
   const Dblk = varB || varC ? channelBlocks(D, H, Bn * N * L) : D;
@@ -342,37 +356,42 @@ function backwardV1(
   const v = { ...p.v, last: false };
   for (let d0 = 0; d0 < D; d0 += Dblk) {
     const nb = Math.min(Dblk, D - d0);
-    const scratch = empty("selectiveScan bwd scratch", [Bn * nb, nS + K, N], "f32", "webgpu");
+    const scratch = empty("selectiveScan bwd scratch", [Bn * nb, nS + K + 1, N], "f32", "webgpu");
     const dBv = varB ? empty("selectiveScan dB terms", [Bn, nb, N, L], "f32", "webgpu") : null;
     const dCv = varC ? empty("selectiveScan dC terms", [Bn, nb, N, L], "f32", "webgpu") : null;
+    const words = (sLo: number, sHi: number) =>
+      new Uniforms().u32(Bn, D, L, H, G, d0, nb, K, nS, p.u.offset, p.delta.offset, p.z?.offset ?? 0)
+        .u32(p.B?.offset ?? 0, p.C?.offset ?? 0, go?.offset ?? 0, gl?.offset ?? 0, sLo, sHi).padTo(20)
+        .build();
+    // phase 0, checkpoints, ascending; phase 1, the reverse scan, descending: segment ranges sized so that
+    // no invocation loops more than MAX_LOOP times (lavapipe's limit)
+    const per0 = Math.max(1, Math.floor(MAX_LOOP / (K + 1))),
+      per1 = Math.max(1, Math.floor(MAX_LOOP / (2 * K + 1)));
+    const in0 = [p.params, p.u, p.delta, p.B].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!);
+    for (let s0 = 0; s0 < nS; s0 += per0) {
+      ctx.run({
+        name: "selectiveScan backward",
+        key: `bwd v1 phase 0|${variantKey(v)}`,
+        source: () => scanBackwardV1(v, false, false, 0),
+        inputs: in0,
+        outputs: [scratch.storage.buffer!],
+        uniforms: words(s0, Math.min(nS, s0 + per0)),
+        workgroups: grid(Bn * nb, SCAN_WG),
+      });
+    }
     const inputs = [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl].filter((t): t is Tensor => !!t);
     const outputs = [du, ddelta, dz, dP, dBv, dCv, scratch].filter((t): t is Tensor => !!t);
-    ctx.run({
-      name: "selectiveScan backward",
-      key: `bwd v1|${variantKey(v)}|${!!go}|${!!gl}`,
-      source: () => scanBackwardV1(v, !!go, !!gl),
-      inputs: inputs.map((t) => t.storage.buffer!),
-      outputs: outputs.map((t) => t.storage.buffer!),
-      uniforms: new Uniforms().u32(
-        Bn,
-        D,
-        L,
-        H,
-        G,
-        d0,
-        nb,
-        K,
-        nS,
-        p.u.offset,
-        p.delta.offset,
-        p.z?.offset ?? 0,
-        p.B?.offset ?? 0,
-        p.C?.offset ?? 0,
-        go?.offset ?? 0,
-        gl?.offset ?? 0,
-      ).build(),
-      workgroups: grid(Bn * nb, SCAN_WG),
-    });
+    for (let s1 = nS; s1 > 0; s1 -= per1) {
+      ctx.run({
+        name: "selectiveScan backward",
+        key: `bwd v1 phase 1|${variantKey(v)}|${!!go}|${!!gl}`,
+        source: () => scanBackwardV1(v, !!go, !!gl, 1),
+        inputs: inputs.map((t) => t.storage.buffer!),
+        outputs: outputs.map((t) => t.storage.buffer!),
+        uniforms: words(Math.max(0, s1 - per1), s1),
+        workgroups: grid(Bn * nb, SCAN_WG),
+      });
+    }
     scratch.dispose();
     for (const [which, t] of [["B", dBv], ["C", dCv]] as const) {
       if (!t) continue;
@@ -536,6 +555,13 @@ export function selectiveScan(
     const chunkSize = opts.chunkSize ?? scanChunkSize(dims.L, dims.Bn * dims.D);
     if (!Number.isInteger(chunkSize) || chunkSize < 4 || chunkSize % 4 !== 0) {
       throw new Error(`${op}: chunkSize must be a positive multiple of 4, got ${chunkSize}`);
+    }
+    const chunks = Math.ceil(dims.L / chunkSize);
+    if (chunkSize > 4 * MAX_LOOP || chunks > MAX_LOOP) {
+      throw new Error(
+        `${op}: chunkSize ${chunkSize} cuts L = ${dims.L} into ${chunks} chunks; a chunk may be at most ` +
+          `${4 * MAX_LOOP} steps and there may be at most ${MAX_LOOP} chunks (lavapipe's loop limit)`,
+      );
     }
     const fits = v2Fits(dims);
     if (version === "v2" && !fits) {

@@ -10,13 +10,20 @@ import { paramStride, SCAN_WG, type ScanVariant } from "./selective_scan_wgsl.ts
 const COMP = ["x", "y", "z", "w"];
 
 /**
- * bwd v1: one invocation per (b, d) of the channel block [d0, d0 + nb). Uniforms: [Bn, D, L, H, G, d0, nb,
- * K, nS, uOff, dOff, zOff, bOff, cOff, goOff, glOff]. Bindings: 1 params, u, delta, B (unless shared),
- * C (unless shared), z (if any), dout (if `hasOut`), dlast (if `hasLast`); then du, ddelta, dz (if z),
- * dparams (Bn, D, P) per-channel partials in the params layout, dB terms (Bn, nb, N, L) and dC terms
- * (unless shared), scratch (Bn * nb, nS + K, N): checkpoints every K steps, then one segment's states.
+ * bwd v1: one invocation per (b, d) of the channel block [d0, d0 + nb), in two phases, each split over
+ * dispatches by segment ranges [sLo, sHi) so that no invocation runs more than MAX_LOOP loop iterations
+ * (lavapipe's limit): phase 0 writes the checkpoints (the state entering each segment of K steps),
+ * ascending; phase 1 walks the segments in reverse, recomputing each one's states from its checkpoint into
+ * the scratch and running the adjoint back through it. Between phase-1 dispatches the adjoint travels in
+ * the scratch and the per-channel sums accumulate in dparams.
+ *
+ * Uniforms: [Bn, D, L, H, G, d0, nb, K, nS, uOff, dOff, zOff, bOff, cOff, goOff, glOff, sLo, sHi].
+ * Bindings, phase 0: params, u, delta, B (unless shared), scratch. Phase 1: params, u, delta, B (unless
+ * shared), C (unless shared), z (if any), dout (if `hasOut`), dlast (if `hasLast`); then du, ddelta,
+ * dz (if z), dparams (Bn, D, P) per-channel sums in the params layout, dB terms (Bn, nb, N, L) and dC
+ * terms (unless shared), scratch (Bn * nb, nS + K + 1, N): checkpoints, one segment's states, the adjoint.
  */
-export function scanBackwardV1(v: ScanVariant, hasOut: boolean, hasLast: boolean): string {
+export function scanBackwardV1(v: ScanVariant, hasOut: boolean, hasLast: boolean, phase: 0 | 1): string {
   const { N } = v;
   const K4 = [...Array(Math.ceil(N / 4)).keys()];
   const P = paramStride(v);
@@ -30,16 +37,18 @@ export function scanBackwardV1(v: ScanVariant, hasOut: boolean, hasLast: boolean
   bind("U_");
   bind("DL");
   if (!v.bShared) bind("BM");
-  if (!v.cShared) bind("CM");
-  if (v.hasZ) bind("Z");
-  if (hasOut) bind("GO");
-  if (hasLast) bind("GL");
-  bind("DU", true);
-  bind("DDL", true);
-  if (v.hasZ) bind("DZ", true);
-  bind("DP", true);
-  if (!v.bShared) bind("DBV", true);
-  if (!v.cShared) bind("DCV", true);
+  if (phase === 1) {
+    if (!v.cShared) bind("CM");
+    if (v.hasZ) bind("Z");
+    if (hasOut) bind("GO");
+    if (hasLast) bind("GL");
+    bind("DU", true);
+    bind("DDL", true);
+    if (v.hasZ) bind("DZ", true);
+    bind("DP", true);
+    if (!v.bShared) bind("DBV", true);
+    if (!v.cShared) bind("DCV", true);
+  }
   bind("SCR", true);
   const vecK = (k: number, f: (n: number) => string) =>
     `vec4<f32>(${[0, 1, 2, 3].map((i) => (4 * k + i < N ? f(4 * k + i) : "0.0")).join(", ")})`;
@@ -53,11 +62,11 @@ export function scanBackwardV1(v: ScanVariant, hasOut: boolean, hasLast: boolean
       let dt = ${v.softplus ? "softplus(pre)" : "pre"};
       let uu = U_[U(9u) + row + t];`;
   const fwdStep = K4.map((k) => `h${k} = exp(dt * a${k}) * h${k} + (dt * uu) * ${Bk(k)};`).join("\n      ");
+  // scratch slots: 0 .. nS-1 checkpoints, nS .. nS+K-1 a segment's states, nS+K the adjoint
   const scr = (slot: string, k: number) => vecK(k, (n) => `SCR[sb + (${slot}) * ${N}u + ${n}u]`);
   const scrStore = (slot: string, k: number, val: string) =>
     each(k, (n, c) => `SCR[sb + (${slot}) * ${N}u + ${n}u] = ${val}.${c};`);
-  return `// selective scan bwd v1
-${uniformDecl(16)}
+  const prelude = `${uniformDecl(20)}
 ${decl.join("\n")}
 fn softplus(x: f32) -> f32 {
   if (x > 20.0) { return x; }
@@ -68,6 +77,7 @@ fn softplus(x: f32) -> f32 {
 }
 ${flatId(SCAN_WG)}
   let Bn = U(0u); let D = U(1u); let L = U(2u); let nb = U(6u); let K = U(7u); let nS = U(8u);
+  let sLo = U(16u); let sHi = U(17u);
   if (gid >= Bn * nb) { return; }
   let b = gid / nb; let dl = gid - b * nb; let d = U(5u) + dl;
   let bd = b * D + d;
@@ -76,13 +86,18 @@ ${flatId(SCAN_WG)}
   let Dskip = P[pb + ${N}u]; let bias = P[pb + ${N + 1}u];
   ${K4.map((k) => `let a${k} = ${vecK(k, param(0))}; var h${k} = vec4<f32>(0.0);`).join("\n  ")}
   ${v.bShared ? K4.map((k) => `let bs${k} = ${vecK(k, param(bOffS))};`).join("\n  ") : ""}
-  ${v.cShared ? K4.map((k) => `let cs${k} = ${vecK(k, param(cOffS))};`).join("\n  ") : ""}
+  ${v.cShared && phase === 1 ? K4.map((k) => `let cs${k} = ${vecK(k, param(cOffS))};`).join("\n  ") : ""}
   let row = bd * L;
   let bb = U(12u) + (b * U(4u) + g) * ${N}u * L;
   let cb = U(13u) + (b * U(4u) + g) * ${N}u * L;
-  let sb = gid * (nS + K) * ${N}u;
-  // forward sweep: checkpoints of the state entering each segment
-  for (var s = 0u; s < nS; s++) {
+  let sb = gid * (nS + K + 1u) * ${N}u;`;
+  if (phase === 0) {
+    return `// selective scan bwd v1, phase 0: checkpoints
+${prelude}
+  if (sLo > 0u) {
+    ${K4.map((k) => `h${k} = ${scr("sLo", k)};`).join("\n    ")}
+  }
+  for (var s = sLo; s < sHi; s++) {
     ${K4.map((k) => scrStore("s", k, `h${k}`)).join("\n    ")}
     let t1 = min(s * K + K, L);
     for (var t = s * K; t < t1; t++) {
@@ -90,18 +105,31 @@ ${flatId(SCAN_WG)}
       ${fwdStep}
     }
   }
-  // reverse: gn = dA_t+1 g_t+1 (the adjoint flowing back into step t), from the last state's gradient
-  ${
-    K4.map((k) =>
-      `var gn${k} = ${hasLast ? vecK(k, (n) => `GL[U(15u) + bd * ${N}u + ${n}u]`) : "vec4<f32>(0.0)"};`
-    ).join("\n  ")
+  if (sHi < nS) {
+    ${K4.map((k) => scrStore("sHi", k, `h${k}`)).join("\n    ")}
+  }
+}`;
+  }
+  return `// selective scan bwd v1, phase 1: the reverse scan
+${prelude}
+  // gn = dA_t+1 g_t+1, the adjoint flowing back into step t: from the last state's gradient at the end,
+  // else from the previous dispatch
+  ${K4.map((k) => `var gn${k} = vec4<f32>(0.0);`).join("\n  ")}
+  if (sHi < nS) {
+    ${K4.map((k) => `gn${k} = ${scr("nS + K", k)};`).join("\n    ")}
+  }${
+    hasLast
+      ? ` else {
+    ${K4.map((k) => `gn${k} = ${vecK(k, (n) => `GL[U(15u) + bd * ${N}u + ${n}u]`)};`).join("\n    ")}
+  }`
+      : ""
   }
   ${
     K4.map((k) => `var dA${k} = vec4<f32>(0.0); var dBs${k} = vec4<f32>(0.0); var dCs${k} = vec4<f32>(0.0);`)
       .join("\n  ")
   }
   var dDacc = 0.0; var dbacc = 0.0;
-  for (var s1 = nS; s1 > 0u; s1--) {
+  for (var s1 = sHi; s1 > sLo; s1--) {
     let s = s1 - 1u;
     let t0 = s * K; let t1 = min(t0 + K, L);
     ${K4.map((k) => `h${k} = ${scr("s", k)};`).join("\n    ")}
@@ -168,11 +196,37 @@ ${flatId(SCAN_WG)}
       ${K4.map((k) => `hc${k} = hp${k};`).join(" ")}
     }
   }
+  ${K4.map((k) => scrStore("nS + K", k, `gn${k}`)).join("\n  ")}
   let ob = bd * ${P}u;
-  ${K4.map((k) => each(k, (n, c) => `DP[ob + ${n}u] = dA${k}.${c};`)).join("\n  ")}
-  DP[ob + ${N}u] = dDacc;
-  DP[ob + ${N + 1}u] = dbacc;
-  ${v.bShared ? K4.map((k) => each(k, (n, c) => `DP[ob + ${bOffS + n}u] = dBs${k}.${c};`)).join("\n  ") : ""}
-  ${v.cShared ? K4.map((k) => each(k, (n, c) => `DP[ob + ${cOffS + n}u] = dCs${k}.${c};`)).join("\n  ") : ""}
+  // per-channel sums: the first dispatch of the reverse (sHi = nS) writes, later ones add
+  let more = sHi < nS;
+  ${
+    K4.map((k) => each(k, (n, c) => `DP[ob + ${n}u] = select(0.0, DP[ob + ${n}u], more) + dA${k}.${c};`))
+      .join("\n  ")
+  }
+  DP[ob + ${N}u] = select(0.0, DP[ob + ${N}u], more) + dDacc;
+  DP[ob + ${N + 1}u] = select(0.0, DP[ob + ${N + 1}u], more) + dbacc;
+  ${
+    v.bShared
+      ? K4.map((k) =>
+        each(
+          k,
+          (n, c) => `DP[ob + ${bOffS + n}u] = select(0.0, DP[ob + ${bOffS + n}u], more) + dBs${k}.${c};`,
+        )
+      )
+        .join("\n  ")
+      : ""
+  }
+  ${
+    v.cShared
+      ? K4.map((k) =>
+        each(
+          k,
+          (n, c) => `DP[ob + ${cOffS + n}u] = select(0.0, DP[ob + ${cOffS + n}u], more) + dCs${k}.${c};`,
+        )
+      )
+        .join("\n  ")
+      : ""
+  }
 }`;
 }

@@ -199,6 +199,54 @@ describe.skipIf(!GPU)("parallel scan (v2) equals the sequential one (v1) and the
   }
 });
 
+describe.skipIf(!GPU)("loops past 65535 steps (lavapipe ends any single loop after 65535 iterations)", () => {
+  test(
+    "v1, v2 with one chunk, the scan's backward, the S4 recurrence and the conv backward reach step 65537",
+    scoped(async () => {
+      const L = 65537;
+      const o = { device: "cpu" as const, dtype: "f64" as const };
+      const u = s.randn([1, 1, L], { seed: 1, ...o }), dl = s.full([1, 1, L], 0.05, o);
+      const A = s.full([1, 1], -0.5, o), B = s.randn([1, 1, L], { seed: 2, ...o });
+      const ref = await arr(s.selectiveScanRef(u, dl, A, B, B));
+      const g = await Promise.all([u, dl, A, B].map(async (t) => await s.cast(t, "f32").to("webgpu")));
+      for (const opts of [{ version: "v1" }, { version: "v2", chunkSize: 65540 }] as const) {
+        const y = await arr(s.selectiveScan(g[0], g[1], g[2], g[3], g[3], opts));
+        assertClose(y.slice(-3), ref.slice(-3), TOL);
+      }
+      const ssm = s.s4dInit("real", 1, 2, { seed: 1 });
+      const rec = await arr(s.ssmRecurrence(g[0], ssm));
+      const recRef = s.ssmRecurrenceRef(await u.toArray(), [1, 1, L], ssm);
+      assertClose(rec.slice(-3), Array.from(recRef.slice(-3)), TOL);
+      // the backward over L = 65537: checkpoints and the reverse scan split over dispatches
+      const leaves = g.map((t) => {
+        const c = t.detach();
+        c.requiresGrad = true;
+        return c;
+      });
+      const [yg, lg] = s.selectiveScan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[3], {
+        version: "v1",
+        returnLastState: true,
+      });
+      yg.sum().add(lg.sum()).backward();
+      const gr = s.selectiveScanBackwardRef(u, dl, A, B, B, {}, {
+        dout: s.ones([1, 1, L], o),
+        dlast: s.ones([1, 1, 1], o),
+      });
+      const du = await arr(leaves[0].grad!);
+      assertClose([du[0], du[L / 2 | 0], du[L - 1]], [gr.du[0], gr.du[L / 2 | 0], gr.du[L - 1]], GTOL);
+      assertClose(await arr(leaves[2].grad!), Array.from(gr.dA), { atol: 1, rtol: 1e-3 }); // a sum of 65537
+      leaves.forEach((t) => t.zeroGrad());
+      // dweight sums over all L steps
+      const w = s.param(s.ones([1, 2], { device: "webgpu" }));
+      s.causalConv1d(g[0], w).sum().backward();
+      const want = (await arr(u)).reduce((a, v) => a + v, 0);
+      expect(Math.abs((await arr(w.grad!))[1] - want)).toBeLessThan(0.05);
+      w.zeroGrad();
+      w.dispose();
+    }),
+  );
+});
+
 describe("selectiveScan backward", () => {
   const fwd = (last: boolean) => (...x: Tensor[]) => {
     const o = { D: x[5], z: x[6], deltaBias: x[7], deltaSoftplus: true };

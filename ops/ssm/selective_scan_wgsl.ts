@@ -9,7 +9,8 @@
  *   storage buffers. The baseline. On lavapipe every storage-buffer load is a per-lane loop with a bounds
  *   check (~7 ns per lane and component), so with N = 16 the 2N + 2 loads per step, not the N
  *   exponentials, are ~85% of its time (measured: 600 ms at B = 1, D = 512, L = 4096; 100 ms with B and C
- *   replaced by constants).
+ *   replaced by constants). Runs in slices of at most MAX_LOOP steps per dispatch, the state carried in a
+ *   buffer: lavapipe stops an invocation's loops after 65535 iterations in total.
  * - fwd v2 parallel (chunked scan): time is cut into chunks of T steps and three passes run over
  *   (b, d, chunk) invocations: (1) `scanChunkV2` scans each chunk but the last from h = 0 and stores its
  *   end state X_c and the sum S_c of delta' (the chunk's product of dA is exp(A S_c), so it is not stored);
@@ -36,6 +37,14 @@ export const SCAN_POSITIVE_A = 61;
 
 /** Invocations per workgroup of the scan passes. */
 export const SCAN_WG = 64;
+
+/**
+ * Loop iterations one invocation may run. lavapipe (gallivm) stops a shader invocation's loops after
+ * 65535 iterations in total, a safety limit shared by all its loops (measured: `for` to 70000 runs 65535
+ * times; 2 x 40000 nested runs 65533 inner iterations). Sequential work longer than this is split over
+ * dispatches that carry their state in a buffer; chunk lengths are capped by it.
+ */
+export const MAX_LOOP = 32768;
 
 /** Texture geometry of v2: 4 time steps per texel, at most TEX_W texels per row, TEX_ROWS rows per layer. */
 export const TEX_W = 8192;
@@ -116,9 +125,10 @@ function paramDecl(diagBinding: number): string {
 }
 
 /**
- * fwd v1. Uniforms: [Bn, D, L, H (= D / G), G, uOff, dOff, zOff, bOff, cOff]. Bindings: 1 params,
- * 2 u, 3 delta, 4 B (unless shared), 5 C (unless shared), 6 z (if any), then out, last (if wanted), diag.
- * One invocation per (b, d), flat.
+ * fwd v1. Uniforms: [Bn, D, L, H (= D / G), G, uOff, dOff, zOff, bOff, cOff, t0, t1]: one dispatch runs
+ * steps t0 .. t1 - 1 (see {@link MAX_LOOP}), starting from the state in `last` when t0 > 0. Bindings:
+ * 1 params, 2 u, 3 delta, 4 B (unless shared), 5 C (unless shared), 6 z (if any), then out, last (the
+ * state, always written), diag. One invocation per (b, d), flat.
  */
 export function scanV1(v: ScanVariant): string {
   const { N } = v;
@@ -134,7 +144,7 @@ export function scanV1(v: ScanVariant): string {
   if (!v.cShared) bind("CM");
   if (v.hasZ) bind("Z");
   bind("OUT", true);
-  if (v.last) bind("LAST", true);
+  bind("LAST", true); // the state between time slices, and the last state
   const diagBinding = b;
   const step = ks(N).map((k) => {
     const bv = v.bShared
@@ -155,6 +165,11 @@ export function scanV1(v: ScanVariant): string {
       `LAST[gid * ${N}u + ${4 * k + i}u] = h${k}.${COMP[i]};`
     )
   );
+  const resume = ks(N).map((k) =>
+    `h${k} = vec4<f32>(${
+      [0, 1, 2, 3].map((i) => (4 * k + i < N ? `LAST[gid * ${N}u + ${4 * k + i}u]` : "0.0")).join(", ")
+    });`
+  );
   return `// selective scan fwd v1 sequential
 ${uniformDecl(12)}
 ${paramDecl(diagBinding)}
@@ -169,7 +184,11 @@ ${flatId(SCAN_WG)}
   let row = gid * L;
   let bb = U(8u) + (b * U(4u) + g) * ${N}u * L;
   let cb = U(9u) + (b * U(4u) + g) * ${N}u * L;
-  for (var t = 0u; t < L; t++) {
+  let t0 = U(10u);
+  if (t0 > 0u) {
+    ${resume.join("\n    ")}
+  }
+  for (var t = t0; t < U(11u); t++) {
     var dt = DL[U(6u) + row + t] + bias;
     ${v.softplus ? "dt = softplus(dt);" : ""}
     let uu = U_[U(5u) + row + t];
@@ -180,7 +199,7 @@ ${flatId(SCAN_WG)}
     ${v.hasZ ? "y *= silu(Z[U(7u) + row + t]);" : ""}
     OUT[row + t] = y;
   }
-  ${v.last ? lastStore.join("\n  ") : ""}
+  ${lastStore.join("\n  ")}
 }`;
 }
 
