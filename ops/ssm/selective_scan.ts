@@ -287,12 +287,31 @@ function forwardV2(
         rec.dispatch(`ssm carry seq v2|${key}`, () => carrySeqV2(p.v), uni, cres, grid(BD, SCAN_WG));
       }
     }
+    // y through a texture when the copy back can take whole rows (4L bytes a multiple of 256)
+    const texOut = L % 64 === 0 && out.offset % 4 === 0;
+    const ty = texOut ? scratchTexture("ssm scan Y", xl.width, xl.height, xl.rowBlocks * xl.segments) : null;
     const res: GPUBindingResource[] = [params, tx.view];
     if (tbc) res.push(tbc.view);
-    res.push({ buffer: carryBuf.storage.buffer! }, { buffer: out.storage.buffer! });
+    res.push({ buffer: carryBuf.storage.buffer! }, ty ? ty.view : { buffer: out.storage.buffer! });
     if (last) res.push({ buffer: last.storage.buffer! });
     res.push(diag);
-    rec.dispatch(`ssm fixup v2|${key}`, () => scanFixupV2(p.v), uni, res, groups);
+    rec.dispatch(`ssm fixup v2|${key}|${texOut}`, () => scanFixupV2(p.v, texOut), uni, res, groups);
+    if (ty) {
+      for (let rb = 0; rb < xl.rowBlocks; rb++) {
+        const r0 = rb * xl.rowsPerBlock, nr = Math.min(xl.rowsPerBlock, BD - r0);
+        for (let sg = 0; sg < xl.segments; sg++) {
+          rec.copyTextureToBuffer(
+            { texture: ty.tex, origin: [0, 0, rb * xl.segments + sg] },
+            {
+              buffer: out.storage.buffer!,
+              offset: (out.offset + r0 * L + sg * TEX_W * 4) * 4,
+              bytesPerRow: L * 4,
+            },
+            [Math.min(TEX_W, xl.L4 - sg * TEX_W), nr, 1],
+          );
+        }
+      }
+    }
     rec.submit();
   } finally {
     carryBuf.dispose();

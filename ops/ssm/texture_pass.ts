@@ -92,6 +92,14 @@ export class PassRecorder {
     });
   }
 
+  /** Records a texture-to-buffer copy (between passes). */
+  copyTextureToBuffer(src: GPUTexelCopyTextureInfo, dst: GPUTexelCopyBufferInfo, size: GPUExtent3D): void {
+    this.ops.push(() => {
+      this.endPass();
+      this.enc.copyTextureToBuffer(src, dst, size);
+    });
+  }
+
   private endPass(): void {
     this.pass?.end();
     this.pass = null;
@@ -165,7 +173,7 @@ export function scratchTexture(role: string, w: number, h: number, layers: numbe
     label: `${role} ${W}x${H}x${Ly}`,
     size: [W, H, Ly],
     format: "rgba32float",
-    usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+    usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST | GPUTextureUsage.COPY_SRC,
   });
   const s: ScratchTexture = {
     tex,
