@@ -28,6 +28,13 @@ export interface Program {
   workgroups: [number, number, number];
 }
 
+/**
+ * The most loop iterations one shader invocation may run in total. Mesa's lavapipe silently ends an
+ * invocation's loops after 65535 iterations (measured: a 70000-long cumsum stopped short, leaving zeros),
+ * so every op that loops over a length splits longer work across invocations or dispatches.
+ */
+export const MAX_LOOP = 32768;
+
 /** The largest workgroup count per dimension WebGPU guarantees. */
 const MAX_GROUPS = 65535;
 

@@ -7,7 +7,7 @@ import { type DType, isFloat, promote } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
 import { fmt, normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
-import { grid } from "../../runtime/webgpu.ts";
+import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { cast, contiguous } from "./elementwise.ts";
 import { copyIntoRef, gatherRef, scatterAddRef } from "./layout_ref.ts";
 import { copyIntoSource, GATHER_OOB, gatherSource, LAYOUT_WG, scatterAddSource } from "./layout_wgsl.ts";
@@ -248,15 +248,28 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
       GATHER_OOB,
       (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`,
     );
-    ctx.run({
-      name: "scatterAdd",
-      key: `${src.dtype}|${indices.dtype}`,
-      source: () => scatterAddSource(src.dtype, indices.dtype),
-      inputs: [s.storage.buffer!, idx.storage.buffer!],
-      outputs: [out.storage.buffer!, ctx.diagnostics],
-      uniforms: new Uniforms().u32(outer, size, inner, I, s.offset, idx.offset).build(),
-      workgroups: grid(out.size, LAYOUT_WG),
-    });
+    // each invocation loops over the indices: at most MAX_LOOP of them per dispatch (lavapipe's loop cap)
+    for (let j0 = 0; j0 < Math.max(I, 1); j0 += MAX_LOOP) {
+      ctx.run({
+        name: "scatterAdd",
+        key: `${src.dtype}|${indices.dtype}`,
+        source: () => scatterAddSource(src.dtype, indices.dtype),
+        inputs: [s.storage.buffer!, idx.storage.buffer!],
+        outputs: [out.storage.buffer!, ctx.diagnostics],
+        uniforms: new Uniforms().u32(
+          outer,
+          size,
+          inner,
+          I,
+          s.offset,
+          idx.offset,
+          j0,
+          Math.min(I, j0 + MAX_LOOP),
+        )
+          .build(),
+        workgroups: grid(out.size, LAYOUT_WG),
+      });
+    }
     return out;
   } catch (e) {
     out.dispose();

@@ -58,7 +58,10 @@ ${flatId(LAYOUT_WG)}
 }`;
 }
 
-/** Uniforms: [outer, A, inner, I, srcOff, idxOff]. */
+/**
+ * Uniforms: [outer, A, inner, I, srcOff, idxOff, j0, j1]: indices j0 .. j1 - 1 (at most MAX_LOOP per
+ * dispatch), added to the output when j0 > 0.
+ */
 export function scatterAddSource(dtype: DType, idxType: DType): string {
   return `${enables(dtype)}${uniformDecl(8)}
 ${binding(1, "src", dtype)}
@@ -72,7 +75,8 @@ ${flatId(LAYOUT_WG)}
   let a = (gid / inner) % A;
   let o = gid / (inner * A);
   var s = 0.0;
-  for (var j = 0u; j < I; j++) {
+  if (U(6u) > 0u) { s = f32(out[gid]); }
+  for (var j = U(6u); j < U(7u); j++) {
     let k = idx[U(5u) + j];
     if (gid == 0u && (${idxType === "i32" ? "k < 0 || " : ""}u32(k) >= A)) {
       atomicStore(&diag[1], u32(k));

@@ -7,9 +7,10 @@ import { type DType, isFloat } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
 import { fmt, normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
-import { grid } from "../../runtime/webgpu.ts";
+import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { record } from "../../runtime/autograd.ts";
-import { add, contiguous, div, eq, mul, sub } from "./elementwise.ts";
+import { add, contiguous, div, eq, mul, ne, sub, where } from "./elementwise.ts";
+import { arange } from "./creation.ts";
 import { cumsumRef, type ReduceKind, reduceRef } from "./reduce_ref.ts";
 import { cumsumSource, RED_WG, reduceSource } from "./reduce_wgsl.ts";
 import { empty, Uniforms } from "./util.ts";
@@ -140,13 +141,24 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
         workgroups: grid(outer * C * inner, RED_WG),
       });
     const scale = kind === "mean" ? 1 / R : 1;
-    if (kind === "argmax" || outer * inner >= 4096 || R < 1024) {
+    if (R <= MAX_LOOP && (kind === "argmax" || outer * inner >= 4096 || R < 1024)) {
       pass(kind, src, src.offset, R, R, 1, out, scale); // v1
       return out;
     }
+    if (kind === "argmax") {
+      out.dispose();
+      return argmaxLong(x, axes as number, keepdims);
+    }
     // v2: reduce C chunks of R per output into partials, then the partials. A mean sums its chunks in f32
     // (scale 1) and scales at the end.
-    const C = Math.min(Math.ceil(R / 256), Math.max(1, Math.floor(65536 / (outer * inner))));
+    // enough chunks to keep each invocation's loop (and the second pass's) under MAX_LOOP
+    const C = Math.min(
+      MAX_LOOP,
+      Math.max(
+        Math.ceil(R / MAX_LOOP),
+        Math.min(Math.ceil(R / 256), Math.max(1, Math.floor(65536 / (outer * inner)))),
+      ),
+    );
     const partial = empty(
       kind,
       [outer, C, inner],
@@ -160,6 +172,22 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
   } finally {
     src.dispose();
   }
+}
+
+/**
+ * argmax over a line longer than one invocation may loop: the first index where x equals the maximum (or is
+ * NaN), as a min-reduction of masked positions. Both reductions split into chunks.
+ */
+function argmaxLong(x: Tensor, axis: number, keepdims: boolean): Tensor {
+  const a = normAxis("argmax", axis, x.rank);
+  const R = x.shape[a];
+  const m = max(x, a, true);
+  const hit = add(eq(x, m), ne(x, x));
+  const pos = arange(R, { dtype: "i32", device: x.device }).reshape(x.shape.map((d, i) => (i === a ? R : 1)));
+  const cand = where(hit, pos, R);
+  const r = min(cand, a, keepdims);
+  for (const t of [m, hit, pos, cand]) t.dispose();
+  return r;
 }
 
 /**
@@ -268,15 +296,19 @@ export function cumsum(x: Tensor, axis = -1): Tensor {
       cumsumRef(src.storage.data!, src.offset, outer, R, inner, out.storage.data!);
       return recorded;
     }
-    gpu().run({
-      name: "cumsum",
-      key: x.dtype,
-      source: () => cumsumSource(x.dtype),
-      inputs: [src.storage.buffer!],
-      outputs: [out.storage.buffer!],
-      uniforms: new Uniforms().u32(outer, R, inner, src.offset).build(),
-      workgroups: grid(outer * inner, RED_WG),
-    });
+    // slices of at most MAX_LOOP steps per dispatch; each slice continues from the last value written
+    for (let r0 = 0; r0 < R; r0 += MAX_LOOP) {
+      gpu().run({
+        name: "cumsum",
+        key: x.dtype,
+        source: () => cumsumSource(x.dtype),
+        inputs: [src.storage.buffer!],
+        outputs: [out.storage.buffer!],
+        uniforms: new Uniforms().u32(outer, R, inner, src.offset, r0, Math.min(R, r0 + MAX_LOOP)).padTo(8)
+          .build(),
+        workgroups: grid(outer * inner, RED_WG),
+      });
+    }
     return recorded;
   } finally {
     src.dispose();

@@ -6,7 +6,8 @@
  * - v2 split: when there are few outputs and R is long, a first pass reduces C chunks of R per output
  *   (outer, C, inner), then v1 reduces the chunks. Same shader, `chunk` < R. Keeps the adapter busy
  *   and shortens f32 accumulation chains.
- * - cumsum v1: one invocation per (outer, inner) line, sequential Kahan-compensated scan.
+ * - cumsum v1: one invocation per (outer, inner) line, sequential Kahan-compensated scan, over steps
+ *   r0 .. r1 per dispatch (MAX_LOOP at most), continuing from the value at r0 - 1.
  * @module
  */
 
@@ -73,21 +74,22 @@ ${flatId(RED_WG)}
 }`;
 }
 
-/** Uniforms: [outer, R, inner, offset]. */
+/** Uniforms: [outer, R, inner, offset, r0, r1]. */
 export function cumsumSource(dtype: DType): string {
   const ct = computeType(dtype);
   const float = ct === "f32";
-  return `${enables(dtype)}${uniformDecl(4)}
+  return `${enables(dtype)}${uniformDecl(8)}
 ${binding(1, "x", dtype)}
 ${binding(2, "out", dtype, true)}
 ${flatId(RED_WG)}
-  let outer = U(0u); let R = U(1u); let inner = U(2u);
+  let outer = U(0u); let R = U(1u); let inner = U(2u); let r0 = U(4u); let r1 = U(5u);
   if (gid >= outer * inner) { return; }
   let o = gid / inner;
   let i = gid % inner;
   let base = o * R * inner + i;
   var s = ${ct}(0); ${float ? "var comp = 0.0;" : ""}
-  for (var r = 0u; r < R; r++) {
+  if (r0 > 0u) { s = ${ct}(out[base + (r0 - 1u) * inner]); }
+  for (var r = r0; r < r1; r++) {
     let k = base + r * inner;
     ${
     float

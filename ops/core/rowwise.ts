@@ -8,10 +8,12 @@ import { isFloat } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
 import { fmt, normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
-import { grid } from "../../runtime/webgpu.ts";
+import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { record } from "../../runtime/autograd.ts";
-import { add, contiguous, exp, mul, rsqrt, sub } from "./elementwise.ts";
-import { mean, sum } from "./reduce.ts";
+import { add, contiguous, div, exp, log, mul, rsqrt, sub } from "./elementwise.ts";
+import { max, mean, sum } from "./reduce.ts";
+import { noGrad } from "../../runtime/autograd.ts";
+import { tidy } from "../../runtime/tensor.ts";
 import { normRef, softmaxRef } from "./rowwise_ref.ts";
 import { normSource, ROW_WG, softmaxSource } from "./rowwise_wgsl.ts";
 import { empty, sameDevice, Uniforms } from "./util.ts";
@@ -34,6 +36,18 @@ function recordSoftmax(
   return record(op, out, [x], [out], (g, [y]) => [mul(y, sub(g, sum(mul(g, y), a, true)))]);
 }
 
+/** softmax / logSumExp for rows too long for one invocation, from split reductions (differentiable). */
+function softmaxComposed(x: Tensor, a: number, lse: boolean, keepdims: boolean): Tensor {
+  return tidy(() => {
+    const m = noGrad(() => max(x, a, true)); // a constant shift: no gradient needed through it
+    const e = exp(sub(x, m));
+    const s = sum(e, a, true);
+    if (!lse) return div(e, s);
+    const l = add(log(s), m);
+    return keepdims ? l : l.squeeze(a);
+  });
+}
+
 function softmaxLike(op: string, x: Tensor, axis: number, lse: boolean, keepdims: boolean): Tensor {
   x.check(op);
   if (!isFloat(x.dtype)) throw new Error(`${op}: needs a float tensor, got ${x.describe()}`);
@@ -45,6 +59,8 @@ function softmaxLike(op: string, x: Tensor, axis: number, lse: boolean, keepdims
     : keepdims
     ? x.shape.map((d, i) => (i === a ? 1 : d))
     : x.shape.filter((_, i) => i !== a);
+  // v1 loops three times over R per invocation: longer rows are composed from chunked reductions
+  if (x.device === "webgpu" && 3 * R > MAX_LOOP) return softmaxComposed(x, a, lse, keepdims);
   const out = recordSoftmax(op, x, empty(op, outShape, x.dtype, x.device), a, lse, keepdims);
   if (out.size === 0) return out;
   const src = contiguous(x);
@@ -125,6 +141,23 @@ function recordNorm(
   });
 }
 
+/** layerNorm / rmsNorm for rows too long for one invocation, from split reductions (differentiable). */
+function normComposed(
+  x: Tensor,
+  w: Tensor | null | undefined,
+  b: Tensor | null | undefined,
+  eps: number,
+  rms: boolean,
+) {
+  return tidy(() => {
+    const c = rms ? x : sub(x, mean(x, -1, true));
+    let y = mul(c, rsqrt(add(mean(mul(c, c), -1, true), eps)));
+    if (w) y = mul(y, w);
+    if (b) y = add(y, b);
+    return y;
+  });
+}
+
 function norm(
   op: string,
   x: Tensor,
@@ -149,6 +182,7 @@ function norm(
     if (p && p.dtype !== x.dtype) throw new Error(`${op}: ${label} is ${p.dtype} but x is ${x.dtype}`);
   }
   const rows = x.size / Math.max(D, 1);
+  if (device === "webgpu" && 4 * D > MAX_LOOP) return normComposed(x, w, b, eps, rms);
   const out = recordNorm(op, x, w ?? null, b ?? null, eps, rms, empty(op, x.shape, x.dtype, device));
   if (out.size === 0) return out;
   const src = contiguous(x);
