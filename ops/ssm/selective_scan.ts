@@ -9,7 +9,7 @@ import { gpu } from "../../runtime/device.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
-import { record } from "../../runtime/autograd.ts";
+import { noGrad, record } from "../../runtime/autograd.ts";
 import { zeros } from "../core/creation.ts";
 import { add, cast, contiguous } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
@@ -119,7 +119,6 @@ function prepare(
   o: SelectiveScanOptions,
   last: boolean,
 ): Prepared {
-  const { D, device } = dims;
   for (const t of [u, delta, A, B, C, o.D, o.z, o.deltaBias]) {
     if (t && t.dtype !== "f32") {
       throw new Error(`${op}: the WebGPU scan computes in f32; got ${t.describe()} (cast it first)`);
@@ -127,6 +126,21 @@ function prepare(
   }
   const ctx = gpu();
   ctx.diagnostic(SCAN_POSITIVE_A, (d, n) => positiveAMessage(op, d, n, NaN, A.shape).replace(" = NaN", ""));
+  // internal copies: no graph (the op records its own backward)
+  return noGrad(() => prepareCopies(dims, u, delta, A, B, C, o, last));
+}
+
+function prepareCopies(
+  dims: ScanDims,
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  o: SelectiveScanOptions,
+  last: boolean,
+): Prepared {
+  const { D, device } = dims;
   const params = tidy(() => {
     const col = (t: Tensor | null | undefined) =>
       t ? t.reshape([D, 1]) : zeros([D, 1], { dtype: "f32", device });
