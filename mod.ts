@@ -23,6 +23,7 @@ export { keep, Storage, Tensor, tidy } from "./runtime/tensor.ts";
 export type { CreateOptions, Operand, SliceSpec } from "./runtime/tensor.ts";
 export { WebGPUError } from "./runtime/webgpu.ts";
 export * from "./ops/core/mod.ts";
+export * from "./ops/attention/mod.ts";
 export * from "./ops/posenc/mod.ts";
 export * from "./ops/approx/mod.ts";
 export * from "./ops/ssm/mod.ts";

@@ -1,0 +1,12 @@
+/**
+ * Exact attention: the float64 reference, standard attention (S and P in device memory), FlashAttention
+ * (forward and backward on WebGPU), a decode path against a K/V cache, and `attention`, which picks one.
+ * Layout (B, H, T, D) for queries and (B, Hkv, S, D) for keys and values.
+ * @module
+ */
+
+export type { AttentionOptions, AttentionStats, BlockMask } from "./attention_options.ts";
+export { attentionRef, attentionRefBackward } from "./attention_ref.ts";
+export type { AttentionResult } from "./attention_ref.ts";
+export { attention, attentionDecode, attentionImpl, flashAttention, standardAttention } from "./attention.ts";
+export type { AttentionChoice, DecodeOptions } from "./attention.ts";
