@@ -3,8 +3,8 @@
  * parallel scan (fwd v2) at B = 1, D = 512, N = 16, input-dependent B and C; the speed-up, and the
  * target of issue 6: v2 at least 5x faster than v1 at L = 16K. Two side tables: the carry pass
  * (sequential fold vs Hillis-Steele in workgroup memory) and a narrow model (D = 16), where the
- * sequential scan has too few invocations to keep the adapter busy. Every version is checked against
- * the float64 reference before anything is timed.
+ * sequential scan has too few invocations to keep the adapter busy; and the backward at a training size.
+ * Every version is checked against the float64 reference before anything is timed.
  *
  * Run: `deno task bench ssm` (L = 1K ... 64K), or `deno task bench ssm 1024 16384` for chosen lengths.
  * Prints the tables, writes bench/results/ssm.json.
@@ -183,7 +183,81 @@ export async function ssmTables(
     `\nnarrow model, B = 1, D = 16, L = 16K: 16 sequential invocations cannot fill the adapter`,
     table(["version", "ms", "GFLOP/s"], narrow.map((r) => [r.version, r.ms.toFixed(1), r.gflops.toFixed(2)])),
   );
+  const bwd = await measureBackward(8, 128, N, 256);
+  rows.push(...bwd);
+  out.push(
+    `\ntraining size, B = 8, D = 128, L = 256, N = 16 (a Mamba block with D = 64): forward and backward`,
+    table(["pass", "ms"], bwd.map((r) => [r.version, r.ms.toFixed(1)])),
+  );
   return { rows, text: out.join("\n"), target };
+}
+
+/** Times the forward (v1, v2) and the backward (bwd v1, input-dependent and shared B and C) at (B, D, N, L). */
+async function measureBackward(Bn: number, D: number, N: number, L: number): Promise<ScanBenchRow[]> {
+  const rows: ScanBenchRow[] = [];
+  for (const shared of [false, true]) {
+    const bshape = shared ? [D, N] : [Bn, N, L];
+    const x: Tensor[] = [
+      s.randn([Bn, D, L], { seed: 1 }),
+      s.rand([Bn, D, L], { seed: 2, low: -3, high: 0 }),
+      s.rand([D, N], { seed: 3, low: -2, high: -0.5 }),
+      s.randn(bshape, { seed: 4 }),
+      s.randn(bshape, { seed: 5 }),
+    ];
+    x.forEach((t) => (t.requiresGrad = true));
+    const o = { deltaSoftplus: true };
+    const passes: [string, () => Tensor, boolean][] = [
+      [
+        "forward v1",
+        () => s.noGrad(() => s.selectiveScan(x[0], x[1], x[2], x[3], x[4], { ...o, version: "v1" })),
+        false,
+      ],
+      [
+        "forward v2",
+        () => s.noGrad(() => s.selectiveScan(x[0], x[1], x[2], x[3], x[4], { ...o, version: "v2" })),
+        false,
+      ],
+      ["backward v1", () => s.selectiveScan(x[0], x[1], x[2], x[3], x[4], o), true],
+    ];
+    try {
+      for (const [name, fwd, backward] of passes) {
+        if (shared && !backward) continue;
+        const timer = await prepareTimer(
+          () => {
+            const y = fwd();
+            if (!backward) return y;
+            const l = y.sum();
+            y.dispose();
+            l.backward();
+            x.forEach((t) => t.zeroGrad());
+            return l;
+          },
+          async () => await gpu().sync(),
+          (t) => t.dispose(),
+          { trials: 3, trialMs: 400, maxReps: 10 },
+        );
+        const [ms] = await timeInterleaved([timer]);
+        rows.push({
+          table: "training",
+          version: `${name}${backward ? " (incl. forward)" : ""}, ${
+            shared ? "shared" : "input-dependent"
+          } B, C`,
+          B: Bn,
+          D,
+          N,
+          L,
+          ms,
+          gflops: s.scanCost({ Bn, D, N, L }).flops / ms / 1e6,
+        });
+      }
+    } finally {
+      x.forEach((t) => {
+        t.zeroGrad();
+        t.dispose();
+      });
+    }
+  }
+  return rows;
 }
 
 /** `deno task bench ssm [L...]`. */
