@@ -89,6 +89,7 @@ function channelPrelude(v: ScanVariant, zeroState = true): string {
   const lines = [`let pb = d * ${S}u;`];
   for (const k of ks(v.N)) {
     lines.push(`let a${k} = ${paramVec(v.N, 0, k)};`);
+    lines.push(`let l2a${k} = a${k} * 1.4426950408889634; // exp(x a) = exp2(x l2a): one multiply less`);
     lines.push(`if (any(a${k} > vec4<f32>(0.0))) { flagA(d, ${4 * k}u, a${k}); }`);
     if (zeroState) lines.push(`var h${k} = vec4<f32>(0.0);`);
     if (v.bShared) lines.push(`let bs${k} = ${paramVec(v.N, v.N + 2, k)};`);
@@ -287,41 +288,51 @@ function v2Body(v: ScanVariant, fixup: boolean, texOut = false): string {
   lines.push(`let u4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(0)});`);
   lines.push(`let d4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(1)});`);
   if (fixup && v.hasZ) lines.push(`let z4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(2)});`);
-  const loads = (which: "B" | "C", op: number) => {
-    for (let n = 0; n < N; n++) {
-      lines.push(`let ${which}${n} = textureLoad(TBC, vec2<u32>(x, by + ${n}u), ${bl(op)});`);
+  // delta' for the 4 steps of the texel (steps past L, only in the last texel, get delta' = 0: dA = 1 and
+  // dBu = 0 leave h unchanged)
+  lines.push("var dt4 = d4 + vec4<f32>(bias);");
+  if (v.softplus) {
+    lines.push("dt4 = vec4<f32>(softplus(dt4.x), softplus(dt4.y), softplus(dt4.z), softplus(dt4.w));");
+  }
+  if (fixup) {
+    lines.push(
+      "dt4 = select(dt4, vec4<f32>(0.0), vec4<u32>(4u * t4) + vec4<u32>(0u, 1u, 2u, 3u) >= vec4<u32>(L));",
+    );
+  } else lines.push("S += dt4.x + dt4.y + dt4.z + dt4.w;");
+  lines.push("let du4 = dt4 * u4;");
+  if (fixup) lines.push("var y4 = Dskip * u4;");
+  // states outer, steps inner: one group of 4 states' B and C texels is live at a time (measured as fast
+  // as loading all 2N texels first; the pass is bound by the exponentials and FMAs at ~2 cycles per
+  // (b, d, t, n) and lane)
+  for (const k of K) {
+    lines.push(`{ // states ${4 * k} .. ${4 * k + 3}`);
+    const ns = [0, 1, 2, 3].filter((i) => 4 * k + i < N).map((i) => 4 * k + i);
+    if (!v.bShared) {
+      for (const n of ns) lines.push(`  let B${n} = textureLoad(TBC, vec2<u32>(x, by + ${n}u), ${bl(0)});`);
     }
-  };
-  if (!v.bShared) loads("B", 0);
-  if (fixup && !v.cShared) loads("C", v.bShared ? 0 : 1);
-  if (fixup) lines.push("var y4 = vec4<f32>(0.0);");
-  for (let tt = 0; tt < 4; tt++) {
-    const c = COMP[tt];
-    lines.push(`{ // t = 4 t4 + ${tt}`);
-    lines.push(`  var dt = d4.${c} + bias;`);
-    if (v.softplus) lines.push("  dt = softplus(dt);");
-    // steps past L (only in the last texel) must leave h unchanged: delta' = 0 gives dA = 1, dBu = 0
-    if (fixup) lines.push(`  dt = select(dt, 0.0, 4u * t4 + ${tt}u >= L);`);
-    else lines.push("  S += dt;");
-    lines.push(`  let du = dt * u4.${c};`);
-    if (fixup) lines.push("  var y = Dskip * u4." + c + ";");
-    for (const k of K) {
+    if (fixup && !v.cShared) {
+      for (const n of ns) {
+        lines.push(`  let C${n} = textureLoad(TBC, vec2<u32>(x, by + ${n}u), ${bl(v.bShared ? 0 : 1)});`);
+      }
+    }
+    for (let tt = 0; tt < 4; tt++) {
+      const c = COMP[tt];
       const bv = v.bShared
         ? `bs${k}`
         : `vec4<f32>(${[0, 1, 2, 3].map((i) => (4 * k + i < N ? `B${4 * k + i}.${c}` : "0.0")).join(", ")})`;
-      lines.push(`  h${k} = exp(dt * a${k}) * h${k} + du * ${bv};`);
+      lines.push(`  h${k} = exp2(dt4.${c} * l2a${k}) * h${k} + du4.${c} * ${bv};`);
       if (fixup) {
         const cv = v.cShared
           ? `cs${k}`
           : `vec4<f32>(${
             [0, 1, 2, 3].map((i) => (4 * k + i < N ? `C${4 * k + i}.${c}` : "0.0")).join(", ")
           })`;
-        lines.push(`  y += dot(h${k}, ${cv});`);
+        lines.push(`  y4.${c} += dot(h${k}, ${cv});`);
       }
     }
-    if (fixup) lines.push(`  y4.${c} = y${v.hasZ ? ` * silu(z4.${c})` : ""};`);
     lines.push("}");
   }
+  if (fixup && v.hasZ) lines.push("y4 = y4 * vec4<f32>(silu(z4.x), silu(z4.y), silu(z4.z), silu(z4.w));");
   if (fixup && texOut) {
     lines.push(`textureStore(TY, vec2<u32>(x, xy), xrb * U(11u) + seg, y4);`);
   } else if (fixup) {
@@ -413,7 +424,7 @@ ${flatId(SCAN_WG)}
     let s = CARRY[cb + ${N}u];
     ${K.map((k) => `let x${k} = ${ld(k)};`).join("\n    ")}
     ${K.map((k) => st(k, `h${k}`)).join("\n    ")}
-    ${K.map((k) => `h${k} = exp(s * a${k}) * h${k} + x${k};`).join("\n    ")}
+    ${K.map((k) => `h${k} = exp2(s * l2a${k}) * h${k} + x${k};`).join("\n    ")}
   }
 }`;
 }
