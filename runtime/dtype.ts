@@ -76,7 +76,9 @@ export function promote(a: DType, b: DType): DType {
 
 /** Validates a user-supplied dtype name. */
 export function checkDType(op: string, dtype: unknown): DType {
-  if (dtype === "f32" || dtype === "f16" || dtype === "i32" || dtype === "u32" || dtype === "f64") return dtype;
+  if (dtype === "f32" || dtype === "f16" || dtype === "i32" || dtype === "u32" || dtype === "f64") {
+    return dtype;
+  }
   throw new Error(`${op}: unknown dtype ${JSON.stringify(dtype)}; expected one of f32, f16, i32, u32, f64`);
 }
 

@@ -26,7 +26,9 @@ describe("creation", () => {
       expect(() => s.tensor([1], { dtype: "bf16" as never, device: "cpu" })).toThrow(
         /tensor: unknown dtype "bf16"/,
       );
-      expect(() => s.tensor([1], { dtype: "f64", device: "webgpu" })).toThrow(/f64 lives on the cpu backend only/);
+      expect(() => s.tensor([1], { dtype: "f64", device: "webgpu" })).toThrow(
+        /f64 lives on the cpu backend only/,
+      );
       expect(() => s.tensor([1], { device: "tpu" as never })).toThrow(/tensor: unknown device "tpu"/);
       expect(() => s.zeros([2, -1], { device: "cpu" })).toThrow(
         /full: shape \[2, -1\] has an invalid dimension -1/,

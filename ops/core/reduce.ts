@@ -183,7 +183,9 @@ function argmaxLong(x: Tensor, axis: number, keepdims: boolean): Tensor {
   const R = x.shape[a];
   const m = max(x, a, true);
   const hit = add(eq(x, m), ne(x, x));
-  const pos = arange(R, { dtype: "i32", device: x.device }).reshape(x.shape.map((_d, i) => (i === a ? R : 1)));
+  const pos = arange(R, { dtype: "i32", device: x.device }).reshape(
+    x.shape.map((_d, i) => (i === a ? R : 1)),
+  );
   const cand = where(hit, pos, R);
   const r = min(cand, a, keepdims);
   for (const t of [m, hit, pos, cand]) t.dispose();
