@@ -171,7 +171,7 @@ describe("the autograd engine", () => {
     expect(s.memory("webgpu").bytesInUse).toBe(before);
   });
 
-  test("a graph that is never backpropagated is freed by dispose and tidy", async () => {
+  test("a graph that is never backpropagated is freed by dispose and tidy", () => {
     const before = s.memory("webgpu").bytesInUse;
     const w = s.param(s.randn([32, 32], { seed: 2, device: "webgpu" }));
     s.tidy(() => void w.exp().mul(w).softmax().sum()); // forward only
