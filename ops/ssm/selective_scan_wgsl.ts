@@ -348,10 +348,11 @@ else {
 }
 
 /** Texture and parameter bindings of the v2 scan passes; returns the declarations and the next binding. */
-function v2Decl(v: ScanVariant): [string, number] {
+function v2Decl(needBC: boolean): [string, number] {
   const decl = [`@group(0) @binding(2) var TX: texture_storage_2d_array<rgba32float, read>;`];
   let b = 3;
-  if (!v.bShared || !v.cShared) {
+  // declared only where read: a binding the shader never uses is left out of its "auto" layout
+  if (needBC) {
     decl.push(`@group(0) @binding(${b++}) var TBC: texture_storage_2d_array<rgba32float, read>;`);
   }
   return [decl.join("\n"), b];
@@ -371,7 +372,7 @@ function v2Prelude(v: ScanVariant): string {
 
 /** fwd v2 pass 1: chunk summaries (end state from 0, sum of delta') for chunks 0 .. chunks-2. */
 export function scanChunkV2(v: ScanVariant): string {
-  const [decl, b] = v2Decl(v);
+  const [decl, b] = v2Decl(!v.bShared);
   const K = ks(v.N);
   const stores = K.flatMap((k) =>
     [0, 1, 2, 3].filter((i) => 4 * k + i < v.N).map((i) => `CARRY[cb + ${4 * k + i}u] = h${k}.${COMP[i]};`)
@@ -508,7 +509,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
  * per-lane loop on lavapipe); used when L is a multiple of 64, which the copy's row pitch needs.
  */
 export function scanFixupV2(v: ScanVariant, texOut = false): string {
-  const [decl, b0] = v2Decl(v);
+  const [decl, b0] = v2Decl(!v.bShared || !v.cShared);
   let b = b0;
   const K = ks(v.N), N = v.N;
   const carryB = b++, outB = b++, lastB = v.last ? b++ : -1;
