@@ -19,13 +19,22 @@
  *   Hillis-Steele scan over 64 chunk groups in workgroup memory; (3) `scanFixupV2` rescans every chunk
  *   from its incoming state, writing y and, for the last chunk, the last state. Inputs are read from
  *   rgba32float textures holding 4 consecutive time steps per texel (a texel fetch is a vector gather
- *   on lavapipe, ~0.34 ns per lane and component), packed once by copyBufferToTexture or `packSeqV2`.
- *   No barriers except in the Hillis-Steele carry: they are costly on lavapipe.
+ *   on lavapipe, ~0.34 ns per lane and component), packed once by copyBufferToTexture or `packSeqV2`;
+ *   y leaves through a texture too when L is a multiple of 64. No barriers except in the Hillis-Steele
+ *   carry: they are costly on lavapipe (measured: that carry makes the scan 1.5x slower than the
+ *   sequential fold at L = 4K, 16 chunks). Measured against v1 at B = 1, D = 512, N = 16 (bench/ssm.ts):
+ *   4.9x to 11x over L = 1K .. 64K depending on the machine's load, ~6x at 16K; the passes are bound by
+ *   the exponentials and FMAs. The chunking itself costs (2 - 1 / chunks) passes: with D = 512 the
+ *   adapter's 16 lanes are busy without it and one chunk is ~1.5x faster than two; with D = 16 it is
+ *   what lets 16 channels use the adapter (v2 4x v1 there).
  * - bwd v1 sequential: one invocation per (b, d): a forward sweep storing the state at segment starts
- *   (every K steps), then segments in reverse, each recomputed from its checkpoint into a scratch buffer
- *   and walked backwards with the state adjoint g_t = C_t dy_t + dA_t+1 g_t+1 in registers. Memory is
- *   O(L N / K + K N) per channel instead of O(L N). Per-(b, d) partial sums of dA, dD, d deltaBias (and
- *   of dB, dC when shared) and per-(b, d, n, t) terms of input-dependent dB, dC are reduced by core ops.
+ *   (every K = sqrt(L) steps), then segments in reverse, each recomputed from its checkpoint into a
+ *   scratch buffer and walked backwards with the state adjoint g_t = C_t dy_t + dA_t+1 g_t+1 in
+ *   registers. Memory is O(L N / K + K N) per channel instead of O(L N). Per-(b, d) partial sums of dA,
+ *   dD, d deltaBias (and of dB, dC when shared) and per-(b, d, n, t) terms of input-dependent dB, dC are
+ *   reduced by core ops. Storage buffers throughout: with input-dependent B and C its 4N loads and 2N
+ *   stores per step make it ~3x the shared-B/C backward (measured 232 vs 68 ms at B 8, D 128, L 256);
+ *   reading B, C through textures as v2 does is the next step.
  * @module
  */
 
