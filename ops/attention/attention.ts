@@ -55,6 +55,20 @@ import {
 
 const MAX_Y = 65535;
 
+/**
+ * Loops in these programs run at most this many iterations: lavapipe silently ends a loop after 65535
+ * (the flash loops step 4 keys; the dK/dV loop steps one query row; softmax one key).
+ */
+const LOOP_CAP = 65535;
+
+function checkLoops(op: string, what: string, iterations: number): void {
+  if (iterations > LOOP_CAP) {
+    throw new Error(
+      `${op}: ${what} needs ${iterations} iterations of one shader loop, over the ${LOOP_CAP} the software adapter runs; split the sequence`,
+    );
+  }
+}
+
 function variantOf(r: Resolved, sparseElem = false): Variant {
   return { alibi: !!r.alibi, sparseElem };
 }
@@ -192,11 +206,11 @@ function maskTexture(r: Resolved, held: PackedTexture[]): PackedTexture {
 
 /**
  * vec4 registers per invocation for v3's q rows (and as many for the accumulator). Measured on lavapipe
- * at D = 64: 16 -> R = 1, ~2 GFLOP/s, 0.7 s to compile (cold cache); 32 -> R = 2, ~3.5 GFLOP/s, 2 s;
- * 64 -> R = 4, 6 s; 128 -> R = 8, ~7 GFLOP/s but 25 s. 32 keeps a fresh machine responsive; pass
- * blockQ = 64 for the fastest kernel once its compile is cached.
+ * (B = 1, H = 8, T = 1024, D = 64): 32 -> R = 2, 486 ms; 64 -> R = 4, 216 ms; 128 -> R = 8, 238 ms.
+ * Compile time (cold Mesa shader cache) grows ~3x per doubling: ~2 s at R = 2, ~6 s at R = 4, ~25 s at
+ * R = 8 in a stripped-down kernel; the cache makes later runs instant.
  */
-const REG_BUDGET = 32;
+const REG_BUDGET = 64;
 
 /** Resolved tiling of a flash call. */
 interface FlashTiling {
@@ -346,6 +360,10 @@ export function flashAttention(
   checkDeferred(op);
   if (q.dtype === "f64") throw new Error(`${op}: f64 lives on the cpu only`);
   const t = flashTiling(r, opts, op);
+  checkLoops(op, `S = ${r.S} keys (4 per iteration)`, Math.ceil(r.S / CH));
+  if (isGradEnabled() && [q, k, v].some((x) => x.requiresGrad)) {
+    checkLoops(op, `backward over T = ${r.T} rows`, r.T);
+  }
   if (t.version !== 3 && q.dtype !== "f32") throw new Error(`${op}: v${t.version} needs f32, got ${q.dtype}`);
   const { B, H, T, D } = r;
   const o = empty(op, [B, H, T, D], q.dtype, "webgpu");
@@ -668,6 +686,7 @@ export function standardAttention(
       } MiB); use flashAttention`,
     );
   }
+  checkLoops(op, `a softmax row of S = ${S} keys`, S);
   const P = B * Hkv;
   const chunks: { p0: number; p1: number; g0: number; g1: number }[] = [];
   if (G * perHead <= cap) {

@@ -185,8 +185,8 @@ export function acquireTexture(rows: number, D4: number, what: string): PackedTe
     if (p.height >= height && p.layers >= layers && (best < 0 || p.bytes < texPool[best].bytes)) best = i;
   });
   let t: Pooled;
-  // a pooled texture much larger than needed would distort the ledger's peak: take it only within 2x
-  if (best >= 0 && texPool[best].bytes <= 2 * TEX_WIDTH * height * layers * 16) {
+  // only a texture of exactly this size is reused: a larger one would overstate the ledger's peak
+  if (best >= 0 && texPool[best].height === height && texPool[best].layers === layers) {
     t = texPool.splice(best, 1)[0];
     ledgerPooled("webgpu", -t.bytes);
   } else {

@@ -1,0 +1,297 @@
+// FlashAttention (forward v1-v3 and backward) against the float64 reference, the paper's test criterion
+// against standard float32 attention, gradients by finite differences, and the memory ledger.
+// SEQLAB_FULL=1 runs the larger grid (more head widths per version and a 4096-long sequence).
+import { describe, expect, test } from "vitest";
+import * as s from "../../mod.ts";
+import type { AttentionOptions, Tensor } from "../../mod.ts";
+import { data, leakCheck, scoped } from "../../test/helpers.ts";
+
+leakCheck();
+const FULL = Deno.env.get("SEQLAB_FULL") === "1";
+
+/** Deterministic float64 data on the cpu, in [-scale, scale]. */
+const rnd = (shape: number[], seed: number, scale = 1) =>
+  s.tensor(data(shape.reduce((a, b) => a * b, 1), seed, scale), { shape, device: "cpu", dtype: "f64" });
+
+async function maxErr(a: Tensor, b: Tensor): Promise<number> {
+  expect(a.shape).toEqual(b.shape);
+  const x = await a.toArray(), y = await b.toArray();
+  let m = 0;
+  for (let i = 0; i < x.length; i++) {
+    if (y[i] === -Infinity && x[i] === -Infinity) continue;
+    const e = Math.abs(x[i] - y[i]);
+    m = Number.isNaN(e) ? Infinity : Math.max(m, e);
+  }
+  return m;
+}
+
+const gpu32 = async (t: Tensor) => await s.cast(t, "f32").to("webgpu");
+
+/** Moves option tensors (the padding mask) to the device. */
+async function onDevice(o: AttentionOptions): Promise<AttentionOptions> {
+  const kp = o.keyPadding;
+  if (kp && !Array.isArray(kp) && (kp as Tensor).rank === 2) {
+    return { ...o, keyPadding: await (kp as Tensor).to("webgpu") };
+  }
+  return o;
+}
+
+interface Case {
+  name: string;
+  q: number[];
+  kv: number[];
+  opts: () => AttentionOptions;
+}
+
+const pad = (B: number, S: number, seed: number) =>
+  s.tensor(Array.from(data(B * S, seed), (x, i) => (x > -0.6 || i % S === 0 ? 1 : 0)), {
+    shape: [B, S],
+    device: "cpu",
+    dtype: "u32",
+  });
+
+// T = 1, T not a multiple of any block, GQA ratios 1, 2 and 8, every mask kind; D per case below
+const CASES = (D: number): Case[] => [
+  { name: "T = 1", q: [1, 2, 1, D], kv: [1, 2, 9, D], opts: () => ({}) },
+  { name: "T = 37 non-causal", q: [2, 2, 37, D], kv: [2, 2, 37, D], opts: () => ({}) },
+  { name: "T = 70 causal", q: [1, 2, 70, D], kv: [1, 2, 70, D], opts: () => ({ causal: true }) },
+  { name: "GQA 2, causal, T < S", q: [1, 4, 21, D], kv: [1, 2, 50, D], opts: () => ({ causal: true }) },
+  { name: "MQA 8, lengths", q: [2, 8, 19, D], kv: [2, 1, 45, D], opts: () => ({ keyPadding: [45, 7] }) },
+  {
+    name: "padding mask + ALiBi",
+    q: [2, 2, 33, D],
+    kv: [2, 2, 33, D],
+    opts: () => ({ keyPadding: pad(2, 33, 9), alibi: [0.5, 0.125] }),
+  },
+  {
+    name: "window + global, causal",
+    q: [1, 2, 90, D],
+    kv: [1, 2, 90, D],
+    opts: () => ({ window: 9, globalTokens: 3, causal: true }),
+  },
+  {
+    name: "window [4, 6] + scale",
+    q: [1, 1, 40, D],
+    kv: [1, 1, 40, D],
+    opts: () => ({ window: [4, 6], scale: 0.3 }),
+  },
+  {
+    name: "block-sparse 32, per head",
+    q: [1, 2, 64, D],
+    kv: [1, 2, 64, D],
+    opts: () => ({ blockMask: { mask: [1, 0, 0, 1, 0, 1, 1, 1], shape: [2, 2, 2], blockSize: 32 } }),
+  },
+  {
+    name: "block-sparse 12 (unaligned), causal, fully masked rows",
+    q: [1, 1, 30, D],
+    kv: [1, 1, 30, D],
+    opts: () => ({
+      causal: true,
+      blockMask: { mask: [0, 0, 0, 1, 1, 0, 0, 1, 1], shape: [1, 3, 3], blockSize: 12 },
+    }),
+  },
+];
+
+async function checkForward(c: Case, opts: AttentionOptions, tol: number): Promise<void> {
+  await s.tidy(async () => {
+    const [q, k, v] = [rnd(c.q, 1), rnd(c.kv, 2), rnd(c.kv, 3)];
+    const o = c.opts();
+    const ref = s.attentionRef(q, k, v, o);
+    const res = s.flashAttention(await gpu32(q), await gpu32(k), await gpu32(v), {
+      ...(await onDevice(o)),
+      ...opts,
+    });
+    const eo = await maxErr(res.o, ref.o), el = await maxErr(res.lse, ref.lse);
+    expect(eo, `${c.name} ${JSON.stringify(opts)}: O`).toBeLessThan(tol);
+    expect(el, `${c.name} ${JSON.stringify(opts)}: L`).toBeLessThan(tol * 4);
+  });
+}
+
+describe("flash forward against the float64 reference", () => {
+  // every case at D = 64 for every version; the head widths 16, 32, 128 (and 12, not a multiple of 4) on v3
+  for (const version of [3, 1, 2] as const) {
+    test(`v${version}, D = 64, every mask`, async () => {
+      for (const c of CASES(64)) await checkForward(c, { version }, 2e-6);
+    });
+  }
+  test("v3, D = 16, 32, 128 and 12", async () => {
+    for (const D of [16, 32, 128, 12]) {
+      const cases = FULL ? CASES(D) : CASES(D).filter((_, i) => i % 3 === D % 3);
+      for (const c of cases) await checkForward(c, {}, 2e-6);
+    }
+  });
+  test("v3 block sizes: overrides and a sweep", async () => {
+    const c = CASES(32)[6];
+    for (const [blockQ, blockK] of [[8, 4], [24, 12], [64, 256]]) {
+      await checkForward(c, { blockQ, blockK }, 2e-6);
+    }
+  });
+  test(`a long sequence (T = ${FULL ? 4096 : 2048}, causal)`, async () => {
+    const T = FULL ? 4096 : 2048;
+    await checkForward(
+      { name: "long", q: [1, 1, T, 64], kv: [1, 1, T, 64], opts: () => ({ causal: true }) },
+      {},
+      2e-6,
+    );
+  });
+  test("f16 inputs (read into f32 registers)", async () => {
+    if (!s.adapterInfo().includes("shader-f16")) return; // the adapter cannot hold f16 tensors
+    await s.tidy(async () => {
+      const q = rnd([1, 2, 20, 32], 4), k = rnd([1, 2, 20, 32], 5);
+      const h = await s.cast(q, "f16").to("webgpu"), hk = await s.cast(k, "f16").to("webgpu");
+      const kr = s.cast(s.cast(k, "f16"), "f64");
+      const ref = s.attentionRef(s.cast(s.cast(q, "f16"), "f64"), kr, kr, { causal: true });
+      const res = s.flashAttention(h, hk, hk, { causal: true });
+      expect(res.o.dtype).toBe("f16");
+      expect(await maxErr(res.o, ref.o)).toBeLessThan(2e-3);
+    });
+  });
+  test(
+    "views: q permuted from (B, T, H, D), k and v sliced",
+    scoped(async () => {
+      const qt = rnd([2, 25, 4, 16], 6), kv = rnd([2, 2, 40, 16], 7);
+      const ref = s.attentionRef(
+        qt.permute([0, 2, 1, 3]),
+        kv.slice([null, null, [3, 28]]),
+        kv.slice([null, null, [10, 35]]),
+        {
+          causal: true,
+        },
+      );
+      const qg = (await gpu32(qt)).permute([0, 2, 1, 3]), kg = await gpu32(kv);
+      const res = s.flashAttention(qg, kg.slice([null, null, [3, 28]]), kg.slice([null, null, [10, 35]]), {
+        causal: true,
+      });
+      expect(await maxErr(res.o, ref.o)).toBeLessThan(2e-6);
+    }),
+  );
+});
+
+/** The reference repository's criterion: max |out - ref64| <= factor x max |standard32 - ref64|. */
+describe("the FlashAttention criterion against standard float32 attention", () => {
+  const configs: [string, number[], number[], AttentionOptions][] = [
+    ["B 1, H 4, T 300, D 64", [1, 4, 300, 64], [1, 4, 300, 64], {}],
+    ["causal, T 513, D 128", [1, 2, 513, 128], [1, 2, 513, 128], { causal: true }],
+    ["GQA 4, D 32, scores spread x9", [1, 8, 200, 32], [1, 2, 200, 32], { causal: true, scale: 1.5 }],
+  ];
+  test("forward: O within 2x, every config", async () => {
+    for (const [name, qs, ks, o] of configs) {
+      await s.tidy(async () => {
+        const [q, k, v] = [rnd(qs, 11, 2), rnd(ks, 12, 2), rnd(ks, 13)];
+        const ref = s.attentionRef(q, k, v, o);
+        const [qg, kg, vg] = [await gpu32(q), await gpu32(k), await gpu32(v)];
+        const std = await maxErr(s.standardAttention(qg, kg, vg, o).o, ref.o);
+        const flash = await maxErr(s.flashAttention(qg, kg, vg, o).o, ref.o);
+        console.log(
+          `criterion ${name}: flash ${flash.toExponential(2)}, standard f32 ${std.toExponential(2)}, ratio ${
+            (flash / std).toFixed(2)
+          }`,
+        );
+        expect(flash, name).toBeLessThanOrEqual(2 * std);
+      });
+    }
+  });
+  test("backward: dQ, dK, dV within 3x", async () => {
+    for (const [name, qs, ks, o] of configs.slice(0, 2)) {
+      await s.tidy(async () => {
+        const [q, k, v, g] = [rnd(qs, 21, 2), rnd(ks, 22, 2), rnd(ks, 23), rnd(qs, 24)];
+        const ref = s.attentionRefBackward(g, q, k, v, o);
+        const errs = async (fn: typeof s.flashAttention) => {
+          const leaves = [await gpu32(q), await gpu32(k), await gpu32(v)];
+          for (const t of leaves) t.requiresGrad = true;
+          fn(leaves[0], leaves[1], leaves[2], o).o.backward(await gpu32(g));
+          const e = await Promise.all(leaves.map((t, i) => maxErr(t.grad!, ref[i])));
+          for (const t of leaves) t.zeroGrad(); // gradients outlive tidy
+          return e;
+        };
+        const std = await errs(s.standardAttention), flash = await errs(s.flashAttention);
+        console.log(
+          `criterion backward ${name}: flash ${flash.map((x) => x.toExponential(2))}, standard ${
+            std.map((x) => x.toExponential(2))
+          }`,
+        );
+        flash.forEach((e, i) => expect(e, `${name} grad ${"qkv"[i]}`).toBeLessThanOrEqual(3 * std[i]));
+      });
+    }
+  });
+});
+
+describe("flash backward", () => {
+  const small: [string, number[], number[], () => AttentionOptions][] = [
+    ["causal GQA 2", [1, 2, 5, 4], [1, 1, 6, 4], () => ({ causal: true })],
+    [
+      "window + global + ALiBi",
+      [1, 2, 7, 4],
+      [1, 2, 7, 4],
+      () => ({ window: 2, globalTokens: 1, alibi: [0.7, 0.2] }),
+    ],
+    ["padding mask, lengths in batch 2", [2, 1, 4, 5], [2, 1, 6, 5], () => ({ keyPadding: pad(2, 6, 3) })],
+    [
+      "block-sparse",
+      [1, 1, 8, 4],
+      [1, 1, 8, 4],
+      () => ({ blockMask: { mask: [1, 0, 1, 1], shape: [1, 2, 2], blockSize: 4 } }),
+    ],
+  ];
+  test("gradcheck on small sizes (finite differences in float64)", async () => {
+    for (const [name, qs, ks, mk] of small) {
+      await s.tidy(async () => {
+        const o = mk();
+        const od = await onDevice(o);
+        const inputs = [await gpu32(rnd(qs, 31)), await gpu32(rnd(ks, 32)), await gpu32(rnd(ks, 33))];
+        // the numeric side runs flashAttention on float64 cpu copies (the reference); the analytic side on webgpu
+        const report = await s.gradcheck(
+          (q, k, v) => s.flashAttention(q, k, v, q.device === "cpu" ? o : od).o,
+          inputs,
+          { atol: 2e-4, rtol: 5e-3 },
+        );
+        expect(report.maxError.length, name).toBe(3);
+      });
+    }
+  });
+  test("against the float64 reference backward on larger sizes, every mask", async () => {
+    for (const c of CASES(32)) {
+      await s.tidy(async () => {
+        const [q, k, v] = [rnd(c.q, 41), rnd(c.kv, 42), rnd(c.kv, 43)];
+        const g = rnd(c.q, 44);
+        const o = c.opts();
+        const ref = s.attentionRefBackward(g, q, k, v, o);
+        const leaves = [await gpu32(q), await gpu32(k), await gpu32(v)];
+        for (const t of leaves) t.requiresGrad = true;
+        const res = s.flashAttention(leaves[0], leaves[1], leaves[2], await onDevice(o));
+        res.o.backward(await gpu32(g));
+        for (let i = 0; i < 3; i++) {
+          expect(await maxErr(leaves[i].grad!, ref[i]), `${c.name} d${"qkv"[i]}`).toBeLessThan(5e-6);
+        }
+        expect(res.stats.backward?.flops).toBeGreaterThan(0);
+        for (const t of leaves) t.zeroGrad();
+      });
+    }
+  });
+});
+
+describe("memory", () => {
+  test("flash forward's peak grows linearly in T; standard's quadratically", async () => {
+    const peak = async (T: number, fn: typeof s.flashAttention) =>
+      await s.tidy(async () => {
+        const q = await gpu32(rnd([1, 2, T, 64], 51)), k = await gpu32(rnd([1, 2, T, 64], 52));
+        await q.toArray(); // settle
+        const base = s.memory().bytesInUse;
+        s.resetPeak();
+        const r = fn(q, k, k, { causal: true });
+        await r.lse.toArray();
+        return s.memory().peakBytes - base;
+      });
+    const [f1, f2] = [await peak(512, s.flashAttention), await peak(1024, s.flashAttention)];
+    const [s1, s2] = [await peak(512, s.standardAttention), await peak(1024, s.standardAttention)];
+    console.log(
+      `peak bytes: flash ${f1} -> ${f2} (x${(f2 / f1).toFixed(2)}), standard ${s1} -> ${s2} (x${
+        (s2 / s1).toFixed(2)
+      })`,
+    );
+    expect(f2 / f1).toBeGreaterThan(1.7);
+    expect(f2 / f1).toBeLessThan(2.3);
+    expect(s2 / s1).toBeGreaterThan(3.4);
+    expect(s2).toBeGreaterThan(10 * f2);
+  });
+});
