@@ -9,8 +9,8 @@ import { gpu } from "../../runtime/device.ts";
 import { ledgerPooled } from "../../runtime/memory.ts";
 import { broadcastShapes, fmt, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
-import { WebGPUError } from "../../runtime/webgpu.ts";
-import { cast, contiguous } from "./elementwise.ts";
+import { MAX_LOOP, WebGPUError } from "../../runtime/webgpu.ts";
+import { add, cast, contiguous } from "./elementwise.ts";
 import { matmulRef } from "./matmul_ref.ts";
 import { record } from "../../runtime/autograd.ts";
 import { sumTo } from "./reduce.ts";
@@ -81,6 +81,31 @@ function recordMatmul(a: Tensor, b: Tensor, out: Tensor): Tensor {
 }
 
 /**
+ * A product whose inner dimension is longer than one invocation may loop (lavapipe ends an invocation's
+ * loops after 65535 iterations): the sum of products over K-slices of at most MAX_LOOP.
+ */
+function matmulSplitK(a: Tensor, b: Tensor, K: number, version: MatmulVersion): Tensor {
+  let acc: Tensor | null = null;
+  for (let k0 = 0; k0 < K; k0 += MAX_LOOP) {
+    const k1 = Math.min(K, k0 + MAX_LOOP);
+    const as = a.slice(a.shape.map((_d, i) => (i === a.rank - 1 ? [k0, k1] as [number, number] : null)));
+    const bs = b.slice(
+      b.shape.map((_d, i) => (i === Math.max(b.rank - 2, 0) ? [k0, k1] as [number, number] : null)),
+    );
+    const part = matmulWith(as, bs, version);
+    as.dispose();
+    bs.dispose();
+    if (acc) {
+      const total = add(acc, part);
+      acc.dispose();
+      part.dispose();
+      acc = total;
+    } else acc = part;
+  }
+  return acc!;
+}
+
+/**
  * {@link matmul} with a chosen shader version (for tests and benchmarks); "auto" is what `matmul` uses.
  * On the cpu device the version is ignored. v3 needs K, N and the operands' offsets divisible by 4 and
  * f32; v4/v5 need K within the adapter's texture height.
@@ -110,6 +135,7 @@ export function matmulWith(a: Tensor, b: Tensor, version: MatmulVersion): Tensor
   if (K !== K2) {
     throw new Error(`matmul: inner dimensions differ: a is ${fmt(a.shape)}, b is ${fmt(b.shape)}`);
   }
+  if (device === "webgpu" && K > MAX_LOOP) return matmulSplitK(a, b, K, version);
   let batchShape: number[];
   try {
     batchShape = broadcastShapes("matmul", as.slice(0, -2), bs.slice(0, -2));
