@@ -585,7 +585,10 @@ export class Kernel {
     const object = m[1] ? m[1].replace(/\s*\??\.\s*$/, "") : null;
     const prefix = m[2] ?? "";
     let matches: string[] = [];
-    if (object !== null || prefix) {
+    // a member of something that is not a plain identifier path (`[1, 2].fla`, `f().x`): not evaluated, so
+    // no matches, and never the global names
+    const member = object === null && /\.\s*$/.test(before.slice(0, before.length - prefix.length));
+    if (!member && (object !== null || prefix)) {
       matches = (await this.ask<string[]>({ type: "complete", object, prefix })) ?? [];
       if (object === null) {
         // Names this cell declares but has not run yet, and keywords.
