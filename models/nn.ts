@@ -101,6 +101,26 @@ function kaimingScale(op: string, shape: Shape, o: KaimingOptions): number {
   return (o.gain ?? kaimingGain(o.nonlinearity, o.a ?? 0.01)) / Math.sqrt(fan);
 }
 
+/** The initialisers (see {@link init}). */
+export interface Initialisers {
+  /** Normal samples N(mean, std^2) (defaults 0, 1). */
+  normal(shape: Shape, o?: InitOptions & { mean?: number; std?: number }): Tensor;
+  /** Uniform samples in [low, high) (default [0, 1)). */
+  uniform(shape: Shape, o?: InitOptions & { low?: number; high?: number }): Tensor;
+  /** Xavier/Glorot uniform: U(-b, b) with b = gain sqrt(6 / (fanIn + fanOut)). */
+  xavierUniform(shape: Shape, o?: FanOptions): Tensor;
+  /** Xavier/Glorot normal: N(0, gain^2 2 / (fanIn + fanOut)). */
+  xavierNormal(shape: Shape, o?: FanOptions): Tensor;
+  /** Kaiming/He uniform: U(-b, b) with b = gain sqrt(3 / fan). */
+  kaimingUniform(shape: Shape, o?: KaimingOptions): Tensor;
+  /** Kaiming/He normal: N(0, gain^2 / fan). */
+  kaimingNormal(shape: Shape, o?: KaimingOptions): Tensor;
+  /** Zeros. */
+  zeros(shape: Shape, o?: InitOptions): Tensor;
+  /** Ones. */
+  ones(shape: Shape, o?: InitOptions): Tensor;
+}
+
 /**
  * Initialisers: each returns a new tensor of `shape` (seeded, identical on both backends for `uniform`
  * variants). Fans follow seqlab's (..., in, out) weight layout.
@@ -119,7 +139,7 @@ function kaimingScale(op: string, shape: Shape, o: KaimingOptions): number {
  * console.log(w.shape, k.shape, b.shape); // [256, 128] [784, 100] [128]
  * ```
  */
-export const init = {
+export const init: Initialisers = {
   /** Normal samples N(mean, std^2) (defaults 0, 1). */
   normal(shape: Shape, o: InitOptions & { mean?: number; std?: number } = {}): Tensor {
     return randn(shape, { ...o, mean: o.mean ?? 0, std: o.std ?? 1 });
