@@ -37,7 +37,7 @@ import {
   UNBOUNDED,
   visitedWork,
 } from "./attention_options.ts";
-import { attentionRef, type AttentionResult, standardModel } from "./attention_ref.ts";
+import { attentionRef, type AttentionResult, standardBackwardModel, standardModel } from "./attention_ref.ts";
 import {
   CH,
   decodeSource,
@@ -763,8 +763,7 @@ export function standardAttention(
   const out = record(op, o, [q, k, v], [q, k, v, o, ...probs], (g, saved) => {
     const [qs, ks, vs, os] = saved;
     const grads = standardBackward(r, chunks, g, qs, ks, vs, os, saved.slice(4));
-    stats.backward = standardModel(r, "standard backward", 4);
-    stats.backward.impl = "standard backward";
+    stats.backward = standardBackwardModel(r, "standard backward", 4);
     return grads;
   });
   for (const p of probs) p.dispose(); // the graph holds its own references

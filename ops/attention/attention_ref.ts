@@ -67,6 +67,27 @@ export function standardModel(r: Resolved, impl: string, bytes: number): Attenti
   ]);
 }
 
+/**
+ * The standard backward's model (P saved by the forward): dV = P^T dO, dP = dO V^T, dS = P (dP - D),
+ * dQ = scale dS K, dK = scale dS^T Q: Theta(T D + T S) traffic, 8 T S D FLOPs per head.
+ */
+export function standardBackwardModel(r: Resolved, impl: string, bytes: number): AttentionStats {
+  const BH = r.B * r.H, TS = r.T * r.S, TD = BH * r.T * r.D, SD = r.B * r.Hkv * r.S * r.D;
+  const io = (n: number) => n * bytes;
+  return makeStats(impl, null, [
+    { name: "dV = P^T dO", read: io(BH * TS + TD), written: io(SD), flops: 2 * BH * TS * r.D },
+    { name: "dP = dO V^T", read: io(TD + SD), written: io(BH * TS), flops: 2 * BH * TS * r.D },
+    {
+      name: "dS = P (dP - rowsum(dO O))",
+      read: io(2 * BH * TS + 2 * TD),
+      written: io(BH * TS),
+      flops: 2 * BH * TS + 2 * TD,
+    },
+    { name: "dQ = scale dS K", read: io(BH * TS + SD), written: io(TD), flops: 2 * BH * TS * r.D },
+    { name: "dK = scale dS^T Q", read: io(BH * TS + TD), written: io(SD), flops: 2 * BH * TS * r.D },
+  ]);
+}
+
 /** Per-row probabilities P (visible entries) recomputed in float64; returns L and fills p. */
 function rowProbs(
   r: Resolved,
@@ -148,7 +169,7 @@ export function attentionRef(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOpt
   const stats = standardModel(r, "reference", q.dtype === "f64" ? 8 : 4);
   const out = record("attentionRef", o, [q, k, v], [q, k, v], (g, [qs, ks, vs]) => {
     const grads = attentionRefBackward(g, qs, ks, vs, opts);
-    stats.backward = standardModel(r, "reference backward", q.dtype === "f64" ? 8 : 4);
+    stats.backward = standardBackwardModel(r, "reference backward", q.dtype === "f64" ? 8 : 4);
     return grads;
   });
   return { o: out, lse, stats };

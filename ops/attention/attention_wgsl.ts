@@ -12,17 +12,18 @@
  * reads and writes staged through private arrays in rolled loops, masks driven by uniforms (one pipeline
  * per head width and block shape, not per mask combination; only ALiBi is a compile-time variant).
  *
- * Flash forward versions (numbers are never reused):
+ * Flash forward versions (numbers are never reused). GFLOP/s at B = 1, H = 8, D = 64, non-causal,
+ * counting 4 D FLOPs per query-key pair, machine shared with other work (see bench/results/attention.json):
  * - v1 rows-buffer: one invocation per query row keeping the running max, sum and the D-vector
- *   accumulator in named vec4 registers, looping over keys read from the storage buffers (uniform
- *   addresses). The design the issue suggested; ~0.2 GFLOP/s here, all of it in K/V loads.
+ *   accumulator, looping over keys read from the storage buffers (the same address in every lane). The
+ *   design the issue suggested: 0.30 GFLOP/s at T = 512, all of it in the K/V loads.
  * - v2 tiled-shared: the paper's tiling: the workgroup (64 rows) copies each K/V block (Bc keys,
  *   Bc = M / 4D from the workgroup-memory limit M) into workgroup memory between barriers, then each
- *   invocation runs v1's loop on the tile. ~0.4 GFLOP/s: the shared loads cost what global ones did.
+ *   invocation runs v1's loop on the tile: 0.37 GFLOP/s: the shared loads cost what global ones did.
  * - v3 rows-texture: K and V are first packed (one pass, linear in S D) into rgba32float texture arrays;
- *   each invocation owns R query rows (R D floats of q and of the accumulator) and fetches each key's
- *   D / 4 texels once for its R rows. ~7-10 GFLOP/s at R = 8 (R = 1: ~2, R = 2: ~4), measured in a
- *   stripped-down kernel. The default, with R from the register budget (overridable via blockQ).
+ *   each invocation owns R query rows (R D floats of q and of the accumulator, in named registers) and
+ *   fetches each key's D / 4 texels once for its R rows. At T = 1024: R = 1 4.1, R = 2 6.6, R = 4 (the
+ *   default at D = 64) 9.5-10, R = 8 11.5-12.5 GFLOP/s. The default version.
  * All three share the block loop: a host-computed table marks each (query block, key block) tile SKIP
  * (never touched: causal upper triangle, outside the window, zero sparse block), FULL (no mask work) or
  * PARTIAL (per-element mask), and the online softmax runs over chunks of 4 keys.
