@@ -394,8 +394,9 @@ export interface AttentionStats {
   bytesRead: number;
   /** Bytes the programs wrote to device memory. */
   bytesWritten: number;
-  /** Tiles visited and skipped by a tiled kernel (0 for the others). */
+  /** Tiles a tiled kernel visited (0 for the others). */
   tilesVisited: number;
+  /** Tiles a tiled kernel skipped without touching (causal, window, sparse); 0 for the others. */
   tilesSkipped: number;
   /** Per program: name, bytes read, bytes written, FLOPs. */
   programs: { name: string; read: number; written: number; flops: number }[];
