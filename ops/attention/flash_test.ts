@@ -134,6 +134,13 @@ describe("flash forward against the float64 reference", () => {
       2e-6,
     );
   });
+  test("K and V spanning two texture layers (2 x 70000 keys)", async () => {
+    await checkForward(
+      { name: "layers", q: [1, 2, 3, 64], kv: [1, 2, 70000, 64], opts: () => ({ causal: true }) },
+      {},
+      2e-6,
+    );
+  });
   test("f16 inputs (read into f32 registers)", async () => {
     if (!s.adapterInfo().includes("shader-f16")) return; // the adapter cannot hold f16 tensors
     await s.tidy(async () => {
