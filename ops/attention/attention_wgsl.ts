@@ -250,13 +250,14 @@ function stageOut(
   rowAt: string,
   valid: string,
   mul: string,
+  op = "*",
 ): string {
   return `for (var x = 0u; x < u.nR; x++) {
     if (!(${valid})) { continue; }
     let ob = ${rowAt};
     let f = ${mul};
     for (var i = 0u; i < u.nD4; i++) {
-      let t = ${src}[x * ${D4}u + i] * f;
+      let t = ${src}[x * ${D4}u + i] ${op} f;
       for (var e = 0u; e < 4u; e++) { let d = i * 4u + e; if (d < u.D) { ${out}[ob + d] = ${dtype}(t[e]); } }
     }
   }`;
@@ -462,7 +463,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         "oa",
         `(bh * u.T + q0 + x * ${WG}u + lid.x) * u.D`,
         `q0 + x * ${WG}u + lid.x < u.T`,
-        "select(0.0, 1.0 / la[x], la[x] > 0.0)",
+        // O = acc / l (one rounding; a row without visible keys has acc = 0: divide by 1)
+        "select(1.0, la[x], la[x] > 0.0)",
+        "/",
       )
     }
   for (var x = 0u; x < u.nR; x++) {
