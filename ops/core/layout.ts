@@ -10,7 +10,14 @@ import type { Tensor } from "../../runtime/tensor.ts";
 import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { cast, contiguous } from "./elementwise.ts";
 import { copyIntoRef, gatherRef, scatterAddRef } from "./layout_ref.ts";
-import { copyIntoSource, GATHER_OOB, gatherSource, LAYOUT_WG, scatterAddSource } from "./layout_wgsl.ts";
+import {
+  copyIntoSource,
+  GATHER_OOB,
+  gatherSource,
+  LAYOUT_WG,
+  SCATTER_OOB,
+  scatterAddSource,
+} from "./layout_wgsl.ts";
 import { record } from "../../runtime/autograd.ts";
 import { empty, sameDevice, Uniforms } from "./util.ts";
 
@@ -26,6 +33,33 @@ function recordConcat(tensors: readonly Tensor[], a: number, out: Tensor): Tenso
       const part = contiguous(g.slice(spec));
       return isFloat(dtypes[k]) && dtypes[k] !== g.dtype ? cast(part, dtypes[k]) : part;
     });
+  });
+}
+
+/**
+ * One dispatch of an index-driven kernel (gather, scatterAdd): one invocation per output element, with the
+ * shared diagnostics buffer bound for an index out of range, reported under `op`'s name at the next readback.
+ */
+function runIndexed(
+  op: string,
+  code: number,
+  key: string,
+  source: () => string,
+  src: Tensor,
+  idx: Tensor,
+  out: Tensor,
+  words: number[],
+): void {
+  const ctx = gpu();
+  ctx.diagnostic(code, (v, limit) => `${op}: index ${v} is out of range for an axis of size ${limit}`);
+  ctx.run({
+    name: op,
+    key,
+    source,
+    inputs: [src.storage.buffer!, idx.storage.buffer!],
+    outputs: [out.storage.buffer!, ctx.diagnostics],
+    uniforms: new Uniforms().u32(...words).build(),
+    workgroups: grid(out.size, LAYOUT_WG),
   });
 }
 
@@ -164,20 +198,23 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
       return out;
     }
     if (out.size === 0) return out;
-    const ctx = gpu();
-    ctx.diagnostic(
+    runIndexed(
+      "gather",
       GATHER_OOB,
-      (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`,
+      `${x.dtype}|${indices.dtype}`,
+      () => gatherSource(x.dtype, indices.dtype),
+      src,
+      idx,
+      out,
+      [
+        outer,
+        A,
+        inner,
+        I,
+        src.offset,
+        idx.offset,
+      ],
     );
-    ctx.run({
-      name: "gather",
-      key: `${x.dtype}|${indices.dtype}`,
-      source: () => gatherSource(x.dtype, indices.dtype as DType),
-      inputs: [src.storage.buffer!, idx.storage.buffer!],
-      outputs: [out.storage.buffer!, ctx.diagnostics],
-      uniforms: new Uniforms().u32(outer, A, inner, I, src.offset, idx.offset).build(),
-      workgroups: grid(out.size, LAYOUT_WG),
-    });
     return out;
   } catch (e) {
     out.dispose();
@@ -243,32 +280,11 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
       );
       return out;
     }
-    const ctx = gpu();
-    ctx.diagnostic(
-      GATHER_OOB,
-      (v, limit) => `gather: index ${v} is out of range for an axis of size ${limit}`,
-    );
     // each invocation loops over the indices: at most MAX_LOOP of them per dispatch (lavapipe's loop cap)
     for (let j0 = 0; j0 < Math.max(I, 1); j0 += MAX_LOOP) {
-      ctx.run({
-        name: "scatterAdd",
-        key: `${src.dtype}|${indices.dtype}`,
-        source: () => scatterAddSource(src.dtype, indices.dtype),
-        inputs: [s.storage.buffer!, idx.storage.buffer!],
-        outputs: [out.storage.buffer!, ctx.diagnostics],
-        uniforms: new Uniforms().u32(
-          outer,
-          size,
-          inner,
-          I,
-          s.offset,
-          idx.offset,
-          j0,
-          Math.min(I, j0 + MAX_LOOP),
-        )
-          .build(),
-        workgroups: grid(out.size, LAYOUT_WG),
-      });
+      const words = [outer, size, inner, I, s.offset, idx.offset, j0, Math.min(I, j0 + MAX_LOOP)];
+      const source = () => scatterAddSource(src.dtype, indices.dtype);
+      runIndexed("scatterAdd", SCATTER_OOB, `${src.dtype}|${indices.dtype}`, source, s, idx, out, words);
     }
     return out;
   } catch (e) {

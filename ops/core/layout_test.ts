@@ -74,6 +74,12 @@ describe("gather", () => {
       const neg = s.tensor([-1], { dtype: "i32", device: "webgpu" });
       const r2 = s.gather(gt, neg);
       await expect(r2.toArray()).rejects.toThrow(/index -1 is out of range/);
+      const sa = s.scatterAdd(
+        s.ones([2, 3], { device: "webgpu" }),
+        s.tensor([0, 7], { dtype: "i32", device: "webgpu" }),
+        4,
+      );
+      await expect(sa.toArray()).rejects.toThrow(/scatterAdd: index 7 is out of range for an axis of size 4/);
       const f = s.tensor([1.0], { device: "cpu" });
       expect(() => s.gather(table, f)).toThrow(/gather: indices must be i32 or u32/);
       for (const t of [table, bad, gt, gb, r, ok, neg, r2, f]) t.dispose();

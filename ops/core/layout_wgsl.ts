@@ -32,6 +32,8 @@ ${flatId(LAYOUT_WG)}
 
 /** The diagnostic code gather raises for an index out of range. */
 export const GATHER_OOB = 1;
+/** The diagnostic code scatterAdd raises for an index out of range. */
+export const SCATTER_OOB = 2;
 
 /** Uniforms: [outer, A, inner, I, xOff, idxOff]. */
 export function gatherSource(dtype: DType, idxType: DType): string {
@@ -81,7 +83,7 @@ ${flatId(LAYOUT_WG)}
     if (gid == 0u && (${idxType === "i32" ? "k < 0 || " : ""}u32(k) >= A)) {
       atomicStore(&diag[1], u32(k));
       atomicStore(&diag[2], A);
-      atomicStore(&diag[0], ${GATHER_OOB}u);
+      atomicStore(&diag[0], ${SCATTER_OOB}u);
     }
     if (u32(k) == a) { s += f32(src[U(4u) + (o * I + j) * inner + i]); }
   }
