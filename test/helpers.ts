@@ -5,7 +5,8 @@
  */
 
 import { afterEach, beforeEach, expect } from "vitest";
-import { memory, type Tensor, tidy } from "../mod.ts";
+import { cast, memory, type Tensor, tidy } from "../mod.ts";
+import { isFloat } from "../runtime/dtype.ts";
 import { hasWebGPU } from "../runtime/device.ts";
 import { fmt } from "../runtime/shape.ts";
 
@@ -137,4 +138,11 @@ export function scoped(fn: () => Promise<void> | void): () => Promise<void> {
       await fn();
     });
   };
+}
+
+/** f32 copies on webgpu of reference inputs: float ones (e.g. f64) are cast, integer ones (indices) move as they are. */
+export function gpu32(ts: readonly Tensor[]): Promise<Tensor[]> {
+  return Promise.all(
+    ts.map(async (t) => (isFloat(t.dtype) ? await cast(t, "f32").to("webgpu") : await t.to("webgpu"))),
+  );
 }

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, compareBackends, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, compareBackends, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -60,7 +60,7 @@ describe("linear attention references", () => {
         const out = s.linearAttention(q, k, v, { causal: true, chunkSize });
         assertClose(await arr(out), quad, { atol: 1e-12, rtol: 1e-12 });
       }
-      const g = await Promise.all([q, k, v].map(async (t) => await s.cast(t, "f32").to("webgpu")));
+      const g = await gpu32([q, k, v]);
       assertClose(
         await arr(s.linearAttention(g[0], g[1], g[2], { causal: true, chunkSize: 8 })),
         quad,
@@ -120,7 +120,7 @@ describe("linear attention gradients", () => {
         const f = (q: Tensor, k: Tensor, v: Tensor) => s.linearAttention(q, k, v, { causal, chunkSize: 2 });
         const r = await s.gradcheck(f, inputs, { atol: 1e-8, rtol: 1e-6 });
         for (const e of r.maxError) expect(e).toBeLessThan(1e-7);
-        const gpu = await Promise.all(inputs.map(async (t) => await s.cast(t, "f32").to("webgpu")));
+        const gpu = await gpu32(inputs);
         await s.gradcheck(f, gpu, { atol: 2e-4, rtol: 2e-3 });
       }),
     );

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -76,7 +76,7 @@ describe("linformerAttention against the reference", () => {
         s.linformerAttention(q, k, v, E.expand([2, 2, 5]), { F, scale: 0.7 });
       const r = await s.gradcheck(f, inputs, { atol: 1e-8, rtol: 1e-6 });
       for (const e of r.maxError) expect(e).toBeLessThan(1e-7);
-      const g = await Promise.all(inputs.map(async (t) => await s.cast(t, "f32").to("webgpu")));
+      const g = await gpu32(inputs);
       await s.gradcheck(f, g, { atol: 2e-4, rtol: 2e-3 });
     }),
   );

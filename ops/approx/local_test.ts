@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -87,7 +87,7 @@ describe("localAttention against the reference", () => {
           const opts = { blockSize, causal };
           const ref = await arr(s.localAttentionRef(q, k, v, opts));
           assertClose(await arr(s.localAttention(q, k, v, opts)), ref, { atol: 1e-13, rtol: 1e-12 });
-          const g = await Promise.all([q, k, v].map(async (t) => await s.cast(t, "f32").to("webgpu")));
+          const g = await gpu32([q, k, v]);
           assertClose(await arr(s.localAttention(g[0], g[1], g[2], opts)), ref, TOL32);
         }),
       );
@@ -102,7 +102,7 @@ describe("localAttention against the reference", () => {
         const f = (q: Tensor, k: Tensor, v: Tensor) => s.localAttention(q, k, v, { blockSize: 2, causal });
         const r = await s.gradcheck(f, inputs, { atol: 1e-8, rtol: 1e-6 });
         for (const e of r.maxError) expect(e).toBeLessThan(1e-7);
-        const g = await Promise.all(inputs.map(async (t) => await s.cast(t, "f32").to("webgpu")));
+        const g = await gpu32(inputs);
         await s.gradcheck(f, g, { atol: 2e-4, rtol: 2e-3 });
       }
     }),

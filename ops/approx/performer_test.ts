@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -84,7 +84,7 @@ describe("Performer approximation quality (float64 reference, fixed seeds)", () 
       for (let i = 1; i < ms.length; i++) expect(errs[i]).toBeLessThan(errs[i - 1]);
       expect(errs[3]).toBeLessThan(errs[0] / 10); // 64x the features: at least 10x smaller error
       // and the op itself (webgpu, f32) tracks the reference at m = 512
-      const g = await Promise.all([q, k, v].map(async (t) => await s.cast(t, "f32").to("webgpu")));
+      const g = await gpu32([q, k, v]);
       const out = s.performerAttention(g[0], g[1], g[2], { features: 512, seed: 0 });
       expect(await mse(out, ex)).toBeLessThan(errs[3] * 3);
     }),
@@ -131,7 +131,7 @@ describe("performerAttention against the reference", () => {
           atol: 1e-12,
           rtol: 1e-10,
         });
-        const g = await Promise.all([q, k, v].map(async (t) => await s.cast(t, "f32").to("webgpu")));
+        const g = await gpu32([q, k, v]);
         assertClose(await arr(s.performerAttention(g[0], g[1], g[2], opts)), ref, TOL32);
         // a projection passed as a tensor gives the same result as its seed
         const W = s.performerFeatures(m, qs[3], { seed: 9, device: "webgpu" });
@@ -149,7 +149,7 @@ describe("performerAttention against the reference", () => {
           s.performerAttention(q, k, v, { causal, features: 6, seed: 2, chunkSize: 2 });
         const r = await s.gradcheck(f, inputs, { atol: 1e-8, rtol: 1e-6 });
         for (const e of r.maxError) expect(e).toBeLessThan(1e-7);
-        const g = await Promise.all(inputs.map(async (t) => await s.cast(t, "f32").to("webgpu")));
+        const g = await gpu32(inputs);
         await s.gradcheck(f, g, { atol: 2e-4, rtol: 2e-3 });
       }
     }),

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { data, leakCheck, scoped } from "../../test/helpers.ts";
+import { data, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -89,11 +89,7 @@ describe("gradients against float64 finite differences", () => {
         const r64 = await s.gradcheck(f, inputs, { atol: 1e-7, rtol: 1e-6 });
         for (const e of r64.maxError) expect(e).toBeLessThan(1e-6);
         // webgpu in f32 against the same float64 numbers
-        const gpuInputs = await Promise.all(
-          inputs.map(async (
-            t,
-          ) => (t.dtype === "f64" ? await s.cast(t, "f32").to("webgpu") : await t.to("webgpu"))),
-        );
+        const gpuInputs = await gpu32(inputs);
         await s.gradcheck(f, gpuInputs, { atol: 2e-4, rtol: 2e-3 });
         // cpu f32 too
         const cpu32 = inputs.map((t) => (t.dtype === "f64" ? s.cast(t, "f32") : t));

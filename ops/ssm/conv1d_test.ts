@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, GPU, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -46,7 +46,7 @@ describe.skipIf(!GPU)("causalConv1d on WebGPU against the reference", () => {
       scoped(async () => {
         const x = s.randn([Bn, D, L], { seed: L, ...f64 }), w = s.randn([D, W], { seed: W, ...f64 });
         const b = s.randn([D], { seed: 3, ...f64 }), st = s.randn([Bn, D, W - 1], { seed: 4, ...f64 });
-        const g = await Promise.all([x, w, b, st].map(async (t) => await s.cast(t, "f32").to("webgpu")));
+        const g = await gpu32([x, w, b, st]);
         for (const [bias, state] of [[false, false], [true, true], [true, false]]) {
           const ref = s.causalConv1d(x, w, { bias: bias ? b : null, initialState: state ? st : null });
           for (const version of W <= 8 ? ["v1", "v2"] as const : ["v1"] as const) {

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, GPU, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
 import { gpu } from "../../runtime/device.ts";
 import { checkDeferred } from "./texture_pass.ts";
 
@@ -232,7 +232,7 @@ describe.skipIf(!GPU)("loops past 65535 steps (lavapipe ends any single loop aft
       const u = s.randn([1, 1, L], { seed: 1, ...o }), dl = s.full([1, 1, L], 0.05, o);
       const A = s.full([1, 1], -0.5, o), B = s.randn([1, 1, L], { seed: 2, ...o });
       const ref = await arr(s.selectiveScanRef(u, dl, A, B, B));
-      const g = await Promise.all([u, dl, A, B].map(async (t) => await s.cast(t, "f32").to("webgpu")));
+      const g = await gpu32([u, dl, A, B]);
       for (const opts of [{ version: "v1" }, { version: "v2", chunkSize: 65540 }] as const) {
         const y = await arr(s.selectiveScan(g[0], g[1], g[2], g[3], g[3], opts));
         assertClose(y.slice(-3), ref.slice(-3), TOL);
