@@ -6,7 +6,7 @@
  */
 
 import * as s from "./mod.ts";
-import { matmulWith } from "./ops/core/matmul.ts";
+import { matmulTable } from "./bench/matmul.ts";
 
 console.log(`seqlab tour\nadapter: ${s.adapterInfo()}\ndefault device: ${s.getDevice()}\n`);
 
@@ -26,37 +26,16 @@ corner.dispose();
 if (!(maxErr < 1e-3)) throw new Error(`tour: matmul disagrees with the reference (max error ${maxErr})`);
 for (const t of [a, b, c, ca, cb, ref]) t.dispose();
 
-// 2. a benchmark table (the full one, with tfjs-backend-webgpu beside ours: `deno task bench`)
-async function gflops(n: number, device: s.DeviceName, version: "auto" | "v1"): Promise<number> {
-  const x = s.randn([n, n], { seed: 3, device }), y = s.randn([n, n], { seed: 4, device });
-  const warm = matmulWith(x, y, version);
-  await warm.toArray();
-  warm.dispose();
-  const reps = device === "cpu" ? 1 : 3;
-  const t0 = performance.now();
-  let z: s.Tensor | null = null;
-  for (let i = 0; i < reps; i++) {
-    z?.dispose();
-    z = matmulWith(x, y, version);
-  }
-  await z!.toArray();
-  const ms = (performance.now() - t0) / reps;
-  for (const t of [x, y, z!]) t.dispose();
-  return (2 * n ** 3) / (ms * 1e6);
-}
-
+// 2. the benchmark table (`deno task bench` runs every size and shader version)
 if (s.hasWebGPU()) {
-  console.log("\nmatmul GFLOP/s (a quick look; `deno task bench` for medians and tfjs)");
-  console.log("   N   seqlab webgpu   naive webgpu   cpu reference");
-  for (const n of [256, 512, 1024]) {
-    const ours = await gflops(n, "webgpu", "auto");
-    const naive = n <= 512 ? (await gflops(n, "webgpu", "v1")).toFixed(2) : "-";
-    const cpu = n <= 512 ? (await gflops(n, "cpu", "auto")).toFixed(2) : "-";
-    console.log(
-      `${String(n).padStart(4)}   ${ours.toFixed(2).padStart(13)}   ${naive.padStart(12)}   ${
-        cpu.padStart(13)
-      }`,
-    );
-  }
+  const table = await matmulTable([256, 512, 1024], {
+    versions: ["auto", "v1"],
+    maxSeconds: 5,
+    peerMaxSeconds: 5,
+    trials: 3,
+  });
+  console.log(
+    `\nmatmul GFLOP/s (auto = seqlab's pick, v1 = a naive one-thread-per-output shader)\n${table.text}`,
+  );
 }
 console.log(`\nmemory on ${s.getDevice()}:`, s.memory(s.getDevice()));
