@@ -46,3 +46,4 @@ export type {
   SafetensorsFile,
   SaveOptions,
 } from "../runtime/safetensors.ts";
+export * from "./transformer.ts";
