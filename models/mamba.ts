@@ -3,7 +3,8 @@
  * conv with SiLU, the input-dependent projections of delta, B and C, the selective scan, the gate and
  * out_proj. `forward` runs the whole sequence (the scan's parallel version on WebGPU); `step` advances one
  * token from a (conv state, ssm state) pair for recurrent decoding; `prefill` runs a prompt and returns
- * the state to continue from.
+ * the state to continue from. With `selective: false` the same block holds an LTI S4D-Real layer instead
+ * (delta, B and C fixed over time), for the paper's S6-versus-S4 comparisons.
  * @module
  */
 
@@ -20,10 +21,10 @@ import {
   type SelectiveScanGpuOptions,
   selectiveScanStep,
 } from "../ops/ssm/mod.ts";
-import { init, Linear, Module } from "./nn.ts";
+import { init, type Initializer, Linear, Module } from "./nn.ts";
 
-/** Configuration of a {@link Mamba} block; defaults are the paper's. */
-export interface MambaConfig {
+/** Configuration of a {@link Mamba} block; defaults are the paper's. `S` types the `selective` flag. */
+export interface MambaConfig<S extends boolean = boolean> {
   /** Model width D. */
   dModel: number;
   /** State size N (default 16). */
@@ -54,6 +55,12 @@ export interface MambaConfig {
   dtype?: DType;
   /** Options passed to the selective scan (e.g. version, chunkSize). */
   scan?: Pick<SelectiveScanGpuOptions, "version" | "chunkSize" | "carry">;
+  /**
+   * Input-dependent delta, B and C (S6, default true). False makes the SSM linear time-invariant, S4D-Real
+   * in Mamba's block: delta = softplus(dtBias) per channel, B and C learned (ED, N) parameters shared over
+   * time (B init 1, C init N(0, 1), as S4D), no xProj or dtProj. The conv, gate and projections stay.
+   */
+  selective?: S;
 }
 
 /** The recurrent state of a {@link Mamba} block: conv (B, ED, dConv - 1) and ssm (B, ED, N). */
@@ -71,6 +78,8 @@ export interface MambaState {
  * convBias (ED); xProj (ED, dtRank + 2N) no bias; dtProj (dtRank, ED) with weight U(+-dtScale /
  * sqrt(dtRank)) and bias softplus^-1(dt), dt log-uniform in [dtMin, dtMax] floored at dtInitFloor;
  * ALog (ED, N) = log(1 .. N) per channel (S4D-Real: A = -exp(ALog)); D (ED) = 1; outProj (ED, D) no bias.
+ * With `selective: false` (type parameter S = false) xProj and dtProj are null and the block has dtBias
+ * (ED), B and C (ED, N) instead.
  *
  * @example
  * ```ts
@@ -84,17 +93,23 @@ export interface MambaState {
  * m.dispose();
  * ```
  */
-export class Mamba extends Module {
+export class Mamba<S extends boolean = true> extends Module {
   /** D -> 2 ED (x and the gate z), no bias. */
   inProj: Linear;
   /** (ED, dConv). */
   convWeight: Tensor;
   /** (ED), or null. */
   convBias: Tensor | null;
-  /** ED -> dtRank + 2N (delta's low-rank input, B, C), no bias. */
-  xProj: Linear;
-  /** dtRank -> ED; its bias is the scan's deltaBias. */
-  dtProj: Linear;
+  /** ED -> dtRank + 2N (delta's low-rank input, B, C), no bias; null in an LTI block. */
+  xProj: S extends false ? null : Linear;
+  /** dtRank -> ED; its bias is the scan's deltaBias; null in an LTI block. */
+  dtProj: S extends false ? null : Linear;
+  /** LTI block only (else null): delta = softplus(dtBias), (ED), dt's init as dtProj's bias. */
+  dtBias: S extends false ? Tensor : null;
+  /** LTI block only (else null): B (ED, N), shared over time. */
+  B: S extends false ? Tensor : null;
+  /** LTI block only (else null): C (ED, N), shared over time. */
+  C: S extends false ? Tensor : null;
   /** (ED, N): A = -exp(ALog). */
   ALog: Tensor;
   /** (ED): the skip. */
@@ -104,9 +119,11 @@ export class Mamba extends Module {
   /** Resolved sizes. */
   readonly dims: { D: number; ED: number; N: number; W: number; R: number };
   readonly #scan: MambaConfig["scan"];
+  /** Whether delta, B and C depend on the input (S6) or not (LTI S4D). */
+  readonly selective: S;
 
   /** Creates the block's parameters. */
-  constructor(cfg: MambaConfig) {
+  constructor(cfg: MambaConfig<S>) {
     super();
     const D = cfg.dModel, N = cfg.dState ?? 16, W = cfg.dConv ?? 4, E = cfg.expand ?? 2;
     const ED = E * D, R = cfg.dtRank ?? Math.ceil(D / 16);
@@ -117,6 +134,7 @@ export class Mamba extends Module {
     }
     this.dims = { D, ED, N, W, R };
     this.#scan = cfg.scan;
+    this.selective = (cfg.selective ?? true) as S;
     const { dtMin = 1e-3, dtMax = 0.1, dtInitFloor = 1e-4, dtScale = 1, nLayer = 1 } = cfg;
     const o = { device: cfg.device, dtype: cfg.dtype };
     const seed = (k: number) => (cfg.seed === undefined ? undefined : cfg.seed + 10 * k);
@@ -127,26 +145,37 @@ export class Mamba extends Module {
     this.convBias = cfg.convBias === false
       ? null
       : param(init.uniform([ED], { ...o, low: -cb, high: cb, seed: (seed(1) ?? 0) + 1 }));
-    this.xProj = new Linear(ED, R + 2 * N, { ...o, bias: false, seed: seed(2) });
     const wb = dtScale / Math.sqrt(R);
-    this.dtProj = new Linear(R, ED, {
-      ...o,
-      seed: seed(3),
-      weightInit: (s, io) => init.uniform(s, { ...io, low: -wb, high: wb }),
-      biasInit: (s, io) =>
-        tidy(() => {
-          // dt = exp(U * (log dtMax - log dtMin) + log dtMin), floored; bias = dt + log(-expm1(-dt))
-          const u = rand(s, { ...io, device: "cpu", dtype: "f64" }).storage.data as Float64Array;
-          const inv = Float64Array.from(u, (x) => {
-            const dt = Math.max(
-              Math.exp(x * (Math.log(dtMax) - Math.log(dtMin)) + Math.log(dtMin)),
-              dtInitFloor,
-            );
-            return dt + Math.log(-Math.expm1(-dt));
-          });
-          return tensor(inv, { shape: s, device: io.device, dtype: io.dtype ?? "f32" });
-        }),
-    });
+    const dtBiasInit: Initializer = (s, io) =>
+      tidy(() => {
+        // dt = exp(U * (log dtMax - log dtMin) + log dtMin), floored; bias = dt + log(-expm1(-dt))
+        const u = rand(s, { ...io, device: "cpu", dtype: "f64" }).storage.data as Float64Array;
+        const inv = Float64Array.from(u, (x) => {
+          const dt = Math.max(
+            Math.exp(x * (Math.log(dtMax) - Math.log(dtMin)) + Math.log(dtMin)),
+            dtInitFloor,
+          );
+          return dt + Math.log(-Math.expm1(-dt));
+        });
+        return tensor(inv, { shape: s, device: io.device, dtype: io.dtype ?? "f32" });
+      });
+    type Sel = Mamba<S>;
+    if (this.selective) {
+      this.xProj = new Linear(ED, R + 2 * N, { ...o, bias: false, seed: seed(2) }) as Sel["xProj"];
+      this.dtProj = new Linear(R, ED, {
+        ...o,
+        seed: seed(3),
+        weightInit: (s, io) => init.uniform(s, { ...io, low: -wb, high: wb }),
+        biasInit: dtBiasInit,
+      }) as Sel["dtProj"];
+      this.dtBias = this.B = this.C = null as Sel["B"];
+    } else {
+      this.xProj = this.dtProj = null as Sel["xProj"];
+      // the same streams as the selective block's dtProj bias, so both variants start from the same dt
+      this.dtBias = param(dtBiasInit([ED], { ...o, seed: (seed(3) ?? 0) + 1 })) as Sel["B"];
+      this.B = param(init.ones([ED, N], o)) as Sel["B"];
+      this.C = param(init.normal([ED, N], { ...o, seed: seed(2) })) as Sel["C"];
+    }
     this.ALog = param(tidy(() => log(arange(1, N + 1, 1, o).reshape([1, N]).expand([ED, N]).contiguous())));
     this.D = param(init.ones([ED], o));
     const ob = 1 / Math.sqrt(ED) / Math.sqrt(nLayer);
@@ -188,15 +217,23 @@ export class Mamba extends Module {
         returnFinalState: true,
       });
       const xc = conv[0]; // (B, ED, L)
-      const xdbl = this.xProj.forward(xc.transpose(1, 2)); // (B, L, R + 2N)
-      const dt = matmul(xdbl.slice([null, null, [0, R]]), this.dtProj.weight).transpose(1, 2); // (B, ED, L)
-      const Bm = xdbl.slice([null, null, [R, R + N]]).transpose(1, 2); // (B, N, L)
-      const Cm = xdbl.slice([null, null, [R + N, R + 2 * N]]).transpose(1, 2); // (B, N, L)
+      let dt: Tensor, Bm: Tensor, Cm: Tensor, dtBias: Tensor | null;
+      if (this.xProj && this.dtProj) {
+        const xdbl = this.xProj.forward(xc.transpose(1, 2)); // (B, L, R + 2N)
+        dt = matmul(xdbl.slice([null, null, [0, R]]), this.dtProj.weight).transpose(1, 2); // (B, ED, L)
+        Bm = xdbl.slice([null, null, [R, R + N]]).transpose(1, 2); // (B, N, L)
+        Cm = xdbl.slice([null, null, [R + N, R + 2 * N]]).transpose(1, 2); // (B, N, L)
+        dtBias = this.dtProj.bias;
+      } else {
+        // LTI: delta = softplus(0 + dtBias) at every step; B and C (ED, N) are the scan's shared layout
+        dt = zeros(xc.shape, { device: xc.device, dtype: xc.dtype }); // (B, ED, L)
+        [Bm, Cm, dtBias] = [this.B!, this.C!, this.dtBias];
+      }
       const [y, last] = selectiveScan(xc, dt, this.A(), Bm, Cm, {
         ...this.#scan,
         D: this.D,
         z,
-        deltaBias: this.dtProj.bias,
+        deltaBias: dtBias,
         deltaSoftplus: true,
         returnLastState: true,
       }); // (B, ED, L), (B, ED, N)
@@ -228,17 +265,27 @@ export class Mamba extends Module {
         bias: this.convBias,
         activation: "silu",
       });
-      const xdbl = this.xProj.forward(c.y); // (B, R + 2N)
-      const dt = matmul(xdbl.slice([null, [0, R]]), this.dtProj.weight); // (B, ED)
-      const s = selectiveScanStep(
-        state.ssm,
-        c.y,
-        dt,
-        this.A(),
-        xdbl.slice([null, [R, R + N]]),
-        xdbl.slice([null, [R + N, R + 2 * N]]),
-        { D: this.D, z, deltaBias: this.dtProj.bias, deltaSoftplus: true },
-      );
+      let dt: Tensor, Bm: Tensor, Cm: Tensor, dtBias: Tensor | null;
+      if (this.xProj && this.dtProj) {
+        const xdbl = this.xProj.forward(c.y); // (B, R + 2N)
+        dt = matmul(xdbl.slice([null, [0, R]]), this.dtProj.weight); // (B, ED)
+        Bm = xdbl.slice([null, [R, R + N]]); // (B, N)
+        Cm = xdbl.slice([null, [R + N, R + 2 * N]]); // (B, N)
+        dtBias = this.dtProj.bias;
+      } else {
+        // LTI: the shared (ED, N) B and C as the step's grouped layout (B, G = ED, N)
+        const Bn = x.shape[0];
+        dt = zeros([Bn, ED], { device: x.device, dtype: x.dtype }); // (B, ED)
+        Bm = this.B!.unsqueeze(0).expand([Bn, ED, N]); // (B, ED, N)
+        Cm = this.C!.unsqueeze(0).expand([Bn, ED, N]); // (B, ED, N)
+        dtBias = this.dtBias;
+      }
+      const s = selectiveScanStep(state.ssm, c.y, dt, this.A(), Bm, Cm, {
+        D: this.D,
+        z,
+        deltaBias: dtBias,
+        deltaSoftplus: true,
+      });
       return { y: this.outProj.forward(s.y), state: { conv: c.state, ssm: s.state } };
     });
   }

@@ -47,3 +47,4 @@ export type {
   SaveOptions,
 } from "../runtime/safetensors.ts";
 export * from "./transformer.ts";
+export * from "./mamba_lm.ts";

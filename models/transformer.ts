@@ -12,7 +12,7 @@
 import { type DType, isFloat } from "../runtime/dtype.ts";
 import type { DeviceName } from "../runtime/device.ts";
 import { noGrad } from "../runtime/autograd.ts";
-import { type Tensor, tidy } from "../runtime/tensor.ts";
+import { keep, type Tensor, tidy } from "../runtime/tensor.ts";
 import { zeros } from "../ops/core/creation.ts";
 import { copyInto } from "../ops/core/elementwise.ts";
 import { attention, attentionDecode } from "../ops/attention/mod.ts";
@@ -409,7 +409,8 @@ export class TransformerLM extends Module {
 
   /**
    * An empty K/V cache for `batch` sequences of up to `maxLen` positions, on the model's device:
-   * 2 nLayer tensors of (B, Hkv, maxLen, D / H).
+   * 2 nLayer tensors of (B, Hkv, maxLen, D / H). They are exempt from `tidy` scopes; free them with the
+   * cache's `dispose()`.
    */
   initCache(batch: number, maxLen: number): KVCache {
     for (const [n, v] of [["batch", batch], ["maxLen", maxLen]] as const) {
@@ -419,7 +420,8 @@ export class TransformerLM extends Module {
     }
     const { Hkv, Dh } = this.#d;
     const o = { device: this.embed.weight.device, dtype: this.embed.weight.dtype };
-    const mk = () => this.blocks.map(() => zeros([batch, Hkv, maxLen, Dh], o));
+    // kept out of tidy scopes: the cache lives across steps until its dispose()
+    const mk = () => this.blocks.map(() => keep(zeros([batch, Hkv, maxLen, Dh], o)));
     return new KVCache(mk(), mk(), batch, maxLen);
   }
 
