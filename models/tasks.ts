@@ -1,0 +1,256 @@
+/**
+ * The synthetic tasks of the Mamba paper (Gu and Dao, arXiv 2312.00752, section 4.1; REFERENCES.md, Mamba):
+ * {@link selectiveCopying} (remember the data tokens scattered among noise, then recite them in order) and
+ * {@link inductionHeads} (after `special x ... special`, answer `x`). Both return plain row-major `Int32Array`s
+ * (B, L) with a shape, so they need no device: wrap them with `tensor(inputs, {shape, dtype: "i32"})`.
+ * Targets hold the token the model must emit at each position, or `ignoreIndex` where nothing is scored; a
+ * language model's logits at position t (having read inputs 0..t) are compared with targets[t].
+ *
+ * Randomness is Philox4x32-10 keyed by `seed` (the generator seqlab's `rand` uses), so a seed gives the
+ * same batch on every machine.
+ *
+ * @example
+ * ```ts
+ * import { inductionHeads, selectiveCopying } from "seqlab";
+ * const c = selectiveCopying({ batch: 2, length: 32, nTokens: 4, vocab: 8, seed: 1 });
+ * console.log(c.shape, c.scored); // [2, 32] 4
+ * const h = inductionHeads({ batch: 2, length: 64, vocab: 16, seed: 1 });
+ * console.log(h.inputs[63] === h.specialToken, h.targets[63] === h.answers[0]); // true true
+ * ```
+ * @module
+ */
+
+import { philox } from "../ops/core/random_ref.ts";
+
+/** What both task generators return: (B, L) inputs and targets, row-major. */
+export interface TaskBatch {
+  /** Input tokens (B, L), row-major. */
+  inputs: Int32Array;
+  /** The token expected at each position (B, L), or `ignoreIndex` where the position is not scored. */
+  targets: Int32Array;
+  /** [B, L]. */
+  shape: [number, number];
+  /** The value of unscored targets (default -100, crossEntropy's and accuracy's default). */
+  ignoreIndex: number;
+  /** Vocabulary size: every token is in [0, vocab). */
+  vocab: number;
+  /** Scored positions per row. */
+  scored: number;
+}
+
+/** Options shared by the task generators. */
+export interface TaskOptions {
+  /** Rows B. */
+  batch: number;
+  /** Sequence length L (inputs and targets are (B, L)). */
+  length: number;
+  /** Vocabulary size, special tokens included (default 16, the paper's). */
+  vocab?: number;
+  /** Seed of the generator (default 0). */
+  seed?: number;
+  /** Target value at unscored positions (default -100). */
+  ignoreIndex?: number;
+}
+
+/** Options of {@link selectiveCopying}. */
+export interface SelectiveCopyingOptions extends TaskOptions {
+  /** Data tokens to copy per row (default 16, the paper's). */
+  nTokens?: number;
+}
+
+/** A {@link selectiveCopying} batch. */
+export interface SelectiveCopyingBatch extends TaskBatch {
+  /** Tokens to copy per row. */
+  nTokens: number;
+  /** The filler token (0). */
+  noiseToken: number;
+  /** The token that asks for the next data token (vocab - 1). */
+  markerToken: number;
+  /** Where each row's data tokens sit, increasing (B, nTokens), all before the markers. */
+  positions: Int32Array;
+}
+
+/** An {@link inductionHeads} batch. */
+export interface InductionHeadsBatch extends TaskBatch {
+  /** The trigger token (vocab - 1); it occurs exactly twice per row: at `triggers[b]` and at L - 1. */
+  specialToken: number;
+  /** Position of each row's first special token (B); the answer follows it. */
+  triggers: Int32Array;
+  /** The token after the first special token, the target at L - 1 (B). */
+  answers: Int32Array;
+}
+
+/** Uniform integers from Philox4x32-10, (seed, stream) keyed, counter-ordered. */
+class IntStream {
+  #k0: number;
+  #k1: number;
+  #stream: number;
+  #block = 0;
+  #words: Uint32Array = new Uint32Array(4);
+  #used = 4;
+
+  constructor(seed: number, stream: number) {
+    this.#k0 = seed >>> 0;
+    this.#k1 = Math.floor(seed / 2 ** 32) >>> 0;
+    this.#stream = stream >>> 0;
+  }
+
+  /** An integer in [0, n): 53 random bits scaled, so the bias is below 2^-40 for n < 2^13. */
+  below(n: number): number {
+    const hi = this.#word() >>> 5, lo = this.#word() >>> 6; // 27 + 26 bits
+    return Math.floor(((hi * 67108864 + lo) / 9007199254740992) * n);
+  }
+
+  #word(): number {
+    if (this.#used === 4) {
+      this.#words = philox(
+        this.#block >>> 0,
+        Math.floor(this.#block / 2 ** 32),
+        this.#stream,
+        0,
+        this.#k0,
+        this.#k1,
+      );
+      this.#block++;
+      this.#used = 0;
+    }
+    return this.#words[this.#used++];
+  }
+}
+
+function positiveInt(op: string, name: string, v: unknown, min = 1): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
+    throw new Error(`${op}: ${name} must be an integer >= ${min}, got ${String(v)}`);
+  }
+  return v;
+}
+
+function common(op: string, o: TaskOptions, minVocab: number) {
+  if (o === null || typeof o !== "object") throw new Error(`${op}: options must be an object`);
+  const B = positiveInt(op, "batch", o.batch);
+  const L = positiveInt(op, "length", o.length);
+  const V = positiveInt(op, "vocab", o.vocab ?? 16, minVocab);
+  const seed = o.seed ?? 0;
+  if (!Number.isSafeInteger(seed) || seed < 0) {
+    throw new Error(`${op}: seed must be a non-negative integer, got ${String(seed)}`);
+  }
+  const ignoreIndex = o.ignoreIndex ?? -100;
+  if (!Number.isInteger(ignoreIndex) || (ignoreIndex >= 0 && ignoreIndex < V)) {
+    throw new Error(
+      `${op}: ignoreIndex must be an integer outside [0, ${V}) (the vocabulary), got ${ignoreIndex}`,
+    );
+  }
+  if (B * L > 2 ** 28) throw new Error(`${op}: batch * length = ${B * L} is too large (at most 2^28)`);
+  return { B, L, V, seed, ignoreIndex };
+}
+
+/**
+ * Selective copying: each row holds `nTokens` data tokens (uniform over 1 .. vocab - 2) at random, sorted
+ * positions among noise tokens (0) in its first L - nTokens positions, then `nTokens` marker tokens
+ * (vocab - 1). At the k-th marker the target is the k-th data token; every other position is `ignoreIndex`.
+ * The spacing varies from row to row, so a time-invariant (LTI) model cannot solve it by a fixed delay:
+ * it has to pick the tokens by content. The paper's setting is L = 4096, vocab 16, 16 tokens.
+ *
+ * @example
+ * ```ts
+ * import { selectiveCopying } from "seqlab";
+ * const t = selectiveCopying({ batch: 1, length: 12, nTokens: 3, vocab: 6, seed: 7 });
+ * // data tokens among zeros, then three markers (5); the targets of the markers are the data tokens
+ * const data = Array.from(t.inputs).filter((x) => x !== 0 && x !== 5);
+ * console.log(Array.from(t.targets.slice(9)).join() === data.join()); // true
+ * console.log(Array.from(t.inputs.slice(9))); // [5, 5, 5]
+ * ```
+ */
+export function selectiveCopying(o: SelectiveCopyingOptions): SelectiveCopyingBatch {
+  const op = "selectiveCopying";
+  const { B, L, V, seed, ignoreIndex } = common(op, o, 3);
+  const M = positiveInt(op, "nTokens", o.nTokens ?? 16);
+  if (L < 2 * M) {
+    throw new Error(`${op}: length ${L} must be at least 2 * nTokens = ${2 * M} (data tokens plus markers)`);
+  }
+  const P = L - M, marker = V - 1;
+  const inputs = new Int32Array(B * L), targets = new Int32Array(B * L).fill(ignoreIndex);
+  const positions = new Int32Array(B * M);
+  const rng = new IntStream(seed, 0x5c0f);
+  const slots = new Int32Array(P);
+  for (let b = 0; b < B; b++) {
+    // M distinct positions out of P: a partial Fisher-Yates shuffle, then sorted
+    for (let i = 0; i < P; i++) slots[i] = i;
+    for (let i = 0; i < M; i++) {
+      const j = i + rng.below(P - i);
+      const s = slots[i];
+      slots[i] = slots[j];
+      slots[j] = s;
+    }
+    const pos = positions.subarray(b * M, (b + 1) * M);
+    pos.set(slots.subarray(0, M));
+    pos.sort();
+    const row = b * L;
+    for (let k = 0; k < M; k++) {
+      const tok = 1 + rng.below(V - 2);
+      inputs[row + pos[k]] = tok;
+      inputs[row + P + k] = marker;
+      targets[row + P + k] = tok;
+    }
+  }
+  return {
+    inputs,
+    targets,
+    shape: [B, L],
+    ignoreIndex,
+    vocab: V,
+    scored: M,
+    nTokens: M,
+    noiseToken: 0,
+    markerToken: marker,
+    positions,
+  };
+}
+
+/**
+ * Induction heads (associative recall with one key): each row is uniform tokens from 0 .. vocab - 2 with
+ * the special token (vocab - 1) at a random position p in [0, L - 3] followed by the answer, and the special
+ * token again at L - 1, where the target is the answer; only that last position is scored. The paper trains
+ * at L = 256 with vocab 16 and tests up to 2^20.
+ *
+ * @example
+ * ```ts
+ * import { inductionHeads } from "seqlab";
+ * const t = inductionHeads({ batch: 3, length: 20, vocab: 8, seed: 2 });
+ * const b = 1, row = t.inputs.subarray(20 * b, 20 * (b + 1));
+ * const p = row.indexOf(7); // the first special token
+ * console.log(p === t.triggers[b], row[19]); // true 7
+ * console.log(t.targets[20 * b + 19] === row[p + 1]); // true: the token after the first special
+ * ```
+ */
+export function inductionHeads(o: TaskOptions): InductionHeadsBatch {
+  const op = "inductionHeads";
+  const { B, L, V, seed, ignoreIndex } = common(op, o, 3);
+  if (L < 3) throw new Error(`${op}: length must be at least 3 (special, answer, special), got ${L}`);
+  const special = V - 1;
+  const inputs = new Int32Array(B * L), targets = new Int32Array(B * L).fill(ignoreIndex);
+  const triggers = new Int32Array(B), answers = new Int32Array(B);
+  const rng = new IntStream(seed, 0x1d4c);
+  for (let b = 0; b < B; b++) {
+    const row = b * L;
+    for (let t = 0; t < L - 1; t++) inputs[row + t] = rng.below(V - 1);
+    const p = rng.below(L - 2);
+    inputs[row + p] = special;
+    inputs[row + L - 1] = special;
+    const ans = inputs[row + p + 1]; // a uniform non-special token, drawn above
+    triggers[b] = p;
+    answers[b] = ans;
+    targets[row + L - 1] = ans;
+  }
+  return {
+    inputs,
+    targets,
+    shape: [B, L],
+    ignoreIndex,
+    vocab: V,
+    scored: 1,
+    specialToken: special,
+    triggers,
+    answers,
+  };
+}
