@@ -12,8 +12,8 @@ import { gpu } from "../../runtime/device.ts";
 import { itemSize } from "../../runtime/dtype.ts";
 import { fmt } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
-import { grid, type Program } from "../../runtime/webgpu.ts";
-import { add, contiguous, copyInto, mul, sub } from "../core/elementwise.ts";
+import { grid, MAX_LOOP, type Program } from "../../runtime/webgpu.ts";
+import { add, cast, contiguous, copyInto, mul, sub } from "../core/elementwise.ts";
 import { stack } from "../core/layout.ts";
 import { matmul } from "../core/matmul.ts";
 import { sum } from "../core/reduce.ts";
@@ -57,7 +57,8 @@ const MAX_Y = 65535;
 
 /**
  * Loops in these programs run at most this many iterations: lavapipe silently ends a loop after 65535
- * (the flash loops step 4 keys; the dK/dV loop steps one query row; softmax one key).
+ * (the flash loops step 4 keys; softmax one key; the dK/dV loop is split over dispatches instead, see
+ * {@link dkdvLimits}).
  */
 const LOOP_CAP = 65535;
 
@@ -361,9 +362,6 @@ export function flashAttention(
   if (q.dtype === "f64") throw new Error(`${op}: f64 lives on the cpu only`);
   const t = flashTiling(r, opts, op);
   checkLoops(op, `S = ${r.S} keys (4 per iteration)`, Math.ceil(r.S / CH));
-  if (isGradEnabled() && [q, k, v].some((x) => x.requiresGrad)) {
-    checkLoops(op, `backward over T = ${r.T} rows`, r.T);
-  }
   if (t.version !== 3 && q.dtype !== "f32") throw new Error(`${op}: v${t.version} needs f32, got ${q.dtype}`);
   const { B, H, T, D } = r;
   const o = empty(op, [B, H, T, D], q.dtype, "webgpu");
@@ -492,6 +490,27 @@ function bwdTiling(r: Resolved): { Rq: number; Rk: number; BQ: number; BC: numbe
   return { Rq, Rk, BQ, BC: f.BC, sparseElem };
 }
 
+/**
+ * The dK/dV program's loop budget, a knob for tests: one dispatch covers at most `loopBudget / G` query
+ * rows (G query heads per kv head), so that one invocation's loops stay under lavapipe's limit of 65535
+ * iterations in all; longer sequences take several dispatches that add to the partial sums.
+ *
+ * @example
+ * ```ts
+ * import { dkdvLimits } from "./attention.ts";
+ * console.log(dkdvLimits.loopBudget); // 32768 (MAX_LOOP)
+ * ```
+ */
+export const dkdvLimits: { loopBudget: number } = { loopBudget: MAX_LOOP };
+
+/** The query-row ranges of the dK/dV dispatches: G x rows <= the loop budget each. */
+function dkdvRanges(T: number, G: number): [number, number][] {
+  const span = Math.max(1, Math.floor(dkdvLimits.loopBudget / Math.max(1, G)));
+  const out: [number, number][] = [];
+  for (let i0 = 0; i0 < T; i0 += span) out.push([i0, Math.min(T, i0 + span)]);
+  return out;
+}
+
 function flashBackward(
   r: Resolved,
   g: Tensor,
@@ -519,6 +538,10 @@ function flashBackward(
   const wq = visitedWork(r, tq, 8 * bt.Rq, BC), wk = visitedWork(r, tk, bt.BQ, 8 * bt.Rk);
   const rows = B * H * T, kvRows = B * Hkv * S;
   const tex = 16 * D4;
+  const ranges = dkdvRanges(T, r.G);
+  // partial sums carried across dispatches stay in f32 (an f16 result is cast once at the end)
+  const carry = ranges.length > 1 && q.dtype !== "f32";
+  const extra = (ranges.length - 1) * 2 * kvRows * D * (carry ? 4 : bytes);
   const stats = makeStats("flash v3 backward", [8 * bt.Rq, BC], [
     {
       name: "pack Q, dO, K, V",
@@ -539,11 +562,15 @@ function flashBackward(
       flops: 8 * D * wq.pairs,
     },
     {
-      name: "bwd-dkdv",
-      read: 2 * kvRows * tex + (wk.pairs / Math.max(1, Math.min(8 * bt.Rk, S))) * (2 * tex + 16),
-      written: 2 * kvRows * D * bytes,
+      name: `bwd-dkdv (${ranges.length} dispatch${ranges.length > 1 ? "es" : ""})`,
+      read: ranges.length * 2 * kvRows * tex +
+        (wk.pairs / Math.max(1, Math.min(8 * bt.Rk, S))) * (2 * tex + 16) + extra,
+      written: 2 * kvRows * D * (carry ? 4 : bytes) + extra,
       flops: 8 * D * wk.pairs,
     },
+    ...(carry
+      ? [{ name: "cast dK, dV", read: 2 * kvRows * D * 4, written: 2 * kvRows * D * bytes, flops: 0 }]
+      : []),
   ], { visited: wq.tiles + wk.tiles, skipped: 0 });
   if (dq.size === 0 && dk.size === 0) return { grads: [dq, dk, dv], stats };
   const aux = auxTensors(r);
@@ -552,6 +579,7 @@ function flashBackward(
   const gc = contiguous(g), oc = contiguous(o);
   const held: PackedTexture[] = [];
   const steps: Step[] = [];
+  let dk32: Tensor | null = null, dv32: Tensor | null = null;
   try {
     const Qt = packed(op, "Q", q, steps, held), dOt = packed(op, "dO", g, steps, held);
     const Kt = packed(op, "K", k, steps, held), Vt = packed(op, "V", v, steps, held);
@@ -603,26 +631,46 @@ function flashBackward(
         }),
         workgroups: [tq.nqb, Math.min(B * H, MAX_Y), Math.ceil((B * H) / MAX_Y)],
       });
-      const ck = { dtype: q.dtype, D4, R: bt.Rk, layers, variant };
-      steps.push({
-        name: op,
-        key: `attention bwd-dkdv|${q.dtype}|${D4}|${bt.Rk}|${layers}|${variantKey(variant)}`,
-        source: () => dkdvSource(ck),
-        resources: { ...common, tab: buf(tkT), dK: buf(dk), dV: buf(dv) },
-        uniforms: packUniforms({
-          ...base,
-          nbh: B * Hkv,
-          tabH: tk.heads > 1 ? 1 : 0,
-          nqb: tk.nqb,
-          nkb: tk.nkb,
-          BR: bt.BQ,
-          BC: 8 * bt.Rk,
-          nR: bt.Rk,
-          nD4: D4,
-        }),
-        workgroups: [tk.nkb, Math.min(B * Hkv, MAX_Y), Math.ceil((B * Hkv) / MAX_Y)],
-      });
+      const outType = carry ? "f32" : q.dtype;
+      const ck = { dtype: q.dtype, D4, R: bt.Rk, layers, variant, out: outType };
+      if (carry) {
+        dk32 = empty(op, [B, Hkv, S, D], "f32", "webgpu");
+        dv32 = empty(op, [B, Hkv, S, D], "f32", "webgpu");
+      }
+      // query rows in ranges over dispatches (one compute pass: each sees the one before's writes)
+      for (const [i0, i1] of ranges) {
+        steps.push({
+          name: op,
+          key: `attention bwd-dkdv v2|${q.dtype}|${outType}|${D4}|${bt.Rk}|${layers}|${variantKey(variant)}`,
+          source: () => dkdvSource(ck),
+          resources: { ...common, tab: buf(tkT), dK: buf(dk32 ?? dk), dV: buf(dv32 ?? dv) },
+          uniforms: packUniforms({
+            ...base,
+            nbh: B * Hkv,
+            tabH: tk.heads > 1 ? 1 : 0,
+            nqb: tk.nqb,
+            nkb: tk.nkb,
+            BR: bt.BQ,
+            BC: 8 * bt.Rk,
+            nR: bt.Rk,
+            nD4: D4,
+            x0: i0,
+            x1: i1,
+          }),
+          workgroups: [tk.nkb, Math.min(B * Hkv, MAX_Y), Math.ceil((B * Hkv) / MAX_Y)],
+        });
+      }
       submitSteps(steps);
+      if (dk32 && dv32) {
+        const [a, b] = [dk32, dv32];
+        noGrad(() => {
+          const ck16 = cast(a, q.dtype), cv16 = cast(b, q.dtype);
+          copyInto(dk, ck16);
+          copyInto(dv, cv16);
+          ck16.dispose();
+          cv16.dispose();
+        });
+      }
     } else {
       // nothing to attend to (or no queries): the gradients are zero
       noGrad(() => {
@@ -634,6 +682,8 @@ function flashBackward(
   } finally {
     for (const h of held) h.release();
     for (const x of [tqT, tkT, gc, oc]) x.dispose();
+    dk32?.dispose();
+    dv32?.dispose();
     aux.dispose();
   }
   return { grads: [dq, dk, dv], stats };

@@ -33,7 +33,10 @@
  * - bwd-prep v1: per row, L and D_i = rowsum(dO * O) into a texture.
  * - bwd-dq v1: R query rows per invocation, K/V from textures, recomputing P = exp(S - L).
  * - bwd-dkdv v1: R key rows per invocation, looping over the query blocks (and the query heads of a
- *   GQA group, so no atomics), Q/dO/L/D from textures.
+ *   GQA group, so no atomics), Q/dO/L/D from textures. Looped over all T rows: past lavapipe's loop
+ *   limit (G T > 65535) it stopped short.
+ * - bwd-dkdv v2: v1 over a range of query rows per dispatch, adding to the partial dK, dV of the ranges
+ *   before (G x rows per dispatch <= MAX_LOOP).
  * - softmax v1 (standard attention): one invocation per row of a materialised S: max, sum, write passes
  *   with the same mask predicate, writing P and L.
  * - decode v1: one workgroup per (batch, head) for a single query; lanes split the cached keys (storage
@@ -241,7 +244,10 @@ function stageIn(
   }`;
 }
 
-/** Writes R staged rows of `src` times `mul` (may use x) to `out` (contiguous rows of u.D), rolled. */
+/**
+ * Writes R staged rows of `src` times `mul` (may use x) to `out` (contiguous rows of u.D), rolled; where
+ * `accumulate` (a WGSL condition) holds, adds to what `out` holds instead.
+ */
 function stageOut(
   D4: number,
   out: string,
@@ -251,14 +257,18 @@ function stageOut(
   valid: string,
   mul: string,
   op = "*",
+  accumulate = "",
 ): string {
+  const store = accumulate
+    ? `var y = t[e]; if (${accumulate}) { y += f32(${out}[ob + d]); } ${out}[ob + d] = ${dtype}(y);`
+    : `${out}[ob + d] = ${dtype}(t[e]);`;
   return `for (var x = 0u; x < u.nR; x++) {
     if (!(${valid})) { continue; }
     let ob = ${rowAt};
     let f = ${mul};
     for (var i = 0u; i < u.nD4; i++) {
       let t = ${src}[x * ${D4}u + i] ${op} f;
-      for (var e = 0u; e < 4u; e++) { let d = i * 4u + e; if (d < u.D) { ${out}[ob + d] = ${dtype}(t[e]); } }
+      for (var e = 0u; e < 4u; e++) { let d = i * 4u + e; if (d < u.D) { ${store} } }
     }
   }`;
 }
@@ -548,6 +558,8 @@ export interface BwdConfig {
   R: number;
   layers: number;
   variant: Variant;
+  /** bwd-dkdv: element type of dK and dV (default dtype; f32 when partial sums are carried across dispatches). */
+  out?: DType;
 }
 
 const texAt = (t: string, loc: string, i: number | string) =>
@@ -655,20 +667,23 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 }
 
 /**
- * bwd-dkdv v1: R key rows per invocation (8 per workgroup, so BC = 8 R keys per workgroup) of kv head
- * (b, hk); loops over the G query heads of the group and over query blocks of BR rows (table over
- * (query block, this key block)), then per query row: s = scale q.k + bias, p = exp(s - L),
- * dv += p dO, ds = p (dO.v - D_i), dk += ds q. dK = scale dk. Workgroups (key blocks, B Hkv).
- * Bindings: Q, dO, K, V, LD, tab, lens, keep, [smask], [slopes], dK, dV.
+ * bwd-dkdv v2: R key rows per invocation (8 per workgroup, so BC = 8 R keys per workgroup) of kv head
+ * (b, hk); loops over the G query heads of the group and over the query rows x0 .. x1 - 1 (uniforms) in
+ * blocks of BR rows (table over (query block, this key block)), then per query row: s = scale q.k + bias,
+ * p = exp(s - L), dv += p dO, ds = p (dO.v - D_i), dk += ds q. dK = scale dk, added to what dK and dV
+ * hold when x0 > 0: the host splits the query rows over dispatches so that one invocation runs at most
+ * G (x1 - x0) iterations (v1 looped over all T rows and stopped short past lavapipe's loop limit).
+ * Workgroups (key blocks, B Hkv). Bindings: Q, dO, K, V, LD, tab, lens, keep, [smask], [slopes], dK, dV.
  */
 export function dkdvSource(c: BwdConfig): Source {
-  const { D4, R, variant: v, dtype } = c;
+  const { D4, R, variant: v } = c;
+  const out = c.out ?? c.dtype;
   const keysR = rng(R), dims = rng(D4);
   const b = new Bindings().texture("Q").texture("dO").texture("K").texture("V").texture("LD")
     .storage("tab", "u32").storage("lens", "u32").texture("keep");
   if (v.sparseElem) b.texture("smask");
   if (v.alibi) b.storage("slopes", "f32");
-  b.storage("dK", dtype, true).storage("dV", dtype, true);
+  b.storage("dK", out, true).storage("dV", out, true);
   const key = (x: number) => `(c0 + ${x * 8}u + lid.x)`;
   const body: string[] = [];
   body.push(`let ql = trow(qBase + i, u.kpr); let ld = tex1(LD, qBase + i);`);
@@ -687,8 +702,8 @@ export function dkdvSource(c: BwdConfig): Source {
   }
   return {
     bindings: b.names,
-    code: `// attention bwd-dkdv v1
-${f16(dtype)}
+    code: `// attention bwd-dkdv v2
+${f16(out)}
 ${UNI}
 ${b.wgsl}
 ${texRowFn(D4, c.layers)}
@@ -722,12 +737,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     ${v.alibi ? "let slope = slopes[h];" : ""}
     let qBase = (b * u.H + h) * u.T;
     let tb = h * u.tabH * u.nqb * u.nkb + wid.x;
-    var i = 0u; var i1 = 0u; var full = false;
+    var i = u.x0; var i1 = u.x0; var full = false;
     loop {
-      if (i >= u.T) { break; }
+      if (i >= u.x1) { break; }
       if (i >= i1) {
         let st = tab[tb + (i / u.BR) * u.nkb];
-        i1 = min(i + u.BR, u.T);
+        i1 = min((i / u.BR + 1u) * u.BR, u.x1);
         if (st == 0u) { i = i1; continue; }
         full = st == 2u && blockFull;
       }
@@ -742,22 +757,26 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
       stageOut(
         D4,
         "dK",
-        dtype,
+        out,
         "ka",
         `(bk * u.S + c0 + x * 8u + lid.x) * u.D`,
         `c0 + x * 8u + lid.x < u.S`,
         "u.scale",
+        "*",
+        "u.x0 > 0u",
       )
     }
   ${
       stageOut(
         D4,
         "dV",
-        dtype,
+        out,
         "va",
         `(bk * u.S + c0 + x * 8u + lid.x) * u.D`,
         `c0 + x * 8u + lid.x < u.S`,
         "1.0",
+        "*",
+        "u.x0 > 0u",
       )
     }
 }`,

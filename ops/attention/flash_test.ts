@@ -5,6 +5,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { AttentionOptions, Tensor } from "../../mod.ts";
 import { data, leakCheck, scoped } from "../../test/helpers.ts";
+import { dkdvLimits } from "./attention.ts";
 
 leakCheck();
 const FULL = Deno.env.get("SEQLAB_FULL") === "1";
@@ -274,6 +275,124 @@ describe("flash backward", () => {
         for (const t of leaves) t.zeroGrad();
       });
     }
+  });
+});
+
+/** Runs flash forward + backward on webgpu copies of float64 inputs; returns the gradients and the stats. */
+async function flashGrads(q: Tensor, k: Tensor, v: Tensor, g: Tensor, o: AttentionOptions, dtype = "f32") {
+  const dev = async (t: Tensor) => await s.cast(t, dtype as "f32").to("webgpu");
+  const leaves = [await dev(q), await dev(k), await dev(v)];
+  for (const t of leaves) t.requiresGrad = true;
+  const res = s.flashAttention(leaves[0], leaves[1], leaves[2], await onDevice(o));
+  res.o.backward(await dev(g));
+  const grads = leaves.map((t) => t.grad!.detach());
+  for (const t of leaves) t.zeroGrad(); // gradients outlive tidy
+  return { grads, stats: res.stats.backward! };
+}
+
+// lavapipe stops an invocation's loops after 65535 iterations in all; the dK/dV program loops over G x (its
+// query rows), so the rows are split over dispatches that add to the partial sums
+describe("dK/dV over query-row ranges (the software adapter's loop limit)", () => {
+  test("a tiny loop budget: many ranges, not aligned with the query blocks, every mask", async () => {
+    const saved = dkdvLimits.loopBudget;
+    dkdvLimits.loopBudget = 24; // 24 rows per dispatch at G = 1, 12 at G = 2, 3 at G = 8
+    try {
+      for (const c of CASES(32).slice(1)) {
+        await s.tidy(async () => {
+          const [q, k, v, g] = [rnd(c.q, 61), rnd(c.kv, 62), rnd(c.kv, 63), rnd(c.q, 64)];
+          const o = c.opts();
+          const ref = s.attentionRefBackward(g, q, k, v, o);
+          const { grads, stats } = await flashGrads(q, k, v, g, o);
+          const G = c.q[1] / c.kv[1], n = Math.ceil(c.q[2] / Math.floor(24 / G));
+          expect(stats.programs.map((p) => p.name)).toContain(`bwd-dkdv (${n} dispatches)`);
+          for (let i = 0; i < 3; i++) {
+            expect(await maxErr(grads[i], ref[i]), `${c.name} d${"qkv"[i]}`).toBeLessThan(5e-6);
+          }
+        });
+      }
+    } finally {
+      dkdvLimits.loopBudget = saved;
+    }
+  });
+  test("f16: partial sums carried in f32 across ranges, one rounding at the end", async () => {
+    if (!s.adapterInfo().includes("shader-f16")) return; // the adapter cannot hold f16 tensors
+    const saved = dkdvLimits.loopBudget;
+    try {
+      await s.tidy(async () => {
+        const c = CASES(32)[3]; // GQA 2, causal
+        const [q, k, v, g] = [rnd(c.q, 71), rnd(c.kv, 72), rnd(c.kv, 73), rnd(c.q, 74)];
+        const h = (t: Tensor) => s.cast(s.cast(t, "f16"), "f64");
+        const o = c.opts();
+        const ref = s.attentionRefBackward(h(g), h(q), h(k), h(v), o);
+        const one = await flashGrads(q, k, v, g, o, "f16");
+        dkdvLimits.loopBudget = 8; // 4 rows per dispatch
+        const split = await flashGrads(q, k, v, g, o, "f16");
+        expect(split.grads[1].dtype).toBe("f16");
+        expect(split.stats.programs.map((p) => p.name)).toContain("cast dK, dV");
+        for (const i of [1, 2]) {
+          const e1 = await maxErr(one.grads[i], ref[i]), e2 = await maxErr(split.grads[i], ref[i]);
+          expect(e2, `d${"qkv"[i]} split ${e2} vs one dispatch ${e1}`).toBeLessThanOrEqual(
+            Math.max(2 * e1, 2e-3),
+          );
+        }
+      });
+    } finally {
+      dkdvLimits.loopBudget = saved;
+    }
+  });
+  test("GQA 32 over T = 2100 rows: each key's loop runs G T = 67200 iterations, past the limit", async () => {
+    // in one dispatch the invocations stop short (measured: dK and dV of the second key block all
+    // missing); in ranges of 1024 rows they do not. 100 keys keep the float64 reference quick.
+    const T = 2100, S = 100;
+    await s.tidy(async () => {
+      const [q, k, v, g] = [
+        rnd([1, 32, T, 4], 81),
+        rnd([1, 1, S, 4], 82),
+        rnd([1, 1, S, 4], 83),
+        rnd([1, 32, T, 4], 84),
+      ];
+      const ref = s.attentionRefBackward(g, q, k, v, {});
+      const { grads, stats } = await flashGrads(q, k, v, g, {});
+      expect(stats.programs.map((p) => p.name)).toContain("bwd-dkdv (3 dispatches)");
+      for (let i = 0; i < 3; i++) {
+        // sums of 67200 terms in f32: relative to the largest gradient
+        const scale = (await ref[i].toArray()).reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+        expect(await maxErr(grads[i], ref[i]), `d${"qkv"[i]} (max |ref| ${scale})`).toBeLessThan(
+          1e-5 * scale,
+        );
+      }
+    });
+  });
+  test("T = 70000 query rows (a sliding window keeps the work small), checked on sub-problems", async () => {
+    const T = 70000, w = 24, D = 8;
+    await s.tidy(async () => {
+      const [q, k, v, g] = [
+        rnd([1, 2, T, D], 91),
+        rnd([1, 1, T, D], 92),
+        rnd([1, 1, T, D], 93),
+        rnd([1, 2, T, D], 94),
+      ];
+      const o = { causal: true, window: w };
+      const { grads, stats } = await flashGrads(q, k, v, g, o);
+      expect(stats.programs.map((p) => p.name)).toContain("bwd-dkdv (5 dispatches)"); // 16384 rows each
+      // queries [a, b) see keys [a - w, b): on that sub-problem dQ of every query row and dK, dV of keys
+      // [a, b - w) are whole; around the first range boundary, the middle and the end
+      for (const [a, b] of [[16384 - 40, 16384 + 40], [40000, 40100], [T - 80, T]]) {
+        const rows = (t: Tensor, i0: number, i1: number) => t.slice([null, null, [i0, i1]]);
+        const ref = s.attentionRefBackward(
+          rows(g, a, b),
+          rows(q, a, b),
+          rows(k, a - w, b),
+          rows(v, a - w, b),
+          o,
+        );
+        expect(await maxErr(rows(grads[0], a, b), ref[0]), `dq [${a}, ${b})`).toBeLessThan(5e-6);
+        for (const i of [1, 2]) {
+          const e = await maxErr(rows(grads[i], a, b - w), rows(ref[i], w, b - a));
+          expect(e, `d${"qkv"[i]} keys [${a}, ${b - w})`).toBeLessThan(5e-6);
+        }
+      }
+    });
   });
 });
 
