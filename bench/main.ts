@@ -4,7 +4,7 @@
  * @module
  */
 
-const BENCHES = ["matmul", "rowwise", "train", "ssm", "attention"] as const;
+const BENCHES = ["matmul", "rowwise", "train", "ssm", "attention", "decode"] as const;
 
 const args = [...Deno.args];
 const names = args.filter((a) => Number.isNaN(Number(a)));

@@ -1,0 +1,411 @@
+/**
+ * Recurrent decoding throughput: a MambaLM against a TransformerLM of about the same parameter count
+ * (the Mamba paper's pairing: the same width, two Mamba blocks per Transformer block, since a Mamba block
+ * holds ~6 D^2 parameters and a Transformer block ~12 D^2) with a preallocated KV cache. For each context
+ * length the context is prefilled once at batch 1 (timed: prefill tokens/s), copied into every row of
+ * the batch (the rows share the context; decode cost depends on its length, not its content), and then
+ * greedy decoding is timed over `steps` tokens in two ways:
+ *
+ * - "device": the next token is the argmax of the logits on the device and feeds the next step; one
+ *   readback after the timed loop (nothing waits inside it).
+ * - "host": every step reads the logits (B, V) back, picks the argmax on the host and uploads the
+ *   token, as a host-side sampler does (one submit-and-wait per token).
+ *
+ * Before anything is timed, both models' decode path is checked: prefill then step must give the logits
+ * of `forward` on the same tokens. Trials interleave the models and modes; the median is reported.
+ *
+ * Run: `deno task bench decode` (contexts 1K and 8K, batches 1 and 4), or `deno task bench decode 1024`
+ * for chosen contexts. Prints the table, writes bench/results/decode.json.
+ * @module
+ */
+
+import * as s from "../mod.ts";
+import type { KVCache, MambaLMState, Tensor } from "../mod.ts";
+import { gpu, hasWebGPU } from "../runtime/device.ts";
+import { loadAverage, median, table, writeResult } from "./util.ts";
+
+/** Options of {@link decodeThroughput}. */
+export interface DecodeBenchOptions {
+  /** Context lengths to prefill (default [1024, 8192]). */
+  contexts?: number[];
+  /** Batch sizes (default [1, 4]). */
+  batches?: number[];
+  /** Decode steps per timed loop (default 16). */
+  steps?: number;
+  /** Timed loops per cell; the median is reported (default 3). */
+  trials?: number;
+  /** Model width D of both models (default 128). */
+  dModel?: number;
+  /** Transformer blocks; the MambaLM gets twice as many (default 2). */
+  nLayer?: number;
+  /** Vocabulary (default 256, bytes). */
+  vocabSize?: number;
+}
+
+/** One measured cell. */
+export interface DecodeRow {
+  model: "mamba" | "transformer";
+  params: number;
+  context: number;
+  B: number;
+  /** "device": argmax on the device, one readback per loop; "host": logits read back every token. */
+  mode: "device" | "host";
+  steps: number;
+  /** Median ms per decode step (the whole batch advances one token). */
+  msPerStep: number;
+  /** B / (ms per step) * 1000. */
+  tokensPerSecond: number;
+  /** Bytes of recurrent state for the batch at this context (KV cache filled part, or conv + ssm state). */
+  stateBytes: number;
+  /** Batch-1 prefill of the context, ms (one run, synchronised). */
+  prefillMs: number;
+}
+
+type Model = s.MambaLM | s.TransformerLM;
+
+/** A decoding session: advances the batch one token; `state` owns its tensors. */
+interface Session {
+  model: "mamba" | "transformer";
+  /** Current input tokens (B), on the device. */
+  tok: Tensor;
+  /** One step: returns the logits (B, V) and replaces the state. */
+  step(): Tensor;
+  stateBytes: number;
+  dispose(): void;
+}
+
+/** Checks that prefill + step reproduces forward's last logits for both models; throws on a mismatch. */
+export async function checkDecode(models: Model[]): Promise<void> {
+  for (const m of models) {
+    await s.tidy(async () => {
+      const V = m.config.vocabSize, T = 40;
+      const toks = s.tensor(Int32Array.from({ length: 2 * T }, (_, i) => (i * 37 + 11) % V), {
+        shape: [2, T],
+        dtype: "i32",
+      });
+      const want = await s.noGrad(() => m.forward(toks)).slice([null, T - 1]).toArray();
+      let got: ArrayLike<number>;
+      if (m instanceof s.TransformerLM) {
+        const cache = m.initCache(2, T);
+        m.prefill(toks.slice([null, [0, T - 1]]), cache);
+        got = await m.step(toks.slice([null, T - 1]), cache).logits.toArray();
+        cache.dispose();
+      } else {
+        const p = m.prefill(toks.slice([null, [0, T - 1]]));
+        got = await m.step(toks.slice([null, T - 1]), p.state).logits.toArray();
+      }
+      for (let i = 0; i < want.length; i++) {
+        if (!(Math.abs(got[i] - want[i]) <= 1e-3 + 1e-3 * Math.abs(want[i]))) {
+          throw new Error(
+            `bench/decode: ${m.constructor.name} prefill + step differs from forward at ${i}: ${got[i]} vs ${
+              want[i]
+            }`,
+          );
+        }
+      }
+    });
+  }
+}
+
+/** Greedy argmax per row of host logits (B, V). */
+function hostArgmax(a: ArrayLike<number>, B: number, V: number): Int32Array {
+  const out = new Int32Array(B);
+  for (let b = 0; b < B; b++) {
+    let best = 0;
+    for (let v = 1; v < V; v++) if (a[b * V + v] > a[b * V + best]) best = v;
+    out[b] = best;
+  }
+  return out;
+}
+
+/** Prefills `context` tokens at batch 1; returns a factory of batch-B sessions and the prefill time. */
+async function prefilled(
+  m: Model,
+  context: number,
+  capacity: number,
+): Promise<{ prefillMs: number; session: (B: number) => Session; dispose(): void }> {
+  const V = m.config.vocabSize;
+  const prompt = s.tensor(Int32Array.from({ length: context }, (_, i) => (i * 131 + 7) % V), {
+    shape: [1, context],
+    dtype: "i32",
+  });
+  await gpu().sync();
+  const t0 = performance.now();
+  let first: Tensor;
+  if (m instanceof s.TransformerLM) {
+    const cache = m.initCache(1, context);
+    const logits = m.prefill(prompt, cache);
+    first = s.tidy(() => logits.slice([null, -1]).argmax(-1)); // (1)
+    await first.toArray();
+    const prefillMs = performance.now() - t0;
+    logits.dispose();
+    prompt.dispose();
+    const Hkv = m.config.nKvHead;
+    const Dh = m.config.dModel / m.config.nHead;
+    return {
+      prefillMs,
+      session: (B) => {
+        const c: KVCache = m.initCache(B, capacity);
+        s.noGrad(() =>
+          s.tidy(() => {
+            // every row gets the batch-1 context (copyInto broadcasts the batch dim)
+            for (let i = 0; i < c.k.length; i++) {
+              s.copyInto(c.k[i].slice([null, null, [0, context]]), cache.k[i]);
+              s.copyInto(c.v[i].slice([null, null, [0, context]]), cache.v[i]);
+            }
+          })
+        );
+        c.length = context;
+        const sess: Session = {
+          model: "transformer",
+          tok: first.expand([B]).contiguous(),
+          step: () => m.step(sess.tok, c).logits,
+          stateBytes: 2 * m.blocks.length * B * Hkv * context * Dh * 4,
+          dispose: () => {
+            c.dispose();
+            sess.tok.dispose();
+          },
+        };
+        return sess;
+      },
+      dispose: () => {
+        cache.dispose();
+        first.dispose();
+      },
+    };
+  }
+  const p = m.prefill(prompt);
+  first = s.tidy(() => p.logits.slice([null, -1]).argmax(-1));
+  await first.toArray();
+  const prefillMs = performance.now() - t0;
+  p.logits.dispose();
+  prompt.dispose();
+  return {
+    prefillMs,
+    session: (B) => {
+      let st: MambaLMState = s.tidy(() => ({
+        layers: p.state.layers.map((l) => ({
+          conv: l.conv.expand([B, ...l.conv.shape.slice(1)]).contiguous(),
+          ssm: l.ssm.expand([B, ...l.ssm.shape.slice(1)]).contiguous(),
+        })),
+      }));
+      const sess: Session = {
+        model: "mamba",
+        tok: first.expand([B]).contiguous(),
+        step: () => {
+          const r = m.step(sess.tok, st);
+          m.disposeState(st);
+          st = r.state;
+          // the state outlives the caller's tidy scope (it is freed by the next step or dispose)
+          for (const l of st.layers) s.keep(l.conv), s.keep(l.ssm);
+          return r.logits;
+        },
+        stateBytes: st.layers.reduce((n, l) => n + (l.conv.size + l.ssm.size) * 4, 0),
+        dispose: () => {
+          m.disposeState(st);
+          sess.tok.dispose();
+        },
+      };
+      return sess;
+    },
+    dispose: () => {
+      m.disposeState(p.state);
+      first.dispose();
+    },
+  };
+}
+
+/** Times `steps` decode steps of a session in one mode; returns ms per step. */
+async function timeLoop(sess: Session, mode: "device" | "host", steps: number, V: number): Promise<number> {
+  await gpu().sync();
+  const t0 = performance.now();
+  if (mode === "device") {
+    for (let i = 0; i < steps; i++) {
+      const next = s.tidy(() => sess.step().argmax(-1)); // (B) i32, stays on the device
+      sess.tok.dispose();
+      sess.tok = next;
+    }
+    await sess.tok.toArray();
+  } else {
+    for (let i = 0; i < steps; i++) {
+      const logits = sess.step(); // (B, V)
+      const B = logits.shape[0];
+      const host = await logits.toArray();
+      logits.dispose();
+      sess.tok.dispose();
+      sess.tok = s.tensor(hostArgmax(host, B, V), { shape: [B], dtype: "i32" });
+    }
+  }
+  return (performance.now() - t0) / steps;
+}
+
+/** Runs the benchmark; returns the rows and the printed text. Needs WebGPU. */
+export async function decodeThroughput(
+  opts: DecodeBenchOptions = {},
+): Promise<{ rows: DecodeRow[]; text: string; config: Required<DecodeBenchOptions> }> {
+  const cfg: Required<DecodeBenchOptions> = {
+    contexts: opts.contexts ?? [1024, 8192],
+    batches: opts.batches ?? [1, 4],
+    steps: opts.steps ?? 16,
+    trials: opts.trials ?? 3,
+    dModel: opts.dModel ?? 128,
+    nLayer: opts.nLayer ?? 2,
+    vocabSize: opts.vocabSize ?? 256,
+  };
+  const { dModel: D, nLayer, vocabSize: V, steps, trials } = cfg;
+  const mamba = new s.MambaLM({ vocabSize: V, dModel: D, nLayer: 2 * nLayer, seed: 1 });
+  const transformer = new s.TransformerLM({ vocabSize: V, dModel: D, nLayer, nHead: 4, seed: 2 });
+  const models: [Model, "mamba" | "transformer"][] = [[mamba, "mamba"], [transformer, "transformer"]];
+  const rows: DecodeRow[] = [];
+  try {
+    await checkDecode([mamba, transformer]);
+    console.log(
+      "decode path checked: prefill + step equals forward for both models (f32, atol and rtol 1e-3)",
+    );
+    for (const context of cfg.contexts) {
+      // room for the warm-up and every timed loop of both modes
+      const capacity = context + (2 + 2 * trials) * steps + 4;
+      const pre: Awaited<ReturnType<typeof prefilled>>[] = [];
+      for (const [m] of models) pre.push(await prefilled(m, context, capacity));
+      try {
+        for (const B of cfg.batches) {
+          const sessions = pre.map((p) => p.session(B));
+          try {
+            for (const sess of sessions) {
+              for (const mode of ["device", "host"] as const) await timeLoop(sess, mode, 2, V); // warm-up
+            }
+            const times = new Map<string, number[]>();
+            for (let r = 0; r < trials; r++) {
+              for (const mode of ["device", "host"] as const) {
+                for (const sess of sessions) {
+                  const k = `${sess.model}|${mode}`;
+                  if (!times.has(k)) times.set(k, []);
+                  times.get(k)!.push(await timeLoop(sess, mode, steps, V));
+                }
+              }
+            }
+            for (const mode of ["device", "host"] as const) {
+              sessions.forEach((sess, i) => {
+                const ms = median(times.get(`${sess.model}|${mode}`)!);
+                rows.push({
+                  model: sess.model,
+                  params: models[i][0].numParameters(),
+                  context,
+                  B,
+                  mode,
+                  steps,
+                  msPerStep: ms,
+                  tokensPerSecond: (1000 * B) / ms,
+                  stateBytes: sess.stateBytes,
+                  prefillMs: pre[i].prefillMs,
+                });
+              });
+            }
+            const cell = rows.slice(-4);
+            console.log(
+              `  context ${fmtK(context)}, B = ${B}: ` +
+                cell.map((r) => `${r.model} ${r.mode} ${r.tokensPerSecond.toFixed(1)} tok/s`).join(", "),
+            );
+          } finally {
+            sessions.forEach((x) => x.dispose());
+          }
+        }
+      } finally {
+        pre.forEach((p) => p.dispose());
+      }
+    }
+  } finally {
+    mamba.dispose();
+    transformer.dispose();
+  }
+  const get = (m: string, c: number, B: number, mode: string) =>
+    rows.find((r) => r.model === m && r.context === c && r.B === B && r.mode === mode)!;
+  const body: string[][] = [];
+  for (const c of cfg.contexts) {
+    for (const B of cfg.batches) {
+      for (const mode of ["device", "host"] as const) {
+        const a = get("mamba", c, B, mode), t = get("transformer", c, B, mode);
+        body.push([
+          fmtK(c),
+          `${B}`,
+          mode,
+          a.tokensPerSecond.toFixed(1),
+          t.tokensPerSecond.toFixed(1),
+          `${(a.tokensPerSecond / t.tokensPerSecond).toFixed(2)}x`,
+          a.msPerStep.toFixed(1),
+          t.msPerStep.toFixed(1),
+          fmtBytes(a.stateBytes),
+          fmtBytes(t.stateBytes),
+        ]);
+      }
+    }
+  }
+  const mp = mamba.numParameters(), tp = transformer.numParameters();
+  const prefill = cfg.contexts.map((c) => {
+    const a = get("mamba", c, cfg.batches[0], "device"), t = get("transformer", c, cfg.batches[0], "device");
+    return [
+      fmtK(c),
+      a.prefillMs.toFixed(0),
+      t.prefillMs.toFixed(0),
+      ((1000 * c) / a.prefillMs).toFixed(0),
+      ((1000 * c) / t.prefillMs).toFixed(0),
+    ];
+  });
+  const text = [
+    `Greedy decoding, MambaLM (D = ${D}, ${2 * nLayer} blocks, N = 16, ${mp} parameters) vs TransformerLM ` +
+    `(D = ${D}, ${nLayer} blocks, 4 heads, RoPE, KV cache, ${tp} parameters), V = ${V}; median of ${trials} ` +
+    `loops of ${steps} steps. device: argmax on the device, one readback per loop; host: logits read back ` +
+    `every token (a host-side sampler). tok/s counts every sequence of the batch.`,
+    table(
+      [
+        "context",
+        "B",
+        "mode",
+        "mamba tok/s",
+        "transformer tok/s",
+        "mamba / transformer",
+        "mamba ms/step",
+        "transformer ms/step",
+        "mamba state",
+        "KV cache",
+      ],
+      body,
+    ),
+    `\nPrefill of the context at B = 1 (one run each, synchronised)`,
+    table(["context", "mamba ms", "transformer ms", "mamba tok/s", "transformer tok/s"], prefill),
+  ].join("\n");
+  return { rows, text, config: cfg };
+}
+
+const fmtK = (n: number) => (n >= 1024 && n % 1024 === 0 ? `${n / 1024}K` : `${n}`);
+const fmtBytes = (
+  n: number,
+) => (n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 1024).toFixed(0)} KiB`);
+
+/** `deno task bench decode [context...]`. */
+export async function main(args: string[] = []): Promise<void> {
+  if (!hasWebGPU()) {
+    console.log("bench decode: no WebGPU adapter; decoding throughput is measured on the WebGPU backend");
+    return;
+  }
+  const contexts = args.length ? args.map(Number) : undefined;
+  const load0 = loadAverage();
+  console.log(`adapter: ${s.adapterInfo()}\nload average at start: ${load0 ?? "?"}`);
+  const started = new Date().toISOString();
+  const r = await decodeThroughput({ contexts });
+  const load1 = loadAverage();
+  console.log(`\n${r.text}\nload average at end: ${load1 ?? "?"}`);
+  const file = await writeResult("decode", {
+    bench: "decode",
+    started,
+    adapter: s.adapterInfo(),
+    deno: Deno.version.deno,
+    loadAverage: { start: load0, end: load1 },
+    config: r.config,
+    unit: "tokens/s",
+    rows: r.rows,
+  });
+  console.log(`wrote ${file}`);
+}
+
+if (import.meta.main) await main(Deno.args);
