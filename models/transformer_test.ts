@@ -17,13 +17,20 @@ function tokens(B: number, T: number, V: number, device: "cpu" | "webgpu", seed 
   return s.tensor(data, { shape: [B, T], dtype: "i32", device });
 }
 
-/** Logits of stepping through `toks` (B, T) one token at a time after prefilling the first `pre`, (B, T, V). */
-async function stepped(lm: s.TransformerLM, toks: Tensor, pre: number): Promise<number[]> {
+/**
+ * Logits (B, T, V) of `toks` (B, T) run as prefill chunks of the given lengths (each after the cache's
+ * contents), then one step per remaining token.
+ */
+async function stepped(lm: s.TransformerLM, toks: Tensor, chunks: number[]): Promise<number[]> {
   const [B, T] = toks.shape;
   const cache = lm.initCache(B, T + 3);
   const parts: Tensor[] = [];
-  if (pre > 0) parts.push(lm.prefill(toks.slice([null, [0, pre]]), cache));
-  for (let t = pre; t < T; t++) parts.push(lm.step(toks.slice([null, t]), cache).logits.unsqueeze(1));
+  let t = 0;
+  for (const n of chunks) {
+    parts.push(lm.prefill(toks.slice([null, [t, t + n]]), cache));
+    t += n;
+  }
+  for (; t < T; t++) parts.push(lm.step(toks.slice([null, t]), cache).logits.unsqueeze(1));
   expect(cache.length).toBe(T);
   const out = await arr(s.concat(parts, 1));
   cache.dispose();
@@ -88,7 +95,7 @@ describe("TransformerLM", () => {
     ];
     for (const [name, extra] of cases) {
       test(
-        `step equals forward token by token; prefill then step too (${name}, ${device})`,
+        `step equals forward token by token; prefill (in chunks) then step too (${name}, ${device})`,
         scoped(async () => {
           const lm = new s.TransformerLM({
             vocabSize: 13,
@@ -105,8 +112,9 @@ describe("TransformerLM", () => {
           const toks = tokens(2, 9, 13, device);
           const full = await arr(lm.forward(toks));
           const tol = device === "cpu" ? F64 : F32;
-          assertClose(await stepped(lm, toks, 0), full, tol);
-          assertClose(await stepped(lm, toks, 4), full, tol);
+          assertClose(await stepped(lm, toks, []), full, tol);
+          assertClose(await stepped(lm, toks, [4]), full, tol);
+          assertClose(await stepped(lm, toks, [3, 4]), full, tol); // a chunk after cached keys
           // causal: changing the last token leaves earlier logits alone
           const other = s.concat(
             [toks.slice([null, [0, 8]]), s.full([2, 1], 5, { dtype: "i32", device })],
