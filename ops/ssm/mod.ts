@@ -26,7 +26,18 @@ export { selectiveScanStep, type SelectiveScanStepOptions } from "./selective_sc
 export { causalConv1d, type CausalConv1dOptions, causalConv1dStep } from "./conv1d.ts";
 export { causalConv1dBackwardRef, causalConv1dRef } from "./conv1d_ref.ts";
 export { discretize, type DiscretizeMethod, expm1OverX } from "./discretize.ts";
-export { s4dInit, type S4DInitOptions, ssmConvolution, ssmKernel, ssmRecurrence } from "./s4.ts";
+export {
+  s4dInit,
+  type S4DInitOptions,
+  SSM_FFT_CROSSOVER,
+  ssmConvolution,
+  type SSMConvolutionMethod,
+  ssmConvolutionMethod,
+  type SSMConvolutionOptions,
+  ssmKernel,
+  ssmRecurrence,
+} from "./s4.ts";
+export { fftConvBackwardRef, fftConvRef, fftRef } from "./fft_ref.ts";
 export {
   bilinearDense,
   denseSSMRef,

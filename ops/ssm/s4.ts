@@ -1,7 +1,7 @@
 /**
  * S4: the diagonal initialisations (S4D-Lin, S4D-Real), the SSM convolution kernel, and the two ways to
- * run an LTI SSM over a sequence: convolution mode (the kernel as a causal depthwise convolution on the
- * device, differentiable in u and K) and recurrent mode (the discretized recurrence, a shader on WebGPU).
+ * run an LTI SSM over a sequence: convolution mode (the kernel as a causal depthwise convolution, direct or
+ * by FFT, on the device, differentiable in u and K) and recurrent mode (the discretized recurrence, a shader on WebGPU).
  * Both give the same output. Parameters are host float64 {@link DiagSSM}s: small, and S4's complex
  * arithmetic (cos, sin of delta Im(A)) is done once on the host.
  * @module
@@ -12,12 +12,16 @@ import type { DType } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
+import { record } from "../../runtime/autograd.ts";
+import { isFloat } from "../../runtime/dtype.ts";
 import { grid } from "../../runtime/webgpu.ts";
 import { rand, randn, tensor } from "../core/creation.ts";
 import { add, contiguous, mul } from "../core/elementwise.ts";
 import { gather } from "../core/layout.ts";
 import { empty, fromArray, Uniforms } from "../core/util.ts";
 import { causalConv1d } from "./conv1d.ts";
+import { fftConvBackwardGpu, fftConvGpu } from "./fft.ts";
+import { fftConvBackwardRef, fftConvRef } from "./fft_ref.ts";
 import {
   type DiagSSM,
   discretizeDiag,
@@ -116,31 +120,149 @@ export function ssmKernel(
   });
 }
 
+/** How {@link ssmConvolution} computes K * u. */
+export type SSMConvolutionMethod = "direct" | "fft" | "auto";
+
+/** Options of {@link ssmConvolution}. */
+export interface SSMConvolutionOptions {
+  /** Skip connection (D): adds Dskip[d] u[b, d, t]. */
+  Dskip?: Tensor | null;
+  /**
+   * "direct" (a causal depthwise conv, O(L Lk) per channel), "fft" (O(n log n) with n = the power of two
+   * >= L + Lk - 1), or "auto" (default): the faster at this kernel length on this device, by the measured
+   * crossover {@link SSM_FFT_CROSSOVER}.
+   */
+  method?: SSMConvolutionMethod;
+}
+
+/**
+ * Where `method: "auto"` of {@link ssmConvolution} switches to the FFT, per device: from kernel length
+ * `kernel` on, when the direct sum's work B D L Lk is at least `work` (on WebGPU a call of the FFT path
+ * costs a fixed ~2-4 ms of passes and copies, which the direct conv beats on small problems). Measured
+ * with `deno task bench ssm` (the direct-vs-FFT tables; see bench/results/ssm.json): MEASURED_TEXT
+ *
+ * @example
+ * ```ts
+ * import { SSM_FFT_CROSSOVER } from "seqlab";
+ * console.log(SSM_FFT_CROSSOVER.webgpu.kernel > 1); // true
+ * ```
+ */
+export const SSM_FFT_CROSSOVER: Readonly<Record<DeviceName, { kernel: number; work: number }>> = {
+  webgpu: { kernel: 16, work: 1e5 },
+  cpu: { kernel: 64, work: 0 },
+};
+
+/**
+ * The method `ssmConvolution(u, K, { method: "auto" })` runs for u (B, D, L) and a kernel of length Lk
+ * (cut to L) on `device`: "fft" past both thresholds of {@link SSM_FFT_CROSSOVER}, else "direct".
+ *
+ * @example
+ * ```ts
+ * import { ssmConvolutionMethod } from "seqlab";
+ * console.log(ssmConvolutionMethod("webgpu", [1, 64, 8], 8)); // "direct"
+ * console.log(ssmConvolutionMethod("webgpu", [1, 64, 4096], 4096)); // "fft"
+ * ```
+ */
+export function ssmConvolutionMethod(
+  device: DeviceName,
+  [Bn, D, L]: readonly number[],
+  Lk: number,
+): "direct" | "fft" {
+  const c = SSM_FFT_CROSSOVER[device], k = Math.min(Lk, L);
+  return k >= c.kernel && Bn * D * L * k >= c.work ? "fft" : "direct";
+}
+
+const hostRows = (t: Tensor) => {
+  const c = contiguous(t);
+  const a = c.storage.data!.slice(c.offset, c.offset + c.size);
+  c.dispose();
+  return a;
+};
+
+/** y = K * u by FFT, recorded with its own backward (correlations by FFT). K (D, Lk) is contiguous. */
+function convFft(u: Tensor, K: Tensor): Tensor {
+  const Lk = K.shape[1];
+  let y: Tensor;
+  if (u.device === "cpu") {
+    y = fromArray(fftConvRef(hostRows(u), u.shape, hostRows(K), Lk), u.shape, u.dtype, "cpu");
+  } else {
+    const uc = contiguous(u);
+    y = fftConvGpu(uc, K);
+    uc.dispose();
+  }
+  return record("ssmConvolution", y, [u, K], [u, K], (g, [us, ks]) => {
+    if (us.device === "cpu") {
+      const r = fftConvBackwardRef(hostRows(g), hostRows(us), us.shape, hostRows(ks), Lk);
+      return [fromArray(r.du, us.shape, us.dtype, "cpu"), fromArray(r.dK, ks.shape, ks.dtype, "cpu")];
+    }
+    const [gc, uc] = [contiguous(g), contiguous(us)];
+    try {
+      return fftConvBackwardGpu(gc, uc, ks);
+    } finally {
+      gc.dispose();
+      uc.dispose();
+    }
+  });
+}
+
 /**
  * Convolution mode: y = K * u (causal, per channel) + Dskip u, i.e. y[b, d, t] = sum_{s <= t} K[d, t - s]
- * u[b, d, s] for u (B, D, L) and a kernel K (D, Lk) with Lk <= L (longer kernels are cut to L). Runs the
- * causal depthwise conv with the kernel reversed in time (on WebGPU: conv1d v1, a direct O(L Lk) sum per
- * channel); differentiable in u, K and Dskip.
+ * u[b, d, s] for u (B, D, L) and a kernel K (D, Lk) with Lk <= L (longer kernels are cut to L).
+ * `method`: "direct" runs the causal depthwise conv with the kernel reversed in time (on WebGPU conv1d
+ * v1, a direct O(L Lk) sum per output); "fft" zero-pads to n = nextPow2(L + Lk - 1) and multiplies
+ * spectra (on WebGPU the texture FFT of `fft_wgsl.ts`, on cpu the float64 {@link fftConvRef}); "auto"
+ * (default) picks by {@link ssmConvolutionMethod}. Differentiable in u, K and Dskip with either method
+ * (the FFT path's backward is two correlations by FFT).
  *
  * @example
  * ```ts
  * import { ssmConvolution, tensor } from "seqlab";
  * const u = tensor([[[1, 0, 0, 2]]]), K = tensor([[1, 0.5, 0.25]]);
  * console.log(await ssmConvolution(u, K).toArray()); // [1, 0.5, 0.25, 2]
+ * const y = await ssmConvolution(u, K, { method: "fft" }).toArray();
+ * console.log(Array.from(y, (v) => +v.toFixed(5))); // [1, 0.5, 0.25, 2]
  * ```
  */
-export function ssmConvolution(u: Tensor, K: Tensor, opts: { Dskip?: Tensor | null } = {}): Tensor {
-  if (u.rank !== 3) throw new Error(`ssmConvolution: u must be (B, D, L), got ${u.describe()}`);
-  if (K.rank !== 2 || K.shape[0] !== u.shape[1]) {
+export function ssmConvolution(u: Tensor, K: Tensor, opts: SSMConvolutionOptions = {}): Tensor {
+  const op = "ssmConvolution";
+  const method = opts.method ?? "auto";
+  if (!["auto", "direct", "fft"].includes(method)) {
+    throw new Error(`${op}: method must be "direct", "fft" or "auto", got ${JSON.stringify(method)}`);
+  }
+  const all = [u, K, ...(opts.Dskip ? [opts.Dskip] : [])];
+  for (const t of all) {
+    t.check(op);
+    if (!isFloat(t.dtype)) throw new Error(`${op}: needs float tensors, got ${t.describe()}`);
+    if (t.device !== u.device || t.dtype !== u.dtype) {
+      throw new Error(`${op}: devices or dtypes differ: ${all.map((t) => t.describe()).join(", ")}`);
+    }
+  }
+  if (u.rank !== 3) throw new Error(`${op}: u must be (B, D, L), got ${u.describe()}`);
+  if (K.rank !== 2 || K.shape[0] !== u.shape[1] || K.shape[1] < 1) {
     throw new Error(
-      `ssmConvolution: K must be (D, Lk) with D = ${u.shape[1]} (u ${fmt(u.shape)}), got ${fmt(K.shape)}`,
+      `${op}: K must be (D, Lk) with D = ${u.shape[1]} (u ${fmt(u.shape)}) and Lk >= 1, got ${fmt(K.shape)}`,
     );
   }
+  if (opts.Dskip && (opts.Dskip.rank !== 1 || opts.Dskip.shape[0] !== u.shape[1])) {
+    throw new Error(`${op}: Dskip must be (D) = [${u.shape[1]}], got ${fmt(opts.Dskip.shape)}`);
+  }
+  if (u.device === "webgpu" && u.dtype !== "f32") {
+    throw new Error(`${op}: WebGPU computes in f32, got ${u.describe()}`);
+  }
   const L = u.shape[2], Lk = Math.min(K.shape[1], L);
+  const fft = u.size > 0 &&
+    (method === "fft" || (method === "auto" && ssmConvolutionMethod(u.device, u.shape, Lk) === "fft"));
   return tidy(() => {
-    const rev = tensor(Array.from({ length: Lk }, (_, i) => Lk - 1 - i), { dtype: "i32", device: K.device });
-    const w = gather(K.shape[1] === Lk ? K : K.slice([null, [0, Lk]]), rev, 1); // (D, Lk), reversed
-    const y = causalConv1d(u, contiguous(w));
+    const Kc = K.shape[1] === Lk ? K : K.slice([null, [0, Lk]]);
+    let y: Tensor;
+    if (fft) y = convFft(u, contiguous(Kc));
+    else {
+      const rev = tensor(Array.from({ length: Lk }, (_, i) => Lk - 1 - i), {
+        dtype: "i32",
+        device: K.device,
+      });
+      y = causalConv1d(u, contiguous(gather(Kc, rev, 1))); // the kernel reversed in time
+    }
     return opts.Dskip ? add(y, mul(u, opts.Dskip.unsqueeze(-1))) : y;
   });
 }

@@ -96,10 +96,11 @@ describe("S4", () => {
     ["S4D-Lin, bilinear", "lin", { method: "bilinear", conj: true }],
     ["S4D-Real, ZOH", "real", { method: "zoh" }],
   ];
+  const methods = ["direct", "fft", "auto"] as const;
   for (const [name, kind, opts] of modes) {
     for (const device of GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const) {
       test(
-        `convolution mode equals recurrent mode: ${name}, ${device}`,
+        `convolution mode (direct, fft, auto) equals recurrent mode: ${name}, ${device}`,
         scoped(async () => {
           const [Bn, D, N, L] = [2, 3, 8, 97];
           const ssm = s.s4dInit(kind, D, N, { seed: 3, dtMin: 0.01, dtMax: 0.2 });
@@ -107,12 +108,55 @@ describe("S4", () => {
           const u64 = s.randn([Bn, D, L], { seed: 4, ...f64 });
           const u = device === "cpu" ? u64 : await s.cast(u64, "f32").to("webgpu");
           const K = s.ssmKernel(ssm, L, { ...opts, device, dtype: u.dtype });
-          const conv = s.ssmConvolution(u, K, { Dskip: s.tensor(Dskip, { device, dtype: u.dtype }) });
           const rec = s.ssmRecurrence(u, ssm, { ...opts, Dskip });
           const ref = s.ssmRecurrenceRef(await u64.toArray(), u.shape, ssm, { ...opts, Dskip });
           const tol = device === "cpu" ? { atol: 1e-10, rtol: 1e-10 } : TOL;
-          assertClose(await arr(conv), Array.from(ref), tol);
           assertClose(await arr(rec), Array.from(ref), tol);
+          for (const method of methods) {
+            const conv = s.ssmConvolution(u, K, {
+              Dskip: s.tensor(Dskip, { device, dtype: u.dtype }),
+              method,
+            });
+            assertClose(await arr(conv), Array.from(ref), tol);
+          }
+        }),
+      );
+    }
+  }
+
+  // L = 1, odd, not a power of two, in the thousands; a kernel shorter than L; D a multiple of 4 or not
+  const lengths: [number, number, number, number][] = [
+    [1, 1, 1, 1],
+    [2, 3, 1, 1],
+    [1, 5, 31, 31],
+    [2, 4, 200, 200],
+    [1, 3, 1500, 1500],
+    [1, 2, 4100, 4100],
+    [3, 2, 600, 40],
+  ];
+  for (const [Bn, D, L, Lk] of lengths) {
+    for (const device of GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const) {
+      test(
+        `fft equals direct, the recurrence and the float64 reference: B ${Bn}, D ${D}, L ${L}, Lk ${Lk}, ${device}`,
+        scoped(async () => {
+          const ssm = s.s4dInit("lin", D, 4, { seed: L, dtMin: 0.001, dtMax: 0.05 });
+          const u64 = s.randn([Bn, D, L], { seed: L + 1, ...f64 });
+          const u = device === "cpu" ? u64 : await s.cast(u64, "f32").to("webgpu");
+          const opts = { conj: true };
+          const K64 = s.ssmKernel(ssm, Lk, { ...opts, device: "cpu", dtype: "f64" });
+          const K = device === "cpu" ? K64 : await s.cast(K64, "f32").to("webgpu");
+          const direct = await arr(s.ssmConvolution(u, K, { method: "direct" }));
+          const fft = await arr(s.ssmConvolution(u, K, { method: "fft" }));
+          const tol = device === "cpu" ? { atol: 1e-9, rtol: 1e-9 } : TOL;
+          // the float64 references: the FFT convolution, and with a full-length kernel the recurrence
+          const ref = s.fftConvRef(await u64.toArray(), u.shape, await K64.toArray(), Lk);
+          assertClose(fft, Array.from(ref), tol);
+          assertClose(direct, Array.from(ref), tol);
+          if (Lk === L) {
+            const recRef = s.ssmRecurrenceRef(await u64.toArray(), u.shape, ssm, opts);
+            assertClose(Array.from(ref), Array.from(recRef), { atol: 1e-9, rtol: 1e-9 });
+            assertClose(await arr(s.ssmRecurrence(u, ssm, opts)), Array.from(recRef), tol);
+          }
         }),
       );
     }
@@ -139,11 +183,37 @@ describe("S4", () => {
   );
 
   test(
-    "convolution mode is differentiable in u, K and the skip",
+    "convolution mode is differentiable in u, K and the skip, direct and by FFT (gradcheck)",
     scoped(async () => {
-      const u = s.randn([2, 2, 9], { seed: 1, ...f64 }), K = s.randn([2, 5], { seed: 2, ...f64 });
-      const Dk = s.randn([2], { seed: 3, ...f64 });
-      await s.gradcheck((a, k, d) => s.ssmConvolution(a, k, { Dskip: d }), [u, K, Dk]);
+      const u = s.randn([2, 3, 9], { seed: 1, ...f64 }), K = s.randn([3, 5], { seed: 2, ...f64 });
+      const Dk = s.randn([3], { seed: 3, ...f64 });
+      for (const method of ["direct", "fft"] as const) {
+        await s.gradcheck((a, k, d) => s.ssmConvolution(a, k, { Dskip: d, method }), [u, K, Dk]);
+      }
+      // a kernel longer than L: the cut is differentiable too (its tail gets zero gradient)
+      const Kl = s.randn([3, 12], { seed: 4, ...f64 });
+      await s.gradcheck((a, k) => s.ssmConvolution(a, k, { method: "fft" }), [u, Kl]);
+    }),
+  );
+
+  test.skipIf(!GPU)(
+    "WebGPU gradients of the FFT path equal the direct path's float64 gradients (u, K, skip)",
+    scoped(async () => {
+      const u64 = s.randn([3, 5, 70], { seed: 1, ...f64 }), K64 = s.randn([5, 70], { seed: 2, ...f64 });
+      const D64 = s.randn([5], { seed: 3, ...f64 }), g64 = s.randn([3, 5, 70], { seed: 4, ...f64 });
+      const grads = async (method: "direct" | "fft", xs: s.Tensor[], g: s.Tensor) => {
+        for (const x of xs) x.requiresGrad = true;
+        s.ssmConvolution(xs[0], xs[1], { Dskip: xs[2], method }).backward(g);
+        const out = await Promise.all(xs.map(async (x) => Array.from(await x.grad!.toArray())));
+        for (const x of xs) x.zeroGrad();
+        return out;
+      };
+      const want = await grads("direct", [u64, K64, D64].map((t) => t.detach()), g64);
+      const gx = await Promise.all(
+        [u64, K64, D64, g64].map(async (t) => await s.cast(t, "f32").to("webgpu")),
+      );
+      const got = await grads("fft", gx.slice(0, 3), gx[3]);
+      for (let i = 0; i < 3; i++) assertClose(got[i], want[i], TOL);
     }),
   );
 
@@ -160,8 +230,33 @@ describe("S4", () => {
         "ssmRecurrence: u must be (B, D, L) with D = 2 (the SSM's channels), got tensor [1, 3, 8] f32 on cpu",
       );
       expect(() => s.ssmConvolution(u, s.zeros([2, 8], { device: "cpu" }))).toThrow(
-        "ssmConvolution: K must be (D, Lk) with D = 3 (u [1, 3, 8]), got [2, 8]",
+        "ssmConvolution: K must be (D, Lk) with D = 3 (u [1, 3, 8]) and Lk >= 1, got [2, 8]",
       );
+      const K = s.zeros([3, 8], { device: "cpu" });
+      expect(() => s.ssmConvolution(u, s.zeros([3, 0], { device: "cpu" }), { method: "fft" })).toThrow(
+        "ssmConvolution: K must be (D, Lk) with D = 3 (u [1, 3, 8]) and Lk >= 1, got [3, 0]",
+      );
+      expect(() => s.ssmConvolution(u, K, { method: "fast" as never })).toThrow(
+        'ssmConvolution: method must be "direct", "fft" or "auto", got "fast"',
+      );
+      expect(() => s.ssmConvolution(u.reshape([3, 8]), K, { method: "fft" })).toThrow(
+        "ssmConvolution: u must be (B, D, L), got tensor [3, 8] f32 on cpu",
+      );
+      expect(() => s.ssmConvolution(u, s.zeros([3, 8], { device: "cpu", dtype: "f64" }), { method: "fft" }))
+        .toThrow(
+          "ssmConvolution: devices or dtypes differ: tensor [1, 3, 8] f32 on cpu, tensor [3, 8] f64 on cpu",
+        );
+      expect(() => s.ssmConvolution(u, K, { method: "fft", Dskip: s.zeros([2], { device: "cpu" }) })).toThrow(
+        "ssmConvolution: Dskip must be (D) = [3], got [2]",
+      );
+      expect(() => s.ssmConvolution(u, s.zeros([3, 8], { device: "cpu", dtype: "i32" }))).toThrow(
+        "ssmConvolution: needs float tensors, got tensor [3, 8] i32 on cpu",
+      );
+      if (GPU) {
+        expect(() => s.ssmConvolution(u, s.zeros([3, 8], { device: "webgpu" }), { method: "fft" })).toThrow(
+          "ssmConvolution: devices or dtypes differ: tensor [1, 3, 8] f32 on cpu, tensor [3, 8] f32 on webgpu",
+        );
+      }
     }),
   );
 });
