@@ -1,20 +1,30 @@
 /**
- * Selective scan benchmark: time vs L of the sequential WebGPU scan (fwd v1, the baseline) and the chunked
- * parallel scan (fwd v2) at B = 1, D = 512, N = 16, input-dependent B and C; the speed-up, and the
- * target of issue 6: v2 at least 5x faster than v1 at L = 16K. Two side tables: the carry pass
- * (sequential fold vs Hillis-Steele in workgroup memory) and a narrow model (D = 16), where the
- * sequential scan has too few invocations to keep the adapter busy; and the backward at a training size.
- * Every version is checked against the float64 reference before anything is timed.
+ * State-space benchmark (issue 6):
+ * - S4's convolution mode, direct (causal depthwise conv, O(L Lk)) vs FFT (O(n log n)), time vs L with
+ *   Lk = L on WebGPU and on the cpu reference, and vs Lk at L = 4096: where the FFT becomes faster (the
+ *   crossover behind `SSM_FFT_CROSSOVER`, which `method: "auto"` uses);
+ * - the selective scan (B = 1, D = 512, N = 16, input-dependent B and C) vs causal flash attention at
+ *   the same L and width (B = 1, H = 8, Dh = 64, so H Dh = D), forward time for L = 64 ... 16K: where the
+ *   scan becomes faster (the Mamba paper: beyond 2K tokens vs FlashAttention-2 on an A100);
+ * - time vs L of the sequential WebGPU scan (fwd v1, the baseline) and the chunked parallel scan (fwd v2)
+ *   at B = 1, D = 512, N = 16; the speed-up, and the target of issue 6: v2 at least 5x faster than v1 at
+ *   L = 16K. Side tables: the carry pass (sequential fold vs Hillis-Steele in workgroup memory), a
+ *   narrow model (D = 16), where the sequential scan has too few invocations to keep the adapter busy,
+ *   and the backward at a training size.
+ * Every version is checked against the float64 reference before anything is timed; trials of the columns
+ * being compared are interleaved.
  *
- * Run: `deno task bench ssm` (L = 1K ... 64K), or `deno task bench ssm 1024 16384` for chosen lengths.
- * Prints the tables, writes bench/results/ssm.json.
+ * Run: `deno task bench ssm` (scan L = 1K ... 64K), or `deno task bench ssm 1024 16384` for chosen scan
+ * lengths (the convolution and attention sections keep their own lengths). Prints the tables, writes
+ * bench/results/ssm.json.
  * @module
  */
 
 import * as s from "../mod.ts";
 import type { SelectiveScanGpuOptions, Tensor } from "../mod.ts";
 import { gpu, hasWebGPU } from "../runtime/device.ts";
-import { loadAverage, prepareTimer, table, timeInterleaved, writeResult } from "./util.ts";
+import { checkAttention } from "./attention.ts";
+import { loadAverage, prepareTimer, table, timeInterleaved, type Timer, writeResult } from "./util.ts";
 
 /** One measured cell. */
 export interface ScanBenchRow {
@@ -263,30 +273,293 @@ async function measureBackward(Bn: number, D: number, N: number, L: number): Pro
   return rows;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// S4 convolution: direct vs FFT
+
+/** One cell of the convolution tables. */
+export interface ConvBenchRow {
+  /** "L" (Lk = L) or "Lk" (L fixed). */
+  table: string;
+  device: "webgpu" | "cpu";
+  method: "direct" | "fft";
+  B: number;
+  D: number;
+  L: number;
+  Lk: number;
+  /** Median ms per call; null where skipped (see `note`). */
+  ms: number | null;
+  note?: string;
+}
+
+/** A direct cell slower than this (ms) ends that column: the next length is ~4x slower again. */
+const DIRECT_CAP_MS = 4000;
+
+/** Checks both methods on both devices against the float64 FFT reference; throws on a mismatch. */
+export async function checkConvolutions(): Promise<void> {
+  await s.tidy(async () => {
+    const f64 = { device: "cpu" as const, dtype: "f64" as const };
+    const [Bn, D, L, Lk] = [2, 5, 300, 123];
+    const u = s.randn([Bn, D, L], { seed: 1, ...f64 }), K = s.randn([D, Lk], { seed: 2, ...f64 });
+    const ref = s.fftConvRef(await u.toArray(), u.shape, await K.toArray(), Lk);
+    const [ug, Kg] = await Promise.all([u, K].map(async (t) => await s.cast(t, "f32").to("webgpu")));
+    for (const method of ["direct", "fft"] as const) {
+      for (const [dev, a, k, tol] of [["cpu", u, K, 1e-9], ["webgpu", ug, Kg, 2e-3]] as const) {
+        const y = await s.ssmConvolution(a, k, { method }).toArray();
+        for (let i = 0; i < y.length; i++) {
+          if (!(Math.abs(y[i] - ref[i]) <= tol + 6e-4 * Math.abs(ref[i]))) {
+            throw new Error(
+              `bench/ssm: ${method} on ${dev} differs from the reference at ${i}: ${y[i]} vs ${ref[i]}`,
+            );
+          }
+        }
+      }
+    }
+  });
+}
+
+/** Times direct and FFT (interleaved) at (B, D, L, Lk) on a device; a method in `skip` is not run. */
+async function convCell(
+  name: string,
+  device: "webgpu" | "cpu",
+  Bn: number,
+  D: number,
+  L: number,
+  Lk: number,
+  skip: Set<string>,
+): Promise<ConvBenchRow[]> {
+  const o = device === "cpu"
+    ? { device: "cpu" as const, dtype: "f64" as const }
+    : { device: "webgpu" as const };
+  const u = s.randn([Bn, D, L], { seed: 1, ...o }), K = s.randn([D, Lk], { seed: 2, ...o });
+  try {
+    const methods = (["direct", "fft"] as const).filter((m) => !skip.has(m));
+    const timers: Timer[] = [];
+    for (const method of methods) {
+      timers.push(
+        await prepareTimer(
+          () => s.ssmConvolution(u, K, { method }),
+          async () => device === "webgpu" ? await gpu().sync() : undefined,
+          (t) => t.dispose(),
+          { trials: 5, trialMs: 300, maxReps: 20, slowMs: 1500 },
+        ),
+      );
+    }
+    const ms = await timeInterleaved(timers);
+    return (["direct", "fft"] as const).map((method) => {
+      const i = methods.indexOf(method as never);
+      return {
+        table: name,
+        device,
+        method,
+        B: Bn,
+        D,
+        L,
+        Lk,
+        ms: i >= 0 ? ms[i] : null,
+        ...(i < 0 ? { note: `skipped: the previous ${method} cell took over ${DIRECT_CAP_MS} ms` } : {}),
+      };
+    });
+  } finally {
+    u.dispose();
+    K.dispose();
+    s.releaseScanTextures();
+  }
+}
+
+/** The smallest x from which the FFT is faster at every measured x (where both ran), or null. */
+function crossover(rows: ConvBenchRow[], key: "L" | "Lk"): number | null {
+  const xs = [...new Set(rows.map((r) => r[key]))].sort((a, b) => a - b);
+  let from: number | null = null;
+  for (const x of xs) {
+    const d = rows.find((r) => r[key] === x && r.method === "direct")?.ms ?? null;
+    const f = rows.find((r) => r[key] === x && r.method === "fft")?.ms ?? null;
+    if (d === null || f === null) continue;
+    if (f < d) from ??= x;
+    else from = null;
+  }
+  return from;
+}
+
+const fmtMs = (x: number | null) => (x === null ? "-" : x < 10 ? x.toFixed(2) : x.toFixed(0));
+
+/** Direct vs FFT vs L (Lk = L) on both devices, and vs Lk at L = 4096 on WebGPU. */
+export async function convTables(): Promise<{ rows: ConvBenchRow[]; text: string; crossovers: unknown }> {
+  const [Bn, D] = [1, 64];
+  const rows: ConvBenchRow[] = [];
+  const Ls = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+  for (const device of ["webgpu", "cpu"] as const) {
+    const skip = new Set<string>();
+    for (const L of Ls) {
+      if (device === "cpu" && L > 4096) break; // the float64 loops: the crossover lies far below
+      const r = await convCell("L", device, Bn, D, L, L, skip);
+      rows.push(...r);
+      for (const x of r) if (x.ms !== null && x.ms > DIRECT_CAP_MS) skip.add(x.method);
+      console.log(
+        `  conv ${device} L = ${fmtL(L)}: ${r.map((x) => `${x.method} ${fmtMs(x.ms)} ms`).join(", ")}`,
+      );
+    }
+  }
+  const Lfix = 4096;
+  for (const Lk of [2, 4, 8, 16, 32, 64, 128]) {
+    const r = await convCell("Lk", "webgpu", Bn, D, Lfix, Lk, new Set());
+    rows.push(...r);
+    console.log(
+      `  conv webgpu L = 4K, Lk = ${Lk}: ${r.map((x) => `${x.method} ${fmtMs(x.ms)} ms`).join(", ")}`,
+    );
+  }
+  const cell = (t: string, dev: string, m: string, x: number, key: "L" | "Lk") =>
+    rows.find((r) => r.table === t && r.device === dev && r.method === m && r[key] === x)?.ms ?? null;
+  const ratio = (d: number | null, f: number | null) => (d && f ? `${(d / f).toFixed(1)}x` : "-");
+  const byL = (dev: string) => rows.filter((r) => r.table === "L" && r.device === dev);
+  const cross = {
+    webgpuL: crossover(byL("webgpu"), "L"),
+    cpuL: crossover(byL("cpu"), "L"),
+    webgpuLkAtL4096: crossover(rows.filter((r) => r.table === "Lk"), "Lk"),
+    auto: s.SSM_FFT_CROSSOVER,
+  };
+  const LsRun = Ls.filter((L) => cell("L", "webgpu", "fft", L, "L") !== null);
+  const text = [
+    `S4 convolution mode, direct vs FFT, B = ${Bn}, D = ${D}, Lk = L (median ms; webgpu f32, cpu float64)`,
+    table(
+      ["L", "webgpu direct", "webgpu fft", "direct / fft", "cpu direct", "cpu fft", "direct / fft"],
+      LsRun.map((L) => {
+        const [wd, wf] = [cell("L", "webgpu", "direct", L, "L"), cell("L", "webgpu", "fft", L, "L")];
+        const [cd, cf] = [cell("L", "cpu", "direct", L, "L"), cell("L", "cpu", "fft", L, "L")];
+        return [fmtL(L), fmtMs(wd), fmtMs(wf), ratio(wd, wf), fmtMs(cd), fmtMs(cf), ratio(cd, cf)];
+      }),
+    ),
+    `\nvs kernel length at L = 4K, B = ${Bn}, D = ${D}, webgpu`,
+    table(
+      ["Lk", "direct", "fft", "direct / fft"],
+      [2, 4, 8, 16, 32, 64, 128].map((Lk) => {
+        const [d, f] = [cell("Lk", "webgpu", "direct", Lk, "Lk"), cell("Lk", "webgpu", "fft", Lk, "Lk")];
+        return [String(Lk), fmtMs(d), fmtMs(f), ratio(d, f)];
+      }),
+    ),
+    `\ncrossover (the FFT faster from here on): webgpu L = ${cross.webgpuL ?? "none"} (work B D L Lk = ${
+      cross.webgpuL ? Bn * D * cross.webgpuL ** 2 : "-"
+    }), cpu L = ${cross.cpuL ?? "none"}, webgpu at L = 4K from Lk = ${cross.webgpuLkAtL4096 ?? "none"}; ` +
+    `auto uses ${JSON.stringify(s.SSM_FFT_CROSSOVER)}`,
+  ].join("\n");
+  return { rows, text, crossovers: cross };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// selective scan vs flash attention
+
+/** One cell of the scan-vs-attention table. */
+export interface ScanVsAttentionRow {
+  L: number;
+  /** Median ms of the selective scan forward (B 1, D 512, N 16, default version). */
+  scanMs: number;
+  /** Median ms of causal flash attention forward (B 1, H 8, Dh 64); null where not run. */
+  flashMs: number | null;
+}
+
+/** Scan vs causal flash attention forward time at the same L and width H Dh = D. */
+export async function scanVsAttention(
+  Ls: number[],
+): Promise<{ rows: ScanVsAttentionRow[]; text: string; crossover: number | null }> {
+  const [Bn, D, N, H, Dh] = [1, 512, 16, 8, 64];
+  const rows: ScanVsAttentionRow[] = [];
+  for (const L of Ls) {
+    const x: Tensor[] = [
+      s.randn([Bn, D, L], { seed: 1 }),
+      s.rand([Bn, D, L], { seed: 2, low: 0.001, high: 0.1 }),
+      s.rand([D, N], { seed: 3, low: -2, high: -0.5 }),
+      s.randn([Bn, N, L], { seed: 4 }),
+      s.randn([Bn, N, L], { seed: 5 }),
+    ];
+    const q = s.randn([Bn, H, L, Dh], { seed: 6 }), k = s.randn([Bn, H, L, Dh], { seed: 7 });
+    const v = s.randn([Bn, H, L, Dh], { seed: 8 });
+    try {
+      const slowMs = 1500;
+      const trials = L >= 8192 ? 2 : 3;
+      const timers = [
+        await prepareTimer(
+          () => s.selectiveScan(x[0], x[1], x[2], x[3], x[4]),
+          async () => await gpu().sync(),
+          (t) => t.dispose(),
+          { trials, trialMs: 400, maxReps: 10, slowMs },
+        ),
+        await prepareTimer(
+          () => s.flashAttention(q, k, v, { causal: true }),
+          (r) => r.lse.toArray(),
+          (r) => {
+            r.o.dispose();
+            r.lse.dispose();
+          },
+          { trials, trialMs: 400, maxReps: 10, slowMs },
+        ),
+      ];
+      const [scanMs, flashMs] = await timeInterleaved(timers);
+      rows.push({ L, scanMs, flashMs });
+      console.log(`  scan vs flash L = ${fmtL(L)}: scan ${fmtMs(scanMs)} ms, flash ${fmtMs(flashMs)} ms`);
+    } finally {
+      [...x, q, k, v].forEach((t) => t.dispose());
+      s.releaseScanTextures();
+    }
+  }
+  let from: number | null = null;
+  for (const r of rows) {
+    if (r.flashMs !== null && r.scanMs < r.flashMs) from ??= r.L;
+    else from = null;
+  }
+  const text = [
+    `selective scan (B ${Bn}, D ${D}, N ${N}, input-dependent B and C) vs causal flash attention ` +
+    `(B ${Bn}, H ${H}, Dh ${Dh}), forward, median ms`,
+    table(
+      ["L", "scan ms", "flash ms", "flash / scan", "faster"],
+      rows.map((r) => [
+        fmtL(r.L),
+        fmtMs(r.scanMs),
+        fmtMs(r.flashMs),
+        r.flashMs ? `${(r.flashMs / r.scanMs).toFixed(2)}x` : "-",
+        r.flashMs === null ? "-" : r.scanMs < r.flashMs ? "scan" : "flash",
+      ]),
+    ),
+    `\ncrossover: the scan is faster from L = ${from === null ? "none measured" : fmtL(from)} on ` +
+    `(the Mamba paper: beyond 2K tokens vs FlashAttention-2 on an A100)`,
+  ].join("\n");
+  return { rows, text, crossover: from };
+}
+
 /** `deno task bench ssm [L...]`. */
 export async function main(args: string[] = []): Promise<void> {
   if (!hasWebGPU()) {
-    console.log("bench ssm: no WebGPU adapter; the scan versions compared here are WebGPU shaders");
+    console.log("bench ssm: no WebGPU adapter; the versions compared here are WebGPU shaders");
     return;
   }
   const Ls = args.length ? args.map(Number) : [1024, 2048, 4096, 8192, 16384, 32768, 65536];
   const load0 = loadAverage();
   console.log(`adapter: ${s.adapterInfo()}\nload average at start: ${load0 ?? "?"}`);
   await checkScans();
-  console.log("every version matches the float64 reference (fp32 rtol 6e-4, atol 2e-3)");
+  await checkConvolutions();
+  await checkAttention();
+  console.log("every version matches the float64 reference (fp32 rtol 6e-4, atol 2e-3; attention 1e-5)");
   const started = new Date().toISOString();
+  const conv = await convTables();
+  const loadConv = loadAverage();
+  const vs = await scanVsAttention([64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]);
+  const loadVs = loadAverage();
   const t = await ssmTables(Ls);
   const load1 = loadAverage();
-  console.log(`\n${t.text}\nload average at end: ${load1 ?? "?"}`);
+  console.log(`\n${conv.text}\n\n${vs.text}\n\n${t.text}\nload average at end: ${load1 ?? "?"}`);
   const file = await writeResult("ssm", {
     bench: "ssm",
     started,
     adapter: s.adapterInfo(),
     deno: Deno.version.deno,
-    loadAverage: { start: load0, end: load1 },
+    loadAverage: { start: load0, afterConvolution: loadConv, afterScanVsAttention: loadVs, end: load1 },
     unit: "ms",
     target: t.target,
     rows: t.rows,
+    convolution: { crossovers: conv.crossovers, rows: conv.rows },
+    scanVsAttention: {
+      setup: { B: 1, D: 512, N: 16, H: 8, Dh: 64, causal: true },
+      crossover: vs.crossover,
+      rows: vs.rows,
+    },
   });
   console.log(`wrote ${file}`);
 }

@@ -23,7 +23,7 @@ import {
 } from "./fft_wgsl.ts";
 import { PassRecorder, type ScratchTexture, scratchTexture } from "./texture_pass.ts";
 
-/** The largest radix of a pass (see `fft_wgsl.ts` for the measurements behind it). */
+/** The largest radix of a pass (8: fewest passes without spilling; measurements in `fft_wgsl.ts`). */
 export const FFT_MAX_RADIX: FftRadix = 8;
 
 const ROW = 1 << FFT_TEX_LOG; // texels per texture row

@@ -9,20 +9,30 @@
  * x = i mod 8192, y = (i / 8192) mod 8192, layer = i / 8192^2.
  *
  * Versions (numbers are never reused):
- * - stage v1: one Stockham autosort pass of radix R (4, with one radix-2 pass when log2 n is odd; 1 for
+ * - stage v1: one Stockham autosort pass of radix R (8, the last pass the remaining power of two; 1 for
  *   n = 1): invocation (g, j) reads the R texels j + r n/R, multiplies by twiddles w^(k r n/(Ns R)),
  *   k = j mod Ns, from a float64-built table texture (exact to f32 rounding, and a texel load instead of
- *   a sin and a cos), runs the R-point DFT in registers and writes (j - k) R + k + r Ns. No loops, no
- *   workgroup memory, no barriers (costly on lavapipe). Storage textures rather than buffers: on lavapipe
- *   a storage-buffer load is a per-lane loop (~7 ns a component), a texel load a vector gather (~0.3 ns).
+ *   a sin and a cos), runs the R-point DFT in registers (straight-line code with constant twiddles) and
+ *   writes (j - k) R + k + r Ns. No loops, no workgroup memory, no barriers (costly on lavapipe).
+ *   Storage textures rather than buffers: on lavapipe a storage-buffer load is a per-lane loop (~7 ns a
+ *   component), a texel load a vector gather (measured ~3 ns a texel); a texel store costs ~10 ns, so a
+ *   pass is bound by its stores and the pass count is what to cut. Measured (B = 1, D = 512, n = 32K,
+ *   8.4M texels a pass, machine under load): radix 4 ~15-25 ns a texel a pass, radix 8 ~37, radix 16
+ *   ~58 (its 16 vec4 values spill); end to end radix 8 (5 passes) beat radix 4 (8 passes) and 16
+ *   (4 passes) by 1.2-1.6x. A four-step variant doing whole 64- to 256-point sub-FFTs per invocation
+ *   in a private array (2 passes) was 5-10x slower a pass (lavapipe keeps such arrays in memory) and
+ *   took minutes to compile.
  *   The first pass also packs: it reads the rows from a flat copy of the input buffers (copyBufferToTexture
  *   of the raw floats, 4 per texel), zero-padded past each row's length.
  * - pointwise v1: per (group, k), the spectra of the four real rows from Z[k] and Z[n - k]; "conv"
  *   multiplies u^ by K^ of the row's channel; "corr" (the backward) forms conj(K^) g^ for du and
  *   sum_b conj(u^) g^ for dK (a loop over B). Results are packed two real rows per complex row (the
- *   inverse of a Hermitian spectrum is real, so IFFT(Y0 + i Y1) = y0 + i y1) and scaled by 1/n.
+ *   inverse of a Hermitian spectrum is real, so IFFT(Y0 + i Y1) = y0 + i y1) and scaled by 1/n. With D
+ *   a multiple of 4 the kernel spectra of a group's four rows share one group (2 loads instead of 8).
  * - unpack v1: one invocation per output texel (4 consecutive floats of the (rows, len) output) gathers
  *   its values from the groups; the texture is then copied to the output buffer.
+ * Cost (same run as above): the whole convolution at B = 1, D = 512, L = 16K takes ~2.5 s on the
+ * software adapter (direct conv1d: minutes); at D = 64 see `deno task bench ssm`.
  * @module
  */
 
