@@ -6,11 +6,17 @@
  *   to 4096 (the paper's Tables 20 and 21 range);
  * - a block-size sweep with the modelled device-memory traffic beside the runtime (the paper's Figure 2);
  * - block-sparse time vs the fraction of non-zero blocks.
- * Every implementation is checked against the float64 reference before anything is timed. The same-run
- * peers of the issue (tfjs-backend-webgpu, onnxruntime-web) are not run here (not installed in this tree).
+ * - same-run peers at T = 1024, non-causal, on the same adapter: attention composed from
+ *   tfjs-backend-webgpu ops (matMul, softmax, matMul) and ONNX Runtime Web's WebGPU provider (its
+ *   com.microsoft MultiHeadAttention op, which runs its FlashAttention shader on this adapter, and a plain
+ *   MatMul-Softmax-MatMul graph), with ONNX Runtime Web's wasm provider (the CPU) for scale. The ONNX models
+ *   are encoded here, in memory (nothing is downloaded at run time beyond the pinned npm packages).
+ * Every implementation, peers included, is checked against the float64 reference before anything is timed.
  *
  * Run: `deno task bench attention` (full), `deno task bench attention 1024 4096` (chosen T values for the
- * main table; the sweeps use the first). Prints tables, writes bench/results/attention.json.
+ * main table; the sweeps use the first; the peers run when 1024 is among them). Prints tables, writes
+ * bench/results/attention.json. `deno run -A bench/attention.ts peers` runs only the peer table.
+ * SEQLAB_ORT_LOG=verbose prints ONNX Runtime's log (the WGSL of every program it builds: FlashAttention).
  * @module
  */
 
@@ -155,7 +161,382 @@ async function peakOf(
 const MiB = (b: number | null) => (b === null ? "-" : (b / 2 ** 20).toFixed(1));
 const ms = (x: number | null) => (x === null ? "-" : x < 10 ? x.toFixed(2) : x.toFixed(0));
 
-/** Runs the benchmark; `args` may list T values for the main table. */
+// ---------------------------------------------------------------------------------------------------------
+// same-run peers (bench only: the npm: specifiers are pinned here, and nothing in the library imports them)
+
+/** Pinned peer versions. onnxruntime-web 1.23 ran MultiHeadAttention unfused here (its FlashAttention then
+ * needed the subgroups feature, which this adapter lacks); from 1.24 on it runs FlashAttention. */
+export const PEERS = { tfjs: "4.22.0", ort: "1.30.0" } as const;
+
+/** The issue's targets at T = 1024 (non-causal): flash forward >= 5x tfjs and >= 3x ORT's FlashAttention. */
+export const PEER_TARGET = { T: 1024, vsTfjs: 5, vsOrtFlash: 3 } as const;
+
+/** One peer column at the peer size. */
+export interface PeerRow {
+  name: string;
+  /** Median ms per forward call; null where it did not load, failed its check or was skipped. */
+  ms: number | null;
+  /** Max |error| against the float64 reference over the checked rows. */
+  maxErr: number | null;
+  /** How it ran (graph, provider, what each call includes) or why it did not. */
+  note: string;
+}
+
+// A minimal ONNX protobuf writer: just the fields these graphs use (onnx.proto3 field numbers).
+type Bytes = number[];
+const pbVarint = (n: number): Bytes => {
+  let v = BigInt(n);
+  if (v < 0n) v += 1n << 64n;
+  const out: Bytes = [];
+  do {
+    let b = Number(v & 0x7fn);
+    v >>= 7n;
+    if (v) b |= 0x80;
+    out.push(b);
+  } while (v);
+  return out;
+};
+const pbKey = (field: number, wire: number) => pbVarint((field << 3) | wire);
+const pbInt = (field: number, n: number): Bytes => [...pbKey(field, 0), ...pbVarint(n)];
+const pbBytes = (field: number, b: ArrayLike<number>): Bytes => [
+  ...pbKey(field, 2),
+  ...pbVarint(b.length),
+  ...Array.from(b),
+];
+const pbStr = (field: number, x: string) => pbBytes(field, new TextEncoder().encode(x));
+
+/** A node attribute: an int, a float or a list of ints. */
+interface OnnxAttr {
+  name: string;
+  i?: number;
+  f?: number;
+  ints?: number[];
+}
+interface OnnxNode {
+  op: string;
+  inputs: string[];
+  outputs: string[];
+  domain?: string;
+  attrs?: OnnxAttr[];
+}
+
+function onnxAttr(a: OnnxAttr): Bytes {
+  // AttributeProto: name 1, f 2 (fixed32), i 3, ints 8, type 20 (FLOAT 1, INT 2, INTS 7)
+  const body = a.f !== undefined
+    ? [...pbKey(2, 5), ...new Uint8Array(new Float32Array([a.f]).buffer), ...pbInt(20, 1)]
+    : a.i !== undefined
+    ? [...pbInt(3, a.i), ...pbInt(20, 2)]
+    : [...(a.ints ?? []).flatMap((x) => pbInt(8, x)), ...pbInt(20, 7)];
+  return [...pbStr(1, a.name), ...body];
+}
+
+/** ModelProto bytes (IR 8, opsets "" 17 and com.microsoft 1) of a graph of float32 tensors. */
+export function onnxModel(
+  nodes: OnnxNode[],
+  inputs: [string, number[]][],
+  outputs: [string, number[]][],
+  scalars: [string, number][] = [],
+): Uint8Array {
+  // NodeProto: input 1, output 2, name 3, op_type 4, attribute 5, domain 7
+  const node = (n: OnnxNode, k: number) => [
+    ...n.inputs.flatMap((x) => pbStr(1, x)),
+    ...n.outputs.flatMap((x) => pbStr(2, x)),
+    ...pbStr(3, `${n.op}_${k}`),
+    ...pbStr(4, n.op),
+    ...(n.attrs ?? []).flatMap((a) => pbBytes(5, onnxAttr(a))),
+    ...(n.domain ? pbStr(7, n.domain) : []),
+  ];
+  // ValueInfoProto: name 1, type 2 -> TypeProto.tensor_type 1 -> elem_type 1 (FLOAT = 1), shape 2 -> dim 1 -> dim_value 1
+  const value = ([name, dims]: [string, number[]]) => [
+    ...pbStr(1, name),
+    ...pbBytes(2, pbBytes(1, [...pbInt(1, 1), ...pbBytes(2, dims.flatMap((d) => pbBytes(1, pbInt(1, d))))])),
+  ];
+  // TensorProto (a float scalar initializer): data_type 2, raw_data 9, name 8
+  const scalar = ([name, x]: [string, number]) => [
+    ...pbInt(2, 1),
+    ...pbStr(8, name),
+    ...pbBytes(9, new Uint8Array(new Float32Array([x]).buffer)),
+  ];
+  // GraphProto: node 1, name 2, initializer 5, input 11, output 12
+  const graph = [
+    ...nodes.flatMap((n, k) => pbBytes(1, node(n, k))),
+    ...pbStr(2, "attention"),
+    ...scalars.flatMap((x) => pbBytes(5, scalar(x))),
+    ...inputs.flatMap((x) => pbBytes(11, value(x))),
+    ...outputs.flatMap((x) => pbBytes(12, value(x))),
+  ];
+  // ModelProto: ir_version 1, producer_name 2, graph 7, opset_import 8 (domain 1, version 2)
+  return new Uint8Array([
+    ...pbInt(1, 8),
+    ...pbStr(2, "seqlab bench"),
+    ...pbBytes(7, graph),
+    ...pbBytes(8, [...pbStr(1, ""), ...pbInt(2, 17)]),
+    ...pbBytes(8, [...pbStr(1, "com.microsoft"), ...pbInt(2, 1)]),
+  ]);
+}
+
+// deno-lint-ignore no-explicit-any
+type Any = any;
+
+async function loadTfjs(): Promise<Any> {
+  // deno-lint-ignore no-import-prefix
+  const tf = await import("npm:@tensorflow/tfjs-core@4.22.0");
+  // deno-lint-ignore no-import-prefix
+  await import("npm:@tensorflow/tfjs-backend-webgpu@4.22.0");
+  if (!(await tf.setBackend("webgpu"))) throw new Error("tf.setBackend('webgpu') returned false");
+  await tf.ready();
+  return tf;
+}
+
+async function loadOrt(): Promise<Any> {
+  // the webgpu bundle also carries the wasm (CPU) provider
+  // deno-lint-ignore no-import-prefix
+  const ort = await import("npm:onnxruntime-web@1.30.0/webgpu");
+  ort.env.wasm.numThreads = 1; // threads would need cross-origin isolation; 2 cores are shared anyway
+  ort.env.logLevel = (Deno.env.get("SEQLAB_ORT_LOG") ?? "error") as typeof ort.env.logLevel;
+  return ort;
+}
+
+/** (B, H, T, D) -> (B, T, H D), MultiHeadAttention's layout. */
+function toBSHD(x: Float32Array, B: number, h: number, T: number, d: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let b = 0; b < B; b++) {
+    for (let hh = 0; hh < h; hh++) {
+      for (let t = 0; t < T; t++) {
+        const src = ((b * h + hh) * T + t) * d, dst = ((b * T + t) * h + hh) * d;
+        out.set(x.subarray(src, src + d), dst);
+      }
+    }
+  }
+  return out;
+}
+
+/** Max |error| of a (B, H, T, D) output (or (B, T, H D) when `bshd`) against reference rows [r0, r1). */
+function rowsError(
+  got: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  T: number,
+  r0: number,
+  r1: number,
+  bshd = false,
+): number {
+  const n = r1 - r0;
+  let worst = 0;
+  for (let h = 0; h < H; h++) {
+    for (let i = 0; i < n; i++) {
+      for (let d = 0; d < D; d++) {
+        const t = r0 + i;
+        const g = bshd ? got[(t * H + h) * D + d] : got[(h * T + t) * D + d];
+        const e = Math.abs(g - ref[(h * n + i) * D + d]);
+        worst = Number.isNaN(e) ? Infinity : Math.max(worst, e);
+      }
+    }
+  }
+  return worst;
+}
+
+/**
+ * The peer table at T (non-causal, B 1, H 8, D 64): seqlab flash and standard forward, tfjs composed
+ * attention, ORT WebGPU MultiHeadAttention and MatMul-Softmax-MatMul, ORT wasm MultiHeadAttention and
+ * MatMul-Softmax-MatMul. Each column is checked against the float64 reference on 32 query rows of every
+ * head before it is timed; the trials are interleaved across columns.
+ */
+export async function peerTable(T = PEER_TARGET.T, log: (l: string) => void = console.log): Promise<{
+  T: number;
+  rows: PeerRow[];
+  text: string;
+  ratios: Record<string, number | null>;
+}> {
+  const x = inputs(T);
+  const scale = 1 / Math.sqrt(D);
+  const [qh, kh, vh] = await Promise.all(
+    [x.q, x.k, x.v].map(async (t) => (await t.toArray()) as Float32Array),
+  );
+  // the reference on query rows [r0, r1) of every head (non-causal: each row needs only its own q)
+  const r0 = T >> 1, r1 = Math.min(T, r0 + 32);
+  const ref = await s.tidy(async () => {
+    const [q64, k64, v64] = await Promise.all(
+      [x.q, x.k, x.v].map(async (t) => s.cast(await t.to("cpu"), "f64")),
+    );
+    return await s.attentionRef(q64.slice([null, null, [r0, r1]]), k64, v64).o.toArray();
+  });
+  const rows: PeerRow[] = [];
+  const timed: { row: PeerRow; timer: Timer }[] = [];
+  const cleanup: (() => void)[] = [];
+  const tryPeer = async (
+    name: string,
+    note: string,
+    make: () => Promise<{ timer: Timer; out: ArrayLike<number>; bshd?: boolean }>,
+  ) => {
+    const row: PeerRow = { name, ms: null, maxErr: null, note };
+    rows.push(row);
+    try {
+      log(`  peers T ${T}: ${name}: load, warm-up and check`);
+      const { timer, out, bshd } = await make();
+      row.maxErr = rowsError(out, ref, T, r0, r1, bshd);
+      if (!(row.maxErr < 1e-4)) {
+        row.note = `wrong result (max error ${row.maxErr} on rows ${r0}-${r1 - 1}); not timed`;
+        return;
+      }
+      timed.push({ row, timer });
+    } catch (e) {
+      row.note = `did not run: ${((e as Error).message ?? String(e)).split("\n")[0].slice(0, 160)}`;
+    }
+  };
+  const seqlab = (impl: "flash" | "standard") => async () => {
+    let out: ArrayLike<number> = [];
+    const timer = await prepareTimer(() => impls[impl](x.q, x.k, x.v), (r) => r.lse.toArray(), drop, {
+      trials: 3,
+      check: async (r) => void (out = await r.o.toArray()),
+    });
+    return { timer, out };
+  };
+  await tryPeer(
+    "seqlab flash",
+    "flashAttention (v3), one submit; waits on the LSE readback",
+    seqlab("flash"),
+  );
+  await tryPeer("seqlab standard", "standardAttention: S and P in device memory", seqlab("standard"));
+
+  let tf: Any = null;
+  await tryPeer(
+    `tfjs-webgpu ${PEERS.tfjs}`,
+    "tf.matMul(q, k, false, true) * scale, tf.softmax, tf.matMul(p, v) on (H, T, D); waits on data()",
+    async () => {
+      tf = await loadTfjs();
+      const [q, k, v] = [qh, kh, vh].map((a) => tf.tensor3d(a, [H, T, D]));
+      cleanup.push(() => [q, k, v].forEach((t) => t.dispose()));
+      const op = () => tf.tidy(() => tf.matMul(tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale)), v));
+      let out: ArrayLike<number> = [];
+      const timer = await prepareTimer(op, (t: Any) => t.data(), (t: Any) => t.dispose(), {
+        trials: 3,
+        check: async (t: Any) => void (out = await t.data()),
+      });
+      return { timer, out };
+    },
+  );
+
+  let ort: Any = null;
+  const HD = H * D;
+  const mha = onnxModel(
+    [{
+      op: "MultiHeadAttention",
+      domain: "com.microsoft",
+      inputs: ["q", "k", "v"],
+      // present_key / present_value asked for: ORT's FlashAttention path needs them
+      outputs: ["o", "pk", "pv"],
+      attrs: [{ name: "num_heads", i: H }, { name: "scale", f: scale }],
+    }],
+    [["q", [1, T, HD]], ["k", [1, T, HD]], ["v", [1, T, HD]]],
+    [["o", [1, T, HD]], ["pk", [1, H, T, D]], ["pv", [1, H, T, D]]],
+  );
+  const msm = onnxModel(
+    [
+      { op: "Transpose", inputs: ["k"], outputs: ["kt"], attrs: [{ name: "perm", ints: [0, 1, 3, 2] }] },
+      { op: "MatMul", inputs: ["q", "kt"], outputs: ["s"] },
+      { op: "Mul", inputs: ["s", "scale"], outputs: ["ss"] },
+      { op: "Softmax", inputs: ["ss"], outputs: ["p"], attrs: [{ name: "axis", i: -1 }] },
+      { op: "MatMul", inputs: ["p", "v"], outputs: ["o"] },
+    ],
+    [["q", [1, H, T, D]], ["k", [1, H, T, D]], ["v", [1, H, T, D]]],
+    [["o", [1, H, T, D]]],
+    [["scale", scale]],
+  );
+  const bshd = [qh, kh, vh].map((a) => toBSHD(a, 1, H, T, D));
+  const ortPeer = (graph: "mha" | "msm", ep: "webgpu" | "wasm") => async () => {
+    ort ??= await loadOrt();
+    const isMha = graph === "mha";
+    const session = await ort.InferenceSession.create(isMha ? mha : msm, {
+      executionProviders: [ep],
+      // the K/V cache outputs stay on the device and are dropped; O is read back
+      ...(isMha && ep === "webgpu"
+        ? { preferredOutputLocation: { pk: "gpu-buffer", pv: "gpu-buffer" } }
+        : {}),
+    });
+    cleanup.push(() => session.release());
+    const dims = isMha ? [1, T, HD] : [1, H, T, D];
+    const [q, k, v] = (isMha ? bshd : [qh, kh, vh]).map((a) => new ort.Tensor("float32", a, dims));
+    // session.run calls are chained (one at a time); a trial waits on the last one
+    let chain: Promise<unknown> = Promise.resolve();
+    const op = () =>
+      chain = chain.then(async () => {
+        const r = await session.run({ q, k, v });
+        if (isMha) { for (const name of ["pk", "pv"]) r[name].dispose?.(); }
+        return r.o.data as Float32Array;
+      });
+    let out: ArrayLike<number> = [];
+    const timer = await prepareTimer(op, (p) => p, () => {}, {
+      trials: 3,
+      check: async (p) => void (out = (await p) as Float32Array),
+    });
+    return { timer, out, bshd: isMha };
+  };
+  const ortNote = (graph: string, ep: string) =>
+    `${graph}; inputs uploaded and O read back every call${ep === "wasm" ? "; 1 thread" : ""}`;
+  await tryPeer(
+    `ORT-web ${PEERS.ort} webgpu MHA`,
+    ortNote("com.microsoft MultiHeadAttention (its FlashAttention program)", "webgpu"),
+    ortPeer("mha", "webgpu"),
+  );
+  await tryPeer(
+    `ORT-web ${PEERS.ort} webgpu MatMul-Softmax-MatMul`,
+    ortNote("Transpose, MatMul, Mul, Softmax, MatMul", "webgpu"),
+    ortPeer("msm", "webgpu"),
+  );
+  await tryPeer(
+    `ORT-web ${PEERS.ort} wasm MHA`,
+    ortNote("com.microsoft MultiHeadAttention on the CPU", "wasm"),
+    ortPeer("mha", "wasm"),
+  );
+  await tryPeer(
+    `ORT-web ${PEERS.ort} wasm MatMul-Softmax-MatMul`,
+    ortNote("Transpose, MatMul, Mul, Softmax, MatMul on the CPU", "wasm"),
+    ortPeer("msm", "wasm"),
+  );
+  log(`  peers T ${T}: ${Math.max(0, ...timed.map((t) => t.timer.trials))} interleaved trials`);
+  const times = await timeInterleaved(timed.map((t) => t.timer));
+  timed.forEach((t, i) => (t.row.ms = times[i]));
+  for (const f of cleanup) {
+    try {
+      await f();
+    } catch { /* a peer's own teardown */ }
+  }
+  x.dispose();
+  const flash = rows[0].ms;
+  const msOf = (suffix: string) => rows.find((r) => r.name.endsWith(suffix))?.ms ?? null;
+  const ratio = (peer: number | null) => (flash && peer ? peer / flash : null);
+  const ratios = {
+    "tfjs / seqlab flash": ratio(rows.find((r) => r.name.startsWith("tfjs"))?.ms ?? null),
+    "ORT webgpu MHA (FlashAttention) / seqlab flash": ratio(msOf("webgpu MHA")),
+    "ORT webgpu MatMul-Softmax-MatMul / seqlab flash": ratio(msOf("webgpu MatMul-Softmax-MatMul")),
+    "ORT wasm MHA / seqlab flash": ratio(msOf("wasm MHA")),
+    "ORT wasm MatMul-Softmax-MatMul / seqlab flash": ratio(msOf("wasm MatMul-Softmax-MatMul")),
+  };
+  const text = [
+    `same-run peers, T ${T}, non-causal, B 1, H ${H}, D ${D} (median ms per forward, trials interleaved across`,
+    `columns; each column checked against the float64 reference on rows ${r0}-${r1 - 1} of every head first)`,
+    table(
+      ["implementation", "ms", "peer / seqlab flash", "max error"],
+      rows.map((r) => [
+        r.name,
+        r.ms === null ? "-" : ms(r.ms),
+        r.ms !== null && flash ? `${(r.ms / flash).toFixed(2)}x` : "-",
+        r.maxErr === null ? "-" : r.maxErr.toExponential(1),
+      ]),
+    ),
+    "how each ran:",
+    ...rows.map((r) => `  ${r.name}: ${r.note}`),
+  ].join("\n");
+  return { T, rows, text, ratios };
+}
+
+const peerTarget = (ratio: number | null | undefined, min: number) =>
+  ratio ? { ratio, met: ratio >= min } : { met: null };
+
+/**
+ * Runs the benchmark; `args` may list T values for the main table, or be `["peers"]` for the peer table
+ * alone.
+ */
 export async function main(args: string[] = []): Promise<void> {
   if (!hasWebGPU()) {
     console.log("bench attention: no WebGPU adapter; skipped");
@@ -163,6 +544,11 @@ export async function main(args: string[] = []): Promise<void> {
   }
   const load0 = loadAverage();
   console.log(`adapter: ${adapterInfo()}; load average ${load0}`);
+  if (args[0] === "peers") {
+    const p = await peerTable(PEER_TARGET.T);
+    console.log(`\n${p.text}\nload average at the end: ${loadAverage()}`);
+    return;
+  }
   await checkAttention();
   console.log("checked: flash v1, v2, v3 and standard match the float64 reference");
 
@@ -231,6 +617,8 @@ export async function main(args: string[] = []): Promise<void> {
     "flash MiB",
     "std MiB",
     "mem ratio",
+    "flash f+b MiB",
+    "std f+b MiB",
   ];
   const mainRows: string[][] = [];
   for (const T of Ts) {
@@ -248,10 +636,14 @@ export async function main(args: string[] = []): Promise<void> {
         MiB(f.fwdPeakBytes),
         MiB(st.fwdPeakBytes),
         f.fwdPeakBytes && st.fwdPeakBytes ? (st.fwdPeakBytes / f.fwdPeakBytes).toFixed(1) + "x" : "-",
+        MiB(f.fwdBwdPeakBytes),
+        MiB(st.fwdBwdPeakBytes),
       ]);
     }
   }
-  console.log(`\nflash vs standard, B 1, H ${H}, D ${D} (peak: forward, above the inputs)`);
+  console.log(
+    `\nflash vs standard, B 1, H ${H}, D ${D} (peak device memory above the inputs: forward, then forward + backward)`,
+  );
   console.log(table(head, mainRows));
 
   // block-size sweep: runtime and the modelled traffic (paper Figure 2)
@@ -327,6 +719,13 @@ export async function main(args: string[] = []): Promise<void> {
     ));
   }
 
+  // same-run peers at the target size
+  let peers: Awaited<ReturnType<typeof peerTable>> | null = null;
+  if (Ts.includes(PEER_TARGET.T)) {
+    peers = await peerTable(PEER_TARGET.T);
+    console.log(`\n${peers.text}`);
+  }
+
   // targets
   const at = (impl: string, T: number, causal: boolean) =>
     rows.find((r) => r.impl === impl && r.T === T && r.causal === causal);
@@ -342,6 +741,10 @@ export async function main(args: string[] = []): Promise<void> {
     "flash runs at T = 16K where standard hits the buffer limit": f16
       ? { flashMs: f16.fwdMs, standard: s16?.note ?? null, met: f16.fwdMs !== null && s16?.fwdMs === null }
       : { met: null },
+    [`flash forward >= ${PEER_TARGET.vsTfjs}x faster than tfjs-webgpu at T = ${PEER_TARGET.T} (non-causal)`]:
+      peerTarget(peers?.ratios["tfjs / seqlab flash"], PEER_TARGET.vsTfjs),
+    [`flash forward >= ${PEER_TARGET.vsOrtFlash}x faster than ORT WebGPU's FlashAttention at T = ${PEER_TARGET.T}`]:
+      peerTarget(peers?.ratios["ORT webgpu MHA (FlashAttention) / seqlab flash"], PEER_TARGET.vsOrtFlash),
   };
   console.log("\ntargets:");
   for (const [k, v] of Object.entries(targets)) {
@@ -365,7 +768,9 @@ export async function main(args: string[] = []): Promise<void> {
     blockSweep: { T: Tsweep, rows: sweep },
     blockSparse: { T: Tsp, block: 64, rows: sparse },
     targets,
-    peers: "tfjs-backend-webgpu and onnxruntime-web not run (not dependencies of this tree)",
+    peers: peers
+      ? { T: peers.T, causal: false, versions: PEERS, rows: peers.rows, ratios: peers.ratios }
+      : `not run (T = ${PEER_TARGET.T} not among the sizes)`,
   });
   console.log(`wrote ${file}`);
 }
