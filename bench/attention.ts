@@ -15,7 +15,8 @@
  *
  * Run: `deno task bench attention` (full), `deno task bench attention 1024 4096` (chosen T values for the
  * main table; the sweeps use the first; the peers run when 1024 is among them). Prints tables, writes
- * bench/results/attention.json. `deno run -A bench/attention.ts peers` runs only the peer table.
+ * bench/results/attention.json. `deno run -A bench/attention.ts peers` runs only the peer table (and its
+ * targets), writing bench/results/attention_peers.json.
  * SEQLAB_ORT_LOG=verbose prints ONNX Runtime's log (the WGSL of every program it builds: FlashAttention).
  * @module
  */
@@ -533,6 +534,28 @@ export async function peerTable(T = PEER_TARGET.T, log: (l: string) => void = co
 const peerTarget = (ratio: number | null | undefined, min: number) =>
   ratio ? { ratio, met: ratio >= min } : { met: null };
 
+function printTargets(targets: Record<string, unknown>): void {
+  console.log("\ntargets:");
+  for (const [k, v] of Object.entries(targets)) {
+    const r = v as { met: boolean | null; ratio?: number };
+    console.log(
+      `  ${k}: ${r.met === null ? "not measured" : r.met ? "met" : "NOT met"}${
+        r.ratio ? ` (${r.ratio.toFixed(1)}x)` : ""
+      }`,
+    );
+  }
+}
+
+/** The issue's two peer targets from a peer table (not measured without one). */
+function peerTargets(p: { ratios: Record<string, number | null> } | null) {
+  return {
+    [`flash forward >= ${PEER_TARGET.vsTfjs}x faster than tfjs-webgpu at T = ${PEER_TARGET.T} (non-causal)`]:
+      peerTarget(p?.ratios["tfjs / seqlab flash"], PEER_TARGET.vsTfjs),
+    [`flash forward >= ${PEER_TARGET.vsOrtFlash}x faster than ORT WebGPU's FlashAttention at T = ${PEER_TARGET.T}`]:
+      peerTarget(p?.ratios["ORT webgpu MHA (FlashAttention) / seqlab flash"], PEER_TARGET.vsOrtFlash),
+  };
+}
+
 /**
  * Runs the benchmark; `args` may list T values for the main table, or be `["peers"]` for the peer table
  * alone.
@@ -542,11 +565,24 @@ export async function main(args: string[] = []): Promise<void> {
     console.log("bench attention: no WebGPU adapter; skipped");
     return;
   }
-  const load0 = loadAverage();
+  const load0 = loadAverage(), started = new Date().toISOString();
   console.log(`adapter: ${adapterInfo()}; load average ${load0}`);
   if (args[0] === "peers") {
     const p = await peerTable(PEER_TARGET.T);
-    console.log(`\n${p.text}\nload average at the end: ${loadAverage()}`);
+    const load1 = loadAverage();
+    console.log(`\n${p.text}\nload average at the end: ${load1}`);
+    printTargets(peerTargets(p));
+    const file = await writeResult("attention_peers", {
+      adapter: adapterInfo(),
+      started,
+      loadAverage: { start: load0, end: load1 },
+      setup: { B: 1, H, D, T: p.T, causal: false },
+      versions: PEERS,
+      rows: p.rows,
+      ratios: p.ratios,
+      targets: peerTargets(p),
+    });
+    console.log(`wrote ${file}`);
     return;
   }
   await checkAttention();
@@ -741,22 +777,12 @@ export async function main(args: string[] = []): Promise<void> {
     "flash runs at T = 16K where standard hits the buffer limit": f16
       ? { flashMs: f16.fwdMs, standard: s16?.note ?? null, met: f16.fwdMs !== null && s16?.fwdMs === null }
       : { met: null },
-    [`flash forward >= ${PEER_TARGET.vsTfjs}x faster than tfjs-webgpu at T = ${PEER_TARGET.T} (non-causal)`]:
-      peerTarget(peers?.ratios["tfjs / seqlab flash"], PEER_TARGET.vsTfjs),
-    [`flash forward >= ${PEER_TARGET.vsOrtFlash}x faster than ORT WebGPU's FlashAttention at T = ${PEER_TARGET.T}`]:
-      peerTarget(peers?.ratios["ORT webgpu MHA (FlashAttention) / seqlab flash"], PEER_TARGET.vsOrtFlash),
+    ...peerTargets(peers),
   };
-  console.log("\ntargets:");
-  for (const [k, v] of Object.entries(targets)) {
-    const r = v as { met: boolean | null; ratio?: number };
-    console.log(
-      `  ${k}: ${r.met === null ? "not measured" : r.met ? "met" : "NOT met"}${
-        r.ratio ? ` (${r.ratio.toFixed(1)}x)` : ""
-      }`,
-    );
-  }
+  printTargets(targets);
   const file = await writeResult("attention", {
     adapter: adapterInfo(),
+    started,
     setup: {
       B: 1,
       H,

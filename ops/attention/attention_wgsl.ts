@@ -23,7 +23,12 @@
  * - v3 rows-texture: K and V are first packed (one pass, linear in S D) into rgba32float texture arrays;
  *   each invocation owns R query rows (R D floats of q and of the accumulator, in named registers) and
  *   fetches each key's D / 4 texels once for its R rows. At T = 1024: R = 1 4.1, R = 2 6.6, R = 4 (the
- *   default at D = 64) 9.5-10, R = 8 11.5-12.5 GFLOP/s. The default version.
+ *   default at D = 64) 9.5-10, R = 8 11.5-12.5 GFLOP/s. The default version. Where its time goes (T = 1024,
+ *   R = 4, ablations of the generated shader timed interleaved, machine at load ~11): without the K texel
+ *   fetches -38%, without V's -39%, without exp -22%, with kpr a constant (no integer division) no change.
+ *   The fetches are per lane even though every lane of a workgroup reads the same texel, so only more rows
+ *   per invocation amortise them (blockQ 64, i.e. R = 8, ran 1.3x faster than the default in the block
+ *   sweep, at ~4x the cold compile time).
  * All three share the block loop: a host-computed table marks each (query block, key block) tile SKIP
  * (never touched: causal upper triangle, outside the window, zero sparse block), FULL (no mask work) or
  * PARTIAL (per-element mask), and the online softmax runs over chunks of 4 keys.
