@@ -138,18 +138,19 @@ export interface SSMConvolutionOptions {
 /**
  * Where `method: "auto"` of {@link ssmConvolution} switches to the FFT, per device: from kernel length
  * `kernel` on, when the direct sum's work B D L Lk is at least `work`. The direct cost per output grows
- * with Lk, the FFT's with log n; on WebGPU a call of the FFT path also costs a fixed ~2-4 ms of passes
+ * with Lk, the FFT's with log n; on WebGPU a call of the FFT path also costs a fixed ~1-4 ms of passes
  * and copies, which the direct conv beats on small problems. Measured with `deno task bench ssm` on
- * Mesa lavapipe (2 cores, load average ~9 from other jobs), B = 1, medians of interleaved trials:
- * - webgpu, D = 64, Lk = L: within noise of each other at L = 8 ... 32 (work B D L Lk 4K ... 65K;
- *   1.6 ... 3.9 ms), the FFT 2.1x faster at L = 64 (work 262K). The same timing at D = 512: direct
- *   faster at L = 8 (work 33K), the FFT from L = 16 (2.5 vs 3.8 ms, work 131K); at D = 16: direct at
- *   L = 64 (work 65K), the FFT at 128 (work 262K). Hence work 1e5.
- * - webgpu, L = 4096, D = 64, Lk = 2 ... 128: direct faster up to Lk = 8 (39 vs 193 ms), the FFT from
- *   Lk = 16 (146 vs 204 ms). Hence kernel 16.
- * - cpu (float64 loops), D = 64, Lk = L: direct faster up to L = 32, the FFT from L = 64 (2.6 vs 4.1 ms);
- *   D = 512: the same (at L = 64 fftConvRef 31 ms, the direct reference 46). Hence kernel 64, no work
- *   threshold.
+ * Mesa lavapipe (2 cores shared with other jobs; the run in bench/results/ssm.json had load average 8
+ * falling to 2), B = 1, medians of interleaved trials:
+ * - webgpu, D = 64, Lk = L: even at L = 8 and 16 (1.7 vs 1.7, 1.1 vs 1.2 ms), the FFT faster from
+ *   L = 32 (1.3 vs 1.8 ms, work B D L Lk = 65K), 3.5x at 64, 128x at 1K (14 ms vs 1.8 s). The same timing
+ *   at D = 512: direct faster at L = 8 (work 33K), the FFT from L = 16 (work 131K); at D = 16: direct at
+ *   L = 64 (work 65K), the FFT from 128. Hence work 1e5 (a miss near it costs under 1 ms).
+ * - webgpu, L = 4096, D = 64, Lk = 2 ... 128: direct faster up to Lk = 8 (25 vs 73 ms), the FFT from
+ *   Lk = 16 (81 vs 161 ms). Hence kernel 16.
+ * - cpu (float64 loops), D = 64, Lk = L: the crossover was L = 128 in the recorded run (5.5 vs 7.9 ms),
+ *   64 and 256 (at load average 9) in two others; the FFT was faster at 128 in two of the three. Hence
+ *   kernel 128, no work threshold.
  *
  * @example
  * ```ts
@@ -159,7 +160,7 @@ export interface SSMConvolutionOptions {
  */
 export const SSM_FFT_CROSSOVER: Readonly<Record<DeviceName, { kernel: number; work: number }>> = {
   webgpu: { kernel: 16, work: 1e5 },
-  cpu: { kernel: 64, work: 0 },
+  cpu: { kernel: 128, work: 0 },
 };
 
 /**
