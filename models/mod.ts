@@ -48,3 +48,5 @@ export type {
 } from "../runtime/safetensors.ts";
 export * from "./transformer.ts";
 export * from "./mamba_lm.ts";
+export * from "./tasks.ts";
+export * from "./timemachine.ts";
