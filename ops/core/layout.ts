@@ -3,7 +3,7 @@
  * @module
  */
 
-import { type DType, isFloat, promote } from "../../runtime/dtype.ts";
+import { isFloat, promote } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
 import { fmt, normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
