@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../test/helpers.ts";
+import { assertClose, GPU, leakCheck, periodicLmLosses, scoped } from "../test/helpers.ts";
 
 leakCheck();
 
@@ -183,26 +183,9 @@ describe("MambaLM", () => {
         b.dispose();
       }
       const lm = new s.MambaLM({ ...cfg, initStd: 0.02, device });
-      const opt = new s.AdamW(lm.parameters(), { lr: 1e-2, weightDecay: 0 });
-      const seq = (off: number) =>
-        Int32Array.from({ length: B * L }, (_, i) => [1, 4, 6][(Math.floor(i / L) + (i % L) + off) % 3]);
-      const x = s.tensor(seq(0), { shape: [B, L], dtype: "i32", device });
-      const y = s.tensor(seq(1), { shape: [B * L], dtype: "i32", device });
-      const losses: number[] = [];
-      for (let i = 0; i < 25; i++) {
-        const l = s.tidy(() => {
-          opt.zeroGrad();
-          const l = s.crossEntropy(lm.forward(x).reshape([B * L, V]), y);
-          l.backward();
-          opt.step();
-          return l;
-        });
-        if (i === 0 || i === 24) losses.push(await l.item());
-        l.dispose();
-      }
+      const losses = await periodicLmLosses(lm, B, L, V, device);
       expect(losses[0]).toBeGreaterThan(1.5); // about ln 8 = 2.08 at init
       expect(losses[1]).toBeLessThan(0.3 * losses[0]);
-      opt.dispose();
       lm.dispose();
     }),
   );

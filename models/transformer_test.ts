@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor, TransformerConfig } from "../mod.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../test/helpers.ts";
+import { assertClose, GPU, leakCheck, periodicLmLosses, scoped } from "../test/helpers.ts";
 
 leakCheck();
 
@@ -175,27 +175,9 @@ describe("TransformerLM", () => {
       const device = GPU ? "webgpu" as const : "cpu" as const;
       const [B, T, V] = [4, 24, 8];
       const lm = new s.TransformerLM({ vocabSize: V, dModel: 32, nLayer: 1, nHead: 2, seed: 11, device });
-      const opt = new s.AdamW(lm.parameters(), { lr: 1e-2, weightDecay: 0 });
-      // each row repeats a period-3 pattern with its own phase: predictable from the last 3 tokens
-      const seq = (off: number) =>
-        Int32Array.from({ length: B * T }, (_, i) => [1, 4, 6][(Math.floor(i / T) + (i % T) + off) % 3]);
-      const x = s.tensor(seq(0), { shape: [B, T], dtype: "i32", device });
-      const y = s.tensor(seq(1), { shape: [B * T], dtype: "i32", device });
-      const losses: number[] = [];
-      for (let i = 0; i < 25; i++) {
-        const l = s.tidy(() => {
-          opt.zeroGrad();
-          const l = s.crossEntropy(lm.forward(x).reshape([B * T, V]), y);
-          l.backward();
-          opt.step();
-          return l;
-        });
-        if (i === 0 || i === 24) losses.push(await l.item());
-        l.dispose();
-      }
+      const losses = await periodicLmLosses(lm, B, T, V, device);
       expect(losses[0]).toBeGreaterThan(1.5); // about ln 8 = 2.08 at init
       expect(losses[1]).toBeLessThan(0.3 * losses[0]);
-      opt.dispose();
       lm.dispose();
     }),
   );

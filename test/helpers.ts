@@ -5,7 +5,7 @@
  */
 
 import { afterEach, beforeEach, expect } from "vitest";
-import { cast, memory, type Tensor, tidy } from "../mod.ts";
+import { AdamW, cast, crossEntropy, memory, type Tensor, tensor, tidy } from "../mod.ts";
 import { isFloat } from "../runtime/dtype.ts";
 import { hasWebGPU } from "../runtime/device.ts";
 import { fmt } from "../runtime/shape.ts";
@@ -145,4 +145,39 @@ export function gpu32(ts: readonly Tensor[]): Promise<Tensor[]> {
   return Promise.all(
     ts.map(async (t) => (isFloat(t.dtype) ? await cast(t, "f32").to("webgpu") : await t.to("webgpu"))),
   );
+}
+
+/**
+ * Trains `lm` 25 AdamW steps (lr 1e-2) on a period-3 pattern with a phase per row (predictable from the last
+ * 3 tokens, vocabulary >= 7) and returns the first and last loss: a language model that learns drops well
+ * below ln V.
+ */
+export async function periodicLmLosses(
+  lm: { forward(tokens: Tensor): Tensor; parameters(): Tensor[] },
+  B: number,
+  T: number,
+  V: number,
+  device: "cpu" | "webgpu",
+): Promise<[number, number]> {
+  const opt = new AdamW(lm.parameters(), { lr: 1e-2, weightDecay: 0 });
+  const seq = (off: number) =>
+    Int32Array.from({ length: B * T }, (_, i) => [1, 4, 6][(Math.floor(i / T) + (i % T) + off) % 3]);
+  const x = tensor(seq(0), { shape: [B, T], dtype: "i32", device });
+  const y = tensor(seq(1), { shape: [B * T], dtype: "i32", device });
+  const losses: number[] = [];
+  for (let i = 0; i < 25; i++) {
+    const l = tidy(() => {
+      opt.zeroGrad();
+      const l = crossEntropy(lm.forward(x).reshape([B * T, V]), y);
+      l.backward();
+      opt.step();
+      return l;
+    });
+    if (i === 0 || i === 24) losses.push(await l.item());
+    l.dispose();
+  }
+  opt.dispose();
+  x.dispose();
+  y.dispose();
+  return [losses[0], losses[1]];
 }
