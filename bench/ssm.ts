@@ -46,6 +46,17 @@ const VERSIONS: [string, SelectiveScanGpuOptions][] = [
   ["v2 parallel", { version: "v2" }],
 ];
 
+/** The selective scan's benchmark inputs u, delta (B, D, L), A (D, N), B and C (B, N, L), seeded. */
+function scanInputs(Bn: number, D: number, N: number, L: number): Tensor[] {
+  return [
+    s.randn([Bn, D, L], { seed: 1 }),
+    s.rand([Bn, D, L], { seed: 2, low: 0.001, high: 0.1 }),
+    s.rand([D, N], { seed: 3, low: -2, high: -0.5 }),
+    s.randn([Bn, N, L], { seed: 4 }),
+    s.randn([Bn, N, L], { seed: 5 }),
+  ];
+}
+
 /** Checks v1 and v2 (both carries, several chunk sizes) against the float64 reference; throws on a mismatch. */
 export async function checkScans(): Promise<void> {
   await s.tidy(async () => {
@@ -89,13 +100,7 @@ async function measure(
   L: number,
   timing: { trials: number; slowMs: number } = { trials: 3, slowMs: 1500 },
 ): Promise<ScanBenchRow[]> {
-  const x: Tensor[] = [
-    s.randn([Bn, D, L], { seed: 1 }),
-    s.rand([Bn, D, L], { seed: 2, low: 0.001, high: 0.1 }),
-    s.rand([D, N], { seed: 3, low: -2, high: -0.5 }),
-    s.randn([Bn, N, L], { seed: 4 }),
-    s.randn([Bn, N, L], { seed: 5 }),
-  ];
+  const x = scanInputs(Bn, D, N, L);
   try {
     const timers = [];
     for (const [, o] of versions) {
@@ -465,13 +470,7 @@ export async function scanVsAttention(
   const [Bn, D, N, H, Dh] = [1, 512, 16, 8, 64];
   const rows: ScanVsAttentionRow[] = [];
   for (const L of Ls) {
-    const x: Tensor[] = [
-      s.randn([Bn, D, L], { seed: 1 }),
-      s.rand([Bn, D, L], { seed: 2, low: 0.001, high: 0.1 }),
-      s.rand([D, N], { seed: 3, low: -2, high: -0.5 }),
-      s.randn([Bn, N, L], { seed: 4 }),
-      s.randn([Bn, N, L], { seed: 5 }),
-    ];
+    const x = scanInputs(Bn, D, N, L);
     const q = s.randn([Bn, H, L, Dh], { seed: 6 }), k = s.randn([Bn, H, L, Dh], { seed: 7 });
     const v = s.randn([Bn, H, L, Dh], { seed: 8 });
     try {
