@@ -1,8 +1,12 @@
 /**
  * `deno task bench [name...] [-- args]`: runs the named benchmarks (default: all), each printing a table
  * and writing bench/results/<name>.json. `deno task bench matmul 256 512` passes sizes to matmul.
+ * Each benchmark prints the load average at its start; above 1.5 no target is called met unless
+ * SEQLAB_BENCH_LOADED=1 (see bench/util.ts).
  * @module
  */
+
+import { benchStart } from "./util.ts";
 
 const BENCHES = ["matmul", "rowwise", "train", "ssm", "attention", "decode"] as const;
 
@@ -17,6 +21,7 @@ for (const n of names) {
 }
 for (const name of names.length ? names : BENCHES) {
   console.log(`\n=== bench ${name} ===`);
+  benchStart(name);
   const mod = await import(`./${name}.ts`);
   await mod.main(rest);
 }

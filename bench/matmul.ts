@@ -18,6 +18,7 @@ import {
   timeInterleaved,
   timeOp,
   type Timer,
+  verdict,
   writeResult,
 } from "./util.ts";
 
@@ -244,9 +245,7 @@ export async function matmulTable(
   const notes = rows.flatMap((r) => Object.entries(r.notes).map(([c, n]) => `  N=${r.N} ${LABEL[c]}: ${n}`));
   const targetLine = met === null
     ? `target (N=${TARGET.N}: >= ${TARGET.gflops} GFLOP/s and >= ${TARGET.vsTfjs}x tfjs): not measured`
-    : `target (N=${TARGET.N}: >= ${TARGET.gflops} GFLOP/s and >= ${TARGET.vsTfjs}x tfjs): ${
-      met ? "MET" : "NOT MET"
-    } ` +
+    : `target (N=${TARGET.N}: >= ${TARGET.gflops} GFLOP/s and >= ${TARGET.vsTfjs}x tfjs): ${verdict(met)} ` +
       `(ours ${ours!.toFixed(2)} GFLOP/s, ${vsTfjs!.toFixed(1)}x tfjs)`;
   const text = [
     "matmul GFLOP/s (f32, N x N @ N x N; median of trials interleaved across columns, each trial a batch of\n" +

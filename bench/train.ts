@@ -5,8 +5,13 @@
  * it is also where the device's work shows up), dispatches and submits per step, and the memory ledger
  * over 100 steps (bytes in use, live buffers, peak within a step).
  *
- * Run: `deno task bench train [steps]` (default 100 timed steps per configuration; prints a table, writes
- * bench/results/train.json), or `deno run -A bench/train.ts [steps]`.
+ * Then the language-model steps of bench/train_lm.ts (TransformerLM and MambaLM, AdamW, B 8, T 256):
+ * median ms per step, dispatches and submits per step (target: 1 submit per step, the loss readback), compared
+ * with the previous run's results file; and, with `rss` in the arguments, process RSS every 100 steps over
+ * 2,000 steps of a small TransformerLM and the MLP (target: < 50 MB growth each).
+ *
+ * Run: `deno task bench train [steps] [rss]` (default 100 timed steps per configuration; prints a table,
+ * writes bench/results/train.json), or `deno run -A bench/train.ts [steps] [rss]`.
  * @module
  */
 
@@ -14,7 +19,8 @@ import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { adapterInfo, gpu, hasWebGPU } from "../runtime/device.ts";
 import { loadMnist, permutation, shuffled } from "../test/mnist.ts";
-import { loadAverage, table, writeResult } from "./util.ts";
+import { loadAverage, table, verdict, writeResult } from "./util.ts";
+import { type LmRow, lmSteps, lmTable, type RssRow, rssRun, rssTable } from "./train_lm.ts";
 
 const HIDDEN = 128, BATCH = 128, TRAIN = 20000, WARMUP = 10;
 
@@ -156,7 +162,15 @@ const mib = (b: number) => (b / 2 ** 20).toFixed(2);
 
 /** Runs the benchmark: `args[0]` timed steps per configuration (default 100). */
 export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; ledgers: LedgerRow[] }> {
+  const withRss = args.includes("rss");
+  args = args.filter((a) => a !== "rss");
   const steps = Number(args[0] ?? 100);
+  let previous: { lm?: LmRow[] } = {};
+  try {
+    previous = JSON.parse(await Deno.readTextFile(new URL("./results/train.json", import.meta.url)));
+  } catch {
+    // no earlier run
+  }
   if (!Number.isInteger(steps) || steps < 1) throw new Error(`bench train: steps must be a positive integer`);
   const devices: s.DeviceName[] = hasWebGPU() ? ["webgpu", "cpu"] : ["cpu"];
   const rows: TrainRow[] = [], ledgers: LedgerRow[] = [];
@@ -197,12 +211,45 @@ export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; led
     ),
   ].join("\n");
   console.log(text);
+  let lm: LmRow[] = [], rss: RssRow[] = [];
+  const lmTargets: Record<string, string> = {};
+  if (hasWebGPU()) {
+    lm = await lmSteps(10);
+    console.log(
+      "\nlanguage models: one AdamW step each (cross-entropy, the loss read back every step), median of 10",
+    );
+    console.log(lmTable(lm));
+    for (const r of lm) {
+      const before = previous.lm?.find((p) => p.model === r.model);
+      if (before) {
+        console.log(
+          `  ${r.model}: ${before.msPerStepMedian.toFixed(1)} -> ${r.msPerStepMedian.toFixed(1)} ms/step, ` +
+            `${before.dispatchesPerStep} -> ${r.dispatchesPerStep} dispatches, ${before.submitsPerStep} -> ` +
+            `${r.submitsPerStep} submits (previous run in bench/results/train.json)`,
+        );
+      }
+      lmTargets[`${r.model}: 1 submit per step`] = r.submitsPerStep <= 1 ? "met" : "NOT met";
+    }
+    if (withRss) {
+      rss = await rssRun(2000);
+      console.log("\nprocess RSS over 2,000 steps (MiB; the loss read every step)");
+      console.log(rssTable(rss));
+      for (const r of rss) {
+        lmTargets[`${r.model}: RSS grows < 50 MB over 2,000 steps`] = verdict(r.growthMiB < 50);
+      }
+    }
+    console.log("\ntargets:");
+    for (const [k, v] of Object.entries(lmTargets)) console.log(`  ${k}: ${v}`);
+  }
   const file = await writeResult("train", {
     adapter: adapterInfo(),
     loadAverage: loadAverage(),
     config: { hidden: HIDDEN, batch: BATCH, train: TRAIN, warmup: WARMUP, steps, optimizer: "Adam lr 2e-3" },
     rows,
     ledgers,
+    lm,
+    rss,
+    targets: lmTargets,
   });
   console.log(`wrote ${file}`);
   return { rows, ledgers };

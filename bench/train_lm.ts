@@ -134,7 +134,10 @@ export async function rssRun(steps = 2000): Promise<RssRow[]> {
       );
       const opt = new s.Adam(net.parameters(), { lr: 1e-3 });
       const x = s.randn([128, 784], { seed: 3, device: "webgpu" });
-      const y = s.tensor(Int32Array.from({ length: 128 }, (_, i) => i % 10), { dtype: "i32", device: "webgpu" });
+      const y = s.tensor(Int32Array.from({ length: 128 }, (_, i) => i % 10), {
+        dtype: "i32",
+        device: "webgpu",
+      });
       return {
         step: () =>
           s.tidy(() => {

@@ -114,6 +114,47 @@ export function loadAverage(): number | null {
   }
 }
 
+/** Above this 1-minute load average at a benchmark's start, no target is called met (the CPUs are shared). */
+export const LOAD_LIMIT = 1.5;
+
+let startLoad: number | null = null;
+
+/**
+ * Records the load average at a benchmark's start (bench/main.ts calls it before each one) and prints it,
+ * with a warning when the machine is not quiet.
+ */
+export function benchStart(name: string): number | null {
+  startLoad = loadAverage();
+  const quiet = startLoad === null || startLoad < 1;
+  console.log(
+    `load average at the start of bench ${name}: ${startLoad ?? "?"}${
+      quiet
+        ? ""
+        : ` (not quiet: numbers are slowed by other processes${
+          startLoad! > LOAD_LIMIT
+            ? `; targets are not judged above ${LOAD_LIMIT} unless SEQLAB_BENCH_LOADED=1`
+            : ""
+        })`
+    }`,
+  );
+  return startLoad;
+}
+
+/**
+ * A target's verdict: "met", "NOT met", "not measured" (null), or "not judged" when the benchmark started
+ * at a load average over {@link LOAD_LIMIT} (set SEQLAB_BENCH_LOADED=1 to judge anyway).
+ */
+export function verdict(met: boolean | null): string {
+  if (met === null) return "not measured";
+  const load = startLoad ?? loadAverage();
+  if (load !== null && load > LOAD_LIMIT && Deno.env.get("SEQLAB_BENCH_LOADED") !== "1") {
+    return `not judged (load average ${load} at the start, over ${LOAD_LIMIT}; ${
+      met ? "would be met" : "not met"
+    })`;
+  }
+  return met ? "met" : "NOT met";
+}
+
 /** Writes `bench/results/<name>.json`. */
 export async function writeResult(name: string, result: unknown): Promise<string> {
   const dir = new URL("./results/", import.meta.url);

@@ -413,9 +413,14 @@ export class GpuContext {
     const lim = this.limits;
     const l = spec.layers ?? 1, f = spec.format ?? "rgba32float";
     for (const [name, v] of [["width", spec.width], ["height", spec.height], ["layers", l]] as const) {
-      if (!Number.isInteger(v) || v < 1) throw new WebGPUError(`${what}: texture ${name} must be >= 1, got ${v}`);
+      if (!Number.isInteger(v) || v < 1) {
+        throw new WebGPUError(`${what}: texture ${name} must be >= 1, got ${v}`);
+      }
     }
-    if (spec.width > lim.maxTextureDimension2D || spec.height > lim.maxTextureDimension2D || l > lim.maxTextureArrayLayers) {
+    if (
+      spec.width > lim.maxTextureDimension2D || spec.height > lim.maxTextureDimension2D ||
+      l > lim.maxTextureArrayLayers
+    ) {
       throw new WebGPUError(
         `${what}: a ${spec.width} x ${spec.height} x ${l} texture is over the adapter's limits ` +
           `(${lim.maxTextureDimension2D} x ${lim.maxTextureDimension2D} x ${lim.maxTextureArrayLayers})`,
@@ -526,7 +531,11 @@ export class GpuContext {
         full.set(src.subarray(r * rowBytes, (r + 1) * rowBytes), (layer * h + y) * bpr);
       }
       // written on the queue now: the texture is new, so no recorded command reads its old contents
-      this.device.queue.writeTexture({ texture: t.texture }, full, { bytesPerRow: bpr, rowsPerImage: h }, [w, h, l]);
+      this.device.queue.writeTexture({ texture: t.texture }, full, { bytesPerRow: bpr, rowsPerImage: h }, [
+        w,
+        h,
+        l,
+      ]);
       this.constants.set(key, t);
       ledgerPooled("webgpu", t.bytes);
     }
@@ -652,15 +661,22 @@ export class GpuContext {
     const out: { res: GPUBindingResource; obj: object; writes: boolean }[] = [];
     const add = (b: Binding, name: string) => {
       if (!b) throw new WebGPUError(`${p.name}: internal: no resource for binding ${name}`);
-      if ("buffer" in b) out.push({ res: { buffer: b.buffer }, obj: b.buffer, writes: b.access === "read_write" });
-      else out.push({ res: b.texture.view, obj: b.texture.texture, writes: b.access === "write" || b.access === "read_write" });
+      if ("buffer" in b) {
+        out.push({ res: { buffer: b.buffer }, obj: b.buffer, writes: b.access === "read_write" });
+      } else {out.push({
+          res: b.texture.view,
+          obj: b.texture.texture,
+          writes: b.access === "write" || b.access === "read_write",
+        });}
     };
     for (const buf of p.inputs ?? []) add({ buffer: buf, access: "read" }, "input");
     for (const buf of p.outputs ?? []) add({ buffer: buf, access: "read_write" }, "output");
     const b = p.bindings;
     if (Array.isArray(b)) b.forEach((x, i) => add(x, String(i + 1)));
     else if (b) {
-      if (!pipe.bindings) throw new WebGPUError(`${p.name}: named bindings need a source that lists their names`);
+      if (!pipe.bindings) {
+        throw new WebGPUError(`${p.name}: named bindings need a source that lists their names`);
+      }
       for (const name of pipe.bindings) add(b[name], name);
     }
     return out;
@@ -729,7 +745,10 @@ export class GpuContext {
       }];
       binds.forEach((b, i) => entries.push({ binding: i + 1, resource: b.res }));
       if (this.faults.delete(p.name)) entries.pop(); // a test's injected fault: one binding missing
-      group = this.named(p.name, () => this.device.createBindGroup({ layout: pipe.layout, entries, label: p.name }));
+      group = this.named(
+        p.name,
+        () => this.device.createBindGroup({ layout: pipe.layout, entries, label: p.name }),
+      );
       if (this.bindGroups.size >= BIND_GROUP_CACHE) {
         this.bindGroups.delete(this.bindGroups.keys().next().value!);
       }
@@ -746,7 +765,14 @@ export class GpuContext {
   }
 
   /** Records a buffer-to-buffer copy into the current batch. */
-  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number, op = "copy"): void {
+  copy(
+    src: GPUBuffer,
+    srcOffset: number,
+    dst: GPUBuffer,
+    dstOffset: number,
+    bytes: number,
+    op = "copy",
+  ): void {
     const enc = this.beginRecord(op);
     this.endPass();
     enc.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
@@ -771,7 +797,9 @@ export class GpuContext {
     if ((h > 1 || d > 1) && buf.bytesPerRow % 256 !== 0) {
       throw bad(`needs bytesPerRow divisible by 256, got ${buf.bytesPerRow}`);
     }
-    if (w * tb > buf.bytesPerRow) throw bad(`has rows of ${w * tb} bytes, over bytesPerRow ${buf.bytesPerRow}`);
+    if (w * tb > buf.bytesPerRow) {
+      throw bad(`has rows of ${w * tb} bytes, over bytesPerRow ${buf.bytesPerRow}`);
+    }
     const rows = buf.rowsPerImage ?? h;
     const last = buf.offset + ((d - 1) * rows + (h - 1)) * buf.bytesPerRow + w * tb;
     if (w > 0 && h > 0 && d > 0 && last > buf.buffer.size) {
@@ -785,7 +813,12 @@ export class GpuContext {
     const enc = this.beginRecord(op);
     this.endPass();
     enc.copyBufferToTexture(
-      { buffer: src.buffer, offset: src.offset, bytesPerRow: src.bytesPerRow, rowsPerImage: src.rowsPerImage },
+      {
+        buffer: src.buffer,
+        offset: src.offset,
+        bytesPerRow: src.bytesPerRow,
+        rowsPerImage: src.rowsPerImage,
+      },
       { texture: dst.texture.texture, origin: dst.origin },
       size,
     );
@@ -801,7 +834,12 @@ export class GpuContext {
     this.endPass();
     enc.copyTextureToBuffer(
       { texture: src.texture.texture, origin: src.origin },
-      { buffer: dst.buffer, offset: dst.offset, bytesPerRow: dst.bytesPerRow, rowsPerImage: dst.rowsPerImage },
+      {
+        buffer: dst.buffer,
+        offset: dst.offset,
+        bytesPerRow: dst.bytesPerRow,
+        rowsPerImage: dst.rowsPerImage,
+      },
       size,
     );
     this.taint([src.texture.texture], [dst.buffer]);
@@ -875,17 +913,21 @@ export class GpuContext {
     // makes the whole command buffer invalid) says less
     const failed = checks.filter(([v, o]) => v || o).sort((x, y) => Number(y[4]) - Number(x[4]));
     if (failed.length === 0) return;
-    const [v, o, ops, epoch, own] = failed[0];
+    const [v, o, ops, , own] = failed[0];
     const err = (o ?? v)!;
     const kind = o ? "out of memory" : "validation error";
     const distinct = [...new Set(ops)];
     // a batch's error names the op whose label the message quotes, else the batch's ops
-    const named = own ? ops[0] : distinct.sort((a, b) => b.length - a.length).find((n) => err.message.includes(`'${n}'`));
+    const named = own
+      ? ops[0]
+      : distinct.sort((a, b) => b.length - a.length).find((n) => err.message.includes(`'${n}'`));
     const where = named ?? `one of [${distinct.slice(0, 8).join(", ")}${distinct.length > 8 ? ", ..." : ""}]`;
     const from = Math.min(...failed.map((f) => f[3]));
     throw this.fail(
       from,
-      new WebGPUError(`webgpu ${kind} in ${where}: ${err.message.trim()}; results computed since are invalid`),
+      new WebGPUError(
+        `webgpu ${kind} in ${where}: ${err.message.trim()}; results computed since are invalid`,
+      ),
     );
   }
 
@@ -938,7 +980,10 @@ export class GpuContext {
     if (flags[0] !== 0) {
       const msg = this.diagnosticMessages.get(flags[0]);
       const text = msg ? msg(flags[1], flags[2]) : `shader diagnostic ${flags[0]} (${flags[1]}, ${flags[2]})`;
-      throw this.fail(diagFrom, new WebGPUError(`${text}; results computed since the last readback are invalid`));
+      throw this.fail(
+        diagFrom,
+        new WebGPUError(`${text}; results computed since the last readback are invalid`),
+      );
     }
     const err = this.poisonOf(buf);
     if (err) throw new WebGPUError(`this tensor was computed by (or from) a failed pass: ${err.message}`);

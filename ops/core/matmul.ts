@@ -12,6 +12,7 @@ import { MAX_LOOP } from "../../runtime/webgpu.ts";
 import { add, cast, contiguous } from "./elementwise.ts";
 import { matmulRef } from "./matmul_ref.ts";
 import { record } from "../../runtime/autograd.ts";
+import { registerOps } from "../../runtime/tensor_ops.ts";
 import { sumTo } from "./reduce.ts";
 import { matmulV1, matmulV2, matmulV3, TEX_TILES, TILE } from "./matmul_wgsl.ts";
 import { texFits, texMatmul } from "./matmul_tex.ts";
@@ -233,3 +234,5 @@ export function matmulWith(a: Tensor, b: Tensor, version: MatmulVersion): Tensor
     pb.t.dispose();
   }
 }
+
+registerOps({ matmul });
