@@ -127,7 +127,7 @@ async function measure(
     }));
   } finally {
     x.forEach((t) => t.dispose());
-    s.releaseScanTextures();
+    gpu().emptyCache(); // the pooled scan textures and buffers of this size: the next cell starts clean
   }
 }
 
@@ -367,7 +367,7 @@ async function convCell(
   } finally {
     u.dispose();
     K.dispose();
-    s.releaseScanTextures();
+    if (device === "webgpu") gpu().emptyCache();
   }
 }
 
@@ -505,7 +505,7 @@ export async function scanVsAttention(
       );
     } finally {
       [...x, q, k, v].forEach((t) => t.dispose());
-      s.releaseScanTextures();
+      gpu().emptyCache();
     }
   }
   const best = (r: ScanVsAttentionRow) => Math.min(r.scanMs, r.scanV2Ms);

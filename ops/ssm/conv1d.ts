@@ -95,9 +95,6 @@ function forward(x: Tensor, w: Tensor, b: Tensor | null, st: Tensor | null, vers
   }
   if (x.dtype !== "f32") throw new Error(`causalConv1d: WebGPU computes in f32, got ${x.describe()}`);
   const v2 = version === "v2" || (version === "auto" && W <= CONV_V2_MAX_W);
-  if (version === "v2" && W > CONV_V2_MAX_W) {
-    throw new Error(`causalConv1d: v2 is for widths up to ${CONV_V2_MAX_W}, got weight ${fmt(w.shape)}`);
-  }
   const out = empty("causalConv1d", x.shape, "f32", "webgpu");
   const [xc, wc, bc, sc] = [x, w, b, st].map((t) => (t ? contiguous(t) : null));
   try {
@@ -218,6 +215,15 @@ export function causalConv1d(
   }
   const b = opts.bias ?? null, st = opts.initialState ?? null;
   const { Bn, D, W } = check(op, x, weight, b, st);
+  // checked here, on every backend: what webgpu refuses, cpu refuses too
+  if (version === "v2" && W > CONV_V2_MAX_W) {
+    throw new Error(
+      `${op}: version "v2" takes widths up to ${CONV_V2_MAX_W}, got weight ${
+        fmt(weight.shape)
+      } (W = ${W}); ` +
+        `use "v1" or "auto"`,
+    );
+  }
   const inputs = [x, weight, ...(b ? [b] : []), ...(st ? [st] : [])];
   let out = record(
     op,

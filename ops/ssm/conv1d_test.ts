@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, GPU, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -26,7 +26,7 @@ describe("causalConv1d reference", () => {
   );
 });
 
-describe.skipIf(!GPU)("causalConv1d on WebGPU against the reference", () => {
+describe("causalConv1d on WebGPU against the reference", () => {
   const cases: [number, number, number, number][] = [
     [1, 1, 1, 1],
     [2, 3, 17, 4],
@@ -64,7 +64,7 @@ describe.skipIf(!GPU)("causalConv1d on WebGPU against the reference", () => {
 });
 
 describe("causalConv1d backward", () => {
-  for (const device of GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const) {
+  for (const device of ["cpu", "webgpu"] as const) {
     test(
       `gradcheck (x, weight, bias, initial state; with SiLU), ${device}`,
       scoped(async () => {
@@ -82,7 +82,7 @@ describe("causalConv1d backward", () => {
 });
 
 describe("stepping", () => {
-  for (const device of GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const) {
+  for (const device of ["cpu", "webgpu"] as const) {
     test(
       `final state, then causalConv1dStep token by token, equals the full conv (${device})`,
       scoped(async () => {
@@ -130,11 +130,17 @@ describe("stepping", () => {
       ).toThrow(
         "causalConv1d: the state must be (B, D, W - 1) = [2, 3, 3] (x [2, 3, 5], weight [3, 4]), got [2, 3, 4]",
       );
-      if (!GPU) return;
-      const [xg, wg] = await Promise.all([x, s.zeros([3, 9], { device: "cpu" })].map((t) => t.to("webgpu")));
-      expect(() => s.causalConv1d(xg, wg, { version: "v2" })).toThrow(
-        "causalConv1d: v2 is for widths up to 8, got weight [3, 9]",
-      );
+      // version options: the same error on both backends, before the cpu branch computes anything
+      const w9 = s.zeros([3, 9], { device: "cpu" });
+      const [xg, wg] = await Promise.all([x, w9].map((t) => t.to("webgpu")));
+      for (const [a, b] of [[x, w9], [xg, wg]]) {
+        expect(() => s.causalConv1d(a, b, { version: "v2" }), a.device).toThrow(
+          'causalConv1d: version "v2" takes widths up to 8, got weight [3, 9] (W = 9); use "v1" or "auto"',
+        );
+        expect(() => s.causalConv1d(a, b, { version: "v3" as never }), a.device).toThrow(
+          'causalConv1d: version must be "auto", "v1" or "v2", got "v3"',
+        );
+      }
     }),
   );
 });

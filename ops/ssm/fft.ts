@@ -1,14 +1,14 @@
 /**
  * The FFT path of S4's convolution mode on WebGPU: y = K * u (causal, per channel) and its gradients by
- * batched FFTs of length n = nextPow2(L + Lk - 1) over storage textures (`fft_wgsl.ts`). One submission
- * per call: copy the inputs' raw floats into a texture, the forward passes (the first one packing and
- * zero-padding), the pointwise pass, the inverse passes, unpack, copy to the output buffers.
+ * batched FFTs of length n = nextPow2(L + Lk - 1) over storage textures (`fft_wgsl.ts`), all recorded in
+ * the context's batch: copy the inputs' raw floats into a pooled texture, the forward passes (the first
+ * one packing and zero-padding), the pointwise pass, the inverse passes, unpack, copy to the outputs.
  * @module
  */
 
 import { gpu } from "../../runtime/device.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
-import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
+import { type Binding, type GpuTexture, grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { empty, Uniforms } from "../core/util.ts";
 import { nextPow2 } from "./fft_ref.ts";
 import {
@@ -21,7 +21,6 @@ import {
   fftStageV1,
   fftUnpackV1,
 } from "./fft_wgsl.ts";
-import { PassRecorder, type ScratchTexture, scratchTexture } from "./texture_pass.ts";
 
 /** The largest radix of a pass (8: fewest passes without spilling; measurements in `fft_wgsl.ts`). */
 export const FFT_MAX_RADIX: FftRadix = 8;
@@ -44,51 +43,44 @@ function extent(texels: number): [number, number, number] {
   return [Math.min(t, ROW), Math.min(Math.ceil(t / ROW), ROW), Math.ceil(t / LAYER)];
 }
 
-const filled = new WeakSet<GPUTexture>();
-
-/** The twiddle table of length n, w^k = e^(-2 pi i k / n) built in float64, two per texel. */
-function twiddles(n: number): ScratchTexture {
+/** The twiddle table of length n, w^k = e^(-2 pi i k / n) built in float64, two per texel (a constant texture). */
+function twiddles(n: number): GpuTexture {
   const texels = Math.max(1, n / 2);
   const [w, h, l] = extent(texels);
-  const tex = scratchTexture(`ssm fft twiddles ${n}`, w, h, l);
-  if (!filled.has(tex.tex)) {
-    const data = new Float32Array(tex.w * tex.h * tex.layers * 4);
+  return gpu().constantTexture(`ssmConvolution twiddles ${n}`, { width: w, height: h, layers: l }, () => {
+    const data = new Float32Array(w * h * l * 4);
     for (let k = 0; k < n; k++) {
       const a = (-2 * Math.PI * k) / n;
       data[2 * k] = Math.cos(a);
       data[2 * k + 1] = Math.sin(a);
     }
-    // written on the queue now: the texture is new, so no submitted work reads its old contents
-    gpu().device.queue.writeTexture({ texture: tex.tex }, data, {
-      bytesPerRow: tex.w * 16,
-      rowsPerImage: tex.h,
-    }, [tex.w, tex.h, tex.layers]);
-    filled.add(tex.tex);
-  }
-  return tex;
+    return data;
+  });
 }
 
-/** Copies `texels` whole texels from a buffer (16-byte aligned offset) to linear texels from `start`. */
+/** Records copies of `texels` whole texels from a buffer (16-byte aligned offset) to linear texels from `start`. */
 function copyIn(
-  rec: PassRecorder,
+  op: string,
   buf: GPUBuffer,
   byteOffset: number,
   texels: number,
-  tex: GPUTexture,
+  tex: GpuTexture,
   start: number,
 ) {
   forRows(texels, start, (bytes, x, y, layer, w, h) =>
-    rec.copyBufferToTexture(
+    gpu().copyBufferToTexture(
+      op,
       { buffer: buf, offset: byteOffset + bytes, bytesPerRow: ROW * 16 },
       { texture: tex, origin: [x, y, layer] },
       [w, h, 1],
     ));
 }
 
-/** Copies linear texels from `start` of a texture into a buffer from byte 0. */
-function copyOut(rec: PassRecorder, tex: GPUTexture, start: number, texels: number, buf: GPUBuffer) {
+/** Records copies of linear texels from `start` of a texture into a buffer from byte 0. */
+function copyOut(op: string, tex: GpuTexture, start: number, texels: number, buf: GPUBuffer) {
   forRows(texels, start, (bytes, x, y, layer, w, h) =>
-    rec.copyTextureToBuffer(
+    gpu().copyTextureToBuffer(
+      op,
       { texture: tex, origin: [x, y, layer] },
       { buffer: buf, offset: bytes, bytesPerRow: ROW * 16 },
       [w, h, 1],
@@ -136,14 +128,18 @@ const groupsOf = (rows: number) => Math.ceil(rows / 4);
 const alignRow = (texels: number) => Math.ceil(texels / ROW) * ROW;
 
 /** An aligned view of a source's floats: offset a multiple of 4 and whole texels inside the buffer. */
-function alignedFloats(s: FftSource, temps: Tensor[]): { buf: GPUBuffer; off: number; floats: number } {
+function alignedFloats(
+  op: string,
+  s: FftSource,
+  temps: Tensor[],
+): { buf: GPUBuffer; off: number; floats: number } {
   const floats = (s.rows - 1) * s.stride + s.len;
   const buf = s.t.storage.buffer!;
   if (s.t.offset % 4 === 0 && (s.t.offset + Math.ceil(floats / 4) * 4) * 4 <= buf.size) {
     return { buf, off: s.t.offset, floats };
   }
-  const c = empty("ssm fft input", [floats], "f32", "webgpu"); // pooled buffers are whole 16-byte blocks
-  gpu().copy(buf, s.t.offset * 4, c.storage.buffer!, 0, floats * 4);
+  const c = empty(`${op} input`, [floats], "f32", "webgpu"); // pooled buffers are whole 16-byte blocks
+  gpu().copy(buf, s.t.offset * 4, c.storage.buffer!, 0, floats * 4, op);
   temps.push(c);
   return { buf: c.storage.buffer!, off: 0, floats };
 }
@@ -162,6 +158,7 @@ function runFft(
   sinks: FftSink[],
 ): void {
   const temps: Tensor[] = [];
+  const textures: GpuTexture[] = [];
   try {
     const starts: number[] = [];
     let G = 0;
@@ -173,7 +170,7 @@ function runFft(
     const flatIn: number[] = [];
     let inEnd = 0;
     const views = sources.map((s) => {
-      const a = alignedFloats(s, temps);
+      const a = alignedFloats(op, s, temps);
       flatIn.push(inEnd);
       inEnd = alignRow(inEnd + Math.ceil(a.floats / 4));
       return a;
@@ -185,17 +182,25 @@ function runFft(
       outEnd = alignRow(outEnd + Math.ceil((s.rows * s.len) / 4));
     }
     const need = Math.max(G * n, inEnd, outEnd);
-    const tex = [scratchTexture("ssm fft A", ...extent(need)), scratchTexture("ssm fft B", ...extent(need))];
+    const ctx = gpu();
+    const [w, h, layers] = extent(need);
+    const tex = [`${op} A`, `${op} B`].map((what) => {
+      const t = ctx.acquireTexture({ width: w, height: h, layers }, what);
+      textures.push(t);
+      return t;
+    });
     const plan = fftPlan(n, FFT_MAX_RADIX);
     const tw = twiddles(n);
-    const rec = new PassRecorder(op);
     let cur = 1; // the texture the next pass reads: the flat input goes to B, the first pass writes A
 
-    views.forEach((v, i) => copyIn(rec, v.buf, v.off * 4, Math.ceil(v.floats / 4), tex[cur].tex, flatIn[i]));
+    views.forEach((v, i) => copyIn(op, v.buf, v.off * 4, Math.ceil(v.floats / 4), tex[cur], flatIn[i]));
     const pass = (key: string, source: () => string, u: Uint32Array, threads: number, withTw: boolean) => {
-      const res: GPUBindingResource[] = [tex[cur].view, tex[1 - cur].view];
-      if (withTw) res.push(tw.view);
-      rec.dispatch(key, source, u, res, grid(threads, FFT_WG));
+      const bindings: Binding[] = [{ texture: tex[cur], access: "read" }, {
+        texture: tex[1 - cur],
+        access: "write",
+      }];
+      if (withTw) bindings.push({ texture: tw, access: "read" });
+      ctx.run({ name: op, key, source, bindings, uniforms: u, workgroups: grid(threads, FFT_WG) });
       cur = 1 - cur;
     };
     const stages = (groups: number, inverse: boolean, first: boolean) => {
@@ -211,7 +216,7 @@ function runFft(
           }
         }
         pass(
-          `ssm fft stage v1|${R}|${isFirst}|${inverse}`,
+          `stage v1|${R}|${isFirst}|${inverse}`,
           () => fftStageV1(R, isFirst, inverse),
           u.padTo(FFT_WORDS).build(),
           groups * (n / R),
@@ -224,7 +229,7 @@ function runFft(
     const Gu = groupsOf(dims.Bn * dims.D), aligned = dims.D % 4 === 0;
     const [gU, gK, gG] = mode === "conv" ? [0, Gu, 0] : [Gu, 2 * Gu, 0];
     pass(
-      `ssm fft pointwise v1|${mode}|${aligned}`,
+      `pointwise v1|${mode}|${aligned}`,
       () => fftPointwiseV1(mode, aligned),
       new Uniforms().u32(n, outGroups, dims.Bn * dims.D, dims.D, dims.Bn, gU, gK, gG, Gu).f32(1 / n)
         .padTo(FFT_WORDS).build(),
@@ -237,16 +242,17 @@ function runFft(
       cur = unpackFrom;
       const count = s.rows * s.len;
       pass(
-        "ssm fft unpack v1",
+        "unpack v1",
         fftUnpackV1,
         new Uniforms().u32(n, count, s.len, s.group, flatOut[i]).padTo(FFT_WORDS).build(),
         Math.ceil(count / 4),
         false,
       );
-      copyOut(rec, tex[cur].tex, flatOut[i], Math.ceil(count / 4), s.out.storage.buffer!);
+      copyOut(op, tex[cur], flatOut[i], Math.ceil(count / 4), s.out.storage.buffer!);
     });
-    rec.submit();
   } finally {
+    // recorded: the textures may serve the next op of the batch (in-batch reuse is ordered)
+    textures.forEach((t) => t.release());
     temps.forEach((t) => t.dispose());
   }
 }
@@ -267,7 +273,7 @@ export function fftConvGpu(u: Tensor, K: Tensor): Tensor {
   const out = empty("ssmConvolution", [Bn, D, L], "f32", "webgpu");
   if (out.size === 0) return out;
   runFft(
-    "ssmConvolution fft",
+    "ssmConvolution",
     n,
     [{ t: u, rows: Bn * D, len: L, stride: L }, { t: K, rows: D, len: Lk, stride: Lk }],
     "conv",
@@ -294,7 +300,7 @@ export function fftConvBackwardGpu(g: Tensor, u: Tensor, K: Tensor): [Tensor, Te
   }
   const Gu = groupsOf(Bn * D);
   runFft(
-    "ssmConvolution fft backward",
+    "ssmConvolution backward",
     n,
     [
       { t: g, rows: Bn * D, len: L, stride: L },

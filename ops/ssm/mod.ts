@@ -21,7 +21,6 @@ export {
   selectiveScanRef,
   softplusRef,
 } from "./selective_scan_ref.ts";
-export { releaseScanTextures } from "./texture_pass.ts";
 export { selectiveScanStep, type SelectiveScanStepOptions } from "./selective_scan_step.ts";
 export { causalConv1d, type CausalConv1dOptions, causalConv1dStep } from "./conv1d.ts";
 export { causalConv1dBackwardRef, causalConv1dRef } from "./conv1d_ref.ts";

@@ -133,6 +133,12 @@ export interface SSMConvolutionOptions {
    * crossover {@link SSM_FFT_CROSSOVER}.
    */
   method?: SSMConvolutionMethod;
+  /**
+   * Shader version of the FFT path (`fft_wgsl.ts`): "v1" (Stockham radix-8 passes over textures) or
+   * "auto" (default; today v1). Checked on every backend and method; the direct path runs causalConv1d's
+   * "auto".
+   */
+  version?: "auto" | "v1";
 }
 
 /**
@@ -239,6 +245,10 @@ export function ssmConvolution(u: Tensor, K: Tensor, opts: SSMConvolutionOptions
   const method = opts.method ?? "auto";
   if (!["auto", "direct", "fft"].includes(method)) {
     throw new Error(`${op}: method must be "direct", "fft" or "auto", got ${JSON.stringify(method)}`);
+  }
+  const version = opts.version ?? "auto";
+  if (version !== "auto" && version !== "v1") {
+    throw new Error(`${op}: version must be "auto" or "v1", got ${JSON.stringify(version)}`);
   }
   const all = [u, K, ...(opts.Dskip ? [opts.Dskip] : [])];
   for (const t of all) {

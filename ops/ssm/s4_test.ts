@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { DiagSSM, Tensor } from "../../mod.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -98,7 +98,7 @@ describe("S4", () => {
   ];
   const methods = ["direct", "fft", "auto"] as const;
   for (const [name, kind, opts] of modes) {
-    for (const device of GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const) {
+    for (const device of ["cpu", "webgpu"] as const) {
       test(
         `convolution mode (direct, fft, auto) equals recurrent mode: ${name}, ${device}`,
         scoped(async () => {
@@ -135,7 +135,7 @@ describe("S4", () => {
     [3, 2, 600, 40],
   ];
   for (const [Bn, D, L, Lk] of lengths) {
-    for (const device of GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const) {
+    for (const device of ["cpu", "webgpu"] as const) {
       test(
         `fft equals direct, the recurrence and the float64 reference: B ${Bn}, D ${D}, L ${L}, Lk ${Lk}, ${device}`,
         scoped(async () => {
@@ -172,7 +172,7 @@ describe("S4", () => {
       const u = s.randn([1, 1, L], { seed: 6, ...f64 });
       const K = s.denseSSMRef(Abar, Bbar, C, L);
       const rec = s.denseSSMRef(Abar, Bbar, C, L, await u.toArray());
-      const devices = GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const;
+      const devices = ["cpu", "webgpu"] as const;
       for (const device of devices) {
         const dtype = device === "cpu" ? "f64" : "f32";
         const ud = await s.cast(u, dtype).to(device);
@@ -196,7 +196,7 @@ describe("S4", () => {
     }),
   );
 
-  test.skipIf(!GPU)(
+  test(
     "WebGPU gradients of the FFT path equal the direct path's float64 gradients (u, K, skip)",
     scoped(async () => {
       const u64 = s.randn([3, 5, 70], { seed: 1, ...f64 }), K64 = s.randn([5, 70], { seed: 2, ...f64 });
@@ -252,10 +252,19 @@ describe("S4", () => {
       expect(() => s.ssmConvolution(u, s.zeros([3, 8], { device: "cpu", dtype: "i32" }))).toThrow(
         "ssmConvolution: needs float tensors, got tensor [3, 8] i32 on cpu",
       );
-      if (GPU) {
-        expect(() => s.ssmConvolution(u, s.zeros([3, 8], { device: "webgpu" }), { method: "fft" })).toThrow(
-          "ssmConvolution: devices or dtypes differ: tensor [1, 3, 8] f32 on cpu, tensor [3, 8] f32 on webgpu",
-        );
+      expect(() => s.ssmConvolution(u, s.zeros([3, 8], { device: "webgpu" }), { method: "fft" })).toThrow(
+        "ssmConvolution: devices or dtypes differ: tensor [1, 3, 8] f32 on cpu, tensor [3, 8] f32 on webgpu",
+      );
+      // the FFT path's version: the same error on both backends and with either method
+      for (const device of ["cpu", "webgpu"] as const) {
+        const ud = s.zeros([1, 3, 8], { device }), Kd = s.zeros([3, 8], { device });
+        for (const method of ["direct", "fft", "auto"] as const) {
+          expect(() => s.ssmConvolution(ud, Kd, { method, version: "v2" as never }), device).toThrow(
+            'ssmConvolution: version must be "auto" or "v1", got "v2"',
+          );
+        }
+        const y = s.ssmConvolution(ud, Kd, { method: "fft", version: "v1" });
+        expect(y.shape).toEqual([1, 3, 8]);
       }
     }),
   );

@@ -5,10 +5,10 @@
  * @module
  */
 
-import { gpu } from "../../runtime/device.ts";
+import { gpu, hasWebGPU } from "../../runtime/device.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
-import { grid } from "../../runtime/webgpu.ts";
+import { type Binding, type GpuTexture, grid } from "../../runtime/webgpu.ts";
 import { noGrad, record } from "../../runtime/autograd.ts";
 import { zeros } from "../core/creation.ts";
 import { add, cast, contiguous } from "../core/elementwise.ts";
@@ -42,7 +42,6 @@ import {
   variantKey,
 } from "./selective_scan_wgsl.ts";
 import { scanBackwardV1 } from "./selective_scan_bwd_wgsl.ts";
-import { PassRecorder, scratchTexture } from "./texture_pass.ts";
 
 export type { SelectiveScanOptions } from "./scan_check.ts";
 
@@ -50,7 +49,8 @@ export type { SelectiveScanOptions } from "./scan_check.ts";
 export interface SelectiveScanGpuOptions extends SelectiveScanOptions {
   /**
    * WebGPU version: "v1" sequential, "v2" chunked parallel scan, "auto" (default): v2 unless the chunks
-   * would be a single one and v1 is cheaper (L < 256) or v2's textures cannot hold the inputs.
+   * would be a single one and v1 is cheaper (L < 256) or v2's textures cannot hold the inputs. This and
+   * the options below are checked on every backend (cpu refuses what webgpu would).
    */
   version?: "auto" | "v1" | "v2";
   /** v2 chunk length in steps (a multiple of 4; default: from L and B * D, see {@link scanChunkSize}). */
@@ -205,47 +205,68 @@ function forwardV1(p: Prepared, out: Tensor, last: Tensor | null): void {
   }
 }
 
-/** Packs (rows, L) operands into layer ranges of a scratch texture: by copies when aligned, else a pass. */
-function packSeq(rec: PassRecorder, role: string, ops: Tensor[], rows: number, lay: SeqTexLayout) {
-  const tex = scratchTexture(role, lay.width, lay.height, ops.length * lay.rowBlocks * lay.segments);
-  ops.forEach((t, op) => {
-    if (lay.L % 64 === 0 && t.offset % 4 === 0) {
-      // whole rows of 4L bytes (a multiple of 256) straight into the texture, per row block and segment
-      for (let rb = 0; rb < lay.rowBlocks; rb++) {
-        const r0 = rb * lay.rowsPerBlock, nr = Math.min(lay.rowsPerBlock, rows - r0);
-        for (let s = 0; s < lay.segments; s++) {
-          const w = Math.min(TEX_W, lay.L4 - s * TEX_W);
-          rec.copyBufferToTexture(
-            {
-              buffer: t.storage.buffer!,
-              offset: (t.offset + r0 * lay.L + s * TEX_W * 4) * 4,
-              bytesPerRow: lay.L * 4,
-            },
-            { texture: tex.tex, origin: [0, 0, (op * lay.rowBlocks + rb) * lay.segments + s] },
-            [w, nr, 1],
-          );
+/**
+ * Packs (rows, L) operands into layer ranges of a pooled texture: by copies when aligned, else the pack
+ * pass. The caller releases the texture once the passes that read it are recorded.
+ */
+function packSeq(op: string, what: string, ops: Tensor[], rows: number, lay: SeqTexLayout): GpuTexture {
+  const ctx = gpu();
+  const tex = ctx.acquireTexture(
+    { width: lay.width, height: lay.height, layers: ops.length * lay.rowBlocks * lay.segments },
+    `${op} ${what}`,
+  );
+  try {
+    ops.forEach((t, k) => {
+      if (lay.L % 64 === 0 && t.offset % 4 === 0) {
+        // whole rows of 4L bytes (a multiple of 256) straight into the texture, per row block and segment
+        for (let rb = 0; rb < lay.rowBlocks; rb++) {
+          const r0 = rb * lay.rowsPerBlock, nr = Math.min(lay.rowsPerBlock, rows - r0);
+          for (let s = 0; s < lay.segments; s++) {
+            const w = Math.min(TEX_W, lay.L4 - s * TEX_W);
+            ctx.copyBufferToTexture(
+              op,
+              {
+                buffer: t.storage.buffer!,
+                offset: (t.offset + r0 * lay.L + s * TEX_W * 4) * 4,
+                bytesPerRow: lay.L * 4,
+              },
+              { texture: tex, origin: [0, 0, (k * lay.rowBlocks + rb) * lay.segments + s] },
+              [w, nr, 1],
+            );
+          }
         }
+        return;
       }
-      return;
-    }
-    rec.dispatch(
-      "ssm pack v2",
-      packSeqV2,
-      new Uniforms().u32(rows, lay.L, lay.L4, t.offset, lay.rowsPerBlock, lay.rowBlocks, lay.segments, op)
-        .build(),
-      [{ buffer: t.storage.buffer! }, tex.view],
-      [Math.ceil(lay.L4 / SCAN_WG), Math.min(rows, 65535), Math.ceil(rows / 65535)],
-    );
-  });
+      ctx.run({
+        name: op,
+        key: "pack v2",
+        source: packSeqV2,
+        bindings: [{ buffer: t.storage.buffer!, access: "read" }, { texture: tex, access: "write" }],
+        uniforms: new Uniforms()
+          .u32(rows, lay.L, lay.L4, t.offset, lay.rowsPerBlock, lay.rowBlocks, lay.segments, k)
+          .build(),
+        workgroups: [Math.ceil(lay.L4 / SCAN_WG), Math.min(rows, 65535), Math.ceil(rows / 65535)],
+      });
+    });
+  } catch (e) {
+    tex.release();
+    throw e;
+  }
   return tex;
 }
 
-/** Whether v2's textures can hold these inputs. */
-function v2Fits(d: ScanDims): boolean {
-  const lim = gpu().limits;
+/** The most texture array layers v2 may use: the adapter's, or WebGPU's default (what the device gets). */
+function maxLayers(): number {
+  return hasWebGPU() ? gpu().limits.maxTextureArrayLayers : 256;
+}
+
+/** Why v2's textures cannot hold these inputs, or null when they can. */
+function v2Misfit(d: ScanDims): string | null {
+  if (d.N > TEX_W) return `its textures hold N <= ${TEX_W}`;
+  const layers = maxLayers();
   const x = seqLayout(d.Bn * d.D, d.L, 1), bc = seqLayout(d.Bn * d.G * d.N, d.L, d.N);
-  return d.N <= TEX_W && 3 * x.rowBlocks * x.segments <= lim.maxTextureArrayLayers &&
-    2 * bc.rowBlocks * bc.segments <= lim.maxTextureArrayLayers;
+  const need = Math.max(3 * x.rowBlocks * x.segments, 2 * bc.rowBlocks * bc.segments);
+  return need > layers ? `its textures would need ${need} layers, over the adapter's ${layers}` : null;
 }
 
 function forwardV2(
@@ -255,67 +276,92 @@ function forwardV2(
   chunkSize: number,
   carry: "sequential" | "hillis-steele",
 ): void {
+  const op = "selectiveScan";
   const { Bn, D, L, G, N } = p.dims;
   const BD = Bn * D;
   const xl = seqLayout(BD, L, 1), bl = seqLayout(Bn * G * N, L, N);
   const T4 = chunkSize / 4, chunks = Math.ceil(xl.L4 / T4);
-  const rec = new PassRecorder("selectiveScan v2");
-  const tx = packSeq(rec, "ssm scan X", [p.u, p.delta, ...(p.z ? [p.z] : [])], BD, xl);
-  const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
-  const tbc = bcOps.length ? packSeq(rec, "ssm scan BC", bcOps, Bn * G * N, bl) : null;
-  const uni = new Uniforms().u32(
-    BD,
-    D,
-    L,
-    xl.L4,
-    T4,
-    chunks,
-    D / G,
-    G,
-    xl.rowBlocks,
-    bl.rowsPerBlock / N,
-    bl.rowBlocks,
-    xl.segments,
-    out.offset,
-  ).padTo(V2_WORDS).build();
   const ctx = gpu();
-  const key = variantKey(p.v);
-  const carryBuf = empty("selectiveScan carry", [BD, chunks, N + 1], "f32", "webgpu");
-  const diag = { buffer: ctx.diagnostics };
-  const params = { buffer: p.params.storage.buffer! };
-  const groups: [number, number, number] = [Math.ceil(BD / SCAN_WG), chunks, 1];
+  const textures: GpuTexture[] = [];
+  const carryBuf = empty(`${op} carry`, [BD, chunks, N + 1], "f32", "webgpu");
   try {
+    const tx = packSeq(op, "u, delta, z", [p.u, p.delta, ...(p.z ? [p.z] : [])], BD, xl);
+    textures.push(tx);
+    const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
+    const tbc = bcOps.length ? packSeq(op, "B, C", bcOps, Bn * G * N, bl) : null;
+    if (tbc) textures.push(tbc);
+    const uniforms = new Uniforms().u32(
+      BD,
+      D,
+      L,
+      xl.L4,
+      T4,
+      chunks,
+      D / G,
+      G,
+      xl.rowBlocks,
+      bl.rowsPerBlock / N,
+      bl.rowBlocks,
+      xl.segments,
+      out.offset,
+    ).padTo(V2_WORDS).build();
+    const key = variantKey(p.v);
+    const diag: Binding = { buffer: ctx.diagnostics, access: "read_write" };
+    const params: Binding = { buffer: p.params.storage.buffer!, access: "read" };
+    const read = (t: GpuTexture): Binding => ({ texture: t, access: "read" });
+    const groups: [number, number, number] = [Math.ceil(BD / SCAN_WG), chunks, 1];
     if (chunks > 1) {
-      const res: GPUBindingResource[] = [params, tx.view];
-      if (!p.v.bShared) res.push(tbc!.view);
-      res.push({ buffer: carryBuf.storage.buffer! }, diag);
-      rec.dispatch(`ssm chunk v2|${key}`, () => scanChunkV2(p.v), uni, res, groups);
-      const cres = [params, { buffer: carryBuf.storage.buffer! }, diag];
-      if (carry === "hillis-steele") {
-        rec.dispatch(`ssm carry hs v2|${key}`, () => carryHillisSteeleV2(p.v), uni, cres, [
-          BD,
-          Math.ceil(N / 4),
-          1,
-        ]);
-      } else {
-        rec.dispatch(`ssm carry seq v2|${key}`, () => carrySeqV2(p.v), uni, cres, grid(BD, SCAN_WG));
-      }
+      const cbuf: Binding = { buffer: carryBuf.storage.buffer!, access: "read_write" };
+      ctx.run({
+        name: op,
+        key: `chunk v2|${key}`,
+        source: () => scanChunkV2(p.v),
+        bindings: [params, read(tx), ...(p.v.bShared ? [] : [read(tbc!)]), cbuf, diag],
+        uniforms,
+        workgroups: groups,
+      });
+      const hs = carry === "hillis-steele";
+      ctx.run({
+        name: op,
+        key: `carry ${hs ? "hs" : "seq"} v2|${key}`,
+        source: () => (hs ? carryHillisSteeleV2(p.v) : carrySeqV2(p.v)),
+        bindings: [params, cbuf, diag],
+        uniforms,
+        workgroups: hs ? [BD, Math.ceil(N / 4), 1] : grid(BD, SCAN_WG),
+      });
     }
     // y through a texture when the copy back can take whole rows (4L bytes a multiple of 256)
     const texOut = L % 64 === 0 && out.offset % 4 === 0;
-    const ty = texOut ? scratchTexture("ssm scan Y", xl.width, xl.height, xl.rowBlocks * xl.segments) : null;
-    const res: GPUBindingResource[] = [params, tx.view];
-    if (tbc) res.push(tbc.view);
-    res.push({ buffer: carryBuf.storage.buffer! }, ty ? ty.view : { buffer: out.storage.buffer! });
-    if (last) res.push({ buffer: last.storage.buffer! });
-    res.push(diag);
-    rec.dispatch(`ssm fixup v2|${key}|${texOut}`, () => scanFixupV2(p.v, texOut), uni, res, groups);
+    const ty = texOut
+      ? ctx.acquireTexture(
+        { width: xl.width, height: xl.height, layers: xl.rowBlocks * xl.segments },
+        `${op} y`,
+      )
+      : null;
+    if (ty) textures.push(ty);
+    const bindings: Binding[] = [params, read(tx)];
+    if (tbc) bindings.push(read(tbc));
+    bindings.push(
+      { buffer: carryBuf.storage.buffer!, access: "read" },
+      ty ? { texture: ty, access: "write" } : { buffer: out.storage.buffer!, access: "read_write" },
+    );
+    if (last) bindings.push({ buffer: last.storage.buffer!, access: "read_write" });
+    bindings.push(diag);
+    ctx.run({
+      name: op,
+      key: `fixup v2|${key}|${texOut}`,
+      source: () => scanFixupV2(p.v, texOut),
+      bindings,
+      uniforms,
+      workgroups: groups,
+    });
     if (ty) {
       for (let rb = 0; rb < xl.rowBlocks; rb++) {
         const r0 = rb * xl.rowsPerBlock, nr = Math.min(xl.rowsPerBlock, BD - r0);
         for (let sg = 0; sg < xl.segments; sg++) {
-          rec.copyTextureToBuffer(
-            { texture: ty.tex, origin: [0, 0, rb * xl.segments + sg] },
+          ctx.copyTextureToBuffer(
+            op,
+            { texture: ty, origin: [0, 0, rb * xl.segments + sg] },
             {
               buffer: out.storage.buffer!,
               offset: (out.offset + r0 * L + sg * TEX_W * 4) * 4,
@@ -326,8 +372,9 @@ function forwardV2(
         }
       }
     }
-    rec.submit();
   } finally {
+    // recorded: the textures may serve the next op of the batch (in-batch reuse is ordered)
+    textures.forEach((t) => t.release());
     carryBuf.dispose();
   }
 }
@@ -522,6 +569,44 @@ function recordScan(
 }
 
 /**
+ * Checks the version options (the same on every backend) and picks the WebGPU version: "v2" when asked,
+ * or for "auto" from L = 256 on when its textures hold the inputs.
+ */
+function scanPlan(
+  op: string,
+  dims: ScanDims,
+  u: Tensor,
+  o: SelectiveScanGpuOptions,
+): { useV2: boolean; chunkSize: number; carry: "sequential" | "hillis-steele" } {
+  const version = o.version ?? "auto";
+  if (!["auto", "v1", "v2"].includes(version)) {
+    throw new Error(`${op}: version must be "auto", "v1" or "v2", got ${JSON.stringify(version)}`);
+  }
+  const carry = o.carry ?? "sequential";
+  if (carry !== "sequential" && carry !== "hillis-steele") {
+    throw new Error(`${op}: carry must be "sequential" or "hillis-steele", got ${JSON.stringify(carry)}`);
+  }
+  const chunkSize = o.chunkSize ?? scanChunkSize(dims.L, dims.Bn * dims.D);
+  if (!Number.isInteger(chunkSize) || chunkSize < 4 || chunkSize % 4 !== 0) {
+    throw new Error(`${op}: chunkSize must be a positive multiple of 4, got ${chunkSize}`);
+  }
+  const chunks = Math.ceil(dims.L / chunkSize);
+  if (chunkSize > 4 * MAX_LOOP || chunks > MAX_LOOP) {
+    throw new Error(
+      `${op}: chunkSize ${chunkSize} cuts L = ${dims.L} into ${chunks} chunks; a chunk may be at most ` +
+        `${4 * MAX_LOOP} steps and there may be at most ${MAX_LOOP} chunks (lavapipe's loop limit)`,
+    );
+  }
+  const misfit = v2Misfit(dims);
+  if (version === "v2" && misfit) {
+    throw new Error(
+      `${op}: version "v2" cannot take u ${fmt(u.shape)} with N = ${dims.N}: ${misfit}; use "v1" or "auto"`,
+    );
+  }
+  return { useV2: version === "v2" || (version === "auto" && !misfit && dims.L >= 256), chunkSize, carry };
+}
+
+/**
  * The selective scan (S6) with `selectiveScanRef`'s signature and shapes: u, delta (B, D, L); A (D, N)
  * non-positive; B and C shared (D, N), input-dependent (B, N, L) or grouped (B, G, N, L); options D (D),
  * z (B, D, L), deltaBias (D), deltaSoftplus, returnLastState (then `[out, lastState]` with lastState
@@ -572,6 +657,8 @@ export function selectiveScan(
   const dims = checkScan(op, u, delta, A, B, C, opts);
   const wantLast = !!opts.returnLastState;
   const inputs = [u, delta, A, B, C, opts.D, opts.z, opts.deltaBias].filter((t): t is Tensor => !!t);
+  // options are checked on every backend, before the cpu branch: what webgpu refuses, cpu refuses too
+  const { useV2, chunkSize, carry } = scanPlan(op, dims, u, opts);
   let out: Tensor, last: Tensor | null = null;
   if (dims.device === "cpu") {
     checkAHost(op, A);
@@ -581,34 +668,18 @@ export function selectiveScan(
     r[0].dispose();
     r[1].dispose();
   } else {
-    const version = opts.version ?? "auto";
-    if (!["auto", "v1", "v2"].includes(version)) {
-      throw new Error(`${op}: version must be "auto", "v1" or "v2", got ${JSON.stringify(version)}`);
-    }
-    const chunkSize = opts.chunkSize ?? scanChunkSize(dims.L, dims.Bn * dims.D);
-    if (!Number.isInteger(chunkSize) || chunkSize < 4 || chunkSize % 4 !== 0) {
-      throw new Error(`${op}: chunkSize must be a positive multiple of 4, got ${chunkSize}`);
-    }
-    const chunks = Math.ceil(dims.L / chunkSize);
-    if (chunkSize > 4 * MAX_LOOP || chunks > MAX_LOOP) {
-      throw new Error(
-        `${op}: chunkSize ${chunkSize} cuts L = ${dims.L} into ${chunks} chunks; a chunk may be at most ` +
-          `${4 * MAX_LOOP} steps and there may be at most ${MAX_LOOP} chunks (lavapipe's loop limit)`,
-      );
-    }
-    const fits = v2Fits(dims);
-    if (version === "v2" && !fits) {
-      throw new Error(
-        `${op}: v2's textures cannot hold u ${fmt(u.shape)} with N = ${dims.N} on this adapter; use v1`,
-      );
-    }
-    const useV2 = version === "v2" || (version === "auto" && fits && dims.L >= 256);
-    out = empty(op, [dims.Bn, dims.D, dims.L], "f32", "webgpu");
-    last = wantLast ? empty(`${op} last state`, [dims.Bn, dims.D, dims.N], "f32", "webgpu") : null;
     const p = prepare(op, dims, u, delta, A, B, C, opts, wantLast);
     try {
-      if (useV2) forwardV2(p, out, last, chunkSize, opts.carry ?? "sequential");
-      else forwardV1(p, out, last);
+      out = empty(op, [dims.Bn, dims.D, dims.L], "f32", "webgpu");
+      try {
+        last = wantLast ? empty(`${op} last state`, [dims.Bn, dims.D, dims.N], "f32", "webgpu") : null;
+        if (useV2) forwardV2(p, out, last, chunkSize, carry);
+        else forwardV1(p, out, last);
+      } catch (e) {
+        out.dispose();
+        last?.dispose();
+        throw e;
+      }
     } finally {
       for (const t of [p.params, p.u, p.delta, p.z, p.B, p.C]) t?.dispose();
     }

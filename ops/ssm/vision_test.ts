@@ -1,13 +1,13 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, leakCheck, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
 const arr = async (t: Tensor) => Array.from(await t.toArray());
 const f64 = { device: "cpu" as const, dtype: "f64" as const };
-const devices = GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const;
+const devices = ["cpu", "webgpu"] as const;
 const dev = async (
   t: Tensor,
   device: "cpu" | "webgpu",
