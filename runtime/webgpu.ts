@@ -899,9 +899,13 @@ export class GpuContext {
     this.pendingDestroy = [];
   }
 
-  /** Records a failure of batches from..to and returns its error. */
+  /**
+   * Records a failure of batches `from` up to the last one submitted (errors are found after a submit, so
+   * the batch being recorded now holds nothing computed from the failure, unless it reads a poisoned
+   * resource, which taint() carries) and returns its error.
+   */
   private fail(from: number, error: WebGPUError): WebGPUError {
-    this.failures.push({ from, to: this.epoch, error });
+    this.failures.push({ from, to: this.epoch - 1, error });
     if (this.failures.length > 32) this.failures.shift();
     return error;
   }
