@@ -1,13 +1,28 @@
 /**
- * Shared test helpers: `assertClose` (shape first, then |a - e| <= atol + rtol |e| with NaN matching NaN),
- * backend comparison, and a per-test leak check on the memory ledger.
+ * Shared test helpers: `testOp` (one line per case: value and gradient of an op on every backend against
+ * the float64 reference), `assertClose` (shape first, then |a - e| <= atol + rtol |e| with NaN matching
+ * NaN), `requireGpu` (a test that needs WebGPU fails with a notice where there is none), and a per-test
+ * leak check on the memory ledger.
  * @module
  */
 
 import { afterEach, beforeEach, expect } from "vitest";
-import { AdamW, cast, crossEntropy, memory, type Tensor, tensor, tidy } from "../mod.ts";
+import {
+  AdamW,
+  cast,
+  crossEntropy,
+  type DType,
+  gradcheck,
+  type GradcheckOptions,
+  memory,
+  Tensor,
+  tensor,
+  tidy,
+  type TypedArray,
+} from "../mod.ts";
 import { isFloat } from "../runtime/dtype.ts";
-import { hasWebGPU } from "../runtime/device.ts";
+import { type DeviceName, hasWebGPU } from "../runtime/device.ts";
+import { env } from "../runtime/platform.ts";
 import { fmt } from "../runtime/shape.ts";
 
 /** Tolerances. */
@@ -93,8 +108,30 @@ export async function compareBackends(
   });
 }
 
-/** Whether the webgpu backend is available (the tests need it; CI installs Mesa's lavapipe). */
+/**
+ * Whether the webgpu backend is available. Tests must not branch on it to pass without a GPU: a test that
+ * needs WebGPU calls {@link requireGpu}, which fails it with the notice.
+ */
 export const GPU = hasWebGPU();
+
+/** What a test that needs WebGPU says when the host has no adapter. */
+export const GPU_NOTICE =
+  "this test needs a WebGPU adapter: install Debian's mesa-vulkan-drivers (Vulkan lavapipe)";
+
+/**
+ * Fails the calling test with {@link GPU_NOTICE} when there is no WebGPU adapter (or SEQLAB_DEVICE=cpu
+ * turned it off); a test that needs WebGPU never returns early and passes, and is never skipped.
+ */
+export function requireGpu(): void {
+  if (hasWebGPU()) return;
+  const forced = env("SEQLAB_DEVICE") === "cpu" ? " (SEQLAB_DEVICE=cpu turned WebGPU off)" : "";
+  throw new Error(`${GPU_NOTICE}${forced}`);
+}
+
+/** {@link requireGpu} for a test that runs once per device: nothing for "cpu". */
+export function requireDevice(device: DeviceName): void {
+  if (device === "webgpu") requireGpu();
+}
 
 /** Registers hooks that fail a test whose tensors are still alive after it (per device). */
 export function leakCheck(): void {
@@ -109,6 +146,304 @@ export function leakCheck(): void {
       "bytes in use after the test",
     )
       .toEqual(before);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// testOp: one line per case, forward value and gradient against the float64 reference on every backend
+
+/** The dtypes a {@link testOp} input can have on the backends under test (float ones are f64 in the reference). */
+export type InputDType = "f32" | "f16" | "i32" | "u32";
+
+/**
+ * One input of {@link testOp}: a shape (seeded random values in the options' range), or a spec that
+ * overrides the options for this input or gives its values.
+ */
+export type OpInput = readonly number[] | InputSpec;
+
+/** An input of {@link testOp} described in full. */
+export interface InputSpec {
+  /** Shape (inferred from `values` when they are nested arrays; a flat `values` is 1-D by default). */
+  shape?: readonly number[];
+  /** Explicit values (a number, nested arrays or a flat array); random when absent. */
+  values?: number | readonly unknown[] | ArrayLike<number>;
+  /** This input's dtype (default: the options' `dtype`). */
+  dtype?: InputDType;
+  /** Range of random values: uniform in [low, high) (integers: floor of it). */
+  low?: number;
+  high?: number;
+  /** Special values written over random ones (at spread-out positions). */
+  specials?: readonly number[];
+}
+
+/** Options of {@link testOp}. */
+export interface TestOpOptions {
+  /** Range of random inputs (default [-2, 2) for floats, [-10, 10) for i32, [0, 20) for u32). */
+  low?: number;
+  high?: number;
+  /** dtype of inputs that do not name one (default f32); "i32"/"u32" give integer inputs. */
+  dtype?: InputDType;
+  /** Special values mixed into every random float input that does not give its own. */
+  specials?: readonly number[];
+  /** Seed of the inputs and of the cotangent (default 1). */
+  seed?: number;
+  /** The function run on the float64 reference when it differs from `fn` (e.g. a shader version). */
+  reference?: (...xs: Tensor[]) => Tensor;
+  /** Check gradients (default: when an input and the output are float and the output requires grad). */
+  grad?: boolean;
+  /**
+   * Check the reference's gradient by float64 finite differences (gradcheck). Default: for random inputs
+   * without special values, at most 64 float elements in all, and a finite output.
+   */
+  gradcheck?: boolean | GradcheckOptions;
+  /** Forward tolerance (default {@link TOL} of the output dtype). */
+  atol?: number;
+  rtol?: number;
+  /** Gradient tolerance (default {@link GRAD_TOL} of the input's dtype). */
+  gradAtol?: number;
+  gradRtol?: number;
+  /** The backends checked against the reference (default cpu and webgpu, in the inputs' dtypes). */
+  devices?: readonly DeviceName[];
+  /** Names the case in failure messages (default: the function's source). */
+  name?: string;
+}
+
+/** Default gradient tolerances per input dtype (the forward's {@link TOL} loosened as tinygrad does). */
+export const GRAD_TOL: Record<string, Required<Tol>> = {
+  f32: { atol: 1e-4, rtol: 1e-3 },
+  f16: { atol: 1e-2, rtol: 1e-2 },
+};
+
+/** What {@link testOp} computed: the reference output and each backend's. */
+export interface TestOpResult {
+  shape: readonly number[];
+  /** The backends' output dtype (the reference's, with f64 standing for the inputs' float dtype). */
+  dtype: DType;
+  /** The reference's values (float64 for float outputs). */
+  reference: TypedArray;
+  /** Each checked backend's values. */
+  outputs: Partial<Record<DeviceName, TypedArray>>;
+}
+
+interface Prepared {
+  shape: number[];
+  dtype: InputDType;
+  values: Float64Array;
+  random: boolean;
+}
+
+interface Run {
+  shape: readonly number[];
+  dtype: DType;
+  values: TypedArray;
+  /** Each input's gradient (null: not float, or not reached); absent when no backward ran. */
+  grads?: (TypedArray | null)[];
+}
+
+/** splitmix-style hash: well-spread uniforms in [0, 1) from any small seed. */
+function uniforms(n: number, seed: number): Float64Array {
+  const out = new Float64Array(n);
+  let s = Math.imul(seed >>> 0, 0x9e3779b9) >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x9e3779b9) >>> 0;
+    let h = s;
+    h ^= h >>> 16;
+    h = Math.imul(h, 0x85ebca6b);
+    h ^= h >>> 13;
+    h = Math.imul(h, 0xc2b2ae35);
+    h ^= h >>> 16;
+    out[i] = (h >>> 0) / 2 ** 32;
+  }
+  return out;
+}
+
+/** `v` as the nearest value of `dtype` (floats round; integers pass as they are). */
+function roundTo(v: number, dtype: DType): number {
+  return dtype === "f32" ? Math.fround(v) : dtype === "f16" ? Math.f16round(v) : v;
+}
+
+function flatten(v: number | readonly unknown[] | ArrayLike<number>): { values: number[]; shape: number[] } {
+  if (typeof v === "number") return { values: [v], shape: [] };
+  if (!Array.isArray(v)) return { values: Array.from(v as ArrayLike<number>), shape: [v.length] };
+  const values: number[] = [], shape: number[] = [];
+  const walk = (x: unknown, d: number) => {
+    if (!Array.isArray(x)) {
+      values.push(x as number);
+      return;
+    }
+    if (shape.length === d) shape.push(x.length);
+    for (const y of x) walk(y, d + 1);
+  };
+  walk(v, 0);
+  return { values, shape };
+}
+
+function prepare(inp: OpInput, k: number, opts: TestOpOptions): Prepared {
+  const spec: InputSpec = Array.isArray(inp) ? { shape: inp as readonly number[] } : inp as InputSpec;
+  const dtype = spec.dtype ?? opts.dtype ?? "f32";
+  if (spec.values !== undefined) {
+    const f = flatten(spec.values);
+    const shape = [...(spec.shape ?? f.shape)];
+    return { shape, dtype, values: Float64Array.from(f.values, (v) => roundTo(v, dtype)), random: false };
+  }
+  if (!spec.shape) throw new Error(`testOp: input ${k} needs a shape or values`);
+  const shape = [...spec.shape], n = shape.reduce((a, b) => a * b, 1);
+  const int = dtype === "i32" || dtype === "u32";
+  const low = spec.low ?? opts.low ?? (dtype === "u32" ? 0 : int ? -10 : -2);
+  const high = spec.high ?? opts.high ?? (dtype === "u32" ? 20 : int ? 10 : 2);
+  const u = uniforms(n, (opts.seed ?? 1) * 7919 + k);
+  const values = u.map((x) => {
+    const v = low + x * (high - low);
+    return int ? Math.floor(v) : roundTo(v, dtype);
+  });
+  const specials = int ? [] : spec.specials ?? opts.specials ?? [];
+  specials.forEach((v, j) => {
+    if (n > 0) values[(j * 7919) % n] = roundTo(v, dtype);
+  });
+  return { shape, dtype, values, random: specials.length === 0 };
+}
+
+const describeFn = (fn: (...xs: Tensor[]) => Tensor) => {
+  const src = fn.toString().replace(/\s+/g, " ");
+  return src.length > 90 ? `${src.slice(0, 87)}...` : src;
+};
+
+/**
+ * Runs `fn` on fresh leaves made from `inputs` on `device` (float ones in f64 for the reference); with
+ * `cotFor`, sets requiresGrad on the float leaves and backpropagates the cotangent it gives for the output's
+ * shape (the vector-Jacobian product, i.e. the gradient of sum(out * cot)). Everything it makes is freed by the caller's tidy; gradients are cleared here.
+ */
+async function runOnce(
+  fn: (...xs: Tensor[]) => Tensor,
+  inputs: Prepared[],
+  device: DeviceName,
+  reference: boolean,
+  cotFor: ((shape: readonly number[]) => Float64Array) | null,
+): Promise<Run> {
+  const leaves = inputs.map((p) =>
+    tensor(p.values, { shape: p.shape, dtype: reference && isFloat(p.dtype) ? "f64" : p.dtype, device })
+  );
+  try {
+    if (cotFor) { for (const l of leaves) if (isFloat(l.dtype)) l.requiresGrad = true; }
+    const out = fn(...leaves);
+    if (!(out instanceof Tensor)) throw new Error(`the function returned ${String(out)}, not a tensor`);
+    const run: Run = { shape: out.shape, dtype: out.dtype, values: await out.toArray() };
+    if (cotFor && out.requiresGrad && isFloat(out.dtype)) {
+      out.backward(tensor(cotFor(out.shape), { shape: out.shape, dtype: out.dtype, device }));
+      run.grads = [];
+      for (const l of leaves) run.grads.push(l.grad ? await l.grad.toArray() : null);
+    }
+    return run;
+  } finally {
+    for (const l of leaves) l.zeroGrad();
+  }
+}
+
+/**
+ * Checks an op in one line, as tinygrad's `helper_test_op` does: makes seeded random inputs of the given
+ * shapes (or takes explicit values), runs `fn` on the float64 cpu reference and on each backend (cpu and
+ * webgpu by default, in the inputs' dtypes), compares shapes, dtypes and values, then backpropagates one
+ * seeded random cotangent (the gradient of sum(out * cot)) on each and compares every input's gradient.
+ * For small random cases it also checks the reference's gradient by finite differences (gradcheck).
+ * Failures name the case, the backend, the input and the max error. Everything it makes is freed.
+ *
+ * @example
+ * ```ts
+ * import { gather } from "seqlab";
+ * await testOp([[3, 4], [4]], (a, b) => a.add(b));
+ * await testOp([[5, 3], { values: [4, 0, 2], dtype: "i32" }], (x, i) => gather(x, i));
+ * await testOp([[3, 4]], (x) => x.log(), { low: 0.5, high: 3 });
+ * ```
+ */
+export async function testOp(
+  inputs: readonly OpInput[],
+  fn: (...xs: Tensor[]) => Tensor,
+  opts: TestOpOptions = {},
+): Promise<TestOpResult> {
+  const devices = opts.devices ?? ["cpu", "webgpu"];
+  if (devices.includes("webgpu")) requireGpu();
+  const prepared = inputs.map((inp, k) => prepare(inp, k, opts));
+  const label = `testOp ${opts.name ?? describeFn(fn)} on ${
+    prepared.map((p) => `${fmt(p.shape)} ${p.dtype}`).join(", ") || "no inputs"
+  }`;
+  const fail = (where: string, e: unknown): never => {
+    throw new Error(`${label}: ${where}: ${(e as Error).message}`, { cause: e });
+  };
+  const anyFloat = prepared.some((p) => isFloat(p.dtype));
+  const lowest = prepared.some((p) => p.dtype === "f16") ? "f16" : "f32";
+  const wantGrad = opts.grad !== false && anyFloat;
+  return await tidy(async () => {
+    // the cotangent: exact in every float dtype under test, so every backend backpropagates the same numbers
+    const cotFor = (shape: readonly number[]) =>
+      uniforms(shape.reduce((a, b) => a * b, 1), (opts.seed ?? 1) * 7919 + 104729)
+        .map((u) => roundTo(2 * u - 1, lowest));
+    const refFn = opts.reference ?? fn;
+    let ref: Run;
+    try {
+      ref = await runOnce(refFn, prepared, "cpu", true, wantGrad ? cotFor : null);
+    } catch (e) {
+      return fail("the float64 reference", e);
+    }
+    if (opts.grad === true && !ref.grads) {
+      fail("the float64 reference", new Error("grad: true, but the output does not require grad"));
+    }
+
+    const fd = opts.gradcheck ?? (ref.grads !== undefined &&
+      prepared.every((p) => p.random || !isFloat(p.dtype)) &&
+      prepared.reduce((n, p) => n + (isFloat(p.dtype) ? p.values.length : 0), 0) <= 64 &&
+      Array.from(ref.values).every(Number.isFinite));
+    if (fd && ref.grads) {
+      try {
+        const x64 = prepared.map((p) =>
+          tensor(p.values, { shape: p.shape, dtype: isFloat(p.dtype) ? "f64" : p.dtype, device: "cpu" })
+        );
+        await gradcheck(refFn, x64, { atol: 1e-7, rtol: 1e-6, ...(fd === true ? {} : fd) });
+      } catch (e) {
+        fail("the float64 reference's gradient against finite differences", e);
+      }
+    }
+
+    const outputs: Partial<Record<DeviceName, TypedArray>> = {};
+    // the output dtype: the reference's, with float64 standing for the inputs' widest float dtype
+    const widest = prepared.some((p) => p.dtype === "f32") || !anyFloat ? "f32" : lowest;
+    const wantDtype = ref.dtype === "f64" ? widest : ref.dtype;
+    for (const device of devices) {
+      let got: Run;
+      try {
+        got = await runOnce(fn, prepared, device, false, ref.grads ? cotFor : null);
+      } catch (e) {
+        return fail(device, e);
+      }
+      outputs[device] = got.values;
+      if (got.dtype !== wantDtype) {
+        fail(device, new Error(`output dtype ${got.dtype}, expected ${wantDtype}`));
+      }
+      const expected = Float64Array.from(ref.values as ArrayLike<number>, (v) => roundTo(v, got.dtype));
+      try {
+        assertClose(got.values, expected, {
+          atol: opts.atol ?? TOL[got.dtype].atol,
+          rtol: opts.rtol ?? TOL[got.dtype].rtol,
+        }, { actual: got.shape, expected: ref.shape });
+      } catch (e) {
+        fail(`${device} forward against the float64 reference`, e);
+      }
+      if (!ref.grads) continue;
+      if (!got.grads) fail(device, new Error("the output does not require grad, but the reference's does"));
+      prepared.forEach((p, k) => {
+        if (!isFloat(p.dtype)) return;
+        const n = p.values.length;
+        const want = ref.grads![k] ?? new Float64Array(n), have = got.grads![k] ?? new Float64Array(n);
+        try {
+          assertClose(have, Float64Array.from(want as ArrayLike<number>, (v) => roundTo(v, p.dtype)), {
+            atol: opts.gradAtol ?? GRAD_TOL[p.dtype].atol,
+            rtol: opts.gradRtol ?? GRAD_TOL[p.dtype].rtol,
+          });
+        } catch (e) {
+          fail(`${device} gradient of input ${k} (${fmt(p.shape)} ${p.dtype})`, e);
+        }
+      });
+    }
+    return { shape: ref.shape, dtype: wantDtype, reference: ref.values, outputs };
   });
 }
 

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
-import { assertClose, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, leakCheck, requireDevice, requireGpu, scoped } from "../../test/helpers.ts";
 import { philox } from "./random_ref.ts";
 
 leakCheck();
@@ -9,6 +9,7 @@ describe("creation", () => {
   test(
     "tensor infers shapes and dtypes; rejects ragged and bad values",
     scoped(() => {
+      requireGpu();
       const t = s.tensor([[1, 2, 3], [4, 5, 6]], { device: "cpu" });
       expect(t.shape).toEqual([2, 3]);
       expect(t.dtype).toBe("f32");
@@ -40,6 +41,7 @@ describe("creation", () => {
     "zeros, ones, full, arange agree across backends",
     scoped(async () => {
       for (const device of ["cpu", "webgpu"] as const) {
+        requireDevice(device);
         expect(Array.from(await s.zeros([3], { device }).toArray())).toEqual([0, 0, 0]);
         expect(Array.from(await s.ones([2], { device, dtype: "i32" }).toArray())).toEqual([1, 1]);
         expect(Array.from(await s.full([2], -7, { device, dtype: "i32" }).toArray())).toEqual([-7, -7]);
@@ -91,6 +93,7 @@ describe("creation", () => {
   test(
     "the same seed gives the same random tensor on both backends",
     scoped(async () => {
+      requireGpu();
       for (const n of [1, 3, 4, 1001]) {
         const ru = await s.rand([n], { seed: 42, device: "cpu" }).toArray();
         const gu = await s.rand([n], { seed: 42, device: "webgpu" }).toArray();
@@ -115,6 +118,7 @@ describe("creation", () => {
   test(
     "random numbers have the right moments and range",
     scoped(async () => {
+      requireGpu();
       const n = 200_000;
       const u = s.rand([n], { seed: 9, low: -2, high: 2, device: "webgpu" });
       const z = s.randn([n], { seed: 9, mean: 3, std: 0.5, device: "webgpu" });

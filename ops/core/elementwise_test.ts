@@ -1,12 +1,14 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { compareBackends, data, leakCheck, TOL } from "../../test/helpers.ts";
+import { leakCheck, requireGpu, testOp } from "../../test/helpers.ts";
 
 leakCheck();
 
 const SPECIALS = [NaN, 1e4, -1e4, Infinity, -Infinity, 0, -0, 1e-30, 88, -88];
 const SHAPES = [[], [1], [7], [3, 5], [2, 3, 17], [0, 4], [65, 33], [4099]];
+/** Inputs in [-3, 3) with every special value mixed in. */
+const WIDE = { low: -3, high: 3, specials: SPECIALS };
 const UNARY = [
   "neg",
   "abs",
@@ -36,37 +38,27 @@ const BINARY = [
   "gt",
   "ge",
 ] as const;
+/** The second operand's special values. */
+const B_SPECIALS = [NaN, 0, 2, -3, Infinity, 1e4];
 
-const cpu = (shape: number[], seed = 1, scale = 3, specials = SPECIALS) => {
-  const n = shape.reduce((a, b) => a * b, 1);
-  return s.tensor(data(n, seed, scale, specials), { shape, device: "cpu" });
-};
-
-describe("unary ops: webgpu against the float64 cpu reference", () => {
+describe("unary ops: every backend against the float64 reference, values and gradients", () => {
   for (const op of UNARY) {
     test(op, async () => {
       const f = s[op] as (x: Tensor) => Tensor;
-      for (const shape of SHAPES) {
-        const x = cpu(shape);
-        // exp of large arguments: the Vulkan precision bound is 3 + 2|x| ulp
-        await compareBackends(f, [x], op === "exp" ? { atol: 1e-5, rtol: 3e-5 } : { atol: 1e-5, rtol: 1e-5 });
-        x.dispose();
-      }
+      // exp of large arguments: the Vulkan precision bound is 3 + 2|x| ulp
+      const tol = op === "exp" ? { rtol: 3e-5 } : {};
+      for (const shape of SHAPES) await testOp([shape], f, { ...WIDE, ...tol });
     });
   }
 
   test("integer inputs: neg/abs/relu keep i32, math ops give f32", async () => {
-    const x = s.tensor([-3, 0, 5, -2147483647], { dtype: "i32", device: "cpu" });
+    const x = { values: [-3, 0, 5, -2147483647], dtype: "i32" } as const;
     for (const op of UNARY) {
-      const f = s[op] as (x: Tensor) => Tensor;
-      const r = f(x);
+      const r = await testOp([x], s[op] as (x: Tensor) => Tensor);
       expect(r.dtype, op).toBe(["neg", "abs", "relu"].includes(op) ? "i32" : "f32");
-      r.dispose();
-      await compareBackends(f, [x], { atol: 1e-5, rtol: 1e-5 });
     }
     const u = s.tensor([1], { dtype: "u32", device: "cpu" });
     expect(() => s.neg(u)).toThrow(/neg: .*unsigned/);
-    x.dispose();
     u.dispose();
   });
 
@@ -104,42 +96,31 @@ describe("binary ops", () => {
   for (const op of BINARY) {
     test(`${op} with broadcasting, specials and views`, async () => {
       const f = s[op] as (a: Tensor, b: Tensor) => Tensor;
-      for (const [sa, sb] of PAIRS) {
-        const a = cpu(sa, 3), b = cpu(sb, 5, 3, [NaN, 0, 2, -3, Infinity, 1e4]);
-        await compareBackends(f, [a, b], { atol: 1e-5, rtol: 1e-5 });
-        a.dispose();
-        b.dispose();
-      }
+      for (const [sa, sb] of PAIRS) await testOp([sa, { shape: sb, specials: B_SPECIALS }], f, WIDE);
       // non-contiguous views: transposed and strided slices
-      const a = cpu([6, 9], 11), b = cpu([9, 6], 12);
-      await compareBackends(
+      await testOp(
+        [[6, 9], [9, 6]],
         (x, y) => f(x.slice([[0, 6, 2], [1, 9, 3]]), y.transpose().slice([[1, 6, 2], [0, 3]])),
-        [a, b],
+        WIDE,
       );
-      a.dispose();
-      b.dispose();
     });
   }
 
   test("integer arithmetic wraps like 32-bit integers on both backends", async () => {
-    const big = [2147483647, -2147483648, 123456789, -7, 0, 65537];
-    const a = s.tensor(big, { dtype: "i32", device: "cpu" });
-    const b = s.tensor([2, 3, 7, -7, 5, 65537], { dtype: "i32", device: "cpu" });
+    const a = { values: [2147483647, -2147483648, 123456789, -7, 0, 65537], dtype: "i32" } as const;
+    const b = { values: [2, 3, 7, -7, 5, 65537], dtype: "i32" } as const;
     for (const op of ["add", "sub", "mul", "maximum", "minimum", "lt", "eq"] as const) {
-      await compareBackends(s[op] as (a: Tensor, b: Tensor) => Tensor, [a, b], TOL.i32);
+      await testOp([a, b], s[op] as (a: Tensor, b: Tensor) => Tensor);
     }
-    const r = s.add(a, b);
+    const r = await testOp([a, b], (x, y) => s.add(x, y));
     expect(r.dtype).toBe("i32");
-    expect((await r.toArray())[0]).toBe(-2147483647); // wrapped
-    r.dispose();
-    const ua = s.tensor([1, 4000000000], { dtype: "u32", device: "cpu" }),
-      ub = s.tensor([2, 500000000], { dtype: "u32", device: "cpu" });
-    await compareBackends(s.sub as (a: Tensor, b: Tensor) => Tensor, [ua, ub], TOL.u32);
-    await compareBackends(s.add as (a: Tensor, b: Tensor) => Tensor, [ua, ub], TOL.u32);
+    expect(r.outputs.webgpu![0]).toBe(-2147483647); // wrapped
+    const ua = { values: [1, 4000000000], dtype: "u32" } as const;
+    const ub = { values: [2, 500000000], dtype: "u32" } as const;
+    await testOp([ua, ub], (x, y) => s.sub(x, y));
+    await testOp([ua, ub], (x, y) => s.add(x, y));
     // division of integers is true division
-    const d = s.div(a, b);
-    expect(d.dtype).toBe("f32");
-    for (const t of [a, b, ua, ub, d]) t.dispose();
+    expect((await testOp([a, b], (x, y) => s.div(x, y))).dtype).toBe("f32");
   });
 
   test("dtype promotion and scalar operands", async () => {
@@ -157,9 +138,14 @@ describe("binary ops", () => {
     const c = i.gt(1);
     expect(c.dtype).toBe("u32");
     for (const t of [i, f, r, h, k, c]) t.dispose();
+    // the same on every backend, with the gradient of the float operand
+    await testOp([{ values: [1, 2, 3], dtype: "i32" }, [3]], (x, y) => s.add(x, y));
+    await testOp([{ values: [1, 2, 3], dtype: "i32" }], (x) => s.mul(x, 0.5));
+    await testOp([[3]], (x) => s.sub(10, x));
   });
 
   test("bad input names the op, the shapes and devices", () => {
+    requireGpu();
     const a = s.zeros([2, 3], { device: "cpu" }), b = s.zeros([4], { device: "cpu" });
     expect(() => s.add(a, b)).toThrow("add: shapes cannot be broadcast together: [2, 3] and [4]");
     const g = s.zeros([2, 3], { device: "webgpu" });
@@ -173,38 +159,28 @@ describe("binary ops", () => {
 
 describe("where, cast, contiguous", () => {
   test("where broadcasts condition and branches", async () => {
-    const raw = s.tensor(data(12, 4), { shape: [3, 4], device: "cpu" });
-    const c = raw.gt(0);
-    raw.dispose();
-    const a = cpu([4], 5), b = cpu([3, 1], 6);
-    await compareBackends((c, a, b) => s.where(c, a, b), [c, a, b], TOL.f32);
-    const r = s.where(c, a, 0);
+    const cond = { shape: [3, 4], dtype: "u32", low: 0, high: 2 } as const;
+    await testOp([cond, [4], [3, 1]], (c, a, b) => s.where(c, a, b), WIDE);
+    const r = await testOp([cond, [4]], (c, a) => s.where(c, a, 0), WIDE);
     expect(r.shape).toEqual([3, 4]);
-    for (const t of [a, b, c, r]) t.dispose();
   });
 
   test("cast between all dtypes", async () => {
-    const x = s.tensor([1.7, -2.5, 3e9, -3e9, NaN, 0, 255.9], { device: "cpu" });
+    const x = { values: [1.7, -2.5, 3e9, -3e9, NaN, 0, 255.9] };
     for (const d of ["i32", "u32", "f32"] as const) {
-      await compareBackends((t) => s.cast(t, d), [x], TOL[d]);
-      const i = s.cast(x, d);
-      for (const d2 of ["i32", "u32", "f32"] as const) {
-        await compareBackends((t) => s.cast(t, d2), [i], TOL[d2]);
-      }
-      i.dispose();
+      await testOp([x], (t) => s.cast(t, d));
+      for (const d2 of ["i32", "u32", "f32"] as const) await testOp([x], (t) => s.cast(s.cast(t, d), d2));
     }
-    const i = s.cast(x, "i32");
     // WGSL saturates to the largest f32 inside the i32 range; the reference does the same
-    expect(Array.from(await i.toArray())).toEqual([1, -2, 2147483520, -2147483648, 0, 0, 255]);
-    i.dispose();
-    x.dispose();
+    const i = await testOp([x], (t) => s.cast(t, "i32"));
+    expect(Array.from(i.outputs.webgpu!)).toEqual([1, -2, 2147483520, -2147483648, 0, 0, 255]);
   });
 
   test("contiguous copies permuted, sliced and expanded views", async () => {
-    const x = cpu([4, 5, 6], 9);
-    await compareBackends((t) => s.contiguous(t.permute([2, 0, 1])), [x]);
-    await compareBackends((t) => s.contiguous(t.slice([[1, 4], null, [0, 6, 4]])), [x]);
-    await compareBackends((t) => s.contiguous(t.slice([null, 2]).unsqueeze(1).expand([4, 3, 6])), [x]);
+    await testOp([[4, 5, 6]], (t) => s.contiguous(t.permute([2, 0, 1])), WIDE);
+    await testOp([[4, 5, 6]], (t) => s.contiguous(t.slice([[1, 4], null, [0, 6, 4]])), WIDE);
+    await testOp([[4, 5, 6]], (t) => s.contiguous(t.slice([null, 2]).unsqueeze(1).expand([4, 3, 6])), WIDE);
+    const x = s.tensor(Float32Array.from({ length: 120 }, (_, i) => i), { shape: [4, 5, 6], device: "cpu" });
     const p = x.permute([2, 0, 1]);
     expect(p.isContiguous).toBe(false);
     const c = p.contiguous();

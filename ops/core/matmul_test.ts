@@ -2,16 +2,21 @@ import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
 import { gpu } from "../../runtime/device.ts";
-import { assertClose, compareBackends, data, leakCheck, scoped, TOL } from "../../test/helpers.ts";
+import {
+  assertClose,
+  type InputSpec,
+  leakCheck,
+  requireGpu,
+  scoped,
+  testOp,
+  TOL,
+} from "../../test/helpers.ts";
 import { type MatmulVersion, matmulWith } from "./matmul.ts";
 import { matmulRef } from "./matmul_ref.ts";
 
 leakCheck();
 
 const VERSIONS: MatmulVersion[] = ["v1", "v2", "v3", "v4", "v5", "auto"];
-
-const cpu = (shape: number[], seed = 1, scale = 1, specials: number[] = []) =>
-  s.tensor(data(shape.reduce((a, b) => a * b, 1), seed, scale, specials), { shape, device: "cpu" });
 
 /** f32 accumulation error grows with K; the reference accumulates in float64. */
 const tolK = (K: number) => ({ atol: 2e-6 * Math.max(K, 1), rtol: 1e-5 });
@@ -23,30 +28,49 @@ const tolK = (K: number) => ({ atol: 2e-6 * Math.max(K, 1), rtol: 1e-5 });
 const v3Takes = (K: number, N: number, dtype: string, empty: boolean) =>
   empty || (K % 4 === 0 && N % 4 === 0 && dtype === "f32");
 
+/** A matmul operand: a shape (uniform in [-1, 1)) or a spec. */
+type In = number[] | InputSpec;
+type Mm = (x: Tensor, y: Tensor) => Tensor;
+
 /**
- * Checks `f(a, b)` built with every version against the cpu reference (the same `f` on cpu tensors).
- * v3 must refuse what it cannot take, with its message.
+ * Checks `f(a, b, mm)` with `mm` each version's matmul, on every backend against the float64 reference
+ * (`matmul` on cpu). "auto" is `matmul` itself, so its gradients are checked too (matmulWith records no
+ * backward). v3 must refuse what it cannot take, with its message, on both backends.
  */
 async function everyVersion(
-  f: (a: Tensor, b: Tensor, v: MatmulVersion) => Tensor,
-  a: Tensor,
-  b: Tensor,
-  opts: { M?: number; K: number; N: number; tol?: { atol: number; rtol: number } },
+  f: (a: Tensor, b: Tensor, mm: Mm) => Tensor,
+  a: In,
+  b: In,
+  opts: { M?: number; K: number; N: number; tol?: { atol: number; rtol: number }; seed?: number },
 ): Promise<void> {
+  const spec = (x: In): InputSpec => (Array.isArray(x) ? { shape: x } : x as InputSpec);
+  const [sa, sb] = [spec(a), spec(b)];
+  const dtype = (sa.dtype ?? "f32") === (sb.dtype ?? "f32") ? sa.dtype ?? "f32" : "f32";
+  const tol = opts.tol ?? tolK(opts.K);
+  const common = { low: -1, high: 1, seed: opts.seed, atol: tol.atol, rtol: tol.rtol };
+  const reference = (x: Tensor, y: Tensor) => f(x, y, s.matmul);
   for (const v of VERSIONS) {
     const empty = opts.M === 0 || opts.N === 0;
-    if (v === "v3" && !v3Takes(opts.K, opts.N, a.dtype === b.dtype ? a.dtype : "f32", empty)) {
-      await s.tidy(async () => {
-        const ga = await a.to("webgpu"), gb = await b.to("webgpu");
-        expect(() => f(ga, gb, v)).toThrow(/^matmul v3: needs K, N and offsets divisible by 4 and f32/);
+    if (v === "v3" && !v3Takes(opts.K, opts.N, dtype, empty)) {
+      requireGpu();
+      s.tidy(() => {
+        for (const device of ["cpu", "webgpu"] as const) {
+          const x = s.zeros(sa.shape!, { device, dtype: sa.dtype }),
+            y = s.zeros(sb.shape!, { device, dtype: sb.dtype });
+          expect(() => f(x, y, (p, q) => matmulWith(p, q, v)), device).toThrow(
+            /^matmul v3: needs K, N and offsets divisible by 4 and f32/,
+          );
+        }
       });
       continue;
     }
-    try {
-      await compareBackends((x, y) => f(x, y, v), [a, b], opts.tol ?? tolK(opts.K));
-    } catch (e) {
-      throw new Error(`version ${v}: ${(e as Error).message}`);
-    }
+    const mm: Mm = v === "auto" ? s.matmul : (x, y) => matmulWith(x, y, v);
+    await testOp([a, b], (x, y) => f(x, y, mm), {
+      ...common,
+      reference,
+      grad: v === "auto",
+      name: `version ${v}`,
+    });
   }
 }
 
@@ -79,12 +103,7 @@ describe("matmul: every shader version against the cpu reference", () => {
   ];
 
   test("2-D grid", async () => {
-    for (const [M, K, N] of GRID) {
-      const a = cpu([M, K], M + K), b = cpu([K, N], K + N + 1);
-      await everyVersion((x, y, v) => matmulWith(x, y, v), a, b, { M, K, N });
-      a.dispose();
-      b.dispose();
-    }
+    for (const [M, K, N] of GRID) await everyVersion((x, y, mm) => mm(x, y), [M, K], [K, N], { M, K, N });
   });
 
   test("batch broadcasting: [2, 1, M, K] @ [3, K, N], shared operands, batch of one", async () => {
@@ -96,90 +115,89 @@ describe("matmul: every shader version against the cpu reference", () => {
         [[1, M, K], [1, K, N]],
         [[2, 1, 3, 1, M, K], [1, 2, 1, 2, K, N]], // more interleaved broadcast dims
       ];
-      for (const [as, bs] of pairs) {
-        const a = cpu(as, 2), b = cpu(bs, 3);
-        await everyVersion((x, y, v) => matmulWith(x, y, v), a, b, { K, N });
-        a.dispose();
-        b.dispose();
-      }
+      for (const [as, bs] of pairs) await everyVersion((x, y, mm) => mm(x, y), as, bs, { K, N, seed: 2 });
     }
   });
 
   test("1-D operands: row vector, column vector, dot product", async () => {
-    for (
-      const [as, bs, N] of [[[9], [9, 5], 5], [[4, 9], [9], 1], [[9], [9], 1], [[2, 3, 8], [8], 1]] as const
-    ) {
-      const a = cpu([...as], 4), b = cpu([...bs], 5);
-      await everyVersion((x, y, v) => matmulWith(x, y, v), a, b, { K: as.at(-1)!, N });
-      a.dispose();
-      b.dispose();
+    const CASES = [[[9], [9, 5], 5], [[4, 9], [9], 1], [[9], [9], 1], [[2, 3, 8], [8], 1]] as const;
+    for (const [as, bs, N] of CASES) {
+      await everyVersion((x, y, mm) => mm(x, y), [...as], [...bs], { K: as.at(-1)!, N, seed: 3 });
     }
   });
 
   test("non-contiguous views: transposes, slices with odd offsets, expanded batches", async () => {
-    const a = cpu([40, 33], 6), b = cpu([21, 40], 7); // a^T is [33, 40], b^T is [40, 21]
-    await everyVersion((x, y, v) => matmulWith(x.transpose(), y.transpose(), v), a, b, { K: 40, N: 21 });
-    const c = cpu([3, 64, 70], 8), d = cpu([70, 64], 9);
+    // a^T is [33, 40], b^T is [40, 21]
+    await everyVersion((x, y, mm) => mm(x.transpose(), y.transpose()), [40, 33], [21, 40], { K: 40, N: 21 });
     // a slice starting at an odd element offset, and B transposed (unit row stride)
     await everyVersion(
-      (x, y, v) =>
-        matmulWith(
-          x.slice([null, [1, 64], [3, 67]]),
-          y.slice([[3, 67]]).transpose().slice([null, [0, 48]]),
-          v,
-        ),
-      c,
-      d,
+      (x, y, mm) =>
+        mm(x.slice([null, [1, 64], [3, 67]]), y.slice([[3, 67]]).transpose().slice([null, [0, 48]])),
+      [3, 64, 70],
+      [70, 64],
       { K: 64, N: 48 },
     );
     // an expanded (stride 0) batch dim and a permuted batch
     await everyVersion(
-      (x, y, v) =>
-        matmulWith(x.slice([[0, 1]]).expand([4, 64, 70]), y.reshape([1, 70, 64]).expand([4, 70, 64]), v),
-      c,
-      d,
+      (x, y, mm) => mm(x.slice([[0, 1]]).expand([4, 64, 70]), y.reshape([1, 70, 64]).expand([4, 70, 64])),
+      [3, 64, 70],
+      [70, 64],
       { K: 70, N: 64 },
     );
-    for (const t of [a, b, c, d]) t.dispose();
   });
 
   test("large magnitudes, NaN and infinities propagate", async () => {
-    const a = cpu([9, 7], 10, 1e17), b = cpu([7, 6], 11, 1e17);
-    await everyVersion((x, y, v) => matmulWith(x, y, v), a, b, { K: 7, N: 6, tol: { atol: 0, rtol: 1e-5 } });
-    const c = cpu([9, 12], 12, 1, [NaN, Infinity, -Infinity]), d = cpu([12, 8], 13, 1, [NaN]);
-    await everyVersion((x, y, v) => matmulWith(x, y, v), c, d, { K: 12, N: 8 });
-    const gc = await c.to("webgpu"), gd = await d.to("webgpu"), out = matmulWith(gc, gd, "v4");
-    const nan = [...await out.toArray()].filter(Number.isNaN).length;
+    const big = (shape: number[]) => ({ shape, low: -1e17, high: 1e17 });
+    // products of size 1e34 that partly cancel: tolK's bound scaled by the products' size
+    await everyVersion((x, y, mm) => mm(x, y), big([9, 7]), big([7, 6]), {
+      K: 7,
+      N: 6,
+      tol: { atol: tolK(7).atol * 1e34, rtol: 1e-5 },
+    });
+    const c = { shape: [9, 12], specials: [NaN, Infinity, -Infinity] },
+      d = { shape: [12, 8], specials: [NaN] };
+    await everyVersion((x, y, mm) => mm(x, y), c, d, { K: 12, N: 8 });
+    const r = await testOp([c, d], (x, y) => matmulWith(x, y, "v4"), {
+      low: -1,
+      high: 1,
+      reference: s.matmul,
+      grad: false,
+      ...tolK(12),
+    });
+    const nan = [...r.outputs.webgpu!].filter(Number.isNaN).length;
     expect(nan).toBeGreaterThan(8); // a NaN in A fills a row of C, one in B a column
-    for (const t of [a, b, c, d, gc, gd, out]) t.dispose();
   });
 
   test("f16 (and f16 @ f32 promotion), looser tolerance", async () => {
+    requireGpu();
     if (!gpu().hasF16) {
-      // f16 needs shader-f16; without it creating the tensor throws, as the tensor tests show
+      // f16 needs shader-f16: without it the f16 case is a clear error, not a wrong answer
+      expect(() => s.zeros([1], { dtype: "f16", device: "webgpu" })).toThrow(/f16 needs the adapter feature/);
       return;
     }
     for (const [M, K, N] of [[5, 7, 3], [33, 64, 40], [1, 30, 130]]) {
-      const a32 = cpu([M, K], 14), b32 = cpu([K, N], 15);
-      const a = a32.cast("f16"), b = b32.cast("f16");
-      await everyVersion((x, y, v) => matmulWith(x, y, v), a, b, { K, N, tol: TOL.f16 });
-      await everyVersion((x, y, v) => matmulWith(x, y, v), a, b32, { K, N, tol: tolK(K) });
-      for (const t of [a, b, a32, b32]) t.dispose();
+      const a = { shape: [M, K], dtype: "f16" } as const, b = { shape: [K, N], dtype: "f16" } as const;
+      await everyVersion((x, y, mm) => mm(x, y), a, b, { K, N, tol: TOL.f16, seed: 4 });
+      await everyVersion((x, y, mm) => mm(x, y), a, [K, N], { K, N, tol: tolK(K), seed: 4 });
     }
   });
 
   test("chunked texture passes: over 256 batches, more column blocks than layers, long A", async () => {
-    const cases: [number[], number[]][] = [[[300, 2, 3], [300, 3, 2]], [[1, 8], [8, 40000]], [[9000, 4], [
-      4,
-      8,
-    ]]];
+    const cases: [number[], number[]][] = [
+      [[300, 2, 3], [300, 3, 2]],
+      [[1, 8], [8, 40000]],
+      [[9000, 4], [4, 8]],
+    ];
     for (const [as, bs] of cases) {
-      const a = cpu(as, 16), b = cpu(bs, 17);
       for (const v of ["v4", "v5"] as const) {
-        await compareBackends((x, y) => matmulWith(x, y, v), [a, b], tolK(as.at(-1)!));
+        await testOp([as, bs], (x, y) => matmulWith(x, y, v), {
+          low: -1,
+          high: 1,
+          reference: s.matmul,
+          grad: false,
+          ...tolK(as.at(-1)!),
+        });
       }
-      a.dispose();
-      b.dispose();
     }
   });
 });
@@ -203,6 +221,7 @@ describe("matmul: input checks", () => {
   test(
     "K past the texture limit: v4/v5 refuse it, auto falls back",
     scoped(async () => {
+      requireGpu();
       const K = 4 * gpu().limits.maxTextureDimension2D + 4;
       const a = s.ones([8, K]), b = s.ones([K, 8]);
       expect(() => matmulWith(a, b, "v4")).toThrow(

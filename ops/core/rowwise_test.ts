@@ -1,45 +1,38 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
-import { compareBackends, data, leakCheck, TOL } from "../../test/helpers.ts";
+import { leakCheck, testOp } from "../../test/helpers.ts";
 
 leakCheck();
-
-const cpu = (shape: number[], seed = 1, scale = 3, specials: number[] = []) =>
-  s.tensor(data(shape.reduce((a, b) => a * b, 1), seed, scale, specials), { shape, device: "cpu" });
 
 const SHAPES = [[1], [7], [3, 5], [2, 3, 17], [65, 33], [0, 4], [4, 0], [2, 1000]];
 
 describe("softmax and logSumExp", () => {
-  test("every axis, against the float64 reference", async () => {
+  test("every axis, against the float64 reference, values and gradients", async () => {
+    const range = { low: -5, high: 5 };
     for (const shape of SHAPES) {
-      const x = cpu(shape, 3, 5);
       for (let a = -shape.length; a < shape.length; a++) {
-        await compareBackends((t) => s.softmax(t, a), [x], { atol: 1e-6, rtol: 1e-5 });
-        await compareBackends((t) => s.logSumExp(t, a), [x], { atol: 1e-5, rtol: 1e-6 });
-        await compareBackends((t) => s.logSumExp(t, a, true), [x], { atol: 1e-5, rtol: 1e-6 });
+        await testOp([shape], (t) => s.softmax(t, a), { ...range, atol: 1e-6, rtol: 1e-5 });
+        await testOp([shape], (t) => s.logSumExp(t, a), { ...range, atol: 1e-5, rtol: 1e-6 });
+        await testOp([shape], (t) => s.logSumExp(t, a, true), { ...range, atol: 1e-5, rtol: 1e-6 });
       }
-      x.dispose();
     }
   });
 
   test("stable for inputs like 1e4; NaN propagates; -inf rows", async () => {
-    const x = s.tensor(
-      [[1e4, 1e4, 0], [-1e4, 1e4 - 1, 1e4], [NaN, 1, 2], [-Infinity, -Infinity, -Infinity]],
-      { device: "cpu" },
-    );
-    await compareBackends((t) => s.softmax(t), [x], TOL.f32);
-    await compareBackends((t) => s.logSumExp(t), [x], TOL.f32);
-    const sm = s.softmax(x), l = s.logSumExp(x);
-    const v = await sm.toArray(), lv = await l.toArray();
+    const x = {
+      values: [[1e4, 1e4, 0], [-1e4, 1e4 - 1, 1e4], [NaN, 1, 2], [-Infinity, -Infinity, -Infinity]],
+    };
+    const sm = await testOp([x], (t) => s.softmax(t));
+    const l = await testOp([x], (t) => s.logSumExp(t));
+    const v = sm.outputs.webgpu!, lv = l.outputs.webgpu!;
     expect(v[0]).toBeCloseTo(0.5, 6);
     expect(lv[0]).toBeCloseTo(1e4 + Math.log(2), 2);
     expect(lv[3]).toBe(-Infinity);
-    for (const t of [x, sm, l]) t.dispose();
   });
 
   test("views and bad input", async () => {
-    const x = cpu([5, 6], 9);
-    await compareBackends((t) => s.softmax(t.transpose(), 1), [x], { atol: 1e-6, rtol: 1e-5 });
+    await testOp([[5, 6]], (t) => s.softmax(t.transpose(), 1), { low: -3, high: 3, atol: 1e-6, rtol: 1e-5 });
+    const x = s.zeros([5, 6], { device: "cpu" });
     const i = s.tensor([1, 2], { dtype: "i32", device: "cpu" });
     expect(() => s.softmax(i)).toThrow(/softmax: needs a float tensor, got tensor \[2\] i32/);
     expect(() => s.softmax(x, 2)).toThrow("softmax: axis 2 is out of range for a tensor of rank 2");
@@ -49,27 +42,26 @@ describe("softmax and logSumExp", () => {
 });
 
 describe("layerNorm and rmsNorm", () => {
-  test("with and without weight and bias, against the reference", async () => {
+  test("with and without weight and bias, against the reference, values and gradients", async () => {
+    const tol = { atol: 1e-4, rtol: 1e-4 };
     for (const shape of [[1], [7], [3, 5], [2, 3, 17], [65, 33], [0, 4], [3, 4096]]) {
       const D = shape[shape.length - 1];
-      const x = cpu(shape, 4, 10, [1e4]), w = cpu([D], 5), b = cpu([D], 6);
-      await compareBackends((t) => s.layerNorm(t), [x], { atol: 1e-4, rtol: 1e-4 });
-      await compareBackends((t, w, b) => s.layerNorm(t, w, b, 1e-3), [x, w, b], { atol: 1e-4, rtol: 1e-4 });
-      await compareBackends((t, w) => s.layerNorm(t, w), [x, w], { atol: 1e-4, rtol: 1e-4 });
-      await compareBackends((t) => s.rmsNorm(t), [x], { atol: 1e-4, rtol: 1e-4 });
-      await compareBackends((t, w) => s.rmsNorm(t, w, 1e-5), [x, w], { atol: 1e-4, rtol: 1e-4 });
-      for (const t of [x, w, b]) t.dispose();
+      // x in [-10, 10) with one outlier of 1e4; weight and bias in [-3, 3)
+      const x = { shape, low: -10, high: 10, specials: [1e4] }, w = { shape: [D], low: -3, high: 3 };
+      await testOp([x], (t) => s.layerNorm(t), tol);
+      await testOp([x, w, w], (t, w, b) => s.layerNorm(t, w, b, 1e-3), tol);
+      await testOp([x, w], (t, w) => s.layerNorm(t, w), tol);
+      await testOp([x], (t) => s.rmsNorm(t), tol);
+      await testOp([x, w], (t, w) => s.rmsNorm(t, w, 1e-5), tol);
     }
   });
 
   test("large offsets normalise stably (two-pass variance)", async () => {
-    const x = s.tensor([[1e4 + 1, 1e4 + 2, 1e4 + 3]], { device: "cpu" });
-    await compareBackends((t) => s.layerNorm(t), [x], { atol: 1e-3, rtol: 1e-3 });
-    const g = await x.to("webgpu");
-    const y = s.layerNorm(g);
-    const v = await y.toArray();
-    expect(v[0]).toBeCloseTo(-1.2247, 3);
-    for (const t of [x, g, y]) t.dispose();
+    const r = await testOp([{ values: [[1e4 + 1, 1e4 + 2, 1e4 + 3]] }], (t) => s.layerNorm(t), {
+      atol: 1e-3,
+      rtol: 1e-3,
+    });
+    expect(r.outputs.webgpu![0]).toBeCloseTo(-1.2247, 3);
   });
 
   test("bad weight shape names it", () => {
