@@ -11,7 +11,6 @@ import { arange } from "../ops/core/creation.ts";
 import { cast, div, eq, maximum, mul, ne, sub, where } from "../ops/core/elementwise.ts";
 import { argmax, mean, sum } from "../ops/core/reduce.ts";
 import { logSumExp } from "../ops/core/rowwise.ts";
-import "../ops/core/mod.ts"; // fills the Tensor method table
 
 /** How a per-element loss is reduced. */
 export type Reduction = "mean" | "sum" | "none";

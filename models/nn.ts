@@ -23,9 +23,10 @@ import { param } from "../runtime/autograd.ts";
 import { fmt, type Shape } from "../runtime/shape.ts";
 import { Tensor } from "../runtime/tensor.ts";
 import { full, rand, randn } from "../ops/core/creation.ts";
-import { where } from "../ops/core/elementwise.ts";
+import { add, ge, gelu, mul, relu, tanh, where } from "../ops/core/elementwise.ts";
 import { gather } from "../ops/core/layout.ts";
-import "../ops/core/mod.ts"; // fills the Tensor method table
+import { matmul } from "../ops/core/matmul.ts";
+import { layerNorm, rmsNorm } from "../ops/core/rowwise.ts";
 
 // ---------------------------------------------------------------------------------------------------------
 // initialisers
@@ -454,9 +455,9 @@ export class Linear extends Module {
     if (x.shape[x.rank - 1] !== this.inFeatures) {
       throw new Error(`Linear: input ${x.describe()} does not end in inFeatures ${this.inFeatures}`);
     }
-    const y = x.matmul(this.weight); // (..., out)
+    const y = matmul(x, this.weight); // (..., out)
     if (!this.bias) return y;
-    const r = y.add(this.bias);
+    const r = add(y, this.bias);
     y.dispose(); // the graph keeps what backward needs
     return r;
   }
@@ -528,7 +529,7 @@ export class LayerNorm extends Module {
   readonly eps: number;
   /** x (..., dim) -> (..., dim). */
   forward(x: Tensor): Tensor {
-    return x.layerNorm(this.weight, this.bias, this.eps);
+    return layerNorm(x, this.weight, this.bias, this.eps);
   }
 }
 
@@ -556,7 +557,7 @@ export class RMSNorm extends Module {
   readonly eps: number;
   /** x (..., dim) -> (..., dim). */
   forward(x: Tensor): Tensor {
-    return x.rmsNorm(this.weight, this.eps);
+    return rmsNorm(x, this.weight, this.eps);
   }
 }
 
@@ -606,9 +607,9 @@ export class Dropout extends Module {
     const seed = this.#seed === undefined ? undefined : mixSeed(this.#seed, this.calls);
     this.calls++;
     const u = rand(x.shape, { seed, device: x.device });
-    const keepMask = u.ge(this.p);
+    const keepMask = ge(u, this.p);
     u.dispose();
-    const scaled = x.mul(1 / (1 - this.p));
+    const scaled = mul(x, 1 / (1 - this.p));
     const y = where(keepMask, scaled, 0);
     keepMask.dispose();
     scaled.dispose();
@@ -628,7 +629,7 @@ export class Dropout extends Module {
 export class ReLU extends Module {
   /** max(x, 0). */
   forward(x: Tensor): Tensor {
-    return x.relu();
+    return relu(x);
   }
 }
 
@@ -644,7 +645,7 @@ export class ReLU extends Module {
 export class Tanh extends Module {
   /** tanh(x). */
   forward(x: Tensor): Tensor {
-    return x.tanh();
+    return tanh(x);
   }
 }
 
@@ -660,7 +661,7 @@ export class Tanh extends Module {
 export class GELU extends Module {
   /** gelu(x). */
   forward(x: Tensor): Tensor {
-    return x.gelu();
+    return gelu(x);
   }
 }
 

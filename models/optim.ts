@@ -37,7 +37,6 @@ import { full } from "../ops/core/creation.ts";
 import { add, copyInto, div, minimum, mul, sqrt, sub } from "../ops/core/elementwise.ts";
 import { concat } from "../ops/core/layout.ts";
 import { sum } from "../ops/core/reduce.ts";
-import "../ops/core/mod.ts"; // fills the Tensor method table
 
 // ---------------------------------------------------------------------------------------------------------
 // schedules

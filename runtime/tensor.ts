@@ -1,7 +1,7 @@
 /**
  * The Tensor type: a strided view (shape, strides, offset) over reference-counted storage on one device.
- * Ops live in ops/; the methods here delegate to them through {@link ops}, filled in by ops/core/mod.ts,
- * so this file has no runtime dependency on any op.
+ * Ops live in ops/; the methods here delegate to them through the method table of runtime/tensor_ops.ts,
+ * which the op modules fill when they load, so this file depends on no op.
  * @module
  */
 
@@ -10,7 +10,7 @@ import { allocArray } from "./dtype.ts";
 import { type DeviceName, gpu } from "./device.ts";
 import { ledgerAlloc, ledgerFree } from "./memory.ts";
 import { contiguousStrides, fmt, normAxis, numel, type Shape } from "./shape.ts";
-import type * as CoreOps from "../ops/core/mod.ts";
+import { ops } from "./tensor_ops.ts";
 
 /** Where a tensor's elements live: a typed array on cpu, a GPU buffer on webgpu. Shared by views. */
 export class Storage {
@@ -41,7 +41,17 @@ export class Storage {
 
 /** Allocates uninitialised storage for `n` elements. `what` names the tensor in errors. */
 export function newStorage(device: DeviceName, dtype: DType, n: number, what: string): Storage {
-  if (device === "cpu") return new Storage("cpu", dtype, n, allocArray(dtype, n), null);
+  if (device === "cpu") {
+    let data: TypedArray;
+    try {
+      data = allocArray(dtype, n);
+    } catch (e) {
+      throw new Error(
+        `cannot allocate ${what} on cpu (${n * itemSize(dtype)} bytes): ${(e as Error).message}`,
+      );
+    }
+    return new Storage("cpu", dtype, n, data, null);
+  }
   if (dtype === "f64") throw new Error(`${what}: dtype f64 lives on the cpu backend only (WGSL has no f64)`);
   const ctx = gpu();
   if (dtype === "f16" && !ctx.hasF16) {
@@ -136,10 +146,9 @@ export function keep<T extends Tensor>(t: T): T {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// the op table: filled by ops/core/mod.ts, typed from it
+// the op table: declared in runtime/tensor_ops.ts, filled by the op modules
 
-/** The core ops, registered by ops/core/mod.ts. Tensor methods call through this table. */
-export const ops = {} as typeof CoreOps;
+export { ops, registerOps, type TensorOps } from "./tensor_ops.ts";
 
 /** Autograd entry points, registered by runtime/autograd.ts (kept apart to avoid an import cycle). */
 export const hooks: {

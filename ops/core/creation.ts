@@ -8,9 +8,10 @@ import { checkDevice, getDevice, gpu } from "../../runtime/device.ts";
 import { checkShape, fmt, numel, type Shape } from "../../runtime/shape.ts";
 import type { CreateOptions, Tensor } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
+import { registerOps } from "../../runtime/tensor_ops.ts";
 import { randomRef } from "./random_ref.ts";
 import { arangeSource, fillSource, RAND_WG, randomSource } from "./random_wgsl.ts";
-import { empty, fromArray, Uniforms } from "./util.ts";
+import { disposeOnThrow, empty, fromArray, Uniforms } from "./util.ts";
 
 /** Nested arrays of numbers (or booleans) of any depth. */
 export type NestedArray = number | boolean | readonly NestedArray[];
@@ -112,10 +113,10 @@ export function tensor(
 export function full(shape: Shape, value: number, opts?: CreateOptions): Tensor {
   const s = checkShape("full", shape);
   const { dtype, device, name } = resolve("full", opts);
+  if (!isFloat(dtype) && numel(s) > 0) checkInt("full", value, dtype); // before allocating: nothing leaks
   const out = empty("full", s, dtype, device);
   out.name = name;
   if (out.size === 0) return out;
-  if (!isFloat(dtype)) checkInt("full", value, dtype);
   const v = value;
   if (device === "cpu") {
     out.storage.data!.fill(v);
@@ -124,16 +125,18 @@ export function full(shape: Shape, value: number, opts?: CreateOptions): Tensor 
   const u = new Uniforms().u32(out.size);
   if (isFloat(dtype)) u.f32(v);
   else u.u32(v);
-  gpu().run({
-    name: "full",
-    key: dtype,
-    source: () => fillSource(dtype),
-    inputs: [],
-    outputs: [out.storage.buffer!],
-    uniforms: u.build(),
-    workgroups: grid(out.size, RAND_WG),
+  return disposeOnThrow([out], () => {
+    gpu().run({
+      name: "full",
+      key: dtype,
+      source: () => fillSource(dtype),
+      inputs: [],
+      outputs: [out.storage.buffer!],
+      uniforms: u.build(),
+      workgroups: grid(out.size, RAND_WG),
+    });
+    return out;
   });
-  return out;
 }
 
 /**
@@ -200,16 +203,18 @@ export function arange(
   const u = new Uniforms().u32(n);
   if (isFloat(dtype)) u.f32(start, step);
   else u.i32(start, step);
-  gpu().run({
-    name: "arange",
-    key: dtype,
-    source: () => arangeSource(dtype),
-    inputs: [],
-    outputs: [out.storage.buffer!],
-    uniforms: u.build(),
-    workgroups: grid(n, RAND_WG),
+  return disposeOnThrow([out], () => {
+    gpu().run({
+      name: "arange",
+      key: dtype,
+      source: () => arangeSource(dtype),
+      inputs: [],
+      outputs: [out.storage.buffer!],
+      uniforms: u.build(),
+      workgroups: grid(n, RAND_WG),
+    });
+    return out;
   });
-  return out;
 }
 
 // ---- random ------------------------------------------------------------------------------------------------
@@ -274,23 +279,20 @@ function random(
     randomRef(kind, seed, stream, a, b, out.storage.data!);
     return out;
   }
-  gpu().run({
-    name: op,
-    key: `${kind}|${dtype}`,
-    source: () => randomSource(kind, dtype),
-    inputs: [],
-    outputs: [out.storage.buffer!],
-    uniforms: new Uniforms().u32(
-      out.size,
-      seed >>> 0,
-      Math.floor(seed / 2 ** 32),
-      stream >>> 0,
-      Math.floor(stream / 2 ** 32),
-    )
-      .f32(a, b).padTo(8).build(),
-    workgroups: grid(Math.ceil(out.size / 4), RAND_WG),
+  const u = new Uniforms().u32(out.size, seed >>> 0, Math.floor(seed / 2 ** 32), stream >>> 0);
+  u.u32(Math.floor(stream / 2 ** 32)).f32(a, b).padTo(8);
+  return disposeOnThrow([out], () => {
+    gpu().run({
+      name: op,
+      key: `${kind}|${dtype}`,
+      source: () => randomSource(kind, dtype),
+      inputs: [],
+      outputs: [out.storage.buffer!],
+      uniforms: u.build(),
+      workgroups: grid(Math.ceil(out.size / 4), RAND_WG),
+    });
+    return out;
   });
-  return out;
 }
 
 /**
@@ -320,3 +322,5 @@ export function randn(shape: Shape, opts?: RandomOptions & { mean?: number; std?
 export function rand(shape: Shape, opts?: RandomOptions & { low?: number; high?: number }): Tensor {
   return random("rand", "uniform", shape, opts?.low ?? 0, opts?.high ?? 1, opts);
 }
+
+registerOps({ full, zeros });

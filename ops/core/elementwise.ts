@@ -11,8 +11,9 @@ import { type Operand, Tensor } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
 import { binaryRef, intBinaryRef, mapRef, toDType, unaryRef } from "./elementwise_ref.ts";
 import { binaryWgsl, elementwiseSource, EW_WG, EW_WORDS, MAX_RANK, unaryWgsl } from "./elementwise_wgsl.ts";
-import { coalesce, computeType, empty, operand, sameDevice, Uniforms } from "./util.ts";
+import { coalesce, computeType, disposeOnThrow, empty, operand, sameDevice, Uniforms } from "./util.ts";
 import { record } from "../../runtime/autograd.ts";
+import { registerOps } from "../../runtime/tensor_ops.ts";
 import { sumTo } from "./reduce.ts";
 
 /**
@@ -30,12 +31,12 @@ function mapOp(
   dst?: Tensor,
 ): Tensor {
   const shape = inputs[0].shape;
-  const out = dst ?? empty(op, shape, outDtype, inputs[0].device);
-  if (out.size === 0) return out;
-  if (out.device === "cpu") {
-    mapRef(inputs, out, ref);
+  if (inputs[0].device === "cpu") {
+    const out = dst ?? empty(op, shape, outDtype, "cpu");
+    if (out.size > 0) mapRef(inputs, out, ref);
     return out;
   }
+  // checked before the output is allocated: an op that throws leaves nothing allocated
   const lists = [contiguousStrides(shape), ...inputs.map((t) => t.strides), ...(dst ? [dst.strides] : [])];
   const c = coalesce(shape, lists);
   if (c.shape.length > MAX_RANK) {
@@ -43,6 +44,8 @@ function mapOp(
       `${op}: ${fmt(shape)} needs ${c.shape.length} strided dims; at most ${MAX_RANK} are supported`,
     );
   }
+  const out = dst ?? empty(op, shape, outDtype, "webgpu");
+  if (out.size === 0) return out;
   const flat = c.strides[0];
   const contig = inputs.map((_, k) => c.strides[k + 1].every((s, d) => s === flat[d]));
   const outStrided = !!dst && !c.strides[inputs.length + 1].every((s, d) => s === flat[d]);
@@ -53,24 +56,35 @@ function mapOp(
   if (dst) u.padTo(40).u32(...c.strides[inputs.length + 1]);
   u.padTo(EW_WORDS);
   const dtypes = inputs.map((t) => t.dtype);
-  gpu().run({
-    name: op,
-    key: `${expr}|${dtypes.join(",")}>${outDtype}|${contig.map(Number).join("")}${outStrided ? "s" : ""}${
-      dst ? "d" : ""
-    }|${computeTypes.join(",")}`,
-    source: () => elementwiseSource(dtypes, outDtype, expr, contig, computeTypes, !!dst, outStrided),
-    inputs: inputs.map((t) => t.storage.buffer!),
-    outputs: [out.storage.buffer!],
-    uniforms: u.build(),
-    workgroups: grid(out.size, EW_WG),
+  return disposeOnThrow(dst ? [] : [out], () => {
+    gpu().run({
+      name: op,
+      key: `${expr}|${dtypes.join(",")}>${outDtype}|${contig.map(Number).join("")}${outStrided ? "s" : ""}${
+        dst ? "d" : ""
+      }|${computeTypes.join(",")}`,
+      source: () => elementwiseSource(dtypes, outDtype, expr, contig, computeTypes, !!dst, outStrided),
+      inputs: inputs.map((t) => t.storage.buffer!),
+      outputs: [out.storage.buffer!],
+      uniforms: u.build(),
+      workgroups: grid(out.size, EW_WG),
+    });
+    return out;
   });
-  return out;
 }
 
-/** Broadcast views of tensors to their common shape (caller disposes). */
-function broadcastAll(op: string, ts: Tensor[]): Tensor[] {
+/**
+ * Runs `fn` on views of `ts` broadcast to their common shape and disposes the views after, also when `fn`
+ * throws (a failed op keeps no view of its inputs alive).
+ */
+function withBroadcast<T>(op: string, ts: Tensor[], fn: (views: Tensor[]) => T): T {
   const shape = broadcastShapes(op, ...ts.map((t) => t.shape));
-  return ts.map((t) => t.expand(shape));
+  const views: Tensor[] = [];
+  try {
+    for (const t of ts) views.push(t.expand(shape));
+    return fn(views);
+  } finally {
+    views.forEach((v) => v.dispose());
+  }
 }
 
 /** Sums a gradient over broadcast dims and casts it to the input's dtype. */
@@ -172,11 +186,9 @@ function binary(op: string, a: Operand, b: Operand): Tensor {
     if (FLOAT_ONLY.has(op) && !isFloat(dtype)) dtype = "f32";
     const out: DType = COMPARE.has(op) ? "u32" : dtype;
     const ct = computeType(dtype);
-    const views = broadcastAll(op, [ta, tb]);
     const int = !isFloat(dtype);
     const ref = (int && intBinaryRef[op]) || binaryRef[op];
-    const r = mapOp(op, views, out, ref, binaryWgsl[op], [ct, ct]);
-    views.forEach((v) => v.dispose());
+    const r = withBroadcast(op, [ta, tb], (views) => mapOp(op, views, out, ref, binaryWgsl[op], [ct, ct]));
     const rule = BINARY_GRAD[op];
     if (!rule || !isFloat(out)) return r;
     const sa = ta.shape, sb = tb.shape, da = ta.dtype, db = tb.dtype;
@@ -355,13 +367,13 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
     sameDevice("where", cond, ta, tb);
     const dtype = promote(ta.dtype, tb.dtype);
     const ct = computeType(dtype), cc = computeType(cond.dtype);
-    const views = broadcastAll("where", [ta, tb, cond]);
-    const r = mapOp("where", views, dtype, (x, y, c) => (c !== 0 ? x : y), `select(b, a, c != ${cc}(0))`, [
-      ct,
-      ct,
-      cc,
-    ]);
-    views.forEach((v) => v.dispose());
+    const choose = (x: number, y: number, c: number) => (c !== 0 ? x : y);
+    const expr = `select(b, a, c != ${cc}(0))`;
+    const r = withBroadcast(
+      "where",
+      [ta, tb, cond],
+      (views) => mapOp("where", views, dtype, choose, expr, [ct, ct, cc]),
+    );
     if (!isFloat(dtype)) return r;
     const sa = ta.shape, sb = tb.shape, da = ta.dtype, db = tb.dtype;
     return record("where", r, [cond, ta, tb], [cond], (g, [c]) => [
@@ -587,3 +599,8 @@ export function tanh(x: Tensor): Tensor {
 export function softplus(x: Tensor): Tensor {
   return unary("softplus", x);
 }
+
+// the Tensor method table
+registerOps({ contiguous, copyInto, cast });
+registerOps({ add, sub, mul, div, pow, maximum, minimum, eq, ne, lt, le, gt, ge });
+registerOps({ neg, abs, exp, log, sqrt, rsqrt, relu, gelu, silu, sigmoid, tanh, softplus });

@@ -10,16 +10,10 @@ import type { Tensor } from "../../runtime/tensor.ts";
 import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { cast, contiguous } from "./elementwise.ts";
 import { copyIntoRef, gatherRef, scatterAddRef } from "./layout_ref.ts";
-import {
-  copyIntoSource,
-  GATHER_OOB,
-  gatherSource,
-  LAYOUT_WG,
-  SCATTER_OOB,
-  scatterAddSource,
-} from "./layout_wgsl.ts";
+import { copyIntoSource, gatherSource, indexOobCode, LAYOUT_WG, scatterAddSource } from "./layout_wgsl.ts";
 import { record } from "../../runtime/autograd.ts";
-import { empty, sameDevice, Uniforms } from "./util.ts";
+import { registerOps } from "../../runtime/tensor_ops.ts";
+import { disposeOnThrow, empty, sameDevice, Uniforms } from "./util.ts";
 
 /** The gradient of each concat input is its slice of g (cast back to its own dtype). */
 function recordConcat(tensors: readonly Tensor[], a: number, out: Tensor): Tensor {
@@ -41,8 +35,7 @@ function recordConcat(tensors: readonly Tensor[], a: number, out: Tensor): Tenso
  * shared diagnostics buffer bound for an index out of range, reported under `op`'s name at the next readback.
  */
 function runIndexed(
-  op: string,
-  code: number,
+  op: "gather" | "scatterAdd",
   key: string,
   source: () => string,
   src: Tensor,
@@ -51,7 +44,12 @@ function runIndexed(
   words: number[],
 ): void {
   const ctx = gpu();
-  ctx.diagnostic(code, (v, limit) => `${op}: index ${v} is out of range for an axis of size ${limit}`);
+  // the shader stores the index word: an i32 index reads back signed (-5), a u32 one unsigned (4000000000)
+  ctx.diagnostic(
+    indexOobCode(op, idx.dtype),
+    (v, limit) => `${op}: index ${v} is out of range for an axis of size ${limit}`,
+    idx.dtype === "i32",
+  );
   ctx.run({
     name: op,
     key,
@@ -93,31 +91,40 @@ export function concat(tensors: readonly Tensor[], axis = 0): Tensor {
   const out = recordConcat(tensors, a, empty("concat", outShape, dtype, device));
   if (out.size === 0) return out;
   const outer = numel(first.shape.slice(0, a)), inner = numel(first.shape.slice(a + 1));
-  let colOff = 0;
-  for (const t of tensors) {
-    const cols = t.shape[a] * inner;
-    if (cols > 0) {
-      const c0 = t.dtype === dtype ? t : cast(t, dtype);
-      const src = contiguous(c0);
-      if (c0 !== t) c0.dispose();
-      if (device === "cpu") {
-        copyIntoRef(src.storage.data!, src.offset, outer, cols, out.storage.data!, total * inner, colOff);
-      } else {
-        gpu().run({
-          name: "concat",
-          key: dtype,
-          source: () => copyIntoSource(dtype),
-          inputs: [src.storage.buffer!],
-          outputs: [out.storage.buffer!],
-          uniforms: new Uniforms().u32(outer, cols, total * inner, colOff, src.offset).build(),
-          workgroups: grid(outer * cols, LAYOUT_WG),
-        });
+  return disposeOnThrow([out], () => {
+    let colOff = 0;
+    for (const t of tensors) {
+      const cols = t.shape[a] * inner;
+      if (cols > 0) {
+        const c0 = t.dtype === dtype ? t : cast(t, dtype);
+        let src: Tensor;
+        try {
+          src = contiguous(c0);
+        } finally {
+          if (c0 !== t) c0.dispose();
+        }
+        try {
+          if (device === "cpu") {
+            copyIntoRef(src.storage.data!, src.offset, outer, cols, out.storage.data!, total * inner, colOff);
+          } else {
+            gpu().run({
+              name: "concat",
+              key: dtype,
+              source: () => copyIntoSource(dtype),
+              inputs: [src.storage.buffer!],
+              outputs: [out.storage.buffer!],
+              uniforms: new Uniforms().u32(outer, cols, total * inner, colOff, src.offset).build(),
+              workgroups: grid(outer * cols, LAYOUT_WG),
+            });
+          }
+        } finally {
+          src.dispose();
+        }
       }
-      src.dispose();
+      colOff += cols;
     }
-    colOff += cols;
-  }
-  return out;
+    return out;
+  });
 }
 
 /**
@@ -180,8 +187,10 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
     ])
     : empty("gather", outShape, x.dtype, device);
   if (out.size === 0 && I === 0) return out;
-  const src = contiguous(x), idx = contiguous(indices);
+  let src: Tensor | null = null, idx: Tensor | null = null;
   try {
+    src = contiguous(x);
+    idx = contiguous(indices);
     if (device === "cpu") {
       gatherRef(
         src.storage.data!,
@@ -200,7 +209,6 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
     if (out.size === 0) return out;
     runIndexed(
       "gather",
-      GATHER_OOB,
       `${x.dtype}|${indices.dtype}`,
       () => gatherSource(x.dtype, indices.dtype),
       src,
@@ -220,8 +228,8 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
     out.dispose();
     throw e;
   } finally {
-    src.dispose();
-    idx.dispose();
+    src?.dispose();
+    idx?.dispose();
   }
 }
 
@@ -263,8 +271,10 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
     [idx],
   ) => [gather(g, idx, a), null]);
   if (out.size === 0) return out;
-  const s = contiguous(src), idx = contiguous(indices);
+  let s: Tensor | null = null, idx: Tensor | null = null;
   try {
+    s = contiguous(src);
+    idx = contiguous(indices);
     if (device === "cpu") {
       scatterAddRef(
         s.storage.data!,
@@ -284,14 +294,16 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
     for (let j0 = 0; j0 < Math.max(I, 1); j0 += MAX_LOOP) {
       const words = [outer, size, inner, I, s.offset, idx.offset, j0, Math.min(I, j0 + MAX_LOOP)];
       const source = () => scatterAddSource(src.dtype, indices.dtype);
-      runIndexed("scatterAdd", SCATTER_OOB, `${src.dtype}|${indices.dtype}`, source, s, idx, out, words);
+      runIndexed("scatterAdd", `${src.dtype}|${indices.dtype}`, source, s, idx, out, words);
     }
     return out;
   } catch (e) {
     out.dispose();
     throw e;
   } finally {
-    s.dispose();
-    idx.dispose();
+    s?.dispose();
+    idx?.dispose();
   }
 }
+
+registerOps({ gather });

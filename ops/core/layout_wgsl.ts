@@ -30,10 +30,22 @@ ${flatId(LAYOUT_WG)}
 }`;
 }
 
-/** The diagnostic code gather raises for an index out of range. */
-export const GATHER_OOB = 1;
-/** The diagnostic code scatterAdd raises for an index out of range. */
-export const SCATTER_OOB = 2;
+/**
+ * The diagnostic codes gather and scatterAdd raise for an index out of range, one per index dtype: the
+ * shader stores the index word, and the code tells the runtime to read it as i32 or as u32.
+ */
+export const INDEX_OOB = {
+  gather: { i32: 1, u32: 3 },
+  scatterAdd: { i32: 2, u32: 4 },
+} as const;
+
+/** The out-of-range code of `op` for an index dtype (i32 or u32). */
+export function indexOobCode(op: keyof typeof INDEX_OOB, idxType: DType): number {
+  if (idxType !== "i32" && idxType !== "u32") {
+    throw new Error(`${op}: indices must be i32 or u32, got ${idxType}`);
+  }
+  return INDEX_OOB[op][idxType];
+}
 
 /** Uniforms: [outer, A, inner, I, xOff, idxOff]. */
 export function gatherSource(dtype: DType, idxType: DType): string {
@@ -52,7 +64,7 @@ ${flatId(LAYOUT_WG)}
   if (${idxType === "i32" ? "k < 0 || " : ""}u32(k) >= A) {
     atomicStore(&diag[1], u32(k));
     atomicStore(&diag[2], A);
-    atomicStore(&diag[0], ${GATHER_OOB}u);
+    atomicStore(&diag[0], ${indexOobCode("gather", idxType)}u);
     out[gid] = ${dtype}(0);
     return;
   }
@@ -83,7 +95,7 @@ ${flatId(LAYOUT_WG)}
     if (gid == 0u && (${idxType === "i32" ? "k < 0 || " : ""}u32(k) >= A)) {
       atomicStore(&diag[1], u32(k));
       atomicStore(&diag[2], A);
-      atomicStore(&diag[0], ${SCATTER_OOB}u);
+      atomicStore(&diag[0], ${indexOobCode("scatterAdd", idxType)}u);
     }
     if (u32(k) == a) { s += f32(src[U(4u) + (o * I + j) * inner + i]); }
   }

@@ -6,14 +6,15 @@
 import { type DType, isFloat } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
 import { fmt, normAxis, numel } from "../../runtime/shape.ts";
-import type { Tensor } from "../../runtime/tensor.ts";
+import { type Tensor, tidy } from "../../runtime/tensor.ts";
 import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { record } from "../../runtime/autograd.ts";
+import { registerOps } from "../../runtime/tensor_ops.ts";
 import { add, contiguous, div, eq, mul, ne, sub, where } from "./elementwise.ts";
 import { arange } from "./creation.ts";
 import { cumsumRef, type ReduceKind, reduceRef } from "./reduce_ref.ts";
 import { cumsumSource, RED_WG, reduceSource } from "./reduce_wgsl.ts";
-import { empty, Uniforms } from "./util.ts";
+import { disposeOnThrow, empty, Uniforms } from "./util.ts";
 
 /** Axis argument: one axis, several, or all (undefined/null). */
 export type Axes = number | readonly number[] | null | undefined;
@@ -93,8 +94,11 @@ function plan(op: string, x: Tensor, axes: Axes, keepdims: boolean) {
   } else {
     const kept = [...Array(rank).keys()].filter((a) => !list.includes(a));
     const p = x.permute([...kept, ...list]);
-    src = contiguous(p);
-    p.dispose();
+    try {
+      src = contiguous(p);
+    } finally {
+      p.dispose();
+    }
     outer = numel(kept.map((a) => x.shape[a]));
     inner = 1;
   }
@@ -114,6 +118,10 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
       : kind === "mean" && !isFloat(x.dtype)
       ? "f32"
       : x.dtype;
+    const v1 = R <= MAX_LOOP && (kind === "argmax" || outer * inner >= 4096 || R < 1024);
+    if (x.device === "webgpu" && !v1 && kind === "argmax" && numel(outShape) > 0) {
+      return argmaxLong(x, axes as number, keepdims);
+    }
     const out = empty(kind, outShape, outDtype, x.device);
     if (out.size === 0) return out;
     if (x.device === "cpu") {
@@ -141,34 +149,35 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
         workgroups: grid(outer * C * inner, RED_WG),
       });
     const scale = kind === "mean" ? 1 / R : 1;
-    if (R <= MAX_LOOP && (kind === "argmax" || outer * inner >= 4096 || R < 1024)) {
-      pass(kind, src, src.offset, R, R, 1, out, scale); // v1
+    return disposeOnThrow([out], () => {
+      if (v1) {
+        pass(kind, src, src.offset, R, R, 1, out, scale); // v1
+        return out;
+      }
+      // v2: reduce C chunks of R per output into partials, then the partials. A mean sums its chunks in f32
+      // (scale 1) and scales at the end.
+      // enough chunks to keep each invocation's loop (and the second pass's) under MAX_LOOP
+      const C = Math.min(
+        MAX_LOOP,
+        Math.max(
+          Math.ceil(R / MAX_LOOP),
+          Math.min(Math.ceil(R / 256), Math.max(1, Math.floor(65536 / (outer * inner)))),
+        ),
+      );
+      const partial = empty(
+        kind,
+        [outer, C, inner],
+        kind === "mean" || isFloat(x.dtype) ? "f32" : x.dtype,
+        x.device,
+      );
+      try {
+        pass(kind === "mean" ? "mean" : kind, src, src.offset, R, Math.ceil(R / C), C, partial, 1);
+        pass(kind === "mean" ? "mean" : kind, partial, 0, C, C, 1, out, scale);
+      } finally {
+        partial.dispose();
+      }
       return out;
-    }
-    if (kind === "argmax") {
-      out.dispose();
-      return argmaxLong(x, axes as number, keepdims);
-    }
-    // v2: reduce C chunks of R per output into partials, then the partials. A mean sums its chunks in f32
-    // (scale 1) and scales at the end.
-    // enough chunks to keep each invocation's loop (and the second pass's) under MAX_LOOP
-    const C = Math.min(
-      MAX_LOOP,
-      Math.max(
-        Math.ceil(R / MAX_LOOP),
-        Math.min(Math.ceil(R / 256), Math.max(1, Math.floor(65536 / (outer * inner)))),
-      ),
-    );
-    const partial = empty(
-      kind,
-      [outer, C, inner],
-      kind === "mean" || isFloat(x.dtype) ? "f32" : x.dtype,
-      x.device,
-    );
-    pass(kind === "mean" ? "mean" : kind, src, src.offset, R, Math.ceil(R / C), C, partial, 1);
-    pass(kind === "mean" ? "mean" : kind, partial, 0, C, C, 1, out, scale);
-    partial.dispose();
-    return out;
+    });
   } finally {
     src.dispose();
   }
@@ -181,15 +190,15 @@ function reduce(kind: ReduceKind, x: Tensor, axes: Axes, keepdims: boolean): Ten
 function argmaxLong(x: Tensor, axis: number, keepdims: boolean): Tensor {
   const a = normAxis("argmax", axis, x.rank);
   const R = x.shape[a];
-  const m = max(x, a, true);
-  const hit = add(eq(x, m), ne(x, x));
-  const pos = arange(R, { dtype: "i32", device: x.device }).reshape(
-    x.shape.map((_d, i) => (i === a ? R : 1)),
-  );
-  const cand = where(hit, pos, R);
-  const r = min(cand, a, keepdims);
-  for (const t of [m, hit, pos, cand]) t.dispose();
-  return r;
+  // tidy frees the temporaries, also when a step throws
+  return tidy(() => {
+    const m = max(x, a, true);
+    const hit = add(eq(x, m), ne(x, x));
+    const pos = arange(R, { dtype: "i32", device: x.device }).reshape(
+      x.shape.map((_d, i) => (i === a ? R : 1)),
+    );
+    return min(where(hit, pos, R), a, keepdims);
+  });
 }
 
 /**
@@ -299,20 +308,24 @@ export function cumsum(x: Tensor, axis = -1): Tensor {
       return recorded;
     }
     // slices of at most MAX_LOOP steps per dispatch; each slice continues from the last value written
-    for (let r0 = 0; r0 < R; r0 += MAX_LOOP) {
-      gpu().run({
-        name: "cumsum",
-        key: x.dtype,
-        source: () => cumsumSource(x.dtype),
-        inputs: [src.storage.buffer!],
-        outputs: [out.storage.buffer!],
-        uniforms: new Uniforms().u32(outer, R, inner, src.offset, r0, Math.min(R, r0 + MAX_LOOP)).padTo(8)
-          .build(),
-        workgroups: grid(outer * inner, RED_WG),
-      });
-    }
-    return recorded;
+    return disposeOnThrow([recorded], () => {
+      for (let r0 = 0; r0 < R; r0 += MAX_LOOP) {
+        gpu().run({
+          name: "cumsum",
+          key: x.dtype,
+          source: () => cumsumSource(x.dtype),
+          inputs: [src.storage.buffer!],
+          outputs: [out.storage.buffer!],
+          uniforms: new Uniforms().u32(outer, R, inner, src.offset, r0, Math.min(R, r0 + MAX_LOOP)).padTo(8)
+            .build(),
+          workgroups: grid(outer * inner, RED_WG),
+        });
+      }
+      return recorded;
+    });
   } finally {
     src.dispose();
   }
 }
+
+registerOps({ sumTo, sum, mean, max, min, argmax, cumsum });

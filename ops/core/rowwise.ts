@@ -14,9 +14,10 @@ import { add, contiguous, div, exp, log, mul, rsqrt, sub } from "./elementwise.t
 import { max, mean, sum } from "./reduce.ts";
 import { noGrad } from "../../runtime/autograd.ts";
 import { tidy } from "../../runtime/tensor.ts";
+import { registerOps } from "../../runtime/tensor_ops.ts";
 import { normRef, softmaxRef } from "./rowwise_ref.ts";
 import { normSource, ROW_WG, softmaxSource } from "./rowwise_wgsl.ts";
-import { empty, sameDevice, Uniforms } from "./util.ts";
+import { disposeOnThrow, empty, sameDevice, Uniforms } from "./util.ts";
 
 /** Records softmax / logSumExp backward: dx = y (g - sum(g y)) and dx = g softmax(x). */
 function recordSoftmax(
@@ -61,24 +62,26 @@ function softmaxLike(op: string, x: Tensor, axis: number, lse: boolean, keepdims
     : x.shape.filter((_, i) => i !== a);
   // v1 loops three times over R per invocation: longer rows are composed from chunked reductions
   if (x.device === "webgpu" && 3 * R > MAX_LOOP) return softmaxComposed(x, a, lse, keepdims);
-  const out = recordSoftmax(op, x, empty(op, outShape, x.dtype, x.device), a, lse, keepdims);
-  if (out.size === 0) return out;
   const src = contiguous(x);
   try {
+    const out = recordSoftmax(op, x, empty(op, outShape, x.dtype, x.device), a, lse, keepdims);
+    if (out.size === 0) return out;
     if (x.device === "cpu") {
       softmaxRef(src.storage.data!, src.offset, outer, R, inner, out.storage.data!, lse);
       return out;
     }
-    gpu().run({
-      name: op,
-      key: `${x.dtype}|${lse}`,
-      source: () => softmaxSource(x.dtype, lse),
-      inputs: [src.storage.buffer!],
-      outputs: [out.storage.buffer!],
-      uniforms: new Uniforms().u32(outer, R, inner, src.offset).build(),
-      workgroups: grid(outer * inner, ROW_WG),
+    return disposeOnThrow([out], () => {
+      gpu().run({
+        name: op,
+        key: `${x.dtype}|${lse}`,
+        source: () => softmaxSource(x.dtype, lse),
+        inputs: [src.storage.buffer!],
+        outputs: [out.storage.buffer!],
+        uniforms: new Uniforms().u32(outer, R, inner, src.offset).build(),
+        workgroups: grid(outer * inner, ROW_WG),
+      });
+      return out;
     });
-    return out;
   } finally {
     src.dispose();
   }
@@ -183,11 +186,13 @@ function norm(
   }
   const rows = x.size / Math.max(D, 1);
   if (device === "webgpu" && 4 * D > MAX_LOOP) return normComposed(x, w, b, eps, rms);
-  const out = recordNorm(op, x, w ?? null, b ?? null, eps, rms, empty(op, x.shape, x.dtype, device));
-  if (out.size === 0) return out;
-  const src = contiguous(x);
-  const wc = w ? contiguous(w) : null, bc = b ? contiguous(b) : null;
+  let src: Tensor | null = null, wc: Tensor | null = null, bc: Tensor | null = null;
   try {
+    src = contiguous(x);
+    wc = w ? contiguous(w) : null;
+    bc = b ? contiguous(b) : null;
+    const out = recordNorm(op, x, w ?? null, b ?? null, eps, rms, empty(op, x.shape, x.dtype, device));
+    if (out.size === 0) return out;
     if (device === "cpu") {
       normRef(
         src.storage.data!,
@@ -204,19 +209,22 @@ function norm(
       );
       return out;
     }
-    gpu().run({
-      name: op,
-      key: `${x.dtype}|${rms}|${!!wc}|${!!bc}`,
-      source: () => normSource(x.dtype, rms, !!wc, !!bc),
-      inputs: [src, ...(wc ? [wc] : []), ...(bc ? [bc] : [])].map((t) => t.storage.buffer!),
-      outputs: [out.storage.buffer!],
-      uniforms: new Uniforms().u32(rows, D, src.offset, wc?.offset ?? 0, bc?.offset ?? 0).f32(eps).padTo(8)
-        .build(),
-      workgroups: grid(rows, ROW_WG),
+    const inputs = [src, ...(wc ? [wc] : []), ...(bc ? [bc] : [])].map((t) => t.storage.buffer!);
+    const u = new Uniforms().u32(rows, D, src.offset, wc?.offset ?? 0, bc?.offset ?? 0).f32(eps).padTo(8);
+    return disposeOnThrow([out], () => {
+      gpu().run({
+        name: op,
+        key: `${x.dtype}|${rms}|${!!wc}|${!!bc}`,
+        source: () => normSource(x.dtype, rms, !!wc, !!bc),
+        inputs,
+        outputs: [out.storage.buffer!],
+        uniforms: u.build(),
+        workgroups: grid(rows, ROW_WG),
+      });
+      return out;
     });
-    return out;
   } finally {
-    src.dispose();
+    src?.dispose();
     wc?.dispose();
     bc?.dispose();
   }
@@ -248,3 +256,5 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
 export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
   return norm("rmsNorm", x, weight, null, eps, true);
 }
+
+registerOps({ softmax, logSumExp, layerNorm, rmsNorm });

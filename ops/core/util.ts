@@ -5,6 +5,7 @@ import type { DeviceName } from "../../runtime/device.ts";
 import { gpu } from "../../runtime/device.ts";
 import { fmt, numel, type Shape } from "../../runtime/shape.ts";
 import { newStorage, type Operand, Tensor } from "../../runtime/tensor.ts";
+import { registerOps } from "../../runtime/tensor_ops.ts";
 
 /** Throws unless every tensor is live and on one device; returns that device. */
 export function sameDevice(op: string, ...ts: Tensor[]): DeviceName {
@@ -23,7 +24,15 @@ export function empty(op: string, shape: Shape, dtype: DType, device: DeviceName
   return new Tensor(newStorage(device, dtype, numel(shape), `${op} output ${fmt(shape)} ${dtype}`), shape);
 }
 
-/** Uploads or wraps host data as a new contiguous tensor. */
+/**
+ * Uploads or wraps host data as a new contiguous tensor. Extra values are ignored; missing ones are 0.
+ *
+ * @example
+ * ```ts
+ * import { fromArray } from "seqlab";
+ * console.log(await fromArray([1, 2, 3, 4], [2, 2], "i32", "cpu").toArray()); // Int32Array [1, 2, 3, 4]
+ * ```
+ */
 export function fromArray(
   data: ArrayLike<number>,
   shape: Shape,
@@ -33,14 +42,49 @@ export function fromArray(
 ): Tensor {
   const n = numel(shape);
   const what = `${name ? `tensor "${name}"` : "tensor"} ${fmt(shape)} ${dtype}`;
+  const values = data.length <= n ? data : Array.from(data).slice(0, n);
   const storage = newStorage(device, dtype, n, what);
-  if (storage.data) storage.data.set(data.length === n ? data : Array.from(data).slice(0, n));
+  if (storage.data) storage.data.set(values);
   else if (n > 0) {
     const arr = allocArray(dtype, n);
-    arr.set(data);
-    gpu().write(storage.buffer!, arr as ArrayBufferView);
+    arr.set(values);
+    try {
+      gpu().write(storage.buffer!, arr as ArrayBufferView);
+    } catch (e) {
+      storage.release(); // an op that throws leaves nothing allocated
+      throw e;
+    }
   }
   return new Tensor(storage, shape, undefined, 0, name);
+}
+
+/**
+ * Runs `fn` and returns its result; if it throws, disposes `owned` first (an op's output and temporaries
+ * it allocated before the call), so that an op that throws leaves nothing allocated.
+ *
+ * @example
+ * ```ts
+ * import { disposeOnThrow } from "./util.ts";
+ * import { memory, zeros } from "seqlab";
+ * const before = memory("cpu").bytesInUse;
+ * const out = zeros([4], { device: "cpu" });
+ * try {
+ *   disposeOnThrow([out], () => {
+ *     throw new Error("bad input");
+ *   });
+ * } catch (e) {
+ *   console.log((e as Error).message); // bad input
+ * }
+ * console.log(memory("cpu").bytesInUse === before); // true
+ * ```
+ */
+export function disposeOnThrow<T>(owned: readonly (Tensor | null | undefined)[], fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    for (const t of owned) t?.dispose();
+    throw e;
+  }
 }
 
 /** Turns a number operand into a scalar tensor like `like` (its device, its dtype or f32 for fractions). */
@@ -147,3 +191,5 @@ export function coalesce(
   }
   return { shape: outShape, strides: outStrides };
 }
+
+registerOps({ fromArray });
