@@ -59,8 +59,8 @@ export async function checkAttention(): Promise<void> {
     const ref = await s.attentionRef(q, k, v, o).o.toArray();
     const [qg, kg, vg] = await Promise.all([q, k, v].map(async (t) => await s.cast(t, "f32").to("webgpu")));
     const runs: [string, () => AttentionResult][] = [
-      ["flash v1", () => s.flashAttention(qg, kg, vg, { ...o, version: 1 })],
-      ["flash v2", () => s.flashAttention(qg, kg, vg, { ...o, version: 2 })],
+      ["flash v1", () => s.flashAttention(qg, kg, vg, { ...o, version: "v1" })],
+      ["flash v2", () => s.flashAttention(qg, kg, vg, { ...o, version: "v2" })],
       ["flash v3", () => s.flashAttention(qg, kg, vg, o)],
       ["standard", () => s.standardAttention(qg, kg, vg, o)],
     ];

@@ -43,12 +43,15 @@ export interface AttentionOptions {
   globalTokens?: number;
   /** Block-sparse mask; blocks that are 0 are skipped by the tiled kernels. */
   blockMask?: BlockMask;
-  /** Flash only: query rows per workgroup (a multiple of 8 for v3; default chosen from the adapter). */
+  /** Flash only: query rows per workgroup (a multiple of 8 in [8, 256]; default chosen from the adapter). */
   blockQ?: number;
-  /** Flash only: keys per block (a multiple of 4; default chosen from the adapter). */
+  /** Flash only: keys per block (a multiple of 4 in [4, 4096]; default chosen from the adapter). */
   blockK?: number;
-  /** Flash only: shader version 1, 2 or 3 (default 3; see attention_wgsl.ts). */
-  version?: 1 | 2 | 3;
+  /**
+   * Flash only: the shader version, "v1", "v2" or "v3" (see attention_wgsl.ts); "auto" (the default) is
+   * "v3". v1 and v2 need f32 and D divisible by 4. Checked the same way on every backend.
+   */
+  version?: "auto" | "v1" | "v2" | "v3";
 }
 
 /** How a query row relates to the keys, resolved from the options and the shapes. */

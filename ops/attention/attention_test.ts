@@ -1,9 +1,9 @@
 // The float64 reference (hand-computed cases, its backward by finite differences), standard attention,
 // the decode path, the dispatcher, IO/FLOP stats and bad input. FlashAttention: flash_test.ts.
-import { describe, expect, test } from "vitest";
+import { beforeEach, describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { AttentionOptions, Tensor } from "../../mod.ts";
-import { assertClose, data, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, data, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -103,6 +103,7 @@ describe("attentionRef", () => {
 });
 
 describe("standard attention on WebGPU", () => {
+  beforeEach(requireGpu);
   const cases: [string, number[], number[], () => AttentionOptions][] = [
     ["T = 1", [1, 2, 1, 16], [1, 2, 9, 16], () => ({})],
     ["causal, T = 70, D = 64", [1, 2, 70, 64], [1, 2, 70, 64], () => ({ causal: true })],
@@ -162,6 +163,7 @@ describe("standard attention on WebGPU", () => {
 });
 
 describe("decode", () => {
+  beforeEach(requireGpu);
   test("one query against a cache with per-batch lengths, window, ALiBi", async () => {
     for (
       const o of [{}, { window: 5 }, {
@@ -224,6 +226,7 @@ describe("decode", () => {
 });
 
 describe("attention picks an implementation", () => {
+  beforeEach(requireGpu);
   test(
     "cpu -> reference, webgpu -> flash, a single query -> decode, impl forces",
     scoped(async () => {
@@ -255,6 +258,7 @@ describe("attention picks an implementation", () => {
 });
 
 describe("IO and FLOP accounting", () => {
+  beforeEach(requireGpu);
   test(
     "flash skips the causal upper triangle and zero sparse blocks; moves less than standard",
     scoped(() => {
@@ -311,7 +315,6 @@ describe("bad input", () => {
         "window left must be an integer >= 0, got -1",
       );
       expect(() => s.attentionRef(q, k, k, { globalTokens: 2 })).toThrow(/globalTokens needs a window/);
-      expect(() => s.flashAttention(q, k, k, { blockQ: 12 })).not.toThrow(); // cpu: the reference, blocks unused
       expect(() => s.attentionDecode(q, k, k)).toThrow(/q must be \(B, H, 1, D\)/);
       expect(() => s.attentionDecode(q.slice([null, null, [0, 1]]), k, k, { length: 9 })).toThrow(
         "attentionDecode: length must be B = 1 integers in [0, 8] (the cache length), got 9",
@@ -319,17 +322,51 @@ describe("bad input", () => {
     }),
   );
   test(
-    "webgpu: block sizes and version",
-    scoped(() => {
-      const q = s.zeros([1, 1, 8, 6]);
-      expect(() => s.flashAttention(q, q, q, { blockQ: 12 })).toThrow(
-        "blockQ for v3 must be a multiple of 8 in [8, 256], got 12",
+    "flash options: the same bad option gives the same message on cpu and webgpu",
+    scoped(async () => {
+      requireGpu();
+      const cases: [AttentionOptions, string, number[]?][] = [
+        [{ blockQ: 12 }, "flashAttention: blockQ for v3 must be a multiple of 8 in [8, 256], got 12"],
+        [
+          { blockQ: 512, version: "v2" },
+          "flashAttention: blockQ for v2 must be a multiple of 8 in [8, 256], got 512",
+        ],
+        [{ blockK: 6 }, "flashAttention: blockK must be a multiple of 4 in [4, 4096], got 6"],
+        [{ version: 3 as unknown as "v3" }, "flashAttention: version must be one of auto, v1, v2, v3, got 3"],
+        [{ version: "v4" as "v3" }, 'flashAttention: version must be one of auto, v1, v2, v3, got "v4"'],
+        [{ version: "v1" }, "flashAttention: v1 needs D divisible by 4, got D = 6; use v3", [1, 1, 8, 6]],
+        // v2's K and V tiles in workgroup memory: 2 x 4096 keys x 64 floats is over any adapter's limit
+        [
+          { version: "v2", blockK: 4096 },
+          "flashAttention: v2's K and V tiles of 4096 keys x 8 need 262144 bytes",
+        ],
+      ];
+      for (const [opts, msg, shape = [1, 1, 8, 8]] of cases) {
+        const q = s.zeros(shape, { device: "cpu", dtype: "f32" });
+        const qg = await q.to("webgpu");
+        for (const fn of [s.flashAttention, s.attention]) {
+          const errOf = (x: Tensor) => {
+            try {
+              fn(x, x, x, opts);
+            } catch (e) {
+              return (e as Error).message;
+            }
+            return "no error";
+          };
+          const [cpu, webgpu] = [errOf(q), errOf(qg)];
+          expect(cpu, `${fn.name} ${JSON.stringify(opts)} on cpu`).toContain(msg);
+          expect(webgpu, `${fn.name} ${JSON.stringify(opts)}`).toBe(cpu);
+        }
+      }
+      // v1 and v2 need f32: an f64 reference input is refused as an f16 one would be on webgpu
+      const q64 = s.zeros([1, 1, 8, 8], { device: "cpu", dtype: "f64" });
+      expect(() => s.flashAttention(q64, q64, q64, { version: "v1" })).toThrow(
+        "flashAttention: v1 needs f32, got f64; use v3",
       );
-      expect(() => s.flashAttention(q, q, q, { blockK: 6 })).toThrow(
-        "blockK must be a multiple of 4 in [4, 4096], got 6",
-      );
-      expect(() => s.flashAttention(q, q, q, { version: 1 })).toThrow(
-        "v1 needs D divisible by 4, got D = 6; use v3",
+      // valid options on the cpu: the reference
+      const q32 = s.zeros([1, 1, 8, 8], { device: "cpu", dtype: "f32" });
+      expect(s.flashAttention(q32, q32, q32, { version: "v2", blockQ: 16, blockK: 8 }).stats.impl).toBe(
+        "reference (flashAttention on cpu)",
       );
     }),
   );

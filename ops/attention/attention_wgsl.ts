@@ -2,33 +2,27 @@
  * WGSL attention programs.
  *
  * Designed for the software adapter first (lavapipe: 8-wide SIMD across invocations, 2 CPU threads). What
- * was measured there (B = 1, H = 8, D = 64, T = 1024, non-causal; Mesa 22.3) decides the versions:
- * every storage-buffer load is a per-lane loop with a bounds check (~7-9 ns per lane and component), even
- * when all lanes read the same address; workgroup-memory loads are the same loop, plus barriers; a texel
- * fetch from a sampled texture is a vector gather (~0.75 ns per lane and component). And compile time
- * matters: lavapipe's LLVM takes ~0.7 / 2 / 6 / 25 / 100 s (cold cache) for a kernel keeping R x D / 4 =
- * 16 / 32 / 64 / 128 / 256 vec4 of q and of the accumulator in registers, and far longer when storage
- * accesses are unrolled (each is a per-lane loop). So: register blocks sized from a budget, storage
- * reads and writes staged through private arrays in rolled loops, masks driven by uniforms (one pipeline
- * per head width and block shape, not per mask combination; only ALiBi is a compile-time variant).
+ * was measured there decides the versions: every storage-buffer load is a per-lane loop with a bounds
+ * check, even when all lanes read the same address; workgroup-memory loads are the same loop, plus
+ * barriers; a texel fetch from a sampled texture is a vector gather, about 10x cheaper. And compile time
+ * matters: lavapipe's LLVM takes ~3x longer per doubling of the vec4 registers a kernel keeps (q and the
+ * accumulator, R x D / 4 each), and far longer when storage accesses are unrolled (each is a per-lane
+ * loop). So: register blocks sized from a budget, storage reads and writes staged through private arrays
+ * in rolled loops, masks driven by uniforms (one pipeline per head width and block shape, not per mask
+ * combination; only ALiBi and the per-element block-sparse lookup are compile-time variants).
  *
- * Flash forward versions (numbers are never reused). GFLOP/s at B = 1, H = 8, D = 64, non-causal,
- * counting 4 D FLOPs per query-key pair, machine shared with other work (see bench/results/attention.json):
+ * Flash forward versions (numbers are never reused; timings in bench/results/attention.json):
  * - v1 rows-buffer: one invocation per query row keeping the running max, sum and the D-vector
  *   accumulator, looping over keys read from the storage buffers (the same address in every lane). The
- *   design the issue suggested: 0.30 GFLOP/s at T = 512, all of it in the K/V loads.
+ *   naive baseline; all of its time goes to the K/V loads.
  * - v2 tiled-shared: the paper's tiling: the workgroup (64 rows) copies each K/V block (Bc keys,
  *   Bc = M / 4D from the workgroup-memory limit M) into workgroup memory between barriers, then each
- *   invocation runs v1's loop on the tile: 0.37 GFLOP/s: the shared loads cost what global ones did.
+ *   invocation runs v1's loop on the tile. Barely faster: shared loads cost what global ones do here.
  * - v3 rows-texture: K and V are first packed (one pass, linear in S D) into rgba32float texture arrays;
  *   each invocation owns R query rows (R D floats of q and of the accumulator, in named registers) and
- *   fetches each key's D / 4 texels once for its R rows. At T = 1024: R = 1 4.1, R = 2 6.6, R = 4 (the
- *   default at D = 64) 9.5-10, R = 8 11.5-12.5 GFLOP/s. The default version. Where its time goes (T = 1024,
- *   R = 4, ablations of the generated shader timed interleaved, machine at load ~11): without the K texel
- *   fetches -38%, without V's -39%, without exp -22%, with kpr a constant (no integer division) no change.
- *   The fetches are per lane even though every lane of a workgroup reads the same texel, so only more rows
- *   per invocation amortise them (blockQ 64, i.e. R = 8, ran 1.3x faster than the default in the block
- *   sweep, at ~4x the cold compile time).
+ *   fetches each key's D / 4 texels once for its R rows. The default ("auto"). Most of its time is the
+ *   K and V fetches, per lane although every lane of a workgroup reads the same texel, so only more rows
+ *   per invocation amortise them (a larger blockQ runs faster, at a longer cold compile).
  * All three share the block loop: a host-computed table marks each (query block, key block) tile SKIP
  * (never touched: causal upper triangle, outside the window, zero sparse block), FULL (no mask work) or
  * PARTIAL (per-element mask), and the online softmax runs over chunks of 4 keys.
@@ -46,6 +40,10 @@
  *   with the same mask predicate, writing P and L.
  * - decode v1: one workgroup per (batch, head) for a single query; lanes split the cached keys (storage
  *   buffers, no packing: the cache changes every step), partial softmax states merged in workgroup memory.
+ *
+ * Flash forward, dQ and dK/dV share one prelude ({@link flashPrelude}: uniforms, the operand and mask
+ * bindings, the texture row mapping, the visibility predicate) and its pieces: the (batch, head) indexing
+ * of a workgroup, the key-chunk loop over the block table, the key mask and the ALiBi bias.
  * @module
  */
 
@@ -118,7 +116,12 @@ const UNI = `struct Uni { ${
 } };
 @group(0) @binding(0) var<uniform> u: Uni;`;
 
-/** Texture layout: each texture row holds `kpr` whole keys (D / 4 texels each), LAYER rows per layer. */
+/**
+ * Texture layout of a packed operand: each texture row holds `kpr = TEX_WIDTH / (D / 4)` whole rows of
+ * the operand (D / 4 texels each), texture rows wrap into array layers at the `layers` rows per layer the
+ * shader is compiled with (the device's maxTextureDimension2D). One-texel rows (the keep mask, L and D_i,
+ * the block-sparse mask) use the same mapping with kpr = TEX_WIDTH.
+ */
 export const TEX_WIDTH = 256;
 
 /** The compile-time variant of a program (part of the pipeline key); every mask is a uniform. */
@@ -193,6 +196,20 @@ class Bindings {
   texture(name: string): this {
     return this.add(name, `var ${name}: texture_2d_array<f32>;`);
   }
+  /** A write-only rgba32float storage texture (a pack target). */
+  target(name: string): this {
+    return this.add(name, `var ${name}: texture_storage_2d_array<rgba32float, write>;`);
+  }
+  /**
+   * The mask inputs of the flash programs, after their operands: the block table, key lengths, the keep
+   * mask (texture), [the block-sparse mask (texture)], [ALiBi slopes].
+   */
+  masks(v: Variant): this {
+    this.storage("tab", "u32").storage("lens", "u32").texture("keep");
+    if (v.sparseElem) this.texture("smask");
+    if (v.alibi) this.storage("slopes", "f32");
+    return this;
+  }
   get wgsl(): string {
     return this.decl.join("\n");
   }
@@ -203,6 +220,91 @@ export interface Source {
   code: string;
   bindings: string[];
 }
+
+const f16 = (dtype: DType) => (dtype === "f16" ? "enable f16;" : "");
+
+/** The top of every program: its name, f16 when needed, the uniform block, its bindings, then `decls`. */
+function header(title: string, dtype: DType, b: Bindings, ...decls: string[]): string {
+  return [`// attention ${title}`, f16(dtype), UNI, b.wgsl, ...decls].join("\n");
+}
+
+/**
+ * The prelude of flash forward, dQ and dK/dV: {@link header}, `decls` (workgroup memory), the texture
+ * row mapping for rows of D4 texels, and the visibility predicate (reading the block-sparse mask texture
+ * in the sparseElem variant).
+ */
+function flashPrelude(
+  title: string,
+  dtype: DType,
+  b: Bindings,
+  D4: number,
+  layers: number,
+  v: Variant,
+  decls = "",
+): string {
+  return header(title, dtype, b, decls, texRowFn(D4, layers), visFn(v.sparseElem ? "texture" : "none"));
+}
+
+/**
+ * main() of a program with one workgroup per (query block wid.x, batch and head wid.y [+ wid.z]):
+ * bh (possibly past the last head: such workgroups compute on the last one, bhc, and write nothing),
+ * b, h, its kv head hk, its block-sparse head hs and its first query row q0.
+ */
+function queryMain(WG: number): string {
+  return `@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let bh = u.bh0 + wid.y + wid.z * 65535u;
+  let inRange = bh < u.nbh;
+  let bhc = min(bh, u.nbh - 1u);
+  let b = bhc / u.H; let h = bhc % u.H; let hk = h / u.G;
+  let hs = h * u.spH;
+  let q0 = wid.x * u.BR;`;
+}
+
+/** The keys a query workgroup visits: its ALiBi slope, key length, first K/V row and block-table row. */
+function keyRange(v: Variant): string {
+  return `${v.alibi ? "let slope = slopes[h];" : ""}
+  let Seff = lens[b];
+  let kvBase = (b * u.Hkv + hk) * u.S;
+  let tb = (h * u.tabH * u.nqb + wid.x) * u.nkb;`;
+}
+
+/**
+ * The loop over chunks of CH keys j .. j + CH - 1 up to Seff, entering the block table at each block of
+ * u.BC keys: SKIP blocks are jumped over, `full` says the chunk needs no mask, k1 ends the block.
+ */
+function chunkLoop(chunk: string): string {
+  return `var j = 0u; var k1 = 0u; var st = 0u;
+  loop {
+    if (j >= Seff) { break; }
+    if (j >= k1) {
+      st = tab[tb + j / u.BC];
+      k1 = min(j + u.BC, Seff);
+      if (st == 0u) { j = k1; continue; }
+    }
+    let full = st == 2u && j + ${CH}u <= k1;
+    ${chunk}
+    j += ${CH}u;
+  }`;
+}
+
+/** Declares `name`: whether key `idx` (of batch b) exists (`cond`) and the keep mask lets it be seen. */
+function keyOk(name: string, cond: string, idx: string): string {
+  return `var ${name} = ${cond}; if (u.keepOn != 0u) { ${name} = ${name} && tex1(keep, b * u.S + ${idx}).x != 0.0; }`;
+}
+
+/** The ALiBi bias of query row i against key j, subtracted from score s. */
+const alibiBias = (s: string, i: string, j: string) =>
+  `${s} -= slope * abs(f32(i32(${i}) + u.off - i32(${j})));`;
+
+/** The texel i of the packed row whose first texel `loc` (from trow) gives. */
+const texAt = (t: string, loc: string, i: number | string) =>
+  `textureLoad(${t}, vec2<i32>(${loc}.x + ${
+    typeof i === "number" ? i : `i32(${i})`
+  }, ${loc}.y), ${loc}.z, 0)`;
+
+/** Keys per online-softmax chunk. */
+export const CH = 4;
 
 /** Configuration of a flash forward program. */
 export interface FlashConfig {
@@ -220,9 +322,6 @@ export interface FlashConfig {
   layers: number;
   variant: Variant;
 }
-
-/** Keys per online-softmax chunk. */
-export const CH = 4;
 
 /**
  * Storage-buffer reads of R rows (x < u.nR) of D / 4 vec4 (i < u.nD4) into a private array, in rolled
@@ -292,8 +391,6 @@ function fromRegs(R: number, D4: number, arr: string, name: string): string {
   }`;
 }
 
-const f16 = (dtype: DType) => (dtype === "f16" ? "enable f16;" : "");
-
 /**
  * Flash forward, versions 1-3 (see the module header). Workgroups: (query blocks, B H [split over y, z]).
  * Bindings: Q (strided storage), K, V (textures for v3, contiguous vec4 storage for v1/v2), tab, lens,
@@ -305,17 +402,13 @@ export function flashForwardSource(c: FlashConfig): Source {
   const b = new Bindings().storage("Q", dtype);
   if (version === 3) b.texture("K").texture("V");
   else b.storage("K", "vec4<f32>").storage("V", "vec4<f32>");
-  b.storage("tab", "u32").storage("lens", "u32").texture("keep");
-  if (v.sparseElem) b.texture("smask");
-  if (v.alibi) b.storage("slopes", "f32");
-  b.storage("O", dtype, true).storage("L", "f32", true);
+  b.masks(v).storage("O", dtype, true).storage("L", "f32", true);
   const row = (x: number) => `(q0 + ${x * WG}u + lid.x)`;
   // masks: evaluated only for chunks that are not FULL (a uniform branch)
   const masks = () => {
     const lines = [...rows.flatMap((x) => keys.map((k) => `var ok${x}_${k} = true;`)), "if (!full) {"];
     for (const k of keys) {
-      lines.push(`  var kv${k} = j + ${k}u < k1;`);
-      lines.push(`  if (u.keepOn != 0u) { kv${k} = kv${k} && tex1(keep, b * u.S + jk${k}).x != 0.0; }`);
+      lines.push(`  ${keyOk(`kv${k}`, `j + ${k}u < k1`, `jk${k}`)}`);
       for (const x of rows) lines.push(`  ok${x}_${k} = kv${k} && vis(hs, ${row(x)}, j + ${k}u);`);
     }
     lines.push("}");
@@ -323,7 +416,7 @@ export function flashForwardSource(c: FlashConfig): Source {
   };
   const scoreFix = (x: number, k: number) =>
     `${
-      v.alibi ? `s${x}_${k} -= slope * abs(f32(i32(${row(x)}) + u.off - i32(j + ${k}u))); ` : ""
+      v.alibi ? `${alibiBias(`s${x}_${k}`, row(x), `j + ${k}u`)} ` : ""
     }s${x}_${k} = select(${NEG}, s${x}_${k}, ok${x}_${k});`;
   const update = (x: number, rescale: string) => {
     const smax = keys.map((k) => `s${x}_${k}`).reduce((a, z) => `max(${a}, ${z})`);
@@ -343,7 +436,7 @@ export function flashForwardSource(c: FlashConfig): Source {
       for (const x of rows) lines.push(`var s${x}_${k} = 0.0;`);
       for (const i of dims) {
         lines.push(
-          `{ let t = textureLoad(K, vec2<i32>(kl${k}.x + ${i}, kl${k}.y), kl${k}.z, 0); ${
+          `{ let t = ${texAt("K", `kl${k}`, i)}; ${
             rows.map((x) => `s${x}_${k} += dot(q${x}_${i}, t);`).join(" ")
           } }`,
         );
@@ -354,7 +447,7 @@ export function flashForwardSource(c: FlashConfig): Source {
     for (const k of keys) {
       for (const i of dims) {
         lines.push(
-          `{ let t = textureLoad(V, vec2<i32>(kl${k}.x + ${i}, kl${k}.y), kl${k}.z, 0); ${
+          `{ let t = ${texAt("V", `kl${k}`, i)}; ${
             rows.map((x) => `a${x}_${i} += p${x}_${k} * t;`).join(" ")
           } }`,
         );
@@ -385,7 +478,7 @@ var<workgroup> vs: array<vec4<f32>, ${BC * D4}>;
 var<workgroup> wstate: u32;`
     : "";
   // v2 keeps the block loop uniform (barriers): every block is visited, the state is read via
-  // workgroupUniformLoad, and the tile copy happens only for blocks that run. v1 and v3 run one flat
+  // workgroupUniformLoad, and the tile copy happens only for blocks that run. v1 and v3 run the flat
   // loop over key chunks that reads the tile state when it enters a block.
   const loop = version === 2
     ? `for (var kb = 0u; kb < u.nkb; kb++) {
@@ -405,18 +498,7 @@ var<workgroup> wstate: u32;`
     }
     workgroupBarrier();
   }`
-    : `var j = 0u; var k1 = 0u; var st = 0u;
-  loop {
-    if (j >= Seff) { break; }
-    if (j >= k1) {
-      st = tab[tb + j / u.BC];
-      k1 = min(j + u.BC, Seff);
-      if (st == 0u) { j = k1; continue; }
-    }
-    let full = st == 2u && j + ${CH}u <= k1;
-    ${chunk}
-    j += ${CH}u;
-  }`;
+    : chunkLoop(chunk);
   const init = version === 3
     ? `${toRegs(R, D4, "qa", "q")}
   ${
@@ -433,40 +515,15 @@ var<workgroup> wstate: u32;`
   var la: array<f32, ${R}>; var ma: array<f32, ${R}>;
   ${rows.map((x) => `la[${x}] = l${x}; ma[${x}] = m${x};`).join(" ")}`
     : "var la: array<f32, 1>; var ma: array<f32, 1>; la[0] = l0; ma[0] = m0;";
+  const qRow = `u.qOff + b * u.qsB + h * u.qsH + min(q0 + x * ${WG}u + lid.x, u.T - 1u) * u.qsT`;
   return {
     bindings: b.names,
-    code: `// attention flash forward v${version}
-${f16(dtype)}
-${UNI}
-${b.wgsl}
-${tile}
-${texRowFn(D4, c.layers)}
-${visFn(v.sparseElem ? "texture" : "none")}
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let bh = u.bh0 + wid.y + wid.z * 65535u;
-  let inRange = bh < u.nbh;
-  let bhc = min(bh, u.nbh - 1u);
-  let b = bhc / u.H; let h = bhc % u.H; let hk = h / u.G;
-  let hs = h * u.spH;
-  let q0 = wid.x * u.BR;
-  ${
-      stageIn(
-        R,
-        D4,
-        "Q",
-        "qa",
-        `u.qOff + b * u.qsB + h * u.qsH + min(q0 + x * ${WG}u + lid.x, u.T - 1u) * u.qsT`,
-        "u.qsD",
-        " * u.scale",
-      )
-    }
+    code: `${flashPrelude(`flash forward v${version}`, dtype, b, D4, c.layers, v, tile)}
+${queryMain(WG)}
+  ${stageIn(R, D4, "Q", "qa", qRow, "u.qsD", " * u.scale")}
   ${init}
   ${rows.map((x) => keys.map((k) => `var p${x}_${k} = 0.0;`).join(" ")).join(" ")}
-  ${v.alibi ? "let slope = slopes[h];" : ""}
-  let Seff = lens[b];
-  let kvBase = (b * u.Hkv + hk) * u.S;
-  let tb = (h * u.tabH * u.nqb + wid.x) * u.nkb;
+  ${keyRange(v)}
   ${loop}
   ${fin}
   if (!inRange) { return; }
@@ -497,17 +554,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
  * (uniform nbh = texel count). The keep mask packs with D = 1.
  */
 export function packSource(dtype: DType, D4: number, layers: number): Source {
-  const b = new Bindings().storage("X", dtype).add(
-    "out",
-    "var out: texture_storage_2d_array<rgba32float, write>;",
-  );
+  const b = new Bindings().storage("X", dtype).target("out");
   return {
     bindings: b.names,
-    code: `// attention pack v1
-${f16(dtype)}
-${UNI}
-${b.wgsl}
-${texRowFn(D4, layers)}
+    code: `${header("pack v1", dtype, b, texRowFn(D4, layers))}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -532,15 +582,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
  * where L' is L, or 3e38 for a row without visible keys (so exp(s - L') is 0). One invocation per row.
  */
 export function prepSource(dtype: DType, layers: number): Source {
-  const b = new Bindings().storage("dO", dtype).storage("O", dtype).storage("L", "f32")
-    .add("out", "var out: texture_storage_2d_array<rgba32float, write>;");
+  const b = new Bindings().storage("dO", dtype).storage("O", dtype).storage("L", "f32").target("out");
   return {
     bindings: b.names,
-    code: `// attention bwd-prep v1
-${f16(dtype)}
-${UNI}
-${b.wgsl}
-${texRowFn(1, layers)}
+    code: `${header("bwd-prep v1", dtype, b, texRowFn(1, layers))}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -567,10 +612,8 @@ export interface BwdConfig {
   out?: DType;
 }
 
-const texAt = (t: string, loc: string, i: number | string) =>
-  `textureLoad(${t}, vec2<i32>(${loc}.x + ${
-    typeof i === "number" ? i : `i32(${i})`
-  }, ${loc}.y), ${loc}.z, 0)`;
+/** The operands of both backward programs, all packed: Q, dO, K, V, and (L, D_i) per query row. */
+const bwdOperands = () => new Bindings().texture("Q").texture("dO").texture("K").texture("V").texture("LD");
 
 /**
  * bwd-dq v1: R query rows per invocation (8 per workgroup); Q, dO, K, V, LD from textures. Per key:
@@ -580,25 +623,21 @@ const texAt = (t: string, loc: string, i: number | string) =>
 export function dqSource(c: BwdConfig): Source {
   const { D4, R, variant: v, dtype } = c;
   const rows = rng(R), dims = rng(D4), keys = rng(CH);
-  const b = new Bindings().texture("Q").texture("dO").texture("K").texture("V").texture("LD")
-    .storage("tab", "u32").storage("lens", "u32").texture("keep");
-  if (v.sparseElem) b.texture("smask");
-  if (v.alibi) b.storage("slopes", "f32");
-  b.storage("dQ", dtype, true);
+  const b = bwdOperands().masks(v).storage("dQ", dtype, true);
   const row = (x: number) => `(q0 + ${x * 8}u + lid.x)`;
   const lines: string[] = [];
   for (const k of keys) {
     lines.push(`{ let jk = min(j + ${k}u, k1 - 1u); let kl = trow(kvBase + jk, u.kpr);`);
     lines.push(...rows.map((x) => `var ok${x} = true;`));
     lines.push(
-      `if (!full) { var kv = j + ${k}u < k1; if (u.keepOn != 0u) { kv = kv && tex1(keep, b * u.S + jk).x != 0.0; } ${
+      `if (!full) { ${keyOk("kv", `j + ${k}u < k1`, "jk")} ${
         rows.map((x) => `ok${x} = kv && vis(hs, ${row(x)}, j + ${k}u);`).join(" ")
       } }`,
     );
     lines.push(dims.map((i) => `let k${i} = ${texAt("K", "kl", i)};`).join(" "));
     for (const x of rows) {
       lines.push(`var s${x} = ${dims.map((i) => `dot(q${x}_${i}, k${i})`).join(" + ")};`);
-      if (v.alibi) lines.push(`s${x} -= slope * abs(f32(i32(${row(x)}) + u.off - i32(j + ${k}u)));`);
+      if (v.alibi) lines.push(alibiBias(`s${x}`, row(x), `j + ${k}u`));
     }
     lines.push(dims.map((i) => `let v${i} = ${texAt("V", "kl", i)};`).join(" "));
     for (const x of rows) {
@@ -608,52 +647,23 @@ export function dqSource(c: BwdConfig): Source {
     }
     lines.push("}");
   }
+  const load = (x: number) =>
+    `let rl${x} = trow(bhc * u.T + min(${row(x)}, u.T - 1u), u.kpr);
+  ${
+      dims.map((i) =>
+        `let q${x}_${i} = ${texAt("Q", `rl${x}`, i)} * u.scale; let g${x}_${i} = ${texAt("dO", `rl${x}`, i)};`
+      )
+        .join(" ")
+    }
+  let ld${x} = tex1(LD, bhc * u.T + min(${row(x)}, u.T - 1u)); let L${x} = ld${x}.x; let D${x} = ld${x}.y;
+  ${dims.map((i) => `var dq${x}_${i} = vec4<f32>(0.0);`).join(" ")}`;
   return {
     bindings: b.names,
-    code: `// attention bwd-dq v1
-${f16(dtype)}
-${UNI}
-${b.wgsl}
-${texRowFn(D4, c.layers)}
-${visFn(v.sparseElem ? "texture" : "none")}
-@compute @workgroup_size(8)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let bh = u.bh0 + wid.y + wid.z * 65535u;
-  let inRange = bh < u.nbh;
-  let bhc = min(bh, u.nbh - 1u);
-  let b = bhc / u.H; let h = bhc % u.H; let hk = h / u.G;
-  let hs = h * u.spH;
-  let q0 = wid.x * u.BR;
-  ${
-      rows.map((x) =>
-        `let rl${x} = trow(bhc * u.T + min(${row(x)}, u.T - 1u), u.kpr);
-  ${
-          dims.map((i) =>
-            `let q${x}_${i} = ${texAt("Q", `rl${x}`, i)} * u.scale; let g${x}_${i} = ${
-              texAt("dO", `rl${x}`, i)
-            };`
-          ).join(" ")
-        }
-  let ld${x} = tex1(LD, bhc * u.T + min(${row(x)}, u.T - 1u)); let L${x} = ld${x}.x; let D${x} = ld${x}.y;
-  ${dims.map((i) => `var dq${x}_${i} = vec4<f32>(0.0);`).join(" ")}`
-      ).join("\n  ")
-    }
-  ${v.alibi ? "let slope = slopes[h];" : ""}
-  let Seff = lens[b];
-  let kvBase = (b * u.Hkv + hk) * u.S;
-  let tb = (h * u.tabH * u.nqb + wid.x) * u.nkb;
-  var j = 0u; var k1 = 0u; var st = 0u;
-  loop {
-    if (j >= Seff) { break; }
-    if (j >= k1) {
-      st = tab[tb + j / u.BC];
-      k1 = min(j + u.BC, Seff);
-      if (st == 0u) { j = k1; continue; }
-    }
-    let full = st == 2u && j + ${CH}u <= k1;
-    ${lines.join("\n    ")}
-    j += ${CH}u;
-  }
+    code: `${flashPrelude("bwd-dq v1", dtype, b, D4, c.layers, v)}
+${queryMain(8)}
+  ${rows.map(load).join("\n  ")}
+  ${keyRange(v)}
+  ${chunkLoop(lines.join("\n    "))}
   ${fromRegs(R, D4, "da", "dq")}
   if (!inRange) { return; }
   ${
@@ -684,11 +694,7 @@ export function dkdvSource(c: BwdConfig): Source {
   const { D4, R, variant: v } = c;
   const out = c.out ?? c.dtype;
   const keysR = rng(R), dims = rng(D4);
-  const b = new Bindings().texture("Q").texture("dO").texture("K").texture("V").texture("LD")
-    .storage("tab", "u32").storage("lens", "u32").texture("keep");
-  if (v.sparseElem) b.texture("smask");
-  if (v.alibi) b.storage("slopes", "f32");
-  b.storage("dK", out, true).storage("dV", out, true);
+  const b = bwdOperands().masks(v).storage("dK", out, true).storage("dV", out, true);
   const key = (x: number) => `(c0 + ${x * 8}u + lid.x)`;
   const body: string[] = [];
   body.push(`let ql = trow(qBase + i, u.kpr); let ld = tex1(LD, qBase + i);`);
@@ -697,7 +703,7 @@ export function dkdvSource(c: BwdConfig): Source {
   body.push(dims.map((d) => `let q${d} = ${texAt("Q", "ql", d)};`).join(" "));
   for (const x of keysR) {
     body.push(`var s${x} = (${dims.map((d) => `dot(q${d}, k${x}_${d})`).join(" + ")}) * u.scale;`);
-    if (v.alibi) body.push(`s${x} -= slope * abs(f32(i32(i) + u.off - i32(${key(x)})));`);
+    if (v.alibi) body.push(alibiBias(`s${x}`, "i", key(x)));
     body.push(`let p${x} = select(0.0, exp(s${x} - ld.x), ok${x});`);
   }
   body.push(dims.map((d) => `let g${d} = ${texAt("dO", "ql", d)};`).join(" "));
@@ -705,14 +711,30 @@ export function dkdvSource(c: BwdConfig): Source {
     body.push(`let ds${x} = p${x} * (${dims.map((d) => `dot(g${d}, v${x}_${d})`).join(" + ")} - ld.y);`);
     body.push(dims.map((d) => `dv${x}_${d} += p${x} * g${d}; dk${x}_${d} += ds${x} * q${d};`).join(" "));
   }
+  const load = (x: number) =>
+    `let kl${x} = trow(kvBase + min(${key(x)}, u.S - 1u), u.kpr);
+  ${keyOk(`kok${x}`, `${key(x)} < Seff`, `min(${key(x)}, u.S - 1u)`)}
+  ${
+      dims.map((d) =>
+        `let k${x}_${d} = ${texAt("K", `kl${x}`, d)}; let v${x}_${d} = ${texAt("V", `kl${x}`, d)};`
+      ).join(" ")
+    }
+  ${dims.map((d) => `var dk${x}_${d} = vec4<f32>(0.0); var dv${x}_${d} = vec4<f32>(0.0);`).join(" ")}`;
+  const store = (arr: string, dst: string, scale: string) =>
+    stageOut(
+      D4,
+      dst,
+      out,
+      arr,
+      `(bk * u.S + c0 + x * 8u + lid.x) * u.D`,
+      `c0 + x * 8u + lid.x < u.S`,
+      scale,
+      "*",
+      "u.x0 > 0u",
+    );
   return {
     bindings: b.names,
-    code: `// attention bwd-dkdv v2
-${f16(out)}
-${UNI}
-${b.wgsl}
-${texRowFn(D4, c.layers)}
-${visFn(v.sparseElem ? "texture" : "none")}
+    code: `${flashPrelude("bwd-dkdv v2", out, b, D4, c.layers, v)}
 @compute @workgroup_size(8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let bk = u.bh0 + wid.y + wid.z * 65535u;
@@ -722,19 +744,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let Seff = lens[b];
   let c0 = wid.x * u.BC;
   let kvBase = (b * u.Hkv + hk) * u.S;
-  ${
-      keysR.map((x) =>
-        `let kl${x} = trow(kvBase + min(${key(x)}, u.S - 1u), u.kpr);
-  var kok${x} = ${key(x)} < Seff;
-  if (u.keepOn != 0u) { kok${x} = kok${x} && tex1(keep, b * u.S + min(${key(x)}, u.S - 1u)).x != 0.0; }
-  ${
-          dims.map((d) =>
-            `let k${x}_${d} = ${texAt("K", `kl${x}`, d)}; let v${x}_${d} = ${texAt("V", `kl${x}`, d)};`
-          ).join(" ")
-        }
-  ${dims.map((d) => `var dk${x}_${d} = vec4<f32>(0.0); var dv${x}_${d} = vec4<f32>(0.0);`).join(" ")}`
-      ).join("\n  ")
-    }
+  ${keysR.map(load).join("\n  ")}
   let blockFull = c0 + u.BC <= Seff;
   for (var g = 0u; g < u.G; g++) {
     let h = hk * u.G + g;
@@ -758,32 +768,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   ${fromRegs(R, D4, "ka", "dk")}
   ${fromRegs(R, D4, "va", "dv")}
   if (!inRange) { return; }
-  ${
-      stageOut(
-        D4,
-        "dK",
-        out,
-        "ka",
-        `(bk * u.S + c0 + x * 8u + lid.x) * u.D`,
-        `c0 + x * 8u + lid.x < u.S`,
-        "u.scale",
-        "*",
-        "u.x0 > 0u",
-      )
-    }
-  ${
-      stageOut(
-        D4,
-        "dV",
-        out,
-        "va",
-        `(bk * u.S + c0 + x * 8u + lid.x) * u.D`,
-        `c0 + x * 8u + lid.x < u.S`,
-        "1.0",
-        "*",
-        "u.x0 > 0u",
-      )
-    }
+  ${store("ka", "dK", "u.scale")}
+  ${store("va", "dV", "1.0")}
 }`,
   };
 }
@@ -800,15 +786,10 @@ export function softmaxSource(v: Variant): Source {
   if (v.alibi) b.storage("slopes", "f32");
   b.storage("P", "f32", true).storage("L", "f32", true);
   const ok = "vis(hs, i, j) && (u.keepOn == 0u || keepBuf[b * u.S + j] != 0.0)";
-  const score = `var s = Sc[base + j] * u.scale;${
-    v.alibi ? " s -= slope * abs(f32(i32(i) + u.off - i32(j)));" : ""
-  }`;
+  const score = `var s = Sc[base + j] * u.scale;${v.alibi ? ` ${alibiBias("s", "i", "j")}` : ""}`;
   return {
     bindings: b.names,
-    code: `// attention softmax v1 (standard)
-${UNI}
-${b.wgsl}
-${visFn("storage")}
+    code: `${header("softmax v1 (standard)", "f32", b, visFn("storage"))}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -864,10 +845,7 @@ export function decodeSource(dtype: DType, D4: number, WG: number, v: Variant): 
     `vec4<f32>(f32(${arr}[${base} + min(i * 4u, u.D - 1u)]), f32(${arr}[${base} + min(i * 4u + 1u, u.D - 1u)]), f32(${arr}[${base} + min(i * 4u + 2u, u.D - 1u)]), f32(${arr}[${base} + min(i * 4u + 3u, u.D - 1u)])) * mask4(i)`;
   return {
     bindings: b.names,
-    code: `// attention decode v1
-${f16(dtype)}
-${UNI}
-${b.wgsl}
+    code: `${header("decode v1", dtype, b)}
 var<workgroup> wm: array<f32, ${WG}>;
 var<workgroup> wl: array<f32, ${WG}>;
 var<workgroup> wa: array<vec4<f32>, ${WG * D4}>;

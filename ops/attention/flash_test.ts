@@ -1,14 +1,20 @@
 // FlashAttention (forward v1-v3 and backward) against the float64 reference, the paper's test criterion
 // against standard float32 attention, gradients by finite differences, and the memory ledger.
 // SEQLAB_FULL=1 runs the larger grid (more head widths per version and a 4096-long sequence).
-import { describe, expect, test } from "vitest";
+import { beforeEach, describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { AttentionOptions, Tensor } from "../../mod.ts";
-import { data, leakCheck, scoped } from "../../test/helpers.ts";
-import { dkdvLimits } from "./attention.ts";
+import { gpu } from "../../runtime/device.ts";
+import { WebGPUError } from "../../runtime/webgpu.ts";
+import { data, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
+import { TEX_WIDTH } from "./attention_wgsl.ts";
+import { dkdvLimits } from "./flash.ts";
 
 leakCheck();
+beforeEach(requireGpu); // every test here runs on webgpu: without an adapter it fails with the notice
 const FULL = Deno.env.get("SEQLAB_FULL") === "1";
+/** Whether the adapter can hold f16 tensors (the f16 tests are skipped, by name, where it cannot). */
+const F16 = s.adapterInfo().includes("shader-f16");
 
 /** Deterministic float64 data on the cpu, in [-scale, scale]. */
 const rnd = (shape: number[], seed: number, scale = 1) =>
@@ -110,8 +116,8 @@ async function checkForward(c: Case, opts: AttentionOptions, tol: number): Promi
 
 describe("flash forward against the float64 reference", () => {
   // every case at D = 64 for every version; the head widths 16, 32, 128 (and 12, not a multiple of 4) on v3
-  for (const version of [3, 1, 2] as const) {
-    test(`v${version}, D = 64, every mask`, async () => {
+  for (const version of ["v3", "v1", "v2"] as const) {
+    test(`${version}, D = 64, every mask`, async () => {
       for (const c of CASES(64)) await checkForward(c, { version }, 2e-6);
     });
   }
@@ -142,8 +148,7 @@ describe("flash forward against the float64 reference", () => {
       2e-6,
     );
   });
-  test("f16 inputs (read into f32 registers)", async () => {
-    if (!s.adapterInfo().includes("shader-f16")) return; // the adapter cannot hold f16 tensors
+  test.skipIf(!F16)("f16 inputs (read into f32 registers)", async () => {
     await s.tidy(async () => {
       const q = rnd([1, 2, 20, 32], 4), k = rnd([1, 2, 20, 32], 5);
       const h = await s.cast(q, "f16").to("webgpu"), hk = await s.cast(k, "f16").to("webgpu");
@@ -314,8 +319,7 @@ describe("dK/dV over query-row ranges (the software adapter's loop limit)", () =
       dkdvLimits.loopBudget = saved;
     }
   });
-  test("f16: partial sums carried in f32 across ranges, one rounding at the end", async () => {
-    if (!s.adapterInfo().includes("shader-f16")) return; // the adapter cannot hold f16 tensors
+  test.skipIf(!F16)("f16: partial sums carried in f32 across ranges, one rounding at the end", async () => {
     const saved = dkdvLimits.loopBudget;
     try {
       await s.tidy(async () => {
@@ -356,7 +360,7 @@ describe("dK/dV over query-row ranges (the software adapter's loop limit)", () =
       expect(stats.programs.map((p) => p.name)).toContain("bwd-dkdv (3 dispatches)");
       for (let i = 0; i < 3; i++) {
         // sums of 67200 terms in f32: relative to the largest gradient
-        const scale = (await ref[i].toArray()).reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+        const scale = Array.from(await ref[i].toArray()).reduce((a, x) => Math.max(a, Math.abs(x)), 0);
         expect(await maxErr(grads[i], ref[i]), `d${"qkv"[i]} (max |ref| ${scale})`).toBeLessThan(
           1e-5 * scale,
         );
@@ -420,4 +424,68 @@ describe("memory", () => {
     expect(s2 / s1).toBeGreaterThan(3.4);
     expect(s2).toBeGreaterThan(10 * f2);
   });
+});
+
+describe("one program model: errors and the ledger", () => {
+  const inputs = async () => [
+    await gpu32(rnd([1, 2, 40, 16], 101)),
+    await gpu32(rnd([1, 1, 50, 16], 102)),
+    await gpu32(rnd([1, 1, 50, 16], 103)),
+  ];
+  test(
+    "an error inside the forward pass is thrown at the next readback of another tensor, naming the op; o throws too",
+    scoped(async () => {
+      const [q, k, v] = await inputs();
+      const other = s.tensor([1, 2, 3], { device: "webgpu" });
+      await other.toArray();
+      gpu().injectFault("flashAttention");
+      const { o } = s.flashAttention(q, k, v, { causal: true });
+      const read = other.toArray();
+      await expect(read).rejects.toThrow(WebGPUError);
+      await expect(read).rejects.toThrow(/validation error in flashAttention:/);
+      await expect(o.toArray()).rejects.toThrow(/failed pass: .*flashAttention/);
+      expect(Array.from(await other.toArray())).toEqual([1, 2, 3]); // computed before: still good
+    }),
+  );
+  test(
+    "an error inside the backward pass is thrown at the next readback of another tensor, naming it; dq throws too",
+    scoped(async () => {
+      const leaves = await inputs();
+      for (const t of leaves) t.requiresGrad = true;
+      const { o } = s.flashAttention(leaves[0], leaves[1], leaves[2], { causal: true });
+      const g = await gpu32(rnd([1, 2, 40, 16], 104));
+      const other = s.tensor([1, 2, 3], { device: "webgpu" });
+      await o.toArray(); // the forward is good
+      gpu().injectFault("flashAttention backward");
+      o.backward(g);
+      const read = other.toArray();
+      await expect(read).rejects.toThrow(WebGPUError);
+      await expect(read).rejects.toThrow(/validation error in flashAttention backward/);
+      await expect(leaves[0].grad!.toArray()).rejects.toThrow(/failed pass: .*flashAttention backward/);
+      for (const t of leaves) t.zeroGrad(); // gradients outlive tidy
+    }),
+  );
+  test(
+    "the ledger counts a v3 call's textures while it holds them: the peak includes o, lse and packed K and V",
+    scoped(async () => {
+      const [B, H, Hkv, T, S, D] = [2, 4, 2, 70, 300, 24];
+      const q = await gpu32(rnd([B, H, T, D], 111)), kv = await gpu32(rnd([B, Hkv, S, D], 112));
+      await kv.toArray(); // settle the uploads
+      const before = s.memory().bytesInUse;
+      s.resetPeak();
+      const { o, lse } = s.flashAttention(q, kv, kv, { version: "v3" });
+      // the packing layout: rows of D / 4 texels, TEX_WIDTH / (D / 4) rows per texture row, 16 bytes a texel
+      const D4 = Math.ceil(D / 4), kpr = Math.floor(TEX_WIDTH / D4);
+      const texBytes = 2 * TEX_WIDTH * Math.ceil((B * Hkv * S) / kpr) * 16;
+      const outBytes = 4 * o.size + 4 * lse.size;
+      const after = s.memory();
+      expect(after.peakBytes - before).toBeGreaterThanOrEqual(outBytes + texBytes);
+      expect(after.bytesInUse - before).toBeLessThan(outBytes + texBytes); // released once recorded: pooled
+      expect(after.pooledBytes).toBeGreaterThanOrEqual(texBytes);
+      await o.toArray();
+      o.dispose();
+      lse.dispose();
+      expect(s.memory().bytesInUse).toBe(before);
+    }),
+  );
 });

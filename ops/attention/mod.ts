@@ -8,5 +8,9 @@
 export type { AttentionOptions, AttentionStats, BlockMask } from "./attention_options.ts";
 export { attentionRef, attentionRefBackward } from "./attention_ref.ts";
 export type { AttentionResult } from "./attention_ref.ts";
-export { attention, attentionDecode, attentionImpl, flashAttention, standardAttention } from "./attention.ts";
-export type { AttentionChoice, DecodeOptions } from "./attention.ts";
+export { attention, attentionImpl } from "./attention.ts";
+export type { AttentionChoice } from "./attention.ts";
+export { flashAttention } from "./flash.ts";
+export { standardAttention } from "./standard.ts";
+export { attentionDecode } from "./decode.ts";
+export type { DecodeOptions } from "./decode.ts";
