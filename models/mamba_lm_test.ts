@@ -1,12 +1,19 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
-import { assertClose, GPU, leakCheck, periodicLmLosses, scoped } from "../test/helpers.ts";
+import {
+  assertClose,
+  leakCheck,
+  periodicLmLosses,
+  requireDevice,
+  requireGpu,
+  scoped,
+} from "../test/helpers.ts";
 
 leakCheck();
 
 const arr = async (t: Tensor) => Array.from(await t.toArray());
-const devices = GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const;
+const devices = ["cpu", "webgpu"] as const;
 
 /** (B, L) i32 tokens from a fixed pseudo-random stream. */
 function tokens(B: number, L: number, V: number, device: "cpu" | "webgpu", seed = 1): Tensor {
@@ -66,6 +73,7 @@ describe("MambaLM", () => {
       test(
         `step equals forward token by token; prefill then step too (${selective ? "S6" : "LTI"}, ${device})`,
         scoped(async () => {
+          requireDevice(device);
           const dtype = device === "cpu" ? "f64" as const : "f32" as const;
           const lm = new s.MambaLM({
             vocabSize: 11,
@@ -145,7 +153,7 @@ describe("MambaLM", () => {
       const m = new s.Mamba({ dModel: 4, dState: 3, selective: false, seed: 5, device: "cpu", dtype: "f64" });
       await s.gradcheck((x) => m.forward(x), [s.randn([1, 5, 4], { seed: 6, device: "cpu", dtype: "f64" })]);
       m.dispose();
-      if (!GPU) return;
+      requireGpu();
       const grads = async (device: "cpu" | "webgpu") => {
         const net = new s.Mamba({ dModel: 8, dState: 4, selective: false, seed: 7, device });
         const x = s.randn([2, 40, 8], { seed: 8, device });
@@ -171,17 +179,16 @@ describe("MambaLM", () => {
   test(
     "training: forward on webgpu equals cpu, and the loss of a periodic sequence drops",
     scoped(async () => {
-      const device = GPU ? "webgpu" as const : "cpu" as const;
+      requireGpu();
+      const device = "webgpu" as const;
       const [B, L, V] = [4, 24, 8];
       const cfg = { vocabSize: V, dModel: 16, nLayer: 1, dState: 4, initStd: 0.5, seed: 11 };
-      if (GPU) {
-        const a = new s.MambaLM({ ...cfg, device: "cpu" }), b = new s.MambaLM({ ...cfg, device: "webgpu" });
-        const la = await arr(a.forward(tokens(2, 30, V, "cpu"))),
-          lb = await arr(b.forward(tokens(2, 30, V, "webgpu")));
-        assertClose(lb, la, { atol: 2e-4, rtol: 2e-4 });
-        a.dispose();
-        b.dispose();
-      }
+      const a = new s.MambaLM({ ...cfg, device: "cpu" }), b = new s.MambaLM({ ...cfg, device: "webgpu" });
+      const la = await arr(a.forward(tokens(2, 30, V, "cpu"))),
+        lb = await arr(b.forward(tokens(2, 30, V, "webgpu")));
+      assertClose(lb, la, { atol: 2e-4, rtol: 2e-4 });
+      a.dispose();
+      b.dispose();
       const lm = new s.MambaLM({ ...cfg, initStd: 0.02, device });
       const losses = await periodicLmLosses(lm, B, L, V, device);
       expect(losses[0]).toBeGreaterThan(1.5); // about ln 8 = 2.08 at init

@@ -1,13 +1,13 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../test/helpers.ts";
+import { assertClose, leakCheck, requireDevice, requireGpu, scoped } from "../test/helpers.ts";
 
 leakCheck();
 
 const arr = async (t: Tensor) => Array.from(await t.toArray());
 const TOL = { atol: 2e-3, rtol: 6e-4 };
-const devices = GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const;
+const devices = ["cpu", "webgpu"] as const;
 
 describe("Mamba block", () => {
   test(
@@ -40,6 +40,7 @@ describe("Mamba block", () => {
     test(
       `step over a sequence equals forward; prefill then step continues it (${device})`,
       scoped(async () => {
+        requireDevice(device);
         const dtype = device === "cpu" ? "f64" as const : "f32" as const;
         const m = new s.Mamba({ dModel: 8, dState: 6, seed: 3, device, dtype, scan: { chunkSize: 8 } });
         const [Bn, L] = [2, 13];
@@ -77,7 +78,7 @@ describe("Mamba block", () => {
       const m = new s.Mamba({ dModel: 4, dState: 3, seed: 5, device: "cpu", dtype: "f64" });
       await s.gradcheck((x) => m.forward(x), [s.randn([1, 5, 4], { seed: 6, device: "cpu", dtype: "f64" })]);
       m.dispose();
-      if (!GPU) return;
+      requireGpu();
       const grads = async (device: "cpu" | "webgpu") => {
         const net = new s.Mamba({ dModel: 8, dState: 4, seed: 7, device });
         const x = s.randn([2, 40, 8], { seed: 8, device });

@@ -3,11 +3,11 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
-import { assertClose, data, GPU, leakCheck, scoped } from "../test/helpers.ts";
+import { assertClose, data, leakCheck, requireDevice, requireGpu, scoped } from "../test/helpers.ts";
 
 leakCheck();
 
-const DEVICES = GPU ? (["cpu", "webgpu"] as const) : (["cpu"] as const);
+const DEVICES = ["cpu", "webgpu"] as const;
 const f64 = (shape: number[], seed: number) =>
   s.tensor(data(shape.reduce((a, b) => a * b, 1), seed, 1), { shape, device: "cpu", dtype: "f64" });
 
@@ -149,6 +149,7 @@ describe("Linear", () => {
       expect(st.min).toBeGreaterThanOrEqual(-1 / 8);
       expect(st.std).toBeCloseTo(1 / 8 / Math.sqrt(3), 2);
       for (const device of DEVICES) {
+        requireDevice(device);
         const b = new s.Linear(64, 32, { seed: 7, device });
         expect(await b.weight.toArray()).toEqual(await a.weight.toArray());
         expect(await b.bias!.toArray()).toEqual(await a.bias!.toArray());
@@ -162,6 +163,7 @@ describe("Linear", () => {
     test(
       `gradcheck of the layer on batched input (${device})`,
       scoped(async () => {
+        requireDevice(device);
         const dtype = device === "cpu" ? "f64" : "f32";
         const l = new s.Linear(3, 2, { device, dtype, seed: 4 });
         const inputs = [await f64([2, 2, 3], 5).cast(dtype).to(device), l.weight, l.bias!];
@@ -194,6 +196,7 @@ describe("Embedding", () => {
     test(
       `rows by index, gradient counts repeated indices (${device})`,
       scoped(async () => {
+        requireDevice(device);
         const e = new s.Embedding(5, 3, { seed: 2, device });
         const idx = s.tensor([[4, 0], [4, 2]], { dtype: "i32", device });
         const y = e.forward(idx);
@@ -268,6 +271,7 @@ describe("LayerNorm and RMSNorm", () => {
     test(
       `gradcheck through the modules (${device})`,
       scoped(async () => {
+        requireDevice(device);
         const dtype = device === "cpu" ? "f64" : "f32";
         const x = await f64([2, 4], 11).cast(dtype).to(device);
         const w = await f64([4], 12).add(1).cast(dtype).to(device),
@@ -317,9 +321,10 @@ describe("Dropout", () => {
     }),
   );
 
-  test.skipIf(!GPU)(
+  test(
     "the same masks on cpu and webgpu (rand is bit-identical)",
     scoped(async () => {
+      requireGpu();
       const a = new s.Dropout(0.3, { seed: 4 }), b = new s.Dropout(0.3, { seed: 4 });
       const ya = await a.forward(s.ones([1000], { device: "cpu" })).toArray();
       const yb = await b.forward(s.ones([1000], { device: "webgpu" })).toArray();
@@ -362,6 +367,7 @@ describe("Sequential", () => {
     test(
       `chains layers, frees intermediates, backward still works (${device})`,
       scoped(() => {
+        requireDevice(device);
         const net = new s.Sequential(
           new s.Linear(3, 8, { seed: 1, device }),
           new s.Tanh(),

@@ -2,7 +2,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { TimeMachine } from "./timemachine.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../test/helpers.ts";
+import { assertClose, leakCheck, requireGpu, scoped } from "../test/helpers.ts";
 
 leakCheck();
 
@@ -126,7 +126,7 @@ describe("TimeMachine", () => {
         }
         m.dispose();
       }
-      if (!GPU) return;
+      requireGpu();
       const run = async (device: "cpu" | "webgpu") => {
         const net = new TimeMachine({ ...small, channels: 2, seed: 10, device });
         const x = s.randn([3, 12, 2], { seed: 11, device });

@@ -1,12 +1,19 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor, TransformerConfig } from "../mod.ts";
-import { assertClose, GPU, leakCheck, periodicLmLosses, scoped } from "../test/helpers.ts";
+import {
+  assertClose,
+  leakCheck,
+  periodicLmLosses,
+  requireDevice,
+  requireGpu,
+  scoped,
+} from "../test/helpers.ts";
 
 leakCheck();
 
 const arr = async (t: Tensor) => Array.from(await t.toArray());
-const devices = GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const;
+const devices = ["cpu", "webgpu"] as const;
 const F32 = { atol: 2e-4, rtol: 2e-4 };
 const F64 = { atol: 1e-10, rtol: 1e-10 };
 
@@ -97,6 +104,7 @@ describe("TransformerLM", () => {
       test(
         `step equals forward token by token; prefill (in chunks) then step too (${name}, ${device})`,
         scoped(async () => {
+          requireDevice(device);
           const lm = new s.TransformerLM({
             vocabSize: 13,
             dModel: 16,
@@ -128,9 +136,10 @@ describe("TransformerLM", () => {
     }
   }
 
-  test.skipIf(!GPU)(
+  test(
     "forward and parameter gradients: webgpu equals cpu",
     scoped(async () => {
+      requireGpu();
       const run = async (device: "cpu" | "webgpu", posenc: "rope" | "alibi") => {
         const lm = new s.TransformerLM({
           vocabSize: 11,
@@ -172,7 +181,8 @@ describe("TransformerLM", () => {
   test(
     "training: the loss of a periodic sequence drops within 25 AdamW steps",
     scoped(async () => {
-      const device = GPU ? "webgpu" as const : "cpu" as const;
+      requireGpu();
+      const device = "webgpu" as const;
       const [B, T, V] = [4, 24, 8];
       const lm = new s.TransformerLM({ vocabSize: V, dModel: 32, nLayer: 1, nHead: 2, seed: 11, device });
       const losses = await periodicLmLosses(lm, B, T, V, device);

@@ -6,7 +6,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
-import { data, GPU, leakCheck, scoped } from "./helpers.ts";
+import { data, leakCheck, requireDevice, requireGpu, scoped } from "./helpers.ts";
 
 leakCheck();
 
@@ -32,9 +32,10 @@ describe("matmul backward", () => {
         await s.gradcheck((a, b) => a.matmul(b), make());
       }),
     );
-    test.skipIf(!GPU)(
+    test(
       `gradcheck ${name} (webgpu f32)`,
       scoped(async () => {
+        requireGpu();
         const xs = await Promise.all(make().map((t) => s.cast(t, "f32").to("webgpu")));
         await s.gradcheck((a, b) => a.matmul(b), xs);
       }),
@@ -66,7 +67,8 @@ describe("backward outside tidy frees its temporaries", () => {
   ];
   for (const device of ["cpu", "webgpu"] as const) {
     for (const [name, f] of CASES) {
-      test.skipIf(device === "webgpu" && !GPU)(`${name} (${device})`, () => {
+      test(`${name} (${device})`, () => {
+        requireDevice(device);
         const x = s.param(s.randn([3, 4], { seed: 1, device }));
         const before = s.memory(device).bytesInUse;
         const loss = s.tidy(() => f(x)); // the forward's intermediates go; the graph stays for backward
