@@ -415,8 +415,11 @@ export class GpuContext {
     if (bytes.byteLength === 0) return;
     this.openScope();
     this.device.queue.writeBuffer(buf, byteOffset, bytes);
-    if (byteOffset === 0 && bytes.byteLength >= buf.size) this.poisoned.delete(buf);
-    this.written.set(buf, this.epoch);
+    // host data is right whatever a batch does: a whole upload clears what the buffer carried
+    if (byteOffset === 0 && bytes.byteLength >= buf.size) {
+      this.poisoned.delete(buf);
+      this.written.delete(buf);
+    }
   }
 
   // ---- textures -----------------------------------------------------------------------------------------
