@@ -254,6 +254,8 @@ export class GpuContext {
   readonly counters = { dispatches: 0, copies: 0, submits: 0, readbacks: 0 };
   /** Pool byte cap: freed buffers past this are destroyed rather than kept. */
   poolLimit = 1024 * MIB;
+  /** A batch holding this many dispatches is submitted (without waiting) before more are recorded. */
+  batchLimit = MAX_BATCH_DISPATCHES;
   /**
    * Whether binding 0 (the uniform block) is bound as a read-only storage buffer instead of a uniform
    * buffer. On Mesa's lavapipe (22.3) a shader whose uniforms steer its loops or addresses gets the
@@ -723,7 +725,7 @@ export class GpuContext {
 
   private beginRecord(op: string): GPUCommandEncoder {
     this.checkAlive(op);
-    if (this.batchDispatches >= MAX_BATCH_DISPATCHES) this.flush();
+    if (this.batchDispatches >= this.batchLimit) this.flush();
     this.openScope();
     if (!this.encoder) this.encoder = this.device.createCommandEncoder({ label: "seqlab batch" });
     return this.encoder;
@@ -751,7 +753,8 @@ export class GpuContext {
     for (const b of binds) key += `|${this.idOf(b.obj)}`;
     let group = this.bindGroups.get(key);
     if (group && !this.faults.has(p.name)) {
-      this.bindGroups.delete(key); // re-inserted below: the map's order is least recently used first
+      this.bindGroups.delete(key); // re-inserted: the map's order is least recently used first
+      this.bindGroups.set(key, group);
       this.cacheStats.bindGroupHits++;
     } else {
       this.cacheStats.bindGroupMisses++;
@@ -760,7 +763,8 @@ export class GpuContext {
         resource: { buffer: this.arenas[arena].buf, offset, size: ubytes },
       }];
       binds.forEach((b, i) => entries.push({ binding: i + 1, resource: b.res }));
-      if (this.faults.delete(p.name)) entries.pop(); // a test's injected fault: one binding missing
+      const fault = this.faults.delete(p.name);
+      if (fault) entries.pop(); // a test's injected fault: one binding missing
       group = this.named(
         p.name,
         () => this.device.createBindGroup({ layout: pipe.layout, entries, label: p.name }),
@@ -768,8 +772,8 @@ export class GpuContext {
       if (this.bindGroups.size >= BIND_GROUP_CACHE) {
         this.bindGroups.delete(this.bindGroups.keys().next().value!);
       }
+      if (!fault) this.bindGroups.set(key, group);
     }
-    this.bindGroups.set(key, group);
     this.taint(binds.map((b) => b.obj), binds.filter((b) => b.writes).map((b) => b.obj));
     if (!this.pass) this.pass = this.encoder!.beginComputePass();
     this.pass.setPipeline(pipe.pipe);
@@ -933,6 +937,7 @@ export class GpuContext {
     // makes the whole command buffer invalid) says less
     const failed = checks.filter(([v, o]) => v || o).sort((x, y) => Number(y[4]) - Number(x[4]));
     if (failed.length === 0) return;
+    this.bindGroups.clear(); // a cached bind group may be the invalid one
     const [v, o, ops, , own] = failed[0];
     const err = (o ?? v)!;
     const kind = o ? "out of memory" : "validation error";

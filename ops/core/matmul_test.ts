@@ -232,3 +232,45 @@ describe("matmul: input checks", () => {
     }),
   );
 });
+
+describe("matmul's texture passes on the one program model", () => {
+  for (const v of ["v4", "v5"] as const) {
+    test(
+      `an error inside the ${v} pass throws at the next readback of another tensor, naming the op`,
+      scoped(async () => {
+        requireGpu();
+        const ctx = gpu();
+        const a = s.randn([v === "v5" ? 8 : 64, 96], { seed: 1 }), b = s.randn([96, 40], { seed: 2 });
+        await a.toArray();
+        ctx.injectFault(`matmul ${v}`);
+        const c = matmulWith(a, b, v);
+        const other = a.mul(2);
+        await expect(other.toArray()).rejects.toThrow(new RegExp(`webgpu validation error in matmul ${v}: `));
+        await expect(c.toArray()).rejects.toThrow(/computed by \(or from\) a failed pass/);
+        // later work is unaffected
+        assertClose(await matmulWith(a, b, v).toArray(), await matmulWith(a, b, "v2").toArray(), TOL.f32);
+      }),
+    );
+  }
+
+  test(
+    "the ledger counts the packed textures while the call records; they go back to the pool after",
+    scoped(() => {
+      requireGpu();
+      const a = s.randn([64, 96], { seed: 1 }), b = s.randn([96, 40], { seed: 2 });
+      gpu().emptyCache();
+      const m0 = s.memory();
+      s.resetPeak();
+      const c = matmulWith(a, b, "v4");
+      const m1 = s.memory();
+      // the output's buffer and the two packed operands (A: K/4 x 32 texels x 2 row blocks, B: 8 x K
+      // texels x 1 column block at least), all held at once
+      const textures = m1.pooledBytes;
+      expect(textures).toBeGreaterThanOrEqual((24 * 32 * 2 + 8 * 96) * 16);
+      expect(m1.peakBytes - m0.bytesInUse).toBe(c.storage.bytes + textures);
+      expect(m1.bytesInUse - m0.bytesInUse).toBe(c.storage.bytes);
+      gpu().emptyCache();
+      expect(s.memory().pooledBytes).toBe(0);
+    }),
+  );
+});
