@@ -237,6 +237,8 @@ export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; led
       for (const r of rss) {
         lmTargets[`${r.model}: RSS grows < 50 MB over 2,000 steps`] = verdict(r.growthMiB < 50);
       }
+      const f = await writeResult("train_rss", { adapter: adapterInfo(), loadAverage: loadAverage(), rss });
+      console.log(`wrote ${f}`);
     }
     console.log("\ntargets:");
     for (const [k, v] of Object.entries(lmTargets)) console.log(`  ${k}: ${v}`);
