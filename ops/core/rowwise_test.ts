@@ -64,6 +64,29 @@ describe("layerNorm and rmsNorm", () => {
     expect(r.outputs.webgpu![0]).toBeCloseTo(-1.2247, 3);
   });
 
+  test("rows of any finite scale normalise right (no sum of squares overflows f32)", async () => {
+    // found: [2e19, -2e19, 1e19] gave 0, 0, 0 (or NaN) on webgpu; values only (the backward is composed)
+    const rows = [
+      [2e19, -2e19, 1e19],
+      [3e38, -3e38, 1e38, 0],
+      [3.4e38, 3.4e38, 3.4e38],
+      [3.4e38, -3.4e38, 3.4e38, -3.4e38, 1],
+      [1e-30, 2e-30, -1e-30],
+      [0, 0, 0],
+      [5, 5, 5, 5, 5],
+    ];
+    const tol = { atol: 1e-5, rtol: 1e-5, grad: false };
+    for (const values of rows) {
+      const x = { values: [values] }, w = { values: values.map((_, i) => i - 1.5) };
+      await testOp([x], (t) => s.layerNorm(t), tol);
+      await testOp([x, w, w], (t, w, b) => s.layerNorm(t, w, b), tol);
+      await testOp([x], (t) => s.rmsNorm(t), tol);
+      await testOp([x, w], (t, w) => s.rmsNorm(t, w), tol);
+    }
+    const r = await testOp([{ values: [[2e19, -2e19, 1e19]] }], (t) => s.rmsNorm(t), tol);
+    expect(Array.from(r.outputs.webgpu!).map((v) => Number(v.toFixed(3)))).toEqual([1.155, -1.155, 0.577]);
+  });
+
   test("bad weight shape names it", () => {
     const x = s.zeros([2, 4], { device: "cpu" }), w = s.zeros([3], { device: "cpu" });
     expect(() => s.layerNorm(x, w)).toThrow(

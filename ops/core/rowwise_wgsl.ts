@@ -3,7 +3,9 @@
  *
  * Versions:
  * - softmax v1: one invocation per (outer, inner) line: max pass, sum-of-exp pass, write pass (f32).
- * - norm v1: one invocation per row: mean, then variance of deviations (two passes, stable), then write.
+ * - norm v1: one invocation per row: mean, then variance of deviations (two passes, stable), then write;
+ *   in units of a power of two near max |x| (found in the first pass), so rows of any finite scale
+ *   normalise without the sum of squares overflowing f32.
  *   No workgroup reductions: barriers are costly on the software adapter and rows are many.
  * @module
  */
@@ -55,16 +57,40 @@ ${flatId(ROW_WG)}
   let rows = U(0u); let D = U(1u);
   if (gid >= rows) { return; }
   let base = U(2u) + gid * D;
-  var mean = 0.0;
-  ${
-    rms ? "" : `for (var d = 0u; d < D; d++) { mean += f32(x[base + d]); }
-  mean /= f32(D);`
-  }
-  var v = 0.0;
-  for (var d = 0u; d < D; d++) { let t = f32(x[base + d]) - mean; v += t * t; }
-  let inv = inverseSqrt(v / f32(D) + UF(5u));
+  // Everything in units of m, a power of two at most max |x| kept while reading (a larger element
+  // rescales what was summed, exactly): x / m is in (-2, 2), so no sum of squares overflows f32, and the
+  // normalised output is the same in any unit.
+  var m = 0.0;
+  var acc = 0.0;
   for (var d = 0u; d < D; d++) {
-    var y = (f32(x[base + d]) - mean) * inv;
+    let xd = f32(x[base + d]);
+    let a = abs(xd);
+    if (a >= 2.0 * m && a > 0.0 && a <= 3.4028235e38) {
+      let m2 = exp2(floor(log2(a)));
+      let r = select(0.0, m / m2, m > 0.0);
+      acc *= ${rms ? "r * r" : "r"};
+      m = m2;
+    }
+    let t = select(xd, xd / m, m > 0.0);
+    acc += ${rms ? "t * t" : "t"};
+  }
+  let unit = select(1.0, m, m > 0.0);
+  ${
+    rms ? "let mean = 0.0; let v = acc / f32(D);" : `let mean0 = acc / f32(D);
+  // the corrected two-pass form: the deviations' own sum corrects the rounded mean (a row of equal
+  // values has variance 0, not the rounding error, which no eps would hide at large scale)
+  var st = 0.0;
+  var sq = 0.0;
+  for (var d = 0u; d < D; d++) { let t = f32(x[base + d]) / unit - mean0; st += t; sq += t * t; }
+  let c = st / f32(D);
+  let mean = mean0 + c;
+  let v = max(sq / f32(D) - c * c, 0.0);`
+  }
+  // eps in units of m (it underflows to 0 at large scale, where it does not matter); a zero row stays 0
+  let den = v + min(UF(5u) / unit / unit, 3.4028235e38);
+  let inv = select(0.0, inverseSqrt(den), den > 0.0);
+  for (var d = 0u; d < D; d++) {
+    var y = (f32(x[base + d]) / unit - mean${rms ? "" : "0 - c"}) * inv;
     ${hasW ? "y *= f32(w[U(3u) + d]);" : ""}
     ${hasB ? "y += f32(bias[U(4u) + d]);" : ""}
     out[gid * D + d] = ${dtype}(y);
