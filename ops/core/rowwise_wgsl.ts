@@ -58,30 +58,33 @@ ${flatId(ROW_WG)}
   if (gid >= rows) { return; }
   let base = U(2u) + gid * D;
   // Everything in units of m, a power of two at most max |x| kept while reading (a larger element
-  // rescales what was summed, exactly): x / m is in (-2, 2), so no sum of squares overflows f32, and the
+  // rescales what was summed, exactly): x / m is in (-8, 8), so no sum of squares overflows f32, and the
   // normalised output is the same in any unit.
   var m = 0.0;
+  var rm = 1.0; // 1 / m, exact: m is a power of two in [2^-100, 2^125], so 1 / m is finite and normal
   var acc = 0.0;
   for (var d = 0u; d < D; d++) {
     let xd = f32(x[base + d]);
     let a = abs(xd);
-    if (a >= 2.0 * m && a > 0.0 && a <= 3.4028235e38) {
-      let m2 = exp2(floor(log2(a)));
-      let r = select(0.0, m / m2, m > 0.0);
+    if (a >= 2.0 * m && a > 0.0 && a <= 3.4028235e38 && m < 4.2535296e37) {
+      let m2 = exp2(clamp(floor(log2(a)), -100.0, 125.0));
+      let r = m * (1.0 / m2);
       acc *= ${rms ? "r * r" : "r"};
       m = m2;
+      rm = 1.0 / m2;
     }
-    let t = select(xd, xd / m, m > 0.0);
+    let t = xd * rm;
     acc += ${rms ? "t * t" : "t"};
   }
   let unit = select(1.0, m, m > 0.0);
+  let runit = rm;
   ${
     rms ? "let mean = 0.0; let v = acc / f32(D);" : `let mean0 = acc / f32(D);
   // the corrected two-pass form: the deviations' own sum corrects the rounded mean (a row of equal
   // values has variance 0, not the rounding error, which no eps would hide at large scale)
   var st = 0.0;
   var sq = 0.0;
-  for (var d = 0u; d < D; d++) { let t = f32(x[base + d]) / unit - mean0; st += t; sq += t * t; }
+  for (var d = 0u; d < D; d++) { let t = f32(x[base + d]) * runit - mean0; st += t; sq += t * t; }
   let c = st / f32(D);
   let mean = mean0 + c;
   let v = max(sq / f32(D) - c * c, 0.0);`
@@ -90,7 +93,7 @@ ${flatId(ROW_WG)}
   let den = v + min(UF(5u) / unit / unit, 3.4028235e38);
   let inv = select(0.0, inverseSqrt(den), den > 0.0);
   for (var d = 0u; d < D; d++) {
-    var y = (f32(x[base + d]) / unit - mean${rms ? "" : "0 - c"}) * inv;
+    var y = (f32(x[base + d]) * runit - mean${rms ? "" : "0 - c"}) * inv;
     ${hasW ? "y *= f32(w[U(3u) + d]);" : ""}
     ${hasB ? "y += f32(bias[U(4u) + d]);" : ""}
     out[gid * D + d] = ${dtype}(y);
