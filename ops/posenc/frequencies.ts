@@ -1,7 +1,7 @@
 /**
  * RoPE inverse frequencies and their context-extension scalings (Position Interpolation, NTK-aware,
- * dynamic NTK, YaRN), computed on the host in float64. Formulas: ../../../shared/REFERENCES.md,
- * "Long-context survey"; where REFERENCES.md is silent the Hugging Face `_compute_*_parameters` functions
+ * dynamic NTK, YaRN), computed on the host in float64. Formulas: docs/papers.md,
+ * "Long-context survey"; where the survey is silent the Hugging Face `_compute_*_parameters` functions
  * decide (noted per case).
  * @module
  */
