@@ -212,6 +212,7 @@ export class GpuContext {
   readonly hasF16: boolean;
   /** Pool of freed buffers by size class. */
   private pool = new Map<number, GPUBuffer[]>();
+  private bufPooledBytes = 0;
   /** Buffers freed while commands that use them are still unsubmitted; they rejoin the pool at flush. */
   private pendingFree: GPUBuffer[] = [];
   /** Objects to destroy once the batch that may use them is submitted. */
@@ -363,6 +364,7 @@ export class GpuContext {
     const free = this.pool.get(size);
     let buf = free?.pop();
     if (buf) {
+      this.bufPooledBytes -= size;
       ledgerPooled("webgpu", -size);
     } else {
       this.openScope();
@@ -392,9 +394,7 @@ export class GpuContext {
   }
 
   private toPool(buf: GPUBuffer): void {
-    let pooled = 0;
-    for (const list of this.pool.values()) pooled += list.length ? list.length * list[0].size : 0;
-    if (pooled + buf.size > this.poolLimit) {
+    if (this.bufPooledBytes + buf.size > this.poolLimit) {
       buf.destroy();
       this.bindGroups.clear();
       return;
@@ -402,6 +402,7 @@ export class GpuContext {
     let list = this.pool.get(buf.size);
     if (!list) this.pool.set(buf.size, list = []);
     list.push(buf);
+    this.bufPooledBytes += buf.size;
     ledgerPooled("webgpu", buf.size);
   }
 
@@ -579,6 +580,7 @@ export class GpuContext {
       }
     }
     this.pool.clear();
+    this.bufPooledBytes = 0;
     for (const list of this.texPool.values()) {
       for (const t of list) {
         ledgerPooled("webgpu", -t.bytes);

@@ -5,7 +5,7 @@
  */
 
 import { isFloat, promote } from "../../runtime/dtype.ts";
-import { gpu, hasWebGPU } from "../../runtime/device.ts";
+import { gpu } from "../../runtime/device.ts";
 import { broadcastShapes, fmt, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { MAX_LOOP } from "../../runtime/webgpu.ts";
@@ -15,7 +15,7 @@ import { record } from "../../runtime/autograd.ts";
 import { registerOps } from "../../runtime/tensor_ops.ts";
 import { sumTo } from "./reduce.ts";
 import { matmulV1, matmulV2, matmulV3, TEX_TILES, TILE } from "./matmul_wgsl.ts";
-import { texFits, texMatmul } from "./matmul_tex.ts";
+import { texFits, texHeight, texMatmul } from "./matmul_tex.ts";
 import { empty, sameDevice, Uniforms } from "./util.ts";
 
 /**
@@ -33,11 +33,6 @@ export function checkMatmulVersion(version: unknown): MatmulVersion {
     throw new Error(`matmul: version must be one of ${VERSIONS.join(", ")}, got ${JSON.stringify(version)}`);
   }
   return version as MatmulVersion;
-}
-
-/** The packed texture's height limit: the adapter's, or WebGPU's guaranteed 8192 without one. */
-function texHeight(): number {
-  return hasWebGPU() ? gpu().limits.maxTextureDimension2D : 8192;
 }
 
 /** Below this many multiply-adds "auto" stays on the storage-buffer versions (no packing, no extra submit). */

@@ -29,9 +29,14 @@ const TEX_CAP = 64 * 2 ** 20;
 /** More row copies than this per operand and chunk, and the pack shader is cheaper. */
 const MAX_COPIES = 64;
 
+/** The packed texture's height limit: the adapter's, or WebGPU's guaranteed 8192 without one. */
+export function texHeight(): number {
+  return hasWebGPU() ? gpu().limits.maxTextureDimension2D : 8192;
+}
+
 /** Whether v4/v5 can take this K: B's packed texture is 4*ceil(K/4) texels high. */
 export function texFits(K: number): boolean {
-  return 4 * Math.ceil(K / 4) <= (hasWebGPU() ? gpu().limits.maxTextureDimension2D : 8192);
+  return 4 * Math.ceil(K / 4) <= texHeight();
 }
 
 /** One operand as a strided matrix over the output batch (its element offset per batch index). */

@@ -492,21 +492,10 @@ describe("version options: checked the same way on both backends", () => {
   );
 });
 
-/**
- * Submits a batch of its own. The runtime's record of a failed batch also covers the batch after the
- * readback that reported it (its range ends one batch late), so a test that follows a failure (the
- * positive-A test, a fault test) records its inputs past that range first.
- */
-async function newBatch(): Promise<void> {
-  s.zeros([1], { device: "webgpu" }).add(1).dispose();
-  await gpu().sync();
-}
-
 describe("fwd v2 records into the context's batch (textures from the pool, one error channel)", () => {
   // B 1, D 8, L 256, N 4, input-dependent B and C: every operand packs by copies (4L bytes = 1 KiB rows)
   const [Bn, D, L, N] = [1, 8, 256, 4];
   const setup = async () => {
-    await newBatch();
     const g = await toGpu(inputs(Bn, D, L, N, "var", 41, 2, true));
     await gpu().sync();
     return g;
