@@ -8,7 +8,7 @@
 
 import { benchStart } from "./util.ts";
 
-const BENCHES = ["matmul", "rowwise", "train", "ssm", "attention", "decode"] as const;
+const BENCHES = ["matmul", "rowwise", "train", "ssm", "attention", "decode", "profile"] as const;
 
 const args = [...Deno.args];
 const isBench = (a: string) => (BENCHES as readonly string[]).includes(a);
@@ -16,7 +16,7 @@ const names = args.filter(isBench);
 // the rest goes to the benchmarks: sizes (numbers) and their own words (train's "rss", attention's "peers")
 const rest = args.filter((a) => !isBench(a));
 for (const a of rest) {
-  if (Number.isNaN(Number(a)) && !["rss", "peers"].includes(a)) {
+  if (Number.isNaN(Number(a)) && !["rss", "peers", "detail"].includes(a)) {
     console.error(`unknown benchmark "${a}"; available: ${BENCHES.join(", ")}`);
     Deno.exit(2);
   }

@@ -73,6 +73,36 @@ function trainer(lm: Lm, b: number, t: number, vocab: number) {
   };
 }
 
+/** A trainer for the bench's TransformerLM or MambaLM (B 8, T 256, vocab 64); dispose frees the model too. */
+export function stepTrainer(kind: "transformer" | "mamba"): { step: () => Tensor; dispose: () => void } {
+  const lm = makeLm(kind);
+  const tr = trainer(lm, B, T, V);
+  return { step: tr.step, dispose: () => (tr.dispose(), lm.dispose()) };
+}
+
+/** The MNIST-sized MLP trainer (784-128-10, Adam, batch 128) on fixed random input. */
+export function mlpTrainer(): { step: () => Tensor; dispose: () => void } {
+  const net = new s.Sequential(
+    new s.Linear(784, 128, { seed: 1, device: "webgpu" }),
+    new s.ReLU(),
+    new s.Linear(128, 10, { seed: 2, device: "webgpu" }),
+  );
+  const opt = new s.Adam(net.parameters(), { lr: 1e-3 });
+  const x = s.randn([128, 784], { seed: 3, device: "webgpu" });
+  const y = s.tensor(Int32Array.from({ length: 128 }, (_, i) => i % 10), { dtype: "i32", device: "webgpu" });
+  return {
+    step: () =>
+      s.tidy(() => {
+        opt.zeroGrad();
+        const l = s.crossEntropy(net.forward(x), y);
+        l.backward();
+        opt.step();
+        return l;
+      }),
+    dispose: () => (opt.dispose(), net.dispose(), x.dispose(), y.dispose()),
+  };
+}
+
 /** Times `steps` AdamW steps of each LM (after 3 warm-up steps), reading the loss every step. */
 export async function lmSteps(steps = 10): Promise<LmRow[]> {
   const rows: LmRow[] = [];
@@ -126,30 +156,7 @@ export async function rssRun(steps = 2000): Promise<RssRow[]> {
       const tr = trainer(lm, 4, 64, 32);
       return { step: tr.step, dispose: () => (tr.dispose(), lm.dispose()) };
     }],
-    ["MLP 784-128-10, Adam, B128", () => {
-      const net = new s.Sequential(
-        new s.Linear(784, 128, { seed: 1, device: "webgpu" }),
-        new s.ReLU(),
-        new s.Linear(128, 10, { seed: 2, device: "webgpu" }),
-      );
-      const opt = new s.Adam(net.parameters(), { lr: 1e-3 });
-      const x = s.randn([128, 784], { seed: 3, device: "webgpu" });
-      const y = s.tensor(Int32Array.from({ length: 128 }, (_, i) => i % 10), {
-        dtype: "i32",
-        device: "webgpu",
-      });
-      return {
-        step: () =>
-          s.tidy(() => {
-            opt.zeroGrad();
-            const l = s.crossEntropy(net.forward(x), y);
-            l.backward();
-            opt.step();
-            return l;
-          }),
-        dispose: () => (opt.dispose(), net.dispose(), x.dispose(), y.dispose()),
-      };
-    }],
+    ["MLP 784-128-10, Adam, B128", mlpTrainer],
   ];
   for (const [name, make] of models) {
     const m = make();

@@ -197,6 +197,8 @@ interface Failure {
 /** Bind groups kept for reuse; the oldest go past this. */
 const BIND_GROUP_CACHE = 8192;
 /** A batch holding this many dispatches is submitted (without waiting) before recording more. */
+/** Timestamp queries per batch when profiling (two per dispatch); dispatches past this go untimed. */
+const PROFILE_QUERIES = 4096;
 const MAX_BATCH_DISPATCHES = 8192;
 /** Idle pooled texture bytes kept for reuse; older ones past this are destroyed. */
 const TEXTURE_POOL_CAP = 768 * MIB;
@@ -227,6 +229,15 @@ export class GpuContext {
   private nextId = 1;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
+  /** Profile ops by name and workgroup count (to tell calls of one op apart). */
+  profileDetail = false;
+  private profiler: {
+    set: GPUQuerySet;
+    resolve: GPUBuffer;
+    names: string[];
+    pending: { staging: GPUBuffer; names: string[] }[];
+    totals: Map<string, { dispatches: number; ms: number }>;
+  } | null = null;
   private arenas: { buf: GPUBuffer; data: Uint8Array<ArrayBuffer> }[] = [];
   private arenaIdx = 0;
   private arenaUsed = 0;
@@ -293,6 +304,7 @@ export class GpuContext {
     if (!adapter) return null;
     const wanted: GPUFeatureName[] = [];
     if (adapter.features.has("shader-f16")) wanted.push("shader-f16");
+    if (adapter.features.has("timestamp-query")) wanted.push("timestamp-query");
     const l = adapter.limits;
     const device = await adapter.requestDevice({
       requiredFeatures: wanted,
@@ -777,10 +789,24 @@ export class GpuContext {
       if (!fault) this.bindGroups.set(key, group);
     }
     this.taint(binds.map((b) => b.obj), binds.filter((b) => b.writes).map((b) => b.obj));
+    const timed = this.profiler !== null && this.profiler.names.length < PROFILE_QUERIES / 2;
+    if (timed) {
+      this.endPass();
+      const i = this.profiler!.names.length;
+      this.profiler!.names.push(this.profileDetail ? `${p.name} [${p.workgroups}]` : p.name);
+      this.pass = this.encoder!.beginComputePass({
+        timestampWrites: {
+          querySet: this.profiler!.set,
+          beginningOfPassWriteIndex: 2 * i,
+          endOfPassWriteIndex: 2 * i + 1,
+        },
+      });
+    }
     if (!this.pass) this.pass = this.encoder!.beginComputePass();
     this.pass.setPipeline(pipe.pipe);
     this.pass.setBindGroup(0, group);
     this.pass.dispatchWorkgroups(...p.workgroups);
+    if (timed) this.endPass();
     this.batchOps.push(p.name);
     this.batchDispatches++;
     this.counters.dispatches++;
@@ -887,6 +913,68 @@ export class GpuContext {
     this.faults.add(name);
   }
 
+  /**
+   * Starts timing every dispatch on the device (each in its own pass with timestamp writes; needs the
+   * adapter's `timestamp-query` feature, else throws). Separate passes cost a little, so profiled
+   * totals run slightly above unprofiled ones. `stopProfile()` returns the per-op times.
+   */
+  startProfile(): void {
+    if (!this.features.has("timestamp-query")) {
+      throw new WebGPUError("startProfile: this adapter has no timestamp-query feature");
+    }
+    if (this.profiler) return;
+    this.flush();
+    const set = this.device.createQuerySet({ type: "timestamp", count: PROFILE_QUERIES });
+    const resolve = this.device.createBuffer({
+      size: PROFILE_QUERIES * 8,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    this.profiler = { set, resolve, names: [], pending: [], totals: new Map() };
+  }
+
+  /** Copies this batch's timestamps out (called at flush). */
+  private resolveProfile(): void {
+    const pr = this.profiler;
+    if (!pr || pr.names.length === 0 || !this.encoder) return;
+    const n = pr.names.length;
+    const staging = this.device.createBuffer({
+      size: n * 16,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.encoder.resolveQuerySet(pr.set, 0, 2 * n, pr.resolve, 0);
+    this.encoder.copyBufferToBuffer(pr.resolve, 0, staging, 0, n * 16);
+    pr.pending.push({ staging, names: pr.names });
+    pr.names = [];
+  }
+
+  /**
+   * Stops profiling: waits for the device and returns, per op name, the dispatch count and the summed
+   * device time in milliseconds (timestamps at the start and end of each dispatch's pass), largest first.
+   */
+  async stopProfile(): Promise<{ op: string; dispatches: number; ms: number }[]> {
+    const pr = this.profiler;
+    if (!pr) return [];
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    for (const { staging, names } of pr.pending) {
+      await staging.mapAsync(GPUMapMode.READ);
+      const t = new BigUint64Array(staging.getMappedRange());
+      names.forEach((name, i) => {
+        const ms = Number(t[2 * i + 1] - t[2 * i]) / 1e6;
+        const e = pr.totals.get(name) ?? { dispatches: 0, ms: 0 };
+        e.dispatches++;
+        e.ms += ms;
+        pr.totals.set(name, e);
+      });
+      staging.unmap();
+      staging.destroy();
+    }
+    this.profiler = null;
+    pr.set.destroy();
+    pr.resolve.destroy();
+    return [...pr.totals].map(([op, e]) => ({ op, ...e })).sort((a, b) => b.ms - a.ms);
+  }
+
   /** Submits the recorded batch without waiting. */
   flush(): void {
     if (!this.encoder) {
@@ -895,6 +983,7 @@ export class GpuContext {
       return;
     }
     this.endPass();
+    this.resolveProfile();
     for (let i = 0; i <= this.arenaIdx && i < this.arenas.length; i++) {
       const used = i < this.arenaIdx ? ARENA_BYTES : this.arenaUsed;
       if (used > 0) this.device.queue.writeBuffer(this.arenas[i].buf, 0, this.arenas[i].data, 0, used);
