@@ -455,11 +455,17 @@ export class Linear extends Module {
     if (x.shape[x.rank - 1] !== this.inFeatures) {
       throw new Error(`Linear: input ${x.describe()} does not end in inFeatures ${this.inFeatures}`);
     }
-    const y = matmul(x, this.weight); // (..., out)
-    if (!this.bias) return y;
-    const r = add(y, this.bias);
-    y.dispose(); // the graph keeps what backward needs
-    return r;
+    // (..., in) -> (rows, in), a view when x is contiguous: the 2-D product serves every rank, and its
+    // backward is one dW = x^T g over all rows (a batched matmul would compute dW per batch entry and sum)
+    const x2 = x.rank > 2 ? x.reshape([-1, this.inFeatures]) : x; // (rows, in)
+    const y = matmul(x2, this.weight); // (rows, out)
+    if (x2 !== x) x2.dispose(); // the graph keeps what backward needs
+    const r = this.bias ? add(y, this.bias) : y;
+    if (r !== y) y.dispose();
+    if (x.rank <= 2) return r;
+    const out = r.reshape([...x.shape.slice(0, -1), this.outFeatures]); // (..., out)
+    r.dispose();
+    return out;
   }
 }
 

@@ -3,6 +3,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
+import { gpu } from "../runtime/device.ts";
 import { assertClose, data, leakCheck, requireDevice, requireGpu, scoped } from "../test/helpers.ts";
 
 leakCheck();
@@ -177,6 +178,47 @@ describe("Linear", () => {
           return y;
         }, inputs);
         l.dispose();
+      }),
+    );
+  }
+
+  for (const device of DEVICES) {
+    test(
+      `a 3-D input runs the 2-D product: same values, gradients and dispatches as (B*T, in) (${device})`,
+      scoped(async () => {
+        requireDevice(device);
+        const l = new s.Linear(64, 48, { seed: 6, device });
+        const x0 = s.randn([4, 32, 64], { seed: 8, device });
+        const cot = s.randn([4, 32, 48], { seed: 9, device });
+        /** Output, dW, db and dx of one forward/backward with x of `shape`; the dispatches it recorded. */
+        const run = async (shape: number[]) => {
+          const x = s.param(x0.reshape(shape).contiguous());
+          const d0 = device === "webgpu" ? gpu().counters.dispatches : 0;
+          const y = l.forward(x);
+          y.mul(cot.reshape(y.shape)).sum().backward();
+          const dispatches = device === "webgpu" ? gpu().counters.dispatches - d0 : 0;
+          const out = [y, l.weight.grad!, l.bias!.grad!, x.grad!].map((t) => t.toArray());
+          const r = { values: await Promise.all(out), dispatches, shape: y.shape };
+          l.zeroGrad();
+          x.zeroGrad();
+          x.dispose();
+          return r;
+        };
+        const flat = await run([128, 64]);
+        const misses = device === "webgpu" ? gpu().cacheStats.misses : 0;
+        const batched = await run([4, 32, 64]);
+        expect(batched.shape).toEqual([4, 32, 48]);
+        batched.values.forEach((v, i) => expect(v).toEqual(flat.values[i]));
+        if (device === "webgpu") {
+          // the same programs: no pipeline compiled for the 3-D call, no batched dW summed over B
+          expect(batched.dispatches).toBe(flat.dispatches);
+          expect(gpu().cacheStats.misses).toBe(misses);
+        }
+        // a non-contiguous 3-D input is copied once into rows, with the same result
+        const xt = s.param(x0.transpose(0, 1).contiguous()); // (32, 4, 64)
+        const yt = l.forward(xt.transpose(0, 1));
+        expect(await yt.toArray()).toEqual(flat.values[0]);
+        for (const t of [l, x0, cot, xt, yt]) t.dispose();
       }),
     );
   }
