@@ -4,19 +4,27 @@
  * @module
  */
 
-import { isFloat } from "../../runtime/dtype.ts";
+import { type DType, isFloat } from "../../runtime/dtype.ts";
 import { gpu } from "../../runtime/device.ts";
 import { fmt, normAxis, numel } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { record } from "../../runtime/autograd.ts";
-import { add, contiguous, div, exp, log, mul, rsqrt, sub } from "./elementwise.ts";
+import { abs, add, contiguous, div, exp, log, mul, rsqrt, sub } from "./elementwise.ts";
 import { max, mean, sum } from "./reduce.ts";
-import { noGrad } from "../../runtime/autograd.ts";
+import { isGradEnabled, noGrad } from "../../runtime/autograd.ts";
 import { tidy } from "../../runtime/tensor.ts";
 import { registerOps } from "../../runtime/tensor_ops.ts";
-import { normRef, softmaxRef } from "./rowwise_ref.ts";
-import { normSource, ROW_WG, softmaxSource } from "./rowwise_wgsl.ts";
+import { normBackwardRef, normRef, normUnitRef, softmaxRef } from "./rowwise_ref.ts";
+import {
+  normBackwardSource,
+  normParamFinishSource,
+  normParamPartialSource,
+  normSource,
+  normUnitSource,
+  ROW_WG,
+  softmaxSource,
+} from "./rowwise_wgsl.ts";
 import { disposeOnThrow, empty, sameDevice, Uniforms } from "./util.ts";
 
 /** Records softmax / logSumExp backward: dx = y (g - sum(g y)) and dx = g softmax(x). */
@@ -113,10 +121,131 @@ export function logSumExp(x: Tensor, axis = -1, keepdims = false): Tensor {
   return softmaxLike("logSumExp", x, axis, true, keepdims);
 }
 
+/** Whether a norm's backward can use vec4 loads: D and every offset it reads are multiples of 4. */
+function fitsVec4(D: number, ...offsets: number[]): boolean {
+  return D % 4 === 0 && offsets.every((o) => o % 4 === 0);
+}
+
 /**
- * Records layerNorm / rmsNorm backward, recomputing the statistics from x (nothing but the inputs saved).
- * With xhat the normalised input, r = 1/sigma and gw = g * weight:
- * layerNorm dx = r (gw - mean(gw) - xhat mean(gw xhat)); rmsNorm dx = r (gw - xhat mean(gw xhat)).
+ * layerNorm / rmsNorm backward on webgpu from the forward's saved statistics (see normBackwardSource):
+ * one dispatch for dx, two for dw and db (partial column sums per chunk of rows, then per column).
+ */
+function normBackwardGpu(
+  op: string,
+  xs: Tensor,
+  gs: Tensor,
+  ws: Tensor | null,
+  stats: Tensor,
+  rms: boolean,
+  need: { x: boolean; w: boolean; b: boolean },
+): [Tensor | null, Tensor | null, Tensor | null] {
+  const name = `${op} backward`;
+  const D = xs.shape[xs.rank - 1], rows = xs.size / D, dtype = xs.dtype;
+  const x = contiguous(xs), g = contiguous(gs), w = ws && need.x ? contiguous(ws) : null;
+  const owned: (Tensor | null)[] = [];
+  try {
+    const v4 = fitsVec4(D, x.offset, g.offset, w?.offset ?? 0);
+    const V = v4 ? 4 : 1, DV = D / V;
+    const ctx = gpu();
+    let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;
+    if (need.x) {
+      dx = empty(name, xs.shape, dtype, "webgpu");
+      owned.push(dx);
+      ctx.run({
+        name,
+        key: `dx|${dtype}|${rms}|${!!w}|${v4}`,
+        source: () => normBackwardSource(dtype, rms, !!w, v4),
+        inputs: [x, g, ...(w ? [w] : []), stats].map((t) => t.storage.buffer!),
+        outputs: [dx.storage.buffer!],
+        uniforms: new Uniforms().u32(rows, DV, D, x.offset / V, g.offset / V, (w?.offset ?? 0) / V).build(),
+        workgroups: grid(rows, ROW_WG),
+      });
+    }
+    if (need.w || need.b) {
+      // chunks of CR rows: enough invocations to fill the adapter, at most MAX_LOOP chunks for stage 2
+      const CR = Math.max(16, Math.ceil(rows / MAX_LOOP)), chunks = Math.ceil(rows / CR);
+      const part = empty(name, [chunks, 2, D], "f32", "webgpu");
+      try {
+        ctx.run({
+          name,
+          key: `part|${dtype}|${need.w}|${need.b}|${v4}`,
+          source: () => normParamPartialSource(dtype, need.w, need.b, v4),
+          inputs: [x, g, stats].map((t) => t.storage.buffer!),
+          outputs: [part.storage.buffer!],
+          uniforms: new Uniforms().u32(rows, DV, CR, x.offset / V, g.offset / V).build(),
+          workgroups: grid(chunks * DV, ROW_WG),
+        });
+        dw = need.w ? empty(name, [D], dtype, "webgpu") : null;
+        db = need.b ? empty(name, [D], dtype, "webgpu") : null;
+        owned.push(dw, db);
+        ctx.run({
+          name,
+          key: `sum|${dtype}|${need.w}|${need.b}|${v4}`,
+          source: () => normParamFinishSource(dtype, need.w, need.b, v4),
+          inputs: [part.storage.buffer!],
+          outputs: [dw, db].filter((t) => t !== null).map((t) => t.storage.buffer!),
+          uniforms: new Uniforms().u32(chunks, DV).build(),
+          workgroups: grid(DV, ROW_WG),
+        });
+      } finally {
+        part.dispose(); // freed while queued: the pool reuses it only after the submit
+      }
+    }
+    return [dx, dw, db];
+  } catch (e) {
+    for (const t of owned) t?.dispose();
+    throw e;
+  } finally {
+    x.dispose();
+    g.dispose();
+    w?.dispose();
+  }
+}
+
+/** layerNorm / rmsNorm backward on cpu: the float64 reference (normBackwardRef). */
+function normBackwardCpu(
+  xs: Tensor,
+  gs: Tensor,
+  ws: Tensor | null,
+  eps: number,
+  rms: boolean,
+  need: { x: boolean; w: boolean; b: boolean },
+): [Tensor | null, Tensor | null, Tensor | null] {
+  const D = xs.shape[xs.rank - 1], rows = xs.size / D, dtype = xs.dtype, op = "norm backward";
+  const x = contiguous(xs), g = contiguous(gs), w = ws ? contiguous(ws) : null;
+  try {
+    const dx = need.x ? empty(op, xs.shape, dtype, "cpu") : null;
+    const dw = need.w ? empty(op, [D], dtype, "cpu") : null;
+    const db = need.b ? empty(op, [D], dtype, "cpu") : null;
+    normBackwardRef(
+      x.storage.data!,
+      x.offset,
+      g.storage.data!,
+      g.offset,
+      rows,
+      D,
+      w?.storage.data ?? null,
+      w?.offset ?? 0,
+      eps,
+      rms,
+      dx?.storage.data ?? null,
+      dw?.storage.data ?? null,
+      db?.storage.data ?? null,
+    );
+    return [dx, dw, db];
+  } finally {
+    x.dispose();
+    g.dispose();
+    w?.dispose();
+  }
+}
+
+/**
+ * Records layerNorm / rmsNorm backward as fused kernels: on webgpu from the statistics the forward saved
+ * (`stats`, (rows, 4) f32), on cpu from the float64 reference (statistics recomputed). With xhat the
+ * normalised input, r = 1/sigma and gw = g * weight:
+ * layerNorm dx = r (gw - mean(gw) - xhat mean(gw xhat)); rmsNorm dx = r (gw - xhat mean(gw xhat));
+ * dweight = sum over rows of g xhat, dbias = sum over rows of g.
  */
 function recordNorm(
   op: string,
@@ -126,35 +255,98 @@ function recordNorm(
   eps: number,
   rms: boolean,
   out: Tensor,
+  stats: Tensor | null,
 ): Tensor {
   const inputs = [x, ...(w ? [w] : []), ...(b ? [b] : [])];
-  return record(op, out, inputs, inputs, (g, saved) => {
-    const [xs, ws] = [saved[0], w ? saved[1] : null];
-    const centred = rms ? xs : sub(xs, mean(xs, -1, true));
-    const r = rsqrt(add(mean(mul(centred, centred), -1, true), eps));
-    const xhat = mul(centred, r);
-    const gw = ws ? mul(g, ws) : g;
-    let inner = sub(gw, mul(xhat, mean(mul(gw, xhat), -1, true)));
-    if (!rms) inner = sub(inner, mean(gw, -1, true));
-    const dx = mul(inner, r);
-    const lead = [...Array(x.rank - 1).keys()];
-    const dw = w ? sum(mul(g, xhat), lead) : null;
-    const db = b ? sum(g, lead) : null;
+  const need = { x: x.requiresGrad, w: !!w?.requiresGrad, b: !!b?.requiresGrad };
+  const save = [x, ...(w ? [w] : []), ...(stats ? [stats] : [])];
+  return record(op, out, inputs, save, (g, saved) => {
+    const [xs, ws, st] = [saved[0], w ? saved[1] : null, stats ? saved[saved.length - 1] : null];
+    const [dx, dw, db] = st
+      ? normBackwardGpu(op, xs, g, ws, st, rms, need)
+      : normBackwardCpu(xs, g, ws, eps, rms, need);
     return [dx, ...(w ? [dw] : []), ...(b ? [db] : [])];
   });
 }
 
-/** layerNorm / rmsNorm for rows too long for one invocation, from split reductions (differentiable). */
-function normComposed(
+/**
+ * The exponent of the smallest unit a norm row is computed in: eps / unit^2 must stay finite (f32: below
+ * 2^120; f16: near 2^14), else eps in units saturates and 1 / sigma comes out wrong for rows far smaller
+ * than sqrt(eps) (found: [1e-30, 2e-30, -1e-30] with eps 1e-5 gave dx 2e10 instead of 200).
+ * -Infinity when eps is 0 (no floor).
+ */
+function normUnitFloor(eps: number, dtype: DType): number {
+  if (!(eps > 0)) return -Infinity;
+  const [lo, hi, margin] = dtype === "f16" ? [-14, 14, 7] : [-100, 125, 60];
+  return Math.min(Math.max(Math.ceil(Math.log2(eps) / 2) - margin, lo), hi);
+}
+
+/**
+ * Per row of `x` (..., D): r = 1 / 2^k for a power of two 2^k near max |x|, and eps r^2 (eps in those units),
+ * both (..., 1) with no gradient. Scaling a row by r is exact and changes no normalised value, and keeps
+ * its sum of squares finite.
+ */
+function normUnit(x: Tensor, eps: number): [Tensor, Tensor] {
+  return noGrad(() => {
+    const ax = abs(x);
+    const amax = max(ax, -1, true);
+    ax.dispose();
+    const op = "normUnit", rows = amax.size, dtype = x.dtype;
+    // the exponent range keeps r and 1 / r normal in the dtype (f16: 2^-14 .. 2^15)
+    const [lo0, hi, big] = dtype === "f16" ? [-14, 14, 65504] : [-100, 125, 3.4028234663852886e38];
+    const lo = Math.max(lo0, normUnitFloor(eps, dtype));
+    const r = empty(op, amax.shape, dtype, x.device), e = empty(op, amax.shape, dtype, x.device);
+    try {
+      if (rows > 0 && x.device === "cpu") {
+        normUnitRef(amax.storage.data!, rows, eps, lo, hi, big, r.storage.data!, e.storage.data!);
+      } else if (rows > 0) {
+        gpu().run({
+          name: op,
+          key: dtype,
+          source: () => normUnitSource(dtype),
+          inputs: [amax.storage.buffer!],
+          outputs: [r.storage.buffer!, e.storage.buffer!],
+          uniforms: new Uniforms().u32(rows).f32(eps, lo, hi, big).build(),
+          workgroups: grid(rows, ROW_WG),
+        });
+      }
+    } catch (err) {
+      r.dispose();
+      e.dispose();
+      throw err;
+    } finally {
+      amax.dispose();
+    }
+    return [r, e];
+  });
+}
+
+/**
+ * layerNorm / rmsNorm composed from split reductions and elementwise ops (differentiable by autograd): the
+ * path for rows too long for one invocation, and the unfused composition the fused kernels are tested
+ * against. Each row is first scaled by a power of two near its max |x| (exact), so no sum of squares
+ * overflows at any finite scale.
+ *
+ * @example
+ * ```ts
+ * import { normComposed } from "./rowwise.ts";
+ * import { tensor } from "seqlab";
+ * console.log(await normComposed(tensor([[2e19, -2e19, 1e19]]), null, null, 1e-6, true).toArray());
+ * // [1.1547, -1.1547, 0.5774]
+ * ```
+ */
+export function normComposed(
   x: Tensor,
   w: Tensor | null | undefined,
   b: Tensor | null | undefined,
   eps: number,
   rms: boolean,
-) {
+): Tensor {
   return tidy(() => {
-    const c = rms ? x : sub(x, mean(x, -1, true));
-    let y = mul(c, rsqrt(add(mean(mul(c, c), -1, true), eps)));
+    const [r, epsU] = normUnit(x, eps);
+    const xs = mul(x, r);
+    const c = rms ? xs : sub(xs, mean(xs, -1, true));
+    let y = mul(c, rsqrt(add(mean(mul(c, c), -1, true), epsU)));
     if (w) y = mul(y, w);
     if (b) y = add(y, b);
     return y;
@@ -187,11 +379,15 @@ function norm(
   const rows = x.size / Math.max(D, 1);
   if (device === "webgpu" && 4 * D > MAX_LOOP) return normComposed(x, w, b, eps, rms);
   let src: Tensor | null = null, wc: Tensor | null = null, bc: Tensor | null = null;
+  let stats: Tensor | null = null;
   try {
     src = contiguous(x);
     wc = w ? contiguous(w) : null;
     bc = b ? contiguous(b) : null;
-    const out = recordNorm(op, x, w ?? null, b ?? null, eps, rms, empty(op, x.shape, x.dtype, device));
+    // the backward reads the forward's statistics (webgpu): saved only when a gradient will be taken
+    const grads = isGradEnabled() && [x, w, b].some((t) => t?.requiresGrad);
+    stats = device === "webgpu" && grads && x.size > 0 ? empty(op, [rows, 4], "f32", device) : null;
+    const out = recordNorm(op, x, w ?? null, b ?? null, eps, rms, empty(op, x.shape, x.dtype, device), stats);
     if (out.size === 0) return out;
     if (device === "cpu") {
       normRef(
@@ -210,14 +406,15 @@ function norm(
       return out;
     }
     const inputs = [src, ...(wc ? [wc] : []), ...(bc ? [bc] : [])].map((t) => t.storage.buffer!);
-    const u = new Uniforms().u32(rows, D, src.offset, wc?.offset ?? 0, bc?.offset ?? 0).f32(eps).padTo(8);
+    const u = new Uniforms().u32(rows, D, src.offset, wc?.offset ?? 0, bc?.offset ?? 0)
+      .f32(eps, 2 ** normUnitFloor(eps, "f32")).padTo(8);
     return disposeOnThrow([out], () => {
       gpu().run({
         name: op,
-        key: `${x.dtype}|${rms}|${!!wc}|${!!bc}`,
-        source: () => normSource(x.dtype, rms, !!wc, !!bc),
+        key: `${x.dtype}|${rms}|${!!wc}|${!!bc}|${!!stats}`,
+        source: () => normSource(x.dtype, rms, !!wc, !!bc, !!stats),
         inputs,
-        outputs: [out.storage.buffer!],
+        outputs: [out.storage.buffer!, ...(stats ? [stats.storage.buffer!] : [])],
         uniforms: u.build(),
         workgroups: grid(rows, ROW_WG),
       });
@@ -227,6 +424,7 @@ function norm(
     src?.dispose();
     wc?.dispose();
     bc?.dispose();
+    stats?.dispose(); // the graph keeps its own handle
   }
 }
 

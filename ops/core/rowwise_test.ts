@@ -1,6 +1,9 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
-import { leakCheck, testOp } from "../../test/helpers.ts";
+import { assertClose, leakCheck, requireGpu, scoped, testOp } from "../../test/helpers.ts";
+import { gpu } from "../../runtime/device.ts";
+import { MAX_LOOP } from "../../runtime/webgpu.ts";
+import { normComposed } from "./rowwise.ts";
 
 leakCheck();
 
@@ -65,7 +68,7 @@ describe("layerNorm and rmsNorm", () => {
   });
 
   test("rows of any finite scale normalise right (no sum of squares overflows f32)", async () => {
-    // found: [2e19, -2e19, 1e19] gave 0, 0, 0 (or NaN) on webgpu; values only (the backward is composed)
+    // found: [2e19, -2e19, 1e19] gave 0, 0, 0 (or NaN) on webgpu; values here, gradients in the next test
     const rows = [
       [2e19, -2e19, 1e19],
       [3e38, -3e38, 1e38, 0],
@@ -85,6 +88,115 @@ describe("layerNorm and rmsNorm", () => {
     }
     const r = await testOp([{ values: [[2e19, -2e19, 1e19]] }], (t) => s.rmsNorm(t), tol);
     expect(Array.from(r.outputs.webgpu!).map((v) => Number(v.toFixed(3)))).toEqual([1.155, -1.155, 0.577]);
+  });
+
+  test("gradients at any finite scale: the fused backward against the float64 reference", async () => {
+    // found: the composed backward squared 2e19 in f32 (inf) and gave NaN gradients. dx scales as 1/sigma:
+    // relative tolerances, and an atol below the f32 normal range (dx of a 3e38 row is subnormal, and a
+    // flush-to-zero adapter may give 0 there)
+    const rows = [
+      [2e19, -2e19, 1e19],
+      [3e38, -3e38, 1e38, 0],
+      [3.4e38, -3.4e38, 3.4e38, -3.4e38, 1],
+      [1e-30, 2e-30, -1e-30],
+      [1e-38, -3e-38, 2e-38, 5e-39],
+      [5, 5, 5, 5.5, 5],
+    ];
+    // dx is about g / sigma: an atol of that scale (never below the smallest normal f32)
+    const tolFor = (values: number[]) => {
+      const m = values.reduce((a, b) => a + b) / values.length;
+      const sigma = Math.sqrt(values.reduce((a, v) => a + (v - m) ** 2, 0) / values.length);
+      return { atol: 1e-5, rtol: 1e-5, gradAtol: Math.max(1e-5 / sigma, 2 ** -126), gradRtol: 1e-4 };
+    };
+    for (const values of rows) {
+      const tol = tolFor(values);
+      const x = { values: [values, values.map((v) => -v / 2)] },
+        w = { values: values.map((_, i) => i - 1.5) };
+      await testOp([x], (t) => s.layerNorm(t), tol);
+      await testOp([x, w, w], (t, w, b) => s.layerNorm(t, w, b, 0), tol);
+      await testOp([x], (t) => s.rmsNorm(t), tol);
+      await testOp([x, w], (t, w) => s.rmsNorm(t, w, 0), tol);
+    }
+    // the composition (the long-row path) too: rows scaled by a power of two before any square
+    for (const values of rows.slice(0, 4)) {
+      const tol = tolFor(values);
+      const x = { values: [values] }, w = { values: values.map((_, i) => i - 1.5) };
+      await testOp([x, w, w], (t, w, b) => normComposed(t, w, b, 0, false), {
+        ...tol,
+        reference: (t, w, b) => s.layerNorm(t, w, b, 0),
+      });
+      await testOp([x, w], (t, w) => normComposed(t, w, null, 0, true), {
+        ...tol,
+        reference: (t, w) => s.rmsNorm(t, w, 0),
+      });
+    }
+  });
+
+  test("the fused backward against the unfused composition (vec4 and scalar loads, views, f16)", async () => {
+    requireGpu();
+    const cases: [number[], string][] = [[[2, 3, 64], "f32"], [[65, 33], "f32"], [[5, 12], "f32"], [
+      [1, 1],
+      "f32",
+    ]];
+    if (gpu().hasF16) cases.push([[9, 32], "f16"], [[4, 7], "f16"]);
+    else expect(() => s.zeros([1], { dtype: "f16", device: "webgpu" })).toThrow(/f16 needs the adapter/);
+    for (const [shape, dtype] of cases) {
+      const D = shape[shape.length - 1];
+      const tol = dtype === "f16" ? { atol: 2e-2, rtol: 2e-2 } : { atol: 1e-4, rtol: 1e-4 };
+      for (const rms of [false, true]) {
+        for (const affine of [false, true]) {
+          // a view at an odd offset (the scalar path) and the whole tensor (vec4 where D allows)
+          for (const offset of [0, 1]) {
+            await scoped(async () => {
+              const all = s.randn([shape.reduce((a, b) => a * b) + offset], { seed: 3, device: "webgpu" });
+              const x = s.param(all.slice([[offset, all.size]]).reshape(shape).cast(dtype as "f32"));
+              const w = s.param(s.randn([D], { seed: 4, device: "webgpu" }).cast(dtype as "f32"));
+              const b = s.param(s.randn([D], { seed: 5, device: "webgpu" }).cast(dtype as "f32"));
+              const cot = s.randn(shape, { seed: 6, device: "webgpu" }).cast(dtype as "f32");
+              const grads = async (fused: boolean) => {
+                const fw = affine ? w : null, fb = affine && !rms ? b : null;
+                const y = fused
+                  ? (rms ? s.rmsNorm(x, fw, 1e-5) : s.layerNorm(x, fw, fb, 1e-5))
+                  : normComposed(x, fw, fb, 1e-5, rms);
+                y.mul(cot).sum().backward();
+                const out = [await x.grad!.toArray()];
+                if (fw) out.push(await w.grad!.toArray());
+                if (fb) out.push(await b.grad!.toArray());
+                for (const p of [x, w, b]) p.zeroGrad();
+                return out;
+              };
+              const fused = await grads(true), composed = await grads(false);
+              fused.forEach((g, k) => assertClose(g, composed[k], tol));
+              for (const p of [x, w, b]) p.dispose();
+            })();
+          }
+        }
+      }
+    }
+  });
+
+  test("gradcheck of the fused kernels on webgpu (f32 against float64 finite differences)", async () => {
+    requireGpu();
+    await scoped(async () => {
+      const x = s.randn([3, 8], { seed: 1, device: "webgpu" });
+      const w = s.randn([8], { seed: 2, device: "webgpu" }), b = s.randn([8], { seed: 3, device: "webgpu" });
+      await s.gradcheck((x, w, b) => s.layerNorm(x, w, b), [x, w, b]);
+      await s.gradcheck((x, w) => s.rmsNorm(x, w), [x, w]);
+      await s.gradcheck((x) => s.layerNorm(x.mul(1e25)), [x]);
+    })();
+  });
+
+  test("rows longer than MAX_LOOP / 4 (composed path): huge and tiny scales, values and gradients", async () => {
+    const D = MAX_LOOP / 4 + 3;
+    for (const [low, high] of [[-3e38, 3e38], [-2e19, 2e19], [-1e-30, 1e-30], [-3, 3]]) {
+      const x = { shape: [2, D], low, high }, w = { shape: [D], low: -2, high: 2 };
+      // dx scales as 1 / sigma; dw sums 2 rows of g xhat, with cancellation in some columns
+      const tol = { atol: 1e-4, rtol: 1e-4, gradAtol: Math.max(1e-5 / high, 2 ** -126), gradRtol: 2e-3 };
+      await testOp([x], (t) => s.layerNorm(t, null, null, 0), tol);
+      await testOp([x], (t) => s.rmsNorm(t), tol);
+      await testOp([x, w, w], (t, w, b) => s.layerNorm(t, w, b), { ...tol, gradAtol: 1e-5 });
+      await testOp([x, w], (t, w) => s.rmsNorm(t, w), { ...tol, gradAtol: 1e-5 });
+    }
   });
 
   test("bad weight shape names it", () => {

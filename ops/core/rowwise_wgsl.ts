@@ -6,13 +6,22 @@
  * - norm v1: one invocation per row: mean, then variance of deviations (two passes, stable), then write;
  *   in units of a power of two near max |x| (found in the first pass), so rows of any finite scale
  *   normalise without the sum of squares overflowing f32.
- *   No workgroup reductions: barriers are costly on the software adapter and rows are many.
+ *   No workgroup reductions: barriers are costly on the software adapter and rows are many. With
+ *   `stats` it also writes each row's (mean, 1 / sigma, 1 / unit) in those units for the backward.
+ * - norm backward v1: dx, one invocation per row from the saved statistics: a pass for mean(gw) and
+ *   mean(gw xhat), a pass writing dx; vec4 loads where D and every offset are multiples of 4 (a vec4
+ *   load costs what a scalar one does on the software adapter). xhat is O(1) in any unit, so nothing
+ *   overflows at any finite scale.
+ * - norm param grads v1: dw = sum g xhat and db = sum g over rows in two stages (partial sums per chunk of
+ *   rows and column, then one invocation per column sums the chunks in order): deterministic, no atomics.
+ * - norm unit v1: the power-of-two unit of a row from its max |x|, for rows too long for one invocation.
  * @module
  */
 
 import type { DType } from "../../runtime/dtype.ts";
 import { flatId } from "../../runtime/webgpu.ts";
 import { binding, enables, uniformDecl, WGSL_MATH } from "./util.ts";
+import { wgslType } from "../../runtime/dtype.ts";
 
 export const ROW_WG = 64;
 
@@ -43,16 +52,28 @@ ${flatId(ROW_WG)}
 }`;
 }
 
-/** Uniforms: [rows, D, xOff, wOff, bOff, eps(f32)]. */
-export function normSource(dtype: DType, rms: boolean, hasW: boolean, hasB: boolean): string {
+/**
+ * Uniforms: [rows, D, xOff, wOff, bOff, eps(f32), unit0(f32)], unit0 the smallest unit (a power of two, 0
+ * for none: see normUnitFloor). With `stats`, binding after `out` receives
+ * (mean, 1 / sigma, 1 / unit, 0) per row, where xhat = (x / unit - mean) / sigma.
+ */
+export function normSource(
+  dtype: DType,
+  rms: boolean,
+  hasW: boolean,
+  hasB: boolean,
+  stats = false,
+): string {
   let b = 2;
   const wBind = hasW ? binding(b++, "w", dtype) : "";
   const bBind = hasB ? binding(b++, "bias", dtype) : "";
+  const sBind = stats ? `@group(0) @binding(${b + 1}) var<storage, read_write> stats: array<vec4<f32>>;` : "";
   return `${enables(dtype)}${uniformDecl(8)}
 ${binding(1, "x", dtype)}
 ${wBind}
 ${bBind}
 ${binding(b, "out", dtype, true)}
+${sBind}
 ${flatId(ROW_WG)}
   let rows = U(0u); let D = U(1u);
   if (gid >= rows) { return; }
@@ -60,8 +81,9 @@ ${flatId(ROW_WG)}
   // Everything in units of m, a power of two at most max |x| kept while reading (a larger element
   // rescales what was summed, exactly): x / m is in (-8, 8), so no sum of squares overflows f32, and the
   // normalised output is the same in any unit.
-  var m = 0.0;
-  var rm = 1.0; // 1 / m, exact: m is a power of two in [2^-100, 2^125], so 1 / m is finite and normal
+  // m starts at unit0: eps in units of m stays finite for rows tiny next to sqrt(eps)
+  var m = UF(6u);
+  var rm = select(1.0, 1.0 / m, m > 0.0); // 1 / m, exact: m is a power of two in [2^-100, 2^125]
   var acc = 0.0;
   for (var d = 0u; d < D; d++) {
     let xd = f32(x[base + d]);
@@ -92,11 +114,147 @@ ${flatId(ROW_WG)}
   // eps in units of m (it underflows to 0 at large scale, where it does not matter); a zero row stays 0
   let den = v + min(UF(5u) / unit / unit, 3.4028235e38);
   let inv = select(0.0, inverseSqrt(den), den > 0.0);
+  ${stats ? `stats[gid] = vec4<f32>(mean${rms ? "" : "0 + c"}, inv, runit, 0.0);` : ""}
   for (var d = 0u; d < D; d++) {
     var y = (f32(x[base + d]) * runit - mean${rms ? "" : "0 - c"}) * inv;
     ${hasW ? "y *= f32(w[U(3u) + d]);" : ""}
     ${hasB ? "y += f32(bias[U(4u) + d]);" : ""}
     out[gid * D + d] = ${dtype}(y);
   }
+}`;
+}
+
+/** Storage binding of `dtype` elements, as vec4s when `v4`. */
+function vbinding(index: number, name: string, dtype: DType, v4: boolean, write = false): string {
+  const t = v4 ? `vec4<${wgslType(dtype)}>` : wgslType(dtype);
+  return `@group(0) @binding(${index}) var<storage, ${write ? "read_write" : "read"}> ${name}: array<${t}>;`;
+}
+
+/**
+ * norm backward v1 (dx). Uniforms: [rows, DV, D, xOff, gOff, wOff] with DV = D / 4 and offsets in vec4s
+ * when `v4`, else DV = D and offsets in elements. Bindings: x, g, (w), stats, dx.
+ */
+export function normBackwardSource(dtype: DType, rms: boolean, hasW: boolean, v4: boolean): string {
+  const T = v4 ? "vec4<f32>" : "f32";
+  let b = 3;
+  const wBind = hasW ? vbinding(b++, "w", dtype, v4) : "";
+  return `${enables(dtype)}${uniformDecl(8)}
+${vbinding(1, "x", dtype, v4)}
+${vbinding(2, "g", dtype, v4)}
+${wBind}
+@group(0) @binding(${b}) var<storage, read> stats: array<vec4<f32>>;
+${vbinding(b + 1, "dx", dtype, v4, true)}
+fn hsum(v: ${T}) -> f32 { return ${v4 ? "v.x + v.y + v.z + v.w" : "v"}; }
+${flatId(ROW_WG)}
+  let rows = U(0u); let DV = U(1u); let D = f32(U(2u));
+  if (gid >= rows) { return; }
+  let st = stats[gid];
+  let xb = U(3u) + gid * DV; let gb = U(4u) + gid * DV;
+  var sg = ${T}(0.0);
+  var sgx = ${T}(0.0);
+  for (var d = 0u; d < DV; d++) {
+    let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
+    let gw = ${T}(g[gb + d])${hasW ? ` * ${T}(w[U(5u) + d])` : ""};
+    sg += gw;
+    sgx += gw * xh;
+  }
+  let mg = ${rms ? "0.0" : "hsum(sg) / D"};
+  let mgx = hsum(sgx) / D;
+  for (var d = 0u; d < DV; d++) {
+    let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
+    let gw = ${T}(g[gb + d])${hasW ? ` * ${T}(w[U(5u) + d])` : ""};
+    // 1 / sigma in x's units is st.y * st.z: applied in two steps, so the first keeps the value normal
+    dx[gid * DV + d] = ${
+    v4 ? `vec4<${wgslType(dtype)}>` : wgslType(dtype)
+  }(((gw - mg - xh * mgx) * st.y) * st.z);
+  }
+}`;
+}
+
+/**
+ * norm param grads v1, stage 1: one invocation per (chunk of CR rows, column vector) writes the chunk's
+ * partial sums of g xhat (at part[k * 2 DV + c]) and g (at part[k * 2 DV + DV + c]).
+ * Uniforms: [rows, DV, CR, xOff, gOff]; bindings: x, g, stats, part (f32 or vec4<f32>).
+ */
+export function normParamPartialSource(dtype: DType, hasW: boolean, hasB: boolean, v4: boolean): string {
+  const T = v4 ? "vec4<f32>" : "f32";
+  return `${enables(dtype)}${uniformDecl(8)}
+${vbinding(1, "x", dtype, v4)}
+${vbinding(2, "g", dtype, v4)}
+@group(0) @binding(3) var<storage, read> stats: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> part: array<${T}>;
+${flatId(ROW_WG)}
+  let rows = U(0u); let DV = U(1u); let CR = U(2u);
+  let chunks = (rows + CR - 1u) / CR;
+  if (gid >= chunks * DV) { return; }
+  let c = gid % DV; let k = gid / DV;
+  let r1 = min(rows, (k + 1u) * CR);
+  var aw = ${T}(0.0);
+  var ab = ${T}(0.0);
+  for (var r = k * CR; r < r1; r++) {
+    let gv = ${T}(g[U(4u) + r * DV + c]);
+    ${
+    hasW
+      ? `let st = stats[r];
+    aw += gv * ((${T}(x[U(3u) + r * DV + c]) * st.z - st.x) * st.y);`
+      : ""
+  }
+    ${hasB ? "ab += gv;" : ""}
+  }
+  part[k * 2u * DV + c] = aw;
+  part[k * 2u * DV + DV + c] = ab;
+}`;
+}
+
+/**
+ * norm param grads v1, stage 2: one invocation per column vector sums the chunks' partials in order
+ * (Kahan-compensated: there may be thousands). Uniforms: [chunks, DV]; bindings: part, (dw), (db).
+ */
+export function normParamFinishSource(dtype: DType, hasW: boolean, hasB: boolean, v4: boolean): string {
+  const T = v4 ? "vec4<f32>" : "f32";
+  const O = v4 ? `vec4<${wgslType(dtype)}>` : wgslType(dtype);
+  let b = 2;
+  const wBind = hasW ? vbinding(b++, "dw", dtype, v4, true) : "";
+  const bBind = hasB ? vbinding(b++, "db", dtype, v4, true) : "";
+  return `${enables(dtype)}${uniformDecl(4)}
+@group(0) @binding(1) var<storage, read> part: array<${T}>;
+${wBind}
+${bBind}
+${flatId(ROW_WG)}
+  let chunks = U(0u); let DV = U(1u);
+  if (gid >= DV) { return; }
+  var sw = ${T}(0.0); var cw = ${T}(0.0);
+  var sb = ${T}(0.0); var cb = ${T}(0.0);
+  for (var k = 0u; k < chunks; k++) {
+    let yw = part[k * 2u * DV + gid] - cw;
+    let tw = sw + yw;
+    cw = (tw - sw) - yw;
+    sw = tw;
+    let yb = part[k * 2u * DV + DV + gid] - cb;
+    let tb = sb + yb;
+    cb = (tb - sb) - yb;
+    sb = tb;
+  }
+  ${hasW ? `dw[gid] = ${O}(sw);` : ""}
+  ${hasB ? `db[gid] = ${O}(sb);` : ""}
+}`;
+}
+
+/**
+ * norm unit v1: per row, r = 1 / 2^k with k = floor(log2(max |x|)) clamped to [lo, hi] (k = 0 for a zero or
+ * non-finite max) and eps r^2 capped at `big`. Uniforms: [rows, eps(f32), lo(f32), hi(f32), big(f32)].
+ */
+export function normUnitSource(dtype: DType): string {
+  return `${enables(dtype)}${uniformDecl(8)}
+${binding(1, "amax", dtype)}
+${binding(2, "r", dtype, true)}
+${binding(3, "epsU", dtype, true)}
+${flatId(ROW_WG)}
+  if (gid >= U(0u)) { return; }
+  let a = f32(amax[gid]);
+  let k = select(0.0, clamp(floor(log2(a)), UF(2u), UF(3u)), a > 0.0 && a <= 3.4028235e38);
+  let rr = exp2(-k);
+  r[gid] = ${dtype}(rr);
+  epsU[gid] = ${dtype}(min(UF(1u) * rr * rr, UF(4u)));
 }`;
 }
