@@ -10,7 +10,16 @@ import type { Tensor } from "../../runtime/tensor.ts";
 import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { cast, contiguous } from "./elementwise.ts";
 import { copyIntoRef, gatherRef, scatterAddRef } from "./layout_ref.ts";
-import { copyIntoSource, gatherSource, indexOobCode, LAYOUT_WG, scatterAddSource } from "./layout_wgsl.ts";
+import {
+  copyIntoSource,
+  gatherSource,
+  indexOobCode,
+  LAYOUT_WG,
+  scatterAddSource,
+  scatterSortSource,
+  scatterSumSource,
+  SORT_WG,
+} from "./layout_wgsl.ts";
 import { record } from "../../runtime/autograd.ts";
 import { registerOps } from "../../runtime/tensor_ops.ts";
 import { disposeOnThrow, empty, sameDevice, Uniforms } from "./util.ts";
@@ -30,6 +39,16 @@ function recordConcat(tensors: readonly Tensor[], a: number, out: Tensor): Tenso
   });
 }
 
+/** Registers the message for `op`'s index-out-of-range diagnostic (raised by its shaders). */
+function indexDiagnostic(op: "gather" | "scatterAdd", idx: Tensor): void {
+  // the shader stores the index word: an i32 index reads back signed (-5), a u32 one unsigned (4000000000)
+  gpu().diagnostic(
+    indexOobCode(op, idx.dtype),
+    (v, limit) => `${op}: index ${v} is out of range for an axis of size ${limit}`,
+    idx.dtype === "i32",
+  );
+}
+
 /**
  * One dispatch of an index-driven kernel (gather, scatterAdd): one invocation per output element, with the
  * shared diagnostics buffer bound for an index out of range, reported under `op`'s name at the next readback.
@@ -44,12 +63,7 @@ function runIndexed(
   words: number[],
 ): void {
   const ctx = gpu();
-  // the shader stores the index word: an i32 index reads back signed (-5), a u32 one unsigned (4000000000)
-  ctx.diagnostic(
-    indexOobCode(op, idx.dtype),
-    (v, limit) => `${op}: index ${v} is out of range for an axis of size ${limit}`,
-    idx.dtype === "i32",
-  );
+  indexDiagnostic(op, idx);
   ctx.run({
     name: op,
     key,
@@ -236,7 +250,10 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
 /**
  * The adjoint of {@link gather}: a tensor whose `axis` has `size` entries, entry k holding the sum of the
  * slices of `src` whose index is k. `src` has shape lead + indices.shape + trail; the result lead + [size] +
- * trail. Deterministic (no atomics). Used for embedding gradients.
+ * trail. Deterministic: every run adds a row's slices in the same order (no float atomics). Used for
+ * embedding gradients. `version` picks the WebGPU shader (see layout_wgsl.ts): "v1" loops over every
+ * index for every output element, "v2" sorts the indices by row first; "auto" is v2 unless the table or
+ * the index count is past what v2's one-workgroup sort handles ({@link scatterAddV2Fits}).
  *
  * @example
  * ```ts
@@ -245,8 +262,20 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
  * console.log(await scatterAdd(src, tensor([2, 0, 2], { dtype: "i32" }), 3).toArray()); // [2, 2, 0, 0, 4, 4]
  * ```
  */
-export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0): Tensor {
+export function scatterAdd(
+  src: Tensor,
+  indices: Tensor,
+  size: number,
+  axis = 0,
+  o: { version?: ScatterAddVersion } = {},
+): Tensor {
   const device = sameDevice("scatterAdd", src, indices);
+  const version = o.version ?? "auto";
+  if (!SCATTER_VERSIONS.includes(version)) {
+    throw new Error(
+      `scatterAdd: version must be one of ${SCATTER_VERSIONS.join(", ")}, got ${JSON.stringify(version)}`,
+    );
+  }
   if (isFloat(indices.dtype)) {
     throw new Error(`scatterAdd: indices must be i32 or u32, got ${indices.describe()}`);
   }
@@ -264,6 +293,13 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
   }
   const outShape = [...src.shape.slice(0, a), size, ...src.shape.slice(a + ir)];
   const outer = numel(src.shape.slice(0, a)), inner = numel(src.shape.slice(a + ir)), I = indices.size;
+  const v2 = version !== "v1" && scatterAddV2Fits(size, I);
+  if (version === "v2" && !v2) {
+    throw new Error(
+      `scatterAdd v2: ${I} indices into ${size} rows are past its one-workgroup sort ` +
+        `(3 * size + indices <= ${V2_SORT_ROWS}); use v1`,
+    );
+  }
   const out = record("scatterAdd", empty("scatterAdd", outShape, src.dtype, device), [src, indices], [
     indices,
   ], (
@@ -290,6 +326,10 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
       );
       return out;
     }
+    if (v2) {
+      scatterAddV2(s, idx, out, outer, size, inner, I);
+      return out;
+    }
     // each invocation loops over the indices: at most MAX_LOOP of them per dispatch (lavapipe's loop cap)
     for (let j0 = 0; j0 < Math.max(I, 1); j0 += MAX_LOOP) {
       const words = [outer, size, inner, I, s.offset, idx.offset, j0, Math.min(I, j0 + MAX_LOOP)];
@@ -303,6 +343,87 @@ export function scatterAdd(src: Tensor, indices: Tensor, size: number, axis = 0)
   } finally {
     s?.dispose();
     idx?.dispose();
+  }
+}
+
+/** Shader versions of scatterAdd on WebGPU (see layout_wgsl.ts). */
+export type ScatterAddVersion = "auto" | "v1" | "v2";
+
+const SCATTER_VERSIONS: readonly ScatterAddVersion[] = ["auto", "v1", "v2"];
+
+/**
+ * The sort's counting and scan loop over rows and indices in one workgroup of SORT_WG lanes: 3 passes over
+ * the rows and one over the indices, all within half of MAX_LOOP so the first placing step has room.
+ */
+const V2_SORT_ROWS = (SORT_WG * MAX_LOOP) / 2 - 4 * SORT_WG;
+
+/**
+ * Whether scatterAdd v2 takes `indices` indices into `rows` rows: its one-workgroup sort counts and scans
+ * within one dispatch (3 * rows + indices <= 1,048,320, e.g. a 300k-row table with 100k tokens).
+ *
+ * @example
+ * ```ts
+ * import { scatterAddV2Fits } from "./layout.ts";
+ * console.log(scatterAddV2Fits(50257, 8192), scatterAddV2Fits(400000, 0)); // true false
+ * ```
+ */
+export function scatterAddV2Fits(rows: number, indices: number): boolean {
+  return 3 * rows + indices <= V2_SORT_ROWS;
+}
+
+/**
+ * scatterAdd v2 on contiguous src (outer, I, inner) and idx (I) into out (outer, A, inner): the sort
+ * (placing at most MAX_LOOP indices per dispatch after the counting in the first), then the row sums
+ * over windows of MAX_LOOP sorted positions.
+ */
+function scatterAddV2(
+  s: Tensor,
+  idx: Tensor,
+  out: Tensor,
+  outer: number,
+  A: number,
+  inner: number,
+  I: number,
+): void {
+  const ctx = gpu();
+  const temps = [
+    empty("scatterAdd", [Math.max(A, 1)], "u32", "webgpu"), // per row: count, then next free slot
+    empty("scatterAdd", [A + 1], "u32", "webgpu"), // per row: first slot in order
+    empty("scatterAdd", [Math.max(I, 1)], "u32", "webgpu"), // the indices' positions j, sorted by row
+  ];
+  try {
+    const [cnt, start, order] = temps.map((t) => t.storage.buffer!);
+    indexDiagnostic("scatterAdd", idx);
+    // the first dispatch also loops over the rows (3 times) and the indices once, in blocks of SORT_WG
+    const prep = 3 * Math.ceil(A / SORT_WG) + Math.ceil(I / SORT_WG) + 2 * SORT_WG;
+    for (let j0 = 0, first = true; first || j0 < I; first = false) {
+      const j1 = Math.min(I, j0 + (Math.floor((MAX_LOOP - (first ? prep : 0)) / SORT_WG) - 1) * SORT_WG);
+      ctx.run({
+        name: "scatterAdd",
+        key: `sort|${idx.dtype}`,
+        source: () => scatterSortSource(idx.dtype),
+        inputs: [idx.storage.buffer!],
+        outputs: [cnt, start, order, ctx.diagnostics],
+        uniforms: new Uniforms().u32(A, I, idx.offset, j0, j1, first ? 1 : 0).build(),
+        workgroups: [1, 1, 1],
+      });
+      j0 = j1;
+    }
+    const vec4 = s.dtype === "f32" && inner % 4 === 0 && s.offset % 4 === 0;
+    const w = vec4 ? 4 : 1;
+    for (let p0 = 0; p0 < Math.max(I, 1); p0 += MAX_LOOP) {
+      ctx.run({
+        name: "scatterAdd",
+        key: `sum|${s.dtype}|${vec4}`,
+        source: () => scatterSumSource(s.dtype, vec4),
+        inputs: [s.storage.buffer!, start, order],
+        outputs: [out.storage.buffer!],
+        uniforms: new Uniforms().u32(outer, A, inner / w, I, s.offset / w, p0, p0 + MAX_LOOP).f32(1).build(),
+        workgroups: grid((outer * A * inner) / w, LAYOUT_WG),
+      });
+    }
+  } finally {
+    for (const t of temps) t.dispose();
   }
 }
 

@@ -1,7 +1,16 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { leakCheck, requireGpu, scoped, testOp } from "../../test/helpers.ts";
+import { gpu } from "../../runtime/device.ts";
+import {
+  assertClose,
+  compareBackends,
+  data,
+  leakCheck,
+  requireGpu,
+  scoped,
+  testOp,
+} from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -79,6 +88,107 @@ describe("gather", () => {
       const f = s.tensor([1.0], { device: "cpu" });
       expect(() => s.gather(table, f)).toThrow(/gather: indices must be i32 or u32/);
       for (const t of [table, bad, gt, gb, r, ok, neg, r2, f]) t.dispose();
+    }),
+  );
+});
+
+describe("scatterAdd", () => {
+  const VERSIONS = ["v1", "v2"] as const;
+  for (const version of VERSIONS) {
+    test(
+      `${version} against the reference: repeated indices, odd widths, other axes, views, u32, empty`,
+      scoped(async () => {
+        const o = { version };
+        // inner 5: the scalar path; inner 8: v2's vec4 path; an offset view: scalar again
+        const rep = { values: [2, 0, 2, 5, 5, 5], dtype: "i32" } as const;
+        await testOp([[6, 5], rep], (x, i) => s.scatterAdd(x, i, 7, 0, o), WIDE);
+        await testOp([[6, 8], rep], (x, i) => s.scatterAdd(x, i, 6, 0, o), WIDE);
+        await testOp([[7, 8], rep], (x, i) => s.scatterAdd(x.slice([[1, 7]]), i, 6, 0, o));
+        const cols = { values: [1, 1, 0, 0, 1, 0], dtype: "i32" } as const;
+        await testOp([[6, 3], cols], (x, i) => s.scatterAdd(x.transpose(), i, 2, 1, o)); // src [3, 6]
+        const u = { values: [3, 1, 3, 3], dtype: "u32" } as const;
+        await testOp([[2, 4, 8], u], (x, i) => s.scatterAdd(x, i, 4, 1, o));
+        const grid = { values: [[0, 2], [2, 2], [1, 0]], dtype: "i32" } as const;
+        const r = await testOp([[3, 2, 4], grid], (x, i) => s.scatterAdd(x, i, 3, 0, o));
+        expect(r.shape).toEqual([3, 4]);
+        const z = await testOp([[0, 4], { values: [], dtype: "i32" }], (x, i) => s.scatterAdd(x, i, 3, 0, o));
+        expect(Array.from(z.outputs.webgpu!)).toEqual(new Array(12).fill(0));
+      }),
+    );
+  }
+
+  test(
+    "v2 at scale: a large vocabulary, many tokens, a row used more than MAX_LOOP times",
+    scoped(async () => {
+      requireGpu();
+      // 70,000 tokens (the sort places them over 3 dispatches, the sums over 3 windows), half into row 0
+      const I = 70000;
+      const many = Int32Array.from({ length: I }, (_, j) => (j % 2 ? 0 : (j * 7919) % 100));
+      const wide = Int32Array.from({ length: 3000 }, (_, j) => (j * 7919 + 11) % 50000);
+      for (const [idx, A, D] of [[many, 100, 4], [wide, 50000, 8], [wide, 50000, 3]] as const) {
+        const x = s.tensor(data(idx.length * D, 3), { shape: [idx.length, D], device: "cpu" });
+        const i = s.tensor(idx, { dtype: "i32", device: "cpu" });
+        await compareBackends((x, i) => s.scatterAdd(x, i, A, 0, { version: "v2" }), [x, i], {
+          atol: 1e-5,
+          rtol: 1e-5,
+        });
+        x.dispose();
+        i.dispose();
+      }
+    }),
+  );
+
+  test(
+    "v2 is deterministic (the same bits every run) and two dispatches for an embedding gradient",
+    scoped(async () => {
+      requireGpu();
+      const I = 2048, A = 64;
+      const src = s.randn([I, 64], { seed: 4, device: "webgpu" });
+      const idx = s.tensor(Int32Array.from({ length: I }, (_, j) => (j * j) % A), {
+        dtype: "i32",
+        device: "webgpu",
+      });
+      const d0 = gpu().counters.dispatches;
+      const a = s.scatterAdd(src, idx, A);
+      expect(gpu().counters.dispatches - d0).toBe(2); // the sort and the row sums
+      const runs = [await a.toArray()];
+      for (let k = 0; k < 3; k++) runs.push(await s.scatterAdd(src, idx, A, 0, { version: "v2" }).toArray());
+      for (const r of runs.slice(1)) expect(r).toEqual(runs[0]);
+      const v1 = await s.scatterAdd(src, idx, A, 0, { version: "v1" }).toArray();
+      assertClose(runs[0], v1, { atol: 1e-5, rtol: 1e-5 });
+    }),
+  );
+
+  test(
+    "bad input: an index out of range (v2, both index dtypes), an unknown version, v2 past its sort",
+    scoped(async () => {
+      requireGpu();
+      // uploaded host data: never poisoned by the failing batch, so it serves every case
+      const ones = s.tensor(new Float32Array(12).fill(1), { shape: [3, 4], device: "webgpu" });
+      const bad = s.scatterAdd(ones, s.tensor([0, 7, 1], { dtype: "i32", device: "webgpu" }), 4, 0, {
+        version: "v2",
+      });
+      await expect(bad.toArray()).rejects.toThrow(
+        /scatterAdd: index 7 is out of range for an axis of size 4/,
+      );
+      const neg = s.scatterAdd(ones, s.tensor([0, -2, 1], { dtype: "i32", device: "webgpu" }), 4);
+      await expect(neg.toArray()).rejects.toThrow(/scatterAdd: index -2 is out of range/);
+      const big = s.scatterAdd(ones, s.tensor([0, 4000000000, 1], { dtype: "u32", device: "webgpu" }), 4);
+      await expect(big.toArray()).rejects.toThrow(/scatterAdd: index 4000000000 is out of range/);
+      // the device stays usable
+      const ok = s.scatterAdd(ones, s.tensor([3, 3, 3], { dtype: "i32", device: "webgpu" }), 4);
+      expect(Array.from(await ok.toArray()).slice(12)).toEqual([3, 3, 3, 3]);
+      for (const device of ["cpu", "webgpu"] as const) {
+        const x = s.ones([2, 2], { device }), i = s.tensor([0, 1], { dtype: "i32", device });
+        // deno-lint-ignore no-explicit-any
+        expect(() => s.scatterAdd(x, i, 2, 0, { version: "v3" as any })).toThrow(
+          'scatterAdd: version must be one of auto, v1, v2, got "v3"',
+        );
+        expect(() => s.scatterAdd(x, i, 400000, 0, { version: "v2" })).toThrow(
+          /scatterAdd v2: 2 indices into 400000 rows are past its one-workgroup sort/,
+        );
+      }
+      expect(s.scatterAddV2Fits(400000, 2)).toBe(false);
     }),
   );
 });
