@@ -9,7 +9,7 @@ import { gpu } from "../../runtime/device.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
-import { record } from "../../runtime/autograd.ts";
+import { isGradEnabled, record } from "../../runtime/autograd.ts";
 import { zeros } from "../core/creation.ts";
 import { add, contiguous, mul, silu } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
@@ -25,6 +25,7 @@ import {
   convFwdV1,
   convFwdV2,
 } from "./conv1d_wgsl.ts";
+import { convStepV1, STEP_WG } from "./step_wgsl.ts";
 
 /** Options of {@link causalConv1d}. */
 export interface CausalConv1dOptions {
@@ -252,8 +253,10 @@ export function causalConv1d(
 
 /**
  * One step of {@link causalConv1d} for decoding: state (B, D, W - 1) (the previous W - 1 inputs), x (B, D)
- * -> `{ y (B, D), state }` with the window shifted by one. Composed from core ops (differentiable, either
- * device); `activation: "silu"` as in the full conv.
+ * -> `{ y (B, D), state }` with the window shifted by one; `activation: "silu"` as in the full conv.
+ * Composed from core ops (differentiable, either device; the reference) or, on WebGPU in f32 with no
+ * gradient recorded (decoding), one fused kernel (conv step v1) reading x through its strides.
+ * `version`: "auto" (default) fused where it can run, "fused", "composed".
  *
  * @example
  * ```ts
@@ -271,12 +274,29 @@ export function causalConv1dStep(
   state: Tensor,
   x: Tensor,
   weight: Tensor,
-  opts: { bias?: Tensor | null; activation?: "silu" | null } = {},
+  opts: { bias?: Tensor | null; activation?: "silu" | null; version?: "auto" | "fused" | "composed" } = {},
 ): { y: Tensor; state: Tensor } {
   const op = "causalConv1dStep";
   if (x.rank !== 2) throw new Error(`${op}: x must be (B, D), got ${x.describe()}`);
   tidy(() => check(op, x.unsqueeze(-1), weight, opts.bias, state)); // the view is freed at once
+  if (opts.activation && opts.activation !== "silu") {
+    throw new Error(`${op}: activation must be "silu" or none, got ${JSON.stringify(opts.activation)}`);
+  }
+  const version = opts.version ?? "auto";
+  if (!["auto", "fused", "composed"].includes(version)) {
+    throw new Error(`${op}: version must be "auto", "fused" or "composed", got ${JSON.stringify(version)}`);
+  }
   const W = weight.shape[1];
+  const all = [state, x, weight, ...(opts.bias ? [opts.bias] : [])];
+  const graph = isGradEnabled() && all.some((t) => t.requiresGrad);
+  const fusable = x.device === "webgpu" && x.dtype === "f32" && !graph && W > 1;
+  if (version === "fused" && !fusable) {
+    throw new Error(
+      `${op}: version "fused" runs on webgpu in f32 with W > 1 and no gradient recorded; got ` +
+        `${x.describe()}, weight ${fmt(weight.shape)}${graph ? " with inputs that require grad" : ""}`,
+    );
+  }
+  if (fusable && version !== "composed") return convStepFused(state, x, weight, opts);
   return tidy(() => {
     const win = concat([state, x.unsqueeze(-1)], 2); // (B, D, W)
     let y = sum(mul(win, weight), -1); // (B, D)
@@ -284,4 +304,37 @@ export function causalConv1dStep(
     if (opts.activation === "silu") y = silu(y);
     return { y, state: contiguous(win.slice([null, null, [1, W]])) };
   });
+}
+
+/** conv step v1: one dispatch. */
+function convStepFused(
+  state: Tensor,
+  x: Tensor,
+  weight: Tensor,
+  opts: { bias?: Tensor | null; activation?: "silu" | null },
+): { y: Tensor; state: Tensor } {
+  const [Bn, D] = x.shape, W = weight.shape[1];
+  const st = contiguous(state), w = contiguous(weight), b = opts.bias ? contiguous(opts.bias) : null;
+  const y = empty("causalConv1dStep", [Bn, D], "f32", "webgpu");
+  const next = empty("causalConv1dStep state", [Bn, D, W - 1], "f32", "webgpu");
+  try {
+    const silu = opts.activation === "silu";
+    gpu().run({
+      name: "causalConv1dStep",
+      key: `step v1|${W}|${!!b}|${silu}`,
+      source: () => convStepV1(W, !!b, silu),
+      inputs: [st, x, w, b].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
+      outputs: [y.storage.buffer!, next.storage.buffer!],
+      uniforms: new Uniforms().u32(Bn, D, x.offset, x.strides[0], x.strides[1], st.offset, w.offset)
+        .u32(b?.offset ?? 0).build(),
+      workgroups: grid(Bn * D, STEP_WG),
+    });
+  } catch (e) {
+    y.dispose();
+    next.dispose();
+    throw e;
+  } finally {
+    for (const t of [st, w, b]) t?.dispose();
+  }
+  return { y, state: next };
 }

@@ -41,7 +41,7 @@ import {
   V2_WORDS,
   variantKey,
 } from "./selective_scan_wgsl.ts";
-import { scanBackwardV1 } from "./selective_scan_bwd_wgsl.ts";
+import { scanBackwardV1, scanBackwardV2, scanBwdReduceV2 } from "./selective_scan_bwd_wgsl.ts";
 
 export type { SelectiveScanOptions } from "./scan_check.ts";
 
@@ -510,6 +510,138 @@ function backwardV1(
   });
 }
 
+/** Why bwd v2 cannot take these inputs (then bwd v1 runs), or null when it can. */
+function bwdV2Misfit(d: ScanDims, hasZ: boolean, hasOut: boolean): string | null {
+  if (d.N > TEX_W) return `its textures hold N <= ${TEX_W}`;
+  if (2 * Math.ceil(d.L / 4) > MAX_LOOP) return `L = ${d.L} is over ${2 * MAX_LOOP} (two walks of L / 4)`;
+  const terms = d.Bn * d.D * d.L * 4 * Math.ceil(d.N / 4);
+  if (terms > BWD_PARTIAL_CAP) return `its per-step terms would take ${terms} floats`;
+  const x = seqLayout(d.Bn * d.D, d.L, 1), bc = seqLayout(d.Bn * d.G * d.N, d.L, d.N);
+  const ops = 2 + (hasZ ? 1 : 0) + (hasOut ? 1 : 0);
+  const need = Math.max(ops * x.rowBlocks * x.segments, 2 * bc.rowBlocks * bc.segments);
+  return need > maxLayers() ? `its textures would need ${need} layers` : null;
+}
+
+/**
+ * bwd v2 (see `scanBackwardV2`): one scan dispatch over textures, one reduce dispatch; the gradients come
+ * out in their final shapes (no slicing copies).
+ */
+function backwardV2(
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  o: SelectiveScanOptions,
+  dout: Tensor | null,
+  dlast: Tensor | null,
+): ScanGrads {
+  const op = "selectiveScan backward";
+  const dims = checkScan(op, u, delta, A, B, C, o);
+  const p = prepare(op, dims, u, delta, A, B, C, o, false);
+  const { Bn, D, L, N, G } = dims;
+  const BD = Bn * D, H = D / G, P = paramStride(p.v), K = Math.ceil(N / 4);
+  const xl = seqLayout(BD, L, 1), bl = seqLayout(Bn * G * N, L, N);
+  const ctx = gpu();
+  const go = dout ? noGrad(() => contiguous(dout)) : null,
+    gl = dlast ? noGrad(() => contiguous(dlast)) : null;
+  const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
+  const du = f("du", [Bn, D, L]), ddelta = f("ddelta", [Bn, D, L]);
+  const dz = p.z ? f("dz", [Bn, D, L]) : null;
+  const dP = f("dparams", [BD, P]);
+  const tB = p.v.bShared ? null : f("dB terms", [BD, L, 4 * K]);
+  const tC = p.v.cShared ? null : f("dC terms", [BD, L, 4 * K]);
+  const scratch = f("scratch", [BD, Math.ceil(L / 4), 4 * K]);
+  const dA = f("dA", [D, N]), dD = f("dD", [D]), dBias = f("d deltaBias", [D]);
+  const dB = f("dB", p.v.bShared ? [D, N] : [...B.shape]), dC = f("dC", p.v.cShared ? [D, N] : [...C.shape]);
+  const textures: GpuTexture[] = [];
+  try {
+    textures.push(
+      packSeq(op, "u, delta, z, dout", [p.u, p.delta, p.z, go].filter((t): t is Tensor => !!t), BD, xl),
+    );
+    const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
+    if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
+    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 };
+    const sb = (t: Tensor | null, read = false): Binding[] =>
+      t ? [{ buffer: t.storage.buffer!, access: read ? "read" : "read_write" }] : [];
+    const bindings: Binding[] = [
+      { buffer: p.params.storage.buffer!, access: "read" },
+      ...textures.map((t): Binding => ({ texture: t, access: "read" })),
+      ...sb(gl, true),
+      ...sb(du),
+      ...sb(ddelta),
+      ...sb(dz),
+      ...sb(dP),
+      ...sb(tB),
+      ...sb(tC),
+      ...sb(scratch),
+      { buffer: ctx.diagnostics, access: "read_write" },
+    ];
+    ctx.run({
+      name: op,
+      key: `bwd v2|${variantKey(p.v)}|${w.hasOut}|${w.hasLast}|${w.vec4Out}`,
+      source: () => scanBackwardV2(p.v, w),
+      bindings,
+      uniforms: new Uniforms().u32(
+        BD,
+        D,
+        L,
+        xl.L4,
+        0,
+        0,
+        H,
+        G,
+        xl.rowBlocks,
+        bl.rowsPerBlock / N,
+        bl.rowBlocks,
+      )
+        .u32(xl.segments, gl?.offset ?? 0).padTo(16).build(),
+      workgroups: [Math.ceil(BD / SCAN_WG), 1, 1],
+    });
+    const nB = p.v.bShared ? 0 : Bn * G * L * K, nC = p.v.cShared ? 0 : Bn * G * L * K;
+    const tl = seqLayout(BD, 4 * L * K, 1);
+    const termOps = [tB, tC].filter((t): t is Tensor => !!t);
+    const tt = termOps.length ? packSeq(op, "dB, dC terms", termOps, BD, tl) : null;
+    if (tt) textures.push(tt);
+    ctx.run({
+      name: op,
+      key: `bwd v2 reduce|N${N}|${p.v.bShared}|${p.v.cShared}`,
+      source: () => scanBwdReduceV2(p.v),
+      bindings: [
+        ...sb(dP, true),
+        ...(tt ? [{ texture: tt, access: "read" } as Binding] : []),
+        ...(p.v.bShared ? [] : sb(dB)),
+        ...(p.v.cShared ? [] : sb(dC)),
+        ...sb(dA),
+        ...sb(dD),
+        ...sb(dBias),
+        ...(p.v.bShared ? sb(dB) : []),
+        ...(p.v.cShared ? sb(dC) : []),
+      ],
+      uniforms: new Uniforms().u32(Bn, D, L, H, G, nB, nC, tl.rowBlocks, tl.segments).build(),
+      workgroups: grid(nB + nC + D, SCAN_WG),
+    });
+  } catch (e) {
+    for (const t of [du, ddelta, dz, dA, dD, dBias, dB, dC]) t?.dispose();
+    throw e;
+  } finally {
+    textures.forEach((t) => t.release());
+    for (const t of [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl, dP, tB, tC, scratch]) t?.dispose();
+  }
+  if (!o.D) dD.dispose();
+  if (!o.deltaBias) dBias.dispose();
+  return {
+    du,
+    ddelta,
+    dA,
+    dB,
+    dC,
+    dD: o.D ? dD : null,
+    dz,
+    dDeltaBias: o.deltaBias ? dBias : null,
+  };
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // the op
 
@@ -546,6 +678,7 @@ function recordScan(
   inputs: Tensor[],
   o: SelectiveScanOptions,
   forLast: boolean,
+  useV2: boolean,
 ): Tensor {
   return record(name, out, inputs, inputs, (g, saved) => {
     const [u, delta, A, B, C] = saved;
@@ -557,9 +690,10 @@ function recordScan(
       deltaBias: o.deltaBias ? saved[k++] : null,
     };
     const dout = forLast ? null : g, dlast = forLast ? g : null;
+    const v2 = useV2 && !bwdV2Misfit(checkScan(name, u, delta, A, B, C, so), !!so.z, !!dout);
     const r = u.device === "cpu"
       ? backwardCpu(u, delta, A, B, C, so, dout, dlast)
-      : backwardV1(u, delta, A, B, C, so, dout, dlast);
+      : (v2 ? backwardV2 : backwardV1)(u, delta, A, B, C, so, dout, dlast);
     const grads: (Tensor | null)[] = [r.du, r.ddelta, r.dA, r.dB, r.dC];
     if (o.D) grads.push(r.dD);
     if (o.z) grads.push(r.dz);
@@ -684,7 +818,7 @@ export function selectiveScan(
       for (const t of [p.params, p.u, p.delta, p.z, p.B, p.C]) t?.dispose();
     }
   }
-  out = recordScan(op, out, inputs, opts, false);
+  out = recordScan(op, out, inputs, opts, false, useV2);
   if (!wantLast) return out;
-  return [out, recordScan(`${op} last state`, last!, inputs, opts, true)];
+  return [out, recordScan(`${op} last state`, last!, inputs, opts, true, useV2)];
 }

@@ -5,7 +5,16 @@
 
 import { flatId } from "../../runtime/webgpu.ts";
 import { uniformDecl } from "../core/util.ts";
-import { paramStride, SCAN_WG, type ScanVariant } from "./selective_scan_wgsl.ts";
+import {
+  helpers,
+  paramDecl,
+  paramStride,
+  SCAN_WG,
+  type ScanVariant,
+  TEX_ROWS,
+  TEX_W,
+  v2Prelude,
+} from "./selective_scan_wgsl.ts";
 
 const COMP = ["x", "y", "z", "w"];
 
@@ -228,5 +237,284 @@ ${prelude}
         .join("\n  ")
       : ""
   }
+}`;
+}
+
+/** Flags of a bwd v2 variant beyond the forward's (part of the pipeline key). */
+export interface ScanBwdV2Variant {
+  hasOut: boolean;
+  hasLast: boolean;
+  /** L % 4 == 0: du, ddelta and dz leave as one vec4 store per 4 steps. */
+  vec4Out: boolean;
+}
+
+/**
+ * bwd v2: one invocation per (b, d), one dispatch. Inputs come from the textures of fwd v2 (4 steps per
+ * texel): TX holds u, delta, z (if any), dout (if any) as operands 0, 1, 2, 2 or 3; TBC holds B and C
+ * (those input-dependent). Phase 0 walks forward and stores the state entering every texel (ceil(N / 4)
+ * vec4s) in the scratch; phase 1 walks the texels in reverse, recomputes a texel's 4 states from its
+ * checkpoint in registers and runs the adjoint back through them. Every store is a vec4 (the lavapipe cost
+ * of a storage access is per access, not per byte): du, ddelta, dz per texel (when L % 4 == 0), the terms
+ * of input-dependent dB and dC per step as (B, D, L, N) vec4s over n, reduced over the channels of a group
+ * by {@link scanBwdReduceV2}. 2 L / 4 loop iterations per invocation: L <= 4 MAX_LOOP / 2.
+ *
+ * Uniforms: the fwd v2 words (0 BD, 1 D, 2 L, 3 L4, 6 H, 7 G, 8 X rowBlocks, 9 BC groups per layer,
+ * 10 BC layer blocks, 11 segments), 12 glOff. Bindings: 1 params, 2 TX, 3 TBC (if B or C input-dependent),
+ * dlast (if `hasLast`), du, ddelta, dz (if z), dparams (B D, P), dB terms (unless shared), dC terms
+ * (unless shared), scratch, diag.
+ */
+export function scanBackwardV2(v: ScanVariant, w: ScanBwdV2Variant): string {
+  const { N } = v;
+  const K = [...Array(Math.ceil(N / 4)).keys()];
+  const P = paramStride(v);
+  const needBC = !v.bShared || !v.cShared;
+  let b = 2;
+  const decl = [`@group(0) @binding(${b++}) var TX: texture_storage_2d_array<rgba32float, read>;`];
+  if (needBC) decl.push(`@group(0) @binding(${b++}) var TBC: texture_storage_2d_array<rgba32float, read>;`);
+  const bind = (name: string, type: string, write = true) =>
+    decl.push(`@group(0) @binding(${b++}) var<storage, ${write ? "read_write" : "read"}> ${name}: ${type};`);
+  const seqT = w.vec4Out ? "array<vec4<f32>>" : "array<f32>";
+  if (w.hasLast) bind("GL", "array<f32>", false);
+  bind("DU", seqT);
+  bind("DDL", seqT);
+  if (v.hasZ) bind("DZ", seqT);
+  bind("DP", "array<f32>");
+  if (!v.bShared) bind("TB", "array<vec4<f32>>");
+  if (!v.cShared) bind("TC", "array<vec4<f32>>");
+  bind("SCR", "array<vec4<f32>>");
+  const diagB = b;
+  const xl = (op: number) => `(${op}u * U(8u) + xrb) * U(11u) + seg`;
+  const bl = (op: number) => `(${op}u * U(10u) + blb) * U(11u) + seg`;
+  const outOp = 2 + (v.hasZ ? 1 : 0);
+  const ns = (k: number) => [0, 1, 2, 3].filter((i) => 4 * k + i < N).map((i) => 4 * k + i);
+  const texVec = (name: string, k: number, c: string) =>
+    `vec4<f32>(${[0, 1, 2, 3].map((i) => (4 * k + i < N ? `${name}${4 * k + i}.${c}` : "0.0")).join(", ")})`;
+  const loadBC = (which: "B" | "C") =>
+    K.flatMap((k) =>
+      ns(k).map((n) =>
+        `let ${which}${n} = textureLoad(TBC, vec2<u32>(x, by + ${n}u), ${
+          bl(which === "B" || v.bShared ? 0 : 1)
+        });`
+      )
+    ).join("\n    ");
+  const Bv = (k: number, c: string) => (v.bShared ? `bs${k}` : texVec("B", k, c));
+  const Cv = (k: number, c: string) => (v.cShared ? `cs${k}` : texVec("C", k, c));
+  const dtLines = (mask: boolean) =>
+    [
+      "var dt4 = d4 + vec4<f32>(bias);",
+      v.softplus
+        ? "dt4 = vec4<f32>(softplus(dt4.x), softplus(dt4.y), softplus(dt4.z), softplus(dt4.w));"
+        : "",
+      mask
+        ? "dt4 = select(dt4, vec4<f32>(0.0), vec4<u32>(4u * t4) + vec4<u32>(0u, 1u, 2u, 3u) >= vec4<u32>(L));"
+        : "",
+      "let du4 = dt4 * u4;",
+    ].filter((s) => s).join("\n    ");
+  const cmp = ["x", "y", "z", "w"];
+  // phase 1, step tt of the texel (reverse order); s{tt}_k is the state after step tt, hp the one before
+  const stepBack = (tt: number) => {
+    const c = cmp[tt];
+    const hc = (k: number) => `s${tt}_${k}`;
+    const hp = (k: number) => (tt > 0 ? `s${tt - 1}_${k}` : `h${k}`);
+    const lines = [`if (4u * t4 + ${tt}u < L) {`, `  let t = 4u * t4 + ${tt}u;`];
+    lines.push(`  let uu = u4.${c}; let dt = dt4.${c};`);
+    lines.push(`  var dy = ${w.hasOut ? `g4.${c}` : "0.0"};`);
+    if (v.hasZ) {
+      lines.push(`  let zz = z4.${c}; let sg = 1.0 / (1.0 + exp(-zz));`);
+      lines.push(`  var y = Dskip * uu;`);
+      for (const k of K) lines.push(`  y += dot(${hc(k)}, ${Cv(k, c)});`);
+      lines.push(`  dz4.${c} = dy * y * sg * (1.0 + zz * (1.0 - sg));`);
+      lines.push(`  dy = dy * zz * sg;`);
+    }
+    lines.push("  dDacc += dy * uu; var duv = Dskip * dy; var dDt = 0.0;");
+    for (const k of K) {
+      lines.push(`  {`);
+      lines.push(`    let bv = ${Bv(k, c)}; let cv = ${Cv(k, c)};`);
+      lines.push(`    let gk = gn${k} + cv * dy;`);
+      lines.push(
+        v.cShared
+          ? `    dCs${k} += dy * ${hc(k)};`
+          : `    TC[(bd * L + t) * ${K.length}u + ${k}u] = dy * ${hc(k)};`,
+      );
+      lines.push(
+        v.bShared
+          ? `    dBs${k} += gk * (dt * uu);`
+          : `    TB[(bd * L + t) * ${K.length}u + ${k}u] = gk * (dt * uu);`,
+      );
+      lines.push(`    duv += dot(gk, bv) * dt;`);
+      lines.push(`    let ea = exp2(dt * l2a${k}); let ah = ea * ${hp(k)};`);
+      lines.push(`    dDt += dot(gk, a${k} * ah + bv * uu);`);
+      lines.push(`    dA${k} += gk * dt * ah;`);
+      lines.push(`    gn${k} = ea * gk;`);
+      lines.push(`  }`);
+    }
+    lines.push(`  let pre = d4.${c} + bias;`);
+    lines.push(`  let dpre = ${v.softplus ? "select(dDt / (1.0 + exp(-pre)), dDt, pre > 20.0)" : "dDt"};`);
+    lines.push(`  du4o.${c} = duv; dd4o.${c} = dpre; dbacc += dpre;`);
+    lines.push("}");
+    return lines.join("\n    ");
+  };
+  const store = (name: string, val: string) =>
+    w.vec4Out
+      ? `${name}[bd * L4 + t4] = ${val};`
+      : `for (var i = 0u; i < 4u; i++) { if (4u * t4 + i < L) { ${name}[bd * L + 4u * t4 + i] = ${val}[i]; } }`;
+  const dpStore = (slot: number, val: string) => `DP[bd * ${P}u + ${slot}u] = ${val};`;
+  const bOffS = N + 2, cOffS = N + 2 + (v.bShared ? N : 0);
+  return `// selective scan bwd v2
+${uniformDecl(16)}
+${paramDecl(diagB)}
+${decl.join("\n")}
+${helpers()}
+@compute @workgroup_size(${SCAN_WG})
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  ${v2Prelude(v)}
+  let K = ${K.length}u;
+  // phase 0: the state entering every texel
+  for (var t4 = 0u; t4 < L4; t4++) {
+    let x = t4 % ${TEX_W}u; let seg = t4 / ${TEX_W}u;
+    ${K.map((k) => `SCR[(bd * L4 + t4) * K + ${k}u] = h${k};`).join("\n    ")}
+    let u4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(0)});
+    let d4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(1)});
+    ${dtLines(true)}
+    ${v.bShared ? "" : loadBC("B")}
+    ${
+    K.map((k) =>
+      cmp.map((c) => `h${k} = exp2(dt4.${c} * l2a${k}) * h${k} + du4.${c} * ${Bv(k, c)};`).join("\n    ")
+    )
+      .join("\n    ")
+  }
+  }
+  // phase 1: the adjoint gn = dA_t+1 g_t+1 flowing back into step t
+  ${K.map((k) => `var gn${k} = vec4<f32>(0.0);`).join("\n  ")}
+  ${
+    w.hasLast
+      ? K.map((k) => `gn${k} = ${paramVecFrom("GL", `U(12u) + bd * ${N}u`, N, k)};`).join("\n  ")
+      : ""
+  }
+  ${
+    K.map((k) => `var dA${k} = vec4<f32>(0.0); var dBs${k} = vec4<f32>(0.0); var dCs${k} = vec4<f32>(0.0);`)
+      .join("\n  ")
+  }
+  var dDacc = 0.0; var dbacc = 0.0;
+  for (var r = 0u; r < L4; r++) {
+    let t4 = L4 - 1u - r;
+    let x = t4 % ${TEX_W}u; let seg = t4 / ${TEX_W}u;
+    let u4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(0)});
+    let d4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(1)});
+    ${v.hasZ ? `let z4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(2)}); var dz4 = vec4<f32>(0.0);` : ""}
+    ${w.hasOut ? `let g4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(outOp)});` : ""}
+    ${dtLines(true)}
+    ${v.bShared ? "" : loadBC("B")}
+    ${v.cShared ? "" : loadBC("C")}
+    ${K.map((k) => `h${k} = SCR[(bd * L4 + t4) * K + ${k}u];`).join("\n    ")}
+    ${
+    [0, 1, 2, 3].map((tt) =>
+      K.map((k) =>
+        `let s${tt}_${k} = exp2(dt4.${cmp[tt]} * l2a${k}) * ${tt > 0 ? `s${tt - 1}_${k}` : `h${k}`} + du4.${
+          cmp[tt]
+        } * ${Bv(k, cmp[tt])};`
+      ).join("\n    ")
+    ).join("\n    ")
+  }
+    var du4o = vec4<f32>(0.0); var dd4o = vec4<f32>(0.0);
+    ${[3, 2, 1, 0].map(stepBack).join("\n    ")}
+    ${store("DU", "du4o")}
+    ${store("DDL", "dd4o")}
+    ${v.hasZ ? store("DZ", "dz4") : ""}
+  }
+  ${K.map((k) => ns(k).map((n) => dpStore(n, `dA${k}.${cmp[n - 4 * k]}`)).join(" ")).join("\n  ")}
+  ${dpStore(N, "dDacc")}
+  ${dpStore(N + 1, "dbacc")}
+  ${
+    v.bShared
+      ? K.map((k) => ns(k).map((n) => dpStore(bOffS + n, `dBs${k}.${cmp[n - 4 * k]}`)).join(" ")).join("\n  ")
+      : ""
+  }
+  ${
+    v.cShared
+      ? K.map((k) => ns(k).map((n) => dpStore(cOffS + n, `dCs${k}.${cmp[n - 4 * k]}`)).join(" ")).join("\n  ")
+      : ""
+  }
+}`;
+}
+
+function paramVecFrom(arr: string, base: string, N: number, k: number): string {
+  return `vec4<f32>(${
+    [0, 1, 2, 3].map((i) => (4 * k + i < N ? `${arr}[${base} + ${4 * k + i}u]` : "0.0")).join(", ")
+  })`;
+}
+
+/**
+ * bwd v2 reduce: the sums the scan leaves per (b, d): input-dependent dB and dC summed over the H channels
+ * of each group (invocations [0, nB) and [nB, nB + nC), one per (b, g, t, n / 4): H vec4 loads each), and
+ * the per-channel sums over the batch (invocations from nB + nC, one per channel d): dA (D, N), dD (D),
+ * d deltaBias (D), shared dB and dC (D, N). Uniforms: [Bn, D, L, H, G, nB, nC, terms rowBlocks, terms
+ * segments]. Bindings: dparams, the terms texture (the dB terms unless B is shared, then the dC terms
+ * unless C is shared: texture loads are cheap on lavapipe, storage loads are not), then dB (B, G, N, L) (unless shared), dC (unless shared), dA,
+ * dD, d deltaBias, shared dB, shared dC.
+ */
+export function scanBwdReduceV2(v: Pick<ScanVariant, "N" | "bShared" | "cShared">): string {
+  const { N } = v;
+  const K = Math.ceil(N / 4);
+  const P = paramStride(v);
+  const names: [string, string, boolean][] = [["DP", "array<f32>", false]];
+  if (!v.bShared || !v.cShared) names.push(["TT", "", false]);
+  if (!v.bShared) names.push(["DB", "array<f32>", true]);
+  if (!v.cShared) names.push(["DC", "array<f32>", true]);
+  names.push(["DA", "array<f32>", true], ["DD", "array<f32>", true], ["DBI", "array<f32>", true]);
+  if (v.bShared) names.push(["DBS", "array<f32>", true]);
+  if (v.cShared) names.push(["DCS", "array<f32>", true]);
+  const decl = names.map(([n, t, w], i) =>
+    n === "TT"
+      ? `@group(0) @binding(${i + 1}) var TT: texture_storage_2d_array<rgba32float, read>;`
+      : `@group(0) @binding(${i + 1}) var<storage, ${w ? "read_write" : "read"}> ${n}: ${t};`
+  ).join("\n");
+  // the terms texture: row bd, texel t K + k, in the layout of seqLayout(B D, 4 L K, 1); operand 0 holds
+  // the dB terms (unless B is shared), the next the dC terms
+  const terms = (op: number, OUT: string) =>
+    `{
+    let k = j % ${K}u; let r = j / ${K}u; let t = r % L; let bg = r / L;
+    let b = bg / G; let g = bg - b * G;
+    var acc = vec4<f32>(0.0);
+    let tx = t * ${K}u + k;
+    let x = tx % ${TEX_W}u; let seg = tx / ${TEX_W}u;
+    for (var dl = 0u; dl < H; dl++) {
+      let bd = b * D + g * H + dl;
+      let rb = bd / ${TEX_ROWS}u;
+      acc += textureLoad(TT, vec2<u32>(x, bd - rb * ${TEX_ROWS}u), (${op}u * U(7u) + rb) * U(8u) + seg);
+    }
+    for (var i = 0u; i < 4u; i++) {
+      let n = 4u * k + i;
+      if (n < ${N}u) { ${OUT}[(bg * ${N}u + n) * L + t] = acc[i]; }
+    }
+  }`;
+  const sums: string[] = [];
+  const col = (off: number, n: number, OUT: string, stride: number) =>
+    `{ var s = 0.0; for (var b = 0u; b < Bn; b++) { s += DP[(b * D + d) * ${P}u + ${
+      off + n
+    }u]; } ${OUT}[d * ${stride}u + ${n}u] = s; }`;
+  for (let n = 0; n < N; n++) sums.push(col(0, n, "DA", N));
+  sums.push(col(N, 0, "DD", 1), col(N + 1, 0, "DBI", 1));
+  if (v.bShared) { for (let n = 0; n < N; n++) sums.push(col(N + 2, n, "DBS", N)); }
+  if (v.cShared) { for (let n = 0; n < N; n++) sums.push(col(N + 2 + (v.bShared ? N : 0), n, "DCS", N)); }
+  return `// selective scan bwd v2 reduce
+${uniformDecl(12)}
+${decl}
+${flatId(SCAN_WG)}
+  let Bn = U(0u); let D = U(1u); let L = U(2u); let H = U(3u); let G = U(4u);
+  let nB = U(5u); let nC = U(6u);
+  if (gid < nB) {
+    let j = gid;
+    ${v.bShared ? "" : terms(0, "DB")}
+    return;
+  }
+  if (gid < nB + nC) {
+    let j = gid - nB;
+    ${v.cShared ? "" : terms(v.bShared ? 0 : 1, "DC")}
+    return;
+  }
+  let d = gid - nB - nC;
+  if (d >= D) { return; }
+  ${sums.join("\n  ")}
 }`;
 }

@@ -1,14 +1,20 @@
 /**
- * One step of the selective scan for recurrent decoding (mamba's `selective_state_update`), composed from
- * core ops: it runs on either device and is differentiable through autograd.
+ * One step of the selective scan for recurrent decoding (mamba's `selective_state_update`). The composed
+ * version (core ops, either device, differentiable through autograd) is the reference of the fused WebGPU
+ * kernel (`step_wgsl.ts`, scan step v1), which runs when no gradient is recorded: decoding.
  * @module
  */
 
 import { isFloat } from "../../runtime/dtype.ts";
+import { gpu } from "../../runtime/device.ts";
+import { isGradEnabled } from "../../runtime/autograd.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
-import { add, exp, mul, silu, softplus } from "../core/elementwise.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { add, contiguous, exp, mul, silu, softplus } from "../core/elementwise.ts";
 import { sum } from "../core/reduce.ts";
+import { empty, Uniforms } from "../core/util.ts";
+import { SCAN_STEP_WORDS, scanStepV1, STEP_WG } from "./step_wgsl.ts";
 
 /** Options of {@link selectiveScanStep}: the scan's, with z (B, D) for one step. */
 export interface SelectiveScanStepOptions {
@@ -20,6 +26,58 @@ export interface SelectiveScanStepOptions {
   deltaBias?: Tensor | null;
   /** delta = softplus(delta + deltaBias). Default false. */
   deltaSoftplus?: boolean;
+  /**
+   * "fused" (one WebGPU kernel; f32, no gradient recorded), "composed" (core ops, differentiable), or
+   * "auto" (default): fused where it can run. The cpu always composes (the float64 reference).
+   */
+  version?: "auto" | "fused" | "composed";
+}
+
+/** (b, g, n) strides of a step's B or C: (B, N) has one group (stride 0), (B, G, N) its own. */
+function groupStrides(x: Tensor): [number, number, number] {
+  return x.rank === 2 ? [x.strides[0], 0, x.strides[1]] : [x.strides[0], x.strides[1], x.strides[2]];
+}
+
+/** The fused step: one dispatch; u, delta, z, B and C read through their strides. */
+function fusedStep(
+  state: Tensor,
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  opts: SelectiveScanStepOptions,
+): { y: Tensor; state: Tensor } {
+  const [Bn, D, N] = state.shape;
+  const G = B.rank === 2 ? 1 : B.shape[1];
+  const st = contiguous(state), a = contiguous(A);
+  const skip = opts.D ? contiguous(opts.D) : null, bias = opts.deltaBias ? contiguous(opts.deltaBias) : null;
+  const y = empty("selectiveScanStep", [Bn, D], "f32", "webgpu");
+  const next = empty("selectiveScanStep state", [Bn, D, N], "f32", "webgpu");
+  try {
+    const v = { N, hasD: !!skip, hasZ: !!opts.z, hasBias: !!bias, softplus: !!opts.deltaSoftplus };
+    const z = opts.z ?? null;
+    const ins = [st, u, delta, a, B, C, skip, z, bias].filter((t): t is Tensor => !!t);
+    gpu().run({
+      name: "selectiveScanStep",
+      key: `step v1|N${N}|${v.hasD}|${v.hasZ}|${v.hasBias}|${v.softplus}`,
+      source: () => scanStepV1(v),
+      inputs: ins.map((t) => t.storage.buffer!),
+      outputs: [y.storage.buffer!, next.storage.buffer!],
+      uniforms: new Uniforms().u32(Bn, D, D / G, st.offset, u.offset, ...u.strides, delta.offset)
+        .u32(...delta.strides, z?.offset ?? 0, ...(z?.strides ?? [0, 0]), B.offset, ...groupStrides(B))
+        .u32(C.offset, ...groupStrides(C), a.offset, skip?.offset ?? 0, bias?.offset ?? 0)
+        .padTo(SCAN_STEP_WORDS).build(),
+      workgroups: grid(Bn * D, STEP_WG),
+    });
+  } catch (e) {
+    y.dispose();
+    next.dispose();
+    throw e;
+  } finally {
+    for (const t of [st, a, skip, bias]) t?.dispose();
+  }
+  return { y, state: next };
 }
 
 /** B or C of one step as (Bn, D, N) for broadcasting: (B, N) or grouped (B, G, N). */
@@ -96,6 +154,23 @@ export function selectiveScanStep(
       throw new Error(`${op}: ${name} must be (D) = [${D}], got ${fmt(t.shape)}`);
     }
   }
+  const version = opts.version ?? "auto";
+  if (!["auto", "fused", "composed"].includes(version)) {
+    throw new Error(`${op}: version must be "auto", "fused" or "composed", got ${JSON.stringify(version)}`);
+  }
+  const Bc0 = tidy(() => perChannel(op, "B", B, Bn, D, N)),
+    Cc0 = tidy(() => perChannel(op, "C", C, Bn, D, N));
+  Bc0.dispose();
+  Cc0.dispose();
+  const graph = isGradEnabled() && all.some((t) => t.requiresGrad);
+  const fusable = state.device === "webgpu" && all.every((t) => t.dtype === "f32") && !graph;
+  if (version === "fused" && !fusable) {
+    throw new Error(
+      `${op}: version "fused" runs on webgpu in f32 with no gradient recorded; got ${state.describe()}` +
+        `${graph ? " with inputs that require grad" : ""} (use "composed" or "auto")`,
+    );
+  }
+  if (fusable && version !== "composed") return fusedStep(state, u, delta, A, B, C, opts);
   return tidy(() => {
     const Bc = perChannel(op, "B", B, Bn, D, N), Cc = perChannel(op, "C", C, Bn, D, N); // (B, D, N) views
     let dt = opts.deltaBias ? add(delta, opts.deltaBias) : delta;

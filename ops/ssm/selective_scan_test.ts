@@ -298,45 +298,52 @@ describe("selectiveScan backward", () => {
     [1, 6, 33, 16, "group", "group"],
     [2, 3, 9, 6, "shared", "shared"],
     [2, 4, 12, 3, "shared", "group"],
+    [2, 8, 300, 16, "var", "var"],
+    [1, 4, 7, 4, "var", "shared"],
+    [1, 4, 1, 2, "group", "group"],
   ];
   for (const [Bn, D, L, N, layout, cLayout] of gradCases) {
-    test(
-      `WebGPU gradients equal the reference's: B ${Bn}, D ${D}, L ${L}, N ${N}, ${layout} B, ${cLayout} C`,
-      scoped(async () => {
-        const x = inputs(Bn, D, L, N, layout, 21, 2, false, cLayout);
-        const names = ["u", "delta", "A", "B", "C", "D", "z", "deltaBias"];
-        const grads = async (xs: Tensor[]) => {
-          const leaves = xs.map((t) => {
-            const c = t.detach();
-            c.requiresGrad = true;
-            return c;
+    for (const version of ["v1", "v2"] as const) {
+      test(
+        `WebGPU gradients (bwd ${version}) equal the reference's: B ${Bn}, D ${D}, L ${L}, N ${N}, ` +
+          `${layout} B, ${cLayout} C`,
+        scoped(async () => {
+          const x = inputs(Bn, D, L, N, layout, 21, 2, false, cLayout);
+          const names = ["u", "delta", "A", "B", "C", "D", "z", "deltaBias"];
+          const grads = async (xs: Tensor[]) => {
+            const leaves = xs.map((t) => {
+              const c = t.detach();
+              c.requiresGrad = true;
+              return c;
+            });
+            const [y, last] = s.selectiveScan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], {
+              D: leaves[5],
+              z: leaves[6],
+              deltaBias: leaves[7],
+              deltaSoftplus: true,
+              returnLastState: true,
+              version,
+            });
+            // a weighted loss on both outputs: every gradient path is exercised
+            const wy = s.randn(y.shape, { seed: 1, device: y.device }),
+              wl = s.randn(last.shape, { seed: 2, device: y.device });
+            y.mul(wy).sum().add(last.mul(wl).sum()).backward();
+            const out = await Promise.all(leaves.map(async (t) => await arr(t.grad!)));
+            leaves.forEach((t) => t.zeroGrad());
+            return out;
+          };
+          const ref = await grads(list(x).map((t) => s.cast(t, "f32")));
+          const g = await grads(list(await toGpu(x)));
+          names.forEach((n, i) => {
+            try {
+              assertClose(g[i], ref[i], n === "delta" || n === "deltaBias" ? DTOL : GTOL);
+            } catch (e) {
+              throw new Error(`d${n}: ${(e as Error).message}`);
+            }
           });
-          const [y, last] = s.selectiveScan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], {
-            D: leaves[5],
-            z: leaves[6],
-            deltaBias: leaves[7],
-            deltaSoftplus: true,
-            returnLastState: true,
-          });
-          // a weighted loss on both outputs: every gradient path is exercised
-          const wy = s.randn(y.shape, { seed: 1, device: y.device }),
-            wl = s.randn(last.shape, { seed: 2, device: y.device });
-          y.mul(wy).sum().add(last.mul(wl).sum()).backward();
-          const out = await Promise.all(leaves.map(async (t) => await arr(t.grad!)));
-          leaves.forEach((t) => t.zeroGrad());
-          return out;
-        };
-        const ref = await grads(list(x).map((t) => s.cast(t, "f32")));
-        const g = await grads(list(await toGpu(x)));
-        names.forEach((n, i) => {
-          try {
-            assertClose(g[i], ref[i], n === "delta" || n === "deltaBias" ? DTOL : GTOL);
-          } catch (e) {
-            throw new Error(`d${n}: ${(e as Error).message}`);
-          }
-        });
-      }),
-    );
+        }),
+      );
+    }
   }
 });
 

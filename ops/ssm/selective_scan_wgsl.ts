@@ -87,7 +87,7 @@ export function paramStride(v: Pick<ScanVariant, "N" | "bShared" | "cShared">): 
 const ks = (N: number) => [...Array(Math.ceil(N / 4)).keys()];
 
 /** vec4 k of a per-channel row of N values at params[base + off ...] (zeros past N). */
-function paramVec(N: number, off: number, k: number): string {
+export function paramVec(N: number, off: number, k: number): string {
   const c = [0, 1, 2, 3].map((i) => (4 * k + i < N ? `P[pb + ${off + 4 * k + i}u]` : "0.0"));
   return `vec4<f32>(${c.join(", ")})`;
 }
@@ -109,7 +109,7 @@ function channelPrelude(v: ScanVariant, zeroState = true): string {
 }
 
 /** Shared WGSL helpers: softplus with PyTorch's threshold, silu, the positive-A diagnostic. */
-function helpers(): string {
+export function helpers(): string {
   return `
 fn softplus(x: f32) -> f32 {
   if (x > 20.0) { return x; }
@@ -129,7 +129,7 @@ fn flagA(d: u32, n0: u32, a: vec4<f32>) {
 }
 
 /** Declarations of `P` (params, binding 1) and the diagnostics buffer at `diagBinding`. */
-function paramDecl(diagBinding: number): string {
+export function paramDecl(diagBinding: number): string {
   return `@group(0) @binding(1) var<storage, read> P: array<f32>;
 @group(0) @binding(${diagBinding}) var<storage, read_write> diag: array<atomic<u32>, 4>;`;
 }
@@ -368,7 +368,7 @@ function v2Decl(needBC: boolean): [string, number] {
 }
 
 /** Invocation prelude of v2 passes: (bd = b * D + d) from x, chunk c from workgroup y. */
-function v2Prelude(v: ScanVariant): string {
+export function v2Prelude(v: ScanVariant): string {
   return `let bd = wid.x * ${SCAN_WG}u + lid.x; let c = wid.y;
   if (bd >= U(0u)) { return; }
   let D = U(1u); let L = U(2u); let L4 = U(3u); let T4 = U(4u);
