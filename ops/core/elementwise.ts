@@ -9,8 +9,29 @@ import { gpu } from "../../runtime/device.ts";
 import { broadcastShapes, contiguousStrides, fmt } from "../../runtime/shape.ts";
 import { type Operand, Tensor } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
-import { binaryRef, intBinaryRef, mapRef, toDType, unaryRef } from "./elementwise_ref.ts";
-import { binaryWgsl, elementwiseSource, EW_WG, EW_WORDS, MAX_RANK, unaryWgsl } from "./elementwise_wgsl.ts";
+import {
+  actBackwardRef,
+  binaryRef,
+  intBinaryRef,
+  mapRef,
+  toDType,
+  unaryGradRef,
+  unaryRef,
+} from "./elementwise_ref.ts";
+import {
+  ACTIVATIONS,
+  binaryWgsl,
+  elementwiseSource,
+  elementwiseVec4Source,
+  EW_WG,
+  EW_WORDS,
+  ewOptions,
+  MAX_RANK,
+  unaryGradFrom,
+  unaryGradWgsl,
+  unaryWgsl,
+  type V3Kind,
+} from "./elementwise_wgsl.ts";
 import { coalesce, computeType, disposeOnThrow, empty, operand, sameDevice, Uniforms } from "./util.ts";
 import { record } from "../../runtime/autograd.ts";
 import { registerOps } from "../../runtime/tensor_ops.ts";
@@ -46,6 +67,7 @@ function mapOp(
   }
   const out = dst ?? empty(op, shape, outDtype, "webgpu");
   if (out.size === 0) return out;
+  const v3 = ewOptions.vec4 ? vec4Plan(c, inputs.map((t) => t.offset), dst) : null;
   const flat = c.strides[0];
   const contig = inputs.map((_, k) => c.strides[k + 1].every((s, d) => s === flat[d]));
   const outStrided = !!dst && !c.strides[inputs.length + 1].every((s, d) => s === flat[d]);
@@ -57,6 +79,24 @@ function mapOp(
   u.padTo(EW_WORDS);
   const dtypes = inputs.map((t) => t.dtype);
   return disposeOnThrow(dst ? [] : [out], () => {
+    if (v3) {
+      const words = u.build();
+      words[0] = Math.ceil(out.size / 4); // v3: word 0 counts vec4s, word 6 elements
+      words[6] = out.size;
+      const kinds = v3.kinds.join("");
+      gpu().run({
+        name: op,
+        key: `v3|${expr}|${dtypes.join(",")}>${outDtype}|${kinds}${v3.out}${v3.tail ? "t" : ""}|${
+          computeTypes.join(",")
+        }`,
+        source: () => elementwiseVec4Source(dtypes, outDtype, expr, v3.kinds, v3.out, computeTypes, v3.tail),
+        inputs: inputs.map((t) => t.storage.buffer!),
+        outputs: [out.storage.buffer!],
+        uniforms: words,
+        workgroups: grid(words[0], EW_WG),
+      });
+      return out;
+    }
     gpu().run({
       name: op,
       key: `${expr}|${dtypes.join(",")}>${outDtype}|${contig.map(Number).join("")}${outStrided ? "s" : ""}${
@@ -70,6 +110,45 @@ function mapOp(
     });
     return out;
   });
+}
+
+/**
+ * Whether v3 (vec4) serves an op over the coalesced layout `c` (strides: the output's flat ones, then
+ * each input's, then `dst`'s), and how it loads each input ({@link V3Kind}). Null when the output cannot
+ * be stored as whole aligned vec4s: a single element, an innermost dim not a multiple of 4 unless the op is
+ * flat (rank 1: the last partial vec4 is stored lane by lane), or a `dst` whose innermost stride is not 1.
+ */
+function vec4Plan(
+  c: { shape: number[]; strides: number[][] },
+  offsets: number[],
+  dst?: Tensor,
+): { kinds: V3Kind[]; out: "c" | "v"; tail: boolean } | null {
+  const rank = c.shape.length;
+  if (rank === 0) return null;
+  const inner = c.shape[rank - 1];
+  const aligned = inner % 4 === 0;
+  if (!aligned && rank > 1) return null;
+  const flat = c.strides[0];
+  const same = (s: number[]) => s.every((x, d) => x === flat[d]);
+  // the innermost stride 1, and the offset and every outer stride multiples of 4: a run of 4 is one vec4
+  const vecRun = (s: number[], off: number) =>
+    aligned && s[rank - 1] === 1 && off % 4 === 0 && s.every((x, d) => d === rank - 1 || x % 4 === 0);
+  let out: "c" | "v" = "c";
+  if (dst) {
+    const s = c.strides[c.strides.length - 1];
+    if (same(s) && dst.offset % 4 === 0) out = "c";
+    else if (vecRun(s, dst.offset)) out = "v";
+    else return null;
+  }
+  const kinds = offsets.map((off, k): V3Kind => {
+    const s = c.strides[k + 1];
+    if (same(s) && off % 4 === 0) return "c";
+    if (s.every((x) => x === 0)) return "k";
+    if (vecRun(s, off)) return "v";
+    if (aligned && s[rank - 1] === 0) return "s";
+    return "g";
+  });
+  return { kinds, out, tail: !aligned };
 }
 
 /**
@@ -142,34 +221,25 @@ function unary(op: string, x: Tensor): Tensor {
   return record(op, y, [x], [x, y], (g, [xs, ys]) => [rule(g, xs, ys)]);
 }
 
-/** Backward rules of the unary ops: (incoming grad, input, output) -> input grad. */
+/**
+ * Backward rules of the unary ops: (incoming grad, input, output) -> input grad. Those of
+ * `unaryGradWgsl` run fused in one pass (a composed chain cost a dispatch per step over the whole tensor:
+ * ten for GELU); the rest are one op already.
+ */
 const UNARY_GRAD: Record<string, (g: Tensor, x: Tensor, y: Tensor) => Tensor> = {
   neg: (g) => neg(g),
-  abs: (g, x) => where(x.gt(0), g, where(x.lt(0), neg(g), 0)),
   exp: (g, _x, y) => mul(g, y),
   log: (g, x) => div(g, x),
-  sqrt: (g, _x, y) => div(g, mul(y, 2)),
-  rsqrt: (g, _x, y) => mul(g, mul(pow(y, 3), -0.5)),
-  relu: (g, x) => where(x.gt(0), g, 0),
-  // d/dx x Phi(x) = Phi(x) + x phi(x)
-  gelu: (g, x) =>
-    mul(
-      g,
-      add(
-        mul(add(erf(mul(x, Math.SQRT1_2)), 1), 0.5),
-        mul(x, mul(exp(mul(mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI))),
-      ),
-    ),
-  // d/dx x s(x) = s (1 + x (1 - s))
-  silu: (g, x) => {
-    const sg = sigmoid(x);
-    return mul(g, mul(sg, add(mul(x, sub(1, sg)), 1)));
-  },
-  sigmoid: (g, _x, y) => mul(g, mul(y, sub(1, y))),
-  tanh: (g, _x, y) => mul(g, sub(1, mul(y, y))),
-  softplus: (g, x) => mul(g, sigmoid(x)),
-  erf: (g, x) => mul(g, mul(exp(neg(mul(x, x))), 2 / Math.sqrt(Math.PI))),
 };
+for (const op of Object.keys(unaryGradWgsl)) {
+  UNARY_GRAD[op] = (g, x, y) => unaryBackward(op, g, unaryGradFrom[op] === "x" ? x : y);
+}
+
+/** The fused backward of unary `op`: g * op'(x) from `g` and `v` (x or y, as `unaryGradFrom` says). */
+function unaryBackward(op: string, g: Tensor, v: Tensor): Tensor {
+  const ref = unaryGradRef[op];
+  return mapOp(`${op} backward`, [g, v], promote(g.dtype, v.dtype), ref, unaryGradWgsl[op], ["f32", "f32"]);
+}
 
 const COMPARE = new Set(["eq", "ne", "lt", "le", "gt", "ge"]);
 const FLOAT_ONLY = new Set(["div", "pow"]);
@@ -385,6 +455,58 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
     if (ta !== a) ta.dispose();
     if (tb !== b) tb.dispose();
   }
+}
+
+/** An activation fused into {@link biasAct}. */
+export type Activation = typeof ACTIVATIONS[number];
+
+/**
+ * `act(x + bias)` in one pass, x (..., F) and bias (F): a linear layer's bias and its activation without
+ * the (..., F) sum in between. The same numbers as `act(add(x, bias))` (the sum rounds to f32 in both);
+ * the backward is one pass for dx = g act'(x + bias), and db sums dx over the leading dims.
+ *
+ * @example
+ * ```ts
+ * import { biasAct, tensor } from "seqlab";
+ * const x = tensor([[-1, 0], [1, 2]]), b = tensor([1, -1]);
+ * console.log(await biasAct(x, b, "relu").toArray()); // [0, 0, 2, 1]
+ * ```
+ */
+export function biasAct(x: Tensor, bias: Tensor, act: Activation): Tensor {
+  sameDevice("biasAct", x, bias);
+  if (!(ACTIVATIONS as readonly string[]).includes(act)) {
+    throw new Error(`biasAct: act must be one of ${ACTIVATIONS.join(", ")}, got ${JSON.stringify(act)}`);
+  }
+  if (!isFloat(x.dtype) || !isFloat(bias.dtype)) {
+    throw new Error(`biasAct: x and bias must be float tensors, got ${x.describe()} and ${bias.describe()}`);
+  }
+  const F = x.shape[x.rank - 1];
+  if (x.rank === 0 || bias.rank !== 1 || bias.shape[0] !== F) {
+    throw new Error(
+      `biasAct: bias must be 1-D with x's last dim: x is ${fmt(x.shape)}, bias ${fmt(bias.shape)}`,
+    );
+  }
+  const dtype = promote(x.dtype, bias.dtype);
+  const fwd = unaryRef[act];
+  const y = withBroadcast(
+    "biasAct",
+    [x, bias],
+    (v) => mapOp("biasAct", v, dtype, (a, b) => fwd(a + b), `${act}_(a + b)`, ["f32", "f32"]),
+  );
+  const sx = x.shape, dx = x.dtype, db = bias.dtype;
+  const needX = x.requiresGrad, needB = bias.requiresGrad;
+  return record("biasAct", y, [x, bias], [x, bias], (g, [xs, bs]) => {
+    const gh = withBroadcast("biasAct backward", [g, xs, bs], (v) =>
+      mapOp(
+        "biasAct backward",
+        v,
+        promote(g.dtype, dtype),
+        (gg, a, b) => actBackwardRef(act, gg, a + b),
+        `${act}_bwd(a, b + c)`,
+        ["f32", "f32", "f32"],
+      ));
+    return [needX ? fitGrad(gh, sx, dx) : null, needB ? fitGrad(gh, [F], db) : null];
+  });
 }
 
 /**

@@ -97,6 +97,45 @@ export const unaryRef: Record<string, (x: number) => number> = {
   copy: (x) => x,
 };
 
+const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+
+/** The activations' derivatives in float64, with their limits at +-inf. */
+export const actGradRef: Record<string, (x: number) => number> = {
+  relu: (x) => (x > 0 ? 1 : 0),
+  // Phi(x) + x phi(x)
+  gelu: (x) =>
+    0.5 * (1 + erf(x / Math.SQRT2)) + (Number.isFinite(x) ? x * Math.exp(-0.5 * x * x) * INV_SQRT_2PI : 0),
+  // s (1 + x (1 - s)), s = sigmoid(x)
+  silu: (x) => {
+    if (x === Infinity) return 1;
+    if (x === -Infinity) return 0;
+    const s = 1 / (1 + Math.exp(-x));
+    return s * (1 + x * (1 - s));
+  },
+};
+
+/** `g * act'(x)`, where a relu that is off passes no gradient at all (not g * 0, NaN for an infinite g). */
+export function actBackwardRef(act: string, g: number, x: number): number {
+  return act === "relu" ? (x > 0 ? g : 0) : g * actGradRef[act](x);
+}
+
+/**
+ * Float64 references of the fused unary backward passes: the input gradient from the incoming gradient
+ * `g` and `v`, the op's input x or output y (as `unaryGradFrom` in elementwise_wgsl.ts says).
+ */
+export const unaryGradRef: Record<string, (g: number, v: number) => number> = {
+  abs: (g, x) => (x > 0 ? g : x < 0 ? -g : 0),
+  sqrt: (g, y) => g / (2 * y),
+  rsqrt: (g, y) => g * y * y * y * -0.5,
+  relu: (g, x) => actBackwardRef("relu", g, x),
+  gelu: (g, x) => actBackwardRef("gelu", g, x),
+  silu: (g, x) => actBackwardRef("silu", g, x),
+  sigmoid: (g, y) => g * y * (1 - y),
+  tanh: (g, y) => g * (1 - y * y),
+  softplus: (g, x) => g / (1 + Math.exp(-x)),
+  erf: (g, x) => g * Math.exp(-x * x) * (2 / SQRT_PI),
+};
+
 /** Float64 reference functions for the binary ops (float semantics; ints handled by the caller). */
 export const binaryRef: Record<string, (a: number, b: number) => number> = {
   add: (a, b) => a + b,

@@ -1,9 +1,14 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { leakCheck, requireGpu, testOp } from "../../test/helpers.ts";
+import { leakCheck, type OpInput, requireGpu, testOp } from "../../test/helpers.ts";
+import { gpu } from "../../runtime/device.ts";
+import { ewOptions } from "./elementwise_wgsl.ts";
 
 leakCheck();
+
+/** Whether the adapter can hold f16 tensors. */
+const F16 = s.adapterInfo().includes("shader-f16");
 
 const SPECIALS = [NaN, 1e4, -1e4, Infinity, -Infinity, 0, -0, 1e-30, 88, -88];
 const SHAPES = [[], [1], [7], [3, 5], [2, 3, 17], [0, 4], [65, 33], [4099]];
@@ -188,5 +193,118 @@ describe("where, cast, contiguous", () => {
     const col = x.slice([0, [0, 3], 0]);
     expect(Array.from((await c.toArray()).slice(0, 3))).toEqual(Array.from(await col.toArray()));
     for (const t of [x, p, c, col]) t.dispose();
+  });
+});
+
+/** The keys of the programs `fn` records on webgpu (gpu().run wrapped while it runs). */
+function programKeys(fn: () => Tensor): string[] {
+  const ctx = gpu(), run = ctx.run;
+  const keys: string[] = [];
+  ctx.run = (p) => {
+    keys.push(p.key);
+    return run.call(ctx, p);
+  };
+  try {
+    s.tidy(() => s.noGrad(fn)).dispose();
+  } finally {
+    ctx.run = run;
+  }
+  return keys;
+}
+
+/** Runs `body` with v3 (vec4) on and then off (v1/v2 over the same cases). */
+async function bothVersions(body: () => Promise<void>): Promise<void> {
+  for (const vec4 of [true, false]) {
+    ewOptions.vec4 = vec4;
+    try {
+      await body();
+    } finally {
+      ewOptions.vec4 = true;
+    }
+  }
+}
+
+describe("v3 vec4: every input layout against the reference and v1/v2", () => {
+  // [case, inputs, fn, the v3 load kinds of the inputs, the output's, "t" for a partial last vec4; or
+  // null where v1/v2 serve]
+  const CASES: [string, OpInput[], (...xs: Tensor[]) => Tensor, string | null][] = [
+    ["contiguous", [[6, 8], [6, 8]], (a, b) => a.mul(b), "ccc"],
+    ["row over the last dim (bias)", [[6, 16], [16]], (a, b) => a.add(b), "cvc"],
+    ["column (per-row scale)", [[6, 16], [6, 1]], (a, b) => a.mul(b), "csc"],
+    ["scalar", [[5, 8], []], (a, b) => a.sub(b), "ckc"],
+    ["inner dim contiguous, outer permuted", [[4, 3, 8]], (a) => a.permute([1, 0, 2]).exp(), "vc"],
+    ["transposed", [[8, 12]], (a) => a.transpose().tanh(), "gc"],
+    ["offset not a multiple of 4", [[33]], (a) => a.slice([[1, 33]]).neg(), "gc"],
+    ["rows not 4-aligned in storage", [[6, 9]], (a) => a.slice([null, [1, 9]]).abs(), "gc"],
+    ["flat, partial last vec4", [[4099], [4099]], (a, b) => a.maximum(b), "ccct"],
+    ["flat, 3 elements", [[3]], (a) => a.gelu(), "cct"],
+    ["flat view, partial, stride 2", [[14]], (a) => a.slice([[0, 14, 2]]).sigmoid(), "gct"],
+    [
+      "where over three layouts",
+      [
+        { shape: [6, 16], dtype: "u32", low: 0, high: 2 },
+        [16],
+        [6, 1],
+      ],
+      (c, a, b) => s.where(c, a, b),
+      "vscc",
+    ], // mapOp's inputs: a, b, then c
+    ["inner dim not a multiple of 4", [[6, 9], [9]], (a, b) => a.add(b), null],
+  ];
+  for (const [name, inputs, fn, kinds] of CASES) {
+    test(name, async () => {
+      requireGpu();
+      const xs = inputs.map((inp) => {
+        const spec = Array.isArray(inp)
+          ? { shape: inp as number[] }
+          : inp as { shape: number[]; dtype?: "u32" };
+        return s.zeros(spec.shape, { dtype: spec.dtype ?? "f32", device: "webgpu" });
+      });
+      try {
+        const keys = programKeys(() => fn(...xs));
+        const last = keys[keys.length - 1];
+        if (kinds === null) expect(last.startsWith("v3|"), last).toBe(false);
+        else expect(last.split("|").at(-2), last).toBe(kinds);
+      } finally {
+        xs.forEach((x) => x.dispose());
+      }
+      await bothVersions(() => testOp(inputs, fn, WIDE).then(() => {}));
+    });
+  }
+
+  test("copyInto a strided destination: vec4 stores where rows are 4-aligned", async () => {
+    requireGpu();
+    for (const [cols, kinds] of [[[4, 12], "cv"], [[1, 9], null]] as const) {
+      const dst = s.zeros([4, 12], { device: "webgpu" });
+      const src = s.randn([4, cols[1] - cols[0]], { seed: 3, device: "webgpu" });
+      const keys = programKeys(() => s.copyInto(dst.slice([null, [cols[0], cols[1]]]), src));
+      const last = keys[keys.length - 1];
+      if (kinds === null) expect(last.startsWith("v3|"), last).toBe(false);
+      else expect(last.split("|").at(-2), last).toBe(kinds);
+      const want = new Float32Array(48);
+      const got = await src.toArray();
+      for (let r = 0; r < 4; r++) {
+        for (let c = cols[0]; c < cols[1]; c++) want[r * 12 + c] = got[r * (cols[1] - cols[0]) + c - cols[0]];
+      }
+      expect(Array.from(await dst.toArray())).toEqual(Array.from(want));
+      dst.dispose();
+      src.dispose();
+    }
+  });
+
+  test("integer and f16 dtypes", async () => {
+    requireGpu();
+    await bothVersions(async () => {
+      const a = { shape: [4, 8], dtype: "i32" } as const, b = { shape: [8], dtype: "i32" } as const;
+      await testOp([a, b], (x, y) => s.mul(x, y));
+      expect((await testOp([a, b], (x, y) => s.lt(x, y))).dtype).toBe("u32");
+      await testOp([{ values: [1.5, -2.5, 3e9, NaN, 7, 8, -9, 0.5] }], (x) => s.cast(x, "i32"));
+      await testOp([{ values: [1.5, -2.5, 3e9, NaN, 7, 8, -9, 0.5] }], (x) => s.cast(x, "u32"));
+      if (!F16) return; // the f16 half of this case needs shader-f16 (named in the test list by F16_NOTE)
+      await testOp([{ shape: [4, 8], dtype: "f16" }, { shape: [8], dtype: "f16" }], (x, y) => s.add(x, y));
+      await testOp([{ shape: [7], dtype: "f16" }], (x) => s.gelu(x));
+      // no finite differences: a step of 1e-6 vanishes when the float64 reference rounds to f16
+      await testOp([[4, 8]], (x) => s.cast(x, "f16"), { gradcheck: false });
+    });
   });
 });

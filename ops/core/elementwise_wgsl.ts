@@ -6,10 +6,16 @@
  *   through shape/strides in the uniform block (rank <= 8 after coalescing). Serves views and broadcasts.
  * - v2 contiguous: the same with `offset + gid` indexing for inputs already laid out like the output
  *   (the common case), chosen per input, so no div/mod per element.
+ * - v3 vec4: one invocation per 4 consecutive output elements, stored as one vec4 (storage loads cost
+ *   about the same per lane whatever their width on lavapipe, so this halves elementwise time). Needs
+ *   the innermost coalesced dim to be a multiple of 4 (then the 4 elements share every index but the
+ *   innermost), or a flat op whose last, partial vec4 is stored lane by lane. Each input is loaded by
+ *   its kind (see {@link V3Kind}): a vec4 for contiguous runs, one value splatted for broadcasts (a
+ *   scalar, a column), four scalars otherwise.
  * @module
  */
 
-import type { DType } from "../../runtime/dtype.ts";
+import { type DType, wgslType } from "../../runtime/dtype.ts";
 import { flatId } from "../../runtime/webgpu.ts";
 import { binding, computeType, enables, uniformDecl, WGSL_MATH } from "./util.ts";
 
@@ -18,6 +24,19 @@ export const MAX_RANK = 8;
 /** Uniform layout: [n, rank, off0..off2, outOff], shape at 8, strides of input k at 16 + 8k, out strides at 40. */
 export const EW_WORDS = 16 + 8 * 4;
 export const EW_WG = 64;
+
+/** Switches the elementwise ops' shader choice; tests turn `vec4` off to run v1/v2 over the same grid. */
+export const ewOptions = { vec4: true };
+
+/**
+ * How v3 loads 4 consecutive output elements from an input (or stores them to the output):
+ * - `c` contiguous like the output at an offset divisible by 4: the vec4 at `offset / 4 + gid`;
+ * - `k` the same element for all (every stride 0): one scalar at `offset`, splatted;
+ * - `v` innermost stride 1, offset and outer strides divisible by 4: the vec4 at the decoded index / 4;
+ * - `s` innermost stride 0 (a broadcast column): one scalar at the decoded index, splatted;
+ * - `g` any other layout: four scalars at the decoded index + j * innermost stride.
+ */
+export type V3Kind = "c" | "k" | "v" | "s" | "g";
 
 /** WGSL expressions of the unary ops over `a` (compute type f32, or the int type for int-safe ops). */
 export const unaryWgsl: Record<string, string> = {
@@ -28,14 +47,49 @@ export const unaryWgsl: Record<string, string> = {
   sqrt: "sqrt_(a)",
   rsqrt: "rsqrt_(a)",
   relu: "select(a, 0, a < 0)",
-  gelu: "0.5 * a * (1.0 + erf_(a * 0.70710678118654752))",
-  silu: "a / (1.0 + exp(-a))",
+  gelu: "gelu_(a)",
+  silu: "silu_(a)",
   sigmoid: "1.0 / (1.0 + exp(-a))",
   tanh: "tanh_(a)",
   softplus: "max(a, 0.0) + log(1.0 + exp(-abs(a)))",
   erf: "erf_(a)",
   copy: "a",
 };
+
+/**
+ * Fused backward passes of the unary ops: the input gradient in one dispatch from `a` = the incoming
+ * gradient and `b` = the op's input x or its output y (as {@link unaryGradFrom} says). Each keeps the
+ * association of the composed chain it replaces, so the two round alike.
+ */
+export const unaryGradWgsl: Record<string, string> = {
+  abs: "select(select(0.0, -a, b < 0.0), a, b > 0.0)",
+  sqrt: "a / (b * 2.0)",
+  rsqrt: "a * (b * b * b * -0.5)",
+  relu: "relu_bwd(a, b)",
+  gelu: "gelu_bwd(a, b)",
+  silu: "silu_bwd(a, b)",
+  sigmoid: "a * (b * (1.0 - b))",
+  tanh: "a * (1.0 - b * b)",
+  softplus: "a * (1.0 / (1.0 + exp(-b)))",
+  erf: "a * (exp(-(b * b)) * 1.1283791670955126)",
+};
+
+/** Which tensor a fused backward of {@link unaryGradWgsl} reads: the op's input x or its output y. */
+export const unaryGradFrom: Record<string, "x" | "y"> = {
+  abs: "x",
+  sqrt: "y",
+  rsqrt: "y",
+  relu: "x",
+  gelu: "x",
+  silu: "x",
+  sigmoid: "y",
+  tanh: "y",
+  softplus: "x",
+  erf: "x",
+};
+
+/** The activations of `biasAct`, each with WGSL functions `<act>_(h)` and `<act>_bwd(g, h)`. */
+export const ACTIVATIONS = ["gelu", "silu", "relu"] as const;
 
 /** WGSL expressions of the binary ops over `a`, `b`. */
 export const binaryWgsl: Record<string, string> = {
@@ -103,6 +157,21 @@ fn pow_(a: f32, b: f32) -> f32 {
   }
   return select(r, -r, neg && odd);
 }
+// activations and their fused backward g * act'(x) (gelu' = Phi(x) + x phi(x), silu' = s (1 + x (1 - s))
+// with s = sigmoid(x)); the derivatives take their limits at +-inf, where the product forms give inf * 0
+fn relu_(x: f32) -> f32 { return select(x, 0.0, x < 0.0); }
+fn relu_bwd(g: f32, x: f32) -> f32 { return select(0.0, g, x > 0.0); }
+fn gelu_(x: f32) -> f32 { return 0.5 * x * (1.0 + erf_(x * 0.70710678118654752)); }
+fn gelu_bwd(g: f32, x: f32) -> f32 {
+  let xphi = select(x * (exp(x * x * -0.5) * 0.3989422804014327), 0.0, abs(x) > 20.0);
+  return g * (0.5 * (1.0 + erf_(x * 0.70710678118654752)) + xphi);
+}
+fn silu_(x: f32) -> f32 { return x / (1.0 + exp(-x)); }
+fn silu_bwd(g: f32, x: f32) -> f32 {
+  let s = 1.0 / (1.0 + exp(-x));
+  let d = s * (1.0 + x * (1.0 - s));
+  return g * select(select(d, 0.0, x < -100.0), 1.0, x > 100.0);
+}
 fn max_(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, is_nan(a) || is_nan(b)); }
 fn min_(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, is_nan(a) || is_nan(b)); }
 `;
@@ -152,6 +221,93 @@ ${flatId(EW_WG)}
   ${decode}
   ${loads}
   out[io] = ${out === "f16" ? "f16" : out}(${expr});
+}`;
+}
+
+/**
+ * Builds the v3 (vec4) shader. Uniforms as v1/v2 (element offsets and strides, word 0 the number of
+ * invocations), plus the element count at word 6 for the `tail` variant, where the last vec4 is partial
+ * and is stored lane by lane. `out` is `c` or `v`.
+ */
+export function elementwiseVec4Source(
+  inputs: DType[],
+  out: DType,
+  expr: string,
+  kinds: V3Kind[],
+  outKind: "c" | "v",
+  computeTypes: string[],
+  tail: boolean,
+): string {
+  const names = ["a", "b", "c"];
+  const vecIn = (k: number) => kinds[k] === "c" || kinds[k] === "v";
+  const binds = inputs.map((d, k) =>
+    `@group(0) @binding(${k + 1}) var<storage, read> in${k}: array<${
+      vecIn(k) ? `vec4<${wgslType(d)}>` : wgslType(d)
+    }>;`
+  ).join("\n");
+  const ot = out === "f16" ? "f16" : out;
+  const oct = computeType(out);
+  const intMax = computeTypes.every((t) => t !== "f32")
+    ? "fn max_(a: " + computeTypes[0] + ", b: " + computeTypes[0] + ") -> " + computeTypes[0] +
+      " { return max(a, b); }\nfn min_(a: " + computeTypes[0] + ", b: " + computeTypes[0] + ") -> " +
+      computeTypes[0] + " { return min(a, b); }"
+    : "";
+  const params = inputs.map((_, k) => `${names[k]}: ${computeTypes[k]}`).join(", ");
+  const decoded = (k: number) => kinds[k] === "v" || kinds[k] === "s" || kinds[k] === "g";
+  const needDecode = inputs.some((_, k) => decoded(k)) || outKind === "v";
+  const index = inputs.map((_, k) => decoded(k) ? `var i${k} = U(${2 + k}u);` : "").join(" ");
+  const decode = needDecode
+    ? `${index}
+  ${outKind === "v" ? "var io = U(5u);" : ""}
+  var rem = gid * 4u;
+  for (var d = i32(U(1u)) - 1; d >= 0; d--) {
+    let n = U(8u + u32(d));
+    let c = rem % n;
+    rem = rem / n;
+    ${inputs.map((_, k) => decoded(k) ? `i${k} += c * U(${16 + 8 * k}u + u32(d));` : "").join(" ")}
+    ${outKind === "v" ? "io += c * U(40u + u32(d));" : ""}
+  }`
+    : "";
+  const load = (k: number): string => {
+    const ct = computeTypes[k], v = `vec4<${ct}>`;
+    switch (kinds[k]) {
+      case "c":
+        return `${v}(in${k}[(U(${2 + k}u) >> 2u) + gid])`;
+      case "v":
+        return `${v}(in${k}[i${k} >> 2u])`;
+      case "k":
+        return `${v}(${ct}(in${k}[U(${2 + k}u)]))`;
+      case "s":
+        return `${v}(${ct}(in${k}[i${k}]))`;
+      case "g": {
+        const st = `U(${16 + 8 * k}u + U(1u) - 1u)`;
+        return `${v}(${[0, 1, 2, 3].map((j) => `${ct}(in${k}[i${k} + ${j}u * ${st}])`).join(", ")})`;
+      }
+    }
+  };
+  const loads = inputs.map((_, k) => `let ${names[k].toUpperCase()} = ${load(k)};`).join("\n  ");
+  const lane = (j: string) => `f(${inputs.map((_, k) => `${names[k].toUpperCase()}[${j}]`).join(", ")})`;
+  const at = outKind === "c" ? "(U(5u) >> 2u) + gid" : "io >> 2u";
+  const store = tail
+    ? `if (gid * 4u + 4u > U(6u)) {
+    for (var j = 0u; j < 4u; j++) {
+      if (gid * 4u + j < U(6u)) { out[${at}][j] = ${ot}(${lane("j")}); }
+    }
+    return;
+  }
+  `
+    : "";
+  return `${enables(...inputs, out)}${uniformDecl(EW_WORDS)}
+${binds}
+@group(0) @binding(${inputs.length + 1}) var<storage, read_write> out: array<vec4<${ot}>>;
+${WGSL_MATH}
+${computeTypes.includes("f32") ? FLOAT_FNS : intMax}
+fn f(${params}) -> ${oct} { return ${oct}(${expr}); }
+${flatId(EW_WG)}
+  if (gid >= U(0u)) { return; }
+  ${decode}
+  ${loads}
+  ${store}out[${at}] = vec4<${ot}>(vec4<${oct}>(${[0, 1, 2, 3].map((j) => lane(`${j}`)).join(", ")}));
 }`;
 }
 
