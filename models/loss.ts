@@ -1,45 +1,37 @@
 /**
- * Losses built from differentiable core ops (so autograd comes for free): {@link crossEntropy} from
- * logits with an ignore index and label smoothing, {@link mse}, and the {@link accuracy} metric.
+ * Losses: {@link crossEntropy} from logits with an ignore index and label smoothing (fused kernels), and,
+ * built from differentiable core ops, {@link mse} and the {@link accuracy} metric.
  * @module
  */
 
 import { isFloat } from "../runtime/dtype.ts";
-import { fmt } from "../runtime/shape.ts";
 import type { Tensor } from "../runtime/tensor.ts";
 import { arange } from "../ops/core/creation.ts";
 import { cast, div, eq, maximum, mul, ne, sub, where } from "../ops/core/elementwise.ts";
 import { argmax, mean, sum } from "../ops/core/reduce.ts";
 import { logSumExp } from "../ops/core/rowwise.ts";
+import {
+  checkCrossEntropy,
+  checkReduction,
+  checkTargets,
+  crossEntropyFits,
+  type CrossEntropyOptions,
+  type Reduction,
+  softmaxCrossEntropy,
+} from "../ops/core/cross_entropy.ts";
 
-/** How a per-element loss is reduced. */
-export type Reduction = "mean" | "sum" | "none";
-
-/** Options of {@link crossEntropy}. */
-export interface CrossEntropyOptions {
-  /** Targets equal to this contribute nothing and are left out of the mean (default -100, as PyTorch). */
-  ignoreIndex?: number;
-  /**
-   * ε in [0, 1]: the target distribution is (1 - ε) one-hot + ε uniform over the C classes (default 0).
-   */
-  labelSmoothing?: number;
-  /** "mean" over non-ignored targets (default), "sum", or "none" (per target, 0 where ignored). */
-  reduction?: Reduction;
-}
-
-function checkReduction(op: string, r: unknown): Reduction {
-  if (r === "mean" || r === "sum" || r === "none") return r;
-  throw new Error(`${op}: reduction must be "mean", "sum" or "none", got ${JSON.stringify(r)}`);
-}
+export type { CrossEntropyOptions, Reduction };
 
 /**
  * Cross-entropy of `logits` (..., C) against integer class `targets` (...), i32 or u32:
  * loss = logSumExp(logits) - logits[target], with label smoothing
- * (1 - ε) (lse - logits[target]) + ε (lse - mean(logits)). The target is picked with a one-hot mask
- * `arange(C) == target`, so nothing reads back to the host. The mean is over targets that are not
+ * (1 - ε) (lse - logits[target]) + ε (lse - mean(logits)). The mean is over targets that are not
  * `ignoreIndex`; when every target is ignored the loss is 0 (PyTorch gives NaN), so a batch of padding does
- * not poison training. Targets on the cpu device are range-checked; on webgpu (no readback) a target
- * outside [0, C) acts as a target whose logit is 0.
+ * not poison training. Fused (ops/core/cross_entropy.ts): one kernel for the rows' losses, one for the
+ * reduction, one for the gradient (softmax - smoothed one-hot) g / count. Rows longer than one shader
+ * invocation's loop (C > MAX_LOOP) are composed from core ops ({@link crossEntropyComposed}). Targets on
+ * the cpu device are range-checked here; on webgpu a target outside [0, C) that is not ignoreIndex throws
+ * at the next readback.
  *
  * @example
  * ```ts
@@ -50,46 +42,28 @@ function checkReduction(op: string, r: unknown): Reduction {
  * ```
  */
 export function crossEntropy(logits: Tensor, targets: Tensor, o: CrossEntropyOptions = {}): Tensor {
-  logits.check("crossEntropy");
-  targets.check("crossEntropy");
-  const ignoreIndex = o.ignoreIndex ?? -100;
-  const eps = o.labelSmoothing ?? 0;
-  const reduction = checkReduction("crossEntropy", o.reduction ?? "mean");
-  if (!isFloat(logits.dtype) || logits.rank === 0) {
-    throw new Error(`crossEntropy: logits must be a float tensor (..., C), got ${logits.describe()}`);
-  }
-  if (isFloat(targets.dtype)) {
-    throw new Error(`crossEntropy: targets must be i32 or u32 class indices, got ${targets.describe()}`);
-  }
-  const lead = logits.shape.slice(0, -1);
-  if (targets.rank !== lead.length || targets.shape.some((d, i) => d !== lead[i])) {
-    throw new Error(
-      `crossEntropy: targets ${fmt(targets.shape)} must have the logits' shape without the class dim ` +
-        `(${fmt(lead)}); logits are ${fmt(logits.shape)}`,
-    );
-  }
-  if (logits.device !== targets.device) {
-    throw new Error(`crossEntropy: logits on ${logits.device}, targets on ${targets.device}`);
-  }
-  if (!(eps >= 0 && eps <= 1)) throw new Error(`crossEntropy: labelSmoothing must be in [0, 1], got ${eps}`);
-  if (!Number.isInteger(ignoreIndex)) {
-    throw new Error(`crossEntropy: ignoreIndex ${ignoreIndex} is not an integer`);
-  }
-  const C = logits.shape[logits.rank - 1];
-  if (targets.device === "cpu") {
-    const c = targets.contiguous();
-    const d = c.storage.data!;
-    for (let i = c.offset; i < c.offset + c.size; i++) {
-      if (d[i] !== ignoreIndex && !(d[i] >= 0 && d[i] < C)) {
-        c.dispose();
-        throw new Error(
-          `crossEntropy: target ${d[i]} at flat index ${i - c.offset} is outside [0, ${C}) and is not ` +
-            `ignoreIndex ${ignoreIndex}`,
-        );
-      }
-    }
-    c.dispose();
-  }
+  const args = checkCrossEntropy(logits, targets, o);
+  if (crossEntropyFits(logits)) return softmaxCrossEntropy(logits, targets, args);
+  checkTargets(targets, args.C, args.ignoreIndex);
+  return crossEntropyComposed(logits, targets, o);
+}
+
+/**
+ * crossEntropy composed from differentiable core ops (logSumExp, a one-hot mask `arange(C) == target`,
+ * sums): the path for rows too long for the fused kernels, and the composition they are tested against.
+ * Inputs are checked as in {@link crossEntropy}, but a webgpu target outside [0, C) acts as a target whose
+ * logit is 0 (crossEntropy checks it in a shader first).
+ *
+ * @example
+ * ```ts
+ * import { crossEntropyComposed } from "./loss.ts";
+ * import { tensor } from "seqlab";
+ * const l = crossEntropyComposed(tensor([[2, 0, 0]]), tensor([0], { dtype: "i32" }));
+ * console.log(await l.item()); // 0.2395...
+ * ```
+ */
+export function crossEntropyComposed(logits: Tensor, targets: Tensor, o: CrossEntropyOptions = {}): Tensor {
+  const { ignoreIndex, eps, reduction, C } = checkCrossEntropy(logits, targets, o);
   const temps: Tensor[] = [];
   const t = <T extends Tensor>(x: T): T => (temps.push(x), x);
   try {
