@@ -13,10 +13,12 @@ import type { DeviceName } from "../runtime/device.ts";
 import { param } from "../runtime/autograd.ts";
 import { type Tensor, tidy } from "../runtime/tensor.ts";
 import { arange, rand, tensor, zeros } from "../ops/core/creation.ts";
-import { exp, log, matmul, neg } from "../ops/core/mod.ts";
+import { exp, log, matmul, neg, rmsNorm } from "../ops/core/mod.ts";
 import {
   causalConv1d,
   causalConv1dStep,
+  mambaLayerStep,
+  type MambaStepParams,
   selectiveScan,
   type SelectiveScanGpuOptions,
   selectiveScanStep,
@@ -239,6 +241,46 @@ export class Mamba<S extends boolean = true> extends Module {
       }); // (B, ED, L), (B, ED, N)
       const out = this.outProj.forward(y.transpose(1, 2)); // (B, L, D)
       return withState ? { y: out, state: { conv: conv[1], ssm: last } } : { y: out };
+    });
+  }
+
+  /**
+   * The parameters {@link mambaLayerStep} takes for this (selective) block, with the RMSNorm weight (or
+   * null) and epsilon that come before it.
+   */
+  stepParams(normWeight: Tensor | null, eps: number): MambaStepParams {
+    if (!this.xProj || !this.dtProj) throw new Error("Mamba.stepParams: an LTI block has no xProj or dtProj");
+    return {
+      normWeight,
+      eps,
+      inW: this.inProj.weight,
+      convW: this.convWeight,
+      convB: this.convBias,
+      xProjW: this.xProj.weight,
+      dtW: this.dtProj.weight,
+      dtB: this.dtProj.bias!,
+      ALog: this.ALog,
+      D: this.D,
+      outW: this.outProj.weight,
+    };
+  }
+
+  /**
+   * One token of the residual layer x + Mamba(norm x) (`norm` an RMSNorm's weight and epsilon, or null):
+   * x (B, D) -> `{ y (B, D), state }`. A selective block runs {@link mambaLayerStep} (4 dispatches on
+   * WebGPU when no gradient is recorded); an LTI block composes {@link Mamba.step}.
+   */
+  stepResidual(
+    x: Tensor,
+    state: MambaState,
+    norm: { weight: Tensor; eps: number } | null,
+  ): { y: Tensor; state: MambaState } {
+    if (this.selective) {
+      return mambaLayerStep(x, this.stepParams(norm?.weight ?? null, norm?.eps ?? 0), state);
+    }
+    return tidy(() => {
+      const r = this.step(norm ? rmsNorm(x, norm.weight, norm.eps) : x, state);
+      return { y: x.add(r.y), state: r.state };
     });
   }
 

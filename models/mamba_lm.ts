@@ -211,8 +211,8 @@ export class MambaLM extends Module {
       tidy(() => {
         let x = this.embed.forward(tokens); // (B, D)
         const layers = this.mixers.map((m, i) => {
-          const r = m.step(this.norms[i].forward(x), state.layers[i]); // (B, D)
-          x = x.add(r.y);
+          const r = m.stepResidual(x, state.layers[i], this.norms[i]); // x + block(norm x): (B, D)
+          x = r.y;
           return r.state;
         });
         return { logits: this.head.forward(this.normF.forward(x)), state: { layers } }; // (B, V)

@@ -102,6 +102,38 @@ describe("Mamba block", () => {
   );
 
   test(
+    "mambaLayerStep: the fused WebGPU layer (in-step, x_proj, ssm-step, out-step) equals the composed ops",
+    scoped(async () => {
+      requireGpu();
+      const m = new s.Mamba({ dModel: 12, dState: 6, seed: 3, device: "webgpu" });
+      const nw = s.randn([12], { seed: 4, device: "webgpu" });
+      let st = {
+        conv: s.randn([2, 24, 3], { seed: 5, device: "webgpu" }),
+        ssm: s.randn([2, 24, 6], { seed: 6, device: "webgpu" }),
+      };
+      for (let t = 0; t < 3; t++) {
+        const x = s.randn([2, 12], { seed: 7 + t, device: "webgpu" });
+        for (const norm of [nw, null]) {
+          const p = m.stepParams(norm, 1e-5);
+          const f = s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "fused" }));
+          const c = s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "composed" }));
+          assertClose(await arr(f.y), await arr(c.y), TOL);
+          assertClose(await arr(f.state.conv), await arr(c.state.conv), TOL);
+          assertClose(await arr(f.state.ssm), await arr(c.state.ssm), TOL);
+          if (norm) st = f.state;
+        }
+      }
+      // with gradients to record, "fused" is refused and "auto" composes
+      const x = s.randn([2, 12], { seed: 20, device: "webgpu" });
+      expect(() => s.mambaLayerStep(x, m.stepParams(null, 1e-5), st, { version: "fused" })).toThrow(
+        'mambaLayerStep: version "fused" runs on webgpu with dense f32 operands',
+      );
+      expect(s.mambaLayerStep(x, m.stepParams(null, 1e-5), st).y.requiresGrad).toBe(true);
+      m.dispose();
+    }),
+  );
+
+  test(
     "bad inputs",
     scoped(() => {
       const m = new s.Mamba({ dModel: 8, device: "cpu" });

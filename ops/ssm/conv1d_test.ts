@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, gpu32, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -115,6 +115,31 @@ describe("stepping", () => {
       }),
     );
   }
+
+  test(
+    "the fused WebGPU step (conv step v1) equals the composed one; x read through its strides",
+    scoped(async () => {
+      requireGpu();
+      const g = async (t: Tensor) => await s.cast(t, "f32").to("webgpu");
+      const xz = await g(s.randn([3, 10], { seed: 4, ...f64 })); // x is the column slice [2, 7)
+      const st = await g(s.randn([3, 5, 3], { seed: 5, ...f64 }));
+      const w = await g(s.randn([5, 4], { seed: 6, ...f64 })), b = await g(s.randn([5], { seed: 7, ...f64 }));
+      const x = xz.slice([null, [2, 7]]);
+      for (const o of [{ bias: b, activation: "silu" as const }, {}]) {
+        const f = s.causalConv1dStep(st, x, w, { ...o, version: "fused" });
+        const c = s.causalConv1dStep(st, x, w, { ...o, version: "composed" });
+        assertClose(await arr(f.y), await arr(c.y), TOL);
+        assertClose(await arr(f.state), await arr(c.state), { atol: 0, rtol: 0 });
+      }
+      // with a gradient to record, "auto" composes and "fused" is refused
+      const wp = w.detach();
+      wp.requiresGrad = true;
+      expect(() => s.causalConv1dStep(st, x, wp, { version: "fused" })).toThrow(
+        'causalConv1dStep: version "fused" runs on webgpu in f32 with W > 1 and no gradient recorded',
+      );
+      expect(s.causalConv1dStep(st, x, wp).y.requiresGrad).toBe(true);
+    }),
+  );
 
   test(
     "bad inputs name the shapes",

@@ -22,6 +22,7 @@ export {
   softplusRef,
 } from "./selective_scan_ref.ts";
 export { selectiveScanStep, type SelectiveScanStepOptions } from "./selective_scan_step.ts";
+export { mambaLayerStep, type MambaStepParams, type MambaStepState } from "./mamba_step.ts";
 export { causalConv1d, type CausalConv1dOptions, causalConv1dStep } from "./conv1d.ts";
 export { causalConv1dBackwardRef, causalConv1dRef } from "./conv1d_ref.ts";
 export { discretize, type DiscretizeMethod, expm1OverX } from "./discretize.ts";

@@ -49,7 +49,7 @@ function fusedStep(
   opts: SelectiveScanStepOptions,
 ): { y: Tensor; state: Tensor } {
   const [Bn, D, N] = state.shape;
-  const G = B.rank === 2 ? 1 : B.shape[1];
+  const G = B.rank === 2 ? 1 : B.shape[1], GC = C.rank === 2 ? 1 : C.shape[1];
   const st = contiguous(state), a = contiguous(A);
   const skip = opts.D ? contiguous(opts.D) : null, bias = opts.deltaBias ? contiguous(opts.deltaBias) : null;
   const y = empty("selectiveScanStep", [Bn, D], "f32", "webgpu");
@@ -66,7 +66,7 @@ function fusedStep(
       outputs: [y.storage.buffer!, next.storage.buffer!],
       uniforms: new Uniforms().u32(Bn, D, D / G, st.offset, u.offset, ...u.strides, delta.offset)
         .u32(...delta.strides, z?.offset ?? 0, ...(z?.strides ?? [0, 0]), B.offset, ...groupStrides(B))
-        .u32(C.offset, ...groupStrides(C), a.offset, skip?.offset ?? 0, bias?.offset ?? 0)
+        .u32(C.offset, ...groupStrides(C), a.offset, skip?.offset ?? 0, bias?.offset ?? 0, D / GC)
         .padTo(SCAN_STEP_WORDS).build(),
       workgroups: grid(Bn * D, STEP_WG),
     });

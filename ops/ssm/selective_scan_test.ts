@@ -394,6 +394,42 @@ describe("selectiveScanStep", () => {
   }
 
   test(
+    "the fused WebGPU step (scan step v1) equals the composed one; u, delta, z, B, C read through strides",
+    scoped(async () => {
+      const [Bn, D, N] = [3, 8, 6];
+      const g = async (t: Tensor) => await s.cast(t, "f32").to("webgpu");
+      const o = { ...cpu, dtype: "f64" as const };
+      const st = await g(s.randn([Bn, D, N], { seed: 1, ...o }));
+      const xz = await g(s.randn([Bn, 3 * D], { seed: 2, ...o })); // u, delta, z: column slices
+      const bc = await g(s.randn([Bn, 2, 2 * N], { seed: 3, ...o })); // grouped B, C (G = 2): slices
+      const A = await g(s.rand([D, N], { seed: 4, low: -2, high: -0.1, ...o }));
+      const Dk = await g(s.randn([D], { seed: 5, ...o })), bias = await g(s.randn([D], { seed: 6, ...o }));
+      const u = xz.slice([null, [0, D]]),
+        dl = xz.slice([null, [D, 2 * D]]),
+        z = xz.slice([null, [2 * D, 3 * D]]);
+      const B = bc.slice([null, null, [0, N]]), C = bc.slice([null, null, [N, 2 * N]]);
+      const Bv = bc.slice([null, 0, [0, N]]), Cs = A.unsqueeze(0).expand([Bn, D, N]); // (B, N); shared as (B, D, N)
+      const cases: [Tensor, Tensor, s.SelectiveScanStepOptions][] = [
+        [B, C, { D: Dk, z, deltaBias: bias, deltaSoftplus: true }],
+        [Bv, Cs, { deltaSoftplus: true }],
+        [Bv, Bv, {}],
+      ];
+      for (const [b, c, opts] of cases) {
+        const f = s.selectiveScanStep(st, u, dl, A, b, c, { ...opts, version: "fused" });
+        const r = s.selectiveScanStep(st, u, dl, A, b, c, { ...opts, version: "composed" });
+        assertClose(await arr(f.y), await arr(r.y), TOL);
+        assertClose(await arr(f.state), await arr(r.state), TOL);
+      }
+      const Ap = A.detach();
+      Ap.requiresGrad = true;
+      expect(() => s.selectiveScanStep(st, u, dl, Ap, B, C, { version: "fused" })).toThrow(
+        'selectiveScanStep: version "fused" runs on webgpu in f32 with no gradient recorded',
+      );
+      expect(s.selectiveScanStep(st, u, dl, Ap, B, C).y.requiresGrad).toBe(true);
+    }),
+  );
+
+  test(
     "gradcheck (composed from core ops) and bad shapes",
     scoped(async () => {
       const o = { ...cpu, dtype: "f64" as const };

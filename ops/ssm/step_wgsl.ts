@@ -66,8 +66,8 @@ export interface ScanStepVariant {
 export const SCAN_STEP_WORDS = 28;
 
 /**
- * scan step v1. Uniforms: [Bn, D, H (= D / G), stOff, uOff, usB, usD, dOff, dsB, dsD, zOff, zsB, zsD,
- * bOff, bsB, bsG, bsN, cOff, csB, csG, csN, aOff, DOff, biasOff]. Bindings: state (B, D, N) contiguous,
+ * scan step v1. Uniforms: [Bn, D, H (= D / G of B), stOff, uOff, usB, usD, dOff, dsB, dsD, zOff, zsB, zsD,
+ * bOff, bsB, bsG, bsN, cOff, csB, csG, csN, aOff, DOff, biasOff, H of C]. Bindings: state (B, D, N) contiguous,
  * u, delta, A (D, N) contiguous, B, C, D (if any), z (if any), deltaBias (if any), y (B, D), the new
  * state (B, D, N).
  */
@@ -116,7 +116,7 @@ ${flatId(STEP_WG)}
   let pre = DL[U(7u) + b * U(8u) + d * U(9u)]${v.hasBias ? " + BI[U(23u) + d]" : ""};
   let dt = ${v.softplus ? "softplus(pre)" : "pre"};
   let bb = U(13u) + b * U(14u) + g * U(15u);
-  let cb = U(17u) + b * U(18u) + g * U(19u);
+  let cb = U(17u) + b * U(18u) + (d / U(24u)) * U(19u);
   var y = ${v.hasD ? "DS[U(22u) + d] * uu" : "0.0"};
   ${body.join("\n  ")}
   ${v.hasZ ? "let zz = Z[U(10u) + b * U(11u) + d * U(12u)];\n  y = y * zz / (1.0 + exp(-zz));" : ""}

@@ -1,0 +1,171 @@
+/**
+ * One token of a residual Mamba layer, x + Mamba(RMSNorm x), for recurrent decoding: composed from the
+ * ops (the reference, either device, differentiable) or fused on WebGPU into the in-step, x_proj matmul,
+ * ssm-step and out-step dispatches of `mamba_step_wgsl.ts`.
+ * @module
+ */
+
+import { gpu } from "../../runtime/device.ts";
+import { isGradEnabled } from "../../runtime/autograd.ts";
+import { type Tensor, tidy } from "../../runtime/tensor.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import { add, exp, neg } from "../core/elementwise.ts";
+import { matmul } from "../core/matmul.ts";
+import { rmsNorm } from "../core/rowwise.ts";
+import { empty, Uniforms } from "../core/util.ts";
+import { causalConv1dStep } from "./conv1d.ts";
+import { selectiveScanStep } from "./selective_scan_step.ts";
+import { inStepV1, MSTEP_WG, outStepV1, ssmStepV1 } from "./mamba_step_wgsl.ts";
+
+/** The parameters of one selective Mamba layer (seqlab's Linear layout: weights (in, out)). */
+export interface MambaStepParams {
+  /** RMSNorm weight (D) before the block, or null for no norm. */
+  normWeight: Tensor | null;
+  /** RMSNorm epsilon. */
+  eps: number;
+  /** In-projection (D, 2 ED): x then the gate z. */
+  inW: Tensor;
+  /** Conv weight (ED, W) and bias (ED) or null. */
+  convW: Tensor;
+  convB: Tensor | null;
+  /** x_proj (ED, R + 2N): delta's low-rank input, B, C. */
+  xProjW: Tensor;
+  /** dt_proj weight (R, ED) and bias (ED). */
+  dtW: Tensor;
+  dtB: Tensor;
+  /** ALog (ED, N): A = -exp(ALog). */
+  ALog: Tensor;
+  /** The skip (ED). */
+  D: Tensor;
+  /** Out-projection (ED, D). */
+  outW: Tensor;
+}
+
+/** A layer's recurrent state: conv (B, ED, W - 1), ssm (B, ED, N). */
+export interface MambaStepState {
+  conv: Tensor;
+  ssm: Tensor;
+}
+
+/** The composition (reference): the unfused ops, each token as `Mamba.step` computes it. */
+function composed(x: Tensor, p: MambaStepParams, st: MambaStepState): { y: Tensor; state: MambaStepState } {
+  const ED = p.D.shape[0], N = p.ALog.shape[1], R = p.dtW.shape[0];
+  return tidy(() => {
+    const xn = p.normWeight ? rmsNorm(x, p.normWeight, p.eps) : x;
+    const xz = matmul(xn, p.inW); // (B, 2 ED)
+    const c = causalConv1dStep(st.conv, xz.slice([null, [0, ED]]), p.convW, {
+      bias: p.convB,
+      activation: "silu",
+      version: "composed",
+    });
+    const xdbl = matmul(c.y, p.xProjW); // (B, R + 2N)
+    const dt = matmul(xdbl.slice([null, [0, R]]), p.dtW); // (B, ED)
+    const s = selectiveScanStep(
+      st.ssm,
+      c.y,
+      dt,
+      neg(exp(p.ALog)),
+      xdbl.slice([null, [R, R + N]]),
+      xdbl.slice([null, [R + N, R + 2 * N]]),
+      {
+        D: p.D,
+        z: xz.slice([null, [ED, 2 * ED]]),
+        deltaBias: p.dtB,
+        deltaSoftplus: true,
+        version: "composed",
+      },
+    );
+    return { y: add(x, matmul(s.y, p.outW)), state: { conv: c.state, ssm: s.state } };
+  });
+}
+
+/**
+ * One token of x + Mamba(RMSNorm x): x (B, D), the layer's parameters and state -> `{ y (B, D), state }`
+ * (a new state). `version`: "composed" (the ops one by one: the reference, any device, differentiable),
+ * "fused" (WebGPU, f32, no gradient recorded, dense operands: 4 dispatches), "auto" (default): fused where
+ * it can run.
+ *
+ * @example
+ * ```ts
+ * import { Mamba, mambaLayerStep, randn } from "seqlab";
+ * const m = new Mamba({ dModel: 8, seed: 1 });
+ * const st = m.initialState(1);
+ * const r = mambaLayerStep(randn([1, 8], { seed: 2 }), m.stepParams(null, 1e-5), st);
+ * console.log(r.y.shape, r.state.ssm.shape); // [1, 8] [1, 16, 16]
+ * ```
+ */
+export function mambaLayerStep(
+  x: Tensor,
+  p: MambaStepParams,
+  state: MambaStepState,
+  opts: { version?: "auto" | "fused" | "composed" } = {},
+): { y: Tensor; state: MambaStepState } {
+  const op = "mambaLayerStep";
+  const version = opts.version ?? "auto";
+  if (!["auto", "fused", "composed"].includes(version)) {
+    throw new Error(`${op}: version must be "auto", "fused" or "composed", got ${JSON.stringify(version)}`);
+  }
+  const [Bn, D] = x.shape;
+  const ED = p.D.shape[0], N = p.ALog.shape[1], R = p.dtW.shape[0], W = p.convW.shape[1];
+  if (x.rank !== 2 || p.inW.shape[0] !== D || p.inW.shape[1] !== 2 * ED) {
+    throw new Error(`${op}: x must be (B, D) with D = ${p.inW.shape[0]}, got ${x.describe()}`);
+  }
+  const all = [
+    x,
+    state.conv,
+    state.ssm,
+    ...Object.values(p).filter((t): t is Tensor => typeof t === "object" && !!t),
+  ];
+  const graph = isGradEnabled() && all.some((t) => t.requiresGrad);
+  const dense = all.every((t) => t.isContiguous && t.offset === 0 && t.dtype === "f32");
+  const fusable = x.device === "webgpu" && dense && !graph && W > 1 && state.ssm.shape[0] === Bn;
+  if (version === "fused" && !fusable) {
+    throw new Error(
+      `${op}: version "fused" runs on webgpu with dense f32 operands, W > 1 and no gradient recorded; got ` +
+        `${x.describe()}${graph ? " with inputs that require grad" : ""}`,
+    );
+  }
+  if (!fusable || version === "composed") return composed(x, p, state);
+  const ctx = gpu();
+  const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
+  const xc = f("xc", [Bn, ED]), z = f("z", [Bn, ED]), conv = f("conv state", [Bn, ED, W - 1]);
+  const y = f("y", [Bn, ED]), ssm = f("ssm state", [Bn, ED, N]), out = f("out", [Bn, D]);
+  const buf = (t: Tensor | null) => (t ? [t.storage.buffer!] : []);
+  let xdbl: Tensor | null = null;
+  try {
+    ctx.run({
+      name: op,
+      key: `in v1|${W}|${!!p.normWeight}|${!!p.convB}`,
+      source: () => inStepV1(W, !!p.normWeight, !!p.convB),
+      inputs: [x, p.normWeight, p.inW, state.conv, p.convW, p.convB].flatMap(buf),
+      outputs: [xc, z, conv].flatMap(buf),
+      uniforms: new Uniforms().u32(Bn, D, ED).f32(p.eps).build(),
+      workgroups: grid(Bn * ED, MSTEP_WG),
+    });
+    xdbl = matmul(xc, p.xProjW); // (B, R + 2N)
+    ctx.run({
+      name: op,
+      key: `ssm v1|${N}|${R}`,
+      source: () => ssmStepV1(N, R),
+      inputs: [state.ssm, xc, z, xdbl, p.dtW, p.dtB, p.ALog, p.D].flatMap(buf),
+      outputs: [y, ssm].flatMap(buf),
+      uniforms: new Uniforms().u32(Bn, ED).build(),
+      workgroups: grid(Bn * ED, MSTEP_WG),
+    });
+    ctx.run({
+      name: op,
+      key: "out v1",
+      source: outStepV1,
+      inputs: [y, p.outW, x].flatMap(buf),
+      outputs: [out.storage.buffer!],
+      uniforms: new Uniforms().u32(Bn, D, ED).build(),
+      workgroups: grid(Bn * D, MSTEP_WG),
+    });
+  } catch (e) {
+    for (const t of [conv, ssm, out]) t.dispose();
+    throw e;
+  } finally {
+    for (const t of [xc, z, y, xdbl]) t?.dispose();
+  }
+  return { y: out, state: { conv, ssm } };
+}
