@@ -406,13 +406,15 @@ function norm(
       return out;
     }
     const inputs = [src, ...(wc ? [wc] : []), ...(bc ? [bc] : [])].map((t) => t.storage.buffer!);
-    const u = new Uniforms().u32(rows, D, src.offset, wc?.offset ?? 0, bc?.offset ?? 0)
-      .f32(eps, 2 ** normUnitFloor(eps, "f32")).padTo(8);
+    // v2 (vec4) where D and every offset allow it, else v1
+    const v4 = fitsVec4(D, src.offset, wc?.offset ?? 0, bc?.offset ?? 0), V = v4 ? 4 : 1;
+    const u = new Uniforms().u32(rows, D / V, src.offset / V, (wc?.offset ?? 0) / V, (bc?.offset ?? 0) / V)
+      .f32(eps, 2 ** normUnitFloor(eps, "f32")).u32(D);
     return disposeOnThrow([out], () => {
       gpu().run({
         name: op,
-        key: `${x.dtype}|${rms}|${!!wc}|${!!bc}|${!!stats}`,
-        source: () => normSource(x.dtype, rms, !!wc, !!bc, !!stats),
+        key: `${x.dtype}|${rms}|${!!wc}|${!!bc}|${!!stats}|${v4}`,
+        source: () => normSource(x.dtype, rms, !!wc, !!bc, !!stats, v4),
         inputs,
         outputs: [out.storage.buffer!, ...(stats ? [stats.storage.buffer!] : [])],
         uniforms: u.build(),
