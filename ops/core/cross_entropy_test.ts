@@ -2,7 +2,15 @@
 // unfused composition and finite differences; targets out of range as shader diagnostics.
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
-import { assertClose, data, leakCheck, requireGpu, scoped, testOp } from "../../test/helpers.ts";
+import {
+  assertClose,
+  data,
+  leakCheck,
+  requireDevice,
+  requireGpu,
+  scoped,
+  testOp,
+} from "../../test/helpers.ts";
 import { gpu } from "../../runtime/device.ts";
 import { MAX_LOOP } from "../../runtime/webgpu.ts";
 import { crossEntropyComposed } from "../../models/loss.ts";
@@ -129,6 +137,29 @@ describe("softmaxCrossEntropy (crossEntropy's fused kernels)", () => {
       const l = s.crossEntropy(x, s.tensor([1, C], { dtype: "i32", device: "webgpu" }));
       await expect(l.item()).rejects.toThrow(`crossEntropy: target ${C} is outside [0, ${C})`);
     })();
+  });
+
+  test("forward and backward outside tidy leave nothing allocated (saved lse and count freed)", async () => {
+    for (const device of ["cpu", "webgpu"] as const) {
+      requireDevice(device);
+      const x = s.param(s.randn([6, 8], { seed: 1, device }));
+      const t = s.tensor(targetsFor(6, 8), { dtype: "i32", device });
+      const before = s.memory(device).bytesInUse;
+      for (const reduction of ["mean", "sum", "none"] as const) {
+        const l = s.crossEntropy(x, t, { reduction, labelSmoothing: 0.1 });
+        const total = reduction === "none" ? l.sum() : l;
+        total.backward();
+        await x.grad!.toArray();
+        if (total !== l) total.dispose();
+        l.dispose();
+        x.zeroGrad();
+        expect(s.memory(device).bytesInUse, `${reduction} on ${device}`).toBe(before);
+        s.crossEntropy(x, t, { reduction }).dispose();
+        expect(s.memory(device).bytesInUse, `${reduction} on ${device}, no backward`).toBe(before);
+      }
+      x.dispose();
+      t.dispose();
+    }
   });
 
   test(

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
-import { assertClose, leakCheck, requireGpu, scoped, testOp } from "../../test/helpers.ts";
+import { assertClose, leakCheck, requireDevice, requireGpu, scoped, testOp } from "../../test/helpers.ts";
 import { gpu } from "../../runtime/device.ts";
 import { MAX_LOOP } from "../../runtime/webgpu.ts";
 import { normComposed } from "./rowwise.ts";
@@ -198,6 +198,27 @@ describe("layerNorm and rmsNorm", () => {
       await testOp([x], (t) => s.rmsNorm(t), tol);
       await testOp([x, w, w], (t, w, b) => s.layerNorm(t, w, b), { ...tol, gradAtol: 1e-5 });
       await testOp([x, w], (t, w) => s.rmsNorm(t, w), { ...tol, gradAtol: 1e-5 });
+    }
+  });
+
+  test("forward and fused backward outside tidy leave nothing allocated (saved statistics freed)", async () => {
+    for (const device of ["cpu", "webgpu"] as const) {
+      requireDevice(device);
+      const x = s.param(s.randn([6, 8], { seed: 1, device }));
+      const w = s.param(s.randn([8], { seed: 2, device })), b = s.param(s.randn([8], { seed: 3, device }));
+      const before = s.memory(device).bytesInUse;
+      for (const f of [() => s.layerNorm(x, w, b), () => s.rmsNorm(x, w), () => s.layerNorm(x)]) {
+        const y = f(), l = y.sum();
+        y.dispose();
+        l.backward();
+        await x.grad!.toArray();
+        l.dispose();
+        for (const p of [x, w, b]) p.zeroGrad();
+        expect(s.memory(device).bytesInUse, device).toBe(before);
+        f().dispose(); // a forward whose graph is never used frees its statistics with it
+        expect(s.memory(device).bytesInUse, device).toBe(before);
+      }
+      for (const p of [x, w, b]) p.dispose();
     }
   });
 
