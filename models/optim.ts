@@ -36,6 +36,7 @@ import { fmt } from "../runtime/shape.ts";
 import { full } from "../ops/core/creation.ts";
 import { add, copyInto, div, minimum, mul, sqrt, sub } from "../ops/core/elementwise.ts";
 import { concat } from "../ops/core/layout.ts";
+import { type FusedRule, fusedStep, ruleSlots } from "../ops/core/optim.ts";
 import { sum } from "../ops/core/reduce.ts";
 
 // ---------------------------------------------------------------------------------------------------------
@@ -123,6 +124,13 @@ export interface OptimizerOptions {
   lr: number | Schedule;
   /** Weight decay (SGD and Adam: L2 added to the gradient; AdamW: decoupled). Default 0 (AdamW 0.01). */
   weightDecay?: number;
+  /**
+   * Run the update as one fused kernel per group (default true; PyTorch's `fused`): it reads each
+   * parameter, gradient and state element once and writes them in place, with no concatenation or
+   * copy-back. false runs the rule composed from elementwise ops (the reference the fused kernel is
+   * tested against). Optimisers without a fused form ignore it.
+   */
+  fused?: boolean;
 }
 
 /** What an update rule computes: the parameter's new value and its new state tensors (all fresh). */
@@ -135,7 +143,8 @@ export interface Update {
 
 /**
  * Parameters that share a device and dtype: their state lives in one flat tensor per slot, the
- * parameters laid end to end (`offsets`), so a step updates the whole group with one chain of ops.
+ * parameters laid end to end (`offsets`, each a multiple of 4 so the fused kernel reads vec4s), so a step
+ * updates the whole group at once.
  */
 interface Group {
   readonly idx: number[];
@@ -151,11 +160,13 @@ const STATE_KEY = /^(\d+)\.([A-Za-z_]\w*)$/;
 
 /**
  * Base of the optimisers: parameters, step counts, learning rate and state. A subclass supplies one update
- * rule; the base applies it "multi-tensor" style: the parameters of a (device, dtype) group and their
- * gradients are concatenated into flat tensors, updated by one chain of ops and written back in place, so
- * a step costs about 3 dispatches per parameter plus the rule's ops once, instead of the rule's ops per
- * parameter. When only some parameters of a group have gradients (or their step counts differ), those are
- * updated one by one against slices of the flat state. Nothing reads back.
+ * rule, and where it can a {@link FusedRule} for the fused kernel (`fusedStep` in ops/core/optim.ts),
+ * which updates every parameter of a (device, dtype) group that has a gradient in a few dispatches, in
+ * place, each with its own step count. Without it (or with `fused: false`) the base applies the rule
+ * "multi-tensor" style: the group's parameters and gradients are concatenated into flat tensors, updated
+ * by one chain of ops and written back in place, so a step costs about 3 dispatches per parameter plus
+ * the rule's ops once; when only some parameters of a group have gradients (or their step counts
+ * differ), those are updated one by one against slices of the flat state. Nothing reads back.
  */
 export abstract class Optimizer {
   /** The parameters updated by {@link Optimizer.step}. */
@@ -168,6 +179,8 @@ export abstract class Optimizer {
   readonly #lr: Schedule;
   #views: Map<string, Tensor> | null = null;
   #disposed = false;
+  /** Whether steps run the fused kernel where the subclass has a fused rule. */
+  readonly fused: boolean;
 
   /** Takes the parameters (e.g. `model.parameters()`), the options and the optimiser's name. */
   constructor(params: Iterable<Tensor>, o: OptimizerOptions, readonly name: string) {
@@ -188,12 +201,21 @@ export abstract class Optimizer {
       }
       g.idx.push(i);
       g.offsets.push(g.total);
-      (g as { total: number }).total += p.size;
+      (g as { total: number }).total += Math.ceil(p.size / 4) * 4;
     }
     if (typeof o.lr === "number") this.#lr = constantSchedule(o.lr);
     else if (typeof o.lr === "function") this.#lr = o.lr;
     else throw new Error(`${name}: lr must be a number or a schedule function, got ${typeof o.lr}`);
     this.paramSteps = this.params.map(() => 0);
+    this.fused = o.fused ?? true;
+  }
+
+  /**
+   * The rule as the fused kernel runs it, or null when the subclass has none (then the composed
+   * {@link Optimizer.rule} runs). Must compute what `rule` computes.
+   */
+  protected fusedRule(): FusedRule | null {
+    return null;
   }
 
   /** The learning rate the next step will use. */
@@ -231,13 +253,31 @@ export abstract class Optimizer {
     const have = group.idx.filter((k) => this.params[k].grad);
     if (have.length === 0) return;
     for (const k of have) this.paramSteps[k]++;
+    const rule = this.fused ? this.fusedRule() : null;
+    if (rule && have.every((k) => this.params[k].isContiguous)) {
+      const state = ruleSlots(rule).map((slot) => this.#flatState(group, slot));
+      const items = have.map((k) => ({
+        p: this.params[k],
+        g: this.params[k].grad!,
+        t: this.paramSteps[k],
+        stateOffset: group.offsets[group.idx.indexOf(k)],
+      }));
+      fusedStep(`${this.name}.step`, rule, items, state, lr);
+      return;
+    }
     const t0 = this.paramSteps[have[0]];
     const temps: Tensor[] = [];
     const tmp = (x: Tensor) => (temps.push(x), x);
     try {
       if (have.length === group.idx.length && have.every((k) => this.paramSteps[k] === t0)) {
+        // the group's layout: each parameter at its offset, zeros in the padding up to a multiple of 4
         const flat = (ts: Tensor[]) => {
-          const rows = ts.map((t) => tmp(t.reshape([-1])));
+          const rows: Tensor[] = [];
+          ts.forEach((t, i) => {
+            rows.push(tmp(t.reshape([-1])));
+            const pad = (i + 1 < ts.length ? group.offsets[i + 1] : group.total) - group.offsets[i] - t.size;
+            if (pad > 0) rows.push(tmp(full([pad], 0, { device: group.device, dtype: t.dtype })));
+          });
           return rows.length === 1 ? rows[0] : tmp(concat(rows));
         };
         const p = flat(group.idx.map((k) => this.params[k]));
@@ -475,6 +515,12 @@ export class SGD extends Optimizer {
     }
   }
 
+  /** The SGD rule for the fused kernel. */
+  protected override fusedRule(): FusedRule {
+    const { momentum, dampening, nesterov, weightDecay } = this;
+    return { kind: "sgd", momentum, dampening, nesterov, weightDecay };
+  }
+
   /** The SGD rule. */
   protected rule(
     p: Tensor,
@@ -547,6 +593,12 @@ export class Adam extends Optimizer {
     }
     checkPositive(name, "eps", this.eps, true);
     checkPositive(name, "weightDecay", this.weightDecay, true);
+  }
+
+  /** The Adam/AdamW rule for the fused kernel. */
+  protected override fusedRule(): FusedRule {
+    const { beta1, beta2, eps, weightDecay } = this;
+    return { kind: "adam", beta1, beta2, eps, weightDecay, decoupled: this.decoupled };
   }
 
   /** The Adam/AdamW rule. */

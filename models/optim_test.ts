@@ -4,7 +4,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { gpu } from "../runtime/device.ts";
-import { assertClose, leakCheck, requireDevice, requireGpu, scoped } from "../test/helpers.ts";
+import { assertClose, data, leakCheck, requireDevice, requireGpu, scoped } from "../test/helpers.ts";
 
 leakCheck();
 
@@ -214,14 +214,14 @@ describe("multi-tensor steps: groups by device and dtype, partial gradients", ()
   }
 
   test(
-    "a full step over many parameters of one group costs 3 dispatches each plus the rule once",
+    "composed (fused: false), a full step over many parameters of one group costs 3 dispatches each plus the rule once",
     () => {
       requireGpu();
       const ps = Array.from(
         { length: 12 },
         (_, i) => s.param(s.randn([4, i + 1], { seed: i, device: "webgpu" })),
       );
-      const opt = new s.Adam(ps, { lr: 1e-3 });
+      const opt = new s.Adam(ps, { lr: 1e-3, fused: false });
       const run = () =>
         s.tidy(() => {
           opt.zeroGrad();
@@ -235,6 +235,137 @@ describe("multi-tensor steps: groups by device and dtype, partial gradients", ()
       expect(d).toBeLessThanOrEqual(3 * 12 + 16);
       opt.zeroGrad();
       opt.dispose();
+      for (const p of ps) p.dispose();
+    },
+  );
+});
+
+describe("fused steps", () => {
+  // sizes that leave padding in the flat state (3, 10) and a vec4 body with a scalar tail (130)
+  const SHAPES = [[4, 8], [3], [10], [2, 65], [64]];
+  const MAKE: [string, (ps: Tensor[], fused: boolean) => s.Optimizer][] = [
+    ["SGD", (ps, fused) => new s.SGD(ps, { lr: 0.1, fused })],
+    [
+      "SGD momentum, dampening, L2",
+      (ps, fused) => new s.SGD(ps, { lr: 0.1, momentum: 0.9, dampening: 0.2, weightDecay: 0.01, fused }),
+    ],
+    ["SGD Nesterov", (ps, fused) => new s.SGD(ps, { lr: 0.05, momentum: 0.8, nesterov: true, fused })],
+    ["Adam L2", (ps, fused) => new s.Adam(ps, { lr: 0.02, weightDecay: 0.1, betas: [0.8, 0.99], fused })],
+    ["AdamW", (ps, fused) => new s.AdamW(ps, { lr: (t) => 0.01 * (t + 1), weightDecay: 0.05, fused })],
+  ];
+
+  /** Saved parameters and optimizer state. */
+  interface Saved {
+    params: Float64Array[];
+    state: Map<string, Float64Array>;
+    stepCount: number;
+    paramSteps: number[];
+  }
+
+  /**
+   * Runs steps steps[0] .. steps[1] - 1 from fresh parameters, or from `load`'s parameters and state;
+   * parameter 2 has no gradient at step 1 (a partial step). Returns parameters and state.
+   */
+  async function run(
+    device: s.DeviceName,
+    dtype: s.DType,
+    make: (ps: Tensor[]) => s.Optimizer,
+    steps: [number, number],
+    load?: Saved,
+  ): Promise<Saved> {
+    const ps = SHAPES.map((sh, k) => {
+      const init = load ? load.params[k] : data(sh.reduce((a, b) => a * b, 1), k + 1);
+      return s.param(s.tensor(init, { shape: sh, device, dtype }));
+    });
+    const grad = (step: number, k: number) =>
+      step === 1 && k === 2
+        ? null
+        : s.tensor(data(ps[k].size, 50 + 10 * step + k, 2), { shape: SHAPES[k], device, dtype });
+    const opt = make(ps);
+    if (load) {
+      const m = new Map([...load.state].map(([key, v]) => {
+        const shape = SHAPES[Number(key.split(".")[0])];
+        return [key, s.tensor(v, { shape, device, dtype })];
+      }));
+      opt.loadState(m, load.stepCount, load.paramSteps);
+      for (const t of m.values()) t.dispose();
+    }
+    for (let step = steps[0]; step < steps[1]; step++) {
+      s.tidy(() => {
+        opt.zeroGrad();
+        ps.forEach((p, k) => {
+          const g = grad(step, k);
+          if (g) p.grad = s.keep(g);
+        });
+        opt.step();
+      });
+    }
+    const state = new Map<string, Float64Array>();
+    for (const [k, t] of opt.stateTensors()) state.set(k, Float64Array.from(await t.toArray()));
+    const params = await Promise.all(ps.map(async (p) => Float64Array.from(await p.toArray())));
+    const r = { params, state, stepCount: opt.stepCount, paramSteps: [...opt.paramSteps] };
+    opt.zeroGrad();
+    opt.dispose();
+    for (const p of ps) p.dispose();
+    return r;
+  }
+
+  for (const device of DEVICES) {
+    const dtype = device === "cpu" ? "f64" : "f32";
+    const tol = device === "cpu" ? { atol: 1e-13, rtol: 1e-12 } : { atol: 2e-6, rtol: 1e-5 };
+    for (const [name, make] of MAKE) {
+      test(
+        `${name}: fused equals the composed rule over 5 steps, state included (${device})`,
+        scoped(async () => {
+          requireDevice(device);
+          const fused = await run(device, dtype, (ps) => make(ps, true), [0, 5]);
+          const composed = await run(device, dtype, (ps) => make(ps, false), [0, 5]);
+          expect(fused.paramSteps).toEqual([5, 5, 4, 5, 5]);
+          fused.params.forEach((p, k) => assertClose(p, composed.params[k], tol));
+          expect([...fused.state.keys()]).toEqual([...composed.state.keys()]);
+          for (const [k, v] of fused.state) assertClose(v, composed.state.get(k)!, tol);
+        }),
+      );
+    }
+  }
+
+  test(
+    "state saved from a fused optimizer and loaded into a fused or composed one continues the same run",
+    scoped(async () => {
+      requireGpu();
+      const make = MAKE[4][1];
+      const whole = await run("webgpu", "f32", (ps) => make(ps, true), [0, 5]);
+      const first = await run("webgpu", "f32", (ps) => make(ps, true), [0, 3]);
+      for (const fused of [true, false]) {
+        const rest = await run("webgpu", "f32", (ps) => make(ps, fused), [3, 5], first);
+        rest.params.forEach((p, k) => assertClose(p, whole.params[k], { atol: 2e-6, rtol: 1e-5 }));
+        expect(rest.paramSteps).toEqual(whole.paramSteps);
+      }
+    }),
+  );
+
+  test(
+    "a fused step over 12 parameters of one group is one dispatch (no concatenation, no copy-back)",
+    () => {
+      requireGpu();
+      const ps = Array.from(
+        { length: 12 },
+        (_, i) => s.param(s.randn([4, i + 1], { seed: i, device: "webgpu" })),
+      );
+      for (const opt of [new s.AdamW(ps, { lr: 1e-3 }), new s.SGD(ps, { lr: 1e-3, momentum: 0.9 })]) {
+        const run = () =>
+          s.tidy(() => {
+            opt.zeroGrad();
+            for (const p of ps) p.grad = s.keep(s.ones(p.shape, { device: "webgpu" }));
+            const before = gpu().counters.dispatches;
+            opt.step();
+            return gpu().counters.dispatches - before;
+          });
+        expect(run()).toBeLessThanOrEqual(1 + 2); // the first step also fills the state with zeros
+        expect(run()).toBe(1);
+        opt.zeroGrad();
+        opt.dispose();
+      }
       for (const p of ps) p.dispose();
     },
   );
