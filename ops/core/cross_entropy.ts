@@ -124,11 +124,14 @@ export function crossEntropyFits(logits: Tensor): boolean {
   return C <= MAX_LOOP && rows <= CE_REDUCE_WG * MAX_LOOP;
 }
 
-/** Registers the out-of-range message of a target dtype; returns its code. */
-function targetDiagnostic(tType: "i32" | "u32", ignoreIndex: number): number {
+/**
+ * Registers the out-of-range message of a target dtype; returns its code. The shader reports the target and
+ * C only, so the message does not name ignoreIndex (calls with different ones may share a batch).
+ */
+function targetDiagnostic(tType: "i32" | "u32"): number {
   return gpu().diagnostic(
     CE_TARGET_OOB[tType],
-    (v, C) => `crossEntropy: target ${v} is outside [0, ${C}) and is not ignoreIndex ${ignoreIndex}`,
+    (v, C) => `crossEntropy: target ${v} is outside [0, ${C}) and is not the ignoreIndex`,
     tType === "i32",
   );
 }
@@ -151,7 +154,7 @@ export function checkTargets(targets: Tensor, C: number, ignoreIndex: number): v
   const t = contiguous(targets);
   try {
     const ctx = gpu();
-    targetDiagnostic(tType, ignoreIndex);
+    targetDiagnostic(tType);
     ctx.run({
       name: "crossEntropy",
       key: `check|${tType}`,
@@ -219,7 +222,7 @@ export function softmaxCrossEntropy(logits: Tensor, targets: Tensor, a: CrossEnt
       }
     } else if (rows > 0) {
       const ctx = gpu();
-      targetDiagnostic(tType, ignoreIndex);
+      targetDiagnostic(tType);
       const loss = reduction === "none" ? out : own(empty(op, [rows], "f32", device));
       ctx.run({
         name: op,
