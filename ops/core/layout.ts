@@ -61,6 +61,7 @@ function runIndexed(
   idx: Tensor,
   out: Tensor,
   words: number[],
+  threads = out.size,
 ): void {
   const ctx = gpu();
   indexDiagnostic(op, idx);
@@ -71,7 +72,7 @@ function runIndexed(
     inputs: [src.storage.buffer!, idx.storage.buffer!],
     outputs: [out.storage.buffer!, ctx.diagnostics],
     uniforms: new Uniforms().u32(...words).build(),
-    workgroups: grid(out.size, LAYOUT_WG),
+    workgroups: grid(threads, LAYOUT_WG),
   });
 }
 
@@ -221,21 +222,18 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
       return out;
     }
     if (out.size === 0) return out;
+    // v2: vec4 rows when the f32 row width and offset allow (see layout_wgsl.ts)
+    const vec4 = x.dtype === "f32" && inner % 4 === 0 && src.offset % 4 === 0;
+    const w = vec4 ? 4 : 1;
     runIndexed(
       "gather",
-      `${x.dtype}|${indices.dtype}`,
-      () => gatherSource(x.dtype, indices.dtype),
+      `${x.dtype}|${indices.dtype}|${vec4}`,
+      () => gatherSource(x.dtype, indices.dtype, vec4),
       src,
       idx,
       out,
-      [
-        outer,
-        A,
-        inner,
-        I,
-        src.offset,
-        idx.offset,
-      ],
+      [outer, A, inner / w, I, src.offset / w, idx.offset],
+      out.size / w,
     );
     return out;
   } catch (e) {

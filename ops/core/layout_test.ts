@@ -60,6 +60,13 @@ describe("gather", () => {
       await testOp([table, uidx], (t, i) => s.gather(t.transpose(), i, 0));
       const z = await testOp([table, { values: [], dtype: "i32" }], (t, i) => s.gather(t, i));
       expect(z.shape).toEqual([0, 6]);
+      // rows of 8 (v2, vec4), at a row offset of 8 (vec4) and of 4 columns into the table (a copy first)
+      const wide = { shape: [10, 8], ...WIDE };
+      await testOp([wide, idx], (t, i) => s.gather(t, i));
+      const idx8 = { values: [[3, 0, 8], [8, 8, 1]], dtype: "i32" } as const;
+      await testOp([wide, idx8], (t, i) => s.gather(t.slice([[1, 10]]), i));
+      await testOp([wide, idx], (t, i) => s.gather(t.slice([null, [4, 8]]), i));
+      await testOp([{ shape: [3, 10, 4] }, uidx], (t, i) => s.gather(t, i, 1));
     }),
   );
 
@@ -71,6 +78,8 @@ describe("gather", () => {
       const bad = s.tensor([1, 4], { dtype: "i32", device: "cpu" });
       expect(() => s.gather(table, bad)).toThrow("gather: index 4 is out of range for an axis of size 4");
       const gt = await table.to("webgpu"), gb = await bad.to("webgpu");
+      const wide = s.tensor(new Float32Array(16).fill(2), { shape: [4, 4], device: "webgpu" });
+      await expect(s.gather(wide, gb).toArray()).rejects.toThrow(/gather: index 4 is out of range/); // v2
       const r = s.gather(gt, gb);
       await expect(r.toArray()).rejects.toThrow(/gather: index 4 is out of range for an axis of size 4/);
       // the device stays usable and the flag is cleared
@@ -87,7 +96,7 @@ describe("gather", () => {
       await expect(sa.toArray()).rejects.toThrow(/scatterAdd: index 7 is out of range for an axis of size 4/);
       const f = s.tensor([1.0], { device: "cpu" });
       expect(() => s.gather(table, f)).toThrow(/gather: indices must be i32 or u32/);
-      for (const t of [table, bad, gt, gb, r, ok, neg, r2, f]) t.dispose();
+      for (const t of [table, bad, gt, gb, wide, r, ok, neg, r2, f]) t.dispose();
     }),
   );
 });

@@ -5,6 +5,8 @@
  * - copyInto v1: one invocation per source element (concat writes each input at its column offset).
  * - gather v1: one invocation per output element; an index outside [0, A) writes 0 and raises a
  *   diagnostic that the next readback turns into an error (no garbage reads, no silent clamp).
+ * - gather v2: v1 with vec4 loads and stores, 4 elements per invocation, when the f32 rows' width and
+ *   offset are multiples of 4 (an embedding lookup: a quarter of the index and storage loads).
  * - scatterAdd v1: one invocation per output element, looping over all indices and summing the matches.
  *   Deterministic and atomic-free (WGSL has no float atomics); O(outputs x indices): 19.5 ms of a
  *   TransformerLM step for 2048 tokens into a 64 x 64 table, and it grows with table size x tokens.
@@ -52,12 +54,16 @@ export function indexOobCode(op: keyof typeof INDEX_OOB, idxType: DType): number
   return INDEX_OOB[op][idxType];
 }
 
-/** Uniforms: [outer, A, inner, I, xOff, idxOff]. */
-export function gatherSource(dtype: DType, idxType: DType): string {
+/**
+ * Uniforms: [outer, A, inner, I, xOff, idxOff]; with `vec4` (f32, inner and xOff divisible by 4) inner
+ * and xOff count vec4s and each invocation copies 4 elements.
+ */
+export function gatherSource(dtype: DType, idxType: DType, vec4 = false): string {
+  const ty = vec4 ? "vec4<f32>" : wgslType(dtype);
   return `${enables(dtype)}${uniformDecl(8)}
-${binding(1, "x", dtype)}
+@group(0) @binding(1) var<storage, read> x: array<${ty}>;
 ${binding(2, "idx", idxType)}
-${binding(3, "out", dtype, true)}
+@group(0) @binding(3) var<storage, read_write> out: array<${ty}>;
 @group(0) @binding(4) var<storage, read_write> diag: array<atomic<u32>, 4>;
 ${flatId(LAYOUT_WG)}
   let outer = U(0u); let A = U(1u); let inner = U(2u); let I = U(3u);
@@ -70,7 +76,7 @@ ${flatId(LAYOUT_WG)}
     atomicStore(&diag[1], u32(k));
     atomicStore(&diag[2], A);
     atomicStore(&diag[0], ${indexOobCode("gather", idxType)}u);
-    out[gid] = ${dtype}(0);
+    out[gid] = ${ty}(0);
     return;
   }
   out[gid] = x[U(4u) + (o * A + u32(k)) * inner + i];
