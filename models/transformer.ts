@@ -114,6 +114,17 @@ export interface BlockPositions {
 const NO_POS: BlockPositions = { start: 0, freqs: null, alibi: undefined };
 
 /**
+ * RoPE on x (B, T, heads, Dh) at positions start, start + 1, ... without a transpose: applyRope rotates
+ * the (..., rows, Dh) layout, so x is viewed as (B T, heads, 1, Dh) with one position per (b, t).
+ */
+function ropeBthd(x: Tensor, start: number, freqs: RopeFrequencies): Tensor {
+  const [B, T, Hn, Dh] = x.shape;
+  const pos = new Float64Array(B * T);
+  for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pos[b * T + t] = start + t;
+  return applyRope(x.reshape([B * T, Hn, 1, Dh]), pos, freqs).reshape([B, T, Hn, Dh]);
+}
+
+/**
  * One pre-norm block of a {@link TransformerLM}: x + attention(ln1 x), then + fc2 gelu(fc1 ln2 x); x is
  * (B, T, D). Built by the model; positions come from the model in a {@link BlockPositions}.
  *
@@ -172,25 +183,28 @@ export class TransformerBlock extends Module {
     this.fc2 = new Linear(F, D, { ...lo, seed: seed(5), weightInit: w(res), biasInit: init.zeros });
   }
 
-  /** q (B, H, T, Dh), k and v (B, Hkv, T, Dh) of x (B, T, D) at positions start, start + 1, ... */
+  /**
+   * q (B, T, H, Dh), k and v (B, T, Hkv, Dh) of x (B, T, D) at positions start, start + 1, ...: the
+   * projections reshaped, never transposed (attention takes them in its "bthd" layout).
+   */
   qkv(x: Tensor, p: BlockPositions): [Tensor, Tensor, Tensor] {
     const { H, Hkv, Dh } = this.d;
     const [B, T] = x.shape;
     const h = this.ln1.forward(x); // (B, T, D)
-    let q = this.wq.forward(h).reshape([B, T, H, Dh]).transpose(1, 2); // (B, H, T, Dh)
-    let k = this.wk.forward(h).reshape([B, T, Hkv, Dh]).transpose(1, 2); // (B, Hkv, T, Dh)
-    const v = this.wv.forward(h).reshape([B, T, Hkv, Dh]).transpose(1, 2); // (B, Hkv, T, Dh)
+    let q = this.wq.forward(h).reshape([B, T, H, Dh]); // (B, T, H, Dh)
+    let k = this.wk.forward(h).reshape([B, T, Hkv, Dh]); // (B, T, Hkv, Dh)
+    const v = this.wv.forward(h).reshape([B, T, Hkv, Dh]); // (B, T, Hkv, Dh)
     if (p.freqs) {
-      q = applyRope(q, p.start, p.freqs);
-      k = applyRope(k, p.start, p.freqs);
+      q = ropeBthd(q, p.start, p.freqs);
+      k = ropeBthd(k, p.start, p.freqs);
     }
     return [q, k, v];
   }
 
-  /** The attention output o (B, H, T, Dh) -> residual and MLP: x (B, T, D) -> (B, T, D). */
+  /** The attention output o (B, T, H, Dh) -> residual and MLP: x (B, T, D) -> (B, T, D). */
   finish(x: Tensor, o: Tensor): Tensor {
     const [B, T, D] = x.shape;
-    const a = this.wo.forward(o.transpose(1, 2).reshape([B, T, D])); // (B, T, D)
+    const a = this.wo.forward(o.reshape([B, T, D])); // (B, T, D)
     const x1 = x.add(a);
     const m = this.fc2.forward(this.fc1.forward(this.ln2.forward(x1)).gelu()); // (B, T, D)
     return x1.add(m);
@@ -198,27 +212,31 @@ export class TransformerBlock extends Module {
 
   /** A whole sequence, x (B, T, D) -> (B, T, D); with a cache, its keys come first and T's are written. */
   forward(x: Tensor, p: BlockPositions = NO_POS, cache?: { k: Tensor; v: Tensor }): Tensor {
-    const [q, k, v] = this.qkv(x, p);
+    const [q, k, v] = this.qkv(x, p); // (B, T, H, Dh), (B, T, Hkv, Dh) x 2
     let kk = k, vv = v;
     if (cache) {
       const T = x.shape[1], end = p.start + T;
-      copyInto(cache.k.slice([null, null, [p.start, end]]), k);
-      copyInto(cache.v.slice([null, null, [p.start, end]]), v);
-      kk = cache.k.slice([null, null, [0, end]]); // (B, Hkv, start + T, Dh)
-      vv = cache.v.slice([null, null, [0, end]]);
+      copyInto(cache.k.slice([null, null, [p.start, end]]), k.transpose(1, 2));
+      copyInto(cache.v.slice([null, null, [p.start, end]]), v.transpose(1, 2));
+      // the cache is (B, Hkv, maxLen, Dh): attention reads it through (B, start + T, Hkv, Dh) views
+      kk = cache.k.slice([null, null, [0, end]]).transpose(1, 2);
+      vv = cache.v.slice([null, null, [0, end]]).transpose(1, 2);
     }
     // causal, bottom-right aligned: with a cache, row i sits at position start + i
-    const { o } = attention(q, kk, vv, { causal: true, alibi: p.alibi }); // (B, H, T, Dh)
+    const { o } = attention(q, kk, vv, { causal: true, alibi: p.alibi, layout: "bthd" }); // (B, T, H, Dh)
     return this.finish(x, o);
   }
 
   /** One token per sequence, x (B, 1, D), written at position p.start of the cache -> (B, 1, D). */
   step(x: Tensor, p: BlockPositions, cache: { k: Tensor; v: Tensor }): Tensor {
-    const [q, k, v] = this.qkv(x, p); // (B, H, 1, Dh), (B, Hkv, 1, Dh) x 2
-    copyInto(cache.k.slice([null, null, [p.start, p.start + 1]]), k);
-    copyInto(cache.v.slice([null, null, [p.start, p.start + 1]]), v);
-    const { o } = attentionDecode(q, cache.k, cache.v, { length: p.start + 1, alibi: p.alibi }); // (B, H, 1, Dh)
-    return this.finish(x, o);
+    const [q, k, v] = this.qkv(x, p); // (B, 1, H, Dh), (B, 1, Hkv, Dh) x 2
+    copyInto(cache.k.slice([null, null, [p.start, p.start + 1]]), k.transpose(1, 2));
+    copyInto(cache.v.slice([null, null, [p.start, p.start + 1]]), v.transpose(1, 2));
+    const { o } = attentionDecode(q.transpose(1, 2), cache.k, cache.v, {
+      length: p.start + 1,
+      alibi: p.alibi,
+    }); // (B, H, 1, Dh)
+    return this.finish(x, o.transpose(1, 2)); // (B, 1, H, Dh)
   }
 }
 

@@ -6,7 +6,7 @@
 
 import { isGradEnabled } from "../../runtime/autograd.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
-import { type AttentionOptions, resolve } from "./attention_options.ts";
+import { type AttentionOptions, layoutOf, resolve, viaHeadsFirst } from "./attention_options.ts";
 import { attentionRef, type AttentionResult } from "./attention_ref.ts";
 import { attentionDecode } from "./decode.ts";
 import { checkFlashOptions, flashAttention } from "./flash.ts";
@@ -38,12 +38,13 @@ export function attentionImpl(
   opts: AttentionOptions = {},
 ): "reference" | "flash" | "decode" {
   if (q.device === "cpu") return "reference";
+  const tAxis = opts.layout === "bthd" ? 1 : 2;
   const grad = isGradEnabled() && [q, k, v].some((t) => t.requiresGrad);
   const kp = opts.keyPadding;
   const keepMask = kp !== undefined && !Array.isArray(kp) && (kp as Tensor).rank === 2;
   const lengths = kp !== undefined && !keepMask;
   if (
-    q.rank === 4 && q.shape[2] === 1 && !grad && !opts.blockMask && !keepMask &&
+    q.rank === 4 && q.shape[tAxis] === 1 && !grad && !opts.blockMask && !keepMask &&
     !(lengths && (opts.window !== undefined || opts.alibi !== undefined)) && opts.blockQ === undefined &&
     opts.blockK === undefined && (opts.version === undefined || opts.version === "auto")
   ) return "decode";
@@ -85,16 +86,19 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionCho
       }
       let length: number[] | undefined;
       if (kp !== undefined) {
-        const r = resolve("attention", q, k, v, { keyPadding: kp }, false);
+        const r = resolve("attention", q, k, v, { keyPadding: kp, layout: opts.layout }, false);
         length = [...r.lengths!];
       }
-      return attentionDecode(q, k, v, {
-        length,
-        scale: opts.scale,
-        alibi: opts.alibi,
-        window: typeof opts.window === "number" ? opts.window : opts.window?.[0],
-        globalTokens: opts.globalTokens,
-      });
+      const decode = (a: Tensor, b: Tensor, c: Tensor) =>
+        attentionDecode(a, b, c, {
+          length,
+          scale: opts.scale,
+          alibi: opts.alibi,
+          window: typeof opts.window === "number" ? opts.window : opts.window?.[0],
+          globalTokens: opts.globalTokens,
+        });
+      if (layoutOf("attention", opts) === "bthd") return viaHeadsFirst(q, k, v, decode);
+      return decode(q, k, v);
     }
     case "flash":
       return flashAttention(q, k, v, opts);

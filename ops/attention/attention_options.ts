@@ -52,6 +52,69 @@ export interface AttentionOptions {
    * "v3". v1 and v2 need f32 and D divisible by 4. Checked the same way on every backend.
    */
   version?: "auto" | "v1" | "v2" | "v3";
+  /**
+   * Memory layout of q, k, v and o: "bhtd" (the default) takes q (B, H, T, D), k and v (B, Hkv, S, D) and
+   * returns o (B, H, T, D); "bthd" takes q (B, T, H, D), k and v (B, S, Hkv, D) and returns o (B, T, H, D),
+   * the layout a (B, T, H D) projection reshapes to, so a model needs no head transposes (the gradients
+   * come back in the same layout). The log-sum-exp is (B, H, T) in both.
+   */
+  layout?: Layout;
+}
+
+/** The memory layouts attention takes (see {@link AttentionOptions.layout}). */
+export type Layout = "bhtd" | "bthd";
+
+/** The validated layout of the options. */
+export function layoutOf(op: string, opts: AttentionOptions): Layout {
+  const l = opts.layout ?? "bhtd";
+  if (l !== "bhtd" && l !== "bthd") {
+    throw new Error(`${op}: layout must be "bhtd" or "bthd", got ${JSON.stringify(opts.layout)}`);
+  }
+  return l;
+}
+
+/** Strides of t's (B, heads, rows, D) axes in the given layout (element units). */
+export function headStrides(t: Tensor, layout: Layout): [number, number, number, number] {
+  const [a, b, c, d] = t.strides;
+  return layout === "bthd" ? [a, c, b, d] : [a, b, c, d];
+}
+
+/**
+ * A (B, heads, rows, D) view of a 4-D tensor given in `layout`: the same storage, no copy and nothing
+ * recorded for autograd (the caller disposes it).
+ */
+export function headsView(t: Tensor, layout: Layout): Tensor {
+  const [a, b, c, d] = t.shape;
+  return t.view(layout === "bthd" ? [a, c, b, d] : [a, b, c, d], headStrides(t, layout), t.offset);
+}
+
+/**
+ * Runs `fn`, an implementation for (B, H, T, D) operands, on "bthd" operands: transposed views in, o
+ * transposed back to (B, T, H, D) (contiguous); differentiable through the views. For the paths without
+ * a native "bthd" kernel (standard attention, decode).
+ */
+export function viaHeadsFirst<R extends { o: Tensor }>(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  fn: (q: Tensor, k: Tensor, v: Tensor) => R,
+): R {
+  const views = [q, k, v].map((x) => x.transpose(1, 2));
+  try {
+    const res = fn(views[0], views[1], views[2]);
+    const ot = res.o.transpose(1, 2);
+    const o = ot.contiguous();
+    ot.dispose();
+    res.o.dispose();
+    return { ...res, o };
+  } finally {
+    for (const x of views) x.dispose();
+  }
+}
+
+/** The shape of a (B, heads, rows, D) result in `layout`. */
+export function layoutShape(layout: Layout, B: number, heads: number, rows: number, D: number): number[] {
+  return layout === "bthd" ? [B, rows, heads, D] : [B, heads, rows, D];
 }
 
 /** How a query row relates to the keys, resolved from the options and the shapes. */
@@ -87,6 +150,8 @@ export interface Resolved {
     br: number;
     bc: number;
   } | null;
+  /** Memory layout of q, k, v and o. */
+  layout: Layout;
 }
 
 /** A large window half-width meaning "unbounded" that still fits in an i32 uniform. */
@@ -99,7 +164,8 @@ function checkInt(op: string, what: string, v: number, min: number): void {
 }
 
 /**
- * Validates q (B, H, T, D), k and v (B, Hkv, S, D) and the options; throws naming the shapes. `needHost`
+ * Validates q (B, H, T, D), k and v (B, Hkv, S, D) (or (B, T, H, D) and (B, S, Hkv, D) with layout "bthd")
+ * and the options; throws naming the shapes. `needHost`
  * asks for host copies of mask tensors (the reference needs them; a webgpu mask then errors).
  */
 export function resolve(
@@ -110,13 +176,17 @@ export function resolve(
   opts: AttentionOptions,
   needHost: boolean,
 ): Resolved {
+  const layout = layoutOf(op, opts);
+  const bthd = layout === "bthd";
   for (const [n, t] of [["q", q], ["k", k], ["v", v]] as const) {
     t.check(op);
     if (t.rank !== 4) {
       throw new Error(
-        `${op}: ${n} must be 4-D, (B, H, T, D) for q and (B, Hkv, S, D) for k and v; got ${n} ${
-          fmt(t.shape)
-        }`,
+        `${op}: ${n} must be 4-D, ${
+          bthd
+            ? "(B, T, H, D) for q and (B, S, Hkv, D) for k and v (layout bthd)"
+            : "(B, H, T, D) for q and (B, Hkv, S, D) for k and v"
+        }; got ${n} ${fmt(t.shape)}`,
       );
     }
   }
@@ -129,12 +199,15 @@ export function resolve(
     throw new Error(`${op}: q, k, v dtypes differ: ${q.dtype}, ${k.dtype}, ${v.dtype}`);
   }
   if (!["f32", "f16", "f64"].includes(q.dtype)) throw new Error(`${op}: needs float tensors, got ${q.dtype}`);
-  const [B, H, T, D] = q.shape;
-  const [Bk, Hkv, S, Dk] = k.shape;
-  const shapes = `q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)}`;
-  if (Dk !== D || v.shape[3] !== D) throw new Error(`${op}: head dims differ: ${shapes}`);
-  if (Bk !== B || v.shape[0] !== B) throw new Error(`${op}: batch sizes differ: ${shapes}`);
-  if (v.shape[1] !== Hkv || v.shape[2] !== S) throw new Error(`${op}: k and v shapes differ: ${shapes}`);
+  // (B, heads, rows, D) in either layout
+  const dims = (t: Tensor) => bthd ? [t.shape[0], t.shape[2], t.shape[1], t.shape[3]] : [...t.shape];
+  const [B, H, T, D] = dims(q);
+  const [Bk, Hkv, S, Dk] = dims(k);
+  const vd = dims(v);
+  const shapes = `q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)}${bthd ? " (layout bthd)" : ""}`;
+  if (Dk !== D || vd[3] !== D) throw new Error(`${op}: head dims differ: ${shapes}`);
+  if (Bk !== B || vd[0] !== B) throw new Error(`${op}: batch sizes differ: ${shapes}`);
+  if (vd[1] !== Hkv || vd[2] !== S) throw new Error(`${op}: k and v shapes differ: ${shapes}`);
   if (Hkv === 0 || H % Hkv !== 0) {
     throw new Error(`${op}: kv heads (${Hkv}) must divide query heads (${H}): ${shapes}`);
   }
@@ -159,6 +232,7 @@ export function resolve(
     keepHost: null,
     alibi: null,
     sparse: null,
+    layout,
   };
   if (opts.window !== undefined) {
     const w = typeof opts.window === "number" ? [opts.window, 0] : [...opts.window];

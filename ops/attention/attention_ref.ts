@@ -4,6 +4,7 @@
  * Shapes (B batch, H query heads, Hkv kv heads dividing H, T queries, S keys, D head width):
  * - q: (B, H, T, D); k, v: (B, Hkv, S, D); query head h reads kv head floor(h / (H / Hkv)) (GQA; MQA is
  *   Hkv = 1).
+ * - With `layout: "bthd"`, q is (B, T, H, D), k and v (B, S, Hkv, D) and O (B, T, H, D); L stays (B, H, T).
  * - O: (B, H, T, D) = softmax(scale * q k^T + bias, masked) v; L: (B, H, T) the log-sum-exp of the
  *   masked, scaled, biased scores (natural log); a row with no visible key gives O = 0 and L = -inf.
  * - Masks (see {@link AttentionOptions}): causal bottom-right aligned (query i is at key position
@@ -16,12 +17,18 @@
  */
 
 import { record } from "../../runtime/autograd.ts";
+import type { DType } from "../../runtime/dtype.ts";
+import { fmt } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { empty } from "../core/util.ts";
 import {
   type AttentionOptions,
   type AttentionStats,
   bias,
+  headStrides,
+  headsView,
+  type Layout,
+  layoutShape,
   makeStats,
   resolve,
   type Resolved,
@@ -38,12 +45,31 @@ export interface AttentionResult {
   stats: AttentionStats;
 }
 
-/** Reads a 4-D cpu tensor into a contiguous float64 array. */
-function host(t: Tensor): Float64Array {
-  const c = t.contiguous();
+/** Reads a 4-D cpu tensor given in `layout` into a contiguous float64 array in (B, heads, rows, D) order. */
+function host(t: Tensor, layout: Layout = "bhtd"): Float64Array {
+  const view = headsView(t, layout);
+  const c = view.contiguous();
   const out = Float64Array.from(c.storage.data!.subarray(c.offset, c.offset + c.size));
   c.dispose();
+  view.dispose();
   return out;
+}
+
+/** A cpu tensor in `layout` from (B, heads, rows, D)-ordered data `a`. */
+function fromHeads(op: string, a: Float64Array, dims: number[], dtype: DType, layout: Layout): Tensor {
+  const [B, Hn, R, D] = dims;
+  const t = empty(op, layoutShape(layout, B, Hn, R, D), dtype, "cpu");
+  const [sB, sH, sR] = headStrides(t, layout);
+  const out = t.storage.data!;
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < Hn; h++) {
+      for (let i = 0; i < R; i++) {
+        const src = ((b * Hn + h) * R + i) * D, dst = b * sB + h * sH + i * sR;
+        for (let d = 0; d < D; d++) out[dst + d] = a[src + d];
+      }
+    }
+  }
+  return t;
 }
 
 /** The standard model of reference/standard attention: Theta(T D + T S) traffic, 4 T S D FLOPs per head. */
@@ -143,11 +169,11 @@ export function attentionRef(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOpt
   if (q.device !== "cpu") {
     throw new Error(`attentionRef: runs on the cpu; got ${q.describe()} (use await t.to("cpu"))`);
   }
-  const { B, H, T, S, D, Hkv, G } = r;
-  const qd = host(q), kd = host(k), vd = host(v);
-  const o = empty("attentionRef", [B, H, T, D], q.dtype, "cpu");
+  const { B, H, T, S, D, Hkv, G, layout } = r;
+  const qd = host(q, layout), kd = host(k, layout), vd = host(v, layout);
+  const od = new Float64Array(B * H * T * D);
   const lse = empty("attentionRef", [B, H, T], q.dtype, "cpu");
-  const od = o.storage.data!, ld = lse.storage.data!;
+  const ld = lse.storage.data!;
   const p = new Float64Array(S);
   const acc = new Float64Array(D);
   for (let b = 0; b < B; b++) {
@@ -166,6 +192,7 @@ export function attentionRef(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOpt
       }
     }
   }
+  const o = fromHeads("attentionRef", od, [B, H, T, D], q.dtype, layout);
   const stats = standardModel(r, "reference", q.dtype === "f64" ? 8 : 4);
   const out = record("attentionRef", o, [q, k, v], [q, k, v], (g, [qs, ks, vs]) => {
     const grads = attentionRefBackward(g, qs, ks, vs, opts);
@@ -197,14 +224,15 @@ export function attentionRefBackward(
   opts: AttentionOptions = {},
 ): Tensor[] {
   const r = resolve("attentionRefBackward", q, k, v, opts, true);
-  const { B, H, T, S, D, Hkv, G } = r;
-  if (dO.rank !== 4 || dO.shape.some((d, i) => d !== [B, H, T, D][i])) {
-    throw new Error(`attentionRefBackward: dO must be [${B}, ${H}, ${T}, ${D}] like O, got ${dO.describe()}`);
+  const { B, H, T, S, D, Hkv, G, layout } = r;
+  const oShape = layoutShape(layout, B, H, T, D);
+  if (dO.rank !== 4 || dO.shape.some((d, i) => d !== oShape[i])) {
+    throw new Error(`attentionRefBackward: dO must be ${fmt(oShape)} like O, got ${dO.describe()}`);
   }
   if (q.device !== "cpu" || dO.device !== "cpu") {
     throw new Error(`attentionRefBackward: runs on the cpu; got ${q.describe()} and ${dO.describe()}`);
   }
-  const qd = host(q), kd = host(k), vd = host(v), gd = host(dO);
+  const qd = host(q, layout), kd = host(k, layout), vd = host(v, layout), gd = host(dO, layout);
   const dq = new Float64Array(qd.length), dk = new Float64Array(kd.length), dv = new Float64Array(vd.length);
   const p = new Float64Array(S), dp = new Float64Array(S);
   for (let b = 0; b < B; b++) {
@@ -240,10 +268,7 @@ export function attentionRefBackward(
       }
     }
   }
-  const wrap = (a: Float64Array, shape: readonly number[]) => {
-    const t = empty("attentionRefBackward", shape, q.dtype, "cpu");
-    t.storage.data!.set(a);
-    return t;
-  };
-  return [wrap(dq, q.shape), wrap(dk, k.shape), wrap(dv, v.shape)];
+  const wrap = (a: Float64Array, dims: number[]) =>
+    fromHeads("attentionRefBackward", a, dims, q.dtype, layout);
+  return [wrap(dq, [B, H, T, D]), wrap(dk, [B, Hkv, S, D]), wrap(dv, [B, Hkv, S, D])];
 }

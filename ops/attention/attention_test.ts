@@ -257,6 +257,103 @@ describe("attention picks an implementation", () => {
   );
 });
 
+describe('layout "bthd"', () => {
+  /** o and the gradients of attention in "bthd" on (B, T, H, D) inputs, transposed back to (B, H, T, D). */
+  async function bthdRun(
+    fn: typeof s.attention,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    o: AttentionOptions,
+  ) {
+    const leaves = [q, k, v].map((t) => t.transpose(1, 2).contiguous());
+    for (const t of leaves) t.requiresGrad = true;
+    const res = fn(leaves[0], leaves[1], leaves[2], { ...o, layout: "bthd" });
+    res.o.backward(g.transpose(1, 2).contiguous());
+    const out = await Promise.all([res.o, ...leaves.map((t) => t.grad!)].map((t) => arr(t.transpose(1, 2))));
+    for (const t of leaves) t.zeroGrad();
+    return out;
+  }
+  async function bhtdRun(
+    fn: typeof s.attention,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    o: AttentionOptions,
+  ) {
+    const leaves = [q, k, v].map((t) => t.contiguous());
+    for (const t of leaves) t.requiresGrad = true;
+    const res = fn(leaves[0], leaves[1], leaves[2], o);
+    res.o.backward(g);
+    const out = await Promise.all([res.o, ...leaves.map((t) => t.grad!)].map(arr));
+    for (const t of leaves) t.zeroGrad();
+    return out;
+  }
+  const opts: AttentionOptions = { causal: true, keyPadding: [11, 6], alibi: [0.5, 0.25, 0.125, 0.0625] };
+  test(
+    "the reference (and attention on the cpu): values and gradients equal the transposed (B, H, T, D) path",
+    scoped(async () => {
+      const q = rnd([2, 4, 9, 6], 1),
+        k = rnd([2, 2, 11, 6], 2),
+        v = rnd([2, 2, 11, 6], 3),
+        g = rnd([2, 4, 9, 6], 4);
+      for (const fn of [s.attentionRef, s.attention, s.flashAttention, s.standardAttention]) {
+        const a = await bthdRun(fn, q, k, v, g, opts), b = await bhtdRun(fn, q, k, v, g, opts);
+        for (let i = 0; i < 4; i++) assertClose(a[i], b[i], { atol: 0, rtol: 0 });
+      }
+      const [dq] = s.attentionRefBackward(
+        g.transpose(1, 2).contiguous(),
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        { ...opts, layout: "bthd" },
+      );
+      expect(dq.shape).toEqual([2, 9, 4, 6]);
+    }),
+  );
+  test(
+    "standard attention and decode on webgpu",
+    scoped(async () => {
+      requireGpu();
+      const q = await gpu32(rnd([2, 4, 9, 8], 5)), k = await gpu32(rnd([2, 2, 11, 8], 6));
+      const v = await gpu32(rnd([2, 2, 11, 8], 7)), g = await gpu32(rnd([2, 4, 9, 8], 8));
+      const a = await bthdRun(s.standardAttention, q, k, v, g, opts);
+      const b = await bhtdRun(s.standardAttention, q, k, v, g, opts);
+      for (let i = 0; i < 4; i++) assertClose(a[i], b[i], { atol: 0, rtol: 0 });
+      // a single query in (B, 1, H, D) goes to decode, as (B, H, 1, D) does
+      const q1 = q.slice([null, null, [8, 9]]).transpose(1, 2);
+      expect(s.attentionImpl(q1, k.transpose(1, 2), v.transpose(1, 2), { layout: "bthd" })).toBe("decode");
+      const dec = s.attention(q1, k.transpose(1, 2), v.transpose(1, 2), {
+        keyPadding: [11, 6],
+        layout: "bthd",
+      });
+      expect(dec.o.shape).toEqual([2, 1, 4, 8]);
+      const ref = s.attention(q.slice([null, null, [8, 9]]), k, v, { keyPadding: [11, 6] });
+      assertClose(await arr(dec.o), await arr(ref.o.transpose(1, 2)), { atol: 0, rtol: 0 });
+    }),
+  );
+  test(
+    "bad layouts and shapes name the layout",
+    scoped(() => {
+      const q = s.zeros([1, 8, 4, 16], { device: "cpu" }), k = s.zeros([1, 8, 2, 16], { device: "cpu" });
+      for (const fn of [s.attentionRef, s.flashAttention, s.standardAttention, s.attention]) {
+        expect(() => fn(q, k, k, { layout: "bhdt" as "bthd" })).toThrow(
+          'layout must be "bhtd" or "bthd", got "bhdt"',
+        );
+        expect(() => fn(q, k.slice([null, [0, 4]]), k, { layout: "bthd" })).toThrow(
+          "k and v shapes differ: q [1, 8, 4, 16], k [1, 4, 2, 16], v [1, 8, 2, 16] (layout bthd)",
+        );
+        expect(() => fn(q.reshape([8, 4, 16]), k, k, { layout: "bthd" })).toThrow(
+          "q must be 4-D, (B, T, H, D) for q and (B, S, Hkv, D) for k and v (layout bthd); got q [8, 4, 16]",
+        );
+      }
+      expect(s.attentionRef(q, k, k, { layout: "bthd" }).o.shape).toEqual([1, 8, 4, 16]);
+    }),
+  );
+});
+
 describe("IO and FLOP accounting", () => {
   beforeEach(requireGpu);
   test(

@@ -88,6 +88,9 @@ export const FIELDS = [
   "cR:i",
   "spOn",
   "keepOn",
+  "osB",
+  "osH",
+  "osT",
   "pad",
 ] as const;
 
@@ -349,7 +352,7 @@ function stageIn(
 }
 
 /**
- * Writes R staged rows of `src` times `mul` (may use x) to `out` (contiguous rows of u.D), rolled; where
+ * Writes R staged rows of `src` times `mul` (may use x) to `out` (rows of unit D stride from `rowAt`), rolled; where
  * `accumulate` (a WGSL condition) holds, adds to what `out` holds instead.
  */
 function stageOut(
@@ -533,7 +536,7 @@ ${queryMain(WG)}
         "O",
         dtype,
         "oa",
-        `(bh * u.T + q0 + x * ${WG}u + lid.x) * u.D`,
+        `b * u.osB + h * u.osH + (q0 + x * ${WG}u + lid.x) * u.osT`,
         `q0 + x * ${WG}u + lid.x < u.T`,
         // O = acc / l (one rounding; a row without visible keys has acc = 0: divide by 1)
         "select(1.0, la[x], la[x] > 0.0)",
@@ -578,7 +581,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 }
 
 /**
- * bwd-prep v1: per row (bh, i) of contiguous dO and O (B, H, T, D) at offsets x0 and x1: texel (L', D_i)
+ * bwd-prep v1: per row (bh, i) of dO (strided: qOff, qsB..qsD) and O (offset x1, strides osB..osT, unit
+ * D stride): texel (L', D_i)
  * where L' is L, or 3e38 for a row without visible keys (so exp(s - L') is 0). One invocation per row.
  */
 export function prepSource(dtype: DType, layers: number): Source {
@@ -591,8 +595,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         @builtin(num_workgroups) nwg: vec3<u32>) {
   let r = (wid.y * nwg.x + wid.x) * 64u + lid.x;
   if (r >= u.nbh) { return; }
+  let bh = r / u.T; let i = r % u.T; let b = bh / u.H; let h = bh % u.H;
+  let gb = u.qOff + b * u.qsB + h * u.qsH + i * u.qsT; let ob = u.x1 + b * u.osB + h * u.osH + i * u.osT;
   var s = 0.0;
-  for (var d = 0u; d < u.D; d++) { s += f32(dO[u.x0 + r * u.D + d]) * f32(O[u.x1 + r * u.D + d]); }
+  for (var d = 0u; d < u.D; d++) { s += f32(dO[gb + d * u.qsD]) * f32(O[ob + d]); }
   let l = L[r];
   let lp = select(3.0e38, l, l > -3.0e38);
   let loc = trow1(r);
@@ -672,7 +678,7 @@ ${queryMain(8)}
         "dQ",
         dtype,
         "da",
-        `(bh * u.T + q0 + x * 8u + lid.x) * u.D`,
+        `b * u.osB + h * u.osH + (q0 + x * 8u + lid.x) * u.osT`,
         `q0 + x * 8u + lid.x < u.T`,
         "u.scale",
       )
@@ -726,7 +732,7 @@ export function dkdvSource(c: BwdConfig): Source {
       dst,
       out,
       arr,
-      `(bk * u.S + c0 + x * 8u + lid.x) * u.D`,
+      `b * u.osB + hk * u.osH + (c0 + x * 8u + lid.x) * u.osT`,
       `c0 + x * 8u + lid.x < u.S`,
       scale,
       "*",

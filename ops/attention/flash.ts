@@ -32,6 +32,9 @@ import {
   type AttentionOptions,
   type AttentionStats,
   blockTable,
+  headStrides,
+  headsView,
+  layoutShape,
   makeStats,
   resolve,
   type Resolved,
@@ -284,6 +287,12 @@ function maskTexture(op: string, r: Resolved, held: GpuTexture[], temps: Tensor[
   return tex;
 }
 
+/** Uniform strides of an output written by the programs (a fresh tensor in the call's layout, unit D stride). */
+function outStrides(t: Tensor, r: Resolved): { osB: number; osH: number; osT: number } {
+  const [osB, osH, osT] = headStrides(t, r.layout);
+  return { osB, osH, osT };
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // forward
 
@@ -356,7 +365,7 @@ export function flashAttention(
   if (q.dtype === "f64") throw new Error(`${op}: f64 lives on the cpu only`);
   checkLoops(op, `S = ${r.S} keys (4 per iteration)`, Math.ceil(r.S / CH));
   const { B, H, T, D } = r;
-  const o = empty(op, [B, H, T, D], q.dtype, "webgpu");
+  const o = empty(op, layoutShape(r.layout, B, H, T, D), q.dtype, "webgpu");
   const lse = empty(op, [B, H, T], "f32", "webgpu");
   const tab = blockTable(r, t.BR, t.BC);
   const stats = flashForwardStats(r, t, tab, itemSize(q.dtype));
@@ -396,7 +405,9 @@ function runFlashForward(
   const aux = auxTensors(r);
   const tabT = fromArray(tab.table, [tab.table.length], "u32", "webgpu");
   const held: GpuTexture[] = [];
-  const temps: Tensor[] = [tabT];
+  // (B, H, T, D) views of the operands in either layout (strides carry the layout)
+  const [qv, kv, vv] = [q, k, v].map((x) => headsView(x, r.layout));
+  const temps: Tensor[] = [tabT, qv, kv, vv];
   try {
     const bind: Record<string, Binding> = {
       Q: readOf(q),
@@ -407,8 +418,8 @@ function runFlashForward(
     };
     let kpr = 0, x0 = 0, x1 = 0;
     if (t.version === 3) {
-      bind.K = sampledOf(packed(op, "K", k, held));
-      bind.V = sampledOf(packed(op, "V", v, held));
+      bind.K = sampledOf(packed(op, "K", kv, held));
+      bind.V = sampledOf(packed(op, "V", vv, held));
       kpr = keysPerRow(D4);
     } else {
       // v1/v2 read K and V as contiguous vec4 rows: copy when the layout or offset does not allow it
@@ -417,7 +428,7 @@ function runFlashForward(
         if (c !== x) temps.push(c);
         return c;
       };
-      const kc = flat(k), vc = flat(v);
+      const kc = flat(kv), vc = flat(vv);
       bind.K = readOf(kc);
       bind.V = readOf(vc);
       x0 = kc.offset / 4;
@@ -442,11 +453,12 @@ function runFlashForward(
         nkb: tab.nkb,
         BR: t.BR,
         BC: t.BC,
-        qOff: q.offset,
-        qsB: q.strides[0],
-        qsH: q.strides[1],
-        qsT: q.strides[2],
-        qsD: q.strides[3],
+        qOff: qv.offset,
+        qsB: qv.strides[0],
+        qsH: qv.strides[1],
+        qsT: qv.strides[2],
+        qsD: qv.strides[3],
+        ...outStrides(o, r),
         kpr,
         nbh: BH,
         x0,
@@ -566,9 +578,9 @@ function flashBackward(
       ? [{ name: "cast dK, dV", read: 2 * kvRows * D * 4, written: 2 * kvRows * D * bytes, flops: 0 }]
       : []),
   ], { visited: wq.tiles + wk.tiles, skipped: 0 });
-  const dq = empty(op, [B, H, T, D], q.dtype, "webgpu");
-  const dk = empty(op, [B, Hkv, S, D], q.dtype, "webgpu");
-  const dv = empty(op, [B, Hkv, S, D], q.dtype, "webgpu");
+  const dq = empty(op, layoutShape(r.layout, B, H, T, D), q.dtype, "webgpu");
+  const dk = empty(op, layoutShape(r.layout, B, Hkv, S, D), q.dtype, "webgpu");
+  const dv = empty(op, layoutShape(r.layout, B, Hkv, S, D), q.dtype, "webgpu");
   const grads = [dq, dk, dv];
   if (dq.size === 0 && dk.size === 0) return { grads, stats };
   if (T === 0 || S === 0) {
@@ -607,26 +619,41 @@ function recordBackward(
 ): void {
   const op = "flashAttention backward";
   const ctx = gpu();
-  const { B, H, Hkv, S, D } = r;
+  const { B, H, Hkv, D } = r;
   const D4 = Math.ceil(D / 4);
   const layers = layerRows();
   const rows = B * H * r.T;
   const aux = auxTensors(r);
   const tqT = fromArray(tq.table, [tq.table.length], "u32", "webgpu");
   const tkT = fromArray(tk.table, [tk.table.length], "u32", "webgpu");
-  const gc = contiguous(g), oc = contiguous(o);
+  // (B, heads, rows, D) views in either layout; o is the forward's own output (unit D stride)
+  const [qv, kv, vv, gv, ov] = [q, k, v, g, o].map((x) => headsView(x, r.layout));
   const held: GpuTexture[] = [];
-  const temps: Tensor[] = [tqT, tkT, gc, oc];
+  const temps: Tensor[] = [tqT, tkT, qv, kv, vv, gv, ov];
   try {
-    const Qt = packed(op, "Q", q, held), dOt = packed(op, "dO", g, held);
-    const Kt = packed(op, "K", k, held), Vt = packed(op, "V", v, held);
+    const Qt = packed(op, "Q", qv, held), dOt = packed(op, "dO", gv, held);
+    const Kt = packed(op, "K", kv, held), Vt = packed(op, "V", vv, held);
     const LDt = acquirePacked(rows, 1, `${op} L and D`, held);
     ctx.run({
       name: op,
       key: `attention bwd-prep|${q.dtype}|${layers}`,
       source: () => prepSource(q.dtype, layers),
-      bindings: { dO: readOf(gc), O: readOf(oc), L: readOf(lse), out: { texture: LDt, access: "write" } },
-      uniforms: packUniforms({ D, nbh: rows, x0: gc.offset, x1: oc.offset }),
+      bindings: { dO: readOf(g), O: readOf(o), L: readOf(lse), out: { texture: LDt, access: "write" } },
+      uniforms: packUniforms({
+        T: r.T,
+        H,
+        D,
+        nbh: rows,
+        qOff: gv.offset,
+        qsB: gv.strides[0],
+        qsH: gv.strides[1],
+        qsT: gv.strides[2],
+        qsD: gv.strides[3],
+        x1: ov.offset,
+        osB: ov.strides[0],
+        osH: ov.strides[1],
+        osT: ov.strides[2],
+      }),
       workgroups: grid(rows, 64),
     });
     const common: Record<string, Binding> = {
@@ -649,6 +676,7 @@ function recordBackward(
       bindings: { ...common, tab: readOf(tqT), dQ: writeOf(dq) },
       uniforms: packUniforms({
         ...base,
+        ...outStrides(dq, r),
         tabH: tq.heads > 1 ? 1 : 0,
         nqb: tq.nqb,
         nkb: tq.nkb,
@@ -661,8 +689,8 @@ function recordBackward(
     });
     const outType = carry ? "f32" : q.dtype;
     const ck = { dtype: q.dtype, D4, R: bt.Rk, layers, variant, out: outType };
-    const dk32 = carry ? empty(op, [B, Hkv, S, D], "f32", "webgpu") : null;
-    const dv32 = carry ? empty(op, [B, Hkv, S, D], "f32", "webgpu") : null;
+    const dk32 = carry ? empty(op, dk.shape, "f32", "webgpu") : null;
+    const dv32 = carry ? empty(op, dv.shape, "f32", "webgpu") : null;
     if (dk32 && dv32) temps.push(dk32, dv32);
     // query rows in ranges over dispatches (in order in the batch: each sees the one before's writes)
     for (const [i0, i1] of ranges) {
@@ -673,6 +701,7 @@ function recordBackward(
         bindings: { ...common, tab: readOf(tkT), dK: writeOf(dk32 ?? dk), dV: writeOf(dv32 ?? dv) },
         uniforms: packUniforms({
           ...base,
+          ...outStrides(dk, r),
           nbh: B * Hkv,
           tabH: tk.heads > 1 ? 1 : 0,
           nqb: tk.nqb,

@@ -295,6 +295,64 @@ async function flashGrads(q: Tensor, k: Tensor, v: Tensor, g: Tensor, o: Attenti
   return { grads, stats: res.stats.backward! };
 }
 
+/** (B, H, T, D) -> a contiguous (B, T, H, D) copy. */
+const toBthd = (t: Tensor) => t.transpose(1, 2).contiguous();
+
+/**
+ * Flash forward + backward in layout "bthd" on (B, T, H, D) copies and in "bhtd" on the originals (f32
+ * webgpu copies of float64 inputs): O, L and dq, dk, dv must be the same numbers (the programs compute the
+ * same sums; only the addresses differ). `strided` passes q, k, v as transposed views of (B, H, T, D)
+ * tensors and backpropagates o.sum() (an expanded dO), instead of contiguous (B, T, H, D) tensors and g.
+ */
+async function checkLayout(c: Case, opts: AttentionOptions, strided = false): Promise<void> {
+  await s.tidy(async () => {
+    const o = { ...(await onDevice(c.opts())), ...opts };
+    const base = [await gpu32(rnd(c.q, 51)), await gpu32(rnd(c.kv, 52)), await gpu32(rnd(c.kv, 53))];
+    const g = await gpu32(rnd(c.q, 54));
+    const run = (layout: "bhtd" | "bthd") => {
+      const leaves = base.map((t) => (layout === "bhtd" || strided ? t.contiguous() : toBthd(t)));
+      for (const t of leaves) t.requiresGrad = true;
+      const ins = leaves.map((t) => (layout === "bthd" && strided ? t.transpose(1, 2) : t));
+      const res = s.flashAttention(ins[0], ins[1], ins[2], { ...o, layout });
+      if (strided) res.o.sum().backward();
+      else res.o.backward(layout === "bhtd" ? g : toBthd(g));
+      const out = [res.o, res.lse, ...leaves.map((t) => t.grad!.detach())];
+      for (const t of leaves) t.zeroGrad();
+      return out;
+    };
+    const a = run("bhtd"), b = run("bthd");
+    expect(b[0].shape).toEqual([c.q[0], c.q[2], c.q[1], c.q[3]]);
+    for (let i = 0; i < 5; i++) {
+      const name = ["O", "L", "dq", "dk", "dv"][i];
+      const bi = i === 1 || (strided && i > 1) ? b[i] : b[i].transpose(1, 2);
+      expect(await maxErr(bi, a[i]), `${c.name} ${JSON.stringify(opts)}: ${name}`).toBe(0);
+    }
+  });
+}
+
+describe('layout "bthd": q, k, v, o and the gradients in (B, T, H, D)', () => {
+  test("equals the (B, H, T, D) path on transposed copies: v3, every mask", async () => {
+    for (const c of CASES(16)) await checkLayout(c, {});
+  });
+  test("equals the (B, H, T, D) path on transposed copies: v1 and v2", async () => {
+    for (const version of ["v1", "v2"] as const) {
+      for (const c of CASES(32).filter((_, i) => i % 3 === 1)) await checkLayout(c, { version });
+    }
+  });
+  test("strided inputs (transposed views, as a K/V cache is read) and an expanded dO", async () => {
+    for (const c of CASES(16).filter((_, i) => i % 2 === 0)) await checkLayout(c, {}, true);
+  });
+  test("dK/dV over several query-row ranges", async () => {
+    const saved = dkdvLimits.loopBudget;
+    dkdvLimits.loopBudget = 24;
+    try {
+      for (const c of CASES(16).slice(3, 6)) await checkLayout(c, {});
+    } finally {
+      dkdvLimits.loopBudget = saved;
+    }
+  });
+});
+
 // lavapipe stops an invocation's loops after 65535 iterations in all; the dK/dV program loops over G x (its
 // query rows), so the rows are split over dispatches that add to the partial sums
 describe("dK/dV over query-row ranges (the software adapter's loop limit)", () => {

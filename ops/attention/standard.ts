@@ -14,7 +14,7 @@ import { matmul } from "../core/matmul.ts";
 import { sum } from "../core/reduce.ts";
 import { empty, fromArray } from "../core/util.ts";
 import { auxTensors, baseFields, checkLoops, variantOf } from "./attention_gpu.ts";
-import { type AttentionOptions, resolve, type Resolved } from "./attention_options.ts";
+import { type AttentionOptions, resolve, type Resolved, viaHeadsFirst } from "./attention_options.ts";
 import { attentionRef, type AttentionResult, standardBackwardModel, standardModel } from "./attention_ref.ts";
 import { packUniforms, softmaxSource, variantKey } from "./attention_wgsl.ts";
 
@@ -44,6 +44,9 @@ export function standardAttention(
 ): AttentionResult {
   const op = "standardAttention";
   const r = resolve(op, q, k, v, opts, q.device === "cpu");
+  if (r.layout === "bthd") {
+    return viaHeadsFirst(q, k, v, (a, b, c) => standardAttention(a, b, c, { ...opts, layout: "bhtd" }));
+  }
   if (q.device === "cpu") {
     const res = attentionRef(q, k, v, opts);
     res.stats.impl = "reference (standardAttention on cpu)";
