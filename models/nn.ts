@@ -23,7 +23,7 @@ import { param } from "../runtime/autograd.ts";
 import { fmt, type Shape } from "../runtime/shape.ts";
 import { Tensor } from "../runtime/tensor.ts";
 import { full, rand, randn } from "../ops/core/creation.ts";
-import { add, ge, gelu, mul, relu, tanh, where } from "../ops/core/elementwise.ts";
+import { type Activation, add, biasAct, ge, gelu, mul, relu, tanh, where } from "../ops/core/elementwise.ts";
 import { gather } from "../ops/core/layout.ts";
 import { matmul } from "../ops/core/matmul.ts";
 import { layerNorm, rmsNorm } from "../ops/core/rowwise.ts";
@@ -450,8 +450,8 @@ export class Linear extends Module {
     this.bias = o.bias === false ? null : param(bi([outFeatures], { ...base, seed: seedAt(o, 1) }));
   }
 
-  /** x (..., in) -> (..., out). */
-  forward(x: Tensor): Tensor {
+  /** x (..., in) -> (..., out); with `act`, act(x W + b) with the bias and activation in one pass. */
+  forward(x: Tensor, act?: Activation): Tensor {
     if (x.shape[x.rank - 1] !== this.inFeatures) {
       throw new Error(`Linear: input ${x.describe()} does not end in inFeatures ${this.inFeatures}`);
     }
@@ -460,7 +460,7 @@ export class Linear extends Module {
     const x2 = x.rank > 2 ? x.reshape([-1, this.inFeatures]) : x; // (rows, in)
     const y = matmul(x2, this.weight); // (rows, out)
     if (x2 !== x) x2.dispose(); // the graph keeps what backward needs
-    const r = this.bias ? add(y, this.bias) : y;
+    const r = act ? (this.bias ? biasAct(y, this.bias, act) : y[act]()) : this.bias ? add(y, this.bias) : y;
     if (r !== y) y.dispose();
     if (x.rank <= 2) return r;
     const out = r.reshape([...x.shape.slice(0, -1), this.outFeatures]); // (..., out)

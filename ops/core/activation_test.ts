@@ -7,7 +7,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { leakCheck, requireGpu, testOp } from "../../test/helpers.ts";
+import { assertClose, leakCheck, requireGpu, testOp } from "../../test/helpers.ts";
 import { gpu } from "../../runtime/device.ts";
 import { ewOptions } from "./elementwise_wgsl.ts";
 
@@ -207,6 +207,33 @@ describe("biasAct: act(x + bias) in one pass", () => {
     x.zeroGrad();
     b.zeroGrad();
     for (const t of [x, b, g, y!]) t.dispose();
+  });
+
+  test("Linear.forward(x, act) (the TransformerLM MLP): act(forward(x)) to f32 rounding, gradients too", async () => {
+    for (const device of ["cpu", "webgpu"] as const) {
+      if (device === "webgpu") requireGpu();
+      for (const act of ["gelu", "silu", "relu"] as const) {
+        for (const bias of [true, false]) {
+          const fc = new s.Linear(16, 64, { seed: 3, device, bias });
+          const x = s.param(s.randn([2, 8, 16], { seed: 4, device }));
+          const g = s.randn([2, 8, 64], { seed: 5, device });
+          const leaves = [x, ...fc.parameters()];
+          const run = async (fused: boolean) => {
+            const f = () => fused ? fc.forward(x, act) : fc.forward(x)[act]();
+            s.tidy(() => f().backward(g));
+            const vals = await Promise.all(leaves.map((t) => t.grad!.toArray()));
+            leaves.forEach((t) => t.zeroGrad());
+            const y = s.tidy(() => s.noGrad(f));
+            vals.push(await y.toArray());
+            y.dispose();
+            return vals;
+          };
+          const [fused, plain] = [await run(true), await run(false)];
+          fused.forEach((v, i) => assertClose(v, plain[i], { atol: 1e-6, rtol: 1e-5 }));
+          for (const t of [fc, x, g]) t.dispose();
+        }
+      }
+    }
   });
 
   test("bad input names the op and what was wrong", () => {

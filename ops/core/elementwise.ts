@@ -144,6 +144,8 @@ function vec4Plan(
     const s = c.strides[k + 1];
     if (same(s) && off % 4 === 0) return "c";
     if (s.every((x) => x === 0)) return "k";
+    if (vecRun(s, off) && s.every((x, d) => d === rank - 1 || x === 0)) return "r";
+    if (rank === 2 && s[0] === 1 && s[1] === 0) return "q";
     if (vecRun(s, off)) return "v";
     if (aligned && s[rank - 1] === 0) return "s";
     return "g";
@@ -458,7 +460,7 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
 }
 
 /** An activation fused into {@link biasAct}. */
-export type Activation = typeof ACTIVATIONS[number];
+export type Activation = "gelu" | "silu" | "relu";
 
 /**
  * `act(x + bias)` in one pass, x (..., F) and bias (F): a linear layer's bias and its activation without
@@ -474,7 +476,7 @@ export type Activation = typeof ACTIVATIONS[number];
  */
 export function biasAct(x: Tensor, bias: Tensor, act: Activation): Tensor {
   sameDevice("biasAct", x, bias);
-  if (!(ACTIVATIONS as readonly string[]).includes(act)) {
+  if (!ACTIVATIONS.includes(act)) {
     throw new Error(`biasAct: act must be one of ${ACTIVATIONS.join(", ")}, got ${JSON.stringify(act)}`);
   }
   if (!isFloat(x.dtype) || !isFloat(bias.dtype)) {

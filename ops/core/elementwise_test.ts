@@ -229,8 +229,10 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
   // null where v1/v2 serve]
   const CASES: [string, OpInput[], (...xs: Tensor[]) => Tensor, string | null][] = [
     ["contiguous", [[6, 8], [6, 8]], (a, b) => a.mul(b), "ccc"],
-    ["row over the last dim (bias)", [[6, 16], [16]], (a, b) => a.add(b), "cvc"],
-    ["column (per-row scale)", [[6, 16], [6, 1]], (a, b) => a.mul(b), "csc"],
+    ["row over the last dim (bias)", [[2, 3, 16], [16]], (a, b) => a.add(b), "crc"],
+    ["column (per-row scale)", [[2, 3, 16], [2, 3, 1]], (a, b) => a.mul(b), "cqc"],
+    ["rows repeated over a middle dim", [[3, 4, 8], [3, 1, 8]], (a, b) => a.sub(b), "cvc"],
+    ["a column repeated over the first dim", [[3, 4, 8], [4, 1]], (a, b) => a.mul(b), "csc"],
     ["scalar", [[5, 8], []], (a, b) => a.sub(b), "ckc"],
     ["inner dim contiguous, outer permuted", [[4, 3, 8]], (a) => a.permute([1, 0, 2]).exp(), "vc"],
     ["transposed", [[8, 12]], (a) => a.transpose().tanh(), "gc"],
@@ -247,7 +249,7 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
         [6, 1],
       ],
       (c, a, b) => s.where(c, a, b),
-      "vscc",
+      "rqcc",
     ], // mapOp's inputs: a, b, then c
     ["inner dim not a multiple of 4", [[6, 9], [9]], (a, b) => a.add(b), null],
   ];

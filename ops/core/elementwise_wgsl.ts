@@ -34,9 +34,15 @@ export const ewOptions = { vec4: true };
  * - `k` the same element for all (every stride 0): one scalar at `offset`, splatted;
  * - `v` innermost stride 1, offset and outer strides divisible by 4: the vec4 at the decoded index / 4;
  * - `s` innermost stride 0 (a broadcast column): one scalar at the decoded index, splatted;
- * - `g` any other layout: four scalars at the decoded index + j * innermost stride.
+ * - `g` any other layout: four scalars at the decoded index + j * innermost stride;
+ * - `r` a row repeated over the outer dims (a bias: innermost stride 1, the others 0): the vec4 at
+ *   (offset + e mod C) / 4 for element e and innermost dim C, no decode;
+ * - `q` a column over 2-D (strides [1, 0]: a per-row scale): one scalar at offset + e / C, splatted.
+ *
+ * `r` and `q` exist because decoding through the uniform block costs more than the loads it saves (on
+ * lavapipe the block is a storage buffer, read per lane).
  */
-export type V3Kind = "c" | "k" | "v" | "s" | "g";
+export type V3Kind = "c" | "k" | "v" | "s" | "g" | "r" | "q";
 
 /** WGSL expressions of the unary ops over `a` (compute type f32, or the int type for int-safe ops). */
 export const unaryWgsl: Record<string, string> = {
@@ -89,7 +95,7 @@ export const unaryGradFrom: Record<string, "x" | "y"> = {
 };
 
 /** The activations of `biasAct`, each with WGSL functions `<act>_(h)` and `<act>_bwd(g, h)`. */
-export const ACTIVATIONS = ["gelu", "silu", "relu"] as const;
+export const ACTIVATIONS: readonly string[] = ["gelu", "silu", "relu"];
 
 /** WGSL expressions of the binary ops over `a`, `b`. */
 export const binaryWgsl: Record<string, string> = {
@@ -122,12 +128,13 @@ fn rsqrt_(x: f32) -> f32 {
   if (x == 0.0) { return select(inf(), -inf(), (bitcast<u32>(x) & 0x80000000u) != 0u); } // 1/sqrt(-0) = -inf
   return inverseSqrt(x);
 }
-// erf: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7)
-fn erf_(x: f32) -> f32 {
+// erf: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); erf_e takes exp(-x^2) from a caller that shares it
+fn erf_e(x: f32, e: f32) -> f32 {
   let t = 1.0 / (1.0 + 0.3275911 * abs(x));
-  let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+  let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * e;
   return select(y, -y, x < 0.0);
 }
+fn erf_(x: f32) -> f32 { return erf_e(x, exp(-x * x)); }
 // tanh without overflow for large |x|
 fn tanh_(x: f32) -> f32 {
   if (is_nan(x)) { return x; }
@@ -163,8 +170,10 @@ fn relu_(x: f32) -> f32 { return select(x, 0.0, x < 0.0); }
 fn relu_bwd(g: f32, x: f32) -> f32 { return select(0.0, g, x > 0.0); }
 fn gelu_(x: f32) -> f32 { return 0.5 * x * (1.0 + erf_(x * 0.70710678118654752)); }
 fn gelu_bwd(g: f32, x: f32) -> f32 {
-  let xphi = select(x * (exp(x * x * -0.5) * 0.3989422804014327), 0.0, abs(x) > 20.0);
-  return g * (0.5 * (1.0 + erf_(x * 0.70710678118654752)) + xphi);
+  let z = x * 0.70710678118654752;
+  let e = exp(-z * z); // exp(-x^2 / 2): erf's and phi's, one exp for both
+  let xphi = select(x * (e * 0.3989422804014327), 0.0, abs(x) > 20.0);
+  return g * (0.5 * (1.0 + erf_e(z, e)) + xphi);
 }
 fn silu_(x: f32) -> f32 { return x / (1.0 + exp(-x)); }
 fn silu_bwd(g: f32, x: f32) -> f32 {
@@ -239,7 +248,7 @@ export function elementwiseVec4Source(
   tail: boolean,
 ): string {
   const names = ["a", "b", "c"];
-  const vecIn = (k: number) => kinds[k] === "c" || kinds[k] === "v";
+  const vecIn = (k: number) => kinds[k] === "c" || kinds[k] === "v" || kinds[k] === "r";
   const binds = inputs.map((d, k) =>
     `@group(0) @binding(${k + 1}) var<storage, read> in${k}: array<${
       vecIn(k) ? `vec4<${wgslType(d)}>` : wgslType(d)
@@ -255,6 +264,11 @@ export function elementwiseVec4Source(
   const params = inputs.map((_, k) => `${names[k]}: ${computeTypes[k]}`).join(", ");
   const decoded = (k: number) => kinds[k] === "v" || kinds[k] === "s" || kinds[k] === "g";
   const needDecode = inputs.some((_, k) => decoded(k)) || outKind === "v";
+  const inner = kinds.some((k) => k === "r" || k === "q")
+    ? `let inner = U(8u + U(1u) - 1u);
+  let col = (gid * 4u) % inner;
+  let row = (gid * 4u) / inner;`
+    : "";
   const index = inputs.map((_, k) => decoded(k) ? `var i${k} = U(${2 + k}u);` : "").join(" ");
   const decode = needDecode
     ? `${index}
@@ -279,6 +293,10 @@ export function elementwiseVec4Source(
         return `${v}(${ct}(in${k}[U(${2 + k}u)]))`;
       case "s":
         return `${v}(${ct}(in${k}[i${k}]))`;
+      case "r":
+        return `${v}(in${k}[(U(${2 + k}u) + col) >> 2u])`;
+      case "q":
+        return `${v}(${ct}(in${k}[U(${2 + k}u) + row]))`;
       case "g": {
         const st = `U(${16 + 8 * k}u + U(1u) - 1u)`;
         return `${v}(${[0, 1, 2, 3].map((j) => `${ct}(in${k}[i${k} + ${j}u * ${st}])`).join(", ")})`;
@@ -305,6 +323,7 @@ ${computeTypes.includes("f32") ? FLOAT_FNS : intMax}
 fn f(${params}) -> ${oct} { return ${oct}(${expr}); }
 ${flatId(EW_WG)}
   if (gid >= U(0u)) { return; }
+  ${inner}
   ${decode}
   ${loads}
   ${store}out[${at}] = vec4<${ot}>(vec4<${oct}>(${[0, 1, 2, 3].map((j) => lane(`${j}`)).join(", ")}));
