@@ -330,6 +330,19 @@ describe("fused steps", () => {
   }
 
   test(
+    "an f16 group: the fused kernel (f32 math, one rounding per store) stays within f16 rounding of the composed rule",
+    scoped(async () => {
+      requireGpu();
+      if (!gpu().hasF16) throw new Error("this adapter has no shader-f16: the f16 fused step cannot run");
+      for (const [, make] of [MAKE[1], MAKE[4]]) {
+        const fused = await run("webgpu", "f16", (ps) => make(ps, true), [0, 3]);
+        const composed = await run("webgpu", "f16", (ps) => make(ps, false), [0, 3]);
+        fused.params.forEach((p, k) => assertClose(p, composed.params[k], { atol: 4e-3, rtol: 4e-3 }));
+      }
+    }),
+  );
+
+  test(
     "state saved from a fused optimizer and loaded into a fused or composed one continues the same run",
     scoped(async () => {
       requireGpu();
