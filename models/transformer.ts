@@ -206,7 +206,7 @@ export class TransformerBlock extends Module {
     const [B, T, D] = x.shape;
     const a = this.wo.forward(o.reshape([B, T, D])); // (B, T, D)
     const x1 = x.add(a);
-    const m = this.fc2.forward(this.fc1.forward(this.ln2.forward(x1)).gelu()); // (B, T, D)
+    const m = this.fc2.forward(this.fc1.forward(this.ln2.forward(x1), "gelu")); // (B, T, D)
     return x1.add(m);
   }
 
