@@ -197,9 +197,17 @@ describe("layerNorm and rmsNorm", () => {
     })();
   });
 
-  test("rows longer than MAX_LOOP / 4 (composed path): huge and tiny scales, values and gradients", async () => {
-    const D = MAX_LOOP / 4 + 3;
-    for (const [low, high] of [[-3e38, 3e38], [-2e19, 2e19], [-1e-30, 1e-30], [-3, 3]]) {
+  test("rows longer than MAX_LOOP / 4 and MAX_LOOP (composed path): huge and tiny scales, values and gradients", async () => {
+    // D past MAX_LOOP / 4 leaves the fused kernels; past MAX_LOOP the reductions split into chunks too
+    for (
+      const [D, low, high] of [
+        [MAX_LOOP / 4 + 3, -3e38, 3e38],
+        [MAX_LOOP / 4 + 3, -2e19, 2e19],
+        [MAX_LOOP / 4 + 3, -1e-30, 1e-30],
+        [MAX_LOOP / 4 + 3, -3, 3],
+        [MAX_LOOP + 5, -3e38, 3e38],
+      ]
+    ) {
       const x = { shape: [2, D], low, high }, w = { shape: [D], low: -2, high: 2 };
       // dx scales as 1 / sigma; dw sums 2 rows of g xhat, with cancellation in some columns
       const tol = { atol: 1e-4, rtol: 1e-4, gradAtol: Math.max(1e-5 / high, 2 ** -126), gradRtol: 2e-3 };
