@@ -83,13 +83,14 @@ function mapOp(
       const words = u.build();
       words[0] = Math.ceil(out.size / 4); // v3: word 0 counts vec4s, word 6 elements
       words[6] = out.size;
-      const kinds = v3.kinds.join("");
+      const kinds = v3.kinds.join(""), rank = c.shape.length;
       gpu().run({
         name: op,
         key: `v3|${expr}|${dtypes.join(",")}>${outDtype}|${kinds}${v3.out}${v3.tail ? "t" : ""}|${
           computeTypes.join(",")
-        }`,
-        source: () => elementwiseVec4Source(dtypes, outDtype, expr, v3.kinds, v3.out, computeTypes, v3.tail),
+        }|r${rank}`,
+        source: () =>
+          elementwiseVec4Source(dtypes, outDtype, expr, v3.kinds, v3.out, computeTypes, v3.tail, rank),
         inputs: inputs.map((t) => t.storage.buffer!),
         outputs: [out.storage.buffer!],
         uniforms: words,
@@ -101,8 +102,9 @@ function mapOp(
       name: op,
       key: `${expr}|${dtypes.join(",")}>${outDtype}|${contig.map(Number).join("")}${outStrided ? "s" : ""}${
         dst ? "d" : ""
-      }|${computeTypes.join(",")}`,
-      source: () => elementwiseSource(dtypes, outDtype, expr, contig, computeTypes, !!dst, outStrided),
+      }|${computeTypes.join(",")}|r${c.shape.length}`,
+      source: () =>
+        elementwiseSource(dtypes, outDtype, expr, contig, computeTypes, !!dst, outStrided, c.shape.length),
       inputs: inputs.map((t) => t.storage.buffer!),
       outputs: [out.storage.buffer!],
       uniforms: u.build(),

@@ -236,6 +236,8 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
     ["scalar", [[5, 8], []], (a, b) => a.sub(b), "ckc"],
     ["inner dim contiguous, outer permuted", [[4, 3, 8]], (a) => a.permute([1, 0, 2]).exp(), "vc"],
     ["transposed", [[8, 12]], (a) => a.transpose().tanh(), "gc"],
+    ["rank 6, inner dim kept", [[2, 3, 2, 3, 2, 4]], (a) => a.permute([4, 3, 2, 1, 0, 5]).relu(), "vc"],
+    ["rank 6 reversed (v1)", [[2, 3, 2, 3, 2, 4]], (a) => a.permute([5, 4, 3, 2, 1, 0]).relu(), null],
     ["offset not a multiple of 4", [[33]], (a) => a.slice([[1, 33]]).neg(), "gc"],
     ["rows not 4-aligned in storage", [[6, 9]], (a) => a.slice([null, [1, 9]]).abs(), "gc"],
     ["flat, partial last vec4", [[4099], [4099]], (a, b) => a.maximum(b), "ccct"],
@@ -266,7 +268,7 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
         const keys = programKeys(() => fn(...xs));
         const last = keys[keys.length - 1];
         if (kinds === null) expect(last.startsWith("v3|"), last).toBe(false);
-        else expect(last.split("|").at(-2), last).toBe(kinds);
+        else expect(last.split("|").at(-3), last).toBe(kinds);
       } finally {
         xs.forEach((x) => x.dispose());
       }
@@ -282,7 +284,7 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
       const keys = programKeys(() => s.copyInto(dst.slice([null, [cols[0], cols[1]]]), src));
       const last = keys[keys.length - 1];
       if (kinds === null) expect(last.startsWith("v3|"), last).toBe(false);
-      else expect(last.split("|").at(-2), last).toBe(kinds);
+      else expect(last.split("|").at(-3), last).toBe(kinds);
       const want = new Float32Array(48);
       const got = await src.toArray();
       for (let r = 0; r < 4; r++) {

@@ -185,6 +185,22 @@ fn max_(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, is_nan(a) || is
 fn min_(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, is_nan(a) || is_nan(b)); }
 `;
 
+/**
+ * WGSL that decodes flat element `e` through the coalesced shape (words 8..) into index increments: each
+ * target `[variable, word of its strides]` gains coordinate x stride per dim. Unrolled over `rank` (part of
+ * every key): constant uniform indices, one division per dim, none for the outermost (what remains of `e`
+ * is its coordinate); a loop over the rank read from the uniform block cost a third more on lavapipe.
+ */
+function decodeSource(rank: number, e: string, targets: [string, number][]): string {
+  const step = (d: number, c: string) => targets.map(([v, w]) => `${v} += ${c} * U(${w + d}u);`).join(" ");
+  const lines = [`var rem = ${e};`];
+  for (let d = rank - 1; d >= 1; d--) {
+    lines.push(`{ let n = U(${8 + d}u); let q = rem / n; let c = rem - q * n; ${step(d, "c")} rem = q; }`);
+  }
+  if (rank > 0) lines.push(step(0, "rem"));
+  return lines.join("\n  ");
+}
+
 /** Builds the shader for an elementwise op. `contig[k]` marks inputs indexed as `offset + gid`. */
 export function elementwiseSource(
   inputs: DType[],
@@ -192,8 +208,9 @@ export function elementwiseSource(
   expr: string,
   contig: boolean[],
   computeTypes: string[],
-  hasDst = false,
-  outStrided = false,
+  hasDst: boolean,
+  outStrided: boolean,
+  rank: number,
 ): string {
   const names = ["a", "b", "c"];
   const binds = inputs.map((d, k) => binding(k + 1, `in${k}`, d)).join("\n");
@@ -207,16 +224,11 @@ export function elementwiseSource(
     contig[k] ? `let i${k} = U(${2 + k}u) + gid;` : `var i${k} = U(${2 + k}u);`
   )
     .join("\n  ");
-  const decode = needStrided
-    ? `var rem = gid;
-  for (var d = i32(U(1u)) - 1; d >= 0; d--) {
-    let n = U(8u + u32(d));
-    let c = rem % n;
-    rem = rem / n;
-    ${inputs.map((_, k) => contig[k] ? "" : `i${k} += c * U(${16 + 8 * k}u + u32(d));`).join(" ")}
-    ${outStrided ? "io += c * U(40u + u32(d));" : ""}
-  }`
-    : "";
+  const targets: [string, number][] = inputs.flatMap((_, k): [string, number][] =>
+    contig[k] ? [] : [[`i${k}`, 16 + 8 * k]]
+  );
+  if (outStrided) targets.push(["io", 40]);
+  const decode = needStrided ? decodeSource(rank, "gid", targets) : "";
   const loads = inputs.map((_, k) => `let ${names[k]} = ${computeTypes[k]}(in${k}[i${k}]);`).join("\n  ");
   return `${enables(...inputs, out)}${uniformDecl(EW_WORDS)}
 ${binds}
@@ -246,6 +258,7 @@ export function elementwiseVec4Source(
   outKind: "c" | "v",
   computeTypes: string[],
   tail: boolean,
+  rank: number,
 ): string {
   const names = ["a", "b", "c"];
   const vecIn = (k: number) => kinds[k] === "c" || kinds[k] === "v" || kinds[k] === "r";
@@ -265,22 +278,19 @@ export function elementwiseVec4Source(
   const decoded = (k: number) => kinds[k] === "v" || kinds[k] === "s" || kinds[k] === "g";
   const needDecode = inputs.some((_, k) => decoded(k)) || outKind === "v";
   const inner = kinds.some((k) => k === "r" || k === "q")
-    ? `let inner = U(8u + U(1u) - 1u);
+    ? `let inner = U(${8 + rank - 1}u);
   let col = (gid * 4u) % inner;
   let row = (gid * 4u) / inner;`
     : "";
   const index = inputs.map((_, k) => decoded(k) ? `var i${k} = U(${2 + k}u);` : "").join(" ");
+  const targets: [string, number][] = inputs.flatMap((_, k): [string, number][] =>
+    decoded(k) ? [[`i${k}`, 16 + 8 * k]] : []
+  );
+  if (outKind === "v") targets.push(["io", 40]);
   const decode = needDecode
     ? `${index}
   ${outKind === "v" ? "var io = U(5u);" : ""}
-  var rem = gid * 4u;
-  for (var d = i32(U(1u)) - 1; d >= 0; d--) {
-    let n = U(8u + u32(d));
-    let c = rem % n;
-    rem = rem / n;
-    ${inputs.map((_, k) => decoded(k) ? `i${k} += c * U(${16 + 8 * k}u + u32(d));` : "").join(" ")}
-    ${outKind === "v" ? "io += c * U(40u + u32(d));" : ""}
-  }`
+  ${decodeSource(rank, "gid * 4u", targets)}`
     : "";
   const load = (k: number): string => {
     const ct = computeTypes[k], v = `vec4<${ct}>`;
@@ -298,7 +308,7 @@ export function elementwiseVec4Source(
       case "q":
         return `${v}(${ct}(in${k}[U(${2 + k}u) + row]))`;
       case "g": {
-        const st = `U(${16 + 8 * k}u + U(1u) - 1u)`;
+        const st = `U(${16 + 8 * k + rank - 1}u)`;
         return `${v}(${[0, 1, 2, 3].map((j) => `${ct}(in${k}[i${k} + ${j}u * ${st}])`).join(", ")})`;
       }
     }
