@@ -36,7 +36,7 @@ import { fmt } from "../runtime/shape.ts";
 import { full } from "../ops/core/creation.ts";
 import { add, copyInto, div, minimum, mul, sqrt, sub } from "../ops/core/elementwise.ts";
 import { concat } from "../ops/core/layout.ts";
-import { type FusedRule, fusedStep, ruleSlots } from "../ops/core/optim.ts";
+import { fusedClip, type FusedRule, fusedStep, ruleSlots } from "../ops/core/optim.ts";
 import { sum } from "../ops/core/reduce.ts";
 
 // ---------------------------------------------------------------------------------------------------------
@@ -653,7 +653,9 @@ export class AdamW extends Adam {
  * Scales every gradient by min(1, maxNorm / (norm + 1e-6)) where norm is the global L2 norm over all
  * `params`' gradients; returns that norm (before clipping) as a 0-d f32 tensor on the gradients' device,
  * so nothing reads back (read it with `await norm.item()` when logging). Parameters without a gradient
- * are skipped; with none at all it throws. The gradients are replaced by scaled copies.
+ * are skipped; with none at all it throws. The gradients are replaced by scaled copies. On WebGPU
+ * `fused` (default true) computes the norm and the copies with kernels that read several gradients per
+ * dispatch (`fusedClip`); false concatenates every gradient and multiplies each (the reference).
  *
  * @example
  * ```ts
@@ -666,7 +668,11 @@ export class AdamW extends Adam {
  * console.log(await norm.item(), await w.grad!.toArray()); // 5 [0.6, 0.8] (within 1e-6)
  * ```
  */
-export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor {
+export function clipGradNorm(
+  params: Iterable<Tensor>,
+  maxNorm: number,
+  o: { fused?: boolean } = {},
+): Tensor {
   checkPositive("clipGradNorm", "maxNorm", maxNorm);
   const withGrad = [...params].filter((p) => p.grad);
   return noGrad(() => {
@@ -675,6 +681,14 @@ export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor 
     if (devices.size > 1) throw new Error(`clipGradNorm: gradients on several devices (${[...devices]})`);
     const temps: Tensor[] = [];
     const t = (x: Tensor) => (temps.push(x), x);
+    if (devices.has("webgpu") && (o.fused ?? true)) {
+      const r = fusedClip("clipGradNorm", withGrad.map((p) => p.grad!), maxNorm);
+      withGrad.forEach((p, k) => {
+        p.grad!.dispose();
+        p.grad = keep(r.grads[k]);
+      });
+      return r.norm;
+    }
     // one concatenation, one sum of squares (in f32 at least)
     const rows = withGrad.map((p) => {
       const r = t(p.grad!.reshape([-1]));

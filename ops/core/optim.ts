@@ -11,15 +11,20 @@ import { fmt } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { cast, contiguous } from "./elementwise.ts";
 import { type FusedRule, fusedStepRef, ruleSlots } from "./optim_ref.ts";
+import { MAX_LOOP } from "../../runtime/webgpu.ts";
 import {
   fusedStepSource,
+  NORM_WG,
+  normScaleSource,
   OPTIM_GLOBAL_WORDS,
   OPTIM_PER_INVOCATION,
   OPTIM_SLOT_WORDS,
   OPTIM_WG,
+  scaleCopySource,
   type StepVariant,
+  sumSquaresSource,
 } from "./optim_wgsl.ts";
-import { Uniforms } from "./util.ts";
+import { empty, Uniforms } from "./util.ts";
 
 export type { AdamRule, FusedRule, SgdRule } from "./optim_ref.ts";
 export { ruleSlots } from "./optim_ref.ts";
@@ -42,16 +47,87 @@ const UNIFORM_WORDS = OPTIM_GLOBAL_WORDS + MAX_SLOTS * OPTIM_SLOT_WORDS;
 /** The most elements (or vec4s) one slot covers: 65535 workgroups along x. */
 const SLOT_SPAN = 65535 * OPTIM_WG * OPTIM_PER_INVOCATION;
 
+/**
+ * One workgroup row of a multi-buffer dispatch: a range of n elements (vec4s) of one tensor, the buffers
+ * it binds (true: written) and its uniform words given each buffer's binding number.
+ */
 interface Slot {
   n: number;
-  p: GPUBuffer;
-  g: GPUBuffer;
-  pOff: number;
-  gOff: number;
-  sOff: number;
-  first: boolean;
-  c: [number, number, number];
+  bufs: [GPUBuffer, boolean][];
+  words: (u: Uniforms, at: (b: GPUBuffer) => number) => void;
 }
+
+/**
+ * Splits `size` elements at `offsets` (element offsets into each bound buffer) into slots: the part
+ * divisible by 4 as vec4 slots when `vec4` is allowed and every offset is a multiple of 4, the rest as
+ * scalar slots, each at most SLOT_SPAN long. `make(n, w, start)` builds a slot of n units of w elements
+ * starting `start` elements into the tensor.
+ */
+function split(
+  size: number,
+  offsets: number[],
+  vec4: boolean,
+  make: (n: number, w: number, start: number) => Slot,
+  out: { vec: Slot[]; scalar: Slot[] },
+): void {
+  const body = vec4 && offsets.every((o) => o % 4 === 0) ? size - (size % 4) : 0;
+  for (let a = 0; a < body / 4; a += SLOT_SPAN) {
+    out.vec.push(make(Math.min(SLOT_SPAN, body / 4 - a), 4, 4 * a));
+  }
+  for (let a = body; a < size; a += SLOT_SPAN) out.scalar.push(make(Math.min(SLOT_SPAN, size - a), 1, a));
+}
+
+/** One dispatch of slots: its distinct buffers (written ones first), rows and the slots' uniform words. */
+interface Batch {
+  written: GPUBuffer[];
+  read: GPUBuffer[];
+  /** Workgroups along x: the longest slot's. */
+  span: number;
+  /** Workgroup rows: one per slot. */
+  rows: number;
+  words: Uint32Array;
+}
+
+/**
+ * Packs the slots into as few dispatches as the binding limit allows (`reserved` bindings besides the
+ * slots' buffers and the uniform block, which some adapters bind as storage) and MAX_SLOTS rows each.
+ */
+function batches(slots: readonly Slot[], reserved: number): Batch[] {
+  const maxBufs = Math.max(2, (gpu().limits.maxStorageBuffersPerShaderStage ?? 8) - 1 - reserved);
+  const out: Batch[] = [];
+  let i = 0;
+  while (i < slots.length) {
+    const bufs = new Map<GPUBuffer, boolean>(); // buffer -> written
+    const batch: Slot[] = [];
+    for (; i < slots.length && batch.length < MAX_SLOTS; i++) {
+      const extra = new Set(slots[i].bufs.map(([b]) => b).filter((b) => !bufs.has(b))).size;
+      if (batch.length > 0 && bufs.size + extra > maxBufs) break;
+      for (const [b, w] of slots[i].bufs) bufs.set(b, (bufs.get(b) ?? false) || w);
+      batch.push(slots[i]);
+    }
+    const written = [...bufs].filter(([, w]) => w).map(([b]) => b);
+    const read = [...bufs].filter(([, w]) => !w).map(([b]) => b);
+    const index = new Map([...written, ...read].map((b, k) => [b, k]));
+    const u = new Uniforms();
+    let span = 0;
+    for (const s of batch) {
+      const at = u.length;
+      s.words(u, (b) => index.get(b)!);
+      u.padTo(at + OPTIM_SLOT_WORDS);
+      span = Math.max(span, Math.ceil(s.n / (OPTIM_WG * OPTIM_PER_INVOCATION)));
+    }
+    out.push({ written, read, span, rows: batch.length, words: u.build() });
+  }
+  return out;
+}
+
+/** A batch's uniform block: the globals, then its slots, padded to MAX_SLOTS (one pipeline for any count). */
+function uniformsOf(globals: Uniforms, b: Batch): Uint32Array {
+  return new Uniforms().u32(...globals.build()).padTo(OPTIM_GLOBAL_WORDS).u32(...b.words).padTo(UNIFORM_WORDS)
+    .build();
+}
+
+const access = (bufs: GPUBuffer[], a: "read" | "read_write") => bufs.map((buffer) => ({ buffer, access: a }));
 
 /**
  * Applies `rule` with learning rate `lr` to every item: p, and the item's range of each flat state tensor
@@ -152,41 +228,26 @@ function runFused(
   state: readonly Tensor[],
   lr: number,
 ): void {
-  const ctx = gpu();
   const dtype = items[0].p.dtype;
-  // vec4 slots for the 4-aligned part of a parameter (f32 only), scalar slots for the rest
-  const vecSlots: Slot[] = [], scalarSlots: Slot[] = [];
-  const push = (list: Slot[], s: Slot, w: number) => {
-    for (let a = 0; a < s.n; a += SLOT_SPAN) {
-      const n = Math.min(SLOT_SPAN, s.n - a);
-      list.push({ ...s, n, pOff: s.pOff / w + a, gOff: s.gOff / w + a, sOff: s.sOff / w + a });
-    }
-  };
+  const slots = { vec: [] as Slot[], scalar: [] as Slot[] };
   items.forEach(({ p, t, stateOffset }, k) => {
-    const g = grads[k];
-    const base: Slot = {
-      n: p.size,
-      p: p.storage.buffer!,
-      g: g.storage.buffer!,
-      pOff: p.offset,
-      gOff: g.offset,
-      sOff: stateOffset,
-      first: t === 1,
-      c: coefficients(rule, lr, t),
-    };
-    const aligned = dtype === "f32" && p.offset % 4 === 0 && g.offset % 4 === 0 && stateOffset % 4 === 0;
-    const body = aligned ? p.size - (p.size % 4) : 0;
-    if (body > 0) push(vecSlots, { ...base, n: body / 4 }, 4);
-    if (body < p.size) {
-      const r = body;
-      push(scalarSlots, {
-        ...base,
-        n: p.size - r,
-        pOff: base.pOff + r,
-        gOff: base.gOff + r,
-        sOff: base.sOff + r,
-      }, 1);
-    }
+    const g = grads[k], pb = p.storage.buffer!, gb = g.storage.buffer!;
+    const c = coefficients(rule, lr, t);
+    split(p.size, [p.offset, g.offset, stateOffset], dtype === "f32", (n, w, a) => ({
+      n,
+      bufs: [[pb, true], [gb, false]],
+      words: (u, at) =>
+        u.u32(
+          n,
+          at(pb),
+          at(gb),
+          (p.offset + a) / w,
+          (g.offset + a) / w,
+          (stateOffset + a) / w,
+          t === 1 ? 1 : 0,
+        )
+          .f32(...c),
+    }), slots);
   });
   const variant: StepVariant = rule.kind === "adam"
     ? {
@@ -203,50 +264,185 @@ function runFused(
       momentum: rule.momentum > 0,
       nesterov: rule.nesterov,
     };
-  const globals = rule.kind === "adam"
-    ? [rule.beta1, 1 - rule.beta1, rule.beta2, 1 - rule.beta2, rule.eps, rule.weightDecay]
-    : [rule.momentum, 1 - rule.dampening, rule.weightDecay];
-  // the uniform block is a storage binding on some adapters: keep one binding for it, and the state's
-  const maxBufs = Math.max(2, (ctx.limits.maxStorageBuffersPerShaderStage ?? 8) - 1 - state.length);
-  const stateBufs = state.map((s) => ({ buffer: s.storage.buffer!, access: "read_write" as const }));
-  for (const [list, vec4] of [[vecSlots, true], [scalarSlots, false]] as const) {
-    let i = 0;
-    while (i < list.length) {
-      // take slots while their distinct buffers fit the binding limit
-      const bufs = new Map<GPUBuffer, boolean>(); // buffer -> written
-      const batch: Slot[] = [];
-      for (; i < list.length && batch.length < MAX_SLOTS; i++) {
-        const s = list[i];
-        const extra = (bufs.has(s.p) ? 0 : 1) + (bufs.has(s.g) || s.g === s.p ? 0 : 1);
-        if (bufs.size + extra > maxBufs) break;
-        bufs.set(s.p, true);
-        if (!bufs.has(s.g)) bufs.set(s.g, false);
-        batch.push(s);
-      }
-      const written = [...bufs].filter(([, w]) => w).map(([b]) => b);
-      const read = [...bufs].filter(([, w]) => !w).map(([b]) => b);
-      const order = [...written, ...read];
-      const index = new Map(order.map((b, k) => [b, k]));
-      // a fixed-size uniform block (MAX_SLOTS slots): one pipeline serves any number of slots
-      const u = new Uniforms().f32(...globals).padTo(OPTIM_GLOBAL_WORDS);
-      let span = 0;
-      for (const s of batch) {
-        u.u32(s.n, index.get(s.p)!, index.get(s.g)!, s.pOff, s.gOff, s.sOff, s.first ? 1 : 0).f32(...s.c);
-        span = Math.max(span, Math.ceil(s.n / (OPTIM_WG * OPTIM_PER_INVOCATION)));
-      }
-      const nw = written.length, nr = read.length, ns = batch.length;
-      ctx.run({
+  const globals = new Uniforms().f32(
+    ...(rule.kind === "adam"
+      ? [rule.beta1, 1 - rule.beta1, rule.beta2, 1 - rule.beta2, rule.eps, rule.weightDecay]
+      : [rule.momentum, 1 - rule.dampening, rule.weightDecay]),
+  );
+  const stateBufs = access(state.map((s) => s.storage.buffer!), "read_write");
+  for (const [list, vec4] of [[slots.vec, true], [slots.scalar, false]] as const) {
+    for (const b of batches(list, state.length)) {
+      const nw = b.written.length, nr = b.read.length;
+      gpu().run({
         name: op,
         key: `fusedStep|${JSON.stringify(variant)}|${dtype}|${vec4}|${nw}|${nr}`,
         source: () => fusedStepSource(variant, dtype, vec4, nw, nr, MAX_SLOTS),
-        bindings: [
-          ...written.map((buffer) => ({ buffer, access: "read_write" as const })),
-          ...read.map((buffer) => ({ buffer, access: "read" as const })),
-          ...stateBufs,
-        ],
-        uniforms: u.padTo(UNIFORM_WORDS).build(),
-        workgroups: [span, ns, 1],
+        bindings: [...access(b.written, "read_write"), ...access(b.read, "read"), ...stateBufs],
+        uniforms: uniformsOf(globals, b),
+        workgroups: [b.span, b.rows, 1],
       });
     }
+  }
+}
+
+/**
+ * Contiguous views of `ts` in their own dtypes: each tensor itself when already contiguous, else a copy
+ * pushed onto `temps`.
+ */
+function contiguousAll(ts: readonly Tensor[], temps: Tensor[]): Tensor[] {
+  return ts.map((t) => {
+    if (t.isContiguous) return t;
+    const c = contiguous(t);
+    temps.push(c);
+    return c;
+  });
+}
+
+/** Float tensors on WebGPU, for the gradient-norm kernels. */
+function checkGrads(op: string, grads: readonly Tensor[]): void {
+  for (const g of grads) {
+    g.check(op);
+    if (g.device !== "webgpu" || !isFloat(g.dtype)) {
+      throw new Error(`${op}: the fused kernels take float tensors on webgpu, got ${g.describe()}`);
+    }
+  }
+}
+
+/**
+ * clipGradNorm's fused path: the global L2 norm of `grads` (0-d f32) and new contiguous gradients scaled
+ * by min(1, maxNorm / (norm + 1e-6)), in each gradient's dtype. One pass of per-invocation partial sums
+ * of squares over the gradients in place (several per dispatch, as many as the bindings allow), one
+ * workgroup summing them into the norm and the scale, then {@link fusedScaledCopies}. WebGPU only; the
+ * composed clipGradNorm is its reference.
+ *
+ * @example
+ * ```ts
+ * import { fusedClip } from "./optim.ts";
+ * import { tensor } from "seqlab";
+ * const r = fusedClip("clip", [tensor([3, 0], { device: "webgpu" }), tensor([4], { device: "webgpu" })], 1);
+ * console.log(await r.norm.item(), await r.grads[0].toArray()); // 5 [0.6, 0] (within 1e-6)
+ * ```
+ */
+export function fusedClip(
+  op: string,
+  grads: readonly Tensor[],
+  maxNorm: number,
+): { norm: Tensor; grads: Tensor[] } {
+  checkGrads(op, grads);
+  const temps: Tensor[] = [];
+  try {
+    const cs = contiguousAll(grads, temps);
+    const plans: { dtype: Tensor["dtype"]; vec4: boolean; b: Batch }[] = [];
+    for (const dtype of new Set(cs.map((g) => g.dtype))) {
+      const slots = { vec: [] as Slot[], scalar: [] as Slot[] };
+      for (const g of cs.filter((g) => g.dtype === dtype && g.size > 0)) {
+        const buf = g.storage.buffer!;
+        split(g.size, [g.offset], dtype === "f32", (n, w, a) => ({
+          n,
+          bufs: [[buf, false]],
+          words: (u, at) => u.u32(n, at(buf), (g.offset + a) / w),
+        }), slots);
+      }
+      for (const [list, vec4] of [[slots.vec, true], [slots.scalar, false]] as const) {
+        for (const b of batches(list, 1)) plans.push({ dtype, vec4, b });
+      }
+    }
+    const count = plans.reduce((a, { b }) => a + b.rows * b.span * OPTIM_WG, 0);
+    if (count > NORM_WG * (MAX_LOOP / 2)) {
+      throw new Error(`${op}: ${count} partial sums are past the one-workgroup norm pass; use fused: false`);
+    }
+    const partial = empty(op, [Math.max(count, 1)], "f32", "webgpu");
+    temps.push(partial);
+    const ctx = gpu();
+    let base = 0;
+    for (const { dtype, vec4, b } of plans) {
+      const nb = b.read.length;
+      ctx.run({
+        name: op,
+        key: `sumSquares|${dtype}|${vec4}|${nb}`,
+        source: () => sumSquaresSource(dtype, vec4, nb, MAX_SLOTS),
+        bindings: [...access(b.read, "read"), { buffer: partial.storage.buffer!, access: "read_write" }],
+        uniforms: uniformsOf(new Uniforms().u32(b.span, base), b),
+        workgroups: [b.span, b.rows, 1],
+      });
+      base += b.rows * b.span * OPTIM_WG;
+    }
+    const ns = empty(op, [2], "f32", "webgpu"); // [norm, scale]
+    temps.push(ns);
+    ctx.run({
+      name: op,
+      key: "normScale",
+      source: normScaleSource,
+      inputs: [partial.storage.buffer!],
+      outputs: [ns.storage.buffer!],
+      uniforms: new Uniforms().u32(count).f32(maxNorm).build(),
+      workgroups: [1, 1, 1],
+    });
+    const scale = ns.slice([[1, 2]]);
+    temps.push(scale);
+    const scaled = fusedScaledCopies(op, grads, scale);
+    return { norm: ns.slice([0]), grads: scaled };
+  } finally {
+    for (const t of temps) t.dispose();
+  }
+}
+
+/**
+ * New contiguous tensors g * scale for every gradient (scale a 0-d or 1-element f32 tensor on WebGPU),
+ * several gradients per dispatch, in each gradient's dtype (f32 math).
+ *
+ * @example
+ * ```ts
+ * import { fusedScaledCopies } from "./optim.ts";
+ * import { tensor } from "seqlab";
+ * const [a] = fusedScaledCopies("scale", [tensor([1, 2], { device: "webgpu" })], tensor(0.5, { device: "webgpu" }));
+ * console.log(await a.toArray()); // [0.5, 1]
+ * ```
+ */
+export function fusedScaledCopies(op: string, grads: readonly Tensor[], scale: Tensor): Tensor[] {
+  checkGrads(op, grads);
+  scale.check(op);
+  if (scale.device !== "webgpu" || scale.dtype !== "f32" || scale.size !== 1) {
+    throw new Error(`${op}: scale must be one f32 value on webgpu, got ${scale.describe()}`);
+  }
+  const temps: Tensor[] = [];
+  const outs = grads.map((g) => empty(op, g.shape, g.dtype, "webgpu"));
+  try {
+    const cs = contiguousAll(grads, temps);
+    for (const dtype of new Set(cs.map((g) => g.dtype))) {
+      const slots = { vec: [] as Slot[], scalar: [] as Slot[] };
+      cs.forEach((g, k) => {
+        if (g.dtype !== dtype || g.size === 0) return;
+        const gb = g.storage.buffer!, ob = outs[k].storage.buffer!;
+        split(g.size, [g.offset], dtype === "f32", (n, w, a) => ({
+          n,
+          bufs: [[ob, true], [gb, false]],
+          words: (u, at) => u.u32(n, at(gb), (g.offset + a) / w, at(ob), a / w),
+        }), slots);
+      });
+      for (const [list, vec4] of [[slots.vec, true], [slots.scalar, false]] as const) {
+        for (const b of batches(list, 1)) {
+          const nw = b.written.length, nb = nw + b.read.length;
+          gpu().run({
+            name: op,
+            key: `scaleCopy|${dtype}|${vec4}|${nw}|${nb}`,
+            source: () => scaleCopySource(dtype, vec4, nw, nb, MAX_SLOTS),
+            bindings: [
+              ...access(b.written, "read_write"),
+              ...access(b.read, "read"),
+              { buffer: scale.storage.buffer!, access: "read" },
+            ],
+            uniforms: uniformsOf(new Uniforms().u32(scale.offset), b),
+            workgroups: [b.span, b.rows, 1],
+          });
+        }
+      }
+    }
+    return outs;
+  } catch (e) {
+    for (const t of outs) t.dispose();
+    throw e;
+  } finally {
+    for (const t of temps) t.dispose();
   }
 }

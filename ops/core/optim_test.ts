@@ -6,7 +6,7 @@ import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
 import { gpu } from "../../runtime/device.ts";
 import { assertClose, data, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
-import { type FusedRule, fusedStep, ruleSlots } from "./optim.ts";
+import { fusedClip, type FusedRule, fusedStep, ruleSlots } from "./optim.ts";
 import { fusedStepRef } from "./optim_ref.ts";
 
 leakCheck();
@@ -152,6 +152,28 @@ describe("fusedStep", () => {
         /step must be an integer >= 1, got 0/,
       );
       for (const t of [p, g, m]) t.dispose();
+    }),
+  );
+
+  test(
+    "fusedClip: the norm in float64 terms, unclipped below maxNorm, empty and odd-sized gradients, bad input",
+    scoped(async () => {
+      requireGpu();
+      const vals = [data(7, 1, 3), data(0, 2), data(130, 3, 3), data(1, 4, 3)];
+      const gs = vals.map((v) => s.tensor(v, { device: "webgpu" }));
+      const want = Math.sqrt(vals.reduce((a, v) => a + v.reduce((b, x) => b + x * x, 0), 0));
+      for (const maxNorm of [1e6, want / 4]) {
+        const r = fusedClip("clip", gs, maxNorm);
+        assertClose([await r.norm.item()], [want], { atol: 0, rtol: 1e-6 });
+        const k = Math.min(1, maxNorm / (want + 1e-6));
+        for (const [i, g] of r.grads.entries()) {
+          assertClose(await g.toArray(), Array.from(vals[i], (x) => x * k), { atol: 1e-6, rtol: 1e-6 });
+        }
+      }
+      const cpu = s.zeros([2], { device: "cpu" });
+      expect(() => fusedClip("clip", [cpu], 1)).toThrow(
+        /clip: the fused kernels take float tensors on webgpu, got tensor \[2\] f32 on cpu/,
+      );
     }),
   );
 });

@@ -8,6 +8,9 @@
  *   parameters and gradients are bound as up to maxStorageBuffersPerShaderStage buffers picked by a
  *   switch on the slot's buffer number, so no concatenation or copy-back is needed; the state is one flat
  *   tensor per slot name. Replaces a chain of ~12 elementwise ops over concatenated copies.
+ * - clipGradNorm v1, the same slots over the gradients: a sum-of-squares pass (a partial sum per
+ *   invocation), one workgroup summing the partials into the norm and the scale, and a scaled-copy pass;
+ *   replaces a concatenation of every gradient, a multiply per gradient and a chain of scalar ops.
  * @module
  */
 
@@ -51,24 +54,13 @@ export function fusedStepSource(
   nr: number,
   slots: number,
 ): string {
-  const T = vec4 ? "vec4<f32>" : "f32";
   const st = vec4 ? "vec4<f32>" : wgslType(dtype);
   const nb = nw + nr, ns = v.kind === "adam" ? 2 : v.momentum ? 1 : 0;
-  const decls: string[] = [];
-  for (let b = 0; b < nb; b++) {
-    decls.push(
-      `@group(0) @binding(${b + 1}) var<storage, ${b < nw ? "read_write" : "read"}> b${b}: array<${st}>;`,
-    );
-  }
+  const decls = [bufferDecls(dtype, vec4, nw, nb)];
   for (let k = 0; k < ns; k++) {
     decls.push(`@group(0) @binding(${nb + 1 + k}) var<storage, read_write> s${k}: array<${st}>;`);
   }
-  const load = (e: string) => (vec4 || dtype === "f32" ? e : `f32(${e})`);
-  const store = (e: string) => (vec4 || dtype === "f32" ? e : `${st}(${e})`);
-  const cases = (n: number, body: (b: number) => string) =>
-    Array.from({ length: n }, (_, b) => `${b === n - 1 ? "default" : `case ${b}u`}: { ${body(b)} }`).join(
-      "\n    ",
-    );
+  const { load, store } = conversions(dtype, vec4);
   let rule: string;
   if (v.kind === "adam") {
     rule = `var g = g0;${v.l2 ? "\n    g = g0 + p * UF(5u);" : ""}
@@ -96,18 +88,7 @@ export function fusedStepSource(
   }
   return `${enables(dtype)}${uniformDecl(OPTIM_GLOBAL_WORDS + slots * OPTIM_SLOT_WORDS)}
 ${decls.join("\n")}
-fn ld(b: u32, i: u32) -> ${T} {
-  var r: ${T};
-  switch b {
-    ${cases(nb, (b) => `r = ${load(`b${b}[i]`)};`)}
-  }
-  return r;
-}
-fn sto(b: u32, i: u32, x: ${T}) {
-  switch b {
-    ${cases(nw, (b) => `b${b}[i] = ${store("x")};`)}
-  }
-}
+${bufferFns(dtype, vec4, nw, nb)}
 @compute @workgroup_size(${OPTIM_WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let S = ${OPTIM_GLOBAL_WORDS}u + wid.y * ${OPTIM_SLOT_WORDS}u;
@@ -124,6 +105,136 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let g0 = ld(gb, go + i);
     ${rule}
     sto(pb, po + i, q);
+  }
+}`;
+}
+
+/** Loads widen the stored dtype to f32 math; stores narrow it back. */
+function conversions(dtype: DType, vec4: boolean) {
+  const same = vec4 || dtype === "f32";
+  const st = vec4 ? "vec4<f32>" : wgslType(dtype);
+  return {
+    load: (e: string) => (same ? e : `f32(${e})`),
+    store: (e: string) => (same ? e : `${st}(${e})`),
+  };
+}
+
+/** Storage declarations b0 .. b{nb - 1}, the first nw read_write. */
+function bufferDecls(dtype: DType, vec4: boolean, nw: number, nb: number): string {
+  const st = vec4 ? "vec4<f32>" : wgslType(dtype);
+  return Array.from(
+    { length: nb },
+    (_, b) =>
+      `@group(0) @binding(${b + 1}) var<storage, ${b < nw ? "read_write" : "read"}> b${b}: array<${st}>;`,
+  ).join("\n");
+}
+
+/**
+ * ld(b, i) and sto(b, i, x) over the bindings b0 .. b{nb - 1} (the first nw writable), picked by a
+ * switch on the buffer number; the host keeps it the same across a workgroup (one slot per row).
+ */
+function bufferFns(dtype: DType, vec4: boolean, nw: number, nb: number): string {
+  const T = vec4 ? "vec4<f32>" : "f32";
+  const { load, store } = conversions(dtype, vec4);
+  const cases = (n: number, body: (b: number) => string) =>
+    Array.from({ length: n }, (_, b) => `${b === n - 1 ? "default" : `case ${b}u`}: { ${body(b)} }`).join(
+      "\n    ",
+    );
+  const sto = `
+fn sto(b: u32, i: u32, x: ${T}) {
+  switch b {
+    ${cases(nw, (b) => `b${b}[i] = ${store("x")};`)}
+  }
+}`;
+  return `fn ld(b: u32, i: u32) -> ${T} {
+  var r: ${T};
+  switch b {
+    ${cases(nb, (b) => `r = ${load(`b${b}[i]`)};`)}
+  }
+  return r;
+}${nw > 0 ? sto : ""}`;
+}
+
+/**
+ * clipGradNorm pass 1, the sum of squares over the slots of several gradients: invocation lid of
+ * workgroup (x, y) sums the squares of its OPTIM_PER_INVOCATION elements (vec4s) of slot y in f32 into
+ * partial[base + (y * span + x) * OPTIM_WG + lid]. No workgroup barrier: on lavapipe a barrier costs
+ * more than the extra partials. Globals: [span, base]; per slot [n, buf, off] (in vec4s when `vec4`).
+ */
+export function sumSquaresSource(dtype: DType, vec4: boolean, nb: number, slots: number): string {
+  return `${enables(dtype)}${uniformDecl(OPTIM_GLOBAL_WORDS + slots * OPTIM_SLOT_WORDS)}
+${bufferDecls(dtype, vec4, 0, nb)}
+@group(0) @binding(${nb + 1}) var<storage, read_write> partial: array<f32>;
+${bufferFns(dtype, vec4, 0, nb)}
+@compute @workgroup_size(${OPTIM_WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let S = ${OPTIM_GLOBAL_WORDS}u + wid.y * ${OPTIM_SLOT_WORDS}u;
+  let n = U(S);
+  var acc = 0.0;
+  let i0 = wid.x * ${OPTIM_WG * OPTIM_PER_INVOCATION}u + lid;
+  if (i0 < n) {
+    let b = U(S + 1u); let off = U(S + 2u);
+    for (var e = 0u; e < ${OPTIM_PER_INVOCATION}u; e++) {
+      let i = i0 + e * ${OPTIM_WG}u;
+      if (i >= n) { break; }
+      let x = ld(b, off + i);
+      acc += ${vec4 ? "dot(x, x)" : "x * x"};
+    }
+  }
+  partial[U(1u) + (wid.y * U(0u) + wid.x) * ${OPTIM_WG}u + lid] = acc;
+}`;
+}
+
+/** Lanes of clipGradNorm's pass 2 (one workgroup). */
+export const NORM_WG = 256;
+
+/**
+ * clipGradNorm pass 2, one workgroup: norm = sqrt(sum of partial[0 .. count)), each lane summing a
+ * strided share, lane 0 the lanes' sums; writes out = [norm, min(maxNorm / (norm + 1e-6), 1)].
+ * Uniforms: [count, maxNorm (f32)].
+ */
+export function normScaleSource(): string {
+  return `${uniformDecl(4)}
+@group(0) @binding(1) var<storage, read> partial: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+var<workgroup> red: array<f32, ${NORM_WG}>;
+@compute @workgroup_size(${NORM_WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var acc = 0.0;
+  for (var i = lid; i < U(0u); i += ${NORM_WG}u) { acc += partial[i]; }
+  red[lid] = acc;
+  workgroupBarrier();
+  if (lid == 0u) {
+    var s = 0.0;
+    for (var k = 0u; k < ${NORM_WG}u; k++) { s += red[k]; }
+    let norm = sqrt(s);
+    out[0] = norm;
+    out[1] = min(UF(1u) / (norm + 1e-6), 1.0);
+  }
+}`;
+}
+
+/**
+ * clipGradNorm's scaled copies: out = g * scale[U(0)] for the slots of several gradients. Bindings: the
+ * outputs (written, first), the gradients, then scale (f32). Per slot [n, gBuf, gOff, oBuf, oOff].
+ */
+export function scaleCopySource(dtype: DType, vec4: boolean, nw: number, nb: number, slots: number): string {
+  return `${enables(dtype)}${uniformDecl(OPTIM_GLOBAL_WORDS + slots * OPTIM_SLOT_WORDS)}
+${bufferDecls(dtype, vec4, nw, nb)}
+@group(0) @binding(${nb + 1}) var<storage, read> scale: array<f32>;
+${bufferFns(dtype, vec4, nw, nb)}
+@compute @workgroup_size(${OPTIM_WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let S = ${OPTIM_GLOBAL_WORDS}u + wid.y * ${OPTIM_SLOT_WORDS}u;
+  let n = U(S);
+  let i0 = wid.x * ${OPTIM_WG * OPTIM_PER_INVOCATION}u + lid;
+  if (i0 >= n) { return; }
+  let gb = U(S + 1u); let go = U(S + 2u); let ob = U(S + 3u); let oo = U(S + 4u);
+  let c = scale[U(0u)];
+  for (var e = 0u; e < ${OPTIM_PER_INVOCATION}u; e++) {
+    let i = i0 + e * ${OPTIM_WG}u;
+    if (i >= n) { break; }
+    sto(ob, oo + i, ld(gb, go + i) * c);
   }
 }`;
 }
