@@ -22,6 +22,7 @@ import {
   ACTIVATIONS,
   binaryWgsl,
   elementwiseSource,
+  elementwiseTileSource,
   elementwiseVec4Source,
   EW_WG,
   EW_WORDS,
@@ -67,6 +68,7 @@ function mapOp(
   }
   const out = dst ?? empty(op, shape, outDtype, "webgpu");
   if (out.size === 0) return out;
+  const v4 = ewOptions.vec4 && ewOptions.tiles && !dst && inputs.length === 1 && tiles(c, inputs[0].offset);
   const v3 = ewOptions.vec4 ? vec4Plan(c, inputs.map((t) => t.offset), dst) : null;
   const flat = c.strides[0];
   const contig = inputs.map((_, k) => c.strides[k + 1].every((s, d) => s === flat[d]));
@@ -79,6 +81,20 @@ function mapOp(
   u.padTo(EW_WORDS);
   const dtypes = inputs.map((t) => t.dtype);
   return disposeOnThrow(dst ? [] : [out], () => {
+    if (v4) {
+      const words = u.build(), rank = c.shape.length;
+      words[0] = out.size / 16; // v4: word 0 counts 4 x 4 tiles
+      gpu().run({
+        name: op,
+        key: `v4|${expr}|${dtypes[0]}>${outDtype}|${computeTypes[0]}|r${rank}`,
+        source: () => elementwiseTileSource(dtypes[0], outDtype, expr, computeTypes[0], rank),
+        inputs: [inputs[0].storage.buffer!],
+        outputs: [out.storage.buffer!],
+        uniforms: words,
+        workgroups: grid(words[0], EW_WG),
+      });
+      return out;
+    }
     if (v3) {
       const words = u.build();
       words[0] = Math.ceil(out.size / 4); // v3: word 0 counts vec4s, word 6 elements
@@ -112,6 +128,18 @@ function mapOp(
     });
     return out;
   });
+}
+
+/**
+ * Whether v4 (transposed 4 x 4 tiles) serves a one-input op over the coalesced layout `c`: the input runs
+ * contiguously along the output's second-innermost dim (stride 1) and its innermost stride, offset and
+ * outer strides are multiples of 4 (non-zero innermost: a broadcast is v3's), both inner dims multiples of 4.
+ */
+function tiles(c: { shape: number[]; strides: number[][] }, offset: number): boolean {
+  const rank = c.shape.length, s = c.strides[1];
+  if (rank < 2 || c.shape[rank - 1] % 4 !== 0 || c.shape[rank - 2] % 4 !== 0) return false;
+  return s[rank - 2] === 1 && s[rank - 1] !== 0 && offset % 4 === 0 &&
+    s.every((x, d) => d === rank - 2 || x % 4 === 0);
 }
 
 /**

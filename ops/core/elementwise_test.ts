@@ -212,37 +212,53 @@ function programKeys(fn: () => Tensor): string[] {
   return keys;
 }
 
-/** Runs `body` with v3 (vec4) on and then off (v1/v2 over the same cases). */
+/** Runs `body` with every version on: v4 and v3 where they serve, v3 in place of v4, then v1/v2 only. */
 async function bothVersions(body: () => Promise<void>): Promise<void> {
-  for (const vec4 of [true, false]) {
-    ewOptions.vec4 = vec4;
+  for (const [vec4, tiles] of [[true, true], [true, false], [false, false]]) {
+    Object.assign(ewOptions, { vec4, tiles });
     try {
       await body();
     } finally {
-      ewOptions.vec4 = true;
+      Object.assign(ewOptions, { vec4: true, tiles: true });
     }
   }
 }
 
-describe("v3 vec4: every input layout against the reference and v1/v2", () => {
-  // [case, inputs, fn, the v3 load kinds of the inputs, the output's, "t" for a partial last vec4; or
-  // null where v1/v2 serve]
-  const CASES: [string, OpInput[], (...xs: Tensor[]) => Tensor, string | null][] = [
-    ["contiguous", [[6, 8], [6, 8]], (a, b) => a.mul(b), "ccc"],
-    ["row over the last dim (bias)", [[2, 3, 16], [16]], (a, b) => a.add(b), "crc"],
-    ["column (per-row scale)", [[2, 3, 16], [2, 3, 1]], (a, b) => a.mul(b), "cqc"],
-    ["rows repeated over a middle dim", [[3, 4, 8], [3, 1, 8]], (a, b) => a.sub(b), "cvc"],
-    ["a column repeated over the first dim", [[3, 4, 8], [4, 1]], (a, b) => a.mul(b), "csc"],
-    ["scalar", [[5, 8], []], (a, b) => a.sub(b), "ckc"],
-    ["inner dim contiguous, outer permuted", [[4, 3, 8]], (a) => a.permute([1, 0, 2]).exp(), "vc"],
-    ["transposed", [[8, 12]], (a) => a.transpose().tanh(), "gc"],
-    ["rank 6, inner dim kept", [[2, 3, 2, 3, 2, 4]], (a) => a.permute([4, 3, 2, 1, 0, 5]).relu(), "vc"],
-    ["rank 6 reversed (v1)", [[2, 3, 2, 3, 2, 4]], (a) => a.permute([5, 4, 3, 2, 1, 0]).relu(), null],
-    ["offset not a multiple of 4", [[33]], (a) => a.slice([[1, 33]]).neg(), "gc"],
-    ["rows not 4-aligned in storage", [[6, 9]], (a) => a.slice([null, [1, 9]]).abs(), "gc"],
-    ["flat, partial last vec4", [[4099], [4099]], (a, b) => a.maximum(b), "ccct"],
-    ["flat, 3 elements", [[3]], (a) => a.gelu(), "cct"],
-    ["flat view, partial, stride 2", [[14]], (a) => a.slice([[0, 14, 2]]).sigmoid(), "gct"],
+/** The version a program key names, with v3's load kinds: "v4", "v3 crc" or "v1/v2". */
+function versionOf(key: string): string {
+  if (key.startsWith("v4|")) return "v4";
+  if (key.startsWith("v3|")) return `v3 ${key.split("|").at(-3)}`;
+  return "v1/v2";
+}
+
+describe("v3 vec4 and v4 tiles: every input layout against the reference and v1/v2", () => {
+  // [case, inputs, fn, the version: v3 with the load kinds of the inputs, the output's, "t" for a partial
+  // last vec4]
+  const CASES: [string, OpInput[], (...xs: Tensor[]) => Tensor, string][] = [
+    ["contiguous", [[6, 8], [6, 8]], (a, b) => a.mul(b), "v3 ccc"],
+    ["row over the last dim (bias)", [[2, 3, 16], [16]], (a, b) => a.add(b), "v3 crc"],
+    ["column (per-row scale)", [[2, 3, 16], [2, 3, 1]], (a, b) => a.mul(b), "v3 cqc"],
+    ["rows repeated over a middle dim", [[3, 4, 8], [3, 1, 8]], (a, b) => a.sub(b), "v3 cvc"],
+    ["a column repeated over the first dim", [[3, 4, 8], [4, 1]], (a, b) => a.mul(b), "v3 csc"],
+    ["scalar", [[5, 8], []], (a, b) => a.sub(b), "v3 ckc"],
+    ["inner dim contiguous, outer permuted", [[4, 3, 8]], (a) => a.permute([1, 0, 2]).exp(), "v3 vc"],
+    ["transposed", [[8, 12]], (a) => a.transpose().tanh(), "v4"],
+    ["transposed, a batch dim between", [[3, 4, 8, 12]], (a) => a.permute([1, 0, 3, 2]).exp(), "v4"],
+    ["transposed and cast", [[8, 12]], (a) => a.transpose().cast("i32"), "v4"],
+    ["transposed, 6 rows", [[8, 6]], (a) => a.transpose().tanh(), "v3 gc"],
+    [
+      "transposed, offset not a multiple of 4",
+      [[33]],
+      (a) => a.slice([[1, 33]]).reshape([4, 8]).transpose().neg(),
+      "v3 gc",
+    ],
+    ["rank 6, inner dim kept", [[2, 3, 2, 3, 2, 4]], (a) => a.permute([4, 3, 2, 1, 0, 5]).relu(), "v3 vc"],
+    ["rank 6 reversed (v1)", [[2, 3, 2, 3, 2, 4]], (a) => a.permute([5, 4, 3, 2, 1, 0]).relu(), "v1/v2"],
+    ["offset not a multiple of 4", [[33]], (a) => a.slice([[1, 33]]).neg(), "v3 gc"],
+    ["rows not 4-aligned in storage", [[6, 9]], (a) => a.slice([null, [1, 9]]).abs(), "v3 gc"],
+    ["flat, partial last vec4", [[4099], [4099]], (a, b) => a.maximum(b), "v3 ccct"],
+    ["flat, 3 elements", [[3]], (a) => a.gelu(), "v3 cct"],
+    ["flat view, partial, stride 2", [[14]], (a) => a.slice([[0, 14, 2]]).sigmoid(), "v3 gct"],
     [
       "where over three layouts",
       [
@@ -251,11 +267,11 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
         [6, 1],
       ],
       (c, a, b) => s.where(c, a, b),
-      "rqcc",
+      "v3 rqcc",
     ], // mapOp's inputs: a, b, then c
-    ["inner dim not a multiple of 4", [[6, 9], [9]], (a, b) => a.add(b), null],
+    ["inner dim not a multiple of 4", [[6, 9], [9]], (a, b) => a.add(b), "v1/v2"],
   ];
-  for (const [name, inputs, fn, kinds] of CASES) {
+  for (const [name, inputs, fn, version] of CASES) {
     test(name, async () => {
       requireGpu();
       const xs = inputs.map((inp) => {
@@ -266,9 +282,7 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
       });
       try {
         const keys = programKeys(() => fn(...xs));
-        const last = keys[keys.length - 1];
-        if (kinds === null) expect(last.startsWith("v3|"), last).toBe(false);
-        else expect(last.split("|").at(-3), last).toBe(kinds);
+        expect(versionOf(keys[keys.length - 1])).toBe(version);
       } finally {
         xs.forEach((x) => x.dispose());
       }
@@ -278,13 +292,11 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
 
   test("copyInto a strided destination: vec4 stores where rows are 4-aligned", async () => {
     requireGpu();
-    for (const [cols, kinds] of [[[4, 12], "cv"], [[1, 9], null]] as const) {
+    for (const [cols, version] of [[[4, 12], "v3 cv"], [[1, 9], "v1/v2"]] as const) {
       const dst = s.zeros([4, 12], { device: "webgpu" });
       const src = s.randn([4, cols[1] - cols[0]], { seed: 3, device: "webgpu" });
       const keys = programKeys(() => s.copyInto(dst.slice([null, [cols[0], cols[1]]]), src));
-      const last = keys[keys.length - 1];
-      if (kinds === null) expect(last.startsWith("v3|"), last).toBe(false);
-      else expect(last.split("|").at(-3), last).toBe(kinds);
+      expect(versionOf(keys[keys.length - 1])).toBe(version);
       const want = new Float32Array(48);
       const got = await src.toArray();
       for (let r = 0; r < 4; r++) {
@@ -307,6 +319,8 @@ describe("v3 vec4: every input layout against the reference and v1/v2", () => {
       if (!F16) return; // the f16 half of this case needs shader-f16 (named in the test list by F16_NOTE)
       await testOp([{ shape: [4, 8], dtype: "f16" }, { shape: [8], dtype: "f16" }], (x, y) => s.add(x, y));
       await testOp([{ shape: [7], dtype: "f16" }], (x) => s.gelu(x));
+      await testOp([{ shape: [8, 12], dtype: "f16" }], (x) => x.transpose().gelu());
+      await testOp([{ shape: [8, 12], dtype: "i32" }], (x) => x.transpose().neg());
       // no finite differences: a step of 1e-6 vanishes when the float64 reference rounds to f16
       await testOp([[4, 8]], (x) => s.cast(x, "f16"), { gradcheck: false });
     });

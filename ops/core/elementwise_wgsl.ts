@@ -12,6 +12,10 @@
  *   innermost), or a flat op whose last, partial vec4 is stored lane by lane. Each input is loaded by
  *   its kind (see {@link V3Kind}): a vec4 for contiguous runs, one value splatted for broadcasts (a
  *   scalar, a column), four scalars otherwise.
+ * - v4 transposed tiles: one input read across its storage order (a transpose: the two innermost dims
+ *   (R, C) of the output are (C, R) in storage, both multiples of 4): one invocation per 4 x 4 tile reads
+ *   4 vec4 columns and stores 4 vec4 rows, where v3 reads 16 scalars (a transpose then costs about a
+ *   contiguous copy).
  * @module
  */
 
@@ -25,8 +29,11 @@ export const MAX_RANK = 8;
 export const EW_WORDS = 16 + 8 * 4;
 export const EW_WG = 64;
 
-/** Switches the elementwise ops' shader choice; tests turn `vec4` off to run v1/v2 over the same grid. */
-export const ewOptions = { vec4: true };
+/**
+ * Switches the elementwise ops' shader choice; tests turn `vec4` off to run v1/v2 over the same grid, and
+ * `tiles` off to run v3 where v4 would serve.
+ */
+export const ewOptions = { vec4: true, tiles: true };
 
 /**
  * How v3 loads 4 consecutive output elements from an input (or stores them to the output):
@@ -337,6 +344,64 @@ ${flatId(EW_WG)}
   ${decode}
   ${loads}
   ${store}out[${at}] = vec4<${ot}>(vec4<${oct}>(${[0, 1, 2, 3].map((j) => lane(`${j}`)).join(", ")}));
+}`;
+}
+
+/**
+ * Builds the v4 (4 x 4 transposed tiles) shader for one input whose coalesced strides are 1 over dim
+ * rank - 2 and a multiple of 4 over rank - 1 (and the outer dims), with an aligned offset; the output is
+ * contiguous from element offset word 5 (a multiple of 4). Word 0 counts tiles.
+ */
+export function elementwiseTileSource(
+  input: DType,
+  out: DType,
+  expr: string,
+  computeType_: string,
+  rank: number,
+): string {
+  const ot = out === "f16" ? "f16" : out;
+  const oct = computeType(out);
+  const intMax = computeType_ !== "f32"
+    ? `fn max_(a: ${computeType_}, b: ${computeType_}) -> ${computeType_} { return max(a, b); }
+fn min_(a: ${computeType_}, b: ${computeType_}) -> ${computeType_} { return min(a, b); }`
+    : "";
+  const R = `U(${8 + rank - 2}u)`, C = `U(${8 + rank - 1}u)`;
+  const outer: string[] = [];
+  for (let d = rank - 3; d >= 1; d--) {
+    outer.push(`{ let n = U(${8 + d}u); let q = rem / n; i0 += (rem - q * n) * U(${16 + d}u); rem = q; }`);
+  }
+  if (rank > 2) outer.push(`i0 += rem * U(16u);`);
+  const vt = `vec4<${computeType_}>`;
+  return `${enables(input, out)}${uniformDecl(EW_WORDS)}
+@group(0) @binding(1) var<storage, read> in0: array<vec4<${wgslType(input)}>>;
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<${ot}>>;
+${WGSL_MATH}
+${computeType_ === "f32" ? FLOAT_FNS : intMax}
+fn f(a: ${computeType_}) -> ${oct} { return ${oct}(${expr}); }
+fn row(v: ${vt}) -> vec4<${ot}> { return vec4<${ot}>(vec4<${oct}>(f(v.x), f(v.y), f(v.z), f(v.w))); }
+${flatId(EW_WG)}
+  if (gid >= U(0u)) { return; }
+  let c4 = ${C} / 4u;
+  let r4 = ${R} / 4u;
+  let tc = gid % c4;
+  var rem = gid / c4;
+  let tr = rem % r4;
+  rem = rem / r4;
+  let plane = rem; // flat index over the outer dims
+  // input element (outer, row 4 tr, col 4 tc): rows are contiguous in storage, columns stride apart
+  let stride = U(${16 + rank - 1}u);
+  var i0 = U(2u) + tr * 4u + tc * 4u * stride;
+  ${outer.join("\n  ")}
+  let a0 = ${vt}(in0[i0 >> 2u]);
+  let a1 = ${vt}(in0[(i0 + stride) >> 2u]);
+  let a2 = ${vt}(in0[(i0 + 2u * stride) >> 2u]);
+  let a3 = ${vt}(in0[(i0 + 3u * stride) >> 2u]);
+  // a_j holds output column 4 tc + j of rows 4 tr .. 4 tr + 3: transposed into output rows
+  let o = (U(5u) >> 2u) + (plane * ${R} + tr * 4u) * c4 + tc;
+  out[o] = row(${vt}(a0.x, a1.x, a2.x, a3.x));
+  out[o + c4] = row(${vt}(a0.y, a1.y, a2.y, a3.y));
+  out[o + 2u * c4] = row(${vt}(a0.z, a1.z, a2.z, a3.z));
+  out[o + 3u * c4] = row(${vt}(a0.w, a1.w, a2.w, a3.w));
 }`;
 }
 
