@@ -14,7 +14,7 @@ import { matmulRef } from "./matmul_ref.ts";
 import { record } from "../../runtime/autograd.ts";
 import { registerOps } from "../../runtime/tensor_ops.ts";
 import { sumTo } from "./reduce.ts";
-import { matmulV1, matmulV2, matmulV3, TEX_TILES, TILE } from "./matmul_wgsl.ts";
+import { matmulV1, matmulV2, matmulV3, texTile, TILE } from "./matmul_wgsl.ts";
 import { texFits, texHeight, texMatmul } from "./matmul_tex.ts";
 import { empty, sameDevice, Uniforms } from "./util.ts";
 
@@ -164,7 +164,7 @@ export function matmulWith(a: Tensor, b: Tensor, version: MatmulVersion): Tensor
   if (out.size === 0) return out;
   if (device === "webgpu" && (v === "v4" || v === "v5")) {
     if (K > 0) {
-      texMatmul(v, TEX_TILES[v], a, b, out, batchShape, M, N, K);
+      texMatmul(v, texTile(v, batch * M, N), a, b, out, batchShape, M, N, K);
       return out;
     }
     v = "v2"; // K = 0: nothing to pack; v2 writes the zeros

@@ -13,6 +13,7 @@ import {
 } from "../../test/helpers.ts";
 import { type MatmulVersion, matmulWith } from "./matmul.ts";
 import { matmulRef } from "./matmul_ref.ts";
+import { TEX_TILES, texTile } from "./matmul_wgsl.ts";
 
 leakCheck();
 
@@ -104,6 +105,21 @@ describe("matmul: every shader version against the cpu reference", () => {
 
   test("2-D grid", async () => {
     for (const [M, K, N] of GRID) await everyVersion((x, y, mm) => mm(x, y), [M, K], [K, N], { M, K, N });
+  });
+
+  test("v4's register tiles: 16x16, 16x8 and 8x8 each against the reference, with ragged edges", async () => {
+    const CASES = [[1001, 9, 130, "16x16"], [1001, 9, 66, "16x8"], [41, 9, 66, "8x8"], [
+      3,
+      2,
+      1001,
+      "8x8",
+    ]] as const;
+    for (const [M, K, N, want] of CASES) {
+      const t = texTile("v4", M, N);
+      expect(`${t.R}x${t.C}`).toBe(want);
+      await everyVersion((x, y, mm) => mm(x, y), [M, K], [K, N], { M, K, N, seed: 5 });
+    }
+    expect(texTile("v5", 4, 1000)).toBe(TEX_TILES.v5);
   });
 
   test("batch broadcasting: [2, 1, M, K] @ [3, K, N], shared operands, batch of one", async () => {

@@ -194,7 +194,7 @@ export function texMatmul(
         uniforms: u.build(),
         workgroups: role === "A"
           ? [Math.ceil(K4 / PACK_GROUP), blocks * RB, zs]
-          : [(blocks * CB) / PACK_GROUP, 4 * K4, zs],
+          : [Math.ceil((blocks * CB) / PACK_GROUP), 4 * K4, zs],
       });
     };
 

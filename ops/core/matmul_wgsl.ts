@@ -150,6 +150,29 @@ export const TEX_TILES: Record<"v4" | "v5", TexTile> = {
   v5: { R: 4, C: 16, WX: 8, WY: 2 },
 };
 
+/** v4's narrower tiles, for products too narrow or too small to fill the adapter with 16x16 ones. */
+export const V4_NARROW: readonly TexTile[] = [
+  { R: 16, C: 8, WX: 8, WY: 2 },
+  { R: 8, C: 8, WX: 8, WY: 2 },
+];
+
+/** Invocations a product should have before a larger register tile is worth it (16 lanes, x32). */
+const FILL = 512;
+
+/**
+ * The register tile v4 uses for an (M x N) output (M counting every batch's rows): 16x16 when the
+ * workgroup's 128 columns are not mostly padding (N >= 128) and there are FILL invocations; else 16x8
+ * (64 columns per workgroup) with FILL invocations; else 8x8. Measured on lavapipe at the LM training
+ * shapes: (2048 x 64) = (2048 x 256) @ (256 x 64) 5.7 -> 2.9 ms with 16x8, (128 x 256) with K 2048 (a
+ * weight gradient) 17 -> 4.8 ms with 8x8. v5 keeps its tile.
+ */
+export function texTile(version: "v4" | "v5", M: number, N: number): TexTile {
+  if (version === "v5") return TEX_TILES.v5;
+  const inv = (t: TexTile) => Math.ceil(M / t.R) * Math.ceil(N / t.C);
+  if (N >= 128 && inv(TEX_TILES.v4) >= FILL) return TEX_TILES.v4;
+  return inv(V4_NARROW[0]) >= FILL ? V4_NARROW[0] : V4_NARROW[1];
+}
+
 /**
  * Packed operand layout of v4/v5: one rgba32f texel holds 4 consecutive k of a row of A, or 4 consecutive
  * columns of a row of B. Each layer holds one block of the operand:
@@ -253,7 +276,8 @@ export function matmulPack(src: DType, role: "A" | "B", block: number): string {
     ? `if (g.x >= U(6u)) { return; }
   let blk = g.y / ${block}u; let r = g.y; let c = g.x * 4u;
   let at = vec2<u32>(g.x, g.y % ${block}u);`
-    : `let blk = g.x / ${block}u; let r = g.y; let c = g.x * 4u;
+    : `if (g.x >= U(5u) * ${block}u) { return; }
+  let blk = g.x / ${block}u; let r = g.y; let c = g.x * 4u;
   let at = vec2<u32>(g.x % ${block}u, g.y);`;
   return `// matmul pack ${role}
 ${enables(src)}${uniformDecl(PACK_UNIFORM_WORDS)}
