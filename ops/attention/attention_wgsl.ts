@@ -27,6 +27,9 @@
  * (never touched: causal upper triangle, outside the window, zero sparse block), FULL (no mask work) or
  * PARTIAL (per-element mask), and the online softmax runs over chunks of 4 keys.
  *
+ * Every program without a barrier reads its uniform block once into a private copy (see
+ * {@link privateUniforms}): the masks' per-(row, key) uniform reads had cost more than the arithmetic.
+ *
  * Other programs:
  * - pack v1: a strided (n0, n1, n2, D) view into a texture of D / 4 texels per row (zero-padded).
  * - bwd-prep v1: per row, L and D_i = rowsum(dO * O) into a texture.
@@ -178,6 +181,19 @@ fn vis(hs: u32, i: u32, j: u32) -> bool {
   ${look}
   return ok;
 }`;
+}
+
+/**
+ * Reads the uniform block once per invocation into a private copy `U` and points every `u.` at it: on
+ * lavapipe the block is a storage binding (see runtime/webgpu.ts), and a storage read is a per-lane loop
+ * with a bounds check that LLVM does not hoist out of the key loop, so the mask predicate's six reads per
+ * (row, key) cost more than the arithmetic. Programs with a barrier (flash v2, decode) keep `u`: the
+ * uniformity analysis must see their loop bounds as uniform.
+ */
+function privateUniforms(keep: boolean, code: string): string {
+  if (keep) return code;
+  const out = code.replace(/\bu\./g, "U.").replace(/(fn main\([^{]*\{)/, "$1\n  U = u;");
+  return out.replace("var<uniform> u: Uni;", "var<uniform> u: Uni;\nvar<private> U: Uni;");
 }
 
 const NEG = "-1.0e30";
@@ -521,7 +537,9 @@ var<workgroup> wstate: u32;`
   const qRow = `u.qOff + b * u.qsB + h * u.qsH + min(q0 + x * ${WG}u + lid.x, u.T - 1u) * u.qsT`;
   return {
     bindings: b.names,
-    code: `${flashPrelude(`flash forward v${version}`, dtype, b, D4, c.layers, v, tile)}
+    code: privateUniforms(
+      version === 2,
+      `${flashPrelude(`flash forward v${version}`, dtype, b, D4, c.layers, v, tile)}
 ${queryMain(WG)}
   ${stageIn(R, D4, "Q", "qa", qRow, "u.qsD", " * u.scale")}
   ${init}
@@ -531,23 +549,24 @@ ${queryMain(WG)}
   ${fin}
   if (!inRange) { return; }
   ${
-      stageOut(
-        D4,
-        "O",
-        dtype,
-        "oa",
-        `b * u.osB + h * u.osH + (q0 + x * ${WG}u + lid.x) * u.osT`,
-        `q0 + x * ${WG}u + lid.x < u.T`,
-        // O = acc / l (one rounding; a row without visible keys has acc = 0: divide by 1)
-        "select(1.0, la[x], la[x] > 0.0)",
-        "/",
-      )
-    }
+        stageOut(
+          D4,
+          "O",
+          dtype,
+          "oa",
+          `b * u.osB + h * u.osH + (q0 + x * ${WG}u + lid.x) * u.osT`,
+          `q0 + x * ${WG}u + lid.x < u.T`,
+          // O = acc / l (one rounding; a row without visible keys has acc = 0: divide by 1)
+          "select(1.0, la[x], la[x] > 0.0)",
+          "/",
+        )
+      }
   for (var x = 0u; x < u.nR; x++) {
     let row = q0 + x * ${WG}u + lid.x;
     if (row < u.T) { L[bh * u.T + row] = select(${NEG_INF}, ma[x] + log(la[x]), la[x] > 0.0); }
   }
 }`,
+    ),
   };
 }
 
@@ -560,7 +579,9 @@ export function packSource(dtype: DType, D4: number, layers: number): Source {
   const b = new Bindings().storage("X", dtype).target("out");
   return {
     bindings: b.names,
-    code: `${header("pack v1", dtype, b, texRowFn(D4, layers))}
+    code: privateUniforms(
+      false,
+      `${header("pack v1", dtype, b, texRowFn(D4, layers))}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -577,6 +598,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let loc = trow(r, u.kpr);
   textureStore(out, vec2<i32>(loc.x + i32(i), loc.y), loc.z, val);
 }`,
+    ),
   };
 }
 
@@ -589,7 +611,9 @@ export function prepSource(dtype: DType, layers: number): Source {
   const b = new Bindings().storage("dO", dtype).storage("O", dtype).storage("L", "f32").target("out");
   return {
     bindings: b.names,
-    code: `${header("bwd-prep v1", dtype, b, texRowFn(1, layers))}
+    code: privateUniforms(
+      false,
+      `${header("bwd-prep v1", dtype, b, texRowFn(1, layers))}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -604,6 +628,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let loc = trow1(r);
   textureStore(out, vec2<i32>(loc.x, loc.y), loc.z, vec4<f32>(lp, s, 0.0, 0.0));
 }`,
+    ),
   };
 }
 
@@ -665,7 +690,9 @@ export function dqSource(c: BwdConfig): Source {
   ${dims.map((i) => `var dq${x}_${i} = vec4<f32>(0.0);`).join(" ")}`;
   return {
     bindings: b.names,
-    code: `${flashPrelude("bwd-dq v1", dtype, b, D4, c.layers, v)}
+    code: privateUniforms(
+      false,
+      `${flashPrelude("bwd-dq v1", dtype, b, D4, c.layers, v)}
 ${queryMain(8)}
   ${rows.map(load).join("\n  ")}
   ${keyRange(v)}
@@ -673,17 +700,18 @@ ${queryMain(8)}
   ${fromRegs(R, D4, "da", "dq")}
   if (!inRange) { return; }
   ${
-      stageOut(
-        D4,
-        "dQ",
-        dtype,
-        "da",
-        `b * u.osB + h * u.osH + (q0 + x * 8u + lid.x) * u.osT`,
-        `q0 + x * 8u + lid.x < u.T`,
-        "u.scale",
-      )
-    }
+        stageOut(
+          D4,
+          "dQ",
+          dtype,
+          "da",
+          `b * u.osB + h * u.osH + (q0 + x * 8u + lid.x) * u.osT`,
+          `q0 + x * 8u + lid.x < u.T`,
+          "u.scale",
+        )
+      }
 }`,
+    ),
   };
 }
 
@@ -740,7 +768,9 @@ export function dkdvSource(c: BwdConfig): Source {
     );
   return {
     bindings: b.names,
-    code: `${flashPrelude("bwd-dkdv v2", out, b, D4, c.layers, v)}
+    code: privateUniforms(
+      false,
+      `${flashPrelude("bwd-dkdv v2", out, b, D4, c.layers, v)}
 @compute @workgroup_size(8)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let bk = u.bh0 + wid.y + wid.z * 65535u;
@@ -777,6 +807,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   ${store("ka", "dK", "u.scale")}
   ${store("va", "dV", "1.0")}
 }`,
+    ),
   };
 }
 
@@ -795,7 +826,9 @@ export function softmaxSource(v: Variant): Source {
   const score = `var s = Sc[base + j] * u.scale;${v.alibi ? ` ${alibiBias("s", "i", "j")}` : ""}`;
   return {
     bindings: b.names,
-    code: `${header("softmax v1 (standard)", "f32", b, visFn("storage"))}
+    code: privateUniforms(
+      false,
+      `${header("softmax v1 (standard)", "f32", b, visFn("storage"))}
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -829,6 +862,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   }
   L[bh * u.T + i] = select(${NEG_INF}, m + log(z), z > 0.0);
 }`,
+    ),
   };
 }
 
