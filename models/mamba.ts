@@ -211,14 +211,17 @@ export class Mamba<S extends boolean = true> extends Module {
       throw new Error(`Mamba: x must be (B, L, D) with D = ${D}, got ${x.describe()}`);
     }
     return tidy(() => {
-      const xz = this.inProj.forward(x).transpose(1, 2); // (B, 2 ED, L)
-      const xi = xz.slice([null, [0, ED]]), z = xz.slice([null, [ED, 2 * ED]]); // (B, ED, L) each
-      const conv = causalConv1d(xi, this.convWeight, {
-        bias: this.convBias,
-        activation: "silu",
-        returnFinalState: true,
-      });
-      const xc = conv[0]; // (B, ED, L)
+      // (B, L, 2 ED) activations stay channels-last: the conv and the scan read x, z, delta, B and C
+      // through their strides and store xc and y as (B, L, ED), so no transposing or splitting copies
+      // sliced before the transpose: the slices' gradients land in a (B, L, 2 ED) buffer in_proj reads as is
+      const xz = this.inProj.forward(x); // (B, L, 2 ED)
+      const xi = xz.slice([null, null, [0, ED]]).transpose(1, 2); // (B, ED, L), a view
+      const z = xz.slice([null, null, [ED, 2 * ED]]).transpose(1, 2); // (B, ED, L), a view
+      const co = { bias: this.convBias, activation: "silu" as const, channelsLast: true };
+      const conv = withState
+        ? causalConv1d(xi, this.convWeight, { ...co, returnFinalState: true })
+        : [causalConv1d(xi, this.convWeight, co)];
+      const xc = conv[0]; // (B, ED, L), channels-last
       let dt: Tensor, Bm: Tensor, Cm: Tensor, dtBias: Tensor | null;
       if (this.xProj && this.dtProj) {
         const xdbl = this.xProj.forward(xc.transpose(1, 2)); // (B, L, R + 2N)
@@ -231,16 +234,12 @@ export class Mamba<S extends boolean = true> extends Module {
         dt = zeros(xc.shape, { device: xc.device, dtype: xc.dtype }); // (B, ED, L)
         [Bm, Cm, dtBias] = [this.B!, this.C!, this.dtBias];
       }
-      const [y, last] = selectiveScan(xc, dt, this.A(), Bm, Cm, {
-        ...this.#scan,
-        D: this.D,
-        z,
-        deltaBias: dtBias,
-        deltaSoftplus: true,
-        returnLastState: true,
-      }); // (B, ED, L), (B, ED, N)
+      const so = { ...this.#scan, D: this.D, z, deltaBias: dtBias, deltaSoftplus: true, channelsLast: true };
+      const [y, last] = withState
+        ? selectiveScan(xc, dt, this.A(), Bm, Cm, { ...so, returnLastState: true })
+        : [selectiveScan(xc, dt, this.A(), Bm, Cm, so), null]; // (B, ED, L) channels-last, (B, ED, N)
       const out = this.outProj.forward(y.transpose(1, 2)); // (B, L, D)
-      return withState ? { y: out, state: { conv: conv[1], ssm: last } } : { y: out };
+      return withState ? { y: out, state: { conv: conv[1], ssm: last! } } : { y: out };
     });
   }
 

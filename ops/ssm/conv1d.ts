@@ -9,9 +9,9 @@ import { gpu } from "../../runtime/device.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
-import { isGradEnabled, record } from "../../runtime/autograd.ts";
+import { isGradEnabled, noGrad, record } from "../../runtime/autograd.ts";
 import { zeros } from "../core/creation.ts";
-import { add, contiguous, mul, silu } from "../core/elementwise.ts";
+import { add, contiguous, mul, sigmoid, silu, sub } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
 import { sum } from "../core/reduce.ts";
 import { empty, fromArray, Uniforms } from "../core/util.ts";
@@ -22,10 +22,15 @@ import {
   CONV_WG,
   convBwdDwV1,
   convBwdDxV1,
+  convBwdReduceV2,
+  convBwdV2,
   convFwdV1,
   convFwdV2,
+  convFwdV3,
+  convV3Key,
 } from "./conv1d_wgsl.ts";
 import { convStepV1, STEP_WG } from "./step_wgsl.ts";
+import { channelsLastView, newSeq, seqVec4, seqWords, toLayout } from "./seq_layout.ts";
 
 /** Options of {@link causalConv1d}. */
 export interface CausalConv1dOptions {
@@ -37,8 +42,17 @@ export interface CausalConv1dOptions {
   activation?: "silu" | null;
   /** Also return the state after the last input (B, D, W - 1), to continue with {@link causalConv1dStep}. */
   returnFinalState?: boolean;
-  /** WebGPU forward version: "v1" any width, "v2" unrolled for W <= 8, "auto" (default) v2 when it can. */
-  version?: "auto" | "v1" | "v2";
+  /**
+   * Store the output (and x's gradient) channels-last: (B, D, L) views of (B, L, D) buffers, whose
+   * `.transpose(1, 2)` is contiguous (Mamba's (B, L, D) activations need no transposing copy). Default false.
+   * x itself may be any strided view in either case: it is read through its strides.
+   */
+  channelsLast?: boolean;
+  /**
+   * WebGPU forward version: "v1" any width, "v2" unrolled for W <= 8, "v3" W <= 8 with strided operands
+   * and the SiLU fused, "auto" (default) v3 when it can, else v1. The backward runs bwd v2 for W <= 8.
+   */
+  version?: "auto" | "v1" | "v2" | "v3";
 }
 
 function check(op: string, x: Tensor, w: Tensor, bias?: Tensor | null, state?: Tensor | null) {
@@ -83,19 +97,79 @@ const host = (t: Tensor | null | undefined) => {
   return a;
 };
 
-/** The forward without recording. */
-function forward(x: Tensor, w: Tensor, b: Tensor | null, st: Tensor | null, version: string): Tensor {
+/** Steps per chunk of fwd v3 / bwd v2 at most: (TC + W) steps with 4-lane stores stay under the loop limit. */
+const CONV_V3_MAX_T = 4096;
+
+/** (chunks, TC) of fwd v3 / bwd v2: ~2048 invocations (16 steps or more each) to keep lavapipe busy. */
+function v3Chunks(Bn: number, D: number, L: number): { chunks: number; TC: number; D4: number } {
+  const D4 = Math.ceil(D / 4);
+  let chunks = Math.max(1, Math.min(Math.ceil(L / 16), Math.ceil(2048 / Math.max(1, Bn * D4))));
+  chunks = Math.max(chunks, Math.ceil(L / CONV_V3_MAX_T));
+  const TC = Math.max(1, Math.ceil(L / chunks));
+  return { chunks: Math.max(1, Math.ceil(L / TC)), TC, D4 };
+}
+
+/** A float64 (B, D, L) host result as a tensor, channels-last (see {@link newSeq}) or contiguous. */
+function hostSeq(
+  a: Float64Array,
+  [Bn, D, L]: readonly number[],
+  dtype: Tensor["dtype"],
+  cl: boolean,
+): Tensor {
+  if (!cl) return fromArray(a, [Bn, D, L], dtype, "cpu");
+  const t = new Float64Array(a.length);
+  for (let b = 0; b < Bn; b++) {
+    for (let d = 0; d < D; d++) for (let l = 0; l < L; l++) t[(b * L + l) * D + d] = a[(b * D + d) * L + l];
+  }
+  return channelsLastView(fromArray(t, [Bn, L, D], dtype, "cpu"));
+}
+
+/** What {@link forward} and {@link backward} take beyond the tensors. */
+interface ConvPlan {
+  version: string;
+  silu: boolean;
+  channelsLast: boolean;
+}
+
+/**
+ * The forward without recording: silu(conv) when `silu` (fwd v3 fuses it; v1 and v2 apply it after),
+ * in the layout asked for.
+ */
+function forward(x: Tensor, w: Tensor, b: Tensor | null, st: Tensor | null, p: ConvPlan): Tensor {
   const { Bn, D, L, W } = check("causalConv1d", x, w, b, st);
   if (x.device === "cpu") {
-    return fromArray(
-      causalConv1dRef(host(x)!, x.shape, host(w)!, W, host(b), host(st)),
-      x.shape,
-      x.dtype,
-      "cpu",
-    );
+    const r = causalConv1dRef(host(x)!, x.shape, host(w)!, W, host(b), host(st), p.silu ? "silu" : null);
+    return hostSeq(r, x.shape, x.dtype, p.channelsLast);
   }
   if (x.dtype !== "f32") throw new Error(`causalConv1d: WebGPU computes in f32, got ${x.describe()}`);
-  const v2 = version === "v2" || (version === "auto" && W <= CONV_V2_MAX_W);
+  const version = p.version === "auto" ? (W <= CONV_V2_MAX_W ? "v3" : "v1") : p.version;
+  if (version === "v3") {
+    const out = newSeq("causalConv1d", x.shape, p.channelsLast);
+    // W = 1: the state is empty, and a binding the shader never reads would be left out of its layout
+    const [wc, bc, sc] = [w, b, W > 1 ? st : null].map((t) => (t ? contiguous(t) : null));
+    try {
+      const { chunks, TC, D4 } = v3Chunks(Bn, D, L);
+      const v = { W, hasBias: !!b, hasState: !!sc, silu: p.silu };
+      const xv = seqVec4(x), ov = seqVec4(out);
+      gpu().run({
+        name: "causalConv1d",
+        key: `v3|${convV3Key(v, xv, ov)}`,
+        source: () => convFwdV3(v, xv, ov),
+        inputs: [x, wc, bc, sc].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
+        outputs: [out.storage.buffer!],
+        uniforms: new Uniforms().u32(Bn, D, L, D4, chunks, TC, wc!.offset, bc?.offset ?? 0, sc?.offset ?? 0)
+          .u32(...seqWords(x), ...seqWords(out)).padTo(20).build(),
+        workgroups: grid(Bn * D4 * chunks, CONV_WG),
+      });
+    } catch (e) {
+      out.dispose();
+      throw e;
+    } finally {
+      for (const t of [wc, bc, sc]) t?.dispose();
+    }
+    return out;
+  }
+  const v2 = version === "v2";
   const out = empty("causalConv1d", x.shape, "f32", "webgpu");
   const [xc, wc, bc, sc] = [x, w, b, st].map((t) => (t ? contiguous(t) : null));
   try {
@@ -125,21 +199,113 @@ function forward(x: Tensor, w: Tensor, b: Tensor | null, st: Tensor | null, vers
   } finally {
     for (const t of [xc, wc, bc, sc]) t?.dispose();
   }
-  return out;
+  if (!p.silu) return toLayout(out, p.channelsLast);
+  const a = noGrad(() => silu(out));
+  out.dispose();
+  return toLayout(a, p.channelsLast);
 }
 
-/** Gradients (dx, dweight, dbias, dstate) for the output gradient g. */
-function backward(g: Tensor, x: Tensor, w: Tensor, st: Tensor | null): Tensor[] {
-  const [Bn, D, L] = x.shape, W = w.shape[1];
+/**
+ * Gradients (dx, dweight, dbias, dstate) for the output gradient g (of silu(conv) when `silu`); dx in
+ * the layout asked for.
+ */
+function backward(
+  g: Tensor,
+  x: Tensor,
+  w: Tensor,
+  b: Tensor | null,
+  st: Tensor | null,
+  p: ConvPlan,
+): Tensor[] {
+  const [Bn, D] = x.shape, W = w.shape[1];
   if (x.device === "cpu") {
-    const r = causalConv1dBackwardRef(host(g)!, host(x)!, x.shape, host(w)!, W, host(st));
+    const act = p.silu ? "silu" : null;
+    const r = causalConv1dBackwardRef(host(g)!, host(x)!, x.shape, host(w)!, W, host(st), host(b), act);
     return [
-      fromArray(r.dx, x.shape, x.dtype, "cpu"),
+      hostSeq(r.dx, x.shape, x.dtype, p.channelsLast),
       fromArray(r.dweight, w.shape, w.dtype, "cpu"),
       fromArray(r.dbias, [D], w.dtype, "cpu"),
       fromArray(r.dstate, [Bn, D, W - 1], x.dtype, "cpu"),
     ];
   }
+  if (W <= CONV_V2_MAX_W) return backwardV2(g, x, w, b, st, p);
+  let gp = g;
+  if (p.silu) {
+    // silu'(pre) = sg (1 + pre (1 - sg)), pre recomputed (the forward saved only x)
+    gp = noGrad(() =>
+      tidy(() => {
+        const pre = forward(x, w, b, st, { version: "v1", silu: false, channelsLast: false });
+        const sg = sigmoid(pre);
+        return mul(g, mul(sg, add(mul(pre, sub(1, sg)), 1)));
+      })
+    );
+  }
+  try {
+    const [dx, dw, db, ds] = backwardV1(gp, x, w, st);
+    return [toLayout(dx, p.channelsLast), dw, db, ds];
+  } finally {
+    if (gp !== g) gp.dispose();
+  }
+}
+
+/** bwd v2 (W <= CONV_V2_MAX_W): the dx pass (dstate, dweight and dbias partials) and the reduce pass. */
+function backwardV2(
+  g: Tensor,
+  x: Tensor,
+  w: Tensor,
+  b: Tensor | null,
+  st: Tensor | null,
+  p: ConvPlan,
+): Tensor[] {
+  const op = "causalConv1d backward";
+  const [Bn, D, L] = x.shape, W = w.shape[1];
+  const ctx = gpu();
+  const { chunks, TC, D4 } = v3Chunks(Bn, D, L);
+  const dx = newSeq(`${op} dx`, x.shape, p.channelsLast);
+  const ds = empty(`${op} dstate`, [Bn, D, W - 1], "f32", "webgpu");
+  const dw = empty(`${op} dweight`, [D, W], "f32", "webgpu");
+  const db = empty(`${op} dbias`, [D], "f32", "webgpu");
+  const part = empty(`${op} partials`, [Bn * chunks * (W + 1) * D4 * 4], "f32", "webgpu");
+  const [wc, bc, sc] = [w, b, W > 1 ? st : null].map((t) => (t ? contiguous(t) : null)); // as the forward
+  try {
+    const v = { W, hasBias: !!b, hasState: !!sc, silu: p.silu };
+    const xv = seqVec4(x), gv = seqVec4(g), dv = seqVec4(dx);
+    ctx.run({
+      name: op,
+      key: `v2|${convV3Key(v, xv, gv, dv)}`,
+      source: () => convBwdV2(v, xv, gv, dv),
+      inputs: [x, g, wc, bc, sc].filter((t): t is Tensor => !!t).map((t) => t.storage.buffer!),
+      outputs: [dx, ds, part].map((t) => t.storage.buffer!), // an empty dstate (W = 1) still has a buffer
+      uniforms: new Uniforms().u32(Bn, D, L, D4, chunks, TC, wc!.offset, bc?.offset ?? 0, sc?.offset ?? 0)
+        .u32(...seqWords(x), ...seqWords(g), ...seqWords(dx)).padTo(24).build(),
+      workgroups: grid(Bn * D4 * chunks, CONV_WG),
+    });
+    const rows = Bn * chunks;
+    // rows in slices that accumulate (lavapipe's loop limit)
+    for (let r0 = 0; r0 < rows; r0 += CONV_MAX_LOOP) {
+      ctx.run({
+        name: op,
+        key: "v2 reduce",
+        source: convBwdReduceV2,
+        inputs: [part.storage.buffer!],
+        outputs: [dw.storage.buffer!, db.storage.buffer!],
+        uniforms: new Uniforms().u32(D, D4, W, r0, Math.min(rows, r0 + CONV_MAX_LOOP), r0 > 0 ? 1 : 0)
+          .build(),
+        workgroups: grid((W + 1) * D4, CONV_WG),
+      });
+    }
+  } catch (e) {
+    for (const t of [dx, ds, dw, db]) t.dispose();
+    throw e;
+  } finally {
+    for (const t of [wc, bc, sc, part]) t?.dispose();
+  }
+  return [dx, dw, db, ds];
+}
+
+/** bwd v1 (any width): contiguous (B, D, L) dx, dweight, dbias, dstate. */
+function backwardV1(g: Tensor, x: Tensor, w: Tensor, st: Tensor | null): Tensor[] {
+  const [Bn, D, L] = x.shape, W = w.shape[1];
   const ctx = gpu();
   const dx = empty("causalConv1d dx", x.shape, "f32", "webgpu");
   const ds = empty("causalConv1d dstate", [Bn, D, W - 1], "f32", "webgpu");
@@ -208,8 +374,8 @@ export function causalConv1d(
 ): Tensor | [Tensor, Tensor] {
   const op = "causalConv1d";
   const version = opts.version ?? "auto";
-  if (!["auto", "v1", "v2"].includes(version)) {
-    throw new Error(`${op}: version must be "auto", "v1" or "v2", got ${JSON.stringify(version)}`);
+  if (!["auto", "v1", "v2", "v3"].includes(version)) {
+    throw new Error(`${op}: version must be "auto", "v1", "v2" or "v3", got ${JSON.stringify(version)}`);
   }
   if (opts.activation && opts.activation !== "silu") {
     throw new Error(`${op}: activation must be "silu" or none, got ${JSON.stringify(opts.activation)}`);
@@ -217,30 +383,29 @@ export function causalConv1d(
   const b = opts.bias ?? null, st = opts.initialState ?? null;
   const { Bn, D, W } = check(op, x, weight, b, st);
   // checked here, on every backend: what webgpu refuses, cpu refuses too
-  if (version === "v2" && W > CONV_V2_MAX_W) {
+  if ((version === "v2" || version === "v3") && W > CONV_V2_MAX_W) {
     throw new Error(
-      `${op}: version "v2" takes widths up to ${CONV_V2_MAX_W}, got weight ${
+      `${op}: version "${version}" takes widths up to ${CONV_V2_MAX_W}, got weight ${
         fmt(weight.shape)
       } (W = ${W}); ` +
         `use "v1" or "auto"`,
     );
   }
+  const plan: ConvPlan = { version, silu: opts.activation === "silu", channelsLast: !!opts.channelsLast };
   const inputs = [x, weight, ...(b ? [b] : []), ...(st ? [st] : [])];
-  let out = record(
+  // one node for conv and SiLU: the backward recomputes the pre-activation from x (bwd v2 fuses it)
+  const out = record(
     op,
-    forward(x, weight, b, st, version),
+    forward(x, weight, b, st, plan),
     inputs,
-    [x, weight, ...(st ? [st] : [])],
+    inputs,
     (g, s) => {
-      const [dx, dw, db, ds] = backward(g, s[0], s[1], st ? s[2] : null);
+      const [dx, dw, db, ds] = backward(g, s[0], s[1], b ? s[2] : null, st ? s[b ? 3 : 2] : null, plan);
+      if (!b) db.dispose();
+      if (!st) ds.dispose();
       return [dx, dw, ...(b ? [db] : []), ...(st ? [ds] : [])];
     },
   );
-  if (opts.activation === "silu") {
-    const pre = out;
-    out = silu(pre);
-    pre.dispose(); // the graph keeps what the backward needs
-  }
   if (!opts.returnFinalState) return out;
   const final = tidy(() => {
     const past = st ?? zeros([Bn, D, W - 1], { dtype: x.dtype, device: x.device });

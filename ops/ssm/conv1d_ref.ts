@@ -7,7 +7,7 @@
  * Forward. Shapes: x (B, D, L), weight (D, W), bias (D) or null, initial state (B, D, W - 1) or null (the
  * W - 1 inputs before t = 0; zeros when null). out (B, D, L):
  * out[b, d, t] = bias[d] + sum_k weight[d, k] * x[b, d, t - (W - 1) + k], inputs before t = 0 from the
- * state. All arrays row-major and contiguous.
+ * state; with `activation` "silu", silu(out). All arrays row-major and contiguous.
  *
  * @example
  * ```ts
@@ -24,6 +24,7 @@ export function causalConv1dRef(
   W: number,
   bias: ArrayLike<number> | null,
   state: ArrayLike<number> | null,
+  activation: "silu" | null = null,
 ): Float64Array {
   const out = new Float64Array(Bn * D * L);
   const S = W - 1;
@@ -37,7 +38,7 @@ export function causalConv1dRef(
           const v = s >= 0 ? x[row + s] : state ? state[(b * D + d) * S + S + s] : 0;
           acc += w[d * W + k] * v;
         }
-        out[row + t] = acc;
+        out[row + t] = activation === "silu" ? acc / (1 + Math.exp(-acc)) : acc;
       }
     }
   }
@@ -46,7 +47,8 @@ export function causalConv1dRef(
 
 /**
  * Backward of {@link causalConv1dRef} for the output gradient g (B, D, L): dx (B, D, L), dweight (D, W),
- * dbias (D), dstate (B, D, W - 1).
+ * dbias (D), dstate (B, D, W - 1). With `activation` "silu" g is the gradient of silu(out), and the
+ * pre-activation is recomputed from x, the state and `bias` (B, D) or null.
  *
  * @example
  * ```ts
@@ -63,8 +65,18 @@ export function causalConv1dBackwardRef(
   w: ArrayLike<number>,
   W: number,
   state: ArrayLike<number> | null,
+  bias: ArrayLike<number> | null = null,
+  activation: "silu" | null = null,
 ): { dx: Float64Array; dweight: Float64Array; dbias: Float64Array; dstate: Float64Array } {
   const S = W - 1;
+  if (activation === "silu") {
+    // g through silu'(pre) = sg (1 + pre (1 - sg)), pre the conv's output
+    const pre = causalConv1dRef(x, [Bn, D, L], w, W, bias, state);
+    g = Float64Array.from(pre, (p, i) => {
+      const sg = 1 / (1 + Math.exp(-p));
+      return g[i] * sg * (1 + p * (1 - sg));
+    });
+  }
   const dx = new Float64Array(Bn * D * L), dweight = new Float64Array(D * W);
   const dbias = new Float64Array(D), dstate = new Float64Array(Bn * D * S);
   for (let b = 0; b < Bn; b++) {

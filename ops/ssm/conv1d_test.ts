@@ -81,6 +81,138 @@ describe("causalConv1d backward", () => {
   }
 });
 
+describe("causalConv1d v3 / bwd v2: strided x, channels-last output, fused SiLU", () => {
+  // [B, D, L, W]: D = 8 takes the vec4 paths when x is channels-last, D = 5 the scalar ones; L = 300
+  // runs 19 chunks, L = 1 one step
+  const cases: [number, number, number, number][] = [[2, 8, 37, 4], [1, 5, 300, 4], [3, 4, 1, 2], [
+    2,
+    8,
+    20,
+    1,
+  ], [1, 12, 70, 8]];
+  for (const [Bn, D, L, W] of cases) {
+    test(
+      `B ${Bn}, D ${D}, L ${L}, W ${W}: values and gradients against the reference and the composition`,
+      scoped(async () => {
+        requireGpu();
+        // x is the first half of an in-projection output (B, L, 2D), viewed as (B, D, L): Mamba's split
+        const xz = s.randn([Bn, L, 2 * D], { seed: L + D, ...f64 });
+        const w = s.randn([D, W], { seed: W, ...f64 }), b = s.randn([D], { seed: 3, ...f64 });
+        const st = s.randn([Bn, D, W - 1], { seed: 4, ...f64 });
+        const gy = s.randn([Bn, D, L], { seed: 5, ...f64 });
+        const [xzg, wg, bg, stg, gyg] = await gpu32([xz, w, b, st, gy]);
+        const xOf = (t: Tensor) => t.transpose(1, 2).slice([null, [0, D]]);
+        for (
+          const [bias, state, act] of [[true, false, "silu"], [false, true, null], [
+            true,
+            true,
+            "silu",
+          ]] as const
+        ) {
+          // the reference: float64 on cpu, SiLU as a separate op (the unfused composition)
+          const refRun = () => {
+            const xr = xz.detach();
+            xr.requiresGrad = true;
+            const wr = w.detach(), br = b.detach(), sr = st.detach();
+            for (const t of [wr, br, sr]) t.requiresGrad = true;
+            const c = s.causalConv1d(xOf(xr), wr, {
+              bias: bias ? br : null,
+              initialState: state ? sr : null,
+            });
+            const y = act ? s.silu(c) : c;
+            y.mul(gy).sum().backward();
+            return {
+              y,
+              grads: [xr.grad!, wr.grad!, ...(bias ? [br.grad!] : []), ...(state ? [sr.grad!] : [])],
+            };
+          };
+          const ref = refRun();
+          for (const channelsLast of [false, true]) {
+            for (const version of ["v3", "auto"] as const) {
+              const xp = xzg.detach(), wp = wg.detach(), bp = bg.detach(), sp = stg.detach();
+              for (const t of [xp, wp, bp, sp]) t.requiresGrad = true;
+              const y = s.causalConv1d(xOf(xp), wp, {
+                bias: bias ? bp : null,
+                initialState: state ? sp : null,
+                activation: act,
+                channelsLast,
+                version,
+              });
+              expect(y.shape).toEqual([Bn, D, L]);
+              // channels-last: the (B, L, D) transpose is contiguous
+              if (channelsLast) expect(y.transpose(1, 2).isContiguous).toBe(true);
+              assertClose(await arr(y), await arr(ref.y), TOL);
+              y.mul(gyg).sum().backward();
+              const got = [xp.grad!, wp.grad!, ...(bias ? [bp.grad!] : []), ...(state ? [sp.grad!] : [])];
+              for (let i = 0; i < got.length; i++) {
+                assertClose(await arr(got[i]), await arr(ref.grads[i]), { atol: 1e-4, rtol: 1e-4 });
+                got[i].dispose();
+              }
+            }
+          }
+          // the cpu path of the same options equals the reference too
+          const yc = s.causalConv1d(xOf(xz), w, {
+            bias: bias ? b : null,
+            initialState: state ? st : null,
+            activation: act,
+            channelsLast: true,
+          });
+          assertClose(await arr(yc), await arr(ref.y), { atol: 1e-12, rtol: 1e-12 });
+          ref.grads.forEach((t) => t.dispose());
+        }
+      }),
+    );
+  }
+
+  for (const device of ["cpu", "webgpu"] as const) {
+    test(
+      `gradcheck, fused SiLU, channels-last, strided x (${device})`,
+      scoped(async () => {
+        const mk = async (shape: number[], seed: number) => {
+          const t = s.randn(shape, { seed, ...f64 });
+          return device === "cpu" ? t : await s.cast(t, "f32").to("webgpu");
+        };
+        // xz (B, L, 6) with x its channels [1, 5) viewed as (B, 4, L)
+        const xs = [await mk([2, 7, 6], 1), await mk([4, 3], 2), await mk([4], 3), await mk([2, 4, 2], 4)];
+        const tol = device === "cpu" ? {} : { atol: 1e-3, rtol: 1e-2, eps: 1e-3 };
+        await s.gradcheck(
+          (xz, w, b, st) =>
+            s.causalConv1d(xz.slice([null, null, [1, 5]]).transpose(1, 2), w, {
+              bias: b,
+              initialState: st,
+              activation: "silu",
+              channelsLast: true,
+            }),
+          xs,
+          tol,
+        );
+      }),
+    );
+  }
+
+  test(
+    "dweight and dbias are deterministic (fixed-order column sums), bit for bit",
+    scoped(async () => {
+      requireGpu();
+      const [x, w, b] = await gpu32([
+        s.randn([4, 8, 500], { seed: 1, ...f64 }),
+        s.randn([8, 4], { seed: 2, ...f64 }),
+        s.randn([8], { seed: 3, ...f64 }),
+      ]);
+      const run = async () => {
+        const wp = w.detach(), bp = b.detach();
+        wp.requiresGrad = bp.requiresGrad = true;
+        s.causalConv1d(x, wp, { bias: bp, activation: "silu" }).sum().backward();
+        const r = [...(await arr(wp.grad!)), ...(await arr(bp.grad!))];
+        wp.grad!.dispose();
+        bp.grad!.dispose();
+        return r;
+      };
+      expect(await run()).toEqual(await run());
+    }),
+  );
+});
+
 describe("stepping", () => {
   for (const device of ["cpu", "webgpu"] as const) {
     test(
@@ -162,8 +294,8 @@ describe("stepping", () => {
         expect(() => s.causalConv1d(a, b, { version: "v2" }), a.device).toThrow(
           'causalConv1d: version "v2" takes widths up to 8, got weight [3, 9] (W = 9); use "v1" or "auto"',
         );
-        expect(() => s.causalConv1d(a, b, { version: "v3" as never }), a.device).toThrow(
-          'causalConv1d: version must be "auto", "v1" or "v2", got "v3"',
+        expect(() => s.causalConv1d(a, b, { version: "v4" as never }), a.device).toThrow(
+          'causalConv1d: version must be "auto", "v1", "v2" or "v3", got "v4"',
         );
       }
     }),

@@ -28,6 +28,7 @@ import {
   carrySeqV2,
   MAX_LOOP,
   packSeqV2,
+  packSeqV3,
   paramStride,
   SCAN_POSITIVE_A,
   SCAN_WG,
@@ -42,6 +43,7 @@ import {
   variantKey,
 } from "./selective_scan_wgsl.ts";
 import { scanBackwardV1, scanBackwardV2, scanBwdReduceV2 } from "./selective_scan_bwd_wgsl.ts";
+import { newSeq, seqWords, toLayout } from "./seq_layout.ts";
 
 export type { SelectiveScanOptions } from "./scan_check.ts";
 
@@ -57,6 +59,12 @@ export interface SelectiveScanGpuOptions extends SelectiveScanOptions {
   chunkSize?: number;
   /** v2 carry pass: "sequential" (default, measured faster on lavapipe) or "hillis-steele". */
   carry?: "sequential" | "hillis-steele";
+  /**
+   * Store the output and the gradients of u, delta and z channels-last: (B, D, L) views of (B, L, D)
+   * buffers, whose `.transpose(1, 2)` is contiguous (Mamba's out_proj reads y without a transposing copy).
+   * Default false. The inputs may be any strided views either way: v2 reads them through their strides.
+   */
+  channelsLast?: boolean;
 }
 
 /**
@@ -118,6 +126,7 @@ function prepare(
   C: Tensor,
   o: SelectiveScanOptions,
   last: boolean,
+  strided = false,
 ): Prepared {
   for (const t of [u, delta, A, B, C, o.D, o.z, o.deltaBias]) {
     if (t && t.dtype !== "f32") {
@@ -127,7 +136,7 @@ function prepare(
   const ctx = gpu();
   ctx.diagnostic(SCAN_POSITIVE_A, (d, n) => positiveAMessage(op, d, n, NaN, A.shape).replace(" = NaN", ""));
   // internal copies: no graph (the op records its own backward)
-  return noGrad(() => prepareCopies(dims, u, delta, A, B, C, o, last));
+  return noGrad(() => prepareCopies(dims, u, delta, A, B, C, o, last, strided));
 }
 
 function prepareCopies(
@@ -139,8 +148,11 @@ function prepareCopies(
   C: Tensor,
   o: SelectiveScanOptions,
   last: boolean,
+  strided: boolean,
 ): Prepared {
   const { D, device } = dims;
+  // v2 packs the sequence operands through their strides (pack v3): own handles, no copies
+  const own = (t: Tensor) => (strided && seqRows(t) ? t.view(t.shape, t.strides, t.offset) : contiguous(t));
   const params = tidy(() => {
     const col = (t: Tensor | null | undefined) =>
       t ? t.reshape([D, 1]) : zeros([D, 1], { dtype: "f32", device });
@@ -160,11 +172,11 @@ function prepareCopies(
       last,
     },
     params,
-    u: contiguous(u),
-    delta: contiguous(delta),
-    z: o.z ? contiguous(o.z) : null,
-    B: dims.bShared ? null : contiguous(B),
-    C: dims.cShared ? null : contiguous(C),
+    u: own(u),
+    delta: own(delta),
+    z: o.z ? own(o.z) : null,
+    B: dims.bShared ? null : own(B),
+    C: dims.cShared ? null : own(C),
   };
 }
 
@@ -205,9 +217,25 @@ function forwardV1(p: Prepared, out: Tensor, last: Tensor | null): void {
   }
 }
 
+/** A sequence operand (B, D, L) or (B, G, N, L) as (outer, inner, L) rows with strides, or null. */
+function seqRows(t: Tensor): { outer: number; inner: number; w: number[] } | null {
+  const [s0, s1, s2, s3] = t.strides;
+  if (t.rank === 3) return { outer: t.shape[0], inner: t.shape[1], w: [t.offset, s0, s1, s2] };
+  const [Bn, G, N] = t.shape;
+  // (g, n) collapse into one row index when g's stride is N n's (always for G = 1)
+  if (t.rank === 4 && (G === 1 || s1 === N * s2)) {
+    return { outer: Bn, inner: G * N, w: [t.offset, s0, s2, s3] };
+  }
+  return null;
+}
+
+/** Operands one pack v3 dispatch writes. */
+const PACK_OPS = 4;
+
 /**
- * Packs (rows, L) operands into layer ranges of a pooled texture: by copies when aligned, else the pack
- * pass. The caller releases the texture once the passes that read it are recorded.
+ * Packs (rows, L) operands into layer ranges of a pooled texture: contiguous ones by copies when aligned,
+ * the others (any strides) by pack v3 passes, up to {@link PACK_OPS} operands each. The caller releases
+ * the texture once the passes that read it are recorded.
  */
 function packSeq(op: string, what: string, ops: Tensor[], rows: number, lay: SeqTexLayout): GpuTexture {
   const ctx = gpu();
@@ -216,7 +244,12 @@ function packSeq(op: string, what: string, ops: Tensor[], rows: number, lay: Seq
     `${op} ${what}`,
   );
   try {
+    const strided: { t: Tensor; k: number }[] = [];
     ops.forEach((t, k) => {
+      if (!t.isContiguous || !seqRows(t)) {
+        strided.push({ t, k });
+        return;
+      }
       if (lay.L % 64 === 0 && t.offset % 4 === 0) {
         // whole rows of 4L bytes (a multiple of 256) straight into the texture, per row block and segment
         for (let rb = 0; rb < lay.rowBlocks; rb++) {
@@ -248,6 +281,37 @@ function packSeq(op: string, what: string, ops: Tensor[], rows: number, lay: Seq
         workgroups: [Math.ceil(lay.L4 / SCAN_WG), Math.min(rows, 65535), Math.ceil(rows / 65535)],
       });
     });
+    for (let i = 0; i < strided.length; i += PACK_OPS) {
+      const group = strided.slice(i, i + PACK_OPS);
+      const r = group.map(({ t }) => seqRows(t)!);
+      const { outer, inner } = r[0];
+      const vec4 = r.map((x) =>
+        inner % 4 === 0 && x.w[2] === 1 && [x.w[0], x.w[1], x.w[3]].every((v) => v % 4 === 0)
+      );
+      const I4 = Math.ceil(inner / 4);
+      const u = new Uniforms().u32(
+        outer,
+        inner,
+        lay.L,
+        lay.L4,
+        lay.rowsPerBlock,
+        lay.rowBlocks,
+        lay.segments,
+        I4,
+      );
+      group.forEach(({ k }, j) => u.u32(...r[j].w, k));
+      ctx.run({
+        name: op,
+        key: `pack v3|${vec4.map((f) => (f ? 4 : 1)).join("")}`,
+        source: () => packSeqV3(vec4),
+        bindings: [
+          ...group.map(({ t }): Binding => ({ buffer: t.storage.buffer!, access: "read" })),
+          { texture: tex, access: "write" },
+        ],
+        uniforms: u.padTo(8 + 5 * group.length).build(),
+        workgroups: grid(outer * lay.L4 * I4, SCAN_WG),
+      });
+    }
   } catch (e) {
     tex.release();
     throw e;
@@ -304,6 +368,9 @@ function forwardV2(
       bl.rowBlocks,
       xl.segments,
       out.offset,
+      out.strides[0],
+      out.strides[1],
+      out.strides[2],
     ).padTo(V2_WORDS).build();
     const key = variantKey(p.v);
     const diag: Binding = { buffer: ctx.diagnostics, access: "read_write" };
@@ -331,7 +398,7 @@ function forwardV2(
       });
     }
     // y through a texture when the copy back can take whole rows (4L bytes a multiple of 256)
-    const texOut = L % 64 === 0 && out.offset % 4 === 0;
+    const texOut = L % 64 === 0 && out.offset % 4 === 0 && out.isContiguous;
     const ty = texOut
       ? ctx.acquireTexture(
         { width: xl.width, height: xl.height, layers: xl.rowBlocks * xl.segments },
@@ -535,19 +602,24 @@ function backwardV2(
   o: SelectiveScanOptions,
   dout: Tensor | null,
   dlast: Tensor | null,
+  channelsLast: boolean,
 ): ScanGrads {
   const op = "selectiveScan backward";
   const dims = checkScan(op, u, delta, A, B, C, o);
-  const p = prepare(op, dims, u, delta, A, B, C, o, false);
+  const p = prepare(op, dims, u, delta, A, B, C, o, false, true);
   const { Bn, D, L, N, G } = dims;
   const BD = Bn * D, H = D / G, P = paramStride(p.v), K = Math.ceil(N / 4);
   const xl = seqLayout(BD, L, 1), bl = seqLayout(Bn * G * N, L, N);
   const ctx = gpu();
-  const go = dout ? noGrad(() => contiguous(dout)) : null,
+  // dout is packed through its strides
+  const go = dout
+      ? (seqRows(dout) ? dout.view(dout.shape, dout.strides, dout.offset) : noGrad(() => contiguous(dout)))
+      : null,
     gl = dlast ? noGrad(() => contiguous(dlast)) : null;
   const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
-  const du = f("du", [Bn, D, L]), ddelta = f("ddelta", [Bn, D, L]);
-  const dz = p.z ? f("dz", [Bn, D, L]) : null;
+  const du = newSeq(`${op} du`, [Bn, D, L], channelsLast),
+    ddelta = newSeq(`${op} ddelta`, [Bn, D, L], channelsLast);
+  const dz = p.z ? newSeq(`${op} dz`, [Bn, D, L], channelsLast) : null;
   const dP = f("dparams", [BD, P]);
   const tB = p.v.bShared ? null : f("dB terms", [BD, L, 4 * K]);
   const tC = p.v.cShared ? null : f("dC terms", [BD, L, 4 * K]);
@@ -561,7 +633,7 @@ function backwardV2(
     );
     const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
     if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
-    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 };
+    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 && !channelsLast };
     const sb = (t: Tensor | null, read = false): Binding[] =>
       t ? [{ buffer: t.storage.buffer!, access: read ? "read" : "read_write" }] : [];
     const bindings: Binding[] = [
@@ -595,7 +667,8 @@ function backwardV2(
         bl.rowsPerBlock / N,
         bl.rowBlocks,
       )
-        .u32(xl.segments, gl?.offset ?? 0).padTo(16).build(),
+        .u32(xl.segments, gl?.offset ?? 0, 0, 0, 0)
+        .u32(...seqWords(du), ...seqWords(ddelta), ...(dz ? seqWords(dz) : [0, 0, 0, 0])).build(),
       workgroups: [Math.ceil(BD / SCAN_WG), 1, 1],
     });
     const nB = p.v.bShared ? 0 : Bn * G * L * K, nC = p.v.cShared ? 0 : Bn * G * L * K;
@@ -679,6 +752,7 @@ function recordScan(
   o: SelectiveScanOptions,
   forLast: boolean,
   useV2: boolean,
+  channelsLast: boolean,
 ): Tensor {
   return record(name, out, inputs, inputs, (g, saved) => {
     const [u, delta, A, B, C] = saved;
@@ -693,10 +767,14 @@ function recordScan(
     const v2 = useV2 && !bwdV2Misfit(checkScan(name, u, delta, A, B, C, so), !!so.z, !!dout);
     const r = u.device === "cpu"
       ? backwardCpu(u, delta, A, B, C, so, dout, dlast)
-      : (v2 ? backwardV2 : backwardV1)(u, delta, A, B, C, so, dout, dlast);
-    const grads: (Tensor | null)[] = [r.du, r.ddelta, r.dA, r.dB, r.dC];
+      : v2
+      ? backwardV2(u, delta, A, B, C, so, dout, dlast, channelsLast)
+      : backwardV1(u, delta, A, B, C, so, dout, dlast);
+    // v2 stores the gradients in the layout asked for; the others are moved there
+    const lay = (t: Tensor) => (v2 ? t : toLayout(t, channelsLast));
+    const grads: (Tensor | null)[] = [lay(r.du), lay(r.ddelta), r.dA, r.dB, r.dC];
     if (o.D) grads.push(r.dD);
-    if (o.z) grads.push(r.dz);
+    if (o.z) grads.push(lay(r.dz!));
     if (o.deltaBias) grads.push(r.dDeltaBias);
     return grads;
   });
@@ -797,18 +875,24 @@ export function selectiveScan(
   if (dims.device === "cpu") {
     checkAHost(op, A);
     const r = selectiveScanRef(u, delta, A, B, C, { ...opts, returnLastState: true });
-    out = cast(r[0], u.dtype);
+    out = toLayout(cast(r[0], u.dtype), !!opts.channelsLast);
     last = wantLast ? cast(r[1], u.dtype) : null;
     r[0].dispose();
     r[1].dispose();
   } else {
-    const p = prepare(op, dims, u, delta, A, B, C, opts, wantLast);
+    const p = prepare(op, dims, u, delta, A, B, C, opts, wantLast, useV2);
     try {
-      out = empty(op, [dims.Bn, dims.D, dims.L], "f32", "webgpu");
+      // v2 stores y through its strides; v1 writes contiguous, moved into the layout after
+      out = useV2
+        ? newSeq(op, [dims.Bn, dims.D, dims.L], !!opts.channelsLast)
+        : empty(op, [dims.Bn, dims.D, dims.L], "f32", "webgpu");
       try {
         last = wantLast ? empty(`${op} last state`, [dims.Bn, dims.D, dims.N], "f32", "webgpu") : null;
         if (useV2) forwardV2(p, out, last, chunkSize, carry);
-        else forwardV1(p, out, last);
+        else {
+          forwardV1(p, out, last);
+          out = toLayout(out, !!opts.channelsLast);
+        }
       } catch (e) {
         out.dispose();
         last?.dispose();
@@ -818,7 +902,8 @@ export function selectiveScan(
       for (const t of [p.params, p.u, p.delta, p.z, p.B, p.C]) t?.dispose();
     }
   }
-  out = recordScan(op, out, inputs, opts, false, useV2);
+  const cl = !!opts.channelsLast;
+  out = recordScan(op, out, inputs, opts, false, useV2, cl);
   if (!wantLast) return out;
-  return [out, recordScan(`${op} last state`, last!, inputs, opts, true, useV2)];
+  return [out, recordScan(`${op} last state`, last!, inputs, opts, true, useV2, cl)];
 }

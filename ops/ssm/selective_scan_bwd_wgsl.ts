@@ -259,7 +259,8 @@ export interface ScanBwdV2Variant {
  * by {@link scanBwdReduceV2}. 2 L / 4 loop iterations per invocation: L <= 4 MAX_LOOP / 2.
  *
  * Uniforms: the fwd v2 words (0 BD, 1 D, 2 L, 3 L4, 6 H, 7 G, 8 X rowBlocks, 9 BC groups per layer,
- * 10 BC layer blocks, 11 segments), 12 glOff. Bindings: 1 params, 2 TX, 3 TBC (if B or C input-dependent),
+ * 10 BC layer blocks, 11 segments), 12 glOff, 16 .. 27 (off, sb, sd, st) of du, ddelta, dz (read unless
+ * `vec4Out`). Bindings: 1 params, 2 TX, 3 TBC (if B or C input-dependent),
  * dlast (if `hasLast`), du, ddelta, dz (if z), dparams (B D, P), dB terms (unless shared), dC terms
  * (unless shared), scratch, diag.
  */
@@ -354,14 +355,23 @@ export function scanBackwardV2(v: ScanVariant, w: ScanBwdV2Variant): string {
     lines.push("}");
     return lines.join("\n    ");
   };
-  const store = (name: string, val: string) =>
-    w.vec4Out
-      ? `${name}[bd * L4 + t4] = ${val};`
-      : `for (var i = 0u; i < 4u; i++) { if (4u * t4 + i < L) { ${name}[bd * L + 4u * t4 + i] = ${val}[i]; } }`;
+  // du, ddelta, dz: vec4 stores when contiguous with L % 4 == 0, else through their strides (words 16 ..
+  // 27: (off, sb, sd, st) each; channels-last gradients), unrolled (no loop: lavapipe's loop limit)
+  const words: Record<string, number> = { DU: 16, DDL: 20, DZ: 24 };
+  const store = (name: string, val: string) => {
+    if (w.vec4Out) return `${name}[bd * L4 + t4] = ${val};`;
+    const o = words[name];
+    return `{ let st = U(${o + 3}u); let o = U(${o}u) + b * U(${o + 1}u) + d * U(${o + 2}u) + 4u * t4 * st;
+      ${
+      [0, 1, 2, 3].map((i) => `if (4u * t4 + ${i}u < L) { ${name}[o + ${i}u * st] = ${val}[${i}]; }`).join(
+        " ",
+      )
+    } }`;
+  };
   const dpStore = (slot: number, val: string) => `DP[bd * ${P}u + ${slot}u] = ${val};`;
   const bOffS = N + 2, cOffS = N + 2 + (v.bShared ? N : 0);
   return `// selective scan bwd v2
-${uniformDecl(16)}
+${uniformDecl(28)}
 ${paramDecl(diagB)}
 ${decl.join("\n")}
 ${helpers()}

@@ -347,6 +347,105 @@ describe("selectiveScan backward", () => {
   }
 });
 
+describe("channels-last: strided (B, L, D) inputs, channels-last output and gradients", () => {
+  // Mamba's layout: u, delta, z (B, L, D) and B, C column slices of x_proj's (B, L, R + 2N) output, all
+  // viewed as (B, D, L) / (B, N, L). D = 8 takes pack v3's vec4 loads, D = 6 its scalar ones; v2 stores
+  // through strides (L = 37: a partial last texel), v1 and the cpu are moved into the layout after.
+  const cases: [number, number, number, number][] = [[2, 8, 300, 16], [1, 6, 37, 4], [2, 8, 40, 5]];
+  for (const [Bn, D, L, N] of cases) {
+    for (const device of ["webgpu", "cpu"] as const) {
+      test(
+        `B ${Bn}, D ${D}, L ${L}, N ${N} (${device}): values and every gradient equal the reference's`,
+        scoped(async () => {
+          const o = { ...cpu, dtype: "f64" as const };
+          const R = 4;
+          const base = {
+            u: s.randn([Bn, L, D], { seed: 1, ...o }),
+            delta: s.rand([Bn, L, D], { seed: 2, low: -3, high: 0.5, ...o }),
+            z: s.randn([Bn, L, D], { seed: 3, ...o }),
+            xdbl: s.randn([Bn, L, R + 2 * N], { seed: 4, ...o }),
+            A: s.rand([D, N], { seed: 5, low: -2, high: -0.1, ...o }),
+            D: s.randn([D], { seed: 6, ...o }),
+            deltaBias: s.randn([D], { seed: 7, std: 0.5, ...o }),
+          };
+          const wy = s.randn([Bn, D, L], { seed: 8, ...o });
+          const run = async (dev: "cpu" | "webgpu", channelsLast: boolean, version: "v1" | "v2" | "auto") => {
+            const leaves = await Promise.all(
+              Object.values(base).map(async (t) => {
+                const c = (await s.cast(t, dev === "cpu" && device === "cpu" ? "f64" : "f32").to(dev))
+                  .detach();
+                c.requiresGrad = true;
+                return c;
+              }),
+            );
+            const [u, delta, z, xdbl, A, Dk, bias] = leaves;
+            const T = (t: Tensor) => t.transpose(1, 2);
+            const Bm = T(xdbl.slice([null, null, [R, R + N]])),
+              Cm = T(xdbl.slice([null, null, [R + N, R + 2 * N]]));
+            const y = s.selectiveScan(T(u), T(delta), A, Bm, Cm, {
+              D: Dk,
+              z: T(z),
+              deltaBias: bias,
+              deltaSoftplus: true,
+              channelsLast,
+              version,
+            });
+            if (channelsLast) expect(T(y).isContiguous).toBe(true);
+            y.mul(await s.cast(wy, y.dtype).to(dev)).sum().backward();
+            const out = [await arr(y), ...(await Promise.all(leaves.map(async (t) => await arr(t.grad!))))];
+            leaves.forEach((t) => t.zeroGrad());
+            return out;
+          };
+          const ref = await run("cpu", false, "auto");
+          const got = device === "cpu" ? [await run("cpu", true, "auto")] : [
+            await run("webgpu", true, "auto"),
+            await run("webgpu", true, "v1"),
+            await run("webgpu", true, "v2"),
+            await run("webgpu", false, "auto"),
+          ];
+          const names = ["y", "u", "delta", "z", "xdbl", "A", "D", "deltaBias"];
+          for (const g of got) {
+            names.forEach((n, i) => {
+              try {
+                const tol = device === "cpu"
+                  ? { atol: 1e-12, rtol: 1e-12 }
+                  : n.startsWith("delta")
+                  ? DTOL
+                  : GTOL;
+                assertClose(g[i], ref[i], tol);
+              } catch (e) {
+                throw new Error(`${n}: ${(e as Error).message}`);
+              }
+            });
+          }
+        }),
+      );
+    }
+  }
+
+  test(
+    "gradcheck on WebGPU through channels-last views",
+    scoped(async () => {
+      const x = inputs(1, 4, 9, 3, "var", 31);
+      const g = await toGpu(x);
+      const cl = (t: Tensor) => t.transpose(1, 2).contiguous().transpose(1, 2); // same values, (B, L, D) storage
+      await s.gradcheck(
+        (u, delta, A, B, C, D, z, db) =>
+          s.selectiveScan(u, delta, A, B, C, {
+            D,
+            z,
+            deltaBias: db,
+            deltaSoftplus: true,
+            channelsLast: true,
+            version: "v2",
+          }),
+        [cl(g.u), cl(g.delta), g.A, cl(g.B), cl(g.C), g.D, cl(g.z), g.deltaBias],
+        { atol: 2e-3, rtol: 1e-2, eps: 1e-4 },
+      );
+    }),
+  );
+});
+
 describe("selectiveScanStep", () => {
   for (const device of ["cpu", "webgpu"] as const) {
     test(

@@ -27,6 +27,10 @@
  *   the exponentials and FMAs. The chunking itself costs (2 - 1 / chunks) passes: with D = 512 the
  *   adapter's 16 lanes are busy without it and one chunk is ~1.5x faster than two; with D = 16 it is
  *   what lets 16 channels use the adapter (v2 4x v1 there).
+ * - pack v3 strided: v2's inputs (and bwd v2's) packed into the textures straight from strided views, 4
+ *   channels x 4 steps per invocation (vec4 loads when channels are contiguous), so Mamba's channels-last
+ *   u, delta, z, B and C need no transposing copies; fix-up and bwd v2 store y, du, ddelta and dz through
+ *   their strides (the `channelsLast` option).
  * - bwd v1 sequential: one invocation per (b, d): a forward sweep storing the state at segment starts
  *   (every K = sqrt(L) steps), then segments in reverse, each recomputed from its checkpoint into a
  *   scratch buffer and walked backwards with the state adjoint g_t = C_t dy_t + dA_t+1 g_t+1 in
@@ -285,7 +289,7 @@ export const V2_WORDS = 16;
 /**
  * The chunk loop of v2 (shared by the chunk and fix-up passes). Uniform words: 0 Bn*D, 1 D, 2 L, 3 L4,
  * 4 T4 (texels per chunk), 5 chunks, 6 H (= D / G), 7 G, 8 X rowBlocks, 9 BC blocks per layer (groups),
- * 10 BC layer blocks, 11 segments, 12 outOff.
+ * 10 BC layer blocks, 11 segments, 12 outOff, 13 .. 15 out's strides (sb, sd, st).
  */
 function v2Body(v: ScanVariant, fixup: boolean, texOut = false): string {
   const { N } = v;
@@ -345,13 +349,12 @@ function v2Body(v: ScanVariant, fixup: boolean, texOut = false): string {
   if (fixup && texOut) {
     lines.push(`textureStore(TY, vec2<u32>(x, xy), xrb * U(11u) + seg, y4);`);
   } else if (fixup) {
-    lines.push(`let o = U(12u) + bd * L + 4u * t4;
-if (4u * t4 + 3u < L) { OUT[o] = y4.x; OUT[o + 1u] = y4.y; OUT[o + 2u] = y4.z; OUT[o + 3u] = y4.w; }
-else {
-  OUT[o] = y4.x;
-  if (4u * t4 + 1u < L) { OUT[o + 1u] = y4.y; }
-  if (4u * t4 + 2u < L) { OUT[o + 2u] = y4.z; }
-}`);
+    // y through its strides (words 13 .. 15: sb, sd, st; channels-last for Mamba's out_proj)
+    lines.push(`let st = U(15u); let o = U(12u) + b * U(13u) + d * U(14u) + 4u * t4 * st;
+OUT[o] = y4.x;
+if (4u * t4 + 1u < L) { OUT[o + st] = y4.y; }
+if (4u * t4 + 2u < L) { OUT[o + 2u * st] = y4.z; }
+if (4u * t4 + 3u < L) { OUT[o + 3u * st] = y4.w; }`);
   }
   return lines.join("\n    ");
 }
@@ -556,5 +559,61 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     ${v2Body(v, true, texOut)}
   }
   ${v.last ? `if (c + 1u == U(5u)) {\n    ${lastStore.join("\n    ")}\n  }` : ""}
+}`;
+}
+
+/**
+ * Pack pass v3 (strided): writes up to 4 (outer, inner, L) operands, each read through its strides
+ * (element (o, i, t) at off + o so + i si + t st; B and C as (B, G N, L)), into their layer ranges of a
+ * texture in {@link SeqTexLayout} (row o inner + i), zero past L. One invocation per (o, t4, 4 rows):
+ * 4 steps x 4 rows per operand, read as 4 vec4s when the rows are channels (`vec4[j]`: si = 1, inner, off,
+ * so, st multiples of 4: Mamba's (B, L, D) activations) or 16 scalars otherwise, stored as 4 texels. It
+ * replaces a transposing copy plus copyBufferToTexture. Uniforms: [outer, inner, L, L4, rowsPerBlock,
+ * rowBlocks, segments, inner4], then per operand [off, so, si, st, operand]. Bindings: the operands,
+ * then the texture.
+ */
+export function packSeqV3(vec4: readonly boolean[]): string {
+  const n = vec4.length;
+  const decl = vec4.map((v, j) =>
+    `@group(0) @binding(${j + 1}) var<storage, read> X${j}: array<${v ? "vec4<f32>" : "f32"}>;`
+  );
+  const body = vec4.map((v, j) => {
+    const w = 8 + 5 * j;
+    const base = (t: string) => `U(${w}u) + o * U(${w + 1}u) + ${t} * U(${w + 3}u)`;
+    const steps = [0, 1, 2, 3].map((q) => {
+      const t = `min(4u * t4 + ${q}u, L - 1u)`;
+      const val = v
+        ? `X${j}[(${base(t)}) / 4u + i4]`
+        : `vec4<f32>(${
+          [0, 1, 2, 3].map((c) => `X${j}[${base(t)} + min(4u * i4 + ${c}u, inner - 1u) * U(${w + 2}u)]`).join(
+            ", ",
+          )
+        })`;
+      return `let v${q} = select(vec4<f32>(0.0), ${val}, 4u * t4 + ${q}u < L);`;
+    });
+    const stores = [0, 1, 2, 3].map((c) =>
+      `if (4u * i4 + ${c}u < inner) { put(U(${
+        w + 4
+      }u), o * inner + 4u * i4 + ${c}u, t4, vec4<f32>(v0[${c}], v1[${c}], v2[${c}], v3[${c}])); }`
+    );
+    return `{ // operand ${j}
+    ${steps.join("\n    ")}
+    ${stores.join("\n    ")}
+  }`;
+  });
+  return `// selective scan pack v3 (strided, ${n} operands)
+${uniformDecl(8 + 5 * n)}
+${decl.join("\n")}
+@group(0) @binding(${n + 1}) var T: texture_storage_2d_array<rgba32float, write>;
+fn put(k: u32, row: u32, t4: u32, v: vec4<f32>) {
+  let rb = row / U(4u);
+  let layer = (k * U(5u) + rb) * U(6u) + t4 / ${TEX_W}u;
+  textureStore(T, vec2<u32>(t4 % ${TEX_W}u, row - rb * U(4u)), layer, v);
+}
+${flatId(SCAN_WG)}
+  let outer = U(0u); let inner = U(1u); let L = U(2u); let L4 = U(3u); let I4 = U(7u);
+  if (gid >= outer * L4 * I4) { return; }
+  let i4 = gid % I4; let r = gid / I4; let t4 = r % L4; let o = r / L4;
+  ${body.join("\n  ")}
 }`;
 }
