@@ -32,6 +32,7 @@ import {
   unaryGradWgsl,
   unaryWgsl,
   type V3Kind,
+  type V4Kind,
 } from "./elementwise_wgsl.ts";
 import { coalesce, computeType, disposeOnThrow, empty, operand, sameDevice, Uniforms } from "./util.ts";
 import { record } from "../../runtime/autograd.ts";
@@ -68,7 +69,7 @@ function mapOp(
   }
   const out = dst ?? empty(op, shape, outDtype, "webgpu");
   if (out.size === 0) return out;
-  const v4 = ewOptions.vec4 && ewOptions.tiles && !dst && inputs.length === 1 && tiles(c, inputs[0].offset);
+  const v4 = ewOptions.vec4 && ewOptions.tiles ? tilePlan(c, inputs.map((t) => t.offset), dst) : null;
   const v3 = ewOptions.vec4 ? vec4Plan(c, inputs.map((t) => t.offset), dst) : null;
   const flat = c.strides[0];
   const contig = inputs.map((_, k) => c.strides[k + 1].every((s, d) => s === flat[d]));
@@ -86,9 +87,11 @@ function mapOp(
       words[0] = out.size / 16; // v4: word 0 counts 4 x 4 tiles
       gpu().run({
         name: op,
-        key: `v4|${expr}|${dtypes[0]}>${outDtype}|${computeTypes[0]}|r${rank}`,
-        source: () => elementwiseTileSource(dtypes[0], outDtype, expr, computeTypes[0], rank),
-        inputs: [inputs[0].storage.buffer!],
+        key: `v4|${expr}|${dtypes.join(",")}>${outDtype}|${v4.join("")}${dst ? "d" : ""}|${
+          computeTypes.join(",")
+        }|r${rank}`,
+        source: () => elementwiseTileSource(dtypes, outDtype, expr, v4, computeTypes, rank, !!dst),
+        inputs: inputs.map((t) => t.storage.buffer!),
         outputs: [out.storage.buffer!],
         uniforms: words,
         workgroups: grid(words[0], EW_WG),
@@ -131,15 +134,29 @@ function mapOp(
 }
 
 /**
- * Whether v4 (transposed 4 x 4 tiles) serves a one-input op over the coalesced layout `c`: the input runs
- * contiguously along the output's second-innermost dim (stride 1) and its innermost stride, offset and
- * outer strides are multiples of 4 (non-zero innermost: a broadcast is v3's), both inner dims multiples of 4.
+ * Whether v4 (4 x 4 tiles) serves an op over the coalesced layout `c`, and how it reads each input
+ * ({@link V4Kind}): both inner dims multiples of 4, at least one input transposed (stride 1 down the
+ * output's rows, a non-zero multiple of 4 along them), the others row-major (stride 1 along the rows), a
+ * `dst` row-major; offsets and the strides of the other dims multiples of 4. Else v3 serves.
  */
-function tiles(c: { shape: number[]; strides: number[][] }, offset: number): boolean {
-  const rank = c.shape.length, s = c.strides[1];
-  if (rank < 2 || c.shape[rank - 1] % 4 !== 0 || c.shape[rank - 2] % 4 !== 0) return false;
-  return s[rank - 2] === 1 && s[rank - 1] !== 0 && offset % 4 === 0 &&
-    s.every((x, d) => d === rank - 2 || x % 4 === 0);
+function tilePlan(
+  c: { shape: number[]; strides: number[][] },
+  offsets: number[],
+  dst?: Tensor,
+): V4Kind[] | null {
+  const rank = c.shape.length;
+  if (rank < 2 || c.shape[rank - 1] % 4 !== 0 || c.shape[rank - 2] % 4 !== 0) return null;
+  const aligned = (s: number[], off: number, unit: number) =>
+    off % 4 === 0 && s.every((x, d) => d === unit || x % 4 === 0);
+  const kind = (s: number[], off: number): V4Kind | null => {
+    if (s[rank - 2] === 1 && s[rank - 1] !== 0 && aligned(s, off, rank - 2)) return "t";
+    if (s[rank - 1] === 1 && aligned(s, off, rank - 1)) return "w";
+    return null;
+  };
+  const kinds = offsets.map((off, k) => kind(c.strides[k + 1], off));
+  if (!kinds.includes("t") || kinds.includes(null)) return null;
+  if (dst && kind(c.strides[c.strides.length - 1], dst.offset) !== "w") return null;
+  return kinds as V4Kind[];
 }
 
 /**

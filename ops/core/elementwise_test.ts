@@ -224,9 +224,9 @@ async function bothVersions(body: () => Promise<void>): Promise<void> {
   }
 }
 
-/** The version a program key names, with v3's load kinds: "v4", "v3 crc" or "v1/v2". */
+/** The version a program key names, with its load kinds: "v4 tw", "v3 crc" or "v1/v2". */
 function versionOf(key: string): string {
-  if (key.startsWith("v4|")) return "v4";
+  if (key.startsWith("v4|")) return `v4 ${key.split("|").at(-3)}`;
   if (key.startsWith("v3|")) return `v3 ${key.split("|").at(-3)}`;
   return "v1/v2";
 }
@@ -242,9 +242,12 @@ describe("v3 vec4 and v4 tiles: every input layout against the reference and v1/
     ["a column repeated over the first dim", [[3, 4, 8], [4, 1]], (a, b) => a.mul(b), "v3 csc"],
     ["scalar", [[5, 8], []], (a, b) => a.sub(b), "v3 ckc"],
     ["inner dim contiguous, outer permuted", [[4, 3, 8]], (a) => a.permute([1, 0, 2]).exp(), "v3 vc"],
-    ["transposed", [[8, 12]], (a) => a.transpose().tanh(), "v4"],
-    ["transposed, a batch dim between", [[3, 4, 8, 12]], (a) => a.permute([1, 0, 3, 2]).exp(), "v4"],
-    ["transposed and cast", [[8, 12]], (a) => a.transpose().cast("i32"), "v4"],
+    ["transposed", [[8, 12]], (a) => a.transpose().tanh(), "v4 t"],
+    ["transposed, a batch dim between", [[3, 4, 8, 12]], (a) => a.permute([1, 0, 3, 2]).exp(), "v4 t"],
+    ["two transposed", [[8, 12], [8, 12]], (a, b) => a.transpose().add(b.transpose()), "v4 tt"],
+    ["transposed and row-major", [[8, 12], [12, 8]], (a, b) => a.transpose().mul(b), "v4 tw"],
+    ["transposed and a bias", [[2, 8, 12], [8]], (a, b) => a.transpose(1, 2).sub(b), "v4 tw"],
+    ["transposed and cast", [[8, 12]], (a) => a.transpose().cast("i32"), "v4 t"],
     ["transposed, 6 rows", [[8, 6]], (a) => a.transpose().tanh(), "v3 gc"],
     [
       "transposed, offset not a multiple of 4",
@@ -303,6 +306,27 @@ describe("v3 vec4 and v4 tiles: every input layout against the reference and v1/
         for (let c = cols[0]; c < cols[1]; c++) want[r * 12 + c] = got[r * (cols[1] - cols[0]) + c - cols[0]];
       }
       expect(Array.from(await dst.toArray())).toEqual(Array.from(want));
+      dst.dispose();
+      src.dispose();
+    }
+  });
+
+  test("copyInto a strided destination from a transposed source: v4 where its rows are 4-aligned", async () => {
+    requireGpu();
+    for (const [rows, version] of [[[4, 12], "v4 td"], [[3, 10], "v3 gv"]] as const) {
+      const n = rows[1] - rows[0];
+      const dst = s.zeros([2, 16, 12], { device: "webgpu" });
+      const src = s.randn([2, 12, n], { seed: 3, device: "webgpu" });
+      const keys = programKeys(() => s.copyInto(dst.slice([null, [rows[0], rows[1]]]), src.transpose(1, 2)));
+      expect(versionOf(keys[keys.length - 1])).toBe(version);
+      const got = await dst.toArray(), sv = await src.toArray();
+      const want = new Float32Array(2 * 16 * 12);
+      for (let b = 0; b < 2; b++) {
+        for (let r = 0; r < n; r++) {
+          for (let c = 0; c < 12; c++) want[(b * 16 + rows[0] + r) * 12 + c] = sv[(b * 12 + c) * n + r];
+        }
+      }
+      expect(Array.from(got)).toEqual(Array.from(want));
       dst.dispose();
       src.dispose();
     }

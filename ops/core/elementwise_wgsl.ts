@@ -12,10 +12,10 @@
  *   innermost), or a flat op whose last, partial vec4 is stored lane by lane. Each input is loaded by
  *   its kind (see {@link V3Kind}): a vec4 for contiguous runs, one value splatted for broadcasts (a
  *   scalar, a column), four scalars otherwise.
- * - v4 transposed tiles: one input read across its storage order (a transpose: the two innermost dims
- *   (R, C) of the output are (C, R) in storage, both multiples of 4): one invocation per 4 x 4 tile reads
- *   4 vec4 columns and stores 4 vec4 rows, where v3 reads 16 scalars (a transpose then costs about a
- *   contiguous copy).
+ * - v4 transposed tiles: for inputs read across their storage order (a transpose: the two innermost
+ *   dims (R, C) of the output are (C, R) in storage, both multiples of 4): one invocation per 4 x 4 tile
+ *   reads 4 vec4 columns of each transposed input (4 vec4 rows of the others) and stores 4 vec4 rows,
+ *   where v3 reads 16 scalars (a transpose then costs about a contiguous copy).
  * @module
  */
 
@@ -348,60 +348,79 @@ ${flatId(EW_WG)}
 }
 
 /**
- * Builds the v4 (4 x 4 transposed tiles) shader for one input whose coalesced strides are 1 over dim
- * rank - 2 and a multiple of 4 over rank - 1 (and the outer dims), with an aligned offset; the output is
- * contiguous from element offset word 5 (a multiple of 4). Word 0 counts tiles.
+ * How v4 reads a 4 x 4 tile of an input: `t` transposed (stride 1 down the output's rows: 4 vec4 columns,
+ * transposed in registers) or `w` row-major (stride 1 along them: 4 vec4 rows as they are).
+ */
+export type V4Kind = "t" | "w";
+
+/**
+ * Builds the v4 (4 x 4 tiles) shader: one invocation per tile of the two innermost dims (R, C) of the
+ * output, inputs read by their {@link V4Kind}, the output written as 4 vec4 rows (contiguous, or a `dst`
+ * whose innermost stride is 1). Offsets and the strides of every dim but the unit-stride one are multiples
+ * of 4 (the op checks). Word 0 counts tiles.
  */
 export function elementwiseTileSource(
-  input: DType,
+  inputs: DType[],
   out: DType,
   expr: string,
-  computeType_: string,
+  kinds: V4Kind[],
+  computeTypes: string[],
   rank: number,
+  hasDst: boolean,
 ): string {
+  const names = ["a", "b", "c"];
   const ot = out === "f16" ? "f16" : out;
   const oct = computeType(out);
-  const intMax = computeType_ !== "f32"
-    ? `fn max_(a: ${computeType_}, b: ${computeType_}) -> ${computeType_} { return max(a, b); }
-fn min_(a: ${computeType_}, b: ${computeType_}) -> ${computeType_} { return min(a, b); }`
+  const intMax = computeTypes.every((t) => t !== "f32")
+    ? "fn max_(a: " + computeTypes[0] + ", b: " + computeTypes[0] + ") -> " + computeTypes[0] +
+      " { return max(a, b); }\nfn min_(a: " + computeTypes[0] + ", b: " + computeTypes[0] + ") -> " +
+      computeTypes[0] + " { return min(a, b); }"
     : "";
-  const R = `U(${8 + rank - 2}u)`, C = `U(${8 + rank - 1}u)`;
-  const outer: string[] = [];
-  for (let d = rank - 3; d >= 1; d--) {
-    outer.push(`{ let n = U(${8 + d}u); let q = rem / n; i0 += (rem - q * n) * U(${16 + d}u); rem = q; }`);
-  }
-  if (rank > 2) outer.push(`i0 += rem * U(16u);`);
-  const vt = `vec4<${computeType_}>`;
-  return `${enables(input, out)}${uniformDecl(EW_WORDS)}
-@group(0) @binding(1) var<storage, read> in0: array<vec4<${wgslType(input)}>>;
-@group(0) @binding(2) var<storage, read_write> out: array<vec4<${ot}>>;
+  const binds = inputs.map((d, k) =>
+    `@group(0) @binding(${k + 1}) var<storage, read> in${k}: array<vec4<${wgslType(d)}>>;`
+  ).join("\n");
+  const params = inputs.map((_, k) => `${names[k]}: ${computeTypes[k]}`).join(", ");
+  // strides of input k (and of the output, words 40..) over the tile's rows and columns
+  const sw = (k: number | "o", d: number) => `U(${(k === "o" ? 40 : 16 + 8 * k) + d}u)`;
+  const targets: [string, number][] = inputs.map((_, k) => [`i${k}`, 16 + 8 * k]);
+  if (hasDst) targets.push(["io", 40]);
+  const tileAt = (v: string, k: number | "o") =>
+    `${v} += tr * 4u * ${sw(k, rank - 2)} + tc * 4u * ${sw(k, rank - 1)};`;
+  const loads = inputs.map((_, k) => {
+    const vt = `vec4<${computeTypes[k]}>`;
+    const step = sw(k, kinds[k] === "t" ? rank - 1 : rank - 2);
+    const v = [0, 1, 2, 3].map((j) => `${vt}(in${k}[(i${k} + ${j}u * ${step}) >> 2u])`);
+    if (kinds[k] === "w") return v.map((x, j) => `let ${names[k]}${j} = ${x};`).join("\n  ");
+    // columns t0..t3 of the tile: output row j is (t0[j], t1[j], t2[j], t3[j])
+    const cols = v.map((x, j) => `let ${names[k]}t${j} = ${x};`).join("\n  ");
+    const rows = [0, 1, 2, 3].map((j) =>
+      `let ${names[k]}${j} = ${vt}(${[0, 1, 2, 3].map((c) => `${names[k]}t${c}[${j}]`).join(", ")});`
+    ).join("\n  ");
+    return `${cols}\n  ${rows}`;
+  }).join("\n  ");
+  const lane = (j: number, c: number) => `f(${inputs.map((_, k) => `${names[k]}${j}[${c}]`).join(", ")})`;
+  const rowOut = (j: number) =>
+    `vec4<${ot}>(vec4<${oct}>(${[0, 1, 2, 3].map((c) => lane(j, c)).join(", ")}))`;
+  const outStride = hasDst ? sw("o", rank - 2) : "C";
+  return `${enables(...inputs, out)}${uniformDecl(EW_WORDS)}
+${binds}
+@group(0) @binding(${inputs.length + 1}) var<storage, read_write> out: array<vec4<${ot}>>;
 ${WGSL_MATH}
-${computeType_ === "f32" ? FLOAT_FNS : intMax}
-fn f(a: ${computeType_}) -> ${oct} { return ${oct}(${expr}); }
-fn row(v: ${vt}) -> vec4<${ot}> { return vec4<${ot}>(vec4<${oct}>(f(v.x), f(v.y), f(v.z), f(v.w))); }
+${computeTypes.includes("f32") ? FLOAT_FNS : intMax}
+fn f(${params}) -> ${oct} { return ${oct}(${expr}); }
 ${flatId(EW_WG)}
   if (gid >= U(0u)) { return; }
-  let c4 = ${C} / 4u;
-  let r4 = ${R} / 4u;
-  let tc = gid % c4;
-  var rem = gid / c4;
-  let tr = rem % r4;
-  rem = rem / r4;
-  let plane = rem; // flat index over the outer dims
-  // input element (outer, row 4 tr, col 4 tc): rows are contiguous in storage, columns stride apart
-  let stride = U(${16 + rank - 1}u);
-  var i0 = U(2u) + tr * 4u + tc * 4u * stride;
-  ${outer.join("\n  ")}
-  let a0 = ${vt}(in0[i0 >> 2u]);
-  let a1 = ${vt}(in0[(i0 + stride) >> 2u]);
-  let a2 = ${vt}(in0[(i0 + 2u * stride) >> 2u]);
-  let a3 = ${vt}(in0[(i0 + 3u * stride) >> 2u]);
-  // a_j holds output column 4 tc + j of rows 4 tr .. 4 tr + 3: transposed into output rows
-  let o = (U(5u) >> 2u) + (plane * ${R} + tr * 4u) * c4 + tc;
-  out[o] = row(${vt}(a0.x, a1.x, a2.x, a3.x));
-  out[o + c4] = row(${vt}(a0.y, a1.y, a2.y, a3.y));
-  out[o + 2u * c4] = row(${vt}(a0.z, a1.z, a2.z, a3.z));
-  out[o + 3u * c4] = row(${vt}(a0.w, a1.w, a2.w, a3.w));
+  let R = U(${8 + rank - 2}u);
+  let C = U(${8 + rank - 1}u);
+  let tc = gid % (C / 4u);
+  let tr = (gid / (C / 4u)) % (R / 4u);
+  let plane = gid / (C / 4u) / (R / 4u); // flat index over the outer dims
+  ${inputs.map((_, k) => `var i${k} = U(${2 + k}u);`).join(" ")}
+  ${hasDst ? "var io = U(5u);" : "let io = U(5u) + (plane * R + tr * 4u) * C + tc * 4u;"}
+  ${decodeSource(rank - 2, "plane", targets)}
+  ${inputs.map((_, k) => tileAt(`i${k}`, k)).join(" ")} ${hasDst ? tileAt("io", "o") : ""}
+  ${loads}
+  ${[0, 1, 2, 3].map((j) => `out[(io + ${j}u * ${outStride}) >> 2u] = ${rowOut(j)};`).join("\n  ")}
 }`;
 }
 
