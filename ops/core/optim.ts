@@ -44,8 +44,10 @@ export interface StepItem {
 /** Slots per dispatch (each is 10 uniform words). */
 const MAX_SLOTS = 32;
 const UNIFORM_WORDS = OPTIM_GLOBAL_WORDS + MAX_SLOTS * OPTIM_SLOT_WORDS;
-/** The most elements (or vec4s) one slot covers: 65535 workgroups along x. */
-const SLOT_SPAN = 65535 * OPTIM_WG * OPTIM_PER_INVOCATION;
+/** Workgroups per dispatch (along x). */
+const MAX_GROUPS = 65535;
+/** The most elements (or vec4s) one slot covers. */
+const SLOT_SPAN = MAX_GROUPS * OPTIM_WG * OPTIM_PER_INVOCATION;
 
 /**
  * One workgroup row of a multi-buffer dispatch: a range of n elements (vec4s) of one tensor, the buffers
@@ -77,54 +79,59 @@ function split(
   for (let a = body; a < size; a += SLOT_SPAN) out.scalar.push(make(Math.min(SLOT_SPAN, size - a), 1, a));
 }
 
-/** One dispatch of slots: its distinct buffers (written ones first), rows and the slots' uniform words. */
+/** One dispatch of slots: its distinct buffers (written ones first), workgroups and the slots' words. */
 interface Batch {
   written: GPUBuffer[];
   read: GPUBuffer[];
-  /** Workgroups along x: the longest slot's. */
-  span: number;
-  /** Workgroup rows: one per slot. */
+  /** Workgroups: every slot's, end to end. */
+  groups: number;
   rows: number;
   words: Uint32Array;
 }
 
 /**
  * Packs the slots into as few dispatches as the binding limit allows (`reserved` bindings besides the
- * slots' buffers and the uniform block, which some adapters bind as storage) and MAX_SLOTS rows each.
+ * slots' buffers and the uniform block, which some adapters bind as storage), MAX_SLOTS slots and 65535
+ * workgroups each.
  */
 function batches(slots: readonly Slot[], reserved: number): Batch[] {
   const maxBufs = Math.max(2, (gpu().limits.maxStorageBuffersPerShaderStage ?? 8) - 1 - reserved);
+  const groupsOf = (s: Slot) => Math.ceil(s.n / (OPTIM_WG * OPTIM_PER_INVOCATION));
   const out: Batch[] = [];
   let i = 0;
   while (i < slots.length) {
     const bufs = new Map<GPUBuffer, boolean>(); // buffer -> written
     const batch: Slot[] = [];
+    let groups = 0;
     for (; i < slots.length && batch.length < MAX_SLOTS; i++) {
       const extra = new Set(slots[i].bufs.map(([b]) => b).filter((b) => !bufs.has(b))).size;
-      if (batch.length > 0 && bufs.size + extra > maxBufs) break;
+      if (batch.length > 0 && (bufs.size + extra > maxBufs || groups + groupsOf(slots[i]) > MAX_GROUPS)) {
+        break;
+      }
       for (const [b, w] of slots[i].bufs) bufs.set(b, (bufs.get(b) ?? false) || w);
       batch.push(slots[i]);
+      groups += groupsOf(slots[i]);
     }
     const written = [...bufs].filter(([, w]) => w).map(([b]) => b);
     const read = [...bufs].filter(([, w]) => !w).map(([b]) => b);
     const index = new Map([...written, ...read].map((b, k) => [b, k]));
     const u = new Uniforms();
-    let span = 0;
+    let first = 0;
     for (const s of batch) {
       const at = u.length;
       s.words(u, (b) => index.get(b)!);
-      u.padTo(at + OPTIM_SLOT_WORDS);
-      span = Math.max(span, Math.ceil(s.n / (OPTIM_WG * OPTIM_PER_INVOCATION)));
+      u.padTo(at + OPTIM_SLOT_WORDS - 1).u32(first);
+      first += groupsOf(s);
     }
-    out.push({ written, read, span, rows: batch.length, words: u.build() });
+    out.push({ written, read, groups, rows: batch.length, words: u.build() });
   }
   return out;
 }
 
-/** A batch's uniform block: the globals, then its slots, padded to MAX_SLOTS (one pipeline for any count). */
+/** A batch's uniform block: the globals, the slot count, then its slots, padded to MAX_SLOTS. */
 function uniformsOf(globals: Uniforms, b: Batch): Uint32Array {
-  return new Uniforms().u32(...globals.build()).padTo(OPTIM_GLOBAL_WORDS).u32(...b.words).padTo(UNIFORM_WORDS)
-    .build();
+  return new Uniforms().u32(...globals.build()).padTo(OPTIM_GLOBAL_WORDS - 1).u32(b.rows).u32(...b.words)
+    .padTo(UNIFORM_WORDS).build();
 }
 
 const access = (bufs: GPUBuffer[], a: "read" | "read_write") => bufs.map((buffer) => ({ buffer, access: a }));
@@ -279,7 +286,7 @@ function runFused(
         source: () => fusedStepSource(variant, dtype, vec4, nw, nr, MAX_SLOTS),
         bindings: [...access(b.written, "read_write"), ...access(b.read, "read"), ...stateBufs],
         uniforms: uniformsOf(globals, b),
-        workgroups: [b.span, b.rows, 1],
+        workgroups: [b.groups, 1, 1],
       });
     }
   }
@@ -347,7 +354,7 @@ export function fusedClip(
         for (const b of batches(list, 1)) plans.push({ dtype, vec4, b });
       }
     }
-    const count = plans.reduce((a, { b }) => a + b.rows * b.span * OPTIM_WG, 0);
+    const count = plans.reduce((a, { b }) => a + b.groups * OPTIM_WG, 0);
     if (count > NORM_WG * (MAX_LOOP / 2)) {
       throw new Error(`${op}: ${count} partial sums are past the one-workgroup norm pass; use fused: false`);
     }
@@ -362,10 +369,10 @@ export function fusedClip(
         key: `sumSquares|${dtype}|${vec4}|${nb}`,
         source: () => sumSquaresSource(dtype, vec4, nb, MAX_SLOTS),
         bindings: [...access(b.read, "read"), { buffer: partial.storage.buffer!, access: "read_write" }],
-        uniforms: uniformsOf(new Uniforms().u32(b.span, base), b),
-        workgroups: [b.span, b.rows, 1],
+        uniforms: uniformsOf(new Uniforms().u32(base), b),
+        workgroups: [b.groups, 1, 1],
       });
-      base += b.rows * b.span * OPTIM_WG;
+      base += b.groups * OPTIM_WG;
     }
     const ns = empty(op, [2], "f32", "webgpu"); // [norm, scale]
     temps.push(ns);
@@ -433,7 +440,7 @@ export function fusedScaledCopies(op: string, grads: readonly Tensor[], scale: T
               { buffer: scale.storage.buffer!, access: "read" },
             ],
             uniforms: uniformsOf(new Uniforms().u32(scale.offset), b),
-            workgroups: [b.span, b.rows, 1],
+            workgroups: [b.groups, 1, 1],
           });
         }
       }

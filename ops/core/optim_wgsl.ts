@@ -2,8 +2,9 @@
  * WGSL of the fused optimizer step (SGD with momentum/Nesterov, Adam, AdamW).
  *
  * Versions:
- * - step v1: one dispatch updates the slots of several parameters: workgroup row y is slot y (a range of
- *   one parameter), each invocation reads p, g and the state and writes p and the state in place for
+ * - step v1: one dispatch updates the slots of several parameters (a slot: a range of one parameter, its
+ *   workgroups laid end to end with the other slots'), each invocation reads p, g and the state and
+ *   writes p and the state in place for
  *   OPTIM_PER_INVOCATION elements (vec4 of them when the slot's offsets are multiples of 4). The
  *   parameters and gradients are bound as up to maxStorageBuffersPerShaderStage buffers picked by a
  *   switch on the slot's buffer number, so no concatenation or copy-back is needed; the state is one flat
@@ -21,10 +22,31 @@ import { enables, uniformDecl } from "./util.ts";
 export const OPTIM_WG = 64;
 /** Elements (or vec4s) each invocation updates. */
 export const OPTIM_PER_INVOCATION = 4;
-/** Uniform words before the slot table: the rule's hyperparameters. */
+/** Uniform words before the slot table: the kernel's globals (words 0 .. 6) and the slot count (word 7). */
 export const OPTIM_GLOBAL_WORDS = 8;
-/** Uniform words per slot: [n, pBuf, gBuf, pOff, gOff, sOff, first, c1, c2, c3]. */
-export const OPTIM_SLOT_WORDS = 10;
+/** Uniform words per slot: the kernel's (up to 11), then the slot's first workgroup (word 11). */
+export const OPTIM_SLOT_WORDS = 12;
+
+/**
+ * WGSL prelude of the slot kernels: `slot(w)` finds the slot that workgroup w belongs to (a binary search
+ * over the slots' first workgroups) and returns its first uniform word, `chunk(w, S)` the workgroup's
+ * index within its slot. The workgroups of all slots lie end to end along x, so no workgroup is idle
+ * (a grid of slots x longest slot left most of them empty: each costs a launch on lavapipe).
+ */
+function slotFns(): string {
+  return `fn slot(w: u32) -> u32 {
+  var lo = 0u; var hi = U(7u);
+  loop {
+    if (hi - lo <= 1u) { break; }
+    let mid = (lo + hi) / 2u;
+    if (U(${OPTIM_GLOBAL_WORDS}u + mid * ${OPTIM_SLOT_WORDS}u + ${
+    OPTIM_SLOT_WORDS - 1
+  }u) <= w) { lo = mid; } else { hi = mid; }
+  }
+  return ${OPTIM_GLOBAL_WORDS}u + lo * ${OPTIM_SLOT_WORDS}u;
+}
+fn chunk(w: u32, S: u32) -> u32 { return w - U(S + ${OPTIM_SLOT_WORDS - 1}u); }`;
+}
 
 /** What the step's shader depends on besides the dtype and buffer counts. */
 export interface StepVariant {
@@ -89,11 +111,12 @@ export function fusedStepSource(
   return `${enables(dtype)}${uniformDecl(OPTIM_GLOBAL_WORDS + slots * OPTIM_SLOT_WORDS)}
 ${decls.join("\n")}
 ${bufferFns(dtype, vec4, nw, nb)}
+${slotFns()}
 @compute @workgroup_size(${OPTIM_WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let S = ${OPTIM_GLOBAL_WORDS}u + wid.y * ${OPTIM_SLOT_WORDS}u;
+  let S = slot(wid.x);
   let n = U(S);
-  let i0 = wid.x * ${OPTIM_WG * OPTIM_PER_INVOCATION}u + lid;
+  let i0 = chunk(wid.x, S) * ${OPTIM_WG * OPTIM_PER_INVOCATION}u + lid;
   if (i0 >= n) { return; }
   let pb = U(S + 1u); let gb = U(S + 2u); let po = U(S + 3u); let go = U(S + 4u); let so = U(S + 5u);
   let first = U(S + 6u) == 1u;
@@ -157,31 +180,29 @@ fn sto(b: u32, i: u32, x: ${T}) {
 
 /**
  * clipGradNorm pass 1, the sum of squares over the slots of several gradients: invocation lid of
- * workgroup (x, y) sums the squares of its OPTIM_PER_INVOCATION elements (vec4s) of slot y in f32 into
- * partial[base + (y * span + x) * OPTIM_WG + lid]. No workgroup barrier: on lavapipe a barrier costs
- * more than the extra partials. Globals: [span, base]; per slot [n, buf, off] (in vec4s when `vec4`).
+ * workgroup w sums the squares of its OPTIM_PER_INVOCATION elements (vec4s) of its slot in f32 into
+ * partial[base + w * OPTIM_WG + lid]. No workgroup barrier: on lavapipe a barrier costs more than the
+ * extra partials. Globals: [base]; per slot [n, buf, off] (in vec4s when `vec4`).
  */
 export function sumSquaresSource(dtype: DType, vec4: boolean, nb: number, slots: number): string {
   return `${enables(dtype)}${uniformDecl(OPTIM_GLOBAL_WORDS + slots * OPTIM_SLOT_WORDS)}
 ${bufferDecls(dtype, vec4, 0, nb)}
 @group(0) @binding(${nb + 1}) var<storage, read_write> partial: array<f32>;
 ${bufferFns(dtype, vec4, 0, nb)}
+${slotFns()}
 @compute @workgroup_size(${OPTIM_WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let S = ${OPTIM_GLOBAL_WORDS}u + wid.y * ${OPTIM_SLOT_WORDS}u;
-  let n = U(S);
+  let S = slot(wid.x);
+  let n = U(S); let b = U(S + 1u); let off = U(S + 2u);
+  let i0 = chunk(wid.x, S) * ${OPTIM_WG * OPTIM_PER_INVOCATION}u + lid;
   var acc = 0.0;
-  let i0 = wid.x * ${OPTIM_WG * OPTIM_PER_INVOCATION}u + lid;
-  if (i0 < n) {
-    let b = U(S + 1u); let off = U(S + 2u);
-    for (var e = 0u; e < ${OPTIM_PER_INVOCATION}u; e++) {
-      let i = i0 + e * ${OPTIM_WG}u;
-      if (i >= n) { break; }
-      let x = ld(b, off + i);
-      acc += ${vec4 ? "dot(x, x)" : "x * x"};
-    }
+  for (var e = 0u; e < ${OPTIM_PER_INVOCATION}u; e++) {
+    let i = i0 + e * ${OPTIM_WG}u;
+    if (i >= n) { break; }
+    let x = ld(b, off + i);
+    acc += ${vec4 ? "dot(x, x)" : "x * x"};
   }
-  partial[U(1u) + (wid.y * U(0u) + wid.x) * ${OPTIM_WG}u + lid] = acc;
+  partial[U(0u) + wid.x * ${OPTIM_WG}u + lid] = acc;
 }`;
 }
 
@@ -223,11 +244,12 @@ export function scaleCopySource(dtype: DType, vec4: boolean, nw: number, nb: num
 ${bufferDecls(dtype, vec4, nw, nb)}
 @group(0) @binding(${nb + 1}) var<storage, read> scale: array<f32>;
 ${bufferFns(dtype, vec4, nw, nb)}
+${slotFns()}
 @compute @workgroup_size(${OPTIM_WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let S = ${OPTIM_GLOBAL_WORDS}u + wid.y * ${OPTIM_SLOT_WORDS}u;
+  let S = slot(wid.x);
   let n = U(S);
-  let i0 = wid.x * ${OPTIM_WG * OPTIM_PER_INVOCATION}u + lid;
+  let i0 = chunk(wid.x, S) * ${OPTIM_WG * OPTIM_PER_INVOCATION}u + lid;
   if (i0 >= n) { return; }
   let gb = U(S + 1u); let go = U(S + 2u); let ob = U(S + 3u); let oo = U(S + 4u);
   let c = scale[U(0u)];
