@@ -17,6 +17,8 @@ import { exp, log, matmul, neg, rmsNorm } from "../ops/core/mod.ts";
 import {
   causalConv1d,
   causalConv1dStep,
+  mambaInner,
+  type MambaInnerParams,
   mambaLayerStep,
   type MambaStepParams,
   selectiveScan,
@@ -210,6 +212,13 @@ export class Mamba<S extends boolean = true> extends Module {
     if (x.rank !== 3 || x.shape[2] !== D) {
       throw new Error(`Mamba: x must be (B, L, D) with D = ${D}, got ${x.describe()}`);
     }
+    if (!withState && this.xProj && this.dtProj) {
+      // training and plain forward: the inner part as one node (no split copies in the backward either)
+      return tidy(() => {
+        const y = mambaInner(this.inProj.forward(x), this.innerParams(), { scan: this.#scan }); // (B, L, ED)
+        return { y: this.outProj.forward(y) }; // (B, L, D)
+      });
+    }
     return tidy(() => {
       // (B, L, 2 ED) activations stay channels-last: the conv and the scan read x, z, delta, B and C
       // through their strides and store xc and y as (B, L, ED), so no transposing or splitting copies
@@ -241,6 +250,22 @@ export class Mamba<S extends boolean = true> extends Module {
       const out = this.outProj.forward(y.transpose(1, 2)); // (B, L, D)
       return withState ? { y: out, state: { conv: conv[1], ssm: last! } } : { y: out };
     });
+  }
+
+  /** The parameters {@link mambaInner} takes for this (selective) block. */
+  innerParams(): MambaInnerParams {
+    if (!this.xProj || !this.dtProj) {
+      throw new Error("Mamba.innerParams: an LTI block has no xProj or dtProj");
+    }
+    return {
+      convWeight: this.convWeight,
+      convBias: this.convBias,
+      xProjWeight: this.xProj.weight,
+      dtProjWeight: this.dtProj.weight,
+      dtProjBias: this.dtProj.bias!,
+      ALog: this.ALog,
+      D: this.D,
+    };
   }
 
   /**

@@ -36,6 +36,37 @@ describe("Mamba block", () => {
     }),
   );
 
+  test(
+    "training on WebGPU (the fused mambaInner node) gives the float64 block's output and gradients",
+    scoped(async () => {
+      requireGpu();
+      const mk = (device: "cpu" | "webgpu") =>
+        new s.Mamba({ dModel: 8, dState: 6, seed: 5, device, dtype: device === "cpu" ? "f64" : "f32" });
+      const mc = mk("cpu"), mg = mk("webgpu");
+      // the same initial values on both devices (copied, so the check does not depend on the RNGs)
+      for (const [[, c], [, g]] of mc.namedParameters().map((e, i) => [e, mg.namedParameters()[i]])) {
+        s.copyInto(g, await s.cast(c, "f32").to("webgpu"));
+      }
+      const x = s.randn([2, 300, 8], { seed: 6, device: "cpu", dtype: "f64" }); // L 300: the scan's v2
+      const w = s.randn([2, 300, 8], { seed: 7, device: "cpu", dtype: "f64" });
+      const yc = mc.forward(x);
+      yc.mul(w).sum().backward();
+      const yg = mg.forward(await s.cast(x, "f32").to("webgpu"));
+      yg.mul(await s.cast(w, "f32").to("webgpu")).sum().backward();
+      assertClose(await arr(yg), await arr(yc), TOL);
+      const pg = mg.namedParameters();
+      for (const [i, [name, pc]] of mc.namedParameters().entries()) {
+        try {
+          assertClose(await arr(pg[i][1].grad!), await arr(pc.grad!), { atol: 3e-3, rtol: 3e-3 });
+        } catch (e) {
+          throw new Error(`${name}: ${(e as Error).message}`);
+        }
+      }
+      mc.dispose();
+      mg.dispose();
+    }),
+  );
+
   for (const device of devices) {
     test(
       `step over a sequence equals forward; prefill then step continues it (${device})`,

@@ -11,7 +11,7 @@ import { type Tensor, tidy } from "../../runtime/tensor.ts";
 import { grid } from "../../runtime/webgpu.ts";
 import { isGradEnabled, noGrad, record } from "../../runtime/autograd.ts";
 import { zeros } from "../core/creation.ts";
-import { add, contiguous, mul, sigmoid, silu, sub } from "../core/elementwise.ts";
+import { add, contiguous, copyInto, mul, sigmoid, silu, sub } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
 import { sum } from "../core/reduce.ts";
 import { empty, fromArray, Uniforms } from "../core/util.ts";
@@ -248,6 +248,31 @@ function backward(
   }
 }
 
+/**
+ * The conv's gradients (dx, dweight, dbias, dstate) without a recorded node, for fused blocks that record
+ * their own; with `dxInto` (a (B, D, L) view) dx is stored there (by bwd v2 itself for W <= 8 on WebGPU).
+ * Internal: not exported from the package.
+ */
+export function convGrads(
+  g: Tensor,
+  x: Tensor,
+  w: Tensor,
+  b: Tensor | null,
+  p: { silu: boolean; channelsLast: boolean; dxInto?: Tensor | null },
+): Tensor[] {
+  const plan = { version: "auto", silu: p.silu, channelsLast: p.channelsLast };
+  if (x.device === "webgpu" && w.shape[1] <= CONV_V2_MAX_W) {
+    return backwardV2(g, x, w, b, null, plan, p.dxInto);
+  }
+  const r = backward(g, x, w, b, null, plan);
+  if (p.dxInto) {
+    noGrad(() => copyInto(p.dxInto!, r[0]));
+    r[0].dispose();
+    r[0] = p.dxInto.view(p.dxInto.shape, p.dxInto.strides, p.dxInto.offset);
+  }
+  return r;
+}
+
 /** bwd v2 (W <= CONV_V2_MAX_W): the dx pass (dstate, dweight and dbias partials) and the reduce pass. */
 function backwardV2(
   g: Tensor,
@@ -256,12 +281,15 @@ function backwardV2(
   b: Tensor | null,
   st: Tensor | null,
   p: ConvPlan,
+  dxInto: Tensor | null = null,
 ): Tensor[] {
   const op = "causalConv1d backward";
   const [Bn, D, L] = x.shape, W = w.shape[1];
   const ctx = gpu();
   const { chunks, TC, D4 } = v3Chunks(Bn, D, L);
-  const dx = newSeq(`${op} dx`, x.shape, p.channelsLast);
+  const dx = dxInto
+    ? dxInto.view(dxInto.shape, dxInto.strides, dxInto.offset)
+    : newSeq(`${op} dx`, x.shape, p.channelsLast);
   const ds = empty(`${op} dstate`, [Bn, D, W - 1], "f32", "webgpu");
   const dw = empty(`${op} dweight`, [D, W], "f32", "webgpu");
   const db = empty(`${op} dbias`, [D], "f32", "webgpu");

@@ -23,6 +23,7 @@ export {
 } from "./selective_scan_ref.ts";
 export { selectiveScanStep, type SelectiveScanStepOptions } from "./selective_scan_step.ts";
 export { mambaLayerStep, type MambaStepParams, type MambaStepState } from "./mamba_step.ts";
+export { mambaInner, type MambaInnerOptions, type MambaInnerParams } from "./mamba_inner.ts";
 export { causalConv1d, type CausalConv1dOptions, causalConv1dStep } from "./conv1d.ts";
 export { causalConv1dBackwardRef, causalConv1dRef } from "./conv1d_ref.ts";
 export { discretize, type DiscretizeMethod, expm1OverX } from "./discretize.ts";

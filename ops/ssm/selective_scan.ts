@@ -11,7 +11,7 @@ import { type Tensor, tidy } from "../../runtime/tensor.ts";
 import { type Binding, type GpuTexture, grid } from "../../runtime/webgpu.ts";
 import { noGrad, record } from "../../runtime/autograd.ts";
 import { zeros } from "../core/creation.ts";
-import { add, cast, contiguous } from "../core/elementwise.ts";
+import { add, cast, contiguous, copyInto } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
 import { sum } from "../core/reduce.ts";
 import { empty, fromArray, Uniforms } from "../core/util.ts";
@@ -452,7 +452,8 @@ function forwardV2(
 /** Scratch floats the backward may take per dispatch for input-dependent dB / dC terms (64 MiB each). */
 const BWD_PARTIAL_CAP = 16 * 2 ** 20;
 
-interface ScanGrads {
+/** The scan's gradients (internal). */
+export interface ScanGrads {
   du: Tensor;
   ddelta: Tensor;
   dA: Tensor;
@@ -603,6 +604,7 @@ function backwardV2(
   dout: Tensor | null,
   dlast: Tensor | null,
   channelsLast: boolean,
+  dzInto: Tensor | null = null,
 ): ScanGrads {
   const op = "selectiveScan backward";
   const dims = checkScan(op, u, delta, A, B, C, o);
@@ -619,7 +621,12 @@ function backwardV2(
   const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
   const du = newSeq(`${op} du`, [Bn, D, L], channelsLast),
     ddelta = newSeq(`${op} ddelta`, [Bn, D, L], channelsLast);
-  const dz = p.z ? newSeq(`${op} dz`, [Bn, D, L], channelsLast) : null;
+  // dz straight into the caller's view when given (Mamba's (B, L, 2 ED) in-projection gradient)
+  const dz = p.z
+    ? (dzInto
+      ? dzInto.view(dzInto.shape, dzInto.strides, dzInto.offset)
+      : newSeq(`${op} dz`, [Bn, D, L], channelsLast))
+    : null;
   const dP = f("dparams", [BD, P]);
   const tB = p.v.bShared ? null : f("dB terms", [BD, L, 4 * K]);
   const tC = p.v.cShared ? null : f("dC terms", [BD, L, 4 * K]);
@@ -633,7 +640,7 @@ function backwardV2(
     );
     const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
     if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
-    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 && !channelsLast };
+    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 && !channelsLast && !dzInto };
     const sb = (t: Tensor | null, read = false): Binding[] =>
       t ? [{ buffer: t.storage.buffer!, access: read ? "read" : "read_write" }] : [];
     const bindings: Binding[] = [
@@ -778,6 +785,40 @@ function recordScan(
     if (o.deltaBias) grads.push(r.dDeltaBias);
     return grads;
   });
+}
+
+/**
+ * The scan's gradients for the output gradient `dout` without a recorded node (for fused blocks that record
+ * their own): bwd v2 where it fits (du, ddelta and dz stored channels-last when asked, dz straight into
+ * `dzInto`, a (B, D, L) view, when given), else bwd v1 or the cpu reference with the results moved there.
+ * Internal: not exported from the package.
+ */
+export function scanGrads(
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  o: SelectiveScanOptions,
+  dout: Tensor,
+  opts: { channelsLast: boolean; dzInto?: Tensor | null },
+): ScanGrads {
+  const op = "selectiveScan backward";
+  const dims = checkScan(op, u, delta, A, B, C, o);
+  if (dims.device !== "cpu" && !bwdV2Misfit(dims, !!o.z, true)) {
+    return backwardV2(u, delta, A, B, C, o, dout, null, opts.channelsLast, o.z ? opts.dzInto ?? null : null);
+  }
+  const r = dims.device === "cpu"
+    ? backwardCpu(u, delta, A, B, C, o, dout, null)
+    : backwardV1(u, delta, A, B, C, o, dout, null);
+  const lay = (t: Tensor) => toLayout(t, opts.channelsLast);
+  let dz = r.dz ? lay(r.dz) : null;
+  if (dz && opts.dzInto) {
+    noGrad(() => copyInto(opts.dzInto!, dz!));
+    dz.dispose();
+    dz = opts.dzInto.view(opts.dzInto.shape, opts.dzInto.strides, opts.dzInto.offset);
+  }
+  return { ...r, du: lay(r.du), ddelta: lay(r.ddelta), dz };
 }
 
 /**
