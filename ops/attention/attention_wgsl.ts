@@ -94,6 +94,12 @@ export const FIELDS = [
   "osB",
   "osH",
   "osT",
+  "kB",
+  "kH",
+  "kT",
+  "qB",
+  "qH",
+  "qT",
   "pad",
 ] as const;
 
@@ -126,7 +132,10 @@ const UNI = `struct Uni { ${
  * Texture layout of a packed operand: each texture row holds `kpr = TEX_WIDTH / (D / 4)` whole rows of
  * the operand (D / 4 texels each), texture rows wrap into array layers at the `layers` rows per layer the
  * shader is compiled with (the device's maxTextureDimension2D). One-texel rows (the keep mask, L and D_i,
- * the block-sparse mask) use the same mapping with kpr = TEX_WIDTH.
+ * the block-sparse mask) use the same mapping with kpr = TEX_WIDTH. Operand row (b, h, i) of K and V is
+ * texture row b kB + h kH + i kT, of Q and dO b qB + h qH + i qT (uniforms): (H T, T, 1) where the pack
+ * program wrote them in (B, heads, rows) order, their memory order divided by D where a contiguous f32
+ * tensor was copied in as it lies.
  */
 export const TEX_WIDTH = 256;
 
@@ -285,6 +294,7 @@ function keyRange(v: Variant): string {
   return `${v.alibi ? "let slope = slopes[h];" : ""}
   let Seff = lens[b];
   let kvBase = (b * u.Hkv + hk) * u.S;
+  let kvT = b * u.kB + hk * u.kH;
   let tb = (h * u.tabH * u.nqb + wid.x) * u.nkb;`;
 }
 
@@ -451,7 +461,7 @@ export function flashForwardSource(c: FlashConfig): Source {
   if (version === 3) {
     // R rows in named registers (q, accumulator): each K/V texel is fetched once for all R rows
     for (const k of keys) {
-      lines.push(`let kl${k} = trow(kvBase + jk${k}, u.kpr);`);
+      lines.push(`let kl${k} = trow(kvT + jk${k} * u.kT, u.kpr);`);
       for (const x of rows) lines.push(`var s${x}_${k} = 0.0;`);
       for (const i of dims) {
         lines.push(
@@ -658,7 +668,7 @@ export function dqSource(c: BwdConfig): Source {
   const row = (x: number) => `(q0 + ${x * 8}u + lid.x)`;
   const lines: string[] = [];
   for (const k of keys) {
-    lines.push(`{ let jk = min(j + ${k}u, k1 - 1u); let kl = trow(kvBase + jk, u.kpr);`);
+    lines.push(`{ let jk = min(j + ${k}u, k1 - 1u); let kl = trow(kvT + jk * u.kT, u.kpr);`);
     lines.push(...rows.map((x) => `var ok${x} = true;`));
     lines.push(
       `if (!full) { ${keyOk("kv", `j + ${k}u < k1`, "jk")} ${
@@ -679,7 +689,7 @@ export function dqSource(c: BwdConfig): Source {
     lines.push("}");
   }
   const load = (x: number) =>
-    `let rl${x} = trow(bhc * u.T + min(${row(x)}, u.T - 1u), u.kpr);
+    `let rl${x} = trow(b * u.qB + h * u.qH + min(${row(x)}, u.T - 1u) * u.qT, u.kpr);
   ${
       dims.map((i) =>
         `let q${x}_${i} = ${texAt("Q", `rl${x}`, i)} * u.scale; let g${x}_${i} = ${texAt("dO", `rl${x}`, i)};`
@@ -731,7 +741,7 @@ export function dkdvSource(c: BwdConfig): Source {
   const b = bwdOperands().masks(v).storage("dK", out, true).storage("dV", out, true);
   const key = (x: number) => `(c0 + ${x * 8}u + lid.x)`;
   const body: string[] = [];
-  body.push(`let ql = trow(qBase + i, u.kpr); let ld = tex1(LD, qBase + i);`);
+  body.push(`let ql = trow(qT0 + i * u.qT, u.kpr); let ld = tex1(LD, qBase + i);`);
   body.push(...keysR.map((x) => `var ok${x} = true;`));
   body.push(`if (!full) { ${keysR.map((x) => `ok${x} = kok${x} && vis(hs, i, ${key(x)});`).join(" ")} }`);
   body.push(dims.map((d) => `let q${d} = ${texAt("Q", "ql", d)};`).join(" "));
@@ -746,7 +756,7 @@ export function dkdvSource(c: BwdConfig): Source {
     body.push(dims.map((d) => `dv${x}_${d} += p${x} * g${d}; dk${x}_${d} += ds${x} * q${d};`).join(" "));
   }
   const load = (x: number) =>
-    `let kl${x} = trow(kvBase + min(${key(x)}, u.S - 1u), u.kpr);
+    `let kl${x} = trow(kvT + min(${key(x)}, u.S - 1u) * u.kT, u.kpr);
   ${keyOk(`kok${x}`, `${key(x)} < Seff`, `min(${key(x)}, u.S - 1u)`)}
   ${
       dims.map((d) =>
@@ -779,7 +789,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let b = bkc / u.Hkv; let hk = bkc % u.Hkv;
   let Seff = lens[b];
   let c0 = wid.x * u.BC;
-  let kvBase = (b * u.Hkv + hk) * u.S;
+  let kvT = b * u.kB + hk * u.kH;
   ${keysR.map(load).join("\n  ")}
   let blockFull = c0 + u.BC <= Seff;
   for (var g = 0u; g < u.G; g++) {
@@ -787,6 +797,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let hs = h * u.spH;
     ${v.alibi ? "let slope = slopes[h];" : ""}
     let qBase = (b * u.H + h) * u.T;
+    let qT0 = b * u.qB + h * u.qH;
     let tb = h * u.tabH * u.nqb * u.nkb + wid.x;
     var i = u.x0; var i1 = u.x0; var full = false;
     loop {

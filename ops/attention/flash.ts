@@ -244,6 +244,80 @@ function packed(op: string, what: string, t: Tensor, held: GpuTexture[]): GpuTex
   return tex;
 }
 
+/** The texture row of operand row (b, h, i) is b rB + h rH + i rT (the kB..kT and qB..qT uniforms). */
+type RowMap = { B: number; H: number; T: number };
+
+/**
+ * Whether a contiguous tensor's rows can be copied into a texture as they lie: f32, whole texels (D a
+ * multiple of 4), whole rows per texture row (D / 4 divides TEX_WIDTH) and a 16-byte aligned start.
+ */
+function copyable(t: Tensor, D: number): boolean {
+  return t.dtype === "f32" && t.isContiguous && t.size > 0 && D % 4 === 0 && TEX_WIDTH % (D / 4) === 0 &&
+    t.offset % 4 === 0;
+}
+
+/**
+ * Records copies of a copyable tensor's rows (in memory order) into a new pooled texture: one copy per
+ * layer of whole texture rows, one for the last, partial texture row.
+ */
+function copiedRows(op: string, what: string, t: Tensor, D: number, held: GpuTexture[]): GpuTexture {
+  const ctx = gpu();
+  const D4 = D / 4, rows = t.size / D;
+  const tex = acquirePacked(rows, D4, `${op} ${what}`, held);
+  const LR = layerRows(), rowBytes = TEX_WIDTH * 16;
+  const texels = rows * D4, full = Math.floor(texels / TEX_WIDTH), tail = texels % TEX_WIDTH;
+  const src = (row: number) => ({
+    buffer: t.storage.buffer!,
+    offset: t.offset * 4 + row * rowBytes,
+    bytesPerRow: rowBytes,
+  });
+  for (let r0 = 0; r0 < full; r0 += LR) {
+    ctx.copyBufferToTexture(op, src(r0), { texture: tex, origin: [0, 0, r0 / LR] }, [
+      TEX_WIDTH,
+      Math.min(LR, full - r0),
+      1,
+    ]);
+  }
+  if (tail > 0) {
+    ctx.copyBufferToTexture(op, src(full), { texture: tex, origin: [0, full % LR, Math.floor(full / LR)] }, [
+      tail,
+      1,
+      1,
+    ]);
+  }
+  return tex;
+}
+
+/**
+ * Two operands of one shape (K and V, or Q and dO) in textures with one row map: copied as they lie when
+ * both are contiguous f32 tensors with the same strides (no pack program: a recorded copy each), else
+ * packed in (B, heads, rows) order. `views` are their (B, heads, rows, D) views, `origs` the tensors.
+ */
+function texturePair(
+  op: string,
+  what: [string, string],
+  origs: [Tensor, Tensor],
+  views: [Tensor, Tensor],
+  held: GpuTexture[],
+): { a: GpuTexture; b: GpuTexture; map: RowMap } {
+  const [va, vb] = views;
+  const D = va.shape[3];
+  const same = va.strides.every((x, i) => x === vb.strides[i]);
+  if (same && copyable(origs[0], D) && copyable(origs[1], D)) {
+    return {
+      a: copiedRows(op, what[0], origs[0], D, held),
+      b: copiedRows(op, what[1], origs[1], D, held),
+      map: { B: va.strides[0] / D, H: va.strides[1] / D, T: va.strides[2] / D },
+    };
+  }
+  const [, n1, n2] = va.shape;
+  return {
+    a: packed(op, what[0], va, held),
+    b: packed(op, what[1], vb, held),
+    map: { B: n1 * n2, H: n2, T: 1 },
+  };
+}
+
 /** The (B, S) keep mask packed one key per texel, or a constant stand-in (keepOn = 0) when there is none. */
 function packedKeep(op: string, keep: Tensor | null, held: GpuTexture[]): GpuTexture {
   if (!keep) {
@@ -417,9 +491,12 @@ function runFlashForward(
       L: writeOf(lse),
     };
     let kpr = 0, x0 = 0, x1 = 0;
+    let kmap: RowMap = { B: 0, H: 0, T: 0 };
     if (t.version === 3) {
-      bind.K = sampledOf(packed(op, "K", kv, held));
-      bind.V = sampledOf(packed(op, "V", vv, held));
+      const kvTex = texturePair(op, ["K", "V"], [k, v], [kv, vv], held);
+      bind.K = sampledOf(kvTex.a);
+      bind.V = sampledOf(kvTex.b);
+      kmap = kvTex.map;
       kpr = keysPerRow(D4);
     } else {
       // v1/v2 read K and V as contiguous vec4 rows: copy when the layout or offset does not allow it
@@ -459,6 +536,9 @@ function runFlashForward(
         qsT: qv.strides[2],
         qsD: qv.strides[3],
         ...outStrides(o, r),
+        kB: kmap.B,
+        kH: kmap.H,
+        kT: kmap.T,
         kpr,
         nbh: BH,
         x0,
@@ -631,8 +711,9 @@ function recordBackward(
   const held: GpuTexture[] = [];
   const temps: Tensor[] = [tqT, tkT, qv, kv, vv, gv, ov];
   try {
-    const Qt = packed(op, "Q", qv, held), dOt = packed(op, "dO", gv, held);
-    const Kt = packed(op, "K", kv, held), Vt = packed(op, "V", vv, held);
+    const qTex = texturePair(op, ["Q", "dO"], [q, g], [qv, gv], held);
+    const kTex = texturePair(op, ["K", "V"], [k, v], [kv, vv], held);
+    const [Qt, dOt, Kt, Vt] = [qTex.a, qTex.b, kTex.a, kTex.b];
     const LDt = acquirePacked(rows, 1, `${op} L and D`, held);
     ctx.run({
       name: op,
@@ -667,7 +748,17 @@ function recordBackward(
     };
     if (variant.sparseElem) common.smask = sampledOf(maskTexture(op, r, held, temps));
     if (aux.slopes) common.slopes = readOf(aux.slopes);
-    const base = { ...baseFields(r), kpr: keysPerRow(D4), nbh: B * H };
+    const base = {
+      ...baseFields(r),
+      kpr: keysPerRow(D4),
+      nbh: B * H,
+      kB: kTex.map.B,
+      kH: kTex.map.H,
+      kT: kTex.map.T,
+      qB: qTex.map.B,
+      qH: qTex.map.H,
+      qT: qTex.map.T,
+    };
     const cq = { dtype: q.dtype, D4, R: bt.Rq, layers, variant };
     ctx.run({
       name: op,
