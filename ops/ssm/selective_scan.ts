@@ -42,8 +42,13 @@ import {
   V2_WORDS,
   variantKey,
 } from "./selective_scan_wgsl.ts";
-import { scanBackwardV1, scanBackwardV2, scanBwdReduceV2 } from "./selective_scan_bwd_wgsl.ts";
-import { newSeq, seqWords, toLayout } from "./seq_layout.ts";
+import {
+  scanBackwardV1,
+  scanBackwardV2,
+  scanBwdReduceV2,
+  scanBwdUnpackV2,
+} from "./selective_scan_bwd_wgsl.ts";
+import { newSeq, seqVec4, seqWords, toLayout } from "./seq_layout.ts";
 
 export type { SelectiveScanOptions } from "./scan_check.ts";
 
@@ -627,6 +632,12 @@ function backwardV2(
       ? dzInto.view(dzInto.shape, dzInto.strides, dzInto.offset)
       : newSeq(`${op} dz`, [Bn, D, L], channelsLast))
     : null;
+  // strided destinations with L % 4 == 0: bwd v2 stores vec4s into contiguous scratch and the unpack pass
+  // moves them (a storage access per value in bwd v2 itself cost more than the extra pass)
+  const unpack = L % 4 === 0 && (channelsLast || !!dzInto);
+  const [ku, kd, kz] = unpack
+    ? [du, ddelta, dz].map((t, i) => (t ? f(`${["du", "ddelta", "dz"][i]} scratch`, [Bn, D, L]) : null))
+    : [du, ddelta, dz];
   const dP = f("dparams", [BD, P]);
   const tB = p.v.bShared ? null : f("dB terms", [BD, L, 4 * K]);
   const tC = p.v.cShared ? null : f("dC terms", [BD, L, 4 * K]);
@@ -640,16 +651,16 @@ function backwardV2(
     );
     const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
     if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
-    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 && !channelsLast && !dzInto };
+    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 };
     const sb = (t: Tensor | null, read = false): Binding[] =>
       t ? [{ buffer: t.storage.buffer!, access: read ? "read" : "read_write" }] : [];
     const bindings: Binding[] = [
       { buffer: p.params.storage.buffer!, access: "read" },
       ...textures.map((t): Binding => ({ texture: t, access: "read" })),
       ...sb(gl, true),
-      ...sb(du),
-      ...sb(ddelta),
-      ...sb(dz),
+      ...sb(ku),
+      ...sb(kd),
+      ...sb(kz),
       ...sb(dP),
       ...sb(tB),
       ...sb(tC),
@@ -675,9 +686,23 @@ function backwardV2(
         bl.rowBlocks,
       )
         .u32(xl.segments, gl?.offset ?? 0, 0, 0, 0)
-        .u32(...seqWords(du), ...seqWords(ddelta), ...(dz ? seqWords(dz) : [0, 0, 0, 0])).build(),
+        .u32(...seqWords(ku!), ...seqWords(kd!), ...(kz ? seqWords(kz) : [0, 0, 0, 0])).build(),
       workgroups: [Math.ceil(BD / SCAN_WG), 1, 1],
     });
+    if (unpack) {
+      const dst = [du, ddelta, dz].filter((t): t is Tensor => !!t);
+      const src = [ku, kd, kz].filter((t): t is Tensor => !!t);
+      const vec4 = dst.map(seqVec4), D4 = Math.ceil(D / 4);
+      ctx.run({
+        name: op,
+        key: `bwd v2 unpack|${vec4.map((v) => (v ? 4 : 1)).join("")}`,
+        source: () => scanBwdUnpackV2(vec4),
+        inputs: src.map((t) => t.storage.buffer!),
+        outputs: dst.map((t) => t.storage.buffer!),
+        uniforms: new Uniforms().u32(Bn, D, L, L / 4, D4).u32(...dst.flatMap(seqWords)).build(),
+        workgroups: grid(Bn * (L / 4) * D4, SCAN_WG),
+      });
+    }
     const nB = p.v.bShared ? 0 : Bn * G * L * K, nC = p.v.cShared ? 0 : Bn * G * L * K;
     const tl = seqLayout(BD, 4 * L * K, 1);
     const termOps = [tB, tC].filter((t): t is Tensor => !!t);
@@ -707,6 +732,7 @@ function backwardV2(
   } finally {
     textures.forEach((t) => t.release());
     for (const t of [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl, dP, tB, tC, scratch]) t?.dispose();
+    if (unpack) { for (const t of [ku, kd, kz]) t?.dispose(); }
   }
   if (!o.D) dD.dispose();
   if (!o.deltaBias) dBias.dispose();

@@ -528,3 +528,52 @@ ${flatId(SCAN_WG)}
   ${sums.join("\n  ")}
 }`;
 }
+
+/**
+ * bwd v2 unpack: moves contiguous (B, D, L) results of bwd v2 (its vec4 stores along t) into strided
+ * destinations, up to 3 operands per dispatch: one invocation per (b, 4 steps, 4 channels) loads 4 vec4s
+ * along t and stores 4 vec4s along the channels when a destination is channels-last (`vec4[j]`), else 16
+ * scalars. Cheaper than bwd v2 storing each step's value through the strides itself (a storage access per
+ * value on lavapipe, in the pass that is already the step's longest). L % 4 == 0. Uniforms: [Bn, D, L,
+ * L4, D4], then per operand the destination's (off, sb, sd, st). Bindings: the sources, then the
+ * destinations.
+ */
+export function scanBwdUnpackV2(vec4: readonly boolean[]): string {
+  const n = vec4.length;
+  const decl = [
+    ...vec4.map((_, j) => `@group(0) @binding(${j + 1}) var<storage, read> S${j}: array<vec4<f32>>;`),
+    ...vec4.map((v, j) =>
+      `@group(0) @binding(${n + j + 1}) var<storage, read_write> O${j}: array<${v ? "vec4<f32>" : "f32"}>;`
+    ),
+  ];
+  const body = vec4.map((v, j) => {
+    const w = 5 + 4 * j;
+    const base = (t: string) => `U(${w}u) + b * U(${w + 1}u) + ${t} * U(${w + 3}u)`;
+    const loads = [0, 1, 2, 3].map((c) =>
+      `let s${c} = select(vec4<f32>(0.0), S${j}[(b * D + min(d0 + ${c}u, D - 1u)) * L4 + t4], d0 + ${c}u < D);`
+    );
+    const stores = [0, 1, 2, 3].map((q) => {
+      const val = `vec4<f32>(s0[${q}], s1[${q}], s2[${q}], s3[${q}])`;
+      const t = `(4u * t4 + ${q}u)`;
+      return v
+        ? `O${j}[(${base(t)}) / 4u + d4] = ${val};`
+        : `{ let v = ${val}; for (var c = 0u; c < 4u; c++) { if (d0 + c < D) { O${j}[${
+          base(t)
+        } + (d0 + c) * U(${w + 2}u)] = v[c]; } } }`;
+    });
+    return `{ // operand ${j}
+    ${loads.join("\n    ")}
+    ${stores.join("\n    ")}
+  }`;
+  });
+  return `// selective scan bwd v2 unpack (${n} operands)
+${uniformDecl(5 + 4 * n)}
+${decl.join("\n")}
+${flatId(SCAN_WG)}
+  let Bn = U(0u); let D = U(1u); let L4 = U(3u); let D4 = U(4u);
+  if (gid >= Bn * L4 * D4) { return; }
+  let d4 = gid % D4; let r = gid / D4; let t4 = r % L4; let b = r / L4;
+  let d0 = 4u * d4;
+  ${body.join("\n  ")}
+}`;
+}

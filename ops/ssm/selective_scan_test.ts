@@ -350,8 +350,14 @@ describe("selectiveScan backward", () => {
 describe("channels-last: strided (B, L, D) inputs, channels-last output and gradients", () => {
   // Mamba's layout: u, delta, z (B, L, D) and B, C column slices of x_proj's (B, L, R + 2N) output, all
   // viewed as (B, D, L) / (B, N, L). D = 8 takes pack v3's vec4 loads, D = 6 its scalar ones; v2 stores
-  // through strides (L = 37: a partial last texel), v1 and the cpu are moved into the layout after.
-  const cases: [number, number, number, number][] = [[2, 8, 300, 16], [1, 6, 37, 4], [2, 8, 40, 5]];
+  // through strides (L = 37: a partial last texel) or, for L % 4 == 0, bwd v2 through its unpack pass (D = 6:
+  // scalar stores); v1 and the cpu are moved into the layout after.
+  const cases: [number, number, number, number][] = [[2, 8, 300, 16], [1, 6, 37, 4], [2, 8, 40, 5], [
+    1,
+    6,
+    36,
+    3,
+  ]];
   for (const [Bn, D, L, N] of cases) {
     for (const device of ["webgpu", "cpu"] as const) {
       test(
