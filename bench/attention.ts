@@ -13,6 +13,8 @@
  *   are encoded here, in memory (nothing is downloaded at run time beyond the pinned npm packages).
  * Every implementation, peers included, is checked against the float64 reference before anything is timed.
  *
+ * `deno run -A bench/attention.ts small [T ...]` prints device times with small heads (B 8, H 4, D 16-64,
+ * T 256-4096, causal) in both layouts, as a language model's training step runs them (nothing written).
  * Run: `deno task bench attention` (full), `deno task bench attention 1024 4096` (chosen T values for the
  * main table; the sweeps use the first; the peers run when 1024 is among them). Prints tables, writes
  * bench/results/attention.json. `deno run -A bench/attention.ts peers` runs only the peer table (and its
@@ -560,6 +562,56 @@ function peerTargets(p: { ratios: Record<string, number | null> } | null) {
  * Runs the benchmark; `args` may list T values for the main table, or be `["peers"]` for the peer table
  * alone.
  */
+/**
+ * Device time (timestamp profiler, median of 3) of flash forward and forward + backward with small heads
+ * (B 8, H 4, D 16, 32, 64; causal), as a language model's training step runs them: q, k, v in (B, T, H, D)
+ * ("bthd") against transposed (B, H, T, D) views ("bhtd", what the model passed before the layout option).
+ */
+async function smallHeadTable(Ts: number[]): Promise<string> {
+  const { gpu } = await import("../runtime/device.ts");
+  const B = 8, Hs = 4;
+  const rows: string[][] = [];
+  for (const Dh of [16, 32, 64]) {
+    for (const T of Ts.length ? Ts : [256, 1024, 4096]) {
+      const x = [1, 2, 3].map((seed) => s.randn([B, T, Hs, Dh], { seed }));
+      const g = s.randn([B, T, Hs, Dh], { seed: 4 });
+      const cells: string[] = [];
+      for (const layout of ["bhtd", "bthd"] as const) {
+        const leaves = x.map((t) => t.detach());
+        for (const t of leaves) t.requiresGrad = true;
+        const gl = layout === "bthd" ? g : g.transpose(1, 2);
+        const ms = { fwd: [] as number[], bwd: [] as number[] };
+        for (let trial = 0; trial < 4; trial++) {
+          // the transposed views are recorded per call (a backward frees the graph through them)
+          const ins = layout === "bthd" ? leaves : leaves.map((t) => t.transpose(1, 2));
+          gpu().startProfile();
+          const r = s.flashAttention(ins[0], ins[1], ins[2], { causal: true, layout });
+          await r.lse.toArray();
+          const f = await gpu().stopProfile();
+          gpu().startProfile();
+          r.o.backward(gl);
+          await leaves[0].grad!.slice([0, [0, 1]]).toArray();
+          const b = await gpu().stopProfile();
+          drop(r);
+          for (const t of leaves) t.zeroGrad();
+          if (layout === "bhtd") { for (const t of ins) t.dispose(); }
+          if (trial === 0) continue; // compiles
+          ms.fwd.push(f.reduce((a, p) => a + p.ms, 0));
+          ms.bwd.push(b.reduce((a, p) => a + p.ms, 0));
+        }
+        const med = (a: number[]) => a.sort((p, q) => p - q)[Math.floor(a.length / 2)];
+        cells.push(med(ms.fwd).toFixed(2), med(ms.bwd).toFixed(2));
+        if (layout === "bhtd") gl.dispose();
+        for (const t of leaves) t.dispose();
+      }
+      for (const t of [...x, g]) t.dispose();
+      rows.push([`D ${Dh}, T ${T}`, ...cells]);
+    }
+  }
+  return `flash attention device ms, B ${B}, H ${Hs}, causal (load average ${loadAverage()})\n` +
+    table(["", "bhtd view fwd", "bhtd view bwd", "bthd fwd", "bthd bwd"], rows);
+}
+
 export async function main(args: string[] = []): Promise<void> {
   if (!hasWebGPU()) {
     console.log("bench attention: no WebGPU adapter; skipped");
@@ -587,6 +639,10 @@ export async function main(args: string[] = []): Promise<void> {
   }
   await checkAttention();
   console.log("checked: flash v1, v2, v3 and standard match the float64 reference");
+  if (args[0] === "small") {
+    console.log(await smallHeadTable(args.slice(1).map(Number)));
+    return;
+  }
 
   const Ts = args.length ? args.map(Number) : [128, 256, 512, 1024, 2048, 4096, 8192, 16384];
   const BWD_MAX = 4096;
