@@ -41,7 +41,7 @@ export interface StepItem {
   stateOffset: number;
 }
 
-/** Slots per dispatch (each is 10 uniform words). */
+/** Slots per dispatch (each is OPTIM_SLOT_WORDS uniform words). */
 const MAX_SLOTS = 32;
 const UNIFORM_WORDS = OPTIM_GLOBAL_WORDS + MAX_SLOTS * OPTIM_SLOT_WORDS;
 /** Workgroups per dispatch (along x). */
@@ -50,13 +50,13 @@ const MAX_GROUPS = 65535;
 const SLOT_SPAN = MAX_GROUPS * OPTIM_WG * OPTIM_PER_INVOCATION;
 
 /**
- * One workgroup row of a multi-buffer dispatch: a range of n elements (vec4s) of one tensor, the buffers
- * it binds (true: written) and its uniform words given each buffer's binding number.
+ * A range of n elements (vec4s) of one tensor in a multi-tensor dispatch: the tuple of buffers it reads
+ * and writes (the same positions in every slot of a kernel) and its uniform words after [n, tuple].
  */
 interface Slot {
   n: number;
-  bufs: [GPUBuffer, boolean][];
-  words: (u: Uniforms, at: (b: GPUBuffer) => number) => void;
+  bufs: GPUBuffer[];
+  words: (u: Uniforms) => void;
 }
 
 /**
@@ -79,10 +79,9 @@ function split(
   for (let a = body; a < size; a += SLOT_SPAN) out.scalar.push(make(Math.min(SLOT_SPAN, size - a), 1, a));
 }
 
-/** One dispatch of slots: its distinct buffers (written ones first), workgroups and the slots' words. */
+/** One dispatch of slots: its buffer tuples, workgroups and the slots' uniform words. */
 interface Batch {
-  written: GPUBuffer[];
-  read: GPUBuffer[];
+  tuples: GPUBuffer[][];
   /** Workgroups: every slot's, end to end. */
   groups: number;
   rows: number;
@@ -91,41 +90,57 @@ interface Batch {
 
 /**
  * Packs the slots into as few dispatches as the binding limit allows (`reserved` bindings besides the
- * slots' buffers and the uniform block, which some adapters bind as storage), MAX_SLOTS slots and 65535
- * workgroups each.
+ * tuples and the uniform block, which some adapters bind as storage), MAX_SLOTS slots and 65535
+ * workgroups each. Slots with the same buffers share a tuple; a buffer written at a `writable` position
+ * appears in no other tuple of its dispatch (WebGPU forbids aliasing a writable binding).
  */
-function batches(slots: readonly Slot[], reserved: number): Batch[] {
-  const maxBufs = Math.max(2, (gpu().limits.maxStorageBuffersPerShaderStage ?? 8) - 1 - reserved);
+function batches(slots: readonly Slot[], writable: readonly boolean[], reserved: number): Batch[] {
+  const maxBufs = Math.max(
+    writable.length,
+    (gpu().limits.maxStorageBuffersPerShaderStage ?? 8) - 1 - reserved,
+  );
+  const maxTuples = Math.floor(maxBufs / writable.length);
   const groupsOf = (s: Slot) => Math.ceil(s.n / (OPTIM_WG * OPTIM_PER_INVOCATION));
   const out: Batch[] = [];
   let i = 0;
   while (i < slots.length) {
-    const bufs = new Map<GPUBuffer, boolean>(); // buffer -> written
-    const batch: Slot[] = [];
+    const tuples: GPUBuffer[][] = [], tupleOf: number[] = [];
+    const written = new Set<GPUBuffer>(), bound = new Set<GPUBuffer>();
     let groups = 0;
-    for (; i < slots.length && batch.length < MAX_SLOTS; i++) {
-      const extra = new Set(slots[i].bufs.map(([b]) => b).filter((b) => !bufs.has(b))).size;
-      if (batch.length > 0 && (bufs.size + extra > maxBufs || groups + groupsOf(slots[i]) > MAX_GROUPS)) {
-        break;
+    for (; i < slots.length && tupleOf.length < MAX_SLOTS; i++) {
+      const bufs = slots[i].bufs;
+      if (tupleOf.length > 0 && groups + groupsOf(slots[i]) > MAX_GROUPS) break;
+      let t = tuples.findIndex((tu) => tu.every((b, j) => b === bufs[j]));
+      if (t < 0) {
+        const w = bufs.filter((_, j) => writable[j]), r = bufs.filter((_, j) => !writable[j]);
+        const clash = w.some((b) => bound.has(b)) || r.some((b) => written.has(b)) ||
+          new Set(w).size < w.length || w.some((b) => r.includes(b));
+        if (tupleOf.length > 0 && (tuples.length >= maxTuples || clash)) break;
+        t = tuples.push(bufs) - 1;
+        for (const b of w) written.add(b);
+        for (const b of bufs) bound.add(b);
       }
-      for (const [b, w] of slots[i].bufs) bufs.set(b, (bufs.get(b) ?? false) || w);
-      batch.push(slots[i]);
+      tupleOf.push(t);
       groups += groupsOf(slots[i]);
     }
-    const written = [...bufs].filter(([, w]) => w).map(([b]) => b);
-    const read = [...bufs].filter(([, w]) => !w).map(([b]) => b);
-    const index = new Map([...written, ...read].map((b, k) => [b, k]));
     const u = new Uniforms();
     let first = 0;
-    for (const s of batch) {
-      const at = u.length;
-      s.words(u, (b) => index.get(b)!);
+    tupleOf.forEach((t, k) => {
+      const s = slots[i - tupleOf.length + k], at = u.length;
+      s.words(u.u32(s.n, t));
       u.padTo(at + OPTIM_SLOT_WORDS - 1).u32(first);
       first += groupsOf(s);
-    }
-    out.push({ written, read, groups, rows: batch.length, words: u.build() });
+    });
+    out.push({ tuples, groups, rows: tupleOf.length, words: u.build() });
   }
   return out;
+}
+
+/** The bindings of a batch's tuples: position by position, tuple by tuple (b{j}_{t} in the shaders). */
+function tupleBindings(b: Batch, writable: readonly boolean[]) {
+  return writable.flatMap((w, j) =>
+    b.tuples.map((tu) => ({ buffer: tu[j], access: w ? "read_write" as const : "read" as const }))
+  );
 }
 
 /** A batch's uniform block: the globals, the slot count, then its slots, padded to MAX_SLOTS. */
@@ -133,8 +148,6 @@ function uniformsOf(globals: Uniforms, b: Batch): Uint32Array {
   return new Uniforms().u32(...globals.build()).padTo(OPTIM_GLOBAL_WORDS - 1).u32(b.rows).u32(...b.words)
     .padTo(UNIFORM_WORDS).build();
 }
-
-const access = (bufs: GPUBuffer[], a: "read" | "read_write") => bufs.map((buffer) => ({ buffer, access: a }));
 
 /**
  * Applies `rule` with learning rate `lr` to every item: p, and the item's range of each flat state tensor
@@ -242,18 +255,9 @@ function runFused(
     const c = coefficients(rule, lr, t);
     split(p.size, [p.offset, g.offset, stateOffset], dtype === "f32", (n, w, a) => ({
       n,
-      bufs: [[pb, true], [gb, false]],
-      words: (u, at) =>
-        u.u32(
-          n,
-          at(pb),
-          at(gb),
-          (p.offset + a) / w,
-          (g.offset + a) / w,
-          (stateOffset + a) / w,
-          t === 1 ? 1 : 0,
-        )
-          .f32(...c),
+      bufs: [pb, gb],
+      words: (u) =>
+        u.u32((p.offset + a) / w, (g.offset + a) / w, (stateOffset + a) / w, t === 1 ? 1 : 0).f32(...c),
     }), slots);
   });
   const variant: StepVariant = rule.kind === "adam"
@@ -276,15 +280,15 @@ function runFused(
       ? [rule.beta1, 1 - rule.beta1, rule.beta2, 1 - rule.beta2, rule.eps, rule.weightDecay]
       : [rule.momentum, 1 - rule.dampening, rule.weightDecay]),
   );
-  const stateBufs = access(state.map((s) => s.storage.buffer!), "read_write");
+  const stateBufs = state.map((s) => ({ buffer: s.storage.buffer!, access: "read_write" as const }));
   for (const [list, vec4] of [[slots.vec, true], [slots.scalar, false]] as const) {
-    for (const b of batches(list, state.length)) {
-      const nw = b.written.length, nr = b.read.length;
+    for (const b of batches(list, [true, false], state.length)) {
+      const nt = b.tuples.length;
       gpu().run({
         name: op,
-        key: `fusedStep|${JSON.stringify(variant)}|${dtype}|${vec4}|${nw}|${nr}`,
-        source: () => fusedStepSource(variant, dtype, vec4, nw, nr, MAX_SLOTS),
-        bindings: [...access(b.written, "read_write"), ...access(b.read, "read"), ...stateBufs],
+        key: `fusedStep|${JSON.stringify(variant)}|${dtype}|${vec4}|${nt}`,
+        source: () => fusedStepSource(variant, dtype, vec4, nt, MAX_SLOTS),
+        bindings: [...tupleBindings(b, [true, false]), ...stateBufs],
         uniforms: uniformsOf(globals, b),
         workgroups: [b.groups, 1, 1],
       });
@@ -346,12 +350,12 @@ export function fusedClip(
         const buf = g.storage.buffer!;
         split(g.size, [g.offset], dtype === "f32", (n, w, a) => ({
           n,
-          bufs: [[buf, false]],
-          words: (u, at) => u.u32(n, at(buf), (g.offset + a) / w),
+          bufs: [buf],
+          words: (u) => u.u32((g.offset + a) / w),
         }), slots);
       }
       for (const [list, vec4] of [[slots.vec, true], [slots.scalar, false]] as const) {
-        for (const b of batches(list, 1)) plans.push({ dtype, vec4, b });
+        for (const b of batches(list, [false], 1)) plans.push({ dtype, vec4, b });
       }
     }
     const count = plans.reduce((a, { b }) => a + b.groups * OPTIM_WG, 0);
@@ -363,12 +367,12 @@ export function fusedClip(
     const ctx = gpu();
     let base = 0;
     for (const { dtype, vec4, b } of plans) {
-      const nb = b.read.length;
+      const nt = b.tuples.length;
       ctx.run({
         name: op,
-        key: `sumSquares|${dtype}|${vec4}|${nb}`,
-        source: () => sumSquaresSource(dtype, vec4, nb, MAX_SLOTS),
-        bindings: [...access(b.read, "read"), { buffer: partial.storage.buffer!, access: "read_write" }],
+        key: `sumSquares|${dtype}|${vec4}|${nt}`,
+        source: () => sumSquaresSource(dtype, vec4, nt, MAX_SLOTS),
+        bindings: [...tupleBindings(b, [false]), { buffer: partial.storage.buffer!, access: "read_write" }],
         uniforms: uniformsOf(new Uniforms().u32(base), b),
         workgroups: [b.groups, 1, 1],
       });
@@ -423,22 +427,18 @@ export function fusedScaledCopies(op: string, grads: readonly Tensor[], scale: T
         const gb = g.storage.buffer!, ob = outs[k].storage.buffer!;
         split(g.size, [g.offset], dtype === "f32", (n, w, a) => ({
           n,
-          bufs: [[ob, true], [gb, false]],
-          words: (u, at) => u.u32(n, at(gb), (g.offset + a) / w, at(ob), a / w),
+          bufs: [ob, gb],
+          words: (u) => u.u32((g.offset + a) / w, a / w),
         }), slots);
       });
       for (const [list, vec4] of [[slots.vec, true], [slots.scalar, false]] as const) {
-        for (const b of batches(list, 1)) {
-          const nw = b.written.length, nb = nw + b.read.length;
+        for (const b of batches(list, [true, false], 1)) {
+          const nt = b.tuples.length;
           gpu().run({
             name: op,
-            key: `scaleCopy|${dtype}|${vec4}|${nw}|${nb}`,
-            source: () => scaleCopySource(dtype, vec4, nw, nb, MAX_SLOTS),
-            bindings: [
-              ...access(b.written, "read_write"),
-              ...access(b.read, "read"),
-              { buffer: scale.storage.buffer!, access: "read" },
-            ],
+            key: `scaleCopy|${dtype}|${vec4}|${nt}`,
+            source: () => scaleCopySource(dtype, vec4, nt, MAX_SLOTS),
+            bindings: [...tupleBindings(b, [true, false]), { buffer: scale.storage.buffer!, access: "read" }],
             uniforms: uniformsOf(new Uniforms().u32(scale.offset), b),
             workgroups: [b.groups, 1, 1],
           });

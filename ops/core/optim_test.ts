@@ -111,6 +111,31 @@ describe("fusedStep", () => {
     }),
   );
 
+  test(
+    "gradients that are slices of one tensor (one buffer bound for several parameters)",
+    scoped(async () => {
+      requireGpu();
+      const rule = RULES[5][1];
+      const sizes = [8, 12, 5, 64];
+      const slices = (step: number, k: number, n: number, o: { device: s.DeviceName; dtype: s.DType }) => {
+        const all = s.tensor(data(sizes.reduce((a, b) => a + b, 0), 7 + step, 2), o);
+        const at = sizes.slice(0, k).reduce((a, b) => a + b, 0);
+        return all.slice([[at, at + n]]);
+      };
+      const all = () => true;
+      const want = await trajectory("cpu", rule, sizes, slices, all, 3);
+      const got = await trajectory("webgpu", rule, sizes, slices, all, 3);
+      got.forEach((g, i) => assertClose(g, want[i], { atol: 1e-5, rtol: 1e-5 }));
+      const g = s.tensor(data(20, 3, 2), { device: "webgpu" });
+      const r = fusedClip("clip", [g.slice([[0, 8]]), g.slice([[8, 20]])], 0.5);
+      const want2 = Array.from(data(20, 3, 2));
+      const norm = Math.sqrt(want2.reduce((a, x) => a + x * x, 0));
+      assertClose([await r.norm.item()], [norm], { atol: 0, rtol: 1e-6 });
+      const k = Math.min(1, 0.5 / (norm + 1e-6));
+      assertClose(await r.grads[1].toArray(), want2.slice(8).map((x) => x * k), { atol: 1e-6, rtol: 1e-6 });
+    }),
+  );
+
   test("the reference against a hand computation of one AdamW and one Nesterov step", () => {
     const p = Float64Array.of(1, -2), m = new Float64Array(2), v = new Float64Array(2);
     const adamw: FusedRule = {
