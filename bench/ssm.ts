@@ -10,13 +10,16 @@
  *   at B = 1, D = 512, N = 16; the speed-up, and the target of issue 6: v2 at least 5x faster than v1 at
  *   L = 16K. Side tables: the carry pass (sequential fold vs Hillis-Steele in workgroup memory), a
  *   narrow model (D = 16), where the sequential scan has too few invocations to keep the adapter busy,
- *   and the backward at a training size.
+ *   and the backward at a training size;
+ * - a Mamba block's inner training pass (B 8, L 256, ED 128, N 16: MambaLM d 64): `mambaInner` fused (one
+ *   node: channels-last conv v3 / bwd v2 with SiLU, strided scan, gradients written into place) against
+ *   its composition (each op its own node, the baseline), ms and dispatches per forward + backward.
  * Every version is checked against the float64 reference before anything is timed; trials of the columns
  * being compared are interleaved.
  *
  * Run: `deno task bench ssm` (scan L = 1K ... 64K), or `deno task bench ssm 1024 16384` for chosen scan
  * lengths (the convolution and attention sections keep their own lengths). Prints the tables, writes
- * bench/results/ssm.json.
+ * bench/results/ssm.json. `deno run -A bench/ssm.ts inner` prints the Mamba inner table alone (no file).
  * @module
  */
 
@@ -276,6 +279,103 @@ async function measureBackward(Bn: number, D: number, N: number, L: number): Pro
     }
   }
   return rows;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Mamba's inner training pass: fused node vs composition
+
+/** One row of the Mamba inner table. */
+export interface MambaInnerBenchRow {
+  version: "fused" | "composed";
+  B: number;
+  L: number;
+  ED: number;
+  N: number;
+  /** Median ms per forward + backward (synchronised). */
+  ms: number;
+  /** Dispatches per forward + backward. */
+  dispatches: number;
+}
+
+/**
+ * `mambaInner` fused vs composed, forward + backward at a training size (checked against each other first:
+ * y and every gradient).
+ */
+export async function mambaInnerTable(
+  Bn = 8,
+  L = 256,
+  ED = 128,
+  N = 16,
+  R = 4,
+  W = 4,
+): Promise<{ rows: MambaInnerBenchRow[]; text: string }> {
+  const o = { device: "webgpu" as const };
+  const xz = s.randn([Bn, L, 2 * ED], { seed: 1, ...o });
+  const p: s.MambaInnerParams = {
+    convWeight: s.randn([ED, W], { seed: 2, std: 0.5, ...o }),
+    convBias: s.randn([ED], { seed: 3, std: 0.5, ...o }),
+    xProjWeight: s.randn([ED, R + 2 * N], { seed: 4, std: 0.1, ...o }),
+    dtProjWeight: s.randn([R, ED], { seed: 5, std: 0.5, ...o }),
+    dtProjBias: s.rand([ED], { seed: 6, low: -4, high: -2, ...o }),
+    ALog: s.rand([ED, N], { seed: 7, low: -1, high: 1, ...o }),
+    D: s.randn([ED], { seed: 8, ...o }),
+  };
+  const leaves = [xz, ...Object.values(p).filter((t): t is Tensor => !!t)];
+  leaves.forEach((t) => (t.requiresGrad = true));
+  const pass = (version: "fused" | "composed") => () => {
+    const y = s.mambaInner(xz, p, { version });
+    const l = y.sum();
+    y.dispose();
+    l.backward();
+    return l;
+  };
+  const grads = async (version: "fused" | "composed") => {
+    await pass(version)().item();
+    const g = await Promise.all(leaves.map(async (t) => Array.from(await t.grad!.toArray())));
+    leaves.forEach((t) => t.zeroGrad());
+    return g;
+  };
+  const rows: MambaInnerBenchRow[] = [];
+  try {
+    const [gf, gc] = [await grads("fused"), await grads("composed")];
+    gf.forEach((g, i) => {
+      const e = g.reduce((m, v, j) => Math.max(m, Math.abs(v - gc[i][j]) / (1e-2 + Math.abs(gc[i][j]))), 0);
+      if (!(e < 1e-2)) throw new Error(`bench mambaInner: fused and composed gradient ${i} differ (${e})`);
+    });
+    const versions = ["composed", "fused"] as const;
+    const timers = [];
+    for (const v of versions) {
+      timers.push(
+        await prepareTimer(pass(v), async () => await gpu().sync(), (l) => {
+          l.dispose();
+          leaves.forEach((t) => t.zeroGrad());
+        }, { trials: 5, trialMs: 400, maxReps: 10 }),
+      );
+    }
+    const ms = await timeInterleaved(timers);
+    for (const [i, v] of versions.entries()) {
+      const c0 = gpu().counters.dispatches;
+      const l = pass(v)();
+      await gpu().sync();
+      const dispatches = gpu().counters.dispatches - c0;
+      l.dispose();
+      leaves.forEach((t) => t.zeroGrad());
+      rows.push({ version: v, B: Bn, L, ED, N, ms: ms[i], dispatches });
+    }
+  } finally {
+    leaves.forEach((t) => {
+      t.zeroGrad();
+      t.dispose();
+    });
+  }
+  const text = [
+    `Mamba inner part, forward + backward, B = ${Bn}, L = ${L}, ED = ${ED}, N = ${N}, R = ${R}, W = ${W}`,
+    table(
+      ["version", "ms (median)", "dispatches"],
+      rows.map((r) => [r.version, r.ms.toFixed(1), `${r.dispatches}`]),
+    ),
+  ].join("\n");
+  return { rows, text };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -540,6 +640,10 @@ export async function main(args: string[] = []): Promise<void> {
     console.log("bench ssm: no WebGPU adapter; the versions compared here are WebGPU shaders");
     return;
   }
+  if (args[0] === "inner") {
+    console.log((await mambaInnerTable()).text);
+    return;
+  }
   const Ls = args.length ? args.map(Number) : [1024, 2048, 4096, 8192, 16384, 32768, 65536];
   const load0 = loadAverage();
   console.log(`adapter: ${s.adapterInfo()}\nload average at start: ${load0 ?? "?"}`);
@@ -553,8 +657,11 @@ export async function main(args: string[] = []): Promise<void> {
   const vs = await scanVsAttention([16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]);
   const loadVs = loadAverage();
   const t = await ssmTables(Ls);
+  const inner = await mambaInnerTable();
   const load1 = loadAverage();
-  console.log(`\n${conv.text}\n\n${vs.text}\n\n${t.text}\nload average at end: ${load1 ?? "?"}`);
+  console.log(
+    `\n${conv.text}\n\n${vs.text}\n\n${t.text}\n\n${inner.text}\nload average at end: ${load1 ?? "?"}`,
+  );
   const file = await writeResult("ssm", {
     bench: "ssm",
     started,
@@ -565,6 +672,7 @@ export async function main(args: string[] = []): Promise<void> {
     target: t.target,
     rows: t.rows,
     convolution: { crossovers: conv.crossovers, rows: conv.rows },
+    mambaInner: inner.rows,
     scanVsAttention: {
       setup: { B: 1, D: 512, N: 16, H: 8, Dh: 64, causal: true },
       crossover: vs.crossover,
