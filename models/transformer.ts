@@ -114,17 +114,6 @@ export interface BlockPositions {
 const NO_POS: BlockPositions = { start: 0, freqs: null, alibi: undefined };
 
 /**
- * RoPE on x (B, T, heads, Dh) at positions start, start + 1, ... without a transpose: applyRope rotates
- * the (..., rows, Dh) layout, so x is viewed as (B T, heads, 1, Dh) with one position per (b, t).
- */
-function ropeBthd(x: Tensor, start: number, freqs: RopeFrequencies): Tensor {
-  const [B, T, Hn, Dh] = x.shape;
-  const pos = new Float64Array(B * T);
-  for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pos[b * T + t] = start + t;
-  return applyRope(x.reshape([B * T, Hn, 1, Dh]), pos, freqs).reshape([B, T, Hn, Dh]);
-}
-
-/**
  * One pre-norm block of a {@link TransformerLM}: x + attention(ln1 x), then + fc2 gelu(fc1 ln2 x); x is
  * (B, T, D). Built by the model; positions come from the model in a {@link BlockPositions}.
  *
@@ -195,8 +184,8 @@ export class TransformerBlock extends Module {
     let k = this.wk.forward(h).reshape([B, T, Hkv, Dh]); // (B, T, Hkv, Dh)
     const v = this.wv.forward(h).reshape([B, T, Hkv, Dh]); // (B, T, Hkv, Dh)
     if (p.freqs) {
-      q = ropeBthd(q, p.start, p.freqs);
-      k = ropeBthd(k, p.start, p.freqs);
+      q = applyRope(q, p.start, p.freqs, { layout: "bthd" });
+      k = applyRope(k, p.start, p.freqs, { layout: "bthd" });
     }
     return [q, k, v];
   }

@@ -15,5 +15,5 @@
 export { alibiBias, type AlibiOptions, alibiSlopes } from "./alibi.ts";
 export { alibiBiasRef } from "./alibi_ref.ts";
 export { type RopeFrequencies, ropeFrequencies, type RopeOptions, type RopeScaling } from "./frequencies.ts";
-export { applyRope, type RopePositions } from "./rope.ts";
-export { ropeRef } from "./rope_ref.ts";
+export { applyRope, type ApplyRopeOptions, type RopePositions } from "./rope.ts";
+export { type RopeLayout, ropeRef } from "./rope_ref.ts";

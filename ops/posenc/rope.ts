@@ -13,20 +13,32 @@ import { record } from "../../runtime/autograd.ts";
 import { contiguous } from "../core/elementwise.ts";
 import { empty, fromArray, Uniforms } from "../core/util.ts";
 import { type RopeFrequencies, ropeFrequencies } from "./frequencies.ts";
-import { ropeRef } from "./rope_ref.ts";
+import { type RopeLayout, ropeRef } from "./rope_ref.ts";
 import { ROPE_WG, ropeV1 } from "./rope_wgsl.ts";
 
 /** Positions for the T rows of each sequence: a start offset, or T (or B * T) explicit values. */
 export type RopePositions = number | ArrayLike<number>;
 
-/** Validates x and positions; returns the explicit positions. */
-function check(x: Tensor, positions: RopePositions, freqs?: RopeFrequencies) {
+/** Options of {@link applyRope}. */
+export interface ApplyRopeOptions {
+  /** "bhtd" (default): x is (B, H, T, D) or any (..., T, D); "bthd": x is (B, T, H, D). */
+  layout?: RopeLayout;
+}
+
+/** Validates x, positions and layout; returns the explicit positions. */
+function check(x: Tensor, positions: RopePositions, freqs: RopeFrequencies | undefined, layout: unknown) {
   x.check("applyRope");
   if (!isFloat(x.dtype)) throw new Error(`applyRope: needs a float tensor, got ${x.describe()}`);
+  if (layout !== "bhtd" && layout !== "bthd") {
+    throw new Error(`applyRope: layout must be "bhtd" or "bthd", got ${JSON.stringify(layout)}`);
+  }
+  if (layout === "bthd" && x.rank !== 4) {
+    throw new Error(`applyRope: layout "bthd" needs x (B, T, H, D), got ${x.describe()}`);
+  }
   if (x.rank < 2) {
     throw new Error(`applyRope: x must be (B, H, T, D) or (..., T, D), got ${x.describe()}`);
   }
-  const D = x.shape[x.rank - 1], T = x.shape[x.rank - 2];
+  const D = x.shape[x.rank - 1], T = layout === "bthd" ? x.shape[1] : x.shape[x.rank - 2];
   if (D % 2 !== 0) {
     throw new Error(
       `applyRope: head dim D = ${D} of ${fmt(x.shape)} is odd; RoPE rotates pairs (i, i + D/2)`,
@@ -57,9 +69,17 @@ function check(x: Tensor, positions: RopePositions, freqs?: RopeFrequencies) {
 }
 
 /** The rotation (or its transpose) without recording. */
-function rotate(x: Tensor, pos: ArrayLike<number>, freqs: RopeFrequencies, transpose: boolean): Tensor {
-  if (x.device === "cpu") return ropeRef(x, pos, freqs, transpose);
-  const D = x.shape[x.rank - 1], T = x.shape[x.rank - 2], half = D / 2;
+function rotate(
+  x: Tensor,
+  pos: ArrayLike<number>,
+  freqs: RopeFrequencies,
+  transpose: boolean,
+  layout: RopeLayout,
+): Tensor {
+  if (x.device === "cpu") return ropeRef(x, pos, freqs, transpose, layout);
+  const D = x.shape[x.rank - 1], half = D / 2;
+  const inner = layout === "bthd" ? x.shape[2] : 1;
+  const T = layout === "bthd" ? x.shape[1] : x.shape[x.rank - 2];
   const rows = numel(x.shape.slice(0, -1));
   const out = empty("applyRope", x.shape, x.dtype, x.device);
   if (out.size === 0) return out;
@@ -82,9 +102,9 @@ function rotate(x: Tensor, pos: ArrayLike<number>, freqs: RopeFrequencies, trans
       inputs: [src.storage.buffer!, table.storage.buffer!],
       outputs: [out.storage.buffer!],
       uniforms: new Uniforms()
-        .u32(rows * half, T, half, src.offset, Tt === T ? 0 : rows / x.shape[0], Tt)
+        .u32(rows * half, T, half, src.offset, Tt === T ? 0 : rows / inner / x.shape[0], Tt)
         .f32(transpose ? -1 : 1)
-        .padTo(8)
+        .u32(inner)
         .build(),
       workgroups: grid(rows * half, ROPE_WG),
     });
@@ -101,7 +121,8 @@ function rotate(x: Tensor, pos: ArrayLike<number>, freqs: RopeFrequencies, trans
  * out[i] = x[i] c - x[i + D/2] s and out[i + D/2] = x[i + D/2] c + x[i] s (REFERENCES.md, RoPE).
  *
  * `positions` is a start offset (rows get offset, offset + 1, ...), or T explicit positions shared by every
- * leading index, or B * T (row-major (B, T)) giving each batch entry its own. `freqs` defaults to
+ * leading index, or B * T (row-major (B, T)) giving each batch entry its own. `layout: "bthd"` takes x as
+ * (B, T, H, D), a projection's output reshaped, so attention in that layout needs no transpose. `freqs` defaults to
  * `ropeFrequencies(D)`; pass scaled ones for PI, NTK, dynamic NTK or YaRN. Differentiable in x.
  * The cpu path is {@link ropeRef} (float64); the WebGPU path reads a float64-computed cos/sin table.
  *
@@ -114,8 +135,14 @@ function rotate(x: Tensor, pos: ArrayLike<number>, freqs: RopeFrequencies, trans
  * console.log((await y.toArray())[2].toFixed(4)); // "0.8415" (sin 1)
  * ```
  */
-export function applyRope(x: Tensor, positions: RopePositions, freqs?: RopeFrequencies): Tensor {
-  const { pos, f } = check(x, positions, freqs);
-  const out = rotate(x, pos, f, false);
-  return record("applyRope", out, [x], [], (g) => [rotate(g, pos, f, true)]);
+export function applyRope(
+  x: Tensor,
+  positions: RopePositions,
+  freqs?: RopeFrequencies,
+  o: ApplyRopeOptions = {},
+): Tensor {
+  const layout = o.layout ?? "bhtd";
+  const { pos, f } = check(x, positions, freqs, layout);
+  const out = rotate(x, pos, f, false, layout);
+  return record("applyRope", out, [x], [], (g) => [rotate(g, pos, f, true, layout)]);
 }

@@ -10,10 +10,14 @@ import { contiguous } from "../core/elementwise.ts";
 import { empty } from "../core/util.ts";
 import type { RopeFrequencies } from "./frequencies.ts";
 
+/** Where T sits: (..., T, D) ("bhtd", the default) or (B, T, H, D) ("bthd"). */
+export type RopeLayout = "bhtd" | "bthd";
+
 /**
  * Rotary embedding with rotate-half pairing, in float64 (rounded once to x's dtype on store).
  *
- * - `x`: (B, H, T, D), or any (..., T, D); D even, on cpu.
+ * - `x`: (B, H, T, D), or any (..., T, D); D even, on cpu. With `layout` "bthd", x is (B, T, H, D) (the
+ *   heads of one position side by side, as a projection's output reshapes to).
  * - `positions`: T numbers shared by every leading index, or B * T numbers (row-major (B, T)) giving each
  *   batch row its own positions (B = x.shape[0]).
  * - `freqs.invFreq`: (D / 2) inverse frequencies; `freqs.mscale` scales cos and sin (YaRN's temperature).
@@ -34,18 +38,22 @@ export function ropeRef(
   positions: ArrayLike<number>,
   freqs: RopeFrequencies,
   transpose = false,
+  layout: RopeLayout = "bhtd",
 ): Tensor {
-  const D = x.shape[x.rank - 1], T = x.shape[x.rank - 2], half = D / 2;
+  const D = x.shape[x.rank - 1], half = D / 2;
+  // "bthd": x is (B, T, H, D), H rows per position; else (..., T, D), one row per position
+  const inner = layout === "bthd" ? x.shape[2] : 1;
+  const T = layout === "bthd" ? x.shape[1] : x.shape[x.rank - 2];
   const rows = numel(x.shape.slice(0, -1));
   const perBatch = positions.length !== T; // then B * T, checked by the caller
-  const group = perBatch ? rows / x.shape[0] : 0; // rows per batch entry
+  const group = perBatch ? rows / inner / x.shape[0] : 0; // positions per batch entry
   const src = contiguous(x);
   const out = empty("ropeRef", x.shape, x.dtype, "cpu");
   const a = src.storage.data!, o = out.storage.data!, off = src.offset;
   const sign = transpose ? -1 : 1;
   for (let r = 0; r < rows; r++) {
-    const t = r % T;
-    const p = positions[perBatch ? Math.floor(r / group) * T + t : t];
+    const q = Math.floor(r / inner), t = q % T;
+    const p = positions[perBatch ? Math.floor(q / group) * T + t : t];
     const base = r * D;
     for (let i = 0; i < half; i++) {
       const ang = p * freqs.invFreq[i];

@@ -141,6 +141,44 @@ describe("applyRope", () => {
   });
 
   test(
+    "layout bthd: (B, T, H, D) gives the permuted (B, H, T, D) result, shared and per-batch positions",
+    scoped(async () => {
+      const x = cpu([2, 5, 3, 8], 9); // (B, T, H, D)
+      for (const pos of [3, [0.5, 2, 9, 40, 1e4], [...Array(10).keys()].map((i) => 7 * i)]) {
+        // the reference in the (B, H, T, D) layout, permuted back
+        const want = s.applyRope(x.permute([0, 2, 1, 3]), pos).permute([0, 2, 1, 3]).contiguous();
+        const got = s.applyRope(x, pos, undefined, { layout: "bthd" });
+        assertClose(await arr(got), await arr(want), { atol: 1e-12, rtol: 1e-12 });
+        await compareBackends((t) => s.applyRope(t, pos, undefined, { layout: "bthd" }), [x], {
+          atol: 2e-6,
+          rtol: 2e-6,
+        });
+        for (const t of [want, got]) t.dispose();
+      }
+      // gradients in float64, both layouts agree
+      const x64 = cpu([2, 3, 2, 4], 10, 1, "f64");
+      await s.gradcheck((t) => s.applyRope(t, [1, 2, 3, 4, 5, 6], undefined, { layout: "bthd" }), [x64], {
+        atol: 1e-8,
+        rtol: 1e-6,
+      });
+      x64.dispose();
+      x.dispose();
+    }),
+  );
+
+  test("layout errors name the layout", () => {
+    const x = cpu([2, 5, 8]);
+    expect(() => s.applyRope(x, 0, undefined, { layout: "bthd" })).toThrow(
+      /layout "bthd" needs x \(B, T, H, D\)/,
+    );
+    // deno-lint-ignore no-explicit-any
+    expect(() => s.applyRope(x, 0, undefined, { layout: "tbhd" as any })).toThrow(
+      /layout must be "bhtd" or "bthd"/,
+    );
+    x.dispose();
+  });
+
+  test(
     "gradients: the backward is the transposed rotation (float64 finite differences)",
     scoped(async () => {
       const x = cpu([1, 2, 3, 8], 8, 1, "f64");

@@ -15,8 +15,10 @@ import { binding, enables, uniformDecl } from "../core/util.ts";
 export const ROPE_WG = 64;
 
 /**
- * Uniforms: [n = rows * half, T, half, xOff, group, Tt, sign (f32)]. `group` is the number of rows per
- * batch entry when each batch row has its own positions (table row b * T + t), 0 when shared (row t).
+ * Uniforms: [n = rows * half, T, half, xOff, group, Tt, sign (f32), inner]. Row r is at position index
+ * q = r / inner (inner = H for a (B, T, H, D) layout, 1 for (..., T, D)), t = q % T. `group` is the number
+ * of position indices per batch entry when each batch row has its own positions (table row b * T + t), 0
+ * when shared (table row t).
  */
 export function ropeV1(dtype: DType): string {
   return `${enables(dtype)}${uniformDecl(8)}
@@ -27,8 +29,9 @@ ${flatId(ROPE_WG)}
   let n = U(0u); let T = U(1u); let half = U(2u); let group = U(4u);
   if (gid >= n) { return; }
   let row = gid / half; let i = gid % half;
-  let t = row % T;
-  let tr = select(t, (row / max(group, 1u)) * T + t, group != 0u);
+  let q = row / U(7u);
+  let t = q % T;
+  let tr = select(t, (q / max(group, 1u)) * T + t, group != 0u);
   let c = tab[tr * half + i];
   let s = UF(6u) * tab[(U(5u) + tr) * half + i];
   let base = row * 2u * half;
