@@ -1,5 +1,5 @@
 /**
- * The Mamba block (Gu and Dao, arXiv 2312.00752; REFERENCES.md, Mamba): in_proj, a short causal depthwise
+ * The Mamba block (Gu and Dao, arXiv 2312.00752; docs/papers.md, Mamba): in_proj, a short causal depthwise
  * conv with SiLU, the input-dependent projections of delta, B and C, the selective scan, the gate and
  * out_proj. `forward` runs the whole sequence (the scan's parallel version on WebGPU); `step` advances one
  * token from a (conv state, ssm state) pair for recurrent decoding; `prefill` runs a prompt and returns

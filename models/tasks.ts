@@ -1,5 +1,5 @@
 /**
- * The synthetic tasks of the Mamba paper (Gu and Dao, arXiv 2312.00752, section 4.1; REFERENCES.md, Mamba):
+ * The synthetic tasks of the Mamba paper (Gu and Dao, arXiv 2312.00752, section 4.1; docs/papers.md, Mamba):
  * {@link selectiveCopying} (remember the data tokens scattered among noise, then recite them in order) and
  * {@link inductionHeads} (after `special x ... special`, answer `x`). Both return plain row-major `Int32Array`s
  * (B, L) with a shape, so they need no device: wrap them with `tensor(inputs, {shape, dtype: "i32"})`.

@@ -1,5 +1,5 @@
 /**
- * TimeMachine (Ahamed and Cheng, arXiv 2403.09898; REFERENCES.md, Vision and time-series Mamba): a
+ * TimeMachine (Ahamed and Cheng, arXiv 2403.09898; docs/papers.md, Vision and time-series Mamba): a
  * long-term forecaster from four Mamba blocks at two scales. The lookback window is normalised per
  * instance (RevIN), embedded by Linear(L -> n1) (the fine scale) and Linear(n1 -> n2) (the coarse scale);
  * at each scale one Mamba reads the tokens as they are and one reads the transposed tensor; a

@@ -1,7 +1,7 @@
 /**
  * Kernelized (linear) attention composed from core ops on either device, differentiable through
  * autograd: `featureAttention` for given feature maps, `linearAttention` with elu(x) + 1 (Katharopoulos
- * et al.; REFERENCES.md, "Linear attention"). Memory is linear in T: the T x T score matrix never exists.
+ * et al.; docs/papers.md, "Linear attention"). Memory is linear in T: the T x T score matrix never exists.
  * @module
  */
 

@@ -52,7 +52,7 @@ export function linformerProjection(k: number, T: number, opts: LinformerProject
 }
 
 /**
- * Linformer attention (REFERENCES.md, Linformer): softmax(scale Q (E K)^T) (F V), E, F in R^{k x T}.
+ * Linformer attention (docs/papers.md, Linformer): softmax(scale Q (E K)^T) (F V), E, F in R^{k x T}.
  * Time and memory O(Tq k) per head instead of O(Tq Tk). Not causal: the projection mixes all positions.
  *
  * - `q`: (B, H, Tq, D), `k`: (B, H, Tk, D), `v`: (B, H, Tk, Dv) -> (B, H, Tq, Dv).

@@ -28,7 +28,7 @@ export function checkProjection(op: string, name: string, P: Tensor, H: number, 
 }
 
 /**
- * Reference Linformer attention (REFERENCES.md, Linformer): softmax(scale Q (E K)^T) (F V).
+ * Reference Linformer attention (docs/papers.md, Linformer): softmax(scale Q (E K)^T) (F V).
  *
  * - `q`: (B, H, Tq, D), `k`: (B, H, Tk, D), `v`: (B, H, Tk, Dv), cpu tensors.
  * - `E`: (k, Tk) shared by all heads, or (H, k, Tk) per head; `opts.F` the same shape (default E).

@@ -107,7 +107,7 @@ export function performerFeatures(m: number, D: number, opts: PerformerFeatureOp
 }
 
 /**
- * Performer FAVOR+ attention (REFERENCES.md, Performer): softmax(scale q k^T) v approximated with positive
+ * Performer FAVOR+ attention (docs/papers.md, Performer): softmax(scale q k^T) v approximated with positive
  * random features phi(x) = exp(-|x'|^2 / 2) / sqrt(m) [exp(w_j^T x')], x' = sqrt(scale) x, for which
  * E[phi(q) . phi(k)] = exp(scale q . k), then linear attention over the features (causal by cumulative
  * sums, see `featureAttention`). Memory and time are linear in T.

@@ -101,7 +101,7 @@ export function projectionFrom(
 }
 
 /**
- * Reference Performer FAVOR+ attention (REFERENCES.md, Performer): with x' = sqrt(scale) x,
+ * Reference Performer FAVOR+ attention (docs/papers.md, Performer): with x' = sqrt(scale) x,
  * phi(x) = exp(-|x'|^2 / 2) / sqrt(m) [exp(w_j^T x')]_{j < m}, so E[phi(q) . phi(k)] = exp(scale q . k);
  * then linear attention with these features.
  *

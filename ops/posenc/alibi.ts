@@ -17,7 +17,7 @@ function powerOfTwoSlopes(n: number): number[] {
 }
 
 /**
- * ALiBi slopes for `nHeads` heads (REFERENCES.md, ALiBi): m_h = 2^(-8h / n) for h = 1..n when n is a power
+ * ALiBi slopes for `nHeads` heads (docs/papers.md, ALiBi): m_h = 2^(-8h / n) for h = 1..n when n is a power
  * of two. Otherwise, with c the largest power of two below n, the c slopes of c heads followed by every
  * other slope (the 1st, 3rd, ...) of 2c heads, n - c of them: the interleaving of the ALiBi reference code.
  *

@@ -118,7 +118,7 @@ function rotate(
 /**
  * Applies rotary position embedding to `x` (B, H, T, D) (or any (..., T, D)) with rotate-half pairing:
  * for pair (i, i + D/2) at position p, angle a = p * invFreq[i], c = mscale cos a, s = mscale sin a,
- * out[i] = x[i] c - x[i + D/2] s and out[i + D/2] = x[i + D/2] c + x[i] s (REFERENCES.md, RoPE).
+ * out[i] = x[i] c - x[i + D/2] s and out[i + D/2] = x[i + D/2] c + x[i] s (docs/papers.md, RoPE).
  *
  * `positions` is a start offset (rows get offset, offset + 1, ...), or T explicit positions shared by every
  * leading index, or B * T (row-major (B, T)) giving each batch entry its own. `layout: "bthd"` takes x as
