@@ -639,8 +639,6 @@ function backwardV2(
     ? [du, ddelta, dz].map((t, i) => (t ? f(`${["du", "ddelta", "dz"][i]} scratch`, [Bn, D, L]) : null))
     : [du, ddelta, dz];
   const dP = f("dparams", [BD, P]);
-  const tB = p.v.bShared ? null : f("dB terms", [BD, L, 4 * K]);
-  const tC = p.v.cShared ? null : f("dC terms", [BD, L, 4 * K]);
   const scratch = f("scratch", [BD, Math.ceil(L / 4), 4 * K]);
   const dA = f("dA", [D, N]), dD = f("dD", [D]), dBias = f("d deltaBias", [D]);
   const dB = f("dB", p.v.bShared ? [D, N] : [...B.shape]), dC = f("dC", p.v.cShared ? [D, N] : [...C.shape]);
@@ -652,18 +650,28 @@ function backwardV2(
     const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
     if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
     const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 };
+    const inputTex = [...textures];
+    // the terms of input-dependent dB, dC: written by bwd v2 into the texture the reduce reads
+    const nTerms = (p.v.bShared ? 0 : 1) + (p.v.cShared ? 0 : 1);
+    const tl = seqLayout(BD, 4 * L * K, 1);
+    const tt = nTerms
+      ? ctx.acquireTexture(
+        { width: tl.width, height: tl.height, layers: nTerms * tl.rowBlocks * tl.segments },
+        `${op} dB, dC terms`,
+      )
+      : null;
+    if (tt) textures.push(tt);
     const sb = (t: Tensor | null, read = false): Binding[] =>
       t ? [{ buffer: t.storage.buffer!, access: read ? "read" : "read_write" }] : [];
     const bindings: Binding[] = [
       { buffer: p.params.storage.buffer!, access: "read" },
-      ...textures.map((t): Binding => ({ texture: t, access: "read" })),
+      ...inputTex.map((t): Binding => ({ texture: t, access: "read" })),
       ...sb(gl, true),
       ...sb(ku),
       ...sb(kd),
       ...sb(kz),
       ...sb(dP),
-      ...sb(tB),
-      ...sb(tC),
+      ...(tt ? [{ texture: tt, access: "write" } as Binding] : []),
       ...sb(scratch),
       { buffer: ctx.diagnostics, access: "read_write" },
     ];
@@ -685,7 +693,7 @@ function backwardV2(
         bl.rowsPerBlock / N,
         bl.rowBlocks,
       )
-        .u32(xl.segments, gl?.offset ?? 0, 0, 0, 0)
+        .u32(xl.segments, gl?.offset ?? 0, tl.rowBlocks, tl.segments, 0)
         .u32(...seqWords(ku!), ...seqWords(kd!), ...(kz ? seqWords(kz) : [0, 0, 0, 0])).build(),
       workgroups: [Math.ceil(BD / SCAN_WG), 1, 1],
     });
@@ -704,10 +712,6 @@ function backwardV2(
       });
     }
     const nB = p.v.bShared ? 0 : Bn * G * L * K, nC = p.v.cShared ? 0 : Bn * G * L * K;
-    const tl = seqLayout(BD, 4 * L * K, 1);
-    const termOps = [tB, tC].filter((t): t is Tensor => !!t);
-    const tt = termOps.length ? packSeq(op, "dB, dC terms", termOps, BD, tl) : null;
-    if (tt) textures.push(tt);
     ctx.run({
       name: op,
       key: `bwd v2 reduce|N${N}|${p.v.bShared}|${p.v.cShared}`,
@@ -731,7 +735,7 @@ function backwardV2(
     throw e;
   } finally {
     textures.forEach((t) => t.release());
-    for (const t of [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl, dP, tB, tC, scratch]) t?.dispose();
+    for (const t of [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl, dP, scratch]) t?.dispose();
     if (unpack) { for (const t of [ku, kd, kz]) t?.dispose(); }
   }
   if (!o.D) dD.dispose();

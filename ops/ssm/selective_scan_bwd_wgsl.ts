@@ -259,10 +259,10 @@ export interface ScanBwdV2Variant {
  * by {@link scanBwdReduceV2}. 2 L / 4 loop iterations per invocation: L <= 4 MAX_LOOP / 2.
  *
  * Uniforms: the fwd v2 words (0 BD, 1 D, 2 L, 3 L4, 6 H, 7 G, 8 X rowBlocks, 9 BC groups per layer,
- * 10 BC layer blocks, 11 segments), 12 glOff, 16 .. 27 (off, sb, sd, st) of du, ddelta, dz (read unless
- * `vec4Out`). Bindings: 1 params, 2 TX, 3 TBC (if B or C input-dependent),
- * dlast (if `hasLast`), du, ddelta, dz (if z), dparams (B D, P), dB terms (unless shared), dC terms
- * (unless shared), scratch, diag.
+ * 10 BC layer blocks, 11 segments), 12 glOff, 13 and 14 the terms texture's rowBlocks and segments, 16 .. 27
+ * (off, sb, sd, st) of du, ddelta, dz (read unless `vec4Out`). Bindings: 1 params, 2 TX, 3 TBC (if B or C
+ * input-dependent), dlast (if `hasLast`), du, ddelta, dz (if z), dparams (B D, P), the terms texture
+ * (write; if B or C input-dependent), scratch, diag.
  */
 export function scanBackwardV2(v: ScanVariant, w: ScanBwdV2Variant): string {
   const { N } = v;
@@ -280,8 +280,11 @@ export function scanBackwardV2(v: ScanVariant, w: ScanBwdV2Variant): string {
   bind("DDL", seqT);
   if (v.hasZ) bind("DZ", seqT);
   bind("DP", "array<f32>");
-  if (!v.bShared) bind("TB", "array<vec4<f32>>");
-  if (!v.cShared) bind("TC", "array<vec4<f32>>");
+  // the terms of input-dependent dB and dC go straight into the texture the reduce reads (no buffer and no
+  // copy: 2 B D L N floats per call)
+  if (!v.bShared || !v.cShared) {
+    decl.push(`@group(0) @binding(${b++}) var TT: texture_storage_2d_array<rgba32float, write>;`);
+  }
   bind("SCR", "array<vec4<f32>>");
   const diagB = b;
   const xl = (op: number) => `(${op}u * U(8u) + xrb) * U(11u) + seg`;
@@ -335,12 +338,12 @@ export function scanBackwardV2(v: ScanVariant, w: ScanBwdV2Variant): string {
       lines.push(
         v.cShared
           ? `    dCs${k} += dy * ${hc(k)};`
-          : `    TC[(bd * L + t) * ${K.length}u + ${k}u] = dy * ${hc(k)};`,
+          : `    putT(${v.bShared ? 0 : 1}u, bd, t * ${K.length}u + ${k}u, dy * ${hc(k)});`,
       );
       lines.push(
         v.bShared
           ? `    dBs${k} += gk * (dt * uu);`
-          : `    TB[(bd * L + t) * ${K.length}u + ${k}u] = gk * (dt * uu);`,
+          : `    putT(0u, bd, t * ${K.length}u + ${k}u, gk * (dt * uu));`,
       );
       lines.push(`    duv += dot(gk, bv) * dt;`);
       lines.push(`    let ea = exp2(dt * l2a${k}); let ah = ea * ${hp(k)};`);
@@ -375,6 +378,15 @@ ${uniformDecl(28)}
 ${paramDecl(diagB)}
 ${decl.join("\n")}
 ${helpers()}
+${
+    needBC
+      ? `// term texel tx = t K + k of row bd, operand op (dB terms, then dC terms) in seqLayout(B D, 4 L K, 1)
+fn putT(op: u32, bd: u32, tx: u32, v: vec4<f32>) {
+  let rb = bd / ${TEX_ROWS}u;
+  textureStore(TT, vec2<u32>(tx % ${TEX_W}u, bd - rb * ${TEX_ROWS}u), (op * U(13u) + rb) * U(14u) + tx / ${TEX_W}u, v);
+}`
+      : ""
+  }
 @compute @workgroup_size(${SCAN_WG})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   ${v2Prelude(v)}
