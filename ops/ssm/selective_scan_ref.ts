@@ -76,7 +76,7 @@ export function scanHost(
 }
 
 /**
- * The selective scan, as mamba's `selective_scan_ref` (REFERENCES.md, Mamba), in float64 on cpu tensors.
+ * The selective scan, as mamba's `selective_scan_ref` (docs/papers.md, Mamba), in float64 on cpu tensors.
  * This doc comment is the shape spec:
  *
  * - `u`: (B, D, L) input; `delta`: (B, D, L) step sizes;
