@@ -122,6 +122,19 @@ describe("matmul: every shader version against the cpu reference", () => {
     expect(texTile("v5", 4, 1000)).toBe(TEX_TILES.v5);
   });
 
+  test("transposed A (a weight gradient's x^T) through the vec4 pack: ragged rows and k, batches", async () => {
+    // A = X^T with X row-major: unit row stride and a column stride divisible by 4 take the vec4 pack
+    const cases: [number[], (t: Tensor) => Tensor][] = [
+      [[70, 36], (t) => t.transpose(0, 1)], // 36 x 70
+      [[13, 40], (t) => t.slice([null, [0, 37]]).transpose(0, 1)], // 37 x 13, column stride 40
+      [[2, 9, 36], (t) => t.transpose(1, 2)], // batches of 36 x 9
+    ];
+    for (const [xs, view] of cases) {
+      const K = xs.at(-2)!;
+      await everyVersion((x, y, mm) => mm(view(x), y), xs, [K, 6], { K, N: 6, seed: 4 });
+    }
+  });
+
   test("batch broadcasting: [2, 1, M, K] @ [3, K, N], shared operands, batch of one", async () => {
     for (const [M, K, N] of [[5, 7, 3], [33, 64, 40], [1, 16, 8]]) {
       const pairs: [number[], number[]][] = [

@@ -14,6 +14,7 @@ import type { Tensor } from "../../runtime/tensor.ts";
 import type { GpuTexture } from "../../runtime/webgpu.ts";
 import {
   matmulPack,
+  matmulPackTransposedA,
   matmulTex,
   PACK_GROUP,
   PACK_MAX_BATCH,
@@ -89,6 +90,14 @@ function batchOffset(p: PackView, b: number): number {
 function copyable(p: PackView, cols: number, K: number, offs: number[]): boolean {
   return p.t.dtype === "f32" && p.cs === 1 && p.rs % 64 === 0 && p.rs > 0 && cols % 4 === 0 && K % 4 === 0 &&
     offs.every((o) => o % 4 === 0);
+}
+
+/**
+ * Whether A is a transposed f32 matrix the vec4 pack can read: unit row stride (its rows are columns of a
+ * row-major matrix), a column stride and every batch's offset divisible by 4.
+ */
+function transposedVec4(p: PackView, offs: number[]): boolean {
+  return p.t.dtype === "f32" && p.rs === 1 && p.cs % 4 === 0 && p.cs > 0 && offs.every((o) => o % 4 === 0);
 }
 
 /**
@@ -186,6 +195,17 @@ export function texMatmul(
       for (const o of offs) u.u32(o - off);
       u.padTo(PACK_UNIFORM_WORDS);
       const block = role === "A" ? RB : CB;
+      if (role === "A" && transposedVec4(p, offs)) {
+        ctx.run({
+          name: op,
+          key: `packAT${block}`,
+          source: () => matmulPackTransposedA(block),
+          bindings: [{ buffer: p.t.storage.buffer!, access: "read" }, { texture: s, access: "write" }],
+          uniforms: u.build(),
+          workgroups: [Math.ceil(K4 / PACK_GROUP), (blocks * RB) / 4, zs],
+        });
+        return;
+      }
       ctx.run({
         name: op,
         key: `pack${role}${block}|${p.t.dtype}`,

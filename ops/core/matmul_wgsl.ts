@@ -295,3 +295,42 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
   textureStore(P, at, g.z * U(5u) + blk, select(vec4<f32>(), v, keep));
 }`;
 }
+
+/**
+ * Packs a transposed f32 operand A (its rows are columns of a row-major X: unit row stride, column stride
+ * and offsets divisible by 4) into v4/v5's A layout, 4 rows x 4 k per invocation: four vec4 loads (four
+ * consecutive rows of A at one k each) transposed in registers into four texels, instead of sixteen scalar
+ * loads (each a per-lane loop on lavapipe). Grid: x = k4 (bounds-checked), y = row quad (block * RB/4 +
+ * quad in block; RB is a multiple of 4), z = batch. Uniforms as {@link matmulPack}.
+ */
+export function matmulPackTransposedA(block: number): string {
+  return `// matmul pack A transposed (vec4)
+${uniformDecl(PACK_UNIFORM_WORDS)}
+@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(2) var P: texture_storage_2d_array<rgba32float, write>;
+@compute @workgroup_size(${PACK_GROUP})
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  if (g.x >= U(6u)) { return; }
+  let rows = U(0u); let cols = U(1u); let cs = U(4u);
+  let r0 = g.y * 4u; let c0 = g.x * 4u;
+  let blk = r0 / ${block}u; let layer = g.z * U(5u) + blk;
+  let o = U(2u) + U(8u + g.z) + r0;
+  // row quad r0..r0+3 of A at k = c0 + i; k past the operand reads nothing
+  // (unrolled: a private array indexed in a loop stays in memory on lavapipe)
+  var v0 = vec4<f32>(); var v1 = vec4<f32>(); var v2 = vec4<f32>(); var v3 = vec4<f32>();
+  if (c0 < cols) { v0 = X[(o + c0 * cs) / 4u]; }
+  if (c0 + 1u < cols) { v1 = X[(o + (c0 + 1u) * cs) / 4u]; }
+  if (c0 + 2u < cols) { v2 = X[(o + (c0 + 2u) * cs) / 4u]; }
+  if (c0 + 3u < cols) { v3 = X[(o + (c0 + 3u) * cs) / 4u]; }
+  let t0 = vec4<f32>(v0.x, v1.x, v2.x, v3.x);
+  let t1 = vec4<f32>(v0.y, v1.y, v2.y, v3.y);
+  let t2 = vec4<f32>(v0.z, v1.z, v2.z, v3.z);
+  let t3 = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
+  let y = r0 % ${block}u;
+  // rows past the operand hold zeros
+  textureStore(P, vec2<u32>(g.x, y), layer, select(vec4<f32>(), t0, r0 < rows));
+  textureStore(P, vec2<u32>(g.x, y + 1u), layer, select(vec4<f32>(), t1, r0 + 1u < rows));
+  textureStore(P, vec2<u32>(g.x, y + 2u), layer, select(vec4<f32>(), t2, r0 + 2u < rows));
+  textureStore(P, vec2<u32>(g.x, y + 3u), layer, select(vec4<f32>(), t3, r0 + 3u < rows));
+}`;
+}
