@@ -22,7 +22,7 @@
 import * as s from "../mod.ts";
 import type { KVCache, MambaLMState, Tensor } from "../mod.ts";
 import { gpu, hasWebGPU } from "../runtime/device.ts";
-import { loadAverage, median, table, writeResult } from "./util.ts";
+import { loadAverage, median, table, verdict, writeResult } from "./util.ts";
 
 /** Options of {@link decodeThroughput}. */
 export interface DecodeBenchOptions {
@@ -351,6 +351,14 @@ export async function decodeThroughput(
       ((1000 * c) / t.prefillMs).toFixed(0),
     ];
   });
+  // the target: MambaLM at least twice the Transformer's tokens/s at 1K context, batch 1, argmax on the device
+  const find = (m: string) =>
+    rows.find((r) => r.model === m && r.context === 1024 && r.B === 1 && r.mode === "device");
+  const ta = find("mamba"), tt = find("transformer");
+  const ratio = ta && tt ? ta.tokensPerSecond / tt.tokensPerSecond : null;
+  const target = `target: MambaLM >= 2x the Transformer's tokens/s at 1K, B 1 (device argmax): ${
+    ratio === null ? "" : `${ratio.toFixed(2)}x, `
+  }${verdict(ratio === null ? null : ratio >= 2)}`;
   const text = [
     `Greedy decoding, MambaLM (D = ${D}, ${2 * nLayer} blocks, N = 16, ${mp} parameters) vs TransformerLM ` +
     `(D = ${D}, ${nLayer} blocks, 4 heads, RoPE, KV cache, ${tp} parameters), V = ${V}; median of ${trials} ` +
@@ -373,6 +381,7 @@ export async function decodeThroughput(
     ),
     `\nPrefill of the context at B = 1 (one run each, synchronised)`,
     table(["context", "mamba ms", "transformer ms", "mamba tok/s", "transformer tok/s"], prefill),
+    `\n${target}`,
   ].join("\n");
   return { rows, text, config: cfg };
 }

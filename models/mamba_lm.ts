@@ -12,6 +12,7 @@ import type { DeviceName } from "../runtime/device.ts";
 import { noGrad } from "../runtime/autograd.ts";
 import { type Tensor, tidy } from "../runtime/tensor.ts";
 import type { SelectiveScanGpuOptions } from "../ops/ssm/mod.ts";
+import { normHeadStep } from "../ops/ssm/mamba_step.ts";
 import { Mamba, type MambaState } from "./mamba.ts";
 import { Embedding, init, type Initializer, Linear, Module, RMSNorm } from "./nn.ts";
 
@@ -215,7 +216,11 @@ export class MambaLM extends Module {
           x = r.y;
           return r.state;
         });
-        return { logits: this.head.forward(this.normF.forward(x)), state: { layers } }; // (B, V)
+        // the final norm and the head in one dispatch where it can (a bias-free head)
+        const logits = this.head.bias
+          ? this.head.forward(this.normF.forward(x))
+          : normHeadStep(x, this.normF.weight, this.normF.eps, this.head.weight);
+        return { logits, state: { layers } }; // (B, V)
       })
     );
   }

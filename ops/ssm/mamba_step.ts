@@ -15,7 +15,17 @@ import { rmsNorm } from "../core/rowwise.ts";
 import { empty, Uniforms } from "../core/util.ts";
 import { causalConv1dStep } from "./conv1d.ts";
 import { selectiveScanStep } from "./selective_scan_step.ts";
-import { inStepV1, MSTEP_WG, outStepV1, ssmStepV1 } from "./mamba_step_wgsl.ts";
+import {
+  inStepV1,
+  inStepV2,
+  MSTEP_WG,
+  MSTEP_WG2,
+  outStepV1,
+  projStepV2,
+  type ProjStepVariant,
+  ssmStepV1,
+  ssmStepV2,
+} from "./mamba_step_wgsl.ts";
 
 /** The parameters of one selective Mamba layer (seqlab's Linear layout: weights (in, out)). */
 export interface MambaStepParams {
@@ -82,8 +92,9 @@ function composed(x: Tensor, p: MambaStepParams, st: MambaStepState): { y: Tenso
 /**
  * One token of x + Mamba(RMSNorm x): x (B, D), the layer's parameters and state -> `{ y (B, D), state }`
  * (a new state). `version`: "composed" (the ops one by one: the reference, any device, differentiable),
- * "fused" (WebGPU, f32, no gradient recorded, dense operands: 4 dispatches), "auto" (default): fused where
- * it can run.
+ * "fused" (WebGPU, f32, no gradient recorded, dense operands: 4 dispatches; v2 where D, ED, N and the dt
+ * rank are divisible by 4, else v1), "v1" or "v2" (that fused version), "auto" (default): fused where it
+ * can run.
  *
  * @example
  * ```ts
@@ -98,12 +109,14 @@ export function mambaLayerStep(
   x: Tensor,
   p: MambaStepParams,
   state: MambaStepState,
-  opts: { version?: "auto" | "fused" | "composed" } = {},
+  opts: { version?: "auto" | "fused" | "composed" | "v1" | "v2" } = {},
 ): { y: Tensor; state: MambaStepState } {
   const op = "mambaLayerStep";
   const version = opts.version ?? "auto";
-  if (!["auto", "fused", "composed"].includes(version)) {
-    throw new Error(`${op}: version must be "auto", "fused" or "composed", got ${JSON.stringify(version)}`);
+  if (!["auto", "fused", "composed", "v1", "v2"].includes(version)) {
+    throw new Error(
+      `${op}: version must be "auto", "fused", "composed", "v1" or "v2", got ${JSON.stringify(version)}`,
+    );
   }
   const [Bn, D] = x.shape;
   const ED = p.D.shape[0], N = p.ALog.shape[1], R = p.dtW.shape[0], W = p.convW.shape[1];
@@ -119,18 +132,32 @@ export function mambaLayerStep(
   const graph = isGradEnabled() && all.some((t) => t.requiresGrad);
   const dense = all.every((t) => t.isContiguous && t.offset === 0 && t.dtype === "f32");
   const fusable = x.device === "webgpu" && dense && !graph && W > 1 && state.ssm.shape[0] === Bn;
-  if (version === "fused" && !fusable) {
+  if (version !== "auto" && version !== "composed" && !fusable) {
     throw new Error(
-      `${op}: version "fused" runs on webgpu with dense f32 operands, W > 1 and no gradient recorded; got ` +
-        `${x.describe()}${graph ? " with inputs that require grad" : ""}`,
+      `${op}: version "${version}" runs on webgpu with dense f32 operands, W > 1 and no gradient recorded; ` +
+        `got ${x.describe()}${graph ? " with inputs that require grad" : ""}`,
     );
   }
   if (!fusable || version === "composed") return composed(x, p, state);
+  const aligned = [D, ED, N, R].every((n) => n % 4 === 0);
+  if (version === "v2" && !aligned) {
+    throw new Error(
+      `${op}: version "v2" needs D, ED, N and the dt rank divisible by 4, got D ${D}, ED ${ED}, N ${N}, R ${R}`,
+    );
+  }
+  if (version === "v1" || !aligned) return fusedV1(x, p, state);
+  return fusedV2(x, p, state);
+}
+
+/** The v1 dispatches: in-step, the x_proj matmul, ssm-step, out-step, one invocation per channel. */
+function fusedV1(x: Tensor, p: MambaStepParams, state: MambaStepState): { y: Tensor; state: MambaStepState } {
+  const op = "mambaLayerStep";
+  const [Bn, D] = x.shape;
+  const ED = p.D.shape[0], N = p.ALog.shape[1], R = p.dtW.shape[0], W = p.convW.shape[1];
   const ctx = gpu();
   const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
   const xc = f("xc", [Bn, ED]), z = f("z", [Bn, ED]), conv = f("conv state", [Bn, ED, W - 1]);
   const y = f("y", [Bn, ED]), ssm = f("ssm state", [Bn, ED, N]), out = f("out", [Bn, D]);
-  const buf = (t: Tensor | null) => (t ? [t.storage.buffer!] : []);
   let xdbl: Tensor | null = null;
   try {
     ctx.run({
@@ -168,4 +195,107 @@ export function mambaLayerStep(
     for (const t of [xc, z, y, xdbl]) t?.dispose();
   }
   return { y: out, state: { conv, ssm } };
+}
+
+const buf = (t: Tensor | null) => (t ? [t.storage.buffer!] : []);
+
+/** Records proj-step v2: out (B, Nout) = [res +] [bias +] RMSNorm?(x) @ w. */
+function projStep(
+  name: string,
+  x: Tensor,
+  w: Tensor,
+  out: Tensor,
+  o: { norm?: Tensor | null; eps?: number; bias?: Tensor | null; residual?: Tensor | null },
+): void {
+  const v: ProjStepVariant = { norm: !!o.norm, bias: !!o.bias, residual: !!o.residual };
+  const [Bn, K] = x.shape, Nout = w.shape[1];
+  gpu().run({
+    name,
+    key: `proj v2|${v.norm}|${v.bias}|${v.residual}`,
+    source: () => projStepV2(v),
+    inputs: [x, o.norm ?? null, w, o.bias ?? null, o.residual ?? null].flatMap(buf),
+    outputs: buf(out),
+    uniforms: new Uniforms().u32(Bn, K, Nout).f32(o.eps ?? 0).build(),
+    workgroups: grid((Bn * Nout) / 4, MSTEP_WG2),
+  });
+}
+
+/** The v2 dispatches: in-step, x_proj (proj-step), ssm-step, out-step (proj-step), four channels each. */
+function fusedV2(x: Tensor, p: MambaStepParams, state: MambaStepState): { y: Tensor; state: MambaStepState } {
+  const op = "mambaLayerStep";
+  const [Bn, D] = x.shape;
+  const ED = p.D.shape[0], N = p.ALog.shape[1], R = p.dtW.shape[0], W = p.convW.shape[1];
+  const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
+  const xc = f("xc", [Bn, ED]), z = f("z", [Bn, ED]), conv = f("conv state", [Bn, ED, W - 1]);
+  const xdbl = f("x_proj", [Bn, R + 2 * N]);
+  const y = f("y", [Bn, ED]), ssm = f("ssm state", [Bn, ED, N]), out = f("out", [Bn, D]);
+  const ctx = gpu();
+  const groups = grid((Bn * ED) / 4, MSTEP_WG2);
+  try {
+    ctx.run({
+      name: `${op} in-step`,
+      key: `in v2|${W}|${!!p.normWeight}|${!!p.convB}`,
+      source: () => inStepV2(W, !!p.normWeight, !!p.convB),
+      inputs: [x, p.normWeight, p.inW, state.conv, p.convW, p.convB].flatMap(buf),
+      outputs: [xc, z, conv].flatMap(buf),
+      uniforms: new Uniforms().u32(Bn, D, ED).f32(p.eps).build(),
+      workgroups: groups,
+    });
+    projStep(`${op} x_proj`, xc, p.xProjW, xdbl, {});
+    ctx.run({
+      name: `${op} ssm-step`,
+      key: `ssm v2|${N}|${R}`,
+      source: () => ssmStepV2(N, R),
+      inputs: [state.ssm, xc, z, xdbl, p.dtW, p.dtB, p.ALog, p.D].flatMap(buf),
+      outputs: [y, ssm].flatMap(buf),
+      uniforms: new Uniforms().u32(Bn, ED).build(),
+      workgroups: groups,
+    });
+    projStep(`${op} out-step`, y, p.outW, out, { residual: x });
+  } catch (e) {
+    for (const t of [conv, ssm, out]) t.dispose();
+    throw e;
+  } finally {
+    for (const t of [xc, z, y, xdbl]) t.dispose();
+  }
+  return { y: out, state: { conv, ssm } };
+}
+
+/**
+ * One token of an LM head after its final norm: x (B, D), the RMSNorm weight (D) and epsilon, the head
+ * weight (D, V) -> logits (B, V) = RMSNorm(x) @ w. On WebGPU without a gradient to record, with dense f32
+ * operands and D, V divisible by 4, one proj-step v2 dispatch (instead of a norm, two pack copies and a
+ * matmul); else the composed ops.
+ *
+ * @example
+ * ```ts
+ * import { ones, randn } from "seqlab";
+ * import { normHeadStep } from "./mamba_step.ts";
+ * const logits = normHeadStep(randn([1, 8], { seed: 1 }), ones([8]), 1e-5, randn([8, 12], { seed: 2 }));
+ * console.log(logits.shape); // [1, 12]
+ * ```
+ */
+export function normHeadStep(x: Tensor, normWeight: Tensor, eps: number, w: Tensor): Tensor {
+  const op = "normHeadStep";
+  const [Bn, D] = x.shape, V = w.shape[1];
+  if (x.rank !== 2 || w.rank !== 2 || w.shape[0] !== D || normWeight.shape.join() !== `${D}`) {
+    throw new Error(
+      `${op}: x must be (B, D), the norm weight (D) and the head (D, V); got ${x.describe()}, ` +
+        `${normWeight.describe()}, ${w.describe()}`,
+    );
+  }
+  const all = [x, normWeight, w];
+  const graph = isGradEnabled() && all.some((t) => t.requiresGrad);
+  const dense = all.every((t) => t.isContiguous && t.offset === 0 && t.dtype === "f32");
+  if (x.device !== "webgpu" || graph || !dense || D % 4 !== 0 || V % 4 !== 0) {
+    return tidy(() => matmul(rmsNorm(x, normWeight, eps), w));
+  }
+  const out = empty(op, [Bn, V], "f32", "webgpu");
+  try {
+    projStep(op, x, w, out, { norm: normWeight, eps });
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
 }

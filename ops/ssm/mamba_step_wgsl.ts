@@ -11,6 +11,16 @@
  *   its bias, softplus, A = -exp(ALog), the state update, C readout, D skip and the SiLU(z) gate; the
  *   state in registers as ceil(N / 4) vec4s.
  * - out-step v1: one invocation per (b, j): the residual plus the out-projection's column j.
+ * - in-step v2: in-step v1 with four channels per invocation: the input row is read once for four x and
+ *   four z columns, weights, conv state and taps as vec4s (each storage load is a per-lane loop on
+ *   lavapipe, a vec4 costing about a scalar), the norm folded in as one scale of the dot products.
+ * - ssm-step v2: ssm-step v1 with four channels per invocation: x_proj's row (delta, B, C) read once as
+ *   vec4s for four channels, dt_proj, ALog, the state and D as vec4s.
+ * - proj-step v2: a row-vector times matrix, four outputs per invocation from vec4 weight rows, with an
+ *   optional RMSNorm of the row folded in, bias and residual: x_proj, the out-projection plus residual, and
+ *   the LM head's final norm plus head. Replaces the matmul call (two pack copies and a dispatch) for
+ *   x_proj.
+ * v2 needs D, ED, N and the dt rank R divisible by 4 (vec4 rows); other shapes run v1.
  * @module
  */
 
@@ -137,5 +147,170 @@ ${flatId(MSTEP_WG)}
   var acc = 0.0;
   for (var e = 0u; e < ED; e++) { acc += Y[b * ED + e] * WO[e * D + j]; }
   OUT[gid] = RS[gid] + acc;
+}`;
+}
+
+/** Invocations per workgroup of the v2 programs: few invocations at batch 1, so small groups spread them. */
+export const MSTEP_WG2 = 16;
+
+function decl4(names: [string, boolean][]): string {
+  return names.map(([n, w], i) =>
+    `@group(0) @binding(${i + 1}) var<storage, ${w ? "read_write" : "read"}> ${n}: array<vec4<f32>>;`
+  ).join("\n");
+}
+
+const COMP = ["x", "y", "z", "w"];
+/** Component j of a flat run held in vec4 registers named `${name}0`, `${name}1`, ... */
+const at = (name: string, j: number) => `${name}${j >> 2}.${COMP[j & 3]}`;
+
+/**
+ * in-step v2: one invocation per (b, four channels 4q..4q+3). Uniforms: [Bn, D, ED, eps (f32 bits)].
+ * Bindings (all vec4 arrays): x (B, D), norm weight (D, if `norm`), in-projection (D, 2 ED), conv state
+ * (B, ED, W - 1), conv weight (ED, W), conv bias (ED, if any); out xc (B, ED), z (B, ED), the new conv
+ * state. The four channels' conv state is 4 (W - 1) consecutive floats: W - 1 vec4s.
+ */
+export function inStepV2(W: number, norm: boolean, convBias: boolean): string {
+  const names: [string, boolean][] = [["X", false]];
+  if (norm) names.push(["NW", false]);
+  names.push(["WI", false], ["ST", false], ["CW", false]);
+  if (convBias) names.push(["CB", false]);
+  names.push(["XC", true], ["Z", true], ["NS", true]);
+  const S = W - 1;
+  const range = (n: number) => [...Array(n).keys()];
+  // window of channel c: taps k < S from the old state, tap S the new input
+  const win = (c: number, k: number) => (k < S ? at("s", c * S + k) : `xn.${COMP[c]}`);
+  const pre = (c: number) =>
+    `${convBias ? `cb.${COMP[c]}` : "0.0"} + ${
+      range(W).map((k) => `${at("w", c * W + k)} * ${win(c, k)}`).join(" + ")
+    }`;
+  const ns = (j: number) => win(Math.floor(j / S), (j % S) + 1);
+  return `// mamba in-step v2 W=${W}
+${uniformDecl(4)}
+${decl4(names)}
+${flatId(MSTEP_WG2)}
+  let Bn = U(0u); let D4 = U(1u) / 4u; let E4 = U(2u) / 4u;
+  if (gid >= Bn * E4) { return; }
+  let b = gid / E4; let q = gid - b * E4;
+  let xr = b * D4;
+  let row = 2u * E4;
+  var ss = vec4<f32>(); var ax = vec4<f32>(); var az = vec4<f32>();
+  for (var i = 0u; i < D4; i++) {
+    let xv = X[xr + i];
+    ss += xv * xv;
+    let v = xv${norm ? " * NW[i]" : ""};
+    let o = 4u * i * row + q;
+    ax += v.x * WI[o] + v.y * WI[o + row] + v.z * WI[o + 2u * row] + v.w * WI[o + 3u * row];
+    az += v.x * WI[o + E4] + v.y * WI[o + row + E4] + v.z * WI[o + 2u * row + E4] + v.w * WI[o + 3u * row + E4];
+  }
+  ${norm ? "let r = inverseSqrt(dot(ss, vec4<f32>(1.0)) / f32(U(1u)) + UF(3u));" : "let r = 1.0;"}
+  let xn = ax * r;
+  ${range(S).map((m) => `let s${m} = ST[gid * ${S}u + ${m}u];`).join("\n  ")}
+  ${range(W).map((m) => `let w${m} = CW[q * ${W}u + ${m}u];`).join("\n  ")}
+  ${convBias ? "let cb = CB[q];" : ""}
+  let pre = vec4<f32>(${range(4).map(pre).join(",\n    ")});
+  XC[gid] = pre / (1.0 + exp(-pre));
+  Z[gid] = az * r;
+  ${
+    range(S).map((m) =>
+      `NS[gid * ${S}u + ${m}u] = vec4<f32>(${range(4).map((i) => ns(4 * m + i)).join(", ")});`
+    ).join("\n  ")
+  }
+}`;
+}
+
+/**
+ * ssm-step v2 for state size N and dt rank R (both divisible by 4): one invocation per (b, four channels).
+ * Uniforms: [Bn, ED]. Bindings (vec4 arrays) as ssm-step v1: ssm state (B, ED, N), xc (B, ED), z (B, ED),
+ * x_proj output (B, R + 2N), dt_proj weight (R, ED), dt_proj bias (ED), ALog (ED, N), D (ED); out y (B, ED),
+ * the new state.
+ */
+export function ssmStepV2(N: number, R: number): string {
+  const names: [string, boolean][] = [["ST", false], ["XC", false], ["Z", false], ["XD", false]];
+  names.push(["DW", false], ["DB", false], ["AL", false], ["DS", false], ["Y", true], ["NS", true]);
+  const N4 = N / 4, R4 = R / 4, P4 = R4 + 2 * N4;
+  const range = (n: number) => [...Array(n).keys()];
+  const chan = (c: number) =>
+    `{
+    let dc = dt.${COMP[c]}; let du = dc * uu.${COMP[c]};
+    let so = (gid * 4u + ${c}u) * ${N4}u; let ao = (q * 4u + ${c}u) * ${N4}u;
+    var acc = 0.0;
+    ${
+      range(N4).map((k) =>
+        `{ let hn = exp(dc * -exp(AL[ao + ${k}u])) * ST[so + ${k}u] + du * b${k}; acc += dot(hn, c${k}); NS[so + ${k}u] = hn; }`
+      ).join("\n    ")
+    }
+    y.${COMP[c]} += acc;
+  }`;
+  return `// mamba ssm-step v2 N=${N} R=${R}
+${uniformDecl(2)}
+${decl4(names)}
+fn softplus(x: f32) -> f32 {
+  if (x > 20.0) { return x; }
+  let e = exp(x);
+  let w = 1.0 + e;
+  if (w == 1.0) { return e; }
+  return log(w) * e / (w - 1.0);
+}
+${flatId(MSTEP_WG2)}
+  let Bn = U(0u); let E4 = U(1u) / 4u;
+  if (gid >= Bn * E4) { return; }
+  let b = gid / E4; let q = gid - b * E4;
+  let xd = b * ${P4}u;
+  ${range(R4).map((k) => `let d${k} = XD[xd + ${k}u];`).join("\n  ")}
+  var pre = DB[q];
+  ${range(R).map((r) => `pre += ${at("d", r)} * DW[${r}u * E4 + q];`).join("\n  ")}
+  let dt = vec4<f32>(softplus(pre.x), softplus(pre.y), softplus(pre.z), softplus(pre.w));
+  ${
+    range(N4).map((k) => `let b${k} = XD[xd + ${R4 + k}u]; let c${k} = XD[xd + ${R4 + N4 + k}u];`).join(
+      "\n  ",
+    )
+  }
+  let uu = XC[gid];
+  var y = DS[q] * uu;
+  ${range(4).map(chan).join("\n  ")}
+  let zz = Z[gid];
+  Y[gid] = y * zz / (1.0 + exp(-zz));
+}`;
+}
+
+/** Flags of a proj-step variant (part of the pipeline key). */
+export interface ProjStepVariant {
+  /** RMSNorm of the input row (weight bound, eps in the uniforms). */
+  norm: boolean;
+  /** A bias (Nout) added. */
+  bias: boolean;
+  /** A residual (B, Nout) added. */
+  residual: boolean;
+}
+
+/**
+ * proj-step v2: out (B, Nout) = [residual +] [bias +] RMSNorm?(x) (B, K) @ W (K, Nout), one invocation per
+ * (b, four outputs), K and Nout divisible by 4. Uniforms: [Bn, K, Nout, eps (f32 bits)]. Bindings (vec4
+ * arrays): x, norm weight (K, if `norm`), W, bias (if any), residual (if any); out.
+ */
+export function projStepV2(v: ProjStepVariant): string {
+  const names: [string, boolean][] = [["X", false]];
+  if (v.norm) names.push(["NW", false]);
+  names.push(["W", false]);
+  if (v.bias) names.push(["BI", false]);
+  if (v.residual) names.push(["RS", false]);
+  names.push(["OUT", true]);
+  return `// mamba proj-step v2 norm=${v.norm} bias=${v.bias} residual=${v.residual}
+${uniformDecl(4)}
+${decl4(names)}
+${flatId(MSTEP_WG2)}
+  let Bn = U(0u); let K4 = U(1u) / 4u; let O4 = U(2u) / 4u;
+  if (gid >= Bn * O4) { return; }
+  let b = gid / O4; let j = gid - b * O4;
+  let xr = b * K4;
+  var ss = vec4<f32>(); var acc = vec4<f32>();
+  for (var i = 0u; i < K4; i++) {
+    let xv = X[xr + i];
+    ${v.norm ? "ss += xv * xv;\n    let v = xv * NW[i];" : "let v = xv;"}
+    let o = 4u * i * O4 + j;
+    acc += v.x * W[o] + v.y * W[o + O4] + v.z * W[o + 2u * O4] + v.w * W[o + 3u * O4];
+  }
+  ${v.norm ? "acc *= inverseSqrt(dot(ss, vec4<f32>(1.0)) / f32(U(1u)) + UF(3u));" : ""}
+  OUT[gid] = acc${v.bias ? " + BI[j]" : ""}${v.residual ? " + RS[gid]" : ""};
 }`;
 }

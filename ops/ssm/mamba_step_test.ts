@@ -1,0 +1,109 @@
+import { describe, expect, test } from "vitest";
+import * as s from "../../mod.ts";
+import type { Tensor } from "../../mod.ts";
+import { assertClose, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
+import { normHeadStep } from "./mamba_step.ts";
+
+leakCheck();
+
+const arr = async (t: Tensor) => Array.from(await t.toArray());
+const TOL = { atol: 2e-3, rtol: 6e-4 };
+
+// [D, N, dtRank, W, conv bias, batch]: v2 needs D, N and dtRank divisible by 4
+const V2_SHAPES: [number, number, number, number, boolean, number][] = [
+  [8, 4, 4, 4, true, 1],
+  [16, 16, 4, 4, true, 3],
+  [12, 8, 8, 2, false, 2],
+  [24, 4, 4, 3, true, 1],
+  [128, 16, 8, 4, true, 1], // the decode benchmark's block
+];
+
+describe("mambaLayerStep v2", () => {
+  test(
+    "each fused version equals the composed ops over a grid of shapes, with and without the norm, 3 tokens",
+    scoped(async () => {
+      requireGpu();
+      for (const [D, N, R, W, bias, B] of V2_SHAPES) {
+        const m = new s.Mamba({
+          dModel: D,
+          dState: N,
+          dtRank: R,
+          dConv: W,
+          convBias: bias,
+          seed: D + N,
+          device: "webgpu",
+        });
+        const ED = 2 * D;
+        const nw = s.randn([D], { seed: 4, device: "webgpu" });
+        const st0 = {
+          conv: s.randn([B, ED, W - 1], { seed: 5, device: "webgpu" }),
+          ssm: s.randn([B, ED, N], { seed: 6, device: "webgpu" }),
+        };
+        for (const version of ["v1", "v2"] as const) {
+          let st = st0;
+          for (let t = 0; t < 3; t++) {
+            const x = s.randn([B, D], { seed: 7 + t, device: "webgpu" });
+            for (const norm of [nw, null]) {
+              const p = m.stepParams(norm, 1e-5);
+              const f = s.noGrad(() => s.mambaLayerStep(x, p, st, { version }));
+              const c = s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "composed" }));
+              const what =
+                `${version} D ${D} N ${N} R ${R} W ${W} bias ${bias} B ${B} norm ${!!norm} token ${t}`;
+              try {
+                assertClose(await arr(f.y), await arr(c.y), TOL);
+                assertClose(await arr(f.state.conv), await arr(c.state.conv), TOL);
+                assertClose(await arr(f.state.ssm), await arr(c.state.ssm), TOL);
+              } catch (e) {
+                throw new Error(`${what}: ${(e as Error).message}`);
+              }
+              if (norm) st = f.state;
+            }
+          }
+        }
+        m.dispose();
+      }
+    }),
+  );
+
+  test(
+    '"fused" picks v1 for shapes v2 cannot take; "v2" on them throws',
+    scoped(async () => {
+      requireGpu();
+      const m = new s.Mamba({ dModel: 12, dState: 6, seed: 3, device: "webgpu" }); // N 6, dtRank 1
+      const st = m.initialState(2);
+      const x = s.randn([2, 12], { seed: 7, device: "webgpu" });
+      const p = m.stepParams(null, 1e-5);
+      const f = s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "fused" }));
+      const c = s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "composed" }));
+      assertClose(await arr(f.y), await arr(c.y), TOL);
+      expect(() => s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "v2" }))).toThrow(
+        'mambaLayerStep: version "v2" needs D, ED, N and the dt rank divisible by 4, got D 12, ED 24, N 6, R 1',
+      );
+      expect(() => s.mambaLayerStep(x, p, st, { version: "v3" as "v2" })).toThrow(
+        'mambaLayerStep: version must be "auto", "fused", "composed", "v1" or "v2", got "v3"',
+      );
+      m.dispose();
+    }),
+  );
+});
+
+describe("normHeadStep", () => {
+  test(
+    "the fused final norm and head equal rmsNorm then matmul, on both devices and at unaligned sizes",
+    scoped(async () => {
+      requireGpu();
+      for (const [B, D, V] of [[1, 8, 12], [3, 128, 256], [2, 6, 10]]) {
+        for (const device of ["cpu", "webgpu"] as const) {
+          const x = s.randn([B, D], { seed: 1, device });
+          const nw = s.randn([D], { seed: 2, device });
+          const w = s.randn([D, V], { seed: 3, device });
+          const want = await arr(s.matmul(s.rmsNorm(x, nw, 1e-5), w));
+          assertClose(await arr(normHeadStep(x, nw, 1e-5, w)), want, TOL);
+        }
+      }
+      expect(() => normHeadStep(s.zeros([2, 8]), s.zeros([8]), 1e-5, s.zeros([6, 4]))).toThrow(
+        "normHeadStep: x must be (B, D), the norm weight (D) and the head (D, V); got tensor [2, 8] f32",
+      );
+    }),
+  );
+});
