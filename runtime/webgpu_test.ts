@@ -47,10 +47,10 @@ describe("webgpu backend machinery", () => {
     "one pipeline serves every shape (shapes travel in uniforms)",
     scoped(async () => {
       const ctx = gpu();
-      const warm = s.tensor([1, 2, 3], { device: "webgpu" }).exp();
-      await warm.toArray();
+      // elementwise v3 has two variants, with and without a partial last vec4: warm both (and `ones`)
+      for (const n of [3, 4]) await s.ones([n], { device: "webgpu" }).exp().toArray();
       const misses = ctx.cacheStats.misses;
-      for (const n of [5, 17, 1000, 4097]) await s.ones([n], { device: "webgpu" }).exp().toArray();
+      for (const n of [5, 17, 1000, 4097, 100000]) await s.ones([n], { device: "webgpu" }).exp().toArray();
       expect(ctx.cacheStats.misses).toBe(misses);
     }),
   );
