@@ -37,6 +37,7 @@ import { full } from "../ops/core/creation.ts";
 import { add, copyInto, div, minimum, mul, sqrt, sub } from "../ops/core/elementwise.ts";
 import { concat } from "../ops/core/layout.ts";
 import { fusedClip, type FusedRule, fusedStep, ruleSlots } from "../ops/core/optim.ts";
+export type { AdamRule, FusedRule, SgdRule } from "../ops/core/optim.ts";
 import { sum } from "../ops/core/reduce.ts";
 
 // ---------------------------------------------------------------------------------------------------------

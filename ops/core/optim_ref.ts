@@ -8,6 +8,7 @@ import type { TypedArray } from "../../runtime/dtype.ts";
 
 /** SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch's formulation). */
 export interface SgdRule {
+  /** Which rule. */
   kind: "sgd";
   /** Momentum factor μ (0: plain SGD, no state). */
   momentum: number;
@@ -21,10 +22,15 @@ export interface SgdRule {
 
 /** Adam (L2 weight decay) or AdamW (decoupled weight decay). */
 export interface AdamRule {
+  /** Which rule. */
   kind: "adam";
+  /** Decay rate of the first moment. */
   beta1: number;
+  /** Decay rate of the second moment. */
   beta2: number;
+  /** Added to the denominator. */
   eps: number;
+  /** Weight decay: L2 (added to the gradient) or decoupled. */
   weightDecay: number;
   /** Decoupled weight decay (AdamW): p *= 1 - lr wd before the update. */
   decoupled: boolean;
