@@ -25,6 +25,8 @@ import {
   type ProjStepVariant,
   ssmStepV1,
   ssmStepV2,
+  ssmStepV3,
+  ssmStepV3Fits,
 } from "./mamba_step_wgsl.ts";
 
 /** The parameters of one selective Mamba layer (seqlab's Linear layout: weights (in, out)). */
@@ -109,13 +111,15 @@ export function mambaLayerStep(
   x: Tensor,
   p: MambaStepParams,
   state: MambaStepState,
-  opts: { version?: "auto" | "fused" | "composed" | "v1" | "v2" } = {},
+  opts: { version?: "auto" | "fused" | "composed" | "v1" | "v2" | "v3" } = {},
 ): { y: Tensor; state: MambaStepState } {
   const op = "mambaLayerStep";
   const version = opts.version ?? "auto";
-  if (!["auto", "fused", "composed", "v1", "v2"].includes(version)) {
+  if (!["auto", "fused", "composed", "v1", "v2", "v3"].includes(version)) {
     throw new Error(
-      `${op}: version must be "auto", "fused", "composed", "v1" or "v2", got ${JSON.stringify(version)}`,
+      `${op}: version must be "auto", "fused", "composed", "v1", "v2" or "v3", got ${
+        JSON.stringify(version)
+      }`,
     );
   }
   const [Bn, D] = x.shape;
@@ -140,13 +144,20 @@ export function mambaLayerStep(
   }
   if (!fusable || version === "composed") return composed(x, p, state);
   const aligned = [D, ED, N, R].every((n) => n % 4 === 0);
-  if (version === "v2" && !aligned) {
+  if ((version === "v2" || version === "v3") && !aligned) {
     throw new Error(
-      `${op}: version "v2" needs D, ED, N and the dt rank divisible by 4, got D ${D}, ED ${ED}, N ${N}, R ${R}`,
+      `${op}: version "${version}" needs D, ED, N and the dt rank divisible by 4, got D ${D}, ED ${ED}, N ${N}, ` +
+        `R ${R}`,
     );
   }
   if (version === "v1" || !aligned) return fusedV1(x, p, state);
-  return fusedV2(x, p, state);
+  const fits = ssmStepV3Fits((R + 2 * N) / 4);
+  if (version === "v3" && !fits) {
+    throw new Error(
+      `${op}: version "v3" reduces x_proj rows of at most 256 values in workgroup memory, got ${R + 2 * N}`,
+    );
+  }
+  return fusedV2(x, p, state, version !== "v2" && fits);
 }
 
 /** The v1 dispatches: in-step, the x_proj matmul, ssm-step, out-step, one invocation per channel. */
@@ -220,14 +231,22 @@ function projStep(
   });
 }
 
-/** The v2 dispatches: in-step, x_proj (proj-step), ssm-step, out-step (proj-step), four channels each. */
-function fusedV2(x: Tensor, p: MambaStepParams, state: MambaStepState): { y: Tensor; state: MambaStepState } {
+/**
+ * The v2 dispatches (in-step, x_proj as a proj-step, ssm-step, out-step as a proj-step, four channels each)
+ * or, with `v3`, x_proj folded into ssm-step v3 (three dispatches).
+ */
+function fusedV2(
+  x: Tensor,
+  p: MambaStepParams,
+  state: MambaStepState,
+  v3: boolean,
+): { y: Tensor; state: MambaStepState } {
   const op = "mambaLayerStep";
   const [Bn, D] = x.shape;
   const ED = p.D.shape[0], N = p.ALog.shape[1], R = p.dtW.shape[0], W = p.convW.shape[1];
   const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
   const xc = f("xc", [Bn, ED]), z = f("z", [Bn, ED]), conv = f("conv state", [Bn, ED, W - 1]);
-  const xdbl = f("x_proj", [Bn, R + 2 * N]);
+  let xdbl: Tensor | null = null;
   const y = f("y", [Bn, ED]), ssm = f("ssm state", [Bn, ED, N]), out = f("out", [Bn, D]);
   const ctx = gpu();
   const groups = grid((Bn * ED) / 4, MSTEP_WG2);
@@ -241,22 +260,37 @@ function fusedV2(x: Tensor, p: MambaStepParams, state: MambaStepState): { y: Ten
       uniforms: new Uniforms().u32(Bn, D, ED).f32(p.eps).build(),
       workgroups: groups,
     });
-    projStep(`${op} x_proj`, xc, p.xProjW, xdbl, {});
-    ctx.run({
-      name: `${op} ssm-step`,
-      key: `ssm v2|${N}|${R}`,
-      source: () => ssmStepV2(N, R),
-      inputs: [state.ssm, xc, z, xdbl, p.dtW, p.dtB, p.ALog, p.D].flatMap(buf),
-      outputs: [y, ssm].flatMap(buf),
-      uniforms: new Uniforms().u32(Bn, ED).build(),
-      workgroups: groups,
-    });
+    if (v3) {
+      // batch 1: two workgroups (both cores), each repeating x_proj
+      const S = Bn === 1 ? 2 : 1;
+      ctx.run({
+        name: `${op} ssm-step`,
+        key: `ssm v3|${N}|${R}`,
+        source: () => ssmStepV3(N, R),
+        inputs: [state.ssm, xc, z, p.xProjW, p.dtW, p.dtB, p.ALog, p.D].flatMap(buf),
+        outputs: [y, ssm].flatMap(buf),
+        uniforms: new Uniforms().u32(Bn, ED, S).build(),
+        workgroups: [S, Bn, 1],
+      });
+    } else {
+      xdbl = f("x_proj", [Bn, R + 2 * N]);
+      projStep(`${op} x_proj`, xc, p.xProjW, xdbl, {});
+      ctx.run({
+        name: `${op} ssm-step`,
+        key: `ssm v2|${N}|${R}`,
+        source: () => ssmStepV2(N, R),
+        inputs: [state.ssm, xc, z, xdbl, p.dtW, p.dtB, p.ALog, p.D].flatMap(buf),
+        outputs: [y, ssm].flatMap(buf),
+        uniforms: new Uniforms().u32(Bn, ED).build(),
+        workgroups: groups,
+      });
+    }
     projStep(`${op} out-step`, y, p.outW, out, { residual: x });
   } catch (e) {
     for (const t of [conv, ssm, out]) t.dispose();
     throw e;
   } finally {
-    for (const t of [xc, z, y, xdbl]) t.dispose();
+    for (const t of [xc, z, y, xdbl]) t?.dispose();
   }
   return { y: out, state: { conv, ssm } };
 }

@@ -16,6 +16,7 @@ const V2_SHAPES: [number, number, number, number, boolean, number][] = [
   [12, 8, 8, 2, false, 2],
   [24, 4, 4, 3, true, 1],
   [128, 16, 8, 4, true, 1], // the decode benchmark's block
+  [160, 8, 4, 4, true, 1], // ED / 4 = 80 channel groups: more than ssm-step v3's 64 invocations
 ];
 
 describe("mambaLayerStep v2", () => {
@@ -39,7 +40,7 @@ describe("mambaLayerStep v2", () => {
           conv: s.randn([B, ED, W - 1], { seed: 5, device: "webgpu" }),
           ssm: s.randn([B, ED, N], { seed: 6, device: "webgpu" }),
         };
-        for (const version of ["v1", "v2"] as const) {
+        for (const version of ["v1", "v2", "v3"] as const) {
           let st = st0;
           for (let t = 0; t < 3; t++) {
             const x = s.randn([B, D], { seed: 7 + t, device: "webgpu" });
@@ -79,8 +80,8 @@ describe("mambaLayerStep v2", () => {
       expect(() => s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "v2" }))).toThrow(
         'mambaLayerStep: version "v2" needs D, ED, N and the dt rank divisible by 4, got D 12, ED 24, N 6, R 1',
       );
-      expect(() => s.mambaLayerStep(x, p, st, { version: "v3" as "v2" })).toThrow(
-        'mambaLayerStep: version must be "auto", "fused", "composed", "v1" or "v2", got "v3"',
+      expect(() => s.mambaLayerStep(x, p, st, { version: "v4" as "v2" })).toThrow(
+        'mambaLayerStep: version must be "auto", "fused", "composed", "v1", "v2" or "v3", got "v4"',
       );
       m.dispose();
     }),

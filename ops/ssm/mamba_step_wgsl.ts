@@ -20,7 +20,10 @@
  *   optional RMSNorm of the row folded in, bias and residual: x_proj, the out-projection plus residual, and
  *   the LM head's final norm plus head. Replaces the matmul call (two pack copies and a dispatch) for
  *   x_proj.
- * v2 needs D, ED, N and the dt rank R divisible by 4 (vec4 rows); other shapes run v1.
+ * - ssm-step v3: x_proj and ssm-step v2 in one dispatch (one workgroup, or two at batch 1, per batch row:
+ *   x_proj's partial sums tree-reduced in workgroup memory); three dispatches per layer instead of four.
+ * v2 and v3 need D, ED, N and the dt rank R divisible by 4 (vec4 rows); other shapes run v1. Weights packed
+ * into textures per call (cheap texture loads) were tried: less device time, but the copies cost more.
  * @module
  */
 
@@ -229,6 +232,35 @@ export function ssmStepV2(N: number, R: number): string {
   names.push(["DW", false], ["DB", false], ["AL", false], ["DS", false], ["Y", true], ["NS", true]);
   const N4 = N / 4, R4 = R / 4, P4 = R4 + 2 * N4;
   const range = (n: number) => [...Array(n).keys()];
+  return `// mamba ssm-step v2 N=${N} R=${R}
+${uniformDecl(2)}
+${decl4(names)}
+${SOFTPLUS}
+${flatId(MSTEP_WG2)}
+  let Bn = U(0u); let E4 = U(1u) / 4u;
+  if (gid >= Bn * E4) { return; }
+  let b = gid / E4; let q = gid - b * E4;
+  let xd = b * ${P4}u;
+  ${range(P4).map((k) => `let x${k} = XD[xd + ${k}u];`).join("\n  ")}
+  ${ssmChannels(N, R)}
+}`;
+}
+
+const SOFTPLUS = `fn softplus(x: f32) -> f32 {
+  if (x > 20.0) { return x; }
+  let e = exp(x);
+  let w = 1.0 + e;
+  if (w == 1.0) { return e; }
+  return log(w) * e / (w - 1.0);
+}`;
+
+/**
+ * The ssm update of four channels 4q..4q+3 (gid = b * ED / 4 + q), given x_proj's row in vec4s x0, x1, ...
+ * (delta's low-rank input, B, C).
+ */
+function ssmChannels(N: number, R: number): string {
+  const N4 = N / 4, R4 = R / 4;
+  const range = (n: number) => [...Array(n).keys()];
   const chan = (c: number) =>
     `{
     let dc = dt.${COMP[c]}; let du = dc * uu.${COMP[c]};
@@ -236,40 +268,78 @@ export function ssmStepV2(N: number, R: number): string {
     var acc = 0.0;
     ${
       range(N4).map((k) =>
-        `{ let hn = exp(dc * -exp(AL[ao + ${k}u])) * ST[so + ${k}u] + du * b${k}; acc += dot(hn, c${k}); NS[so + ${k}u] = hn; }`
+        `{ let hn = exp(dc * -exp(AL[ao + ${k}u])) * ST[so + ${k}u] + du * x${R4 + k}; acc += dot(hn, x${
+          R4 + N4 + k
+        }); NS[so + ${k}u] = hn; }`
       ).join("\n    ")
     }
     y.${COMP[c]} += acc;
   }`;
-  return `// mamba ssm-step v2 N=${N} R=${R}
-${uniformDecl(2)}
-${decl4(names)}
-fn softplus(x: f32) -> f32 {
-  if (x > 20.0) { return x; }
-  let e = exp(x);
-  let w = 1.0 + e;
-  if (w == 1.0) { return e; }
-  return log(w) * e / (w - 1.0);
-}
-${flatId(MSTEP_WG2)}
-  let Bn = U(0u); let E4 = U(1u) / 4u;
-  if (gid >= Bn * E4) { return; }
-  let b = gid / E4; let q = gid - b * E4;
-  let xd = b * ${P4}u;
-  ${range(R4).map((k) => `let d${k} = XD[xd + ${k}u];`).join("\n  ")}
-  var pre = DB[q];
-  ${range(R).map((r) => `pre += ${at("d", r)} * DW[${r}u * E4 + q];`).join("\n  ")}
+  return `var pre = DB[q];
+  ${range(R).map((r) => `pre += ${at("x", r)} * DW[${r}u * E4 + q];`).join("\n  ")}
   let dt = vec4<f32>(softplus(pre.x), softplus(pre.y), softplus(pre.z), softplus(pre.w));
-  ${
-    range(N4).map((k) => `let b${k} = XD[xd + ${R4 + k}u]; let c${k} = XD[xd + ${R4 + N4 + k}u];`).join(
-      "\n  ",
-    )
-  }
   let uu = XC[gid];
   var y = DS[q] * uu;
   ${range(4).map(chan).join("\n  ")}
   let zz = Z[gid];
-  Y[gid] = y * zz / (1.0 + exp(-zz));
+  Y[gid] = y * zz / (1.0 + exp(-zz));`;
+}
+
+/** Invocations per workgroup of ssm-step v3 (a power of two: its x_proj partial sums are tree-reduced). */
+export const SSM3_WG = 64;
+
+/** Whether ssm-step v3 takes x_proj rows of P4 vec4s: its reduction holds SSM3_WG x P4 vec4s (<= 16 KiB). */
+export const ssmStepV3Fits = (P4: number) => SSM3_WG * P4 * 16 <= 16384;
+
+/**
+ * ssm-step v3: x_proj and ssm-step v2 in one dispatch. Workgroups (S, B): each computes the whole x_proj
+ * row of its batch row (each invocation a partial sum over its channel groups, tree-reduced in workgroup
+ * memory) and the ssm update of every S-th channel group; S > 1 (batch 1) spreads the update over more
+ * cores at the cost of repeating x_proj. Uniforms: [Bn, ED, S]. Bindings (vec4 arrays):
+ * ssm state, xc, z, x_proj weight (ED, R + 2N), dt_proj weight, dt_proj bias, ALog, D; out y, the new state.
+ */
+export function ssmStepV3(N: number, R: number): string {
+  const names: [string, boolean][] = [["ST", false], ["XC", false], ["Z", false], ["XW", false]];
+  names.push(["DW", false], ["DB", false], ["AL", false], ["DS", false], ["Y", true], ["NS", true]);
+  const N4 = N / 4, R4 = R / 4, P4 = R4 + 2 * N4;
+  const range = (n: number) => [...Array(n).keys()];
+  const G = range(P4);
+  const reduce = range(Math.log2(SSM3_WG)).map((i) => SSM3_WG >> (i + 1)).map((h) =>
+    `if (t < ${h}u) {
+    ${G.map((g) => `wp[t * ${P4}u + ${g}u] += wp[(t + ${h}u) * ${P4}u + ${g}u];`).join("\n    ")}
+  }
+  workgroupBarrier();`
+  );
+  return `// mamba ssm-step v3 N=${N} R=${R}
+${uniformDecl(3)}
+${decl4(names)}
+${SOFTPLUS}
+var<workgroup> wp: array<vec4<f32>, ${SSM3_WG * P4}>;
+@compute @workgroup_size(${SSM3_WG})
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let t = lid.x; let b = wid.y;
+  let E4 = U(1u) / 4u; let S = U(2u);
+  let xb = b * E4;
+  ${G.map((g) => `var p${g} = vec4<f32>();`).join(" ")}
+  for (var k = t; k < E4; k += ${SSM3_WG}u) {
+    let xv = XC[xb + k];
+    let o = k * ${4 * P4}u;
+    ${
+    G.map((g) =>
+      `p${g} += xv.x * XW[o + ${g}u] + xv.y * XW[o + ${P4 + g}u] + xv.z * XW[o + ${
+        2 * P4 + g
+      }u] + xv.w * XW[o + ${3 * P4 + g}u];`
+    ).join("\n    ")
+  }
+  }
+  ${G.map((g) => `wp[t * ${P4}u + ${g}u] = p${g};`).join("\n  ")}
+  workgroupBarrier();
+  ${reduce.join("\n  ")}
+  ${G.map((g) => `let x${g} = wp[${g}u];`).join("\n  ")}
+  for (var q = t * S + wid.x; q < E4; q += S * ${SSM3_WG}u) {
+    let gid = xb + q;
+    ${ssmChannels(N, R).replaceAll("\n", "\n  ")}
+  }
 }`;
 }
 
