@@ -228,11 +228,14 @@ export function texMatmul(
           // with all rows in one chunk, A's texture still holds this batch chunk from the first n0
           if (n0 === 0 || mc < M) pack(pa, ta, mbk, mm0, K, pa.t.offset + m0 * pa.rs, b0, nb);
           const u = new Uniforms().u32(mm0, nn, K4, pa.shared ? 0 : 1, pb.shared ? 0 : 1);
-          u.u32(b0 * M * N + m0 * N + n0, N, M * N, mbk, nbk);
+          const cOff = b0 * M * N + m0 * N + n0;
+          u.u32(cOff, N, M * N, mbk, nbk);
+          // whole column texels (N, the row pitch and the offset divisible by 4): vec4 stores
+          const v4 = out.dtype === "f32" && N % 4 === 0 && nn % 4 === 0 && cOff % 4 === 0;
           ctx.run({
             name: op,
-            key: `tex${tile.R}x${tile.C}x${tile.WX}x${tile.WY}|${out.dtype}`,
-            source: () => matmulTex(tile, out.dtype),
+            key: `tex${tile.R}x${tile.C}x${tile.WX}x${tile.WY}|${out.dtype}${v4 ? "|v4out" : ""}`,
+            source: () => matmulTex(tile, out.dtype, v4),
             bindings: [
               { texture: ta, access: "read" },
               { texture: tb, access: "read" },

@@ -197,7 +197,7 @@ export function texBlocks(t: TexTile): { RB: number; CB: number } {
  * writes C[cOff + z*cBatch + m*ldc + n]. Rows past M and columns past N accumulate whatever the texture
  * holds there and are never stored. Workgroups: (NB, MB, batches).
  */
-export function matmulTex(t: TexTile, out: DType): string {
+export function matmulTex(t: TexTile, out: DType, vec4Out = false): string {
   const { R, C, WX, WY } = t;
   const C4 = C / 4;
   const L: string[] = [];
@@ -206,7 +206,11 @@ export function matmulTex(t: TexTile, out: DType): string {
 ${enables(out)}${uniformDecl(10)}
 @group(0) @binding(1) var TA: texture_storage_2d_array<rgba32float, read>;
 @group(0) @binding(2) var TB: texture_storage_2d_array<rgba32float, read>;
-${binding(3, "C", out, true)}
+${
+    vec4Out
+      ? "@group(0) @binding(3) var<storage, read_write> C: array<vec4<f32>>;"
+      : binding(3, "C", out, true)
+  }
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
         @builtin(workgroup_id) w: vec3<u32>) {
@@ -243,12 +247,19 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(local_invocation_i
   for (const i of rows.slice(1)) L.push(`    ${cols.map((j) => `c${i - 1}_${j} = c${i}_${j};`).join(" ")}`);
   L.push(`  }
 }
-fn put(o: u32, n: u32, N: u32, v: vec4<f32>) {
+${
+    vec4Out
+      // N, ldc and the output offset divisible by 4: a column texel is all in or all out, one vec4 store
+      ? `fn put(o: u32, n: u32, N: u32, v: vec4<f32>) {
+  if (n < N) { C[(o + n) / 4u] = v; }
+}`
+      : `fn put(o: u32, n: u32, N: u32, v: vec4<f32>) {
   if (n < N) { C[o + n] = ${out}(v.x); }
   if (n + 1u < N) { C[o + n + 1u] = ${out}(v.y); }
   if (n + 2u < N) { C[o + n + 2u] = ${out}(v.z); }
   if (n + 3u < N) { C[o + n + 3u] = ${out}(v.w); }
-}`);
+}`
+  }`);
   return L.join("\n");
 }
 
