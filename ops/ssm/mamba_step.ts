@@ -1,7 +1,8 @@
 /**
  * One token of a residual Mamba layer, x + Mamba(RMSNorm x), for recurrent decoding: composed from the
- * ops (the reference, either device, differentiable) or fused on WebGPU into the in-step, x_proj matmul,
- * ssm-step and out-step dispatches of `mamba_step_wgsl.ts`.
+ * ops (the reference, either device, differentiable) or fused on WebGPU into the in-step, ssm-step (x_proj
+ * folded in) and out-step dispatches of `mamba_step_wgsl.ts`; and the LM head's final norm and projection
+ * for one token in one dispatch (`normHeadStep`).
  * @module
  */
 
@@ -94,9 +95,9 @@ function composed(x: Tensor, p: MambaStepParams, st: MambaStepState): { y: Tenso
 /**
  * One token of x + Mamba(RMSNorm x): x (B, D), the layer's parameters and state -> `{ y (B, D), state }`
  * (a new state). `version`: "composed" (the ops one by one: the reference, any device, differentiable),
- * "fused" (WebGPU, f32, no gradient recorded, dense operands: 4 dispatches; v2 where D, ED, N and the dt
- * rank are divisible by 4, else v1), "v1" or "v2" (that fused version), "auto" (default): fused where it
- * can run.
+ * "fused" (WebGPU, f32, no gradient recorded, dense operands: v3 in 3 dispatches where D, ED, N and the dt
+ * rank are divisible by 4, else v1 in 4), "v1", "v2" or "v3" (that fused version; see mamba_step_wgsl.ts),
+ * "auto" (default): fused where it can run.
  *
  * @example
  * ```ts

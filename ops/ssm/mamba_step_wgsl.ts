@@ -1,6 +1,6 @@
 /**
- * WGSL of the fused Mamba decoding layer (`mamba_step.ts`): one token of x + Mamba(RMSNorm x) in four
- * dispatches (in-step, the x_proj matmul, ssm-step, out-step) instead of ~10. Decoding at batch 1 is bound by
+ * WGSL of the fused Mamba decoding layer (`mamba_step.ts`): one token of x + Mamba(RMSNorm x) in three
+ * dispatches (v3: in-step, ssm-step with x_proj, out-step; v1: four, x_proj a matmul) instead of ~10. Decoding at batch 1 is bound by
  * the number of dispatches (each costs ~0.1 ms to record and ~0.1 ms to run on lavapipe), not by work.
  *
  * Versions (numbers are never reused):
