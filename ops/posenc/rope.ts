@@ -14,7 +14,7 @@ import { contiguous } from "../core/elementwise.ts";
 import { empty, fromArray, Uniforms } from "../core/util.ts";
 import { type RopeFrequencies, ropeFrequencies } from "./frequencies.ts";
 import { type RopeLayout, ropeRef } from "./rope_ref.ts";
-import { ROPE_WG, ropeV1 } from "./rope_wgsl.ts";
+import { ROPE_WG, ropeV1, ropeV2 } from "./rope_wgsl.ts";
 
 /** Positions for the T rows of each sequence: a start offset, or T (or B * T) explicit values. */
 export type RopePositions = number | ArrayLike<number>;
@@ -95,10 +95,11 @@ function rotate(
   const table = fromArray(tab, [2, Tt, half], "f32", x.device, "rope table");
   const src = contiguous(x);
   try {
+    const v2 = x.dtype === "f32" && half % 4 === 0 && src.offset % 4 === 0;
     gpu().run({
       name: "applyRope",
-      key: `v1|${x.dtype}`,
-      source: () => ropeV1(x.dtype),
+      key: v2 ? "v2" : `v1|${x.dtype}`,
+      source: () => (v2 ? ropeV2() : ropeV1(x.dtype)),
       inputs: [src.storage.buffer!, table.storage.buffer!],
       outputs: [out.storage.buffer!],
       uniforms: new Uniforms()
@@ -106,7 +107,7 @@ function rotate(
         .f32(transpose ? -1 : 1)
         .u32(inner)
         .build(),
-      workgroups: grid(rows * half, ROPE_WG),
+      workgroups: grid(v2 ? (rows * half) / 4 : rows * half, ROPE_WG),
     });
   } finally {
     src.dispose();

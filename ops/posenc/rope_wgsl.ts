@@ -5,6 +5,8 @@
  * - rope v1: one invocation per (row, pair (i, i + D/2)); cos and sin come from a table the host computes
  *   in float64 (with mscale folded in), because an f32 angle p * inv_freq loses ~p * 6e-8 radians: at
  *   p = 1e5 that is 6e-3, far above f32 rounding of the result. The table is (2, Tt, D/2): cos then sin.
+ * - rope v2: f32 with D/2 and the offset divisible by 4: one invocation per 4 pairs, every load and store a
+ *   vec4 (a quarter of v1's memory operations, each a per-lane loop on lavapipe).
  * @module
  */
 
@@ -39,5 +41,29 @@ ${flatId(ROPE_WG)}
   let x2 = f32(x[U(3u) + base + i + half]);
   out[base + i] = ${dtype}(x1 * c - x2 * s);
   out[base + i + half] = ${dtype}(x2 * c + x1 * s);
+}`;
+}
+
+/** rope v2: v1's uniforms and table, 4 pairs per invocation through vec4 loads and stores (f32). */
+export function ropeV2(): string {
+  return `${uniformDecl(8)}
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> tab: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+${flatId(ROPE_WG)}
+  let T = U(1u); let h4 = U(2u) / 4u; let group = U(4u);
+  if (gid >= U(0u) / 4u) { return; }
+  let row = gid / h4; let i = gid % h4;
+  let q = row / U(7u);
+  let t = q % T;
+  let tr = select(t, (q / max(group, 1u)) * T + t, group != 0u);
+  let c = tab[tr * h4 + i];
+  let s = UF(6u) * tab[(U(5u) + tr) * h4 + i];
+  let base = row * 2u * h4;
+  let xo = U(3u) / 4u + base;
+  let x1 = x[xo + i];
+  let x2 = x[xo + i + h4];
+  out[base + i] = x1 * c - x2 * s;
+  out[base + i + h4] = x2 * c + x1 * s;
 }`;
 }
