@@ -291,7 +291,7 @@ export class Mamba<S extends boolean = true> extends Module {
 
   /**
    * One token of the residual layer x + Mamba(norm x) (`norm` an RMSNorm's weight and epsilon, or null):
-   * x (B, D) -> `{ y (B, D), state }`. A selective block runs {@link mambaLayerStep} (3 dispatches on
+   * x (B, D) -> `{ y (B, D), state }`. A selective block runs {@link mambaLayerStep} (2 dispatches on
    * WebGPU when no gradient is recorded); an LTI block composes {@link Mamba.step}.
    */
   stepResidual(
