@@ -41,13 +41,15 @@ export interface MambaStepParams {
   eps: number;
   /** In-projection (D, 2 ED): x then the gate z. */
   inW: Tensor;
-  /** Conv weight (ED, W) and bias (ED) or null. */
+  /** Conv weight (ED, W). */
   convW: Tensor;
+  /** Conv bias (ED), or null. */
   convB: Tensor | null;
   /** x_proj (ED, R + 2N): delta's low-rank input, B, C. */
   xProjW: Tensor;
-  /** dt_proj weight (R, ED) and bias (ED). */
+  /** dt_proj weight (R, ED). */
   dtW: Tensor;
+  /** dt_proj bias (ED). */
   dtB: Tensor;
   /** ALog (ED, N): A = -exp(ALog). */
   ALog: Tensor;
@@ -59,7 +61,9 @@ export interface MambaStepParams {
 
 /** A layer's recurrent state: conv (B, ED, W - 1), ssm (B, ED, N). */
 export interface MambaStepState {
+  /** The last W - 1 conv inputs (B, ED, W - 1). */
   conv: Tensor;
+  /** The SSM state (B, ED, N). */
   ssm: Tensor;
 }
 
