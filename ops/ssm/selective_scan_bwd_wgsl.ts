@@ -287,8 +287,9 @@ export function scanBackwardV2(v: ScanVariant, w: ScanBwdV2Variant): string {
   }
   bind("SCR", "array<vec4<f32>>");
   const diagB = b;
-  const xl = (op: number) => `(${op}u * U(8u) + xrb) * U(11u) + seg`;
-  const bl = (op: number) => `(${op}u * U(10u) + blb) * U(11u) + seg`;
+  // texture layers from words v2Prelude read once (a U() in the step loop is a storage load per lane)
+  const xl = (op: number) => `(${op}u * pU8 + xrb) * pU11 + seg`;
+  const bl = (op: number) => `(${op}u * pU10 + blb) * pU11 + seg`;
   const outOp = 2 + (v.hasZ ? 1 : 0);
   const ns = (k: number) => [0, 1, 2, 3].filter((i) => 4 * k + i < N).map((i) => 4 * k + i);
   const texVec = (name: string, k: number, c: string) =>
@@ -381,15 +382,18 @@ ${helpers()}
 ${
     needBC
       ? `// term texel tx = t K + k of row bd, operand op (dB terms, then dC terms) in seqLayout(B D, 4 L K, 1)
+var<private> tU13: u32;
+var<private> tU14: u32;
 fn putT(op: u32, bd: u32, tx: u32, v: vec4<f32>) {
   let rb = bd / ${TEX_ROWS}u;
-  textureStore(TT, vec2<u32>(tx % ${TEX_W}u, bd - rb * ${TEX_ROWS}u), (op * U(13u) + rb) * U(14u) + tx / ${TEX_W}u, v);
+  textureStore(TT, vec2<u32>(tx % ${TEX_W}u, bd - rb * ${TEX_ROWS}u), (op * tU13 + rb) * tU14 + tx / ${TEX_W}u, v);
 }`
       : ""
   }
 @compute @workgroup_size(${SCAN_WG})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   ${v2Prelude(v)}
+  ${needBC ? "tU13 = U(13u); tU14 = U(14u);" : ""}
   let K = ${K.length}u;
   // phase 0: the state entering every texel
   for (var t4 = 0u; t4 < L4; t4++) {
@@ -503,7 +507,7 @@ export function scanBwdReduceV2(v: Pick<ScanVariant, "N" | "bShared" | "cShared"
     for (var dl = 0u; dl < H; dl++) {
       let bd = b * D + g * H + dl;
       let rb = bd / ${TEX_ROWS}u;
-      acc += textureLoad(TT, vec2<u32>(x, bd - rb * ${TEX_ROWS}u), (${op}u * U(7u) + rb) * U(8u) + seg);
+      acc += textureLoad(TT, vec2<u32>(x, bd - rb * ${TEX_ROWS}u), (${op}u * u7 + rb) * u8 + seg);
     }
     for (var i = 0u; i < 4u; i++) {
       let n = 4u * k + i;
@@ -524,7 +528,7 @@ ${uniformDecl(12)}
 ${decl}
 ${flatId(SCAN_WG)}
   let Bn = U(0u); let D = U(1u); let L = U(2u); let H = U(3u); let G = U(4u);
-  let nB = U(5u); let nC = U(6u);
+  let nB = U(5u); let nC = U(6u); let u7 = U(7u); let u8 = U(8u);
   if (gid < nB) {
     let j = gid;
     ${v.bShared ? "" : terms(0, "DB")}

@@ -295,8 +295,10 @@ function v2Body(v: ScanVariant, fixup: boolean, texOut = false): string {
   const { N } = v;
   const K = ks(N);
   const lines: string[] = [];
-  const xl = (op: number) => `(${op}u * U(8u) + xrb) * U(11u) + seg`;
-  const bl = (op: number) => `(${op}u * U(10u) + blb) * U(11u) + seg`;
+  // texture layers from words read once in v2Prelude (the uniform block is a storage binding on lavapipe:
+  // a U() in the step loop is a load per lane and step)
+  const xl = (op: number) => `(${op}u * pU8 + xrb) * pU11 + seg`;
+  const bl = (op: number) => `(${op}u * pU10 + blb) * pU11 + seg`;
   lines.push(`let x = t4 % ${TEX_W}u; let seg = t4 / ${TEX_W}u;`);
   lines.push(`let u4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(0)});`);
   lines.push(`let d4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(1)});`);
@@ -347,10 +349,10 @@ function v2Body(v: ScanVariant, fixup: boolean, texOut = false): string {
   }
   if (fixup && v.hasZ) lines.push("y4 = y4 * vec4<f32>(silu(z4.x), silu(z4.y), silu(z4.z), silu(z4.w));");
   if (fixup && texOut) {
-    lines.push(`textureStore(TY, vec2<u32>(x, xy), xrb * U(11u) + seg, y4);`);
+    lines.push(`textureStore(TY, vec2<u32>(x, xy), xrb * pU11 + seg, y4);`);
   } else if (fixup) {
     // y through its strides (words 13 .. 15: sb, sd, st; channels-last for Mamba's out_proj)
-    lines.push(`let st = U(15u); let o = U(12u) + b * U(13u) + d * U(14u) + 4u * t4 * st;
+    lines.push(`let st = pU15; let o = pU12 + b * pU13 + d * pU14 + 4u * t4 * st;
 OUT[o] = y4.x;
 if (4u * t4 + 1u < L) { OUT[o + st] = y4.y; }
 if (4u * t4 + 2u < L) { OUT[o + 2u * st] = y4.z; }
@@ -379,6 +381,8 @@ export function v2Prelude(v: ScanVariant): string {
   let xrb = bd / ${TEX_ROWS}u; let xy = bd % ${TEX_ROWS}u;
   let bg = b * U(7u) + d / U(6u);
   let blb = bg / U(9u); let by = (bg - blb * U(9u)) * ${v.N}u;
+  let pU8 = U(8u); let pU10 = U(10u); let pU11 = U(11u);
+  let pU12 = U(12u); let pU13 = U(13u); let pU14 = U(14u); let pU15 = U(15u);
   ${channelPrelude(v)}`;
 }
 
