@@ -19,13 +19,12 @@ import { selectiveScanStep } from "./selective_scan_step.ts";
 import {
   inStepV1,
   inStepV2,
-  LAYER4_BUFFERS,
-  layerStepV4,
   MSTEP_WG,
   MSTEP_WG2,
   outStepV1,
   projStepV2,
   type ProjStepVariant,
+  SSM_OUT_BUFFERS,
   ssmOutStepV1,
   ssmStepV1,
   ssmStepV2,
@@ -104,8 +103,7 @@ function composed(x: Tensor, p: MambaStepParams, st: MambaStepState): { y: Tenso
  * (a new state). `version`: "composed" (the ops one by one: the reference, any device, differentiable),
  * "fused" (WebGPU, f32, no gradient recorded, dense operands: "v5" where D, ED, N and the dt rank are
  * divisible by 4, else "v1"), or one fused version (see mamba_step_wgsl.ts): "v1" 4 dispatches, one
- * invocation per channel; "v2" 4, four channels per invocation; "v3" 3, x_proj in the ssm-step; "v4" 1, one
- * workgroup per batch row; "v5" 2, in-step v2 then ssm-out-step. "auto" (default): fused where it can run.
+ * invocation per channel; "v2" 4, four channels per invocation; "v3" 3, x_proj in the ssm-step; "v5" 2, in-step v2 then ssm-out-step. "auto" (default): fused where it can run.
  *
  * @example
  * ```ts
@@ -120,13 +118,13 @@ export function mambaLayerStep(
   x: Tensor,
   p: MambaStepParams,
   state: MambaStepState,
-  opts: { version?: "auto" | "fused" | "composed" | "v1" | "v2" | "v3" | "v4" | "v5" } = {},
+  opts: { version?: "auto" | "fused" | "composed" | "v1" | "v2" | "v3" | "v5" } = {},
 ): { y: Tensor; state: MambaStepState } {
   const op = "mambaLayerStep";
   const version = opts.version ?? "auto";
-  if (!["auto", "fused", "composed", "v1", "v2", "v3", "v4", "v5"].includes(version)) {
+  if (!["auto", "fused", "composed", "v1", "v2", "v3", "v5"].includes(version)) {
     throw new Error(
-      `${op}: version must be "auto", "fused", "composed", "v1", "v2", "v3", "v4" or "v5", got ${
+      `${op}: version must be "auto", "fused", "composed", "v1", "v2", "v3" or "v5", got ${
         JSON.stringify(version)
       }`,
     );
@@ -161,22 +159,18 @@ export function mambaLayerStep(
   }
   if (version === "v1" || !aligned) return fusedV1(x, p, state);
   const fits = ssmStepV3Fits((R + 2 * N) / 4);
-  if ((version === "v3" || version === "v4" || version === "v5") && !fits) {
+  if ((version === "v3" || version === "v5") && !fits) {
     throw new Error(
       `${op}: version "${version}" reduces x_proj rows of at most 256 values in workgroup memory, got ${
         R + 2 * N
       }`,
     );
   }
-  const one = fits && gpu().limits.maxStorageBuffersPerShaderStage >= LAYER4_BUFFERS;
-  if (version === "v4" && !one) {
-    throw new Error(`${op}: version "v4" binds ${LAYER4_BUFFERS} storage buffers, over this adapter's limit`);
-  }
-  if (version === "v4") return fusedV4(x, p, state);
-  // ssm-out-step binds 13 storage buffers and the uniform block (a storage buffer on lavapipe)
-  const two = fits && gpu().limits.maxStorageBuffersPerShaderStage >= 14;
+  const two = fits && gpu().limits.maxStorageBuffersPerShaderStage >= SSM_OUT_BUFFERS;
   if (version === "v5" && !two) {
-    throw new Error(`${op}: version "v5" binds 14 storage buffers, over this adapter's limit`);
+    throw new Error(
+      `${op}: version "v5" binds ${SSM_OUT_BUFFERS} storage buffers, over this adapter's limit`,
+    );
   }
   if (version === "v5" || ((version === "auto" || version === "fused") && two)) return fusedV5(x, p, state);
   return fusedV2(x, p, state, version !== "v2" && fits);
@@ -354,44 +348,6 @@ export function normHeadStep(x: Tensor, normWeight: Tensor, eps: number, w: Tens
     throw e;
   }
   return out;
-}
-
-/** layer-step v4: the whole layer in one dispatch, one workgroup per batch row. */
-function fusedV4(x: Tensor, p: MambaStepParams, state: MambaStepState): { y: Tensor; state: MambaStepState } {
-  const op = "mambaLayerStep";
-  const [Bn, D] = x.shape;
-  const ED = p.D.shape[0], N = p.ALog.shape[1], R = p.dtW.shape[0], W = p.convW.shape[1];
-  const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
-  const xc = f("xc", [Bn, ED]), z = f("z", [Bn, ED]), conv = f("conv state", [Bn, ED, W - 1]);
-  const y = f("y", [Bn, ED]), ssm = f("ssm state", [Bn, ED, N]), out = f("out", [Bn, D]);
-  const r = (t: Tensor | null): Binding[] => (t ? [{ buffer: t.storage.buffer!, access: "read" }] : []);
-  const w = (t: Tensor): Binding => ({ buffer: t.storage.buffer!, access: "read_write" });
-  try {
-    gpu().run({
-      name: `${op} layer-step`,
-      key: `layer v4|${W}|${!!p.normWeight}|${!!p.convB}|${N}|${R}`,
-      source: () => layerStepV4(W, !!p.normWeight, !!p.convB, N, R),
-      bindings: [
-        ...[x, p.normWeight, p.inW, state.conv, p.convW, p.convB].flatMap(r),
-        w(xc),
-        w(z),
-        w(conv),
-        ...[state.ssm, p.xProjW, p.dtW, p.dtB, p.ALog, p.D].flatMap(r),
-        w(y),
-        w(ssm),
-        ...r(p.outW),
-        w(out),
-      ],
-      uniforms: new Uniforms().u32(Bn, D, ED).f32(p.eps).build(),
-      workgroups: [1, Bn, 1],
-    });
-  } catch (e) {
-    for (const t of [conv, ssm, out]) t.dispose();
-    throw e;
-  } finally {
-    for (const t of [xc, z, y]) t.dispose();
-  }
-  return { y: out, state: { conv, ssm } };
 }
 
 /** in-step v2 over every core, then ssm-out-step v1: two dispatches. */

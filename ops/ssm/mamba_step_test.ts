@@ -40,7 +40,7 @@ describe("mambaLayerStep v2", () => {
           conv: s.randn([B, ED, W - 1], { seed: 5, device: "webgpu" }),
           ssm: s.randn([B, ED, N], { seed: 6, device: "webgpu" }),
         };
-        for (const version of ["v1", "v2", "v3", "v4", "v5"] as const) {
+        for (const version of ["v1", "v2", "v3", "v5"] as const) {
           let st = st0;
           for (let t = 0; t < 3; t++) {
             const x = s.randn([B, D], { seed: 7 + t, device: "webgpu" });
@@ -81,7 +81,7 @@ describe("mambaLayerStep v2", () => {
         'mambaLayerStep: version "v2" needs D, ED, N and the dt rank divisible by 4, got D 12, ED 24, N 6, R 1',
       );
       expect(() => s.mambaLayerStep(x, p, st, { version: "v6" as "v2" })).toThrow(
-        'mambaLayerStep: version must be "auto", "fused", "composed", "v1", "v2", "v3", "v4" or "v5", got "v6"',
+        'mambaLayerStep: version must be "auto", "fused", "composed", "v1", "v2", "v3" or "v5", got "v6"',
       );
       m.dispose();
     }),

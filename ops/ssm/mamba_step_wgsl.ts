@@ -22,13 +22,12 @@
  *   x_proj.
  * - ssm-step v3: x_proj and ssm-step v2 in one dispatch (one workgroup, or two at batch 1, per batch row:
  *   x_proj's partial sums tree-reduced in workgroup memory); three dispatches per layer instead of four.
- * - layer-step v4: the whole layer in one dispatch, one workgroup per batch row (barriers between the
- *   in-step, x_proj, ssm and out phases). At batch 1 it runs on one core: no faster than three dispatches.
- * - ssm-out-step v1: layer-step v4 without the in-step: x_proj, the ssm update and the out-projection
- *   plus residual in one workgroup per batch row, after in-step v2 (the largest projection) over every
- *   core. The layer's default where it fits.
- * v2 to v4 and ssm-out-step need D, ED, N and the dt rank R divisible by 4 (vec4 rows); other shapes run v1. Weights packed
- * into textures per call (cheap texture loads) were tried: less device time, but the copies cost more.
+ * - ssm-out-step v1: x_proj, the ssm update and the out-projection plus residual in one workgroup per batch
+ *   row, after in-step v2 (the largest projection) over every core. The layer's default where it fits.
+ *   (The whole layer in one workgroup was tried: at batch 1 it runs on one core, no faster.)
+ * v2, v3 and ssm-out-step need D, ED, N and the dt rank R divisible by 4 (vec4 rows); other shapes run v1.
+ * Weights packed into textures per call (cheap texture loads) were tried: less device time, but the copies
+ * cost more.
  * @module
  */
 
@@ -390,61 +389,31 @@ ${flatId(MSTEP_WG2)}
 }`;
 }
 
-/** Storage buffers layer-step v4 binds (with the uniform block, which lavapipe binds as storage). */
-export const LAYER4_BUFFERS = 20;
+/** Storage buffers ssm-out-step v1 binds (with the uniform block, which lavapipe binds as storage). */
+export const SSM_OUT_BUFFERS = 14;
 
 /**
- * layer-step v4: the whole layer in one dispatch, one workgroup of SSM3_WG invocations per batch row: the
- * in-step (channel groups t, t + SSM3_WG, ...), a storage barrier, ssm-step v3's x_proj reduction and ssm
- * update, a storage barrier, and the out-projection plus residual (output groups t, t + SSM3_WG, ...). At
- * batch 1 the fixed cost of a dispatch on lavapipe (~50 us, more than these projections' loads) outweighs
- * spreading the work over both cores. Uniforms: [Bn, D, ED, eps (f32 bits)]. Bindings (vec4 arrays): x,
- * norm weight (if `norm`), in-projection, conv state, conv weight, conv bias (if any), xc, z (scratch),
- * the new conv state, ssm state, x_proj weight, dt_proj weight, dt_proj bias, ALog, D, y (scratch), the
- * new ssm state, out-projection, out.
- */
-export function layerStepV4(W: number, norm: boolean, convBias: boolean, N: number, R: number): string {
-  return layerStep(W, norm, convBias, N, R, true);
-}
-
-/**
- * ssm-out-step v1: layer-step v4 without the in-step (which runs before it as in-step v2 over every core):
- * ssm-step v3 and the out-projection plus residual in one dispatch, one workgroup per batch row. Uniforms
- * as layer-step v4. Bindings: x, xc, z, ssm state, x_proj weight, dt_proj weight, dt_proj bias, ALog, D, y
- * (scratch), the new ssm state, out-projection, out.
+ * ssm-out-step v1: ssm-step v3 and the out-projection plus residual in one dispatch, one workgroup of
+ * SSM3_WG invocations per batch row (in-step v2 runs before it over every core): ssm-step v3's x_proj
+ * reduction and ssm update, a storage barrier, then the out-projection plus residual (output groups t,
+ * t + SSM3_WG, ...). At batch 1 the fixed cost of a dispatch on lavapipe (~50 us, more than these
+ * projections' loads) outweighs spreading this work over both cores. (Folding the in-step in as well, one
+ * dispatch per layer, was measured no faster: the in-step then runs on one core.) Uniforms: [Bn, D, ED, eps
+ * (f32 bits)]. Bindings (vec4 arrays): x, xc, z, ssm state, x_proj weight, dt_proj weight, dt_proj bias,
+ * ALog, D, y (scratch), the new ssm state, out-projection, out.
  */
 export function ssmOutStepV1(N: number, R: number): string {
-  return layerStep(0, false, false, N, R, false);
-}
-
-function layerStep(
-  W: number,
-  norm: boolean,
-  convBias: boolean,
-  N: number,
-  R: number,
-  withIn: boolean,
-): string {
-  const names: [string, boolean][] = [["X", false]];
-  if (withIn && norm) names.push(["NW", false]);
-  if (withIn) names.push(["WI", false], ["CS", false], ["CW", false]);
-  if (withIn && convBias) names.push(["CB", false]);
-  names.push(["XC", withIn], ["Z", withIn]);
-  if (withIn) names.push(["CN", true]);
+  const names: [string, boolean][] = [["X", false], ["XC", false], ["Z", false]];
   names.push(["ST", false], ["XW", false], ["DW", false]);
   names.push(["DB", false], ["AL", false], ["DS", false], ["Y", true], ["NS", true], ["WO", false]);
   names.push(["OUT", true]);
   const T = SSM3_WG;
-  // the bodies of in-step v2 (for one channel group q, gid = b * ED / 4 + q) and of ssm-step v3 after its
-  // prologue, with the conv state renamed
-  const inSrc = withIn ? inStepV2(W, norm, convBias) : "";
-  const inBody = inSrc.slice(inSrc.indexOf("  let xr = b * D4;"), inSrc.lastIndexOf("}"))
-    .replaceAll("ST[", "CS[").replaceAll("NS[", "CN[");
+  // the body of ssm-step v3 after its prologue
   const ssmSrc = ssmStepV3(N, R);
   const ssmBody = ssmSrc.slice(ssmSrc.indexOf("  var p0 = "), ssmSrc.lastIndexOf("}"))
     .replace("t * S + wid.x", "t").replace(`S * ${T}u`, `${T}u`);
   const P4 = R / 4 + N / 2;
-  return `// mamba ${withIn ? "layer-step v4" : "ssm-out-step v1"} W=${W} N=${N} R=${R}
+  return `// mamba ssm-out-step v1 N=${N} R=${R}
 ${uniformDecl(4)}
 ${decl4(names)}
 ${SOFTPLUS}
@@ -454,15 +423,6 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let t = lid.x; let b = wid.y;
   let D4 = U(1u) / 4u; let E4 = U(2u) / 4u;
   let xb = b * E4;
-  ${
-    withIn
-      ? `for (var q = t; q < E4; q += ${T}u) {
-    let gid = xb + q;
-  ${inBody.replaceAll("\n", "\n  ")}
-  }
-  storageBarrier();`
-      : ""
-  }
 ${ssmBody}
   storageBarrier();
   for (var j = t; j < D4; j += ${T}u) {
