@@ -46,6 +46,7 @@ export type {
   SafetensorsFile,
   SaveOptions,
 } from "../runtime/safetensors.ts";
+export * from "./paged.ts";
 export * from "./transformer.ts";
 export * from "./mamba_lm.ts";
 export * from "./tasks.ts";

@@ -23,7 +23,17 @@ import {
   ropeFrequencies,
   type RopeOptions,
 } from "../ops/posenc/mod.ts";
+import { pagedAttention, pagedPools, pagedPrefill, writeKV } from "../ops/paged/mod.ts";
+import { gather } from "../ops/core/layout.ts";
+import { tensor } from "../ops/core/creation.ts";
 import { Embedding, init, type Initializer, LayerNorm, Linear, Module } from "./nn.ts";
+import {
+  checkPagedBatch,
+  type PagedBatch,
+  type PagedCacheConfig,
+  PagedKVCache,
+  type PagedModel,
+} from "./paged.ts";
 
 /** Configuration of a {@link TransformerLM}. */
 export interface TransformerConfig {
@@ -109,6 +119,8 @@ export interface BlockPositions {
   freqs: RopeFrequencies | null;
   /** ALiBi slopes (H), or undefined (no bias). */
   alibi: Float64Array | undefined;
+  /** Each row's own position (ragged paged batches), overriding `start`. */
+  positions?: ArrayLike<number>;
 }
 
 const NO_POS: BlockPositions = { start: 0, freqs: null, alibi: undefined };
@@ -184,8 +196,8 @@ export class TransformerBlock extends Module {
     let k = this.wk.forward(h).reshape([B, T, Hkv, Dh]); // (B, T, Hkv, Dh)
     const v = this.wv.forward(h).reshape([B, T, Hkv, Dh]); // (B, T, Hkv, Dh)
     if (p.freqs) {
-      q = applyRope(q, p.start, p.freqs, { layout: "bthd" });
-      k = applyRope(k, p.start, p.freqs, { layout: "bthd" });
+      q = applyRope(q, p.positions ?? p.start, p.freqs, { layout: "bthd" });
+      k = applyRope(k, p.positions ?? p.start, p.freqs, { layout: "bthd" });
     }
     return [q, k, v];
   }
@@ -227,6 +239,33 @@ export class TransformerBlock extends Module {
     }); // (B, H, 1, Dh)
     return this.finish(x, o.transpose(1, 2)); // (B, 1, H, Dh)
   }
+
+  /**
+   * A ragged paged batch, x (1, N, D) with each row's position in `p.positions`: writes the rows' keys and
+   * values into their `slots` of the pools, attends each row to its sequence's pages (decode when every
+   * sequence has one new row, chunked prefill otherwise) -> (1, N, D).
+   */
+  forwardPaged(x: Tensor, p: BlockPositions, pool: { k: Tensor; v: Tensor }, m: PagedMeta): Tensor {
+    const { H, Hkv, Dh } = this.d;
+    const N = x.shape[1];
+    const [q, k, v] = this.qkv(x, p); // (1, N, H, Dh), (1, N, Hkv, Dh) x 2
+    writeKV(pool.k, pool.v, k.reshape([N, Hkv, Dh]), v.reshape([N, Hkv, Dh]), m.slots);
+    const q3 = q.reshape([N, H, Dh]);
+    const { o } = m.decode
+      ? pagedAttention(q3, pool.k, pool.v, m.blockTables, m.contextLens, { alibi: p.alibi })
+      : pagedPrefill(q3, pool.k, pool.v, m.blockTables, m.contextLens, m.queryStarts, { alibi: p.alibi });
+    return this.finish(x, o.reshape([1, N, H, Dh])); // (1, N, D)
+  }
+}
+
+/** A {@link PagedBatch}'s index arrays as i32 tensors on the model's device. */
+interface PagedMeta {
+  slots: Tensor;
+  blockTables: Tensor;
+  contextLens: Tensor;
+  queryStarts: Tensor;
+  /** Every sequence has exactly one new token. */
+  decode: boolean;
 }
 
 /**
@@ -251,7 +290,7 @@ export class TransformerBlock extends Module {
  * lm.dispose();
  * ```
  */
-export class TransformerLM extends Module {
+export class TransformerLM extends Module implements PagedModel {
   /** Token embedding (V, D). */
   embed: Embedding;
   /** Learned positions (maxLen, D), or null. */
@@ -501,5 +540,106 @@ export class TransformerLM extends Module {
     );
     cache.length = start + 1;
     return { logits, cache };
+  }
+
+  /** Vocabulary size (the logits' width). */
+  get vocabSize(): number {
+    return this.#d.V;
+  }
+
+  /**
+   * A paged K/V cache: per layer a key and a value pool of (numBlocks, Hkv, blockSize, D / H) on the model's
+   * device, for the serving engine (`LLMEngine`) or {@link TransformerLM.forwardPaged}. Exempt from `tidy`;
+   * free it with its `dispose()`.
+   */
+  initPagedCache(cfg: PagedCacheConfig): PagedKVCache {
+    const bs = cfg.blockSize ?? 16;
+    if (!Number.isInteger(cfg.numBlocks) || cfg.numBlocks < 1) {
+      throw new Error(
+        `TransformerLM.initPagedCache: numBlocks must be a positive integer, got ${cfg.numBlocks}`,
+      );
+    }
+    const { Hkv, Dh } = this.#d;
+    const o = { device: this.embed.weight.device, dtype: this.embed.weight.dtype };
+    const pools = this.blocks.map(() => pagedPools(cfg.numBlocks, Hkv, bs, Dh, o));
+    return new PagedKVCache(
+      pools.map((p) => keep(p.k)),
+      pools.map((p) => keep(p.v)),
+      cfg.numBlocks,
+      bs,
+    );
+  }
+
+  /**
+   * Runs a ragged batch of new tokens from many sequences against a paged cache (see {@link PagedBatch}):
+   * writes their keys and values into the slots the batch names and returns the logits of each sequence's
+   * last new token, (S, V), or with `allRows` of every new token, (N, V). Prompt chunks and decode tokens
+   * mix in one call; a sequence's logits equal {@link TransformerLM.forward} over its whole context.
+   * Inference only. RoPE's dynamic scaling is refused (each sequence would need its own frequencies).
+   *
+   * @example
+   * ```ts
+   * import { TransformerLM } from "seqlab";
+   * const lm = new TransformerLM({ vocabSize: 7, dModel: 8, nLayer: 1, nHead: 2, seed: 1 });
+   * const cache = lm.initPagedCache({ numBlocks: 4, blockSize: 8 });
+   * // one sequence, a 3-token prompt in block 2 (slots 16, 17, 18)
+   * const logits = lm.forwardPaged({
+   *   tokens: new Int32Array([1, 2, 3]), positions: new Int32Array([0, 1, 2]),
+   *   slots: new Int32Array([16, 17, 18]), queryStarts: new Int32Array([0, 3]),
+   *   contextLens: new Int32Array([3]), blockTables: new Int32Array([2]), maxBlocks: 1,
+   * }, cache);
+   * console.log(logits.shape); // [1, 7]
+   * cache.dispose();
+   * lm.dispose();
+   * ```
+   */
+  forwardPaged(batch: PagedBatch, cache: PagedKVCache, opts: { allRows?: boolean } = {}): Tensor {
+    const op = "TransformerLM.forwardPaged";
+    if (!(cache instanceof PagedKVCache) || cache.k.length !== this.blocks.length) {
+      throw new Error(`${op}: cache must come from this model's initPagedCache`);
+    }
+    if (cache.k[0].disposed) throw new Error(`${op}: the cache has been disposed`);
+    const { S, N } = checkPagedBatch(op, batch, cache);
+    const { V } = this.#d;
+    for (let i = 0; i < N; i++) {
+      if (!(batch.tokens[i] >= 0 && batch.tokens[i] < V)) {
+        throw new Error(`${op}: token ${batch.tokens[i]} at row ${i} is outside the vocabulary [0, ${V})`);
+      }
+    }
+    if (this.config.posenc === "rope" && this.#rope.scaling?.type === "dynamic") {
+      throw new Error(
+        `${op}: RoPE's dynamic scaling is not supported in paged batches (one length per call)`,
+      );
+    }
+    const maxPos = batch.positions.reduce((a, b) => Math.max(a, b), 0);
+    if (this.pos && maxPos >= this.config.maxLen) {
+      throw new Error(
+        `${op}: position ${maxPos} exceeds maxLen = ${this.config.maxLen} of the learned position table`,
+      );
+    }
+    const device = this.embed.weight.device;
+    return noGrad(() =>
+      tidy(() => {
+        const i32 = (a: Int32Array, shape: number[]) => tensor(a, { dtype: "i32", device, shape });
+        const m = {
+          slots: i32(batch.slots, [N]),
+          blockTables: i32(batch.blockTables, [S, batch.maxBlocks]),
+          contextLens: i32(batch.contextLens, [S]),
+          queryStarts: i32(batch.queryStarts, [S + 1]),
+          decode: N === S,
+        };
+        const p: BlockPositions = { ...this.#pos(0, maxPos + 1), positions: batch.positions };
+        const tok = i32(batch.tokens, [1, N]);
+        let x = this.embed.forward(tok); // (1, N, D)
+        if (this.pos) x = x.add(this.pos.forward(i32(batch.positions, [1, N])));
+        this.blocks.forEach((b, i) => (x = b.forwardPaged(x, p, { k: cache.k[i], v: cache.v[i] }, m)));
+        let h = x.reshape([N, this.#d.D]); // (N, D)
+        if (!opts.allRows) {
+          const last = Int32Array.from({ length: S }, (_, s) => batch.queryStarts[s + 1] - 1);
+          h = gather(h, i32(last, [S])); // (S, D)
+        }
+        return this.head.forward(this.lnF.forward(h)); // (S or N, V)
+      })
+    );
   }
 }
