@@ -11,12 +11,28 @@
 
 import { noGrad } from "../../runtime/autograd.ts";
 import type { DeviceName } from "../../runtime/device.ts";
-import { type DType, isFloat, itemSize, type TypedArray } from "../../runtime/dtype.ts";
+import { type DType, isFloat, type TypedArray } from "../../runtime/dtype.ts";
 import { fmt } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { MAX_LOOP } from "../../runtime/webgpu.ts";
 import { contiguous } from "../core/elementwise.ts";
-import { empty, fromArray, sameDevice } from "../core/util.ts";
+import { empty, fromArray, sameDevice, Uniforms } from "../core/util.ts";
+import { gpu, hasWebGPU } from "../../runtime/device.ts";
+import { grid } from "../../runtime/webgpu.ts";
+import {
+  ATTN_FIELDS,
+  attnBindings,
+  type AttnConfig,
+  attnKey,
+  attnSource,
+  blockCopySource,
+  FLAT_WG,
+  PAGED_DIAG,
+  PAGED_KINDS,
+  REDUCE_WG,
+  reduceSource,
+  writeKVSource,
+} from "./paged_wgsl.ts";
 import { full } from "../core/creation.ts";
 import { copyBlocksRef, pagedAttentionRef, type PagedDims, pagedMessages, writeKVRef } from "./paged_ref.ts";
 
@@ -223,7 +239,7 @@ function hostView(t: Tensor): TypedArray {
 }
 
 function attend(
-  op: string,
+  op: "pagedAttention" | "pagedPrefill",
   q: Tensor,
   kPool: Tensor,
   vPool: Tensor,
@@ -553,25 +569,223 @@ interface PagedGeometry extends PagedDims {
   WG: number;
 }
 
-function decodeWorkgroup(_D: number): number {
-  return 32;
+/**
+ * Lanes per attention workgroup: 64, or 32 where 64 lanes' D-vectors would not fit the workgroup memory
+ * (the merge keeps one per lane). Without an adapter (cpu only) the same rule at WebGPU's default 16 KiB.
+ */
+function decodeWorkgroup(D: number): number {
+  const limit = hasWebGPU() ? gpu().limits.maxComputeWorkgroupStorageSize : 16384;
+  return Math.ceil(D / 4) * 16 * 64 + 512 <= limit ? 64 : 32;
 }
 
-function attnV1Fits(_g: PagedGeometry): boolean {
-  return true;
+/** Loop iterations of one lane over `keys` keys (q load, K and V rows, the merge). */
+function laneLoops(g: PagedGeometry, keys: number): number {
+  const D4 = Math.ceil(g.D / 4);
+  return 5 * D4 + Math.ceil(keys / g.WG) * (2 * D4 + 1) + 3 * g.WG + Math.ceil(g.S / g.WG) + 32;
 }
+
+/** Whether v1's loops (a lane's share of the whole table capacity) stay within MAX_LOOP. */
+function attnV1Fits(g: PagedGeometry): boolean {
+  return laneLoops(g, g.maxBlocks * g.blockSize) <= MAX_LOOP;
+}
+
+/** Registers the messages of `op`'s diagnostics (the same words as the cpu checks). */
+function registerDiagnostics(op: "pagedAttention" | "pagedPrefill" | "writeKV"): void {
+  const ctx = gpu();
+  for (const kind of PAGED_KINDS) {
+    const msg = pagedMessages[kind] as (op: string, v: number, l: number) => string;
+    ctx.diagnostic(PAGED_DIAG(op, kind), (v, l) => msg(op, v, l));
+  }
+}
+
+const bufOf = (t: Tensor) => t.storage.buffer!;
 
 function runPagedAttention(
-  op: string,
-  ..._args: unknown[]
+  op: "pagedAttention" | "pagedPrefill",
+  q: Tensor,
+  kPool: Tensor,
+  vPool: Tensor,
+  blockTables: Tensor,
+  contextLens: Tensor,
+  queryStarts: Tensor | null,
+  inUse: Tensor | null,
+  r: Resolved,
 ): PagedAttentionResult {
-  throw new Error(`${op}: the webgpu path is being built`);
+  const { N, H, D } = r;
+  const o = empty(op, [N, H, D], q.dtype, "webgpu"), lse = empty(op, [N, H], "f32", "webgpu");
+  if (N * H === 0 || D === 0) return { o, lse, version: r.version };
+  const owned = [q, blockTables, contextLens, queryStarts, inUse].map((t) => t && contiguous(t));
+  const temps: Tensor[] = [];
+  try {
+    const [qc, tc, lc, sc, uc] = owned;
+    const ctx = gpu();
+    registerDiagnostics(op);
+    const D4 = Math.ceil(D / 4);
+    const vec = D % 4 === 0 && kPool.offset % 4 === 0 && vPool.offset % 4 === 0;
+    const cap = r.maxBlocks * r.blockSize;
+    const part = r.version === "v2";
+    const P = part ? r.partitionSize : Math.max(cap, 1);
+    const nParts = Math.max(1, Math.ceil(cap / P));
+    const cfg: AttnConfig = {
+      dtype: q.dtype,
+      D4,
+      vec,
+      WG: r.WG,
+      alibi: r.alibi !== null,
+      prefill: queryStarts !== null,
+      inUse: inUse !== null,
+      part,
+      op,
+    };
+    const slopes = r.alibi ? fromArray(r.alibi, [H], "f32", "webgpu") : null;
+    if (slopes) temps.push(slopes);
+    const words = new Uniforms();
+    const field: Record<string, number> = {
+      N,
+      H,
+      G: H / r.Hkv,
+      Hkv: r.Hkv,
+      D,
+      bs: r.blockSize,
+      numBlocks: r.numBlocks,
+      maxBlocks: r.maxBlocks,
+      S: r.S,
+      qOff: qc!.offset,
+      kOff: vec ? kPool.offset / 4 : kPool.offset,
+      vOff: vec ? vPool.offset / 4 : vPool.offset,
+      P,
+      nParts,
+      NH: N * H,
+      tabOff: tc!.offset,
+      lensOff: lc!.offset,
+      qsOff: sc?.offset ?? 0,
+      useOff: uc?.offset ?? 0,
+    };
+    for (const f of ATTN_FIELDS) {
+      if (f === "scale") words.f32(r.scale);
+      else if (f === "window") words.i32(r.window ?? -1);
+      else words.u32(field[f]);
+    }
+    let pml: Tensor | null = null, pa: Tensor | null = null;
+    if (part) {
+      pml = empty(op, [N * H * nParts, 2], "f32", "webgpu");
+      pa = empty(op, [N * H * nParts, D4 * 4], "f32", "webgpu");
+      temps.push(pml, pa);
+    }
+    const buffers: Record<string, Tensor | GPUBuffer | null> = {
+      Q: qc,
+      K: kPool,
+      V: vPool,
+      tab: tc,
+      lens: lc,
+      qs: sc,
+      slopes,
+      used: uc,
+      O: o,
+      L: lse,
+      PML: pml,
+      PA: pa,
+      diag: ctx.diagnostics,
+    };
+    const names = attnBindings(cfg);
+    ctx.run({
+      name: op,
+      key: attnKey(cfg),
+      source: () => ({ code: attnSource(cfg), bindings: names }),
+      bindings: names.map((n) => {
+        const b = buffers[n]!;
+        const buffer = b instanceof GPUBuffer ? b : bufOf(b as Tensor);
+        return {
+          buffer,
+          access: ["O", "L", "PML", "PA", "diag"].includes(n) ? "read_write" : "read",
+        } as const;
+      }),
+      uniforms: words.build(),
+      workgroups: [nParts, Math.min(N * H, 65535), Math.ceil((N * H) / 65535)],
+    });
+    if (part) {
+      ctx.run({
+        name: op,
+        key: `paged attn v2 reduce|${q.dtype}`,
+        source: () => reduceSource(q.dtype),
+        inputs: [bufOf(pml!), bufOf(pa!)],
+        outputs: [bufOf(o), bufOf(lse)],
+        uniforms: new Uniforms().u32(N * H, D, D4, nParts).build(),
+        workgroups: grid(N * H * D4, REDUCE_WG),
+      });
+    }
+    return { o, lse, version: r.version };
+  } catch (e) {
+    o.dispose();
+    lse.dispose();
+    throw e;
+  } finally {
+    for (const t of owned) t?.dispose();
+    for (const t of temps) t.dispose();
+  }
 }
 
-function runWriteKV(op: string, ..._args: unknown[]): void {
-  throw new Error(`${op}: the webgpu path is being built`);
+function runWriteKV(
+  op: "writeKV",
+  kPool: Tensor,
+  vPool: Tensor,
+  k: Tensor,
+  v: Tensor,
+  slots: Tensor,
+  inUse: Tensor | null,
+  pd: Omit<PagedDims, "maxBlocks">,
+): void {
+  const ctx = gpu();
+  registerDiagnostics(op);
+  const vec = pd.D % 4 === 0 && [kPool, vPool, k, v].every((t) => t.offset % 4 === 0);
+  const w = vec ? 4 : 1;
+  const N = k.shape[0], W = pd.D / w;
+  ctx.run({
+    name: op,
+    key: `paged writeKV v1|${kPool.dtype}|${vec}|${inUse !== null}`,
+    source: () => writeKVSource(kPool.dtype, vec, inUse !== null),
+    inputs: [k, v, slots, ...(inUse ? [inUse] : [])].map(bufOf),
+    outputs: [bufOf(kPool), bufOf(vPool), ctx.diagnostics],
+    uniforms: new Uniforms().u32(
+      N,
+      pd.Hkv,
+      W,
+      pd.numBlocks,
+      pd.blockSize,
+      k.offset / w,
+      v.offset / w,
+      slots.offset,
+      inUse?.offset ?? 0,
+      kPool.offset / w,
+      vPool.offset / w,
+    ).build(),
+    workgroups: grid(N * pd.Hkv * W, FLAT_WG),
+  });
 }
 
-function runBlockCopy(op: string, ..._args: unknown[]): void {
-  throw new Error(`${op}: the webgpu path is being built`);
+/** Copies blocks pairs[i][0] of `src` to pairs[i][1] of `dst` (checked pairs), one dispatch. */
+function runBlockCopy(
+  op: string,
+  src: Tensor,
+  dst: Tensor,
+  pairs: readonly (readonly [number, number])[],
+  blockElems: number,
+): void {
+  const inPlace = src.storage === dst.storage;
+  const vec = blockElems % 4 === 0 && src.offset % 4 === 0 && dst.offset % 4 === 0;
+  const w = vec ? 4 : 1, E = blockElems / w;
+  const idx = fromArray(pairs.flat(), [pairs.length, 2], "i32", "webgpu");
+  try {
+    gpu().run({
+      name: op,
+      key: `paged block copy v1|${src.dtype}|${vec}|${inPlace}`,
+      source: () => blockCopySource(src.dtype, vec, inPlace),
+      inputs: inPlace ? [bufOf(idx)] : [bufOf(idx), bufOf(src)],
+      outputs: [bufOf(dst)],
+      uniforms: new Uniforms().u32(pairs.length, E, src.offset / w, dst.offset / w).build(),
+      workgroups: grid(pairs.length * E, FLAT_WG),
+    });
+  } finally {
+    idx.dispose();
+  }
 }
