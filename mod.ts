@@ -31,5 +31,6 @@ export * from "./ops/paged/mod.ts";
 export { isGradEnabled, noGrad, param, record } from "./runtime/autograd.ts";
 export type { GradNode } from "./runtime/autograd.ts";
 export * from "./models/mod.ts";
+export * from "./serve/mod.ts";
 
 await initDevices();
