@@ -1,7 +1,7 @@
 /**
  * The serving engine: a paged KV cache's block allocator (reference counts, copy-on-write, prefix caching)
- * and an iteration-level scheduler (continuous batching, preemption by recomputation or swapping), after
- * PagedAttention / vLLM (Kwon et al., 2023).
+ * and an iteration-level scheduler (continuous batching, preemption by recomputation or swapping), KV-cache
+ * arithmetic, request traces and a serving simulator, after PagedAttention / vLLM (Kwon et al., 2023).
  *
  * @example
  * ```ts
@@ -16,3 +16,6 @@
 export * from "./block_allocator.ts";
 export * from "./sequence.ts";
 export * from "./scheduler.ts";
+export * from "./kv_math.ts";
+export * from "./traces.ts";
+export * from "./simulator.ts";
