@@ -581,7 +581,7 @@ function decodeWorkgroup(D: number): number {
 /** Loop iterations of one lane over `keys` keys (q load, K and V rows, the merge). */
 function laneLoops(g: PagedGeometry, keys: number): number {
   const D4 = Math.ceil(g.D / 4);
-  return 5 * D4 + Math.ceil(keys / g.WG) * (2 * D4 + 1) + 3 * g.WG + Math.ceil(g.S / g.WG) + 32;
+  return 5 * D4 + Math.ceil(keys / g.WG) * (2 * D4 + 2) + 3 * g.WG + Math.ceil(g.S / g.WG) + 32;
 }
 
 /** Whether v1's loops (a lane's share of the whole table capacity) stay within MAX_LOOP. */

@@ -236,31 +236,35 @@ ${c.part ? `  k0 = max(k0, i32(wid.x * ${U("P")})); k1 = min(k1, i32((wid.x + 1u
   ${c.alibi ? "let slope = slopes[h];" : ""}
   let tb = tabOff + s * maxBlocks;
   var m = ${NEG}; var l = 0.0;
-  var cur = -1; var ok = false; var base = 0u;
-  for (var j = j0; j < j1; j++) {
-    let bi = j / i32(bs);
-    if (bi != cur) {
-      cur = bi;
-      let b = tab[tb + u32(bi)];
-      ok = b >= 0 && u32(b) < numBlocks;
-      if (!ok) { ${raise(code("tableRange"), "b", "numBlocks")} }
+  // the lane's run [j0, j1), block by block: one table read (and one division) per block, not per key
+  var j = j0;
+  loop {
+    if (j >= j1) { break; }
+    let bi = u32(j) / bs;
+    let jEnd = min(j1, i32((bi + 1u) * bs));
+    let b = tab[tb + bi];
+    var ok = b >= 0 && u32(b) < numBlocks;
+    if (!ok) { ${raise(code("tableRange"), "b", "numBlocks")} }
 ${
     c.inUse
-      ? `      else if (used[${U("useOff")} + u32(b)] == 0u) { ok = false; ${
+      ? `    else if (used[${U("useOff")} + u32(b)] == 0u) { ok = false; ${
         raise(code("freeBlock"), "b", "numBlocks")
       } }`
       : ""
   }
-      base = (u32(max(b, 0)) * Hkv + hk) * bs;
+    if (ok) {
+      var rb = ((u32(b) * Hkv + hk) * bs + u32(j) - bi * bs) * ${rowStride};
+      for (var jj = j; jj < jEnd; jj++) {
+        var sj = 0.0;
+        for (var i = 0u; i < ${D4}u; i++) { sj += dot(qa[i], ${load("K", "kOff")}); }
+        ${c.alibi ? "sj -= slope * f32(p - jj);" : ""}
+        let mn = max(m, sj); let cr = exp(m - mn); let pj = exp(sj - mn);
+        l = l * cr + pj; m = mn;
+        for (var i = 0u; i < ${D4}u; i++) { acc[i] = acc[i] * cr + pj * ${load("V", "vOff")}; }
+        rb += ${rowStride};
+      }
     }
-    if (!ok) { continue; }
-    let rb = (base + u32(j) % bs) * ${rowStride};
-    var sj = 0.0;
-    for (var i = 0u; i < ${D4}u; i++) { sj += dot(qa[i], ${load("K", "kOff")}); }
-    ${c.alibi ? "sj -= slope * f32(p - j);" : ""}
-    let mn = max(m, sj); let cr = exp(m - mn); let pj = exp(sj - mn);
-    l = l * cr + pj; m = mn;
-    for (var i = 0u; i < ${D4}u; i++) { acc[i] = acc[i] * cr + pj * ${load("V", "vOff")}; }
+    j = jEnd;
   }
   wm[lid] = m; wl[lid] = l;
   for (var i = 0u; i < ${D4}u; i++) { wa[lid * ${D4}u + i] = acc[i]; }
