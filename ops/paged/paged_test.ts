@@ -164,6 +164,26 @@ describe("pagedAttention", () => {
     await checkCase({ lens: [1, 40], H: 2, Hkv: 1, D: 16, bs: 8 }, { window: 0 });
   });
 
+  test("auto: v1 where its loops fit, v2 past them (a table of 76800 tokens); v1 refused there", async () => {
+    requireGpu();
+    const x = build({ lens: [300], H: 2, Hkv: 1, D: 64, bs: 128 });
+    const wide = new Int32Array(600).fill(-1);
+    wide.set(x.tab.subarray(0, x.maxBlocks));
+    const g = await toGpu(x);
+    await s.tidy(async () => {
+      const t = i32(wide, [1, 600], "webgpu");
+      expect(() => s.pagedAttention(g.q, g.k, g.v, t, g.lens, { version: "v1" })).toThrow(
+        /pagedAttention v1: a context of up to 76800 tokens \(maxBlocks x blockSize\) loops past MAX_LOOP/,
+      );
+      const far = s.pagedAttention(g.q, g.k, g.v, t, g.lens);
+      const near = s.pagedAttention(g.q, g.k, g.v, g.tables, g.lens);
+      expect([far.version, near.version]).toEqual(["v2", "v1"]);
+      assertClose(await far.o.toArray(), await near.o.toArray(), TOL);
+    });
+    free(x);
+    free(g);
+  });
+
   test("paged decode on webgpu equals attentionDecode on webgpu with the pages laid out contiguously", async () => {
     requireGpu();
     const c: Case = { lens: [33, 200], H: 8, Hkv: 2, D: 64, bs: 16 };

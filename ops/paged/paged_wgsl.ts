@@ -8,14 +8,20 @@
  *
  * Attention versions (numbers are never reused):
  * - attn v1: one workgroup per (query row, head) over the row's whole context: the keys p - window .. p
- *   split into one contiguous run per lane (a lane reads a block table entry only where its run enters
- *   a new block), each lane keeping an online softmax (max, sum, D-vector), merged in workgroup memory
+ *   split into one contiguous run per lane, walked block by block (one table read and one integer
+ *   division per block rather than per key), each lane keeping an online softmax (max, sum, D-vector), merged in workgroup memory
  *   as ops/attention/decode.ts does. The default wherever its loop count fits.
  * - attn v2: flash-decoding (vLLM's PagedAttention V2): workgroup (partition k, row, head) runs v1's lane
  *   loop over the keys in [k P, (k + 1) P) and writes its partial (max, sum) and unnormalised D-vector;
  *   then reduce v1 (one invocation per (row, head, 4 columns)) rescales the partials to their common max
  *   and divides by the total sum. More workgroups per row, for long contexts and where v1's loop count
  *   would pass the limit.
+ * "auto" is v1 wherever its loops fit (a lane's share of maxBlocks x blockSize keys within MAX_LOOP: about
+ * 60K tokens at D 64), else v2. Measured with bench/paged.ts (H 8, Hkv 2, D 64, block size 16, device time,
+ * on a shared, loaded lavapipe): v1 beat v2 at 1K and 4K, batch 1 and 8 (e.g. 4K batch 1: 7.2 vs 9.4 ms):
+ * with H >= 2 workgroups per sequence the adapter's 2 threads are already busy, so v2's extra workgroups
+ * buy no parallelism and its second pass and partial states are pure cost here. On a GPU with many cores
+ * v2 would win at batch 1 and long contexts, as in vLLM.
  * Both serve decode (row s at position contextLens[s] - 1) and ragged prefill (row r of sequence s found
  * by a binary search over queryStarts), a compile-time variant.
  *
