@@ -30,6 +30,20 @@ export interface PagedBatch {
   maxBlocks: number;
 }
 
+/** A {@link PagedBatch}'s index arrays as i32 tensors on the model's device (what each layer reads). */
+export interface PagedTensors {
+  /** (N) cache slots of the new tokens. */
+  slots: Tensor;
+  /** (S, maxBlocks) block tables. */
+  blockTables: Tensor;
+  /** (S) context lengths after the call. */
+  contextLens: Tensor;
+  /** (S + 1) row offsets. */
+  queryStarts: Tensor;
+  /** Every sequence has exactly one new token (decode: `pagedAttention` instead of `pagedPrefill`). */
+  decode: boolean;
+}
+
 /** The geometry of a paged cache. */
 export interface PagedCacheConfig {
   /** Blocks in each layer's pool. */

@@ -33,6 +33,7 @@ import {
   type PagedCacheConfig,
   PagedKVCache,
   type PagedModel,
+  type PagedTensors,
 } from "./paged.ts";
 
 /** Configuration of a {@link TransformerLM}. */
@@ -245,7 +246,7 @@ export class TransformerBlock extends Module {
    * values into their `slots` of the pools, attends each row to its sequence's pages (decode when every
    * sequence has one new row, chunked prefill otherwise) -> (1, N, D).
    */
-  forwardPaged(x: Tensor, p: BlockPositions, pool: { k: Tensor; v: Tensor }, m: PagedMeta): Tensor {
+  forwardPaged(x: Tensor, p: BlockPositions, pool: { k: Tensor; v: Tensor }, m: PagedTensors): Tensor {
     const { H, Hkv, Dh } = this.d;
     const N = x.shape[1];
     const [q, k, v] = this.qkv(x, p); // (1, N, H, Dh), (1, N, Hkv, Dh) x 2
@@ -256,16 +257,6 @@ export class TransformerBlock extends Module {
       : pagedPrefill(q3, pool.k, pool.v, m.blockTables, m.contextLens, m.queryStarts, { alibi: p.alibi });
     return this.finish(x, o.reshape([1, N, H, Dh])); // (1, N, D)
   }
-}
-
-/** A {@link PagedBatch}'s index arrays as i32 tensors on the model's device. */
-interface PagedMeta {
-  slots: Tensor;
-  blockTables: Tensor;
-  contextLens: Tensor;
-  queryStarts: Tensor;
-  /** Every sequence has exactly one new token. */
-  decode: boolean;
 }
 
 /**
