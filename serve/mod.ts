@@ -19,3 +19,5 @@ export * from "./scheduler.ts";
 export * from "./kv_math.ts";
 export * from "./traces.ts";
 export * from "./simulator.ts";
+export * from "./sampling.ts";
+export * from "./engine.ts";
