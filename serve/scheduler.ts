@@ -7,7 +7,10 @@
  * 1. `const out = scheduler.schedule()`.
  * 2. Perform the block operations, in this order: `out.swapOut` (device block -> host block, `swapBlocks`),
  *    `out.swapIn` (host -> device), `out.copies` (copy-on-write, `copyBlocks`). Blocks freed by a swap-out
- *    may be reused as copy destinations in the same step, so the swap-outs go first.
+ *    may be reused as copy destinations in the same step, so the swap-outs go first. Guarantees that make
+ *    batching them safe: a step has swap-outs or swap-ins, never both (swapped groups resume only in a
+ *    step without preemption); within each list no block is both a source and a destination; a copy's
+ *    source is never freed in its step.
  * 3. Run the model on `out.prefills` and `out.decodes` (`packBatch` flattens them into the int32 arrays the
  *    paged ops take): each entry feeds `tokens` at `positions`, writes their keys and values at `slots`
  *    (`writeKV`), and attends over `blockTable` up to `contextLength` (`pagedPrefill`, or `pagedAttention` for

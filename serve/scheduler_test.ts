@@ -99,6 +99,15 @@ function drive(s: Scheduler, requests: Request[], maxSteps = 5000): RunResult {
       expect(out.swapIn).toEqual([]);
     }
     if (admitted.length > 0) expect(s.numSwapped).toBe(0);
+    // batching the block operations is safe
+    expect(out.swapOut.length === 0 || out.swapIn.length === 0).toBe(true);
+    const dsts = new Set(out.copies.map(([, d]) => d));
+    for (const [src] of out.copies) expect(dsts.has(src)).toBe(false);
+    // a group's sequences sample in the same step (beam search needs them together)
+    for (const e of entries) {
+      if (!e.sample) continue;
+      for (const q of e.seq.group.liveSeqs) expect(entries.some((f) => f.seq === q && f.sample)).toBe(true);
+    }
     // a decoding group runs all of its live sequences together
     for (const e of out.decodes) {
       for (const q of e.seq.group.liveSeqs) expect(entries.some((f) => f.seq === q)).toBe(true);
