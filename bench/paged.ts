@@ -11,7 +11,8 @@
  * time per call in batches of calls with one readback (interleaved trials, median).
  *
  * Run: `deno task bench paged` (contexts 1024 and 4096) or `deno task bench paged 2048`. Prints tables and
- * writes the `kernel` section of bench/results/paged.json (other sections, e.g. an engine's, are kept).
+ * writes bench/results/paged.json: the `kernel` section, then the `engine` section (bench/paged_engine.ts:
+ * engine throughput, paged vs static-max reservation at one KV budget).
  * `deno run -A bench/paged.ts dry [contexts]` prints without writing.
  * @module
  */
@@ -19,6 +20,7 @@
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { gpu, hasWebGPU } from "../runtime/device.ts";
+import { engineSection } from "./paged_engine.ts";
 import { loadAverage, median, prepareTimer, table, timeInterleaved, verdict, writeResult } from "./util.ts";
 
 const H = 8, Hkv = 2, D = 64;
@@ -271,7 +273,10 @@ export async function main(args: string[] = []): Promise<void> {
   const started = new Date().toISOString();
   const k = await kernelSection(nums.length ? nums : undefined);
   const load1 = loadAverage();
-  console.log(`\n${k.text}\nload average at end: ${load1 ?? "?"}`);
+  console.log(`\n${k.text}\nload average: ${load1 ?? "?"}`);
+  const e = await engineSection();
+  const load2 = loadAverage();
+  console.log(`\n${e.text}\nload average at end: ${load2 ?? "?"}`);
   if (dry) return;
   // keep other sections (an engine's) of an existing file
   let prev: Record<string, unknown> = {};
@@ -292,6 +297,7 @@ export async function main(args: string[] = []): Promise<void> {
       blockSizes: k.blockSizes,
       target: k.target,
     },
+    engine: { loadAverage: { start: load1, end: load2 }, ...e.result },
   });
   console.log(`wrote ${file}`);
 }

@@ -95,6 +95,14 @@ export interface StepRecord {
   blocksUsed: number;
   /** Slots holding token states after the step (written keys and values). */
   tokenSlots: number;
+  /** Blocks set aside by static-max reservation for the admitted requests (0 when paged). */
+  reservedBlocks: number;
+  /** Requests waiting (queued, preempted or swapped) after the step. */
+  waiting: number;
+  /** Requests that ended (finished or aborted) in the step. */
+  ended: number;
+  /** Tokens generated in the step. */
+  generated: number;
 }
 
 /** Engine counters. */
@@ -346,7 +354,7 @@ export class LLMEngine {
    */
   async step(): Promise<RequestOutput[]> {
     this.#live("LLMEngine.step");
-    const t0 = performance.now();
+    const t0 = performance.now(), gen0 = this.#stats.generatedTokens;
     // static-max: admit held requests while their whole reservation fits
     while (this.#held.length) {
       const r = this.#held[0], need = this.#reservation(r.beam ? r.params.beamWidth : r.params.n);
@@ -429,6 +437,10 @@ export class LLMEngine {
       seconds: (performance.now() - t0) / 1000,
       blocksUsed: a.numUsed,
       tokenSlots,
+      reservedBlocks: this.#reserved,
+      waiting: this.#held.length + this.scheduler.numWaiting + this.scheduler.numSwapped,
+      ended: [...changed].filter((r) => r.ended).length,
+      generated: this.#stats.generatedTokens - gen0,
     });
     const res = [...changed].sort((x, y) => (x.group?.arrival ?? 0) - (y.group?.arrival ?? 0)).map((r) =>
       this.#output(r)
