@@ -95,6 +95,8 @@ export interface StepRecord {
   blocksUsed: number;
   /** Slots holding token states after the step (written keys and values). */
   tokenSlots: number;
+  /** Blocks the running sequences' tables list (a block shared by k tables counted k times: no sharing). */
+  logicalBlocks: number;
   /** Blocks set aside by static-max reservation for the admitted requests (0 when paged). */
   reservedBlocks: number;
   /** Requests waiting (queued, preempted or swapped) after the step. */
@@ -419,9 +421,11 @@ export class LLMEngine {
     const a = this.scheduler.allocator;
     // slots holding token states, each physical block counted once (shared blocks are)
     const filled = new Map<number, number>(), bs = this.options.blockSize;
+    let logicalBlocks = 0;
     for (const r of this.#requests.values()) {
       for (const s of r.group?.liveSeqs ?? []) {
         if (s.status !== "running") continue;
+        logicalBlocks += s.blockTable.length;
         s.blockTable.forEach((blk, j) => {
           const n = Math.max(0, Math.min(bs, s.numComputed - j * bs));
           filled.set(blk, Math.max(filled.get(blk) ?? 0, n));
@@ -437,6 +441,7 @@ export class LLMEngine {
       seconds: (performance.now() - t0) / 1000,
       blocksUsed: a.numUsed,
       tokenSlots,
+      logicalBlocks,
       reservedBlocks: this.#reserved,
       waiting: this.#held.length + this.scheduler.numWaiting + this.scheduler.numSwapped,
       ended: [...changed].filter((r) => r.ended).length,
