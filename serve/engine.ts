@@ -18,7 +18,7 @@
 import { PagedKVCache, type PagedModel } from "../models/paged.ts";
 import { copyBlocks, pagedPools, swapBlocks } from "../ops/paged/mod.ts";
 import { BlockAllocator } from "./block_allocator.ts";
-import { type PreemptionMode, type ScheduledSequence, Scheduler } from "./scheduler.ts";
+import { packBatch, type PreemptionMode, type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import type { FinishReason, Sequence, SequenceGroup } from "./sequence.ts";
 import {
   expandBeams,
@@ -456,27 +456,7 @@ export class LLMEngine {
 
   /** Runs the model on the step's entries; returns each entry's logits row (sampled entries only). */
   async #run(entries: ScheduledSequence[]): Promise<Float32Array[]> {
-    let row = 0;
-    const N = entries.reduce((n, e) => n + e.numQuery, 0), S = entries.length;
-    const maxBlocks = Math.max(1, ...entries.map((e) => e.blockTable.length));
-    const b = {
-      tokens: new Int32Array(N),
-      positions: new Int32Array(N),
-      slots: new Int32Array(N),
-      queryStarts: new Int32Array(S + 1),
-      contextLens: new Int32Array(S),
-      blockTables: new Int32Array(S * maxBlocks).fill(-1),
-      maxBlocks,
-    };
-    entries.forEach((e, s) => {
-      b.tokens.set(e.tokens, row);
-      b.positions.set(e.positions, row);
-      b.slots.set(e.slots, row);
-      b.blockTables.set(e.blockTable, s * maxBlocks);
-      b.contextLens[s] = e.contextLength;
-      row += e.numQuery;
-      b.queryStarts[s + 1] = row;
-    });
+    const b = packBatch(entries);
     const logits = this.model.forwardPaged(b, this.cache); // (S, V)
     try {
       const a = (await logits.toArray()) as Float32Array;

@@ -65,6 +65,7 @@
  * @module
  */
 
+import type { PagedBatch } from "../models/paged.ts";
 import { BlockAllocator, type BlockPair, ROOT_HASH } from "./block_allocator.ts";
 import { type FinishReason, Sequence, SequenceGroup } from "./sequence.ts";
 
@@ -154,26 +155,15 @@ export interface SchedulerOutput {
   numBatchedTokens: number;
 }
 
-/** Flat int32 arrays for one step's model call (`packBatch`). */
-export interface PackedBatch {
+/**
+ * Flat int32 arrays for one step's model call (`packBatch`): a {@link PagedBatch} (tokens, positions, slots,
+ * queryStarts, contextLens, blockTables padded with -1, maxBlocks) plus its sizes and the sampled rows.
+ */
+export interface PackedBatch extends PagedBatch {
   /** S: sequences in the step */
   numSeqs: number;
   /** N: tokens fed in the step */
   numTokens: number;
-  /** (N) token ids, sequences one after another */
-  tokens: Int32Array;
-  /** (N) positions */
-  positions: Int32Array;
-  /** (N) KV slots (`writeKV`) */
-  slots: Int32Array;
-  /** (S + 1) row offsets of each sequence's tokens (`pagedPrefill`'s queryStarts) */
-  queryStarts: Int32Array;
-  /** (S) context lengths after the step */
-  contextLens: Int32Array;
-  /** (S, maxBlocks) row-major block tables, -1 past each table */
-  blockTables: Int32Array;
-  /** columns of `blockTables` */
-  maxBlocks: number;
   /** rows (indices into the N tokens) whose logits are sampled, in entry order: one per entry with `sample` */
   sampleRows: Int32Array;
 }
