@@ -77,7 +77,8 @@ function retain(t: Tensor): Tensor {
 /**
  * Records `out` as produced by op `name` from `inputs`, if gradients are enabled and any input requires
  * them. `save` lists the tensors `backward` reads; they are retained (sharing storage, outliving tidy and
- * the user's dispose) until backward has used them, then freed. Returns `out`.
+ * the user's dispose) until backward has used them, then freed. `resources` (e.g. pooled textures an op
+ * kept for its backward) are released with them, or at once when nothing is recorded. Returns `out`.
  *
  * @example
  * ```ts
@@ -98,9 +99,14 @@ export function record(
   inputs: readonly Tensor[],
   save: readonly Tensor[],
   backward: (grad: Tensor, saved: Tensor[]) => (Tensor | null | undefined)[],
+  resources: readonly { release(): void }[] = [],
 ): Tensor {
-  if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return out;
+  if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) {
+    for (const r of resources) r.release();
+    return out;
+  }
   let saved: Tensor[] | null = save.map(retain);
+  let held: readonly { release(): void }[] | null = resources;
   // The graph is reference-counted: a node lives while its output tensor is undisposed or a later node
   // that read the output is alive, so a graph that is never backpropagated is still freed by dispose/tidy.
   let holders = 1;
@@ -115,6 +121,8 @@ export function record(
     release: () => {
       saved?.forEach((t) => t.dispose());
       saved = null;
+      held?.forEach((r) => r.release());
+      held = null;
     },
     hold: () => void holders++,
     drop: () => {

@@ -15,7 +15,13 @@ import { matmul } from "../core/matmul.ts";
 import { empty } from "../core/util.ts";
 import { causalConv1d, convGrads } from "./conv1d.ts";
 import { CONV_V2_MAX_W } from "./conv1d_wgsl.ts";
-import { scanGrads, selectiveScan, type SelectiveScanGpuOptions } from "./selective_scan.ts";
+import {
+  type PackedScan,
+  scanGrads,
+  scanPacked,
+  selectiveScan,
+  type SelectiveScanGpuOptions,
+} from "./selective_scan.ts";
 
 /** The parameters of {@link mambaInner} (seqlab's Linear layout: weight (in, out)). */
 export interface MambaInnerParams {
@@ -146,6 +152,8 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
   const graph = isGradEnabled() && inputs.some((t) => t.requiresGrad);
   // the forward's intermediates, kept for the backward: xc (B, ED, L) channels-last, x_proj's output
   // (B L, R + 2N), delta before its bias (B L, ED)
+  // with a graph, the scan's packed operands stay for its backward (released with the node)
+  let packed: PackedScan | null = null;
   const [y, xc, xdbl, dt] = noGrad(() =>
     tidy(() => {
       const { x, z } = views(xz, null, null, d);
@@ -153,14 +161,18 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
       const xdbl = matmul(xc.transpose(1, 2).reshape([Bn * L, ED]), p.xProjWeight);
       const dt = matmul(xdbl.slice([null, [0, R]]), p.dtProjWeight);
       const v = views(xz, xdbl, dt, d);
-      const y = selectiveScan(xc, v.delta!, neg(exp(p.ALog)), v.B!, v.C!, {
+      const so = {
         ...opts.scan,
         D: p.D,
         z,
         deltaBias: p.dtProjBias,
         deltaSoftplus: true,
         channelsLast: true,
-      });
+      };
+      const A = neg(exp(p.ALog));
+      let y: Tensor;
+      if (graph) ({ out: y, packed } = scanPacked(xc, v.delta!, A, v.B!, v.C!, so));
+      else y = selectiveScan(xc, v.delta!, A, v.B!, v.C!, so);
       return [y.transpose(1, 2), xc, xdbl, dt]; // (B, L, ED) contiguous
     })
   );
@@ -169,6 +181,7 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
     return y;
   }
   const hasBias = !!p.convBias;
+  const kept = packed as PackedScan | null;
   const out = record("mambaInner", y, inputs, [...inputs, xc, xdbl, dt], (g, s) => {
     const [xzS, convW] = s;
     let k = 2;
@@ -187,7 +200,7 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
       v.C!,
       { D: Dk, z: v.z, deltaBias: dtB, deltaSoftplus: true },
       g.transpose(1, 2),
-      { channelsLast: true, dzInto: halves.z },
+      { channelsLast: true, dzInto: halves.z, packed: kept },
     );
     sg.dz?.dispose();
     const ddt = sg.ddelta.transpose(1, 2).reshape([Bn * L, ED]); // channels-last: a view
@@ -217,7 +230,7 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
       mul(sg.dA, A), // dA/dALog = -exp(ALog) = A
       sg.dD,
     ];
-  });
+  }, kept ? [kept] : []);
   for (const t of [xc, xdbl, dt]) t.dispose();
   return out;
 }

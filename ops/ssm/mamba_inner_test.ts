@@ -82,6 +82,43 @@ describe("mambaInner: the fused node equals the composition of the ops", () => {
   }
 
   test(
+    "the scan's packed operands, kept for the backward, are released with the graph (used or not)",
+    scoped(async () => {
+      requireGpu();
+      const x = inputs(1, 256, 8, 4, 1, 3, false);
+      const leaves = await Promise.all(
+        [x.xz, x.convWeight, x.xProjWeight, x.dtProjWeight, x.dtProjBias, x.ALog, x.D].map(async (t) => {
+          const g = (await s.cast(t, "f32").to("webgpu")).detach();
+          g.requiresGrad = true;
+          return g;
+        }),
+      );
+      const [xz, cw, xw, dw, db, al, dk] = leaves;
+      const p = { convWeight: cw, xProjWeight: xw, dtProjWeight: dw, dtProjBias: db, ALog: al, D: dk };
+      const inUse = () => s.memory("webgpu").bytesInUse;
+      const before = inUse();
+      // no backward: disposing the output frees the node and its textures
+      const y0 = s.mambaInner(xz, p, { version: "fused" });
+      expect(inUse()).toBeGreaterThan(before);
+      y0.dispose();
+      expect(inUse()).toBe(before);
+      // with a backward (which packs only dout into the kept texture): the same gradients as the composition
+      const fused = s.mambaInner(xz, p, { version: "fused" });
+      fused.sum().backward();
+      const gFused = await Promise.all(leaves.map((t) => arr(t.grad!)));
+      leaves.forEach((t) => t.zeroGrad());
+      fused.dispose();
+      const composed = s.mambaInner(xz, p, { version: "composed" });
+      composed.sum().backward();
+      const gComposed = await Promise.all(leaves.map((t) => arr(t.grad!)));
+      leaves.forEach((t) => t.zeroGrad());
+      composed.dispose();
+      gFused.forEach((g, i) => assertClose(g, gComposed[i], GTOL));
+      leaves.forEach((t) => t.dispose());
+    }),
+  );
+
+  test(
     "gradcheck of the fused node on WebGPU (f32 analytic against float64 differences)",
     scoped(async () => {
       requireGpu();

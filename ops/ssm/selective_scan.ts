@@ -240,17 +240,32 @@ const PACK_OPS = 4;
 /**
  * Packs (rows, L) operands into layer ranges of a pooled texture: contiguous ones by copies when aligned,
  * the others (any strides) by pack v3 passes, up to {@link PACK_OPS} operands each. The caller releases
- * the texture once the passes that read it are recorded.
+ * the texture once the passes that read it are recorded. `spare` leaves slots free after the operands (the
+ * backward's dout); `into` packs into slots `first ...` of a texture packed before.
  */
-function packSeq(op: string, what: string, ops: Tensor[], rows: number, lay: SeqTexLayout): GpuTexture {
+function packSeq(
+  op: string,
+  what: string,
+  ops: Tensor[],
+  rows: number,
+  lay: SeqTexLayout,
+  o: { spare?: number; into?: { tex: GpuTexture; first: number } } = {},
+): GpuTexture {
   const ctx = gpu();
-  const tex = ctx.acquireTexture(
-    { width: lay.width, height: lay.height, layers: ops.length * lay.rowBlocks * lay.segments },
+  const tex = o.into?.tex ?? ctx.acquireTexture(
+    {
+      width: lay.width,
+      height: lay.height,
+      layers: (ops.length + (o.spare ?? 0)) * lay.rowBlocks * lay.segments,
+    },
     `${op} ${what}`,
   );
+  // operand k of `ops` goes to slot k0 + k of the texture
+  const k0 = o.into?.first ?? 0;
   try {
-    const strided: { t: Tensor; k: number }[] = [];
-    ops.forEach((t, k) => {
+    const strided: { t: Tensor; k: number }[] = []; // k: the texture slot
+    ops.forEach((t, j) => {
+      const k = k0 + j;
       if (!t.isContiguous || !seqRows(t)) {
         strided.push({ t, k });
         return;
@@ -318,7 +333,7 @@ function packSeq(op: string, what: string, ops: Tensor[], rows: number, lay: Seq
       });
     }
   } catch (e) {
-    tex.release();
+    if (!o.into) tex.release();
     throw e;
   }
   return tex;
@@ -338,13 +353,26 @@ function v2Misfit(d: ScanDims): string | null {
   return need > layers ? `its textures would need ${need} layers, over the adapter's ${layers}` : null;
 }
 
+/**
+ * The textures a forward packed, kept for its backward (internal): u, delta, z and a spare slot for dout in
+ * `tx`, B and C (input-dependent) in `tbc`. The backward packs only dout; `release()` returns them to the pool.
+ */
+export interface PackedScan {
+  readonly tx: GpuTexture;
+  readonly tbc: GpuTexture | null;
+  /** Operands in tx before the spare slot (u, delta and z when present). */
+  readonly nOps: number;
+  release(): void;
+}
+
 function forwardV2(
   p: Prepared,
   out: Tensor,
   last: Tensor | null,
   chunkSize: number,
   carry: "sequential" | "hillis-steele",
-): void {
+  keep = false,
+): PackedScan | null {
   const op = "selectiveScan";
   const { Bn, D, L, G, N } = p.dims;
   const BD = Bn * D;
@@ -353,12 +381,26 @@ function forwardV2(
   const ctx = gpu();
   const textures: GpuTexture[] = [];
   const carryBuf = empty(`${op} carry`, [BD, chunks, N + 1], "f32", "webgpu");
+  let packed: PackedScan | null = null;
   try {
-    const tx = packSeq(op, "u, delta, z", [p.u, p.delta, ...(p.z ? [p.z] : [])], BD, xl);
+    const xOps = [p.u, p.delta, ...(p.z ? [p.z] : [])];
+    const tx = packSeq(op, "u, delta, z", xOps, BD, xl, { spare: keep ? 1 : 0 });
     textures.push(tx);
     const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
     const tbc = bcOps.length ? packSeq(op, "B, C", bcOps, Bn * G * N, bl) : null;
     if (tbc) textures.push(tbc);
+    if (keep) {
+      let live = true;
+      packed = {
+        tx,
+        tbc,
+        nOps: xOps.length,
+        release: () => {
+          if (live) [tx, tbc].forEach((t) => t?.release());
+          live = false;
+        },
+      };
+    }
     const uniforms = new Uniforms().u32(
       BD,
       D,
@@ -444,11 +486,18 @@ function forwardV2(
         }
       }
     }
+  } catch (e) {
+    packed = null; // the finally releases every texture
+    throw e;
   } finally {
-    // recorded: the textures may serve the next op of the batch (in-batch reuse is ordered)
-    textures.forEach((t) => t.release());
+    // recorded: the textures may serve the next op of the batch (in-batch reuse is ordered); the packed
+    // operands stay with the caller when kept
+    textures.forEach((t) => {
+      if (!packed || (t !== packed.tx && t !== packed.tbc)) t.release();
+    });
     carryBuf.dispose();
   }
+  return packed;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -610,6 +659,7 @@ function backwardV2(
   dlast: Tensor | null,
   channelsLast: boolean,
   dzInto: Tensor | null = null,
+  packed: PackedScan | null = null,
 ): ScanGrads {
   const op = "selectiveScan backward";
   const dims = checkScan(op, u, delta, A, B, C, o);
@@ -642,15 +692,21 @@ function backwardV2(
   const scratch = f("scratch", [BD, Math.ceil(L / 4), 4 * K]);
   const dA = f("dA", [D, N]), dD = f("dD", [D]), dBias = f("d deltaBias", [D]);
   const dB = f("dB", p.v.bShared ? [D, N] : [...B.shape]), dC = f("dC", p.v.cShared ? [D, N] : [...C.shape]);
-  const textures: GpuTexture[] = [];
+  const textures: GpuTexture[] = []; // acquired here, released at the end
   try {
-    textures.push(
-      packSeq(op, "u, delta, z, dout", [p.u, p.delta, p.z, go].filter((t): t is Tensor => !!t), BD, xl),
-    );
+    const xOps = [p.u, p.delta, p.z].filter((t): t is Tensor => !!t);
     const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
-    if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
+    let inputTex: GpuTexture[];
+    if (packed && go && packed.nOps === xOps.length && !!packed.tbc === bcOps.length > 0) {
+      // the forward's textures hold u, delta, z (and B, C): only dout is packed, into the spare slot
+      packSeq(op, "dout", [go], BD, xl, { into: { tex: packed.tx, first: packed.nOps } });
+      inputTex = packed.tbc ? [packed.tx, packed.tbc] : [packed.tx];
+    } else {
+      textures.push(packSeq(op, "u, delta, z, dout", go ? [...xOps, go] : xOps, BD, xl));
+      if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
+      inputTex = [...textures];
+    }
     const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 };
-    const inputTex = [...textures];
     // the terms of input-dependent dB, dC: written by bwd v2 into the texture the reduce reads
     const nTerms = (p.v.bShared ? 0 : 1) + (p.v.cShared ? 0 : 1);
     const tl = seqLayout(BD, 4 * L * K, 1);
@@ -821,6 +877,7 @@ function recordScan(
  * The scan's gradients for the output gradient `dout` without a recorded node (for fused blocks that record
  * their own): bwd v2 where it fits (du, ddelta and dz stored channels-last when asked, dz straight into
  * `dzInto`, a (B, D, L) view, when given), else bwd v1 or the cpu reference with the results moved there.
+ * `packed`: the forward's textures from {@link scanPacked}, reused (the caller releases them).
  * Internal: not exported from the package.
  */
 export function scanGrads(
@@ -831,12 +888,13 @@ export function scanGrads(
   C: Tensor,
   o: SelectiveScanOptions,
   dout: Tensor,
-  opts: { channelsLast: boolean; dzInto?: Tensor | null },
+  opts: { channelsLast: boolean; dzInto?: Tensor | null; packed?: PackedScan | null },
 ): ScanGrads {
   const op = "selectiveScan backward";
   const dims = checkScan(op, u, delta, A, B, C, o);
   if (dims.device !== "cpu" && !bwdV2Misfit(dims, !!o.z, true)) {
-    return backwardV2(u, delta, A, B, C, o, dout, null, opts.channelsLast, o.z ? opts.dzInto ?? null : null);
+    const dzInto = o.z ? opts.dzInto ?? null : null;
+    return backwardV2(u, delta, A, B, C, o, dout, null, opts.channelsLast, dzInto, opts.packed ?? null);
   }
   const r = dims.device === "cpu"
     ? backwardCpu(u, delta, A, B, C, o, dout, null)
@@ -977,4 +1035,38 @@ export function selectiveScan(
   out = recordScan(op, out, inputs, opts, false, useV2, cl);
   if (!wantLast) return out;
   return [out, recordScan(`${op} last state`, last!, inputs, opts, true, useV2, cl)];
+}
+
+/**
+ * The scan's forward for a fused block that records its own backward (internal; no graph): what
+ * `selectiveScan` computes, and when version 2 runs both the forward and the backward, the packed operand
+ * textures kept for {@link scanGrads} (`packed`; null otherwise). The caller releases `packed`.
+ */
+export function scanPacked(
+  u: Tensor,
+  delta: Tensor,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  opts: SelectiveScanGpuOptions,
+): { out: Tensor; packed: PackedScan | null } {
+  const op = "selectiveScan";
+  const dims = checkScan(op, u, delta, A, B, C, opts);
+  const { useV2, chunkSize, carry } = scanPlan(op, dims, u, opts);
+  if (dims.device === "cpu" || !useV2 || opts.returnLastState || bwdV2Misfit(dims, !!opts.z, true)) {
+    const out = noGrad(() => selectiveScan(u, delta, A, B, C, { ...opts, returnLastState: false }));
+    return { out, packed: null };
+  }
+  const p = prepare(op, dims, u, delta, A, B, C, opts, false, true);
+  try {
+    const out = newSeq(op, [dims.Bn, dims.D, dims.L], !!opts.channelsLast);
+    try {
+      return { out, packed: forwardV2(p, out, null, chunkSize, carry, true) };
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+  } finally {
+    for (const t of [p.params, p.u, p.delta, p.z, p.B, p.C]) t?.dispose();
+  }
 }
