@@ -362,6 +362,8 @@ export interface PackedScan {
   readonly tbc: GpuTexture | null;
   /** Operands in tx before the spare slot (u, delta and z when present). */
   readonly nOps: number;
+  /** (B D, L / 4, 4 ceil(N / 4)): the state entering every texel of 4 steps, saved by the fix-up pass. */
+  readonly states: Tensor;
   release(): void;
 }
 
@@ -391,12 +393,15 @@ function forwardV2(
     if (tbc) textures.push(tbc);
     if (keep) {
       let live = true;
+      const states = empty(`${op} states`, [BD, xl.L4, 4 * Math.ceil(N / 4)], "f32", "webgpu");
       packed = {
         tx,
         tbc,
         nOps: xOps.length,
+        states,
         release: () => {
           if (live) [tx, tbc].forEach((t) => t?.release());
+          if (live) states.dispose();
           live = false;
         },
       };
@@ -460,11 +465,13 @@ function forwardV2(
       ty ? { texture: ty, access: "write" } : { buffer: out.storage.buffer!, access: "read_write" },
     );
     if (last) bindings.push({ buffer: last.storage.buffer!, access: "read_write" });
+    if (packed) bindings.push({ buffer: packed.states.storage.buffer!, access: "read_write" });
     bindings.push(diag);
+    const save = !!packed;
     ctx.run({
       name: op,
-      key: `fixup v2|${key}|${texOut}`,
-      source: () => scanFixupV2(p.v, texOut),
+      key: `fixup v2|${key}|${texOut}|${save}`,
+      source: () => scanFixupV2(p.v, texOut, save),
       bindings,
       uniforms,
       workgroups: groups,
@@ -487,6 +494,7 @@ function forwardV2(
       }
     }
   } catch (e) {
+    packed?.states.dispose();
     packed = null; // the finally releases every texture
     throw e;
   } finally {
@@ -689,24 +697,26 @@ function backwardV2(
     ? [du, ddelta, dz].map((t, i) => (t ? f(`${["du", "ddelta", "dz"][i]} scratch`, [Bn, D, L]) : null))
     : [du, ddelta, dz];
   const dP = f("dparams", [BD, P]);
-  const scratch = f("scratch", [BD, Math.ceil(L / 4), 4 * K]);
+  const xOps = [p.u, p.delta, p.z].filter((t): t is Tensor => !!t);
+  const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
+  // the forward's textures and saved states when they match this call (mambaInner keeps them)
+  const reuse = !!packed && !!go && packed.nOps === xOps.length && !!packed.tbc === bcOps.length > 0;
+  const scratch = reuse ? packed!.states : f("scratch", [BD, Math.ceil(L / 4), 4 * K]);
   const dA = f("dA", [D, N]), dD = f("dD", [D]), dBias = f("d deltaBias", [D]);
   const dB = f("dB", p.v.bShared ? [D, N] : [...B.shape]), dC = f("dC", p.v.cShared ? [D, N] : [...C.shape]);
   const textures: GpuTexture[] = []; // acquired here, released at the end
   try {
-    const xOps = [p.u, p.delta, p.z].filter((t): t is Tensor => !!t);
-    const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
     let inputTex: GpuTexture[];
-    if (packed && go && packed.nOps === xOps.length && !!packed.tbc === bcOps.length > 0) {
+    if (reuse) {
       // the forward's textures hold u, delta, z (and B, C): only dout is packed, into the spare slot
-      packSeq(op, "dout", [go], BD, xl, { into: { tex: packed.tx, first: packed.nOps } });
-      inputTex = packed.tbc ? [packed.tx, packed.tbc] : [packed.tx];
+      packSeq(op, "dout", [go!], BD, xl, { into: { tex: packed!.tx, first: packed!.nOps } });
+      inputTex = packed!.tbc ? [packed!.tx, packed!.tbc] : [packed!.tx];
     } else {
       textures.push(packSeq(op, "u, delta, z, dout", go ? [...xOps, go] : xOps, BD, xl));
       if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
       inputTex = [...textures];
     }
-    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0 };
+    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0, statesGiven: reuse };
     // the terms of input-dependent dB, dC: written by bwd v2 into the texture the reduce reads
     const nTerms = (p.v.bShared ? 0 : 1) + (p.v.cShared ? 0 : 1);
     const tl = seqLayout(BD, 4 * L * K, 1);
@@ -733,7 +743,7 @@ function backwardV2(
     ];
     ctx.run({
       name: op,
-      key: `bwd v2|${variantKey(p.v)}|${w.hasOut}|${w.hasLast}|${w.vec4Out}`,
+      key: `bwd v2|${variantKey(p.v)}|${w.hasOut}|${w.hasLast}|${w.vec4Out}|${w.statesGiven}`,
       source: () => scanBackwardV2(p.v, w),
       bindings,
       uniforms: new Uniforms().u32(
@@ -791,7 +801,7 @@ function backwardV2(
     throw e;
   } finally {
     textures.forEach((t) => t.release());
-    for (const t of [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl, dP, scratch]) t?.dispose();
+    for (const t of [p.params, p.u, p.delta, p.B, p.C, p.z, go, gl, dP, reuse ? null : scratch]) t?.dispose();
     if (unpack) { for (const t of [ku, kd, kz]) t?.dispose(); }
   }
   if (!o.D) dD.dispose();

@@ -246,6 +246,8 @@ export interface ScanBwdV2Variant {
   hasLast: boolean;
   /** L % 4 == 0: du, ddelta and dz leave as one vec4 store per 4 steps. */
   vec4Out: boolean;
+  /** SCR already holds the state entering every texel (fwd v2's fix-up saved it): no phase 0. */
+  statesGiven?: boolean;
 }
 
 /**
@@ -395,8 +397,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   ${v2Prelude(v)}
   ${needBC ? "tU13 = U(13u); tU14 = U(14u);" : ""}
   let K = ${K.length}u;
-  // phase 0: the state entering every texel
-  for (var t4 = 0u; t4 < L4; t4++) {
+  // phase 0: the state entering every texel${w.statesGiven ? " (given: saved by the forward)" : ""}
+  for (var t4 = 0u; t4 < ${w.statesGiven ? "0u" : "L4"}; t4++) {
     let x = t4 % ${TEX_W}u; let seg = t4 / ${TEX_W}u;
     ${K.map((k) => `SCR[(bd * L4 + t4) * K + ${k}u] = h${k};`).join("\n    ")}
     let u4 = textureLoad(TX, vec2<u32>(x, xy), ${xl(0)});

@@ -524,11 +524,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
  * to the output buffer after the pass: measured ~20% faster than 4 storage-buffer stores, each a
  * per-lane loop on lavapipe); used when L is a multiple of 64, which the copy's row pitch needs.
  */
-export function scanFixupV2(v: ScanVariant, texOut = false): string {
+export function scanFixupV2(v: ScanVariant, texOut = false, saveStates = false): string {
   const [decl, b0] = v2Decl(!v.bShared || !v.cShared);
   let b = b0;
   const K = ks(v.N), N = v.N;
-  const carryB = b++, outB = b++, lastB = v.last ? b++ : -1;
+  const carryB = b++, outB = b++, lastB = v.last ? b++ : -1, scrB = saveStates ? b++ : -1;
   const load = K.map((k) =>
     `h${k} = vec4<f32>(${
       [0, 1, 2, 3].map((i) => (4 * k + i < N ? `CARRY[cb + ${4 * k + i}u]` : "0.0")).join(", ")
@@ -550,6 +550,7 @@ ${
       : `@group(0) @binding(${outB}) var<storage, read_write> OUT: array<f32>;`
   }
 ${v.last ? `@group(0) @binding(${lastB}) var<storage, read_write> LAST: array<f32>;` : ""}
+${saveStates ? `@group(0) @binding(${scrB}) var<storage, read_write> SCR: array<vec4<f32>>;` : ""}
 ${helpers()}
 @compute @workgroup_size(${SCAN_WG})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -560,6 +561,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   }
   let tEnd = min(c * T4 + T4, L4);
   for (var t4 = c * T4; t4 < tEnd; t4++) {
+    ${
+    saveStates
+      ? `// the state entering the texel, for bwd v2 (its phase 0)\n    ${
+        K.map((k) => `SCR[(bd * L4 + t4) * ${K.length}u + ${k}u] = h${k};`).join(" ")
+      }`
+      : ""
+  }
     ${v2Body(v, true, texOut)}
   }
   ${v.last ? `if (c + 1u == U(5u)) {\n    ${lastStore.join("\n    ")}\n  }` : ""}
