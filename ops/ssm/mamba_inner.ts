@@ -154,7 +154,7 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
   // (B L, R + 2N), delta before its bias (B L, ED)
   // with a graph, the scan's packed operands stay for its backward (released with the node)
   let packed: PackedScan | null = null;
-  const [y, xc, xdbl, dt] = noGrad(() =>
+  const [y, xc, xdbl, dt, A] = noGrad(() =>
     tidy(() => {
       const { x, z } = views(xz, null, null, d);
       const xc = causalConv1d(x, p.convWeight, { bias: p.convBias, activation: "silu", channelsLast: true });
@@ -173,21 +173,20 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
       let y: Tensor;
       if (graph) ({ out: y, packed } = scanPacked(xc, v.delta!, A, v.B!, v.C!, so));
       else y = selectiveScan(xc, v.delta!, A, v.B!, v.C!, so);
-      return [y.transpose(1, 2), xc, xdbl, dt]; // (B, L, ED) contiguous
+      return [y.transpose(1, 2), xc, xdbl, dt, A]; // (B, L, ED) contiguous
     })
   );
   if (!graph) {
-    for (const t of [xc, xdbl, dt]) t.dispose();
+    for (const t of [xc, xdbl, dt, A]) t.dispose();
     return y;
   }
   const hasBias = !!p.convBias;
   const kept = packed as PackedScan | null;
-  const out = record("mambaInner", y, inputs, [...inputs, xc, xdbl, dt], (g, s) => {
+  const out = record("mambaInner", y, inputs, [...inputs, xc, xdbl, dt, A], (g, s) => {
     const [xzS, convW] = s;
     let k = 2;
     const convB = hasBias ? s[k++] : null;
-    const [xProjW, dtW, dtB, ALog, Dk, xcS, xdblS, dtS] = s.slice(k);
-    const A = neg(exp(ALog));
+    const [xProjW, dtW, dtB, , Dk, xcS, xdblS, dtS, A] = s.slice(k); // A = -exp(ALog), from the forward
     const v = views(xzS, xdblS, dtS, d);
     // one (B, L, 2 ED) gradient: the scan's dz lands in its second half, the conv's dx in its first
     const dxz = empty("mambaInner dxz", [Bn, L, 2 * ED], "f32", "webgpu");
@@ -231,6 +230,6 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
       sg.dD,
     ];
   }, kept ? [kept] : []);
-  for (const t of [xc, xdbl, dt]) t.dispose();
+  for (const t of [xc, xdbl, dt, A]) t.dispose();
   return out;
 }
