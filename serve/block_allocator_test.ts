@@ -2,18 +2,13 @@
 // (every table reads back its own tokens through copy-on-write and prefix-cache hits), forks diverging,
 // prefix-cache hits, LRU eviction, collisions, canAllocate's three answers, misuse errors.
 import { describe, expect, test } from "vitest";
+import { Rng } from "./sampling.ts";
 import { BlockAllocator, hashBlock, ROOT_HASH } from "./block_allocator.ts";
 
-/** mulberry32: a small seeded RNG for reproducible random operation sequences. */
+/** A seeded uniform stream in [0, 1) (the engine's sampling generator) for reproducible random operations. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** A sequence as the random test sees it: its tokens, block table and chained block hashes. */

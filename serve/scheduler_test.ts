@@ -4,19 +4,15 @@
 // swapped groups resuming before admissions, aborts with reasons, and that every request ends finished or
 // aborted with every block free.
 import { describe, expect, test } from "vitest";
+import { Rng } from "./sampling.ts";
 import { BlockAllocator } from "./block_allocator.ts";
 import { packBatch, type PreemptionMode, Scheduler, type SchedulerOutput } from "./scheduler.ts";
 import type { Sequence, SequenceGroup } from "./sequence.ts";
 
+/** A seeded uniform stream in [0, 1) (the engine's sampling generator) for reproducible random operations. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** The token a sample (child k) of request `id` produces at `position`: independent of scheduling. */
