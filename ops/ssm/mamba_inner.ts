@@ -9,8 +9,7 @@
 
 import { isGradEnabled, noGrad, record } from "../../runtime/autograd.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
-import { add, exp, mul, neg } from "../core/elementwise.ts";
-import { concat } from "../core/layout.ts";
+import { add, copyInto, exp, mul, neg } from "../core/elementwise.ts";
 import { matmul } from "../core/matmul.ts";
 import { empty } from "../core/util.ts";
 import { causalConv1d, convGrads } from "./conv1d.ts";
@@ -191,6 +190,13 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
     // one (B, L, 2 ED) gradient: the scan's dz lands in its second half, the conv's dx in its first
     const dxz = empty("mambaInner dxz", [Bn, L, 2 * ED], "f32", "webgpu");
     const halves = views(dxz, null, null, d);
+    // x_proj's output gradient (B, L, R + 2N) = [ddt dt_proj^T, dB^T, dC^T]: the scan's reduce stores dB and dC
+    // straight into their (B, N, L) views of it
+    const dx3 = empty("mambaInner dxdbl", [Bn, L, R + 2 * N], "f32", "webgpu");
+    const bcInto = {
+      dB: dx3.slice([null, null, [R, R + N]]).transpose(1, 2),
+      dC: dx3.slice([null, null, [R + N, R + 2 * N]]).transpose(1, 2),
+    };
     const sg = scanGrads(
       xcS,
       v.delta!,
@@ -199,17 +205,17 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
       v.C!,
       { D: Dk, z: v.z, deltaBias: dtB, deltaSoftplus: true },
       g.transpose(1, 2),
-      { channelsLast: true, dzInto: halves.z, packed: kept },
+      { channelsLast: true, dzInto: halves.z, packed: kept, bcInto },
     );
     sg.dz?.dispose();
     const ddt = sg.ddelta.transpose(1, 2).reshape([Bn * L, ED]); // channels-last: a view
     const xdR = xdblS.slice([null, [0, R]]);
-    // x_proj's output gradient (B L, R + 2N): [ddt dt_proj^T, dB^T, dC^T]
-    const dxdbl = concat([
-      matmul(ddt, dtW.transpose()).reshape([Bn, L, R]),
-      sg.dB.transpose(1, 2),
-      sg.dC.transpose(1, 2),
-    ], 2).reshape([Bn * L, R + 2 * N]);
+    copyInto(dx3.slice([null, null, [0, R]]), matmul(ddt, dtW.transpose()).reshape([Bn, L, R]));
+    if (sg.dB.storage !== dx3.storage) { // the scan's other versions return their own dB, dC
+      copyInto(bcInto.dB, sg.dB);
+      copyInto(bcInto.dC, sg.dC);
+    }
+    const dxdbl = dx3.reshape([Bn * L, R + 2 * N]);
     const xc2 = xcS.transpose(1, 2).reshape([Bn * L, ED]);
     const dxc = add(sg.du.transpose(1, 2).reshape([Bn * L, ED]), matmul(dxdbl, xProjW.transpose())); // (B L, ED)
     const [, dConvW, dConvB] = convGrads(

@@ -652,6 +652,13 @@ function bwdV2Misfit(d: ScanDims, hasZ: boolean, hasOut: boolean): string | null
   return need > maxLayers() ? `its textures would need ${need} layers` : null;
 }
 
+/** The reduce's store words for an input-dependent dB or dC, (B, N, L) or (B, G, N, L): off, sb, sg, sn, st. */
+function bcWords(t: Tensor, shared: boolean): number[] {
+  if (shared) return [0, 0, 0, 0, 0];
+  const st = t.strides;
+  return t.rank === 3 ? [t.offset, st[0], 0, st[1], st[2]] : [t.offset, st[0], st[1], st[2], st[3]];
+}
+
 /**
  * bwd v2 (see `scanBackwardV2`): one scan dispatch over textures, one reduce dispatch; the gradients come
  * out in their final shapes (no slicing copies).
@@ -668,6 +675,7 @@ function backwardV2(
   channelsLast: boolean,
   dzInto: Tensor | null = null,
   packed: PackedScan | null = null,
+  bcInto: { dB: Tensor; dC: Tensor } | null = null,
 ): ScanGrads {
   const op = "selectiveScan backward";
   const dims = checkScan(op, u, delta, A, B, C, o);
@@ -703,7 +711,10 @@ function backwardV2(
   const reuse = !!packed && !!go && packed.nOps === xOps.length && !!packed.tbc === bcOps.length > 0;
   const scratch = reuse ? packed!.states : f("scratch", [BD, Math.ceil(L / 4), 4 * K]);
   const dA = f("dA", [D, N]), dD = f("dD", [D]), dBias = f("d deltaBias", [D]);
-  const dB = f("dB", p.v.bShared ? [D, N] : [...B.shape]), dC = f("dC", p.v.cShared ? [D, N] : [...C.shape]);
+  // input-dependent dB and dC straight into the caller's views when given (the reduce stores through strides)
+  const into = (t: Tensor) => t.view(t.shape, t.strides, t.offset);
+  const dB = p.v.bShared ? f("dB", [D, N]) : bcInto ? into(bcInto.dB) : f("dB", [...B.shape]);
+  const dC = p.v.cShared ? f("dC", [D, N]) : bcInto ? into(bcInto.dC) : f("dC", [...C.shape]);
   const textures: GpuTexture[] = []; // acquired here, released at the end
   try {
     let inputTex: GpuTexture[];
@@ -793,7 +804,8 @@ function backwardV2(
         ...(p.v.bShared ? sb(dB) : []),
         ...(p.v.cShared ? sb(dC) : []),
       ],
-      uniforms: new Uniforms().u32(Bn, D, L, H, G, nB, nC, tl.rowBlocks, tl.segments).build(),
+      uniforms: new Uniforms().u32(Bn, D, L, H, G, nB, nC, tl.rowBlocks, tl.segments)
+        .u32(...bcWords(dB, p.v.bShared), ...bcWords(dC, p.v.cShared)).build(),
       workgroups: grid(nB + nC + D, SCAN_WG),
     });
   } catch (e) {
@@ -898,13 +910,32 @@ export function scanGrads(
   C: Tensor,
   o: SelectiveScanOptions,
   dout: Tensor,
-  opts: { channelsLast: boolean; dzInto?: Tensor | null; packed?: PackedScan | null },
+  opts: {
+    channelsLast: boolean;
+    dzInto?: Tensor | null;
+    packed?: PackedScan | null;
+    bcInto?: { dB: Tensor; dC: Tensor } | null;
+  },
 ): ScanGrads {
   const op = "selectiveScan backward";
   const dims = checkScan(op, u, delta, A, B, C, o);
   if (dims.device !== "cpu" && !bwdV2Misfit(dims, !!o.z, true)) {
     const dzInto = o.z ? opts.dzInto ?? null : null;
-    return backwardV2(u, delta, A, B, C, o, dout, null, opts.channelsLast, dzInto, opts.packed ?? null);
+    const bcInto = !dims.bShared && !dims.cShared ? opts.bcInto ?? null : null;
+    return backwardV2(
+      u,
+      delta,
+      A,
+      B,
+      C,
+      o,
+      dout,
+      null,
+      opts.channelsLast,
+      dzInto,
+      opts.packed ?? null,
+      bcInto,
+    );
   }
   const r = dims.device === "cpu"
     ? backwardCpu(u, delta, A, B, C, o, dout, null)

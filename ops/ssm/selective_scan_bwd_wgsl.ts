@@ -499,10 +499,14 @@ export function scanBwdReduceV2(v: Pick<ScanVariant, "N" | "bShared" | "cShared"
   ).join("\n");
   // the terms texture: row bd, texel t K + k, in the layout of seqLayout(B D, 4 L K, 1); operand 0 holds
   // the dB terms (unless B is shared), the next the dC terms
+  // outputs through strides (words 9 .. 13 for dB, 14 .. 18 for dC: off, sb, sg, sn, st), so they can land in a
+  // view (Mamba's x_proj gradient (B, L, R + 2N) takes dB and dC as (B, N, L) views)
   const terms = (op: number, OUT: string) =>
     `{
     let k = j % ${K}u; let r = j / ${K}u; let t = r % L; let bg = r / L;
     let b = bg / G; let g = bg - b * G;
+    let w = ${OUT === "DB" ? 9 : 14}u;
+    let ob = U(w) + b * U(w + 1u) + g * U(w + 2u) + t * U(w + 4u); let sn = U(w + 3u);
     var acc = vec4<f32>(0.0);
     let tx = t * ${K}u + k;
     let x = tx % ${TEX_W}u; let seg = tx / ${TEX_W}u;
@@ -513,7 +517,7 @@ export function scanBwdReduceV2(v: Pick<ScanVariant, "N" | "bShared" | "cShared"
     }
     for (var i = 0u; i < 4u; i++) {
       let n = 4u * k + i;
-      if (n < ${N}u) { ${OUT}[(bg * ${N}u + n) * L + t] = acc[i]; }
+      if (n < ${N}u) { ${OUT}[ob + n * sn] = acc[i]; }
     }
   }`;
   const sums: string[] = [];
@@ -526,7 +530,7 @@ export function scanBwdReduceV2(v: Pick<ScanVariant, "N" | "bShared" | "cShared"
   if (v.bShared) { for (let n = 0; n < N; n++) sums.push(col(N + 2, n, "DBS", N)); }
   if (v.cShared) { for (let n = 0; n < N; n++) sums.push(col(N + 2 + (v.bShared ? N : 0), n, "DCS", N)); }
   return `// selective scan bwd v2 reduce
-${uniformDecl(12)}
+${uniformDecl(19)}
 ${decl}
 ${flatId(SCAN_WG)}
   let Bn = U(0u); let D = U(1u); let L = U(2u); let H = U(3u); let G = U(4u);
