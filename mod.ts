@@ -28,6 +28,7 @@ export * from "./ops/posenc/mod.ts";
 export * from "./ops/approx/mod.ts";
 export * from "./ops/ssm/mod.ts";
 export * from "./ops/paged/mod.ts";
+export * from "./ops/moe/mod.ts";
 export { isGradEnabled, noGrad, param, record } from "./runtime/autograd.ts";
 export type { GradNode } from "./runtime/autograd.ts";
 export * from "./models/mod.ts";
