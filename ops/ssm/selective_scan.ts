@@ -7,7 +7,7 @@
 
 import { gpu, hasWebGPU } from "../../runtime/device.ts";
 import { fmt } from "../../runtime/shape.ts";
-import { type Tensor, tidy } from "../../runtime/tensor.ts";
+import { keep, type Tensor, tidy } from "../../runtime/tensor.ts";
 import { type Binding, type GpuTexture, grid } from "../../runtime/webgpu.ts";
 import { noGrad, record } from "../../runtime/autograd.ts";
 import { zeros } from "../core/creation.ts";
@@ -132,6 +132,7 @@ function prepare(
   o: SelectiveScanOptions,
   last: boolean,
   strided = false,
+  params: Tensor | null = null,
 ): Prepared {
   for (const t of [u, delta, A, B, C, o.D, o.z, o.deltaBias]) {
     if (t && t.dtype !== "f32") {
@@ -141,7 +142,7 @@ function prepare(
   const ctx = gpu();
   ctx.diagnostic(SCAN_POSITIVE_A, (d, n) => positiveAMessage(op, d, n, NaN, A.shape).replace(" = NaN", ""));
   // internal copies: no graph (the op records its own backward)
-  return noGrad(() => prepareCopies(dims, u, delta, A, B, C, o, last, strided));
+  return noGrad(() => prepareCopies(dims, u, delta, A, B, C, o, last, strided, params));
 }
 
 function prepareCopies(
@@ -154,11 +155,13 @@ function prepareCopies(
   o: SelectiveScanOptions,
   last: boolean,
   strided: boolean,
+  given: Tensor | null,
 ): Prepared {
   const { D, device } = dims;
   // v2 packs the sequence operands through their strides (pack v3): own handles, no copies
   const own = (t: Tensor) => (strided && seqRows(t) ? t.view(t.shape, t.strides, t.offset) : contiguous(t));
-  const params = tidy(() => {
+  // the params row of a forward that kept it (a handle: the caller frees it, the owner keeps the storage)
+  const params = given ? given.view(given.shape, given.strides, given.offset) : tidy(() => {
     const col = (t: Tensor | null | undefined) =>
       t ? t.reshape([D, 1]) : zeros([D, 1], { dtype: "f32", device });
     const parts = [A, col(o.D), col(o.deltaBias)];
@@ -364,6 +367,8 @@ export interface PackedScan {
   readonly nOps: number;
   /** (B D, L / 4, 4 ceil(N / 4)): the state entering every texel of 4 steps, saved by the fix-up pass. */
   readonly states: Tensor;
+  /** The per-channel params row (A, D, deltaBias) the forward built. */
+  readonly params: Tensor;
   release(): void;
 }
 
@@ -373,7 +378,7 @@ function forwardV2(
   last: Tensor | null,
   chunkSize: number,
   carry: "sequential" | "hillis-steele",
-  keep = false,
+  keepOperands = false,
 ): PackedScan | null {
   const op = "selectiveScan";
   const { Bn, D, L, G, N } = p.dims;
@@ -386,22 +391,25 @@ function forwardV2(
   let packed: PackedScan | null = null;
   try {
     const xOps = [p.u, p.delta, ...(p.z ? [p.z] : [])];
-    const tx = packSeq(op, "u, delta, z", xOps, BD, xl, { spare: keep ? 1 : 0 });
+    const tx = packSeq(op, "u, delta, z", xOps, BD, xl, { spare: keepOperands ? 1 : 0 });
     textures.push(tx);
     const bcOps = [p.B, p.C].filter((t): t is Tensor => !!t);
     const tbc = bcOps.length ? packSeq(op, "B, C", bcOps, Bn * G * N, bl) : null;
     if (tbc) textures.push(tbc);
-    if (keep) {
+    if (keepOperands) {
       let live = true;
-      const states = empty(`${op} states`, [BD, xl.L4, 4 * Math.ceil(N / 4)], "f32", "webgpu");
+      // kept out of any tidy scope around the forward: they live until release()
+      const states = keep(empty(`${op} states`, [BD, xl.L4, 4 * Math.ceil(N / 4)], "f32", "webgpu"));
+      const params = keep(p.params.view(p.params.shape, p.params.strides, p.params.offset));
       packed = {
         tx,
         tbc,
         nOps: xOps.length,
         states,
+        params,
         release: () => {
           if (live) [tx, tbc].forEach((t) => t?.release());
-          if (live) states.dispose();
+          if (live) [states, params].forEach((t) => t.dispose());
           live = false;
         },
       };
@@ -495,6 +503,7 @@ function forwardV2(
     }
   } catch (e) {
     packed?.states.dispose();
+    packed?.params.dispose();
     packed = null; // the finally releases every texture
     throw e;
   } finally {
@@ -679,7 +688,7 @@ function backwardV2(
 ): ScanGrads {
   const op = "selectiveScan backward";
   const dims = checkScan(op, u, delta, A, B, C, o);
-  const p = prepare(op, dims, u, delta, A, B, C, o, false, true);
+  const p = prepare(op, dims, u, delta, A, B, C, o, false, true, packed?.params ?? null);
   const { Bn, D, L, N, G } = dims;
   const BD = Bn * D, H = D / G, P = paramStride(p.v), K = Math.ceil(N / 4);
   const xl = seqLayout(BD, L, 1), bl = seqLayout(Bn * G * N, L, N);
