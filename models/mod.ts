@@ -49,5 +49,6 @@ export type {
 export * from "./paged.ts";
 export * from "./transformer.ts";
 export * from "./mamba_lm.ts";
+export * from "./moe.ts";
 export * from "./tasks.ts";
 export * from "./timemachine.ts";

@@ -1,0 +1,206 @@
+/**
+ * Mixture-of-experts layers: the {@link SwiGLU} MLP (LLaMA / Mixtral form) and the {@link MoE} layer
+ * (Jamba's and Mixtral's: a linear router, softmax over all experts, top-K, SwiGLU experts, the Switch
+ * load-balancing loss).
+ * @module
+ */
+
+import { param } from "../runtime/autograd.ts";
+
+import { type Tensor, tidy } from "../runtime/tensor.ts";
+import { zeros } from "../ops/core/creation.ts";
+import { eq, mul, where } from "../ops/core/elementwise.ts";
+import { concat, gather, scatterAdd } from "../ops/core/layout.ts";
+import { matmul } from "../ops/core/matmul.ts";
+import { mean, sum } from "../ops/core/reduce.ts";
+import { softmax } from "../ops/core/rowwise.ts";
+import { arange } from "../ops/core/creation.ts";
+import { topk } from "../ops/moe/topk.ts";
+import { moeRoute } from "../ops/moe/route.ts";
+import { init, type LayerOptions, Linear, Module } from "./nn.ts";
+
+/**
+ * The gated MLP of LLaMA and Mixtral: y = (silu(x W1) * (x W3)) W2, no biases; x (..., D) -> (..., D)
+ * through a hidden width F. W1 and W3 are (D, F), W2 (F, D), each a {@link Linear} without bias (init
+ * uniform in ±1/sqrt(in)); silu is fused into W1's matmul output pass.
+ *
+ * @example
+ * ```ts
+ * import { randn, SwiGLU } from "seqlab";
+ * const mlp = new SwiGLU(8, 32, { seed: 1 });
+ * console.log(mlp.forward(randn([2, 5, 8])).shape); // [2, 5, 8]
+ * mlp.dispose();
+ * ```
+ */
+export class SwiGLU extends Module {
+  /** The gate projection D -> F (silu). */
+  w1: Linear;
+  /** The down projection F -> D. */
+  w2: Linear;
+  /** The up projection D -> F. */
+  w3: Linear;
+  /** Creates the three projections (seeds seed, seed + 2, seed + 4 when seeded). */
+  constructor(readonly dim: number, readonly hidden: number, o: LayerOptions = {}) {
+    super();
+    const at = (k: number) => ({ ...o, bias: false, seed: o.seed === undefined ? undefined : o.seed + k });
+    this.w1 = new Linear(dim, hidden, at(0));
+    this.w2 = new Linear(hidden, dim, at(2));
+    this.w3 = new Linear(dim, hidden, at(4));
+  }
+
+  /** x (..., D) -> (..., D). */
+  forward(x: Tensor): Tensor {
+    return tidy(() => this.w2.forward(mul(this.w1.forward(x, "silu"), this.w3.forward(x))));
+  }
+}
+
+/** Options of {@link MoE}. */
+export interface MoEOptions extends LayerOptions {
+  /**
+   * Divide the K chosen router probabilities by their sum (Mixtral-style ports) instead of using them as
+   * they are (default false, as the Hugging Face Jamba code).
+   */
+  renormalize?: boolean;
+  /** The load-balancing loss coefficient (default 0.001, Jamba's `router_aux_loss_coef`). */
+  auxLossCoef?: number;
+  /**
+   * Slots per expert in the grouped path, as a multiple of the mean load T K / E (default: E / K, i.e. T
+   * slots: no token is ever dropped, exact). Below E / K an expert's choices past ceil(factor T K / E)
+   * are dropped (they add 0, as in Switch/GShard); `dropped` counts them.
+   */
+  capacityFactor?: number;
+}
+
+/** What {@link MoE.forwardAux} returns. */
+export interface MoEOutput {
+  /** The layer's output, x's shape. */
+  y: Tensor;
+  /** coef E sum_e f_e P_e (a scalar that requires grad through the router): add it to the training loss. */
+  auxLoss: Tensor;
+  /** (E) f32: the choices routed to each expert (the K choices of every token counted). */
+  load: Tensor;
+  /** Scalar u32: choices dropped past capacity (grouped path; 0 on the dense path). */
+  dropped: Tensor;
+}
+
+/**
+ * A mixture-of-experts MLP: router logits x Wr (D -> E, no bias), p = softmax over all E experts, the top
+ * K of p as gate weights (renormalised to sum 1 with `renormalize`), y = sum over the chosen experts of
+ * gate * SwiGLU_e(x). Expert weights are stacked, w1 and w3 (E, D, F), w2 (E, F, D), so one batched matmul
+ * serves all experts.
+ *
+ * Paths: `"grouped"` (default) builds a dispatch table on the device ({@link moeRoute}: each expert's
+ * tokens in order, capacity C slots each), gathers the tokens (E, C, D), runs the experts as batched
+ * matmuls and scatter-adds the weighted outputs back: no readback. `"dense"` runs every expert on every
+ * token with the weights zero outside the top K: the reference and the baseline.
+ *
+ * Load balancing (Switch form): auxLoss = coef E sum_e f_e P_e, f_e = (choices of e) / T counting each of
+ * a token's K choices (so sum_e f_e = K and uniform routing gives K coef, as the Hugging Face
+ * `load_balancing_loss_func` of Mixtral and Jamba), P_e the mean of p_e over tokens. `forward` returns y
+ * alone (a plain Module); a training loop calls `forwardAux` and adds `auxLoss`.
+ *
+ * @example
+ * ```ts
+ * import { MoE, randn } from "seqlab";
+ * const moe = new MoE(8, 16, 4, 2, { seed: 1 });
+ * const { y, auxLoss } = moe.forwardAux(randn([3, 5, 8]));
+ * console.log(y.shape, auxLoss.shape); // [3, 5, 8] []
+ * moe.dispose();
+ * ```
+ */
+export class MoE extends Module {
+  /** D -> E, no bias. */
+  router: Linear;
+  /** (E, D, F): the experts' gate projections. */
+  w1: Tensor;
+  /** (E, F, D): the experts' down projections. */
+  w2: Tensor;
+  /** (E, D, F): the experts' up projections. */
+  w3: Tensor;
+  /** See {@link MoEOptions}. */
+  readonly renormalize: boolean;
+  /** See {@link MoEOptions}. */
+  readonly auxLossCoef: number;
+  /** See {@link MoEOptions}. */
+  readonly capacityFactor: number;
+
+  /** dim D, hidden F per expert, E experts, top K. */
+  constructor(
+    readonly dim: number,
+    readonly hidden: number,
+    readonly experts: number,
+    readonly topK: number,
+    o: MoEOptions = {},
+  ) {
+    super();
+    for (const [n, v] of [["dim", dim], ["hidden", hidden], ["experts", experts], ["topK", topK]] as const) {
+      if (!Number.isInteger(v) || v <= 0) throw new Error(`MoE: ${n} must be a positive integer, got ${v}`);
+    }
+    if (topK > experts) throw new Error(`MoE: topK ${topK} is more than the ${experts} experts`);
+    this.renormalize = o.renormalize ?? false;
+    this.auxLossCoef = o.auxLossCoef ?? 0.001;
+    this.capacityFactor = o.capacityFactor ?? experts / topK;
+    if (!(this.capacityFactor > 0)) {
+      throw new Error(`MoE: capacityFactor must be positive, got ${this.capacityFactor}`);
+    }
+    const seed = (k: number) => (o.seed === undefined ? undefined : o.seed + k);
+    const u = (shape: number[], fanIn: number, k: number) => {
+      const b = 1 / Math.sqrt(fanIn);
+      return param(
+        init.uniform(shape, { device: o.device, dtype: o.dtype, seed: seed(k), low: -b, high: b }),
+      );
+    };
+    this.router = new Linear(dim, experts, { ...o, bias: false, seed: seed(0) });
+    this.w1 = u([experts, dim, hidden], dim, 1);
+    this.w2 = u([experts, hidden, dim], hidden, 2);
+    this.w3 = u([experts, dim, hidden], dim, 3);
+  }
+
+  /** x (..., D) -> y (..., D) by the grouped path; the auxiliary loss is dropped (see `forwardAux`). */
+  forward(x: Tensor): Tensor {
+    const { y, auxLoss, load, dropped } = this.forwardAux(x);
+    for (const t of [auxLoss, load, dropped]) t.dispose();
+    return y;
+  }
+
+  /** x (..., D) -> y, auxLoss, load and dropped, by `path` (default "grouped"). */
+  forwardAux(x: Tensor, path: "grouped" | "dense" = "grouped"): MoEOutput {
+    const D = this.dim, E = this.experts, K = this.topK;
+    if (x.check("MoE").rank === 0 || x.shape[x.rank - 1] !== D) {
+      throw new Error(`MoE: input ${x.describe()} does not end in dim ${D}`);
+    }
+    if (path !== "grouped" && path !== "dense") {
+      throw new Error(`MoE: path must be "grouped" or "dense", got ${JSON.stringify(path)}`);
+    }
+    return tidy(() => {
+      const x2 = x.reshape([-1, D]); // (T, D)
+      const T = x2.shape[0];
+      const p = softmax(this.router.forward(x2), -1); // (T, E)
+      const top = topk(p, K); // (T, K)
+      const w = this.renormalize ? top.values.div(sum(top.values, -1, true)) : top.values; // (T, K)
+      const onehot = eq(top.indices.unsqueeze(-1), arange(E, { dtype: "i32", device: x.device })); // (T, K, E)
+      const load = sum(onehot.cast("f32"), [0, 1]); // (E)
+      const auxLoss = sum(mul(load.div(Math.max(T, 1)), mean(p, 0))).mul(this.auxLossCoef * E);
+      let y: Tensor, dropped: Tensor;
+      if (path === "dense") {
+        const gate = sum(where(onehot, w.unsqueeze(-1), 0), 1); // (T, E)
+        const h = mul(matmul(x2, this.w1).silu(), matmul(x2, this.w3)); // (E, T, F)
+        const ye = matmul(h, this.w2); // (E, T, D)
+        y = sum(mul(ye, gate.transpose().unsqueeze(-1)), 0); // (T, D)
+        dropped = zeros([], { dtype: "u32", device: x.device });
+      } else {
+        const C = Math.max(1, Math.min(T, Math.ceil((this.capacityFactor * T * K) / E)));
+        const r = moeRoute(top.indices, E, C);
+        const xPad = concat([x2, zeros([1, D], { dtype: x2.dtype, device: x.device })], 0); // (T + 1, D)
+        const xe = gather(xPad, r.tokenOf).reshape([E, C, D]); // (E, C, D)
+        const h = mul(matmul(xe, this.w1).silu(), matmul(xe, this.w3)); // (E, C, F)
+        const ye = matmul(h, this.w2).reshape([E * C, D]); // (E C, D)
+        const wPad = concat([w.reshape([T * K]), zeros([1], { dtype: w.dtype, device: x.device })]); // (T K + 1)
+        const g = gather(wPad, r.choiceOf).unsqueeze(-1); // (E C, 1)
+        y = scatterAdd(mul(ye, g), r.tokenOf, T + 1).slice([[0, T]]); // (T, D)
+        dropped = sum(r.counts.cast("i32").sub(C).maximum(0)).cast("u32");
+      }
+      return { y: y.contiguous().reshape(x.shape), auxLoss, load, dropped };
+    });
+  }
+}
