@@ -16,10 +16,13 @@ import { topkBackwardRef, topkRef } from "./topk_ref.ts";
 import { TOPK_MAX, TOPK_WG, topkBackwardSource, topkSource } from "./topk_wgsl.ts";
 
 /**
- * Row entries per topk v1 dispatch: a quarter of MAX_LOOP, as a 32768-entry chunk stopped short on
- * lavapipe (the nested insertion loop's trips seem to count toward the loop cap).
+ * Row entries per topk v1 dispatch for a given k: lavapipe's loop cap counts every trip of an
+ * invocation's loops together, and an entry that enters the list shifts up to k - 1 others (an ascending
+ * row of 8192 with k 16 stopped short in one dispatch), so a window holds MAX_LOOP / 2k entries.
  */
-const TOPK_CHUNK = MAX_LOOP / 4;
+function topkChunk(k: number): number {
+  return Math.floor(MAX_LOOP / (2 * k));
+}
 
 /** What {@link topk} returns. */
 export interface TopK {
@@ -68,14 +71,15 @@ export function topk(x: Tensor, k: number, axis = -1): TopK {
     if (device === "cpu") {
       topkRef(src.storage.data!, src.offset, outer, R, inner, k, values.storage.data!, indices.storage.data!);
     } else if (outer * inner > 0) {
-      for (let r0 = 0; r0 < R; r0 += TOPK_CHUNK) {
+      const chunk = topkChunk(k);
+      for (let r0 = 0; r0 < R; r0 += chunk) {
         gpu().run({
           name: "topk",
           key: `v1|${x.dtype}`,
           source: () => topkSource(x.dtype),
           inputs: [src.storage.buffer!],
           outputs: [values.storage.buffer!, indices.storage.buffer!],
-          uniforms: new Uniforms().u32(outer, R, inner, k, src.offset, r0, Math.min(R, r0 + TOPK_CHUNK))
+          uniforms: new Uniforms().u32(outer, R, inner, k, src.offset, r0, Math.min(R, r0 + chunk))
             .build(),
           workgroups: grid(outer * inner, TOPK_WG),
         });

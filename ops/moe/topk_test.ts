@@ -45,7 +45,7 @@ describe("topk", () => {
   );
 
   test(
-    "rows past MAX_LOOP run over several dispatches",
+    "long rows run over several dispatches (the loop cap), ascending rows included",
     scoped(async () => {
       requireGpu();
       const n = 70001;
@@ -55,6 +55,9 @@ describe("topk", () => {
       const r = s.topk(s.tensor(host, { device: "webgpu" }), 3);
       const sorted = Array.from(host.keys()).sort((a, b) => host[b] - host[a] || a - b).slice(0, 3);
       expect(Array.from(await r.indices.toArray())).toEqual(sorted);
+      // the worst case for the loop cap: an ascending row, where every entry enters and shifts k - 1
+      const up = s.topk(s.arange(8192, { device: "webgpu" }), 16);
+      expect(Array.from(await up.indices.toArray())).toEqual(Array.from({ length: 16 }, (_, j) => 8191 - j));
     }),
   );
 

@@ -4,7 +4,7 @@
  * Versions:
  * - topk v1: one invocation per row, keeping the best k (<= TOPK_MAX) in a sorted private list by
  *   insertion; an entry enters only past the list's last, so a row costs R loads plus k moves per entry
- *   that enters. Rows longer than MAX_LOOP / 4 run over several dispatches, each resuming from the list it
+ *   that enters. Rows longer than MAX_LOOP / 2k run over several dispatches, each resuming from the list it
  *   left in the outputs. Chosen for MoE routing (R = experts, k = 1 or 2): one pass, no sort of the row.
  * - topk backward v1: one invocation per input element, looking for its index among its row's k entries
  *   (k <= TOPK_MAX loads): writes g there, 0 elsewhere; no atomics, no zero-fill pass.
@@ -23,7 +23,7 @@ export const TOPK_MAX = 16;
 
 /**
  * topk v1. Uniforms: [outer, R, inner, k, xOff, r0, r1]: entries r0 .. r1 - 1 of each row (at most
- * MAX_LOOP / 4 per dispatch); with r0 > 0 the list starts from what values and indices hold (r0 >= k).
+ * MAX_LOOP / 2k per dispatch); with r0 > 0 the list starts from what values and indices hold (r0 >= k).
  */
 export function topkSource(dtype: DType): string {
   return `${enables(dtype)}${uniformDecl(8)}
