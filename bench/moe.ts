@@ -1,0 +1,118 @@
+/**
+ * MoE benchmark: the grouped path (device-side dispatch table, gather, batched expert matmuls, weighted
+ * scatter-add) against the dense one (every expert on every token) at E 16, K 2, FFN 4D, forward and
+ * forward + backward, plus the router's share (router matmul, softmax, topk, moeRoute). Wall ms per call
+ * on webgpu (batches of calls, one readback each), median of interleaved trials.
+ *
+ * Run: `deno task bench moe [T]` (default T 1024 tokens). Prints the table; writes no results file.
+ * @module
+ */
+
+import * as s from "../mod.ts";
+import type { Tensor } from "../mod.ts";
+import { hasWebGPU } from "../runtime/device.ts";
+import { loadAverage, prepareTimer, table, timeInterleaved, type Timer } from "./util.ts";
+
+const E = 16, K = 2;
+
+/** One timed case: a label, its forward and its training-step timers. */
+interface Case {
+  label: string;
+  path: "grouped" | "dense";
+  moe: s.MoE;
+}
+
+/** Times dense and grouped (exact capacity, then capacity factors 2 and 1.25) at width D over T tokens. */
+async function benchWidth(T: number, D: number): Promise<string[][]> {
+  const device = "webgpu" as const;
+  const x = s.randn([T, D], { seed: 1, device });
+  const mk = (capacityFactor?: number) => new s.MoE(D, 4 * D, E, K, { seed: 2, device, capacityFactor });
+  const cases: Case[] = [
+    { label: "dense", path: "dense", moe: mk() },
+    { label: "grouped, exact (C = T)", path: "grouped", moe: mk() },
+    { label: "grouped, capacity 2", path: "grouped", moe: mk(2) },
+    { label: "grouped, capacity 1.25", path: "grouped", moe: mk(1.25) },
+  ];
+  const timers: Timer[] = [];
+  const dropped: number[] = [];
+  const opts = { trials: 5, trialMs: 300, maxReps: 10 };
+  for (const c of cases) {
+    const out = c.moe.forwardAux(x, c.path);
+    dropped.push(await out.dropped.item());
+    for (const t of Object.values(out)) t.dispose();
+    timers.push(
+      await prepareTimer(() => s.noGrad(() => c.moe.forwardAux(x, c.path)), (o) => o.y.toArray(), (o) => {
+        for (const t of Object.values(o)) t.dispose();
+      }, opts),
+    );
+    timers.push(
+      await prepareTimer(
+        () => {
+          for (const p of c.moe.parameters()) p.zeroGrad();
+          return s.tidy(() => {
+            const o = c.moe.forwardAux(x, c.path);
+            const loss = o.y.sum().add(o.auxLoss);
+            loss.backward();
+            return loss;
+          });
+        },
+        (l) => l.toArray(),
+        (l) => l.dispose(),
+        opts,
+      ),
+    );
+  }
+  // the router's share: logits, softmax, top-K and the dispatch table
+  const m0 = cases[1].moe;
+  timers.push(
+    await prepareTimer(
+      () =>
+        s.noGrad(() =>
+          s.tidy(() => {
+            const top = s.topk(s.softmax(m0.router.forward(x), -1), K);
+            return s.moeRoute(top.indices, E, T).counts;
+          })
+        ),
+      (t: Tensor) => t.toArray(),
+      (t: Tensor) => t.dispose(),
+      opts,
+    ),
+  );
+  const ms = await timeInterleaved(timers);
+  const rows = cases.map((c, i) => [
+    `D ${D}, F ${4 * D}`,
+    c.label,
+    ms[2 * i].toFixed(1),
+    ms[2 * i + 1].toFixed(1),
+    (ms[0] / ms[2 * i]).toFixed(2),
+    (ms[1] / ms[2 * i + 1]).toFixed(2),
+    String(dropped[i]),
+  ]);
+  rows.push([
+    `D ${D}, F ${4 * D}`,
+    "router + topk + moeRoute",
+    ms[ms.length - 1].toFixed(1),
+    "-",
+    "-",
+    "-",
+    "-",
+  ]);
+  for (const c of cases) c.moe.dispose();
+  x.dispose();
+  return rows;
+}
+
+/** `deno task bench moe [T]`: prints the table (no results file: the lead measures on a quiet machine). */
+export async function main(args: string[] = []): Promise<void> {
+  if (!hasWebGPU()) throw new Error("bench moe: needs a WebGPU adapter");
+  const T = args.length ? Number(args[0]) : 1024;
+  console.log(`adapter: ${s.adapterInfo()}\nload average at start: ${loadAverage() ?? "?"}`);
+  const rows: string[][] = [];
+  for (const D of [64, 128]) rows.push(...await benchWidth(T, D));
+  console.log(
+    `\nMoE, E ${E}, top ${K}, T ${T} tokens, f32 on webgpu: wall ms per call (median of interleaved trials)\n` +
+      table(["width", "path", "fwd ms", "fwd+bwd ms", "fwd x", "fwd+bwd x", "dropped"], rows) +
+      `\n(x: dense's time over this row's; dropped: choices past capacity, of ${T * K})` +
+      `\nload average at end: ${loadAverage() ?? "?"}`,
+  );
+}
