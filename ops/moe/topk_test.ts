@@ -16,6 +16,7 @@ describe("topk", () => {
     scoped(async () => {
       await testOp([[3, 7]], (x) => s.topk(x, 2).values);
       await testOp([[3, 7]], both(2), { grad: false });
+      await testOp([[3, 7]], (x) => s.topk(x, 3).values, { dtype: "f16" });
       for (
         const [shape, k, axis] of [[[5], 1, 0], [[5], 5, 0], [[4, 9], 3, 1], [[2, 6, 3], 4, 1], [
           [7, 5],
