@@ -22,7 +22,7 @@ function choices(T: number, K: number, E: number, seed: number): number[] {
 
 describe("moeRoute", () => {
   test(
-    "webgpu equals the reference: exact capacity, dropping capacity, windows past MAX_LOOP / 2",
+    "webgpu equals the reference (capacity slots and blocks): exact, dropping, windows past MAX_LOOP / 2",
     scoped(async () => {
       requireGpu();
       for (const [T, K, E, C] of [[1, 1, 1, 1], [13, 2, 5, 13], [13, 2, 5, 3], [9000, 2, 16, 1200]]) {
@@ -39,6 +39,25 @@ describe("moeRoute", () => {
         expect(got[1]).toEqual(got[0]);
         const counts = got[0][2];
         expect(counts.reduce((a, b) => a + b)).toBe(T * K);
+        // the block-padded table, blocks of C rows
+        const blocks = [];
+        for (const device of ["cpu", "webgpu"] as const) {
+          const r = s.moeRouteBlocks(s.tensor(ids, { shape: [T, K], dtype: "i32", device }), E, C);
+          const all = [r.tokenOf, r.choiceOf, r.blockExpert, r.counts].map((t) => t.toArray());
+          blocks.push((await Promise.all(all)).map((a) => Array.from(a)));
+        }
+        expect(blocks[1]).toEqual(blocks[0]);
+        expect(blocks[0][3]).toEqual(counts);
+        // every choice sits once in its expert's block, in order
+        const [tok, cho, be] = blocks[0];
+        const seen = cho.map((j, row) => [j, row]).filter(([j]) => j < T * K);
+        expect(seen.map(([j]) => j).sort((a, b) => a - b)).toEqual(
+          Array.from({ length: T * K }, (_, j) => j),
+        );
+        for (const [j, row] of seen) {
+          expect(be[Math.floor(row / C)]).toBe(ids[j]);
+          expect(tok[row]).toBe(Math.floor(j / K));
+        }
       }
     }),
   );
