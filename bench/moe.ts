@@ -1,7 +1,8 @@
 /**
  * MoE benchmark: the grouped path (device-side dispatch table, gather, batched expert matmuls, weighted
- * scatter-add) against the dense one (every expert on every token) at E 16, K 2, FFN 4D, forward and
- * forward + backward, plus the router's share (router matmul, softmax, topk, moeRoute). Wall ms per call
+ * scatter-add; exact block tables of 16 .. 128 rows, and fixed capacities that may drop choices) against
+ * the dense one (every expert on every token) at E 16, K 2, FFN 4D, forward and forward + backward, plus
+ * the router's share (router matmul, softmax, topk, moeRouteBlocks). Wall ms per call
  * on webgpu (batches of calls, one readback each), median of interleaved trials.
  *
  * Run: `deno task bench moe [T]` (default T 1024 tokens). Prints the table; writes no results file.
@@ -26,12 +27,16 @@ interface Case {
 async function benchWidth(T: number, D: number): Promise<string[][]> {
   const device = "webgpu" as const;
   const x = s.randn([T, D], { seed: 1, device });
-  const mk = (capacityFactor?: number) => new s.MoE(D, 4 * D, E, K, { seed: 2, device, capacityFactor });
+  const mk = (o: s.MoEOptions = {}) => new s.MoE(D, 4 * D, E, K, { seed: 2, device, ...o });
   const cases: Case[] = [
     { label: "dense", path: "dense", moe: mk() },
-    { label: "grouped, exact (C = T)", path: "grouped", moe: mk() },
-    { label: "grouped, capacity 2", path: "grouped", moe: mk(2) },
-    { label: "grouped, capacity 1.25", path: "grouped", moe: mk(1.25) },
+    ...[16, 32, 64, 128].map((B) => ({
+      label: `grouped, blocks of ${B}${B === 64 ? " (default)" : ""}`,
+      path: "grouped" as const,
+      moe: mk({ blockRows: B }),
+    })),
+    { label: "grouped, capacity 2 (may drop)", path: "grouped", moe: mk({ capacityFactor: 2 }) },
+    { label: "grouped, capacity 1.25 (may drop)", path: "grouped", moe: mk({ capacityFactor: 1.25 }) },
   ];
   const timers: Timer[] = [];
   const dropped: number[] = [];
@@ -62,15 +67,15 @@ async function benchWidth(T: number, D: number): Promise<string[][]> {
       ),
     );
   }
-  // the router's share: logits, softmax, top-K and the dispatch table
-  const m0 = cases[1].moe;
+  // the router's share: logits, softmax, top-K and the default dispatch table
+  const m0 = cases[3].moe;
   timers.push(
     await prepareTimer(
       () =>
         s.noGrad(() =>
           s.tidy(() => {
             const top = s.topk(s.softmax(m0.router.forward(x), -1), K);
-            return s.moeRoute(top.indices, E, T).counts;
+            return s.moeRouteBlocks(top.indices, E, 64).counts;
           })
         ),
       (t: Tensor) => t.toArray(),
@@ -90,7 +95,7 @@ async function benchWidth(T: number, D: number): Promise<string[][]> {
   ]);
   rows.push([
     `D ${D}, F ${4 * D}`,
-    "router + topk + moeRoute",
+    "router + topk + moeRouteBlocks",
     ms[ms.length - 1].toFixed(1),
     "-",
     "-",

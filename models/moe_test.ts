@@ -48,11 +48,16 @@ describe("SwiGLU", () => {
 
 describe("MoE", () => {
   test(
-    "grouped equals dense: output, aux loss, load and every gradient (both gate conventions)",
+    "grouped (blocks, exact capacity) equals dense: output, aux loss, load and every gradient",
     scoped(async () => {
       for (const device of DEVICES) {
-        for (const renormalize of [false, true]) {
-          const moe = new s.MoE(8, 12, 6, 2, { seed: 5, device, renormalize, auxLossCoef: 0.5 });
+        // blocks of 32 and of 4 rows, and capacity slots with capacity T (E / K = 3: exact)
+        const variants = [{}, { blockRows: 4, renormalize: true }, { capacityFactor: 3 }, {
+          capacityFactor: 3,
+          renormalize: true,
+        }];
+        for (const v of variants) {
+          const moe = new s.MoE(8, 12, 6, 2, { seed: 5, device, auxLossCoef: 0.5, ...v });
           const x = s.randn([3, 7, 8], { seed: 6, device }); // 21 tokens
           const g = await run(moe, x, "grouped"), d = await run(moe, x, "dense");
           assertClose(g.y, d.y, { atol: 1e-5, rtol: 1e-4 });
@@ -100,8 +105,12 @@ describe("MoE", () => {
   test(
     "gradcheck through the input, the router and the experts (both paths, with the aux loss)",
     scoped(async () => {
-      for (const path of ["grouped", "dense"] as const) {
-        const moe = new s.MoE(3, 4, 4, 2, { seed: 11, device: "cpu", dtype: "f64", auxLossCoef: 1 });
+      const cases = [["grouped", { blockRows: 2 }], ["grouped", { capacityFactor: 2 }], [
+        "dense",
+        {},
+      ]] as const;
+      for (const [path, v] of cases) {
+        const moe = new s.MoE(3, 4, 4, 2, { seed: 11, device: "cpu", dtype: "f64", auxLossCoef: 1, ...v });
         const fn = (x: Tensor, wr: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) => {
           moe.router.weight = wr;
           Object.assign(moe, { w1, w2, w3 });
@@ -124,6 +133,9 @@ describe("MoE", () => {
       expect(() => new s.MoE(8, 0, 4, 2)).toThrow("MoE: hidden must be a positive integer, got 0");
       expect(() => new s.MoE(8, 8, 4, 2, { capacityFactor: 0 })).toThrow(
         "MoE: capacityFactor must be positive",
+      );
+      expect(() => new s.MoE(8, 8, 4, 2, { blockRows: 2.5 })).toThrow(
+        "MoE: blockRows must be a positive integer, got 2.5",
       );
       const moe = new s.MoE(8, 8, 4, 2, { device: "cpu" });
       expect(() => moe.forward(s.zeros([3, 7], { device: "cpu" }))).toThrow(
