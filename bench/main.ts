@@ -8,7 +8,17 @@
 
 import { benchStart } from "./util.ts";
 
-const BENCHES = ["matmul", "rowwise", "train", "ssm", "attention", "decode", "paged", "profile", "moe"] as const;
+const BENCHES = [
+  "matmul",
+  "rowwise",
+  "train",
+  "ssm",
+  "attention",
+  "decode",
+  "paged",
+  "profile",
+  "moe",
+] as const;
 
 const args = [...Deno.args];
 const isBench = (a: string) => (BENCHES as readonly string[]).includes(a);
