@@ -50,5 +50,7 @@ export * from "./paged.ts";
 export * from "./transformer.ts";
 export * from "./mamba_lm.ts";
 export * from "./moe.ts";
+export * from "./jamba.ts";
 export * from "./tasks.ts";
 export * from "./timemachine.ts";
+export * from "./jamba_config.ts";
