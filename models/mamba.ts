@@ -4,7 +4,8 @@
  * out_proj. `forward` runs the whole sequence (the scan's parallel version on WebGPU); `step` advances one
  * token from a (conv state, ssm state) pair for recurrent decoding; `prefill` runs a prompt and returns
  * the state to continue from. With `selective: false` the same block holds an LTI S4D-Real layer instead
- * (delta, B and C fixed over time), for the paper's S6-versus-S4 comparisons.
+ * (delta, B and C fixed over time), for the paper's S6-versus-S4 comparisons. With `innerNorm: true` the
+ * block normalises delta's low-rank input, B and C with RMSNorms as Jamba does (arXiv 2403.19887).
  * @module
  */
 
@@ -25,7 +26,7 @@ import {
   type SelectiveScanGpuOptions,
   selectiveScanStep,
 } from "../ops/ssm/mod.ts";
-import { init, type Initializer, Linear, Module } from "./nn.ts";
+import { init, type Initializer, Linear, Module, RMSNorm } from "./nn.ts";
 
 /** Configuration of a {@link Mamba} block; defaults are the paper's. `S` types the `selective` flag. */
 export interface MambaConfig<S extends boolean = boolean> {
@@ -65,6 +66,16 @@ export interface MambaConfig<S extends boolean = boolean> {
    * time (B init 1, C init N(0, 1), as S4D), no xProj or dtProj. The conv, gate and projections stay.
    */
   selective?: S;
+  /**
+   * Jamba's RMSNorms inside the block (default false): x_proj's three outputs, delta's low-rank input
+   * (dtRank), B (N) and C (N), each pass through their own RMSNorm (`dtNorm`, `BNorm`, `CNorm`, weights
+   * init 1) right after x_proj, before dt_proj and the scan. Selective blocks only. The fused paths
+   * ({@link mambaInner} for `forward`, {@link mambaLayerStep} for `stepResidual`) have no such norms, so a
+   * block with them runs the composed conv / scan path in both.
+   */
+  innerNorm?: boolean;
+  /** Epsilon of the inner RMSNorms (default 1e-6, Jamba's `rms_norm_eps`). */
+  innerNormEps?: number;
 }
 
 /** The recurrent state of a {@link Mamba} block: conv (B, ED, dConv - 1) and ssm (B, ED, N). */
@@ -83,7 +94,8 @@ export interface MambaState {
  * sqrt(dtRank)) and bias softplus^-1(dt), dt log-uniform in [dtMin, dtMax] floored at dtInitFloor;
  * ALog (ED, N) = log(1 .. N) per channel (S4D-Real: A = -exp(ALog)); D (ED) = 1; outProj (ED, D) no bias.
  * With `selective: false` (type parameter S = false) xProj and dtProj are null and the block has dtBias
- * (ED), B and C (ED, N) instead.
+ * (ED), B and C (ED, N) instead. With `innerNorm` (Jamba) the block also has dtNorm (dtRank), BNorm (N)
+ * and CNorm (N), named after dtProj.
  *
  * @example
  * ```ts
@@ -108,6 +120,12 @@ export class Mamba<S extends boolean = true> extends Module {
   xProj: S extends false ? null : Linear;
   /** dtRank -> ED; its bias is the scan's deltaBias; null in an LTI block. */
   dtProj: S extends false ? null : Linear;
+  /** With `innerNorm`: RMSNorm (dtRank) of delta's low-rank input, after x_proj; else null. */
+  dtNorm: RMSNorm | null;
+  /** With `innerNorm`: RMSNorm (N) of B, after x_proj; else null. */
+  BNorm: RMSNorm | null;
+  /** With `innerNorm`: RMSNorm (N) of C, after x_proj; else null. */
+  CNorm: RMSNorm | null;
   /** LTI block only (else null): delta = softplus(dtBias), (ED), dt's init as dtProj's bias. */
   dtBias: S extends false ? Tensor : null;
   /** LTI block only (else null): B (ED, N), shared over time. */
@@ -135,6 +153,9 @@ export class Mamba<S extends boolean = true> extends Module {
       const [n, v] of [["dModel", D], ["dState", N], ["dConv", W], ["expand", E], ["dtRank", R]] as const
     ) {
       if (!Number.isInteger(v) || v < 1) throw new Error(`Mamba: ${n} must be a positive integer, got ${v}`);
+    }
+    if (cfg.innerNorm && cfg.selective === false) {
+      throw new Error("Mamba: innerNorm needs a selective block (selective: true)");
     }
     this.dims = { D, ED, N, W, R };
     this.#scan = cfg.scan;
@@ -180,6 +201,11 @@ export class Mamba<S extends boolean = true> extends Module {
       this.B = param(init.ones([ED, N], o)) as Sel["B"];
       this.C = param(init.normal([ED, N], { ...o, seed: seed(2) })) as Sel["C"];
     }
+    const ne = cfg.innerNormEps ?? 1e-6;
+    const norm = (n: number) => (cfg.innerNorm ? new RMSNorm(n, { ...o, eps: ne }) : null);
+    this.dtNorm = norm(R);
+    this.BNorm = norm(N);
+    this.CNorm = norm(N);
     this.ALog = param(tidy(() => log(arange(1, N + 1, 1, o).reshape([1, N]).expand([ED, N]).contiguous())));
     this.D = param(init.ones([ED], o));
     const ob = 1 / Math.sqrt(ED) / Math.sqrt(nLayer);
@@ -212,7 +238,7 @@ export class Mamba<S extends boolean = true> extends Module {
     if (x.rank !== 3 || x.shape[2] !== D) {
       throw new Error(`Mamba: x must be (B, L, D) with D = ${D}, got ${x.describe()}`);
     }
-    if (!withState && this.xProj && this.dtProj) {
+    if (!withState && this.xProj && this.dtProj && !this.dtNorm) {
       // training and plain forward: the inner part as one node (no split copies in the backward either)
       return tidy(() => {
         const y = mambaInner(this.inProj.forward(x), this.innerParams(), { scan: this.#scan }); // (B, L, ED)
@@ -234,9 +260,14 @@ export class Mamba<S extends boolean = true> extends Module {
       let dt: Tensor, Bm: Tensor, Cm: Tensor, dtBias: Tensor | null;
       if (this.xProj && this.dtProj) {
         const xdbl = this.xProj.forward(xc.transpose(1, 2)); // (B, L, R + 2N)
-        dt = matmul(xdbl.slice([null, null, [0, R]]), this.dtProj.weight).transpose(1, 2); // (B, ED, L)
-        Bm = xdbl.slice([null, null, [R, R + N]]).transpose(1, 2); // (B, N, L)
-        Cm = xdbl.slice([null, null, [R + N, R + 2 * N]]).transpose(1, 2); // (B, N, L)
+        const [dtIn, b, c] = this.#innerNorms(
+          xdbl.slice([null, null, [0, R]]), // (B, L, R)
+          xdbl.slice([null, null, [R, R + N]]), // (B, L, N)
+          xdbl.slice([null, null, [R + N, R + 2 * N]]), // (B, L, N)
+        );
+        dt = matmul(dtIn, this.dtProj.weight).transpose(1, 2); // (B, ED, L)
+        Bm = b.transpose(1, 2); // (B, N, L)
+        Cm = c.transpose(1, 2); // (B, N, L)
         dtBias = this.dtProj.bias;
       } else {
         // LTI: delta = softplus(0 + dtBias) at every step; B and C (ED, N) are the scan's shared layout
@@ -252,11 +283,18 @@ export class Mamba<S extends boolean = true> extends Module {
     });
   }
 
-  /** The parameters {@link mambaInner} takes for this (selective) block. */
+  /** Jamba's inner RMSNorms on x_proj's outputs (delta's input, B, C), or the identity without `innerNorm`. */
+  #innerNorms(dtIn: Tensor, b: Tensor, c: Tensor): [Tensor, Tensor, Tensor] {
+    if (!this.dtNorm || !this.BNorm || !this.CNorm) return [dtIn, b, c];
+    return [this.dtNorm.forward(dtIn), this.BNorm.forward(b), this.CNorm.forward(c)];
+  }
+
+  /** The parameters {@link mambaInner} takes for this (selective) block (not one with `innerNorm`). */
   innerParams(): MambaInnerParams {
     if (!this.xProj || !this.dtProj) {
       throw new Error("Mamba.innerParams: an LTI block has no xProj or dtProj");
     }
+    if (this.dtNorm) throw new Error("Mamba.innerParams: mambaInner has no inner norms (innerNorm: true)");
     return {
       convWeight: this.convWeight,
       convBias: this.convBias,
@@ -270,10 +308,12 @@ export class Mamba<S extends boolean = true> extends Module {
 
   /**
    * The parameters {@link mambaLayerStep} takes for this (selective) block, with the RMSNorm weight (or
-   * null) and epsilon that come before it.
+   * null) and epsilon that come before it. Not for a block with `innerNorm` (mambaLayerStep has no inner
+   * norms).
    */
   stepParams(normWeight: Tensor | null, eps: number): MambaStepParams {
     if (!this.xProj || !this.dtProj) throw new Error("Mamba.stepParams: an LTI block has no xProj or dtProj");
+    if (this.dtNorm) throw new Error("Mamba.stepParams: mambaLayerStep has no inner norms (innerNorm: true)");
     return {
       normWeight,
       eps,
@@ -292,14 +332,14 @@ export class Mamba<S extends boolean = true> extends Module {
   /**
    * One token of the residual layer x + Mamba(norm x) (`norm` an RMSNorm's weight and epsilon, or null):
    * x (B, D) -> `{ y (B, D), state }`. A selective block runs {@link mambaLayerStep} (2 dispatches on
-   * WebGPU when no gradient is recorded); an LTI block composes {@link Mamba.step}.
+   * WebGPU when no gradient is recorded); an LTI block or one with `innerNorm` composes {@link Mamba.step}.
    */
   stepResidual(
     x: Tensor,
     state: MambaState,
     norm: { weight: Tensor; eps: number } | null,
   ): { y: Tensor; state: MambaState } {
-    if (this.selective) {
+    if (this.selective && !this.dtNorm) {
       return mambaLayerStep(x, this.stepParams(norm?.weight ?? null, norm?.eps ?? 0), state);
     }
     return tidy(() => {
@@ -334,9 +374,13 @@ export class Mamba<S extends boolean = true> extends Module {
       let dt: Tensor, Bm: Tensor, Cm: Tensor, dtBias: Tensor | null;
       if (this.xProj && this.dtProj) {
         const xdbl = this.xProj.forward(c.y); // (B, R + 2N)
-        dt = matmul(xdbl.slice([null, [0, R]]), this.dtProj.weight); // (B, ED)
-        Bm = xdbl.slice([null, [R, R + N]]); // (B, N)
-        Cm = xdbl.slice([null, [R + N, R + 2 * N]]); // (B, N)
+        const [dtIn, b, cc] = this.#innerNorms(
+          xdbl.slice([null, [0, R]]), // (B, R)
+          xdbl.slice([null, [R, R + N]]), // (B, N)
+          xdbl.slice([null, [R + N, R + 2 * N]]), // (B, N)
+        );
+        dt = matmul(dtIn, this.dtProj.weight); // (B, ED)
+        [Bm, Cm] = [b, cc]; // (B, N) x 2
         dtBias = this.dtProj.bias;
       } else {
         // LTI: the shared (ED, N) B and C as the step's grouped layout (B, G = ED, N)
