@@ -81,13 +81,19 @@ export class Rng {
   constructor(seed: number, stream = 0) {
     this.#s = (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(stream + 1, 0x85ebca6b)) >>> 0;
   }
-  /** A uniform number in [0, 1). */
-  next(): number {
+  #word(): number {
     let z = (this.#s = (this.#s + 0x9e3779b9) >>> 0);
     z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
     z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-    z = (z ^ (z >>> 16)) >>> 0;
-    return z / 2 ** 32;
+    return (z ^ (z >>> 16)) >>> 0;
+  }
+  /** A uniform number in [0, 1). */
+  next(): number {
+    return this.#word() / 2 ** 32;
+  }
+  /** A uniform number in (0, 1): never 0, so its logarithm is finite. */
+  nextOpen(): number {
+    return (this.#word() + 0.5) / 2 ** 32;
   }
 }
 

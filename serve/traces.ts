@@ -15,6 +15,7 @@
 
 import { erf } from "../ops/core/elementwise_ref.ts";
 import { ServingConfigError } from "./kv_math.ts";
+import { Rng } from "./sampling.ts";
 
 /** One request of a trace. */
 export interface TraceRequest {
@@ -64,16 +65,10 @@ export interface PoissonTraceOptions {
   maxTotal?: number;
 }
 
-/** A seeded uniform stream (SplitMix32 over a counter); streams of one seed are independent. */
+/** A seeded uniform stream in (0, 1) (the engine's generator); streams of one seed are independent. */
 function uniforms(seed: number, stream: number): () => number {
-  let s = (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(stream + 0x632be5ab, 0x85ebca6b)) >>> 0;
-  return () => {
-    let z = (s = (s + 0x9e3779b9) >>> 0);
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-    z = (z ^ (z >>> 16)) >>> 0;
-    return (z + 0.5) / 2 ** 32; // in (0, 1): never 0, so log(u) is finite
-  };
+  const r = new Rng(seed, stream);
+  return () => r.nextOpen();
 }
 
 /** P(X <= x) for ln X ~ N(mu, sigma^2). */
