@@ -43,7 +43,7 @@ export interface MambaInnerParams {
 /** Options of {@link mambaInner}. */
 export interface MambaInnerOptions {
   /** Passed to the selective scan. */
-  scan?: Pick<SelectiveScanGpuOptions, "version" | "chunkSize" | "carry">;
+  scan?: Pick<SelectiveScanGpuOptions, "version" | "chunkSize" | "carry" | "backward">;
   /**
    * "fused" (one node; WebGPU, f32, conv width <= 8), "composed" (the ops one by one, each its own node:
    * the reference), "auto" (default) fused where it can run.
@@ -205,7 +205,7 @@ export function mambaInner(xz: Tensor, p: MambaInnerParams, opts: MambaInnerOpti
       v.C!,
       { D: Dk, z: v.z, deltaBias: dtB, deltaSoftplus: true },
       g.transpose(1, 2),
-      { channelsLast: true, dzInto: halves.z, packed: kept, bcInto },
+      { channelsLast: true, dzInto: halves.z, packed: kept, bcInto, backward: opts.scan?.backward },
     );
     sg.dz?.dispose();
     const ddt = sg.ddelta.transpose(1, 2).reshape([Bn * L, ED]); // channels-last: a view

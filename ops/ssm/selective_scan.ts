@@ -48,6 +48,7 @@ import {
   scanBwdReduceV2,
   scanBwdUnpackV2,
 } from "./selective_scan_bwd_wgsl.ts";
+import { BWD_V3_WG, scanBackwardV3, seqAccess } from "./selective_scan_bwd_v3_wgsl.ts";
 import { newSeq, seqVec4, seqWords, toLayout } from "./seq_layout.ts";
 
 export type { SelectiveScanOptions } from "./scan_check.ts";
@@ -70,6 +71,13 @@ export interface SelectiveScanGpuOptions extends SelectiveScanOptions {
    * Default false. The inputs may be any strided views either way: v2 reads them through their strides.
    */
   channelsLast?: boolean;
+  /**
+   * Backward of v2: "v2" one invocation per channel, "v3" four channels of a group per invocation (dB and
+   * dC terms summed over the four before they are stored, gradients stored in their final layout, no
+   * unpack pass), "auto" (default): v3 where it applies (D, D / G and L divisible by 4, B and C
+   * input-dependent, an output gradient), else v2.
+   */
+  backward?: "auto" | "v2" | "v3";
 }
 
 /**
@@ -668,9 +676,26 @@ function bcWords(t: Tensor, shared: boolean): number[] {
   return t.rank === 3 ? [t.offset, st[0], 0, st[1], st[2]] : [t.offset, st[0], st[1], st[2], st[3]];
 }
 
+/** Whether bwd v3 takes these dims ("auto"), or must ("v3": throws naming why not). */
+function useBwdV3(d: ScanDims, hasOut: boolean, bwd: "auto" | "v2" | "v3"): boolean {
+  if (bwd === "v2") return false;
+  const why = d.D % 4 !== 0 || (d.D / d.G) % 4 !== 0
+    ? `D = ${d.D} and D / G = ${d.D / d.G} must be multiples of 4`
+    : d.L % 4 !== 0
+    ? `L = ${d.L} must be a multiple of 4`
+    : d.bShared || d.cShared
+    ? "B and C must be input-dependent"
+    : !hasOut
+    ? "it needs the output's gradient"
+    : null;
+  if (why && bwd === "v3") throw new Error(`selectiveScan backward: version "v3" cannot run: ${why}`);
+  return !why;
+}
+
 /**
- * bwd v2 (see `scanBackwardV2`): one scan dispatch over textures, one reduce dispatch; the gradients come
- * out in their final shapes (no slicing copies).
+ * bwd v2 / v3 (see `scanBackwardV2`, `scanBackwardV3`): one scan dispatch over textures, one reduce
+ * dispatch (v2: plus an unpack into strided destinations); the gradients come out in their final shapes
+ * (no slicing copies).
  */
 function backwardV2(
   u: Tensor,
@@ -685,19 +710,22 @@ function backwardV2(
   dzInto: Tensor | null = null,
   packed: PackedScan | null = null,
   bcInto: { dB: Tensor; dC: Tensor } | null = null,
+  bwd: "auto" | "v2" | "v3" = "auto",
 ): ScanGrads {
   const op = "selectiveScan backward";
   const dims = checkScan(op, u, delta, A, B, C, o);
+  const v3 = useBwdV3(dims, !!dout, bwd);
   const p = prepare(op, dims, u, delta, A, B, C, o, false, true, packed?.params ?? null);
   const { Bn, D, L, N, G } = dims;
   const BD = Bn * D, H = D / G, P = paramStride(p.v), K = Math.ceil(N / 4);
   const xl = seqLayout(BD, L, 1), bl = seqLayout(Bn * G * N, L, N);
   const ctx = gpu();
-  // dout is packed through its strides
+  // dout is packed through its strides (v3 reads a channels-last one from its buffer)
   const go = dout
       ? (seqRows(dout) ? dout.view(dout.shape, dout.strides, dout.offset) : noGrad(() => contiguous(dout)))
       : null,
     gl = dlast ? noGrad(() => contiguous(dlast)) : null;
+  const goAccess = v3 && go && seqAccess(go.offset, go.shape, go.strides.slice()) === "d4" ? "d4" : "tex";
   const f = (name: string, shape: number[]) => empty(`${op} ${name}`, shape, "f32", "webgpu");
   const du = newSeq(`${op} du`, [Bn, D, L], channelsLast),
     ddelta = newSeq(`${op} ddelta`, [Bn, D, L], channelsLast);
@@ -707,9 +735,10 @@ function backwardV2(
       ? dzInto.view(dzInto.shape, dzInto.strides, dzInto.offset)
       : newSeq(`${op} dz`, [Bn, D, L], channelsLast))
     : null;
-  // strided destinations with L % 4 == 0: bwd v2 stores vec4s into contiguous scratch and the unpack pass
-  // moves them (a storage access per value in bwd v2 itself cost more than the extra pass)
-  const unpack = L % 4 === 0 && (channelsLast || !!dzInto);
+  // v2 with strided destinations and L % 4 == 0: bwd v2 stores vec4s into contiguous scratch and the unpack
+  // pass moves them (a storage access per value in bwd v2 itself cost more than the extra pass); v3 stores
+  // 4 channels x 4 steps into any destination itself
+  const unpack = !v3 && L % 4 === 0 && (channelsLast || !!dzInto);
   const [ku, kd, kz] = unpack
     ? [du, ddelta, dz].map((t, i) => (t ? f(`${["du", "ddelta", "dz"][i]} scratch`, [Bn, D, L]) : null))
     : [du, ddelta, dz];
@@ -727,19 +756,25 @@ function backwardV2(
   const textures: GpuTexture[] = []; // acquired here, released at the end
   try {
     let inputTex: GpuTexture[];
+    const goTex = go && goAccess === "tex" ? [go] : [];
     if (reuse) {
       // the forward's textures hold u, delta, z (and B, C): only dout is packed, into the spare slot
-      packSeq(op, "dout", [go!], BD, xl, { into: { tex: packed!.tx, first: packed!.nOps } });
+      if (goTex.length) {
+        packSeq(op, "dout", goTex, BD, xl, { into: { tex: packed!.tx, first: packed!.nOps } });
+      }
       inputTex = packed!.tbc ? [packed!.tx, packed!.tbc] : [packed!.tx];
     } else {
-      textures.push(packSeq(op, "u, delta, z, dout", go ? [...xOps, go] : xOps, BD, xl));
+      textures.push(
+        packSeq(op, goTex.length ? "u, delta, z, dout" : "u, delta, z", [...xOps, ...goTex], BD, xl),
+      );
       if (bcOps.length) textures.push(packSeq(op, "B, C", bcOps, Bn * G * N, bl));
       inputTex = [...textures];
     }
-    const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0, statesGiven: reuse };
-    // the terms of input-dependent dB, dC: written by bwd v2 into the texture the reduce reads
+    // the terms of input-dependent dB, dC: written by the scan into the texture the reduce reads, one row
+    // per channel (v2) or per 4 channels (v3)
+    const cpr = v3 ? 4 : 1;
     const nTerms = (p.v.bShared ? 0 : 1) + (p.v.cShared ? 0 : 1);
-    const tl = seqLayout(BD, 4 * L * K, 1);
+    const tl = seqLayout(BD / cpr, 4 * L * K, 1);
     const tt = nTerms
       ? ctx.acquireTexture(
         { width: tl.width, height: tl.height, layers: nTerms * tl.rowBlocks * tl.segments },
@@ -749,10 +784,21 @@ function backwardV2(
     if (tt) textures.push(tt);
     const sb = (t: Tensor | null, read = false): Binding[] =>
       t ? [{ buffer: t.storage.buffer!, access: read ? "read" : "read_write" }] : [];
-    const bindings: Binding[] = [
-      { buffer: p.params.storage.buffer!, access: "read" },
-      ...inputTex.map((t): Binding => ({ texture: t, access: "read" })),
-      ...sb(gl, true),
+    const words = new Uniforms().u32(
+      BD,
+      D,
+      L,
+      xl.L4,
+      v3 ? BD / 4 : 0,
+      0,
+      H,
+      G,
+      xl.rowBlocks,
+      bl.rowsPerBlock / N,
+    )
+      .u32(bl.rowBlocks, xl.segments, gl?.offset ?? 0, tl.rowBlocks, tl.segments, 0)
+      .u32(...seqWords(ku!), ...seqWords(kd!), ...(kz ? seqWords(kz) : [0, 0, 0, 0]));
+    const common: Binding[] = [
       ...sb(ku),
       ...sb(kd),
       ...sb(kz),
@@ -761,28 +807,35 @@ function backwardV2(
       ...sb(scratch),
       { buffer: ctx.diagnostics, access: "read_write" },
     ];
-    ctx.run({
-      name: op,
-      key: `bwd v2|${variantKey(p.v)}|${w.hasOut}|${w.hasLast}|${w.vec4Out}|${w.statesGiven}`,
-      source: () => scanBackwardV2(p.v, w),
-      bindings,
-      uniforms: new Uniforms().u32(
-        BD,
-        D,
-        L,
-        xl.L4,
-        0,
-        0,
-        H,
-        G,
-        xl.rowBlocks,
-        bl.rowsPerBlock / N,
-        bl.rowBlocks,
-      )
-        .u32(xl.segments, gl?.offset ?? 0, tl.rowBlocks, tl.segments, 0)
-        .u32(...seqWords(ku!), ...seqWords(kd!), ...(kz ? seqWords(kz) : [0, 0, 0, 0])).build(),
-      workgroups: [Math.ceil(BD / SCAN_WG), 1, 1],
-    });
+    const texIn = inputTex.map((t): Binding => ({ texture: t, access: "read" }));
+    const params: Binding = { buffer: p.params.storage.buffer!, access: "read" };
+    if (v3) {
+      const acc = (t: Tensor | null) => (t ? seqAccess(t.offset, t.shape, t.strides.slice()) : "s");
+      const w = {
+        hasLast: !!gl,
+        out: [acc(du), acc(ddelta), acc(dz)] as ["d4" | "t4" | "s", "d4" | "t4" | "s", "d4" | "t4" | "s"],
+        dout: goAccess as "d4" | "tex",
+        statesGiven: reuse,
+      };
+      ctx.run({
+        name: op,
+        key: `bwd v3|${variantKey(p.v)}|${w.hasLast}|${w.out.join(",")}|${w.dout}|${w.statesGiven}`,
+        source: () => scanBackwardV3(p.v, w),
+        bindings: [params, ...texIn, ...(goAccess === "d4" ? sb(go, true) : []), ...sb(gl, true), ...common],
+        uniforms: words.u32(...(goAccess === "d4" ? seqWords(go!) : [0, 0, 0, 0])).build(),
+        workgroups: grid(BD / 4, BWD_V3_WG),
+      });
+    } else {
+      const w = { hasOut: !!go, hasLast: !!gl, vec4Out: L % 4 === 0, statesGiven: reuse };
+      ctx.run({
+        name: op,
+        key: `bwd v2|${variantKey(p.v)}|${w.hasOut}|${w.hasLast}|${w.vec4Out}|${w.statesGiven}`,
+        source: () => scanBackwardV2(p.v, w),
+        bindings: [params, ...texIn, ...sb(gl, true), ...common],
+        uniforms: words.build(),
+        workgroups: [Math.ceil(BD / SCAN_WG), 1, 1],
+      });
+    }
     if (unpack) {
       const dst = [du, ddelta, dz].filter((t): t is Tensor => !!t);
       const src = [ku, kd, kz].filter((t): t is Tensor => !!t);
@@ -814,7 +867,8 @@ function backwardV2(
         ...(p.v.cShared ? sb(dC) : []),
       ],
       uniforms: new Uniforms().u32(Bn, D, L, H, G, nB, nC, tl.rowBlocks, tl.segments)
-        .u32(...bcWords(dB, p.v.bShared), ...bcWords(dC, p.v.cShared)).build(),
+        .u32(...bcWords(dB, p.v.bShared), ...bcWords(dC, p.v.cShared))
+        .u32(D / cpr, H / cpr).build(),
       workgroups: grid(nB + nC + D, SCAN_WG),
     });
   } catch (e) {
@@ -878,6 +932,7 @@ function recordScan(
   useV2: boolean,
   channelsLast: boolean,
 ): Tensor {
+  const bwd = (o as SelectiveScanGpuOptions).backward ?? "auto";
   return record(name, out, inputs, inputs, (g, saved) => {
     const [u, delta, A, B, C] = saved;
     let k = 5;
@@ -892,7 +947,7 @@ function recordScan(
     const r = u.device === "cpu"
       ? backwardCpu(u, delta, A, B, C, so, dout, dlast)
       : v2
-      ? backwardV2(u, delta, A, B, C, so, dout, dlast, channelsLast)
+      ? backwardV2(u, delta, A, B, C, so, dout, dlast, channelsLast, null, null, null, bwd)
       : backwardV1(u, delta, A, B, C, so, dout, dlast);
     // v2 stores the gradients in the layout asked for; the others are moved there
     const lay = (t: Tensor) => (v2 ? t : toLayout(t, channelsLast));
@@ -924,6 +979,8 @@ export function scanGrads(
     dzInto?: Tensor | null;
     packed?: PackedScan | null;
     bcInto?: { dB: Tensor; dC: Tensor } | null;
+    /** The backward version (see {@link SelectiveScanGpuOptions.backward}). */
+    backward?: "auto" | "v2" | "v3";
   },
 ): ScanGrads {
   const op = "selectiveScan backward";
@@ -944,6 +1001,7 @@ export function scanGrads(
       dzInto,
       opts.packed ?? null,
       bcInto,
+      opts.backward ?? "auto",
     );
   }
   const r = dims.device === "cpu"
@@ -972,6 +1030,10 @@ function scanPlan(
   const version = o.version ?? "auto";
   if (!["auto", "v1", "v2"].includes(version)) {
     throw new Error(`${op}: version must be "auto", "v1" or "v2", got ${JSON.stringify(version)}`);
+  }
+  const backward = o.backward ?? "auto";
+  if (!["auto", "v2", "v3"].includes(backward)) {
+    throw new Error(`${op}: backward must be "auto", "v2" or "v3", got ${JSON.stringify(backward)}`);
   }
   const carry = o.carry ?? "sequential";
   if (carry !== "sequential" && carry !== "hillis-steele") {

@@ -510,8 +510,8 @@ export function scanBwdReduceV2(v: Pick<ScanVariant, "N" | "bShared" | "cShared"
     var acc = vec4<f32>(0.0);
     let tx = t * ${K}u + k;
     let x = tx % ${TEX_W}u; let seg = tx / ${TEX_W}u;
-    for (var dl = 0u; dl < H; dl++) {
-      let bd = b * D + g * H + dl;
+    for (var dl = 0u; dl < Ht; dl++) {
+      let bd = b * Dt + g * Ht + dl;
       let rb = bd / ${TEX_ROWS}u;
       acc += textureLoad(TT, vec2<u32>(x, bd - rb * ${TEX_ROWS}u), (${op}u * u7 + rb) * u8 + seg);
     }
@@ -530,11 +530,11 @@ export function scanBwdReduceV2(v: Pick<ScanVariant, "N" | "bShared" | "cShared"
   if (v.bShared) { for (let n = 0; n < N; n++) sums.push(col(N + 2, n, "DBS", N)); }
   if (v.cShared) { for (let n = 0; n < N; n++) sums.push(col(N + 2 + (v.bShared ? N : 0), n, "DCS", N)); }
   return `// selective scan bwd v2 reduce
-${uniformDecl(19)}
+${uniformDecl(21)}
 ${decl}
 ${flatId(SCAN_WG)}
   let Bn = U(0u); let D = U(1u); let L = U(2u); let H = U(3u); let G = U(4u);
-  let nB = U(5u); let nC = U(6u); let u7 = U(7u); let u8 = U(8u);
+  let nB = U(5u); let nC = U(6u); let u7 = U(7u); let u8 = U(8u); let Dt = U(19u); let Ht = U(20u);
   if (gid < nB) {
     let j = gid;
     ${v.bShared ? "" : terms(0, "DB")}

@@ -1,8 +1,9 @@
 // WebGPU tests run on the webgpu device unconditionally: without an adapter they fail with its notice.
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
-import type { Tensor } from "../../mod.ts";
-import { assertClose, gpu32, leakCheck, scoped } from "../../test/helpers.ts";
+import type { SelectiveScanGpuOptions, Tensor } from "../../mod.ts";
+import { assertClose, gpu32, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
+import { scanGrads } from "./selective_scan.ts";
 import { gpu } from "../../runtime/device.ts";
 import { texDimClass, WebGPUError } from "../../runtime/webgpu.ts";
 
@@ -701,6 +702,109 @@ describe("fwd v2 records into the context's batch (textures from the pool, one e
       await expect(read).rejects.toThrow(/validation error in selectiveScan/);
       await expect(y.toArray()).rejects.toThrow(/failed pass: .*selectiveScan/);
       expect(Array.from(await other.toArray())).toEqual([1, 2, 3]); // computed before: still good
+    }),
+  );
+});
+
+describe("selective scan bwd v3 (four channels per invocation)", () => {
+  // v3 runs where D, D / G and L are multiples of 4 with input-dependent B and C; each case runs v3 and v2
+  // into contiguous and channels-last destinations (v3 stores vec4s along t, resp. along the channels) with
+  // a contiguous dout (packed into the texture); MambaLM's path (channels-last dout read from its buffer,
+  // states saved by the forward) is covered by mamba_inner_test.ts.
+  const cases: [number, number, number, number, Layout][] = [
+    [2, 4, 40, 5, "var"],
+    [2, 8, 36, 16, "group"],
+    [1, 12, 64, 7, "var"],
+  ];
+  for (const [Bn, D, L, N, layout] of cases) {
+    test(
+      `B ${Bn}, D ${D}, L ${L}, N ${N}, ${layout} B and C: v3 and v2 equal the reference's, both layouts`,
+      scoped(async () => {
+        requireGpu();
+        const x = inputs(Bn, D, L, N, layout, 41);
+        const names = ["u", "delta", "A", "B", "C", "D", "z", "deltaBias"];
+        const wy = s.randn([Bn, D, L], { seed: 9, ...cpu });
+        const grads = async (xs: Tensor[], opts: SelectiveScanGpuOptions) => {
+          const leaves = xs.map((t) => {
+            const c = t.detach();
+            c.requiresGrad = true;
+            return c;
+          });
+          const y = s.selectiveScan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], {
+            D: leaves[5],
+            z: leaves[6],
+            deltaBias: leaves[7],
+            deltaSoftplus: true,
+            ...opts,
+          });
+          y.mul(await wy.to(y.device)).sum().backward();
+          const out = await Promise.all(leaves.map(async (t) => await arr(t.grad!)));
+          leaves.forEach((t) => t.zeroGrad());
+          return out;
+        };
+        const all = (v: Inputs) => [v.u, v.delta, v.A, v.B, v.C, v.D, v.z, v.deltaBias];
+        const ref = await grads(all(x).map((t) => s.cast(t, "f32")), {});
+        const g = all(await toGpu(x));
+        for (const channelsLast of [false, true]) {
+          for (const backward of ["v3", "v2"] as const) {
+            const got = await grads(g, { version: "v2", backward, channelsLast });
+            names.forEach((n, i) => {
+              try {
+                assertClose(got[i], ref[i], n === "delta" || n === "deltaBias" ? DTOL : GTOL);
+              } catch (e) {
+                throw new Error(`${backward}, channelsLast ${channelsLast}, d${n}: ${(e as Error).message}`);
+              }
+            });
+          }
+        }
+      }),
+    );
+  }
+
+  test(
+    "destinations without aligned vec4s (dz into a view at an odd offset) take scalar stores",
+    scoped(async () => {
+      requireGpu();
+      const [Bn, D, L, N] = [2, 8, 24, 4];
+      const x = inputs(Bn, D, L, N, "var", 51);
+      const g = await toGpu(x);
+      const dout = s.randn([Bn, D, L], { seed: 3, device: "webgpu" });
+      const o = { D: g.D, z: g.z, deltaBias: g.deltaBias, deltaSoftplus: true };
+      const A = g.A;
+      // dz lands in (B, L, D + 1) storage at offset 1: channel stride 1 but the offset breaks the vec4s
+      const host = s.zeros([Bn, L, D + 1], { device: "webgpu" });
+      const dzInto = host.view([Bn, D, L], [L * (D + 1), 1, D + 1], 1);
+      const run = (backward: "v2" | "v3", into: Tensor | null) =>
+        scanGrads(g.u, g.delta, A, g.B, g.C, o, dout, { channelsLast: true, dzInto: into, backward });
+      const r3 = run("v3", dzInto), r2 = run("v2", null);
+      assertClose(await arr(dzInto), await arr(r2.dz!), GTOL);
+      for (const k of ["du", "ddelta", "dA", "dB", "dC"] as const) {
+        assertClose(await arr(r3[k]), await arr(r2[k]), k === "ddelta" ? DTOL : GTOL);
+      }
+      // the column past D is untouched
+      const h = await arr(host);
+      for (let b = 0; b < Bn; b++) for (let t = 0; t < L; t++) expect(h[(b * L + t) * (D + 1)]).toBe(0);
+    }),
+  );
+
+  test(
+    `backward "v3" where it cannot run names why; an unknown backward is refused`,
+    scoped(async () => {
+      requireGpu();
+      const x = await toGpu(inputs(1, 4, 8, 4, "shared", 61));
+      const req = (t: Tensor) => {
+        const c = t.detach();
+        c.requiresGrad = true;
+        return c;
+      };
+      const y = s.selectiveScan(req(x.u), x.delta, x.A, x.B, x.C, { version: "v2", backward: "v3" });
+      expect(() => y.sum().backward()).toThrow(/version "v3" cannot run: B and C must be input-dependent/);
+      const x6 = await toGpu(inputs(1, 4, 6, 4, "var", 62));
+      const y6 = s.selectiveScan(req(x6.u), x6.delta, x6.A, x6.B, x6.C, { version: "v2", backward: "v3" });
+      expect(() => y6.sum().backward()).toThrow(/version "v3" cannot run: L = 6 must be a multiple of 4/);
+      expect(() => s.selectiveScan(x.u, x.delta, x.A, x.B, x.C, { backward: "v4" as "v3" })).toThrow(
+        /backward must be "auto", "v2" or "v3", got "v4"/,
+      );
     }),
   );
 });
