@@ -1,7 +1,9 @@
 /**
  * Recurrent decoding throughput: a MambaLM against a TransformerLM of about the same parameter count
  * (the Mamba paper's pairing: the same width, two Mamba blocks per Transformer block, since a Mamba block
- * holds ~6 D^2 parameters and a Transformer block ~12 D^2) with a preallocated KV cache. For each context
+ * holds ~6 D^2 parameters and a Transformer block ~12 D^2) with a preallocated KV cache, and a JambaLM
+ * hybrid of the same width (2 nLayer layers, attention:Mamba 1:3, an MoE of 4 experts (top 2, hidden D)
+ * every other layer, SwiGLU MLPs of hidden D between: its KV cache is a quarter of its layers'). For each context
  * length the context is prefilled once at batch 1 (timed: prefill tokens/s), copied into every row of
  * the batch (the rows share the context; decode cost depends on its length, not its content), and then
  * greedy decoding is timed over `steps` tokens in two ways:
@@ -40,11 +42,13 @@ export interface DecodeBenchOptions {
   nLayer?: number;
   /** Vocabulary (default 256, bytes). */
   vocabSize?: number;
+  /** Also the JambaLM hybrid (default true; notebook 04 compares the two pure models only). */
+  jamba?: boolean;
 }
 
 /** One measured cell. */
 export interface DecodeRow {
-  model: "mamba" | "transformer";
+  model: "mamba" | "transformer" | "jamba";
   params: number;
   context: number;
   B: number;
@@ -61,11 +65,12 @@ export interface DecodeRow {
   prefillMs: number;
 }
 
-type Model = s.MambaLM | s.TransformerLM;
+type Model = s.MambaLM | s.TransformerLM | s.JambaLM;
+type Kind = DecodeRow["model"];
 
 /** A decoding session: advances the batch one token; `state` owns its tensors. */
 interface Session {
-  model: "mamba" | "transformer";
+  model: Kind;
   /** Current input tokens (B), on the device. */
   tok: Tensor;
   /** One step: returns the logits (B, V) and replaces the state. */
@@ -86,6 +91,11 @@ export async function checkDecode(models: Model[]): Promise<void> {
       const want = await s.noGrad(() => m.forward(toks)).slice([null, T - 1]).toArray();
       let got: ArrayLike<number>;
       if (m instanceof s.TransformerLM) {
+        const cache = m.initCache(2, T);
+        m.prefill(toks.slice([null, [0, T - 1]]), cache);
+        got = await m.step(toks.slice([null, T - 1]), cache).logits.toArray();
+        cache.dispose();
+      } else if (m instanceof s.JambaLM) {
         const cache = m.initCache(2, T);
         m.prefill(toks.slice([null, [0, T - 1]]), cache);
         got = await m.step(toks.slice([null, T - 1]), cache).logits.toArray();
@@ -161,6 +171,55 @@ async function prefilled(
           tok: first.expand([B]).contiguous(),
           step: () => m.step(sess.tok, c).logits,
           stateBytes: 2 * m.blocks.length * B * Hkv * context * Dh * 4,
+          dispose: () => {
+            c.dispose();
+            sess.tok.dispose();
+          },
+        };
+        return sess;
+      },
+      dispose: () => {
+        cache.dispose();
+        first.dispose();
+      },
+    };
+  }
+  if (m instanceof s.JambaLM) {
+    const cache = m.initCache(1, context);
+    const logits = m.prefill(prompt, cache);
+    first = s.tidy(() => logits.slice([null, -1]).argmax(-1)); // (1)
+    await first.toArray();
+    const prefillMs = performance.now() - t0;
+    logits.dispose();
+    prompt.dispose();
+    return {
+      prefillMs,
+      session: (B) => {
+        const c = m.initCache(B, capacity);
+        s.noGrad(() =>
+          s.tidy(() => {
+            // every row gets the batch-1 context: K/V rows by broadcasting copies, Mamba states expanded
+            for (let i = 0; i < c.k.length; i++) {
+              if (c.k[i]) {
+                s.copyInto(c.k[i]!.slice([null, null, [0, context]]), cache.k[i]!);
+                s.copyInto(c.v[i]!.slice([null, null, [0, context]]), cache.v[i]!);
+              }
+              const st = cache.mamba[i];
+              if (st) {
+                s.copyInto(c.mamba[i]!.conv, st.conv);
+                s.copyInto(c.mamba[i]!.ssm, st.ssm);
+              }
+            }
+          })
+        );
+        c.length = context;
+        const kvPerToken = c.k.reduce((n, k) => n + (k ? 2 * k.shape[1] * k.shape[3] * 4 : 0), 0);
+        const stateBytes = c.mamba.reduce((n, st) => n + (st ? (st.conv.size + st.ssm.size) * 4 : 0), 0);
+        const sess: Session = {
+          model: "jamba",
+          tok: first.expand([B]).contiguous(),
+          step: () => m.step(sess.tok, c).logits,
+          stateBytes: B * kvPerToken * context + stateBytes,
           dispose: () => {
             c.dispose();
             sess.tok.dispose();
@@ -251,16 +310,32 @@ export async function decodeThroughput(
     dModel: opts.dModel ?? 128,
     nLayer: opts.nLayer ?? 2,
     vocabSize: opts.vocabSize ?? 256,
+    jamba: opts.jamba ?? true,
   };
   const { dModel: D, nLayer, vocabSize: V, steps, trials } = cfg;
   const mamba = new s.MambaLM({ vocabSize: V, dModel: D, nLayer: 2 * nLayer, seed: 1 });
   const transformer = new s.TransformerLM({ vocabSize: V, dModel: D, nLayer, nHead: 4, seed: 2 });
-  const models: [Model, "mamba" | "transformer"][] = [[mamba, "mamba"], [transformer, "transformer"]];
+  const jamba = !cfg.jamba ? null : new s.JambaLM({
+    vocabSize: V,
+    dModel: D,
+    nLayer: 2 * nLayer,
+    blockLayers: 4,
+    attnRatio: [1, 3],
+    nHead: 4,
+    moeEvery: 2,
+    nExperts: 4,
+    topK: 2,
+    dFf: D,
+    seed: 3,
+  });
+  const models: [Model, Kind][] = [[mamba, "mamba"], [transformer, "transformer"]];
+  if (jamba) models.push([jamba, "jamba"]);
+  const kinds = models.map(([, k]) => k);
   const rows: DecodeRow[] = [];
   try {
-    await checkDecode([mamba, transformer]);
+    await checkDecode(models.map(([m]) => m));
     console.log(
-      "decode path checked: prefill + step equals forward for both models (f32, atol and rtol 1e-3)",
+      `decode path checked: prefill + step equals forward for the ${models.length} models (f32, atol and rtol 1e-3)`,
     );
     for (const context of cfg.contexts) {
       // room for the warm-up and every timed loop of both modes
@@ -301,7 +376,7 @@ export async function decodeThroughput(
                 });
               });
             }
-            const cell = rows.slice(-4);
+            const cell = rows.slice(-2 * models.length);
             console.log(
               `  context ${fmtK(context)}, B = ${B}: ` +
                 cell.map((r) => `${r.model} ${r.mode} ${r.tokensPerSecond.toFixed(1)} tok/s`).join(", "),
@@ -317,38 +392,39 @@ export async function decodeThroughput(
   } finally {
     mamba.dispose();
     transformer.dispose();
+    jamba?.dispose();
   }
   const get = (m: string, c: number, B: number, mode: string) =>
     rows.find((r) => r.model === m && r.context === c && r.B === B && r.mode === mode)!;
   const body: string[][] = [];
+  const hasJ = kinds.includes("jamba");
   for (const c of cfg.contexts) {
     for (const B of cfg.batches) {
       for (const mode of ["device", "host"] as const) {
-        const a = get("mamba", c, B, mode), t = get("transformer", c, B, mode);
+        const [a, t, j] = kinds.map((k) => get(k, c, B, mode));
+        const vs = (r: DecodeRow) => `${(r.tokensPerSecond / t.tokensPerSecond).toFixed(2)}x`;
         body.push([
           fmtK(c),
           `${B}`,
           mode,
-          a.tokensPerSecond.toFixed(1),
-          t.tokensPerSecond.toFixed(1),
-          `${(a.tokensPerSecond / t.tokensPerSecond).toFixed(2)}x`,
-          a.msPerStep.toFixed(1),
-          t.msPerStep.toFixed(1),
-          fmtBytes(a.stateBytes),
-          fmtBytes(t.stateBytes),
+          ...[a, t, ...(hasJ ? [j] : [])].map((r) => r.tokensPerSecond.toFixed(1)),
+          vs(a),
+          ...(hasJ ? [vs(j)] : []),
+          ...[a, t, ...(hasJ ? [j] : [])].map((r) => fmtBytes(r.stateBytes)),
         ]);
       }
     }
   }
-  const mp = mamba.numParameters(), tp = transformer.numParameters();
+  const [mp, tp] = [mamba, transformer].map((m) => m.numParameters());
+  const jp = jamba?.numParameters() ?? 0;
+  // active: each of the nLayer MoE layers runs 2 of its 4 experts (SwiGLU, 3 D x D weights, no biases)
+  const jActive = jp - nLayer * (4 - 2) * 3 * D * D;
   const prefill = cfg.contexts.map((c) => {
-    const a = get("mamba", c, cfg.batches[0], "device"), t = get("transformer", c, cfg.batches[0], "device");
+    const r = kinds.map((k) => get(k, c, cfg.batches[0], "device"));
     return [
       fmtK(c),
-      a.prefillMs.toFixed(0),
-      t.prefillMs.toFixed(0),
-      ((1000 * c) / a.prefillMs).toFixed(0),
-      ((1000 * c) / t.prefillMs).toFixed(0),
+      ...r.map((x) => x.prefillMs.toFixed(0)),
+      ...r.map((x) => ((1000 * c) / x.prefillMs).toFixed(0)),
     ];
   });
   // the target: MambaLM at least twice the Transformer's tokens/s at 1K context, batch 1, argmax on the device
@@ -359,11 +435,19 @@ export async function decodeThroughput(
   const target = `target: MambaLM >= 2x the Transformer's tokens/s at 1K, B 1 (device argmax): ${
     ratio === null ? "" : `${ratio.toFixed(2)}x, `
   }${verdict(ratio === null ? null : ratio >= 2)}`;
+  const J = (...x: string[]) => (hasJ ? x : []);
   const text = [
     `Greedy decoding, MambaLM (D = ${D}, ${2 * nLayer} blocks, N = 16, ${mp} parameters) vs TransformerLM ` +
-    `(D = ${D}, ${nLayer} blocks, 4 heads, RoPE, KV cache, ${tp} parameters), V = ${V}; median of ${trials} ` +
-    `loops of ${steps} steps. device: argmax on the device, one readback per loop; host: logits read back ` +
-    `every token (a host-side sampler). tok/s counts every sequence of the batch.`,
+    `(D = ${D}, ${nLayer} blocks, 4 heads, RoPE, KV cache, ${tp} parameters)` +
+    (hasJ
+      ? ` vs JambaLM (D = ${D}, ${
+        2 * nLayer
+      } layers, attention:Mamba 1:3, MoE 4 experts top 2 hidden D every 2nd ` +
+        `layer, SwiGLU hidden D between, Mamba inner norms, ${jp} parameters, ${jActive} active)`
+      : "") +
+    `, V = ${V}; median of ${trials} loops of ${steps} steps. device: argmax on the device, one readback per ` +
+    `loop; host: logits read back every token (a host-side sampler). tok/s counts every sequence of the batch; ` +
+    `"cache": the filled KV cache plus recurrent state for the batch.`,
     table(
       [
         "context",
@@ -371,16 +455,24 @@ export async function decodeThroughput(
         "mode",
         "mamba tok/s",
         "transformer tok/s",
+        ...J("jamba tok/s"),
         "mamba / transformer",
-        "mamba ms/step",
-        "transformer ms/step",
-        "mamba state",
-        "KV cache",
+        ...J("jamba / transformer"),
+        "mamba cache",
+        "transformer cache",
+        ...J("jamba cache"),
       ],
       body,
     ),
     `\nPrefill of the context at B = 1 (one run each, synchronised)`,
-    table(["context", "mamba ms", "transformer ms", "mamba tok/s", "transformer tok/s"], prefill),
+    table(
+      [
+        "context",
+        ...kinds.map((k) => `${k} ms`),
+        ...kinds.map((k) => `${k} tok/s`),
+      ],
+      prefill,
+    ),
     `\n${target}`,
   ].join("\n");
   return { rows, text, config: cfg };
