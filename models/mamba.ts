@@ -308,13 +308,15 @@ export class Mamba<S extends boolean = true> extends Module {
 
   /**
    * The parameters {@link mambaLayerStep} takes for this (selective) block, with the RMSNorm weight (or
-   * null) and epsilon that come before it. Not for a block with `innerNorm` (mambaLayerStep has no inner
-   * norms).
+   * null) and epsilon that come before it; with `innerNorm`, the inner norms' weights too.
    */
   stepParams(normWeight: Tensor | null, eps: number): MambaStepParams {
     if (!this.xProj || !this.dtProj) throw new Error("Mamba.stepParams: an LTI block has no xProj or dtProj");
-    if (this.dtNorm) throw new Error("Mamba.stepParams: mambaLayerStep has no inner norms (innerNorm: true)");
+    const inner = this.dtNorm && this.BNorm && this.CNorm
+      ? { dt: this.dtNorm.weight, B: this.BNorm.weight, C: this.CNorm.weight, eps: this.dtNorm.eps }
+      : null;
     return {
+      inner,
       normWeight,
       eps,
       inW: this.inProj.weight,
@@ -332,14 +334,14 @@ export class Mamba<S extends boolean = true> extends Module {
   /**
    * One token of the residual layer x + Mamba(norm x) (`norm` an RMSNorm's weight and epsilon, or null):
    * x (B, D) -> `{ y (B, D), state }`. A selective block runs {@link mambaLayerStep} (2 dispatches on
-   * WebGPU when no gradient is recorded); an LTI block or one with `innerNorm` composes {@link Mamba.step}.
+   * WebGPU when no gradient is recorded; with `innerNorm` too); an LTI block composes {@link Mamba.step}.
    */
   stepResidual(
     x: Tensor,
     state: MambaState,
     norm: { weight: Tensor; eps: number } | null,
   ): { y: Tensor; state: MambaState } {
-    if (this.selective && !this.dtNorm) {
+    if (this.selective) {
       return mambaLayerStep(x, this.stepParams(norm?.weight ?? null, norm?.eps ?? 0), state);
     }
     return tidy(() => {

@@ -56,6 +56,11 @@ export interface MambaStepParams {
   D: Tensor;
   /** Out-projection (ED, D). */
   outW: Tensor;
+  /**
+   * Jamba's RMSNorms after x_proj (the Mamba block's `innerNorm`): weights of delta's low-rank input (R), of
+   * B (N) and of C (N), and their epsilon; absent or null for Mamba's block.
+   */
+  inner?: { dt: Tensor; B: Tensor; C: Tensor; eps: number } | null;
 }
 
 /** A layer's recurrent state: conv (B, ED, W - 1), ssm (B, ED, N). */
@@ -78,14 +83,23 @@ function composed(x: Tensor, p: MambaStepParams, st: MambaStepState): { y: Tenso
       version: "composed",
     });
     const xdbl = matmul(c.y, p.xProjW); // (B, R + 2N)
-    const dt = matmul(xdbl.slice([null, [0, R]]), p.dtW); // (B, ED)
+    let [dtIn, Bm, Cm] = [
+      xdbl.slice([null, [0, R]]),
+      xdbl.slice([null, [R, R + N]]),
+      xdbl.slice([null, [R + N, R + 2 * N]]),
+    ];
+    if (p.inner) {
+      const { dt: wd, B: wb, C: wc, eps } = p.inner;
+      [dtIn, Bm, Cm] = [rmsNorm(dtIn, wd, eps), rmsNorm(Bm, wb, eps), rmsNorm(Cm, wc, eps)];
+    }
+    const dt = matmul(dtIn, p.dtW); // (B, ED)
     const s = selectiveScanStep(
       st.ssm,
       c.y,
       dt,
       neg(exp(p.ALog)),
-      xdbl.slice([null, [R, R + N]]),
-      xdbl.slice([null, [R + N, R + 2 * N]]),
+      Bm,
+      Cm,
       {
         D: p.D,
         z: xz.slice([null, [ED, 2 * ED]]),
@@ -138,7 +152,8 @@ export function mambaLayerStep(
     x,
     state.conv,
     state.ssm,
-    ...Object.values(p).filter((t): t is Tensor => typeof t === "object" && !!t),
+    ...Object.values(p).filter((t): t is Tensor => typeof t === "object" && !!t && t !== p.inner),
+    ...(p.inner ? [p.inner.dt, p.inner.B, p.inner.C] : []),
   ];
   const graph = isGradEnabled() && all.some((t) => t.requiresGrad);
   const dense = all.every((t) => t.isContiguous && t.offset === 0 && t.dtype === "f32");
@@ -157,6 +172,26 @@ export function mambaLayerStep(
         `R ${R}`,
     );
   }
+  const two = ssmStepV3Fits((R + 2 * N) / 4) &&
+    gpu().limits.maxStorageBuffersPerShaderStage >= SSM_OUT_BUFFERS + (p.inner ? 3 : 0);
+  if (p.inner) {
+    // only v5 takes the inner norms; elsewhere they are composed
+    if (version !== "auto" && version !== "fused" && version !== "v5") {
+      throw new Error(
+        `${op}: version "${version}" has no inner norms (Jamba's block); use "v5", "auto" or "composed"`,
+      );
+    }
+    if (!aligned || !two) {
+      if (version === "v5") {
+        throw new Error(
+          `${op}: version "v5" with inner norms needs D, ED, N, R divisible by 4, x_proj rows of at most 256 ` +
+            `values and ${SSM_OUT_BUFFERS + 3} storage buffers`,
+        );
+      }
+      return composed(x, p, state);
+    }
+    return fusedV5(x, p, state);
+  }
   if (version === "v1" || !aligned) return fusedV1(x, p, state);
   const fits = ssmStepV3Fits((R + 2 * N) / 4);
   if ((version === "v3" || version === "v5") && !fits) {
@@ -166,7 +201,6 @@ export function mambaLayerStep(
       }`,
     );
   }
-  const two = fits && gpu().limits.maxStorageBuffersPerShaderStage >= SSM_OUT_BUFFERS;
   if (version === "v5" && !two) {
     throw new Error(
       `${op}: version "v5" binds ${SSM_OUT_BUFFERS} storage buffers, over this adapter's limit`,
@@ -372,16 +406,17 @@ function fusedV5(x: Tensor, p: MambaStepParams, state: MambaStepState): { y: Ten
     });
     gpu().run({
       name: `${op} ssm-out-step`,
-      key: `ssm-out v1|${N}|${R}`,
-      source: () => ssmOutStepV1(N, R),
+      key: `ssm-out v1|${N}|${R}|${!!p.inner}`,
+      source: () => ssmOutStepV1(N, R, !!p.inner),
       bindings: [
         ...[x, xc, z, state.ssm, p.xProjW, p.dtW, p.dtB, p.ALog, p.D].flatMap(r),
         w(y),
         w(ssm),
         ...r(p.outW),
         w(out),
+        ...(p.inner ? [p.inner.dt, p.inner.B, p.inner.C].flatMap(r) : []),
       ],
-      uniforms: new Uniforms().u32(Bn, D, ED).f32(p.eps).build(),
+      uniforms: new Uniforms().u32(Bn, D, ED).f32(p.eps).f32(p.inner?.eps ?? 0).build(),
       workgroups: [1, Bn, 1],
     });
   } catch (e) {

@@ -88,6 +88,82 @@ describe("mambaLayerStep v2", () => {
   );
 });
 
+describe("mambaLayerStep with Jamba's inner norms", () => {
+  test(
+    "v5 normalises delta's input, B and C as the composed ops do (random norm weights, 3 tokens), " +
+      "and Mamba.stepResidual stepping equals Mamba.forward",
+    scoped(async () => {
+      requireGpu();
+      for (const [D, N, R, B] of [[8, 4, 4, 1], [16, 16, 8, 3], [128, 16, 8, 1]]) {
+        const m = new s.Mamba({
+          dModel: D,
+          dState: N,
+          dtRank: R,
+          innerNorm: true,
+          seed: D,
+          device: "webgpu",
+        });
+        // the norms' weights start at ones: make them matter
+        for (const [i, n] of [m.dtNorm!, m.BNorm!, m.CNorm!].entries()) {
+          s.noGrad(() => s.copyInto(n.weight, s.randn(n.weight.shape, { seed: 20 + i, device: "webgpu" })));
+        }
+        const nw = s.randn([D], { seed: 4, device: "webgpu" });
+        let st = {
+          conv: s.randn([B, 2 * D, 3], { seed: 5, device: "webgpu" }),
+          ssm: s.randn([B, 2 * D, N], { seed: 6, device: "webgpu" }),
+        };
+        for (let t = 0; t < 3; t++) {
+          const x = s.randn([B, D], { seed: 7 + t, device: "webgpu" });
+          const p = m.stepParams(nw, 1e-5);
+          expect(p.inner).toBeTruthy();
+          const f = s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "v5" }));
+          const c = s.noGrad(() => s.mambaLayerStep(x, p, st, { version: "composed" }));
+          const what = `D ${D} N ${N} R ${R} B ${B} token ${t}`;
+          try {
+            assertClose(await arr(f.y), await arr(c.y), TOL);
+            assertClose(await arr(f.state.ssm), await arr(c.state.ssm), TOL);
+          } catch (e) {
+            throw new Error(`${what}: ${(e as Error).message}`);
+          }
+          st = f.state;
+        }
+        // the model's own step (fused) against its forward over a short sequence
+        const xs = s.randn([B, 5, D], { seed: 30, device: "webgpu" });
+        const want = await arr(s.noGrad(() => xs.add(m.forward(s.rmsNorm(xs, nw, 1e-5)))));
+        let state = m.initialState(B);
+        const got: number[][] = [];
+        for (let t = 0; t < 5; t++) {
+          const r = s.noGrad(() => m.stepResidual(xs.slice([null, t]), state, { weight: nw, eps: 1e-5 }));
+          got.push(await arr(r.y));
+          state = r.state;
+        }
+        const inter: number[] = [];
+        for (let b = 0; b < B; b++) {
+          for (let t = 0; t < 5; t++) inter.push(...got[t].slice(b * D, (b + 1) * D));
+        }
+        assertClose(inter, want, TOL);
+        m.dispose();
+      }
+    }),
+  );
+
+  test(
+    "versions without inner norms refuse them by name",
+    scoped(() => {
+      requireGpu();
+      const m = new s.Mamba({ dModel: 8, dState: 4, dtRank: 4, innerNorm: true, seed: 1, device: "webgpu" });
+      const st = m.initialState(1);
+      const x = s.randn([1, 8], { seed: 2, device: "webgpu" });
+      for (const version of ["v1", "v2", "v3"] as const) {
+        expect(() => s.noGrad(() => s.mambaLayerStep(x, m.stepParams(null, 1e-5), st, { version }))).toThrow(
+          `mambaLayerStep: version "${version}" has no inner norms (Jamba's block); use "v5", "auto" or "composed"`,
+        );
+      }
+      m.dispose();
+    }),
+  );
+});
+
 describe("normHeadStep", () => {
   test(
     "the fused final norm and head equal rmsNorm then matmul, on both devices and at unaligned sizes",

@@ -23,7 +23,8 @@
  * - ssm-step v3: x_proj and ssm-step v2 in one dispatch (one workgroup, or two at batch 1, per batch row:
  *   x_proj's partial sums tree-reduced in workgroup memory); three dispatches per layer instead of four.
  * - ssm-out-step v1: x_proj, the ssm update and the out-projection plus residual in one workgroup per batch
- *   row, after in-step v2 (the largest projection) over every core. The layer's default where it fits.
+ *   row, after in-step v2 (the largest projection) over every core. The layer's default where it fits; it
+ *   also takes Jamba's inner RMSNorms of delta's input, B and C (3 more bindings).
  *   (The whole layer in one workgroup was tried: at batch 1 it runs on one core, no faster.)
  * v2, v3 and ssm-out-step need D, ED, N and the dt rank R divisible by 4 (vec4 rows); other shapes run v1.
  * Weights packed into textures per call (cheap texture loads) were tried: less device time, but the copies
@@ -389,7 +390,10 @@ ${flatId(MSTEP_WG2)}
 }`;
 }
 
-/** Storage buffers ssm-out-step v1 binds (with the uniform block, which lavapipe binds as storage). */
+/**
+ * Storage buffers ssm-out-step v1 binds (with the uniform block, which lavapipe binds as storage); with
+ * inner norms 3 more.
+ */
 export const SSM_OUT_BUFFERS = 14;
 
 /**
@@ -398,23 +402,46 @@ export const SSM_OUT_BUFFERS = 14;
  * reduction and ssm update, a storage barrier, then the out-projection plus residual (output groups t,
  * t + SSM3_WG, ...). At batch 1 the fixed cost of a dispatch on lavapipe (~50 us, more than these
  * projections' loads) outweighs spreading this work over both cores. (Folding the in-step in as well, one
- * dispatch per layer, was measured no faster: the in-step then runs on one core.) Uniforms: [Bn, D, ED, eps
- * (f32 bits)]. Bindings (vec4 arrays): x, xc, z, ssm state, x_proj weight, dt_proj weight, dt_proj bias,
- * ALog, D, y (scratch), the new ssm state, out-projection, out.
+ * dispatch per layer, was measured no faster: the in-step then runs on one core.) With `inner` (Jamba's
+ * block) x_proj's three parts are RMS-normalised, each with its own weight, before the update. Uniforms:
+ * [Bn, D, ED, eps, inner eps (f32 bits)]. Bindings (vec4 arrays): x, xc, z, ssm state, x_proj weight,
+ * dt_proj weight, dt_proj bias, ALog, D, y (scratch), the new ssm state, out-projection, out; with `inner`
+ * the norm weights of delta's input (R), B (N) and C (N).
  */
-export function ssmOutStepV1(N: number, R: number): string {
+export function ssmOutStepV1(N: number, R: number, inner = false): string {
   const names: [string, boolean][] = [["X", false], ["XC", false], ["Z", false]];
   names.push(["ST", false], ["XW", false], ["DW", false]);
   names.push(["DB", false], ["AL", false], ["DS", false], ["Y", true], ["NS", true], ["WO", false]);
   names.push(["OUT", true]);
+  if (inner) names.push(["NDT", false], ["NB", false], ["NC", false]);
   const T = SSM3_WG;
+  const R4 = R / 4, N4 = N / 4;
+  const P4 = R4 + 2 * N4;
   // the body of ssm-step v3 after its prologue
   const ssmSrc = ssmStepV3(N, R);
-  const ssmBody = ssmSrc.slice(ssmSrc.indexOf("  var p0 = "), ssmSrc.lastIndexOf("}"))
+  let ssmBody = ssmSrc.slice(ssmSrc.indexOf("  var p0 = "), ssmSrc.lastIndexOf("}"))
     .replace("t * S + wid.x", "t").replace(`S * ${T}u`, `${T}u`);
-  const P4 = R / 4 + N / 2;
-  return `// mamba ssm-out-step v1 N=${N} R=${R}
-${uniformDecl(4)}
+  if (inner) {
+    // Jamba's RMSNorms of x_proj's three parts (delta's input, B, C), each scaled by the inverse RMS of its
+    // own values and its weight, before the update reads them
+    const seg = (name: string, lo: number, n4: number, len: number, W: string) => {
+      const gs = [...Array(n4).keys()].map((i) => lo + i);
+      return {
+        pre: `var ss${name} = 0.0; ${gs.map((g) => `ss${name} += dot(wp[${g}u], wp[${g}u]);`).join(" ")}
+  let rs${name} = inverseSqrt(ss${name} / ${len}.0 + UF(4u));`,
+        lets: gs.map((g) => `let x${g} = wp[${g}u] * rs${name} * ${W}[${g - lo}u];`),
+      };
+    };
+    const parts = [seg("dt", 0, R4, R, "NDT"), seg("b", R4, N4, N, "NB"), seg("c", R4 + N4, N4, N, "NC")];
+    const plain = [...Array(P4).keys()].map((g) => `let x${g} = wp[${g}u];`).join("\n  ");
+    if (!ssmBody.includes(plain)) throw new Error("ssmOutStepV1: ssm-step v3's x_proj reads moved");
+    ssmBody = ssmBody.replace(
+      plain,
+      `${parts.map((p) => p.pre).join("\n  ")}\n  ${parts.flatMap((p) => p.lets).join("\n  ")}`,
+    );
+  }
+  return `// mamba ssm-out-step v1 N=${N} R=${R}${inner ? " inner norms" : ""}
+${uniformDecl(5)}
 ${decl4(names)}
 ${SOFTPLUS}
 var<workgroup> wp: array<vec4<f32>, ${T * P4}>;
