@@ -1,8 +1,11 @@
 /**
  * The synthetic tasks of the Mamba paper (Gu and Dao, arXiv 2312.00752, section 4.1; docs/papers.md, Mamba):
  * {@link selectiveCopying} (remember the data tokens scattered among noise, then recite them in order) and
- * {@link inductionHeads} (after `special x ... special`, answer `x`). Both return plain row-major `Int32Array`s
- * (B, L) with a shape, so they need no device: wrap them with `tensor(inputs, {shape, dtype: "i32"})`.
+ * {@link inductionHeads} (after `special x ... special`, answer `x`); and two in-context probes for the
+ * Jamba ablations (Lieber et al., arXiv 2403.19887; docs/papers.md, Jamba): {@link associativeRecall}
+ * (key-value pairs, then queries) and {@link fewShotLabels} (labelled examples, then a query that must be
+ * answered with one of the two label tokens of its row). All return plain row-major `Int32Array`s (B, L) with
+ * a shape, so they need no device: wrap them with `tensor(inputs, {shape, dtype: "i32"})`.
  * Targets hold the token the model must emit at each position, or `ignoreIndex` where nothing is scored; a
  * language model's logits at position t (having read inputs 0..t) are compared with targets[t].
  *
@@ -11,11 +14,15 @@
  *
  * @example
  * ```ts
- * import { inductionHeads, selectiveCopying } from "seqlab";
+ * import { associativeRecall, fewShotLabels, inductionHeads, selectiveCopying } from "seqlab";
  * const c = selectiveCopying({ batch: 2, length: 32, nTokens: 4, vocab: 8, seed: 1 });
  * console.log(c.shape, c.scored); // [2, 32] 4
  * const h = inductionHeads({ batch: 2, length: 64, vocab: 16, seed: 1 });
  * console.log(h.inputs[63] === h.specialToken, h.targets[63] === h.answers[0]); // true true
+ * const r = associativeRecall({ batch: 2, length: 24, nPairs: 4, vocab: 16, seed: 1 });
+ * console.log(r.scored, r.nQueries); // 8 8
+ * const f = fewShotLabels({ batch: 2, length: 48, seed: 1 });
+ * console.log(f.shots, f.targets[47] === f.answers[0]); // 8 true
  * ```
  * @module
  */
@@ -251,6 +258,236 @@ export function inductionHeads(o: TaskOptions): InductionHeadsBatch {
     scored: 1,
     specialToken: special,
     triggers,
+    answers,
+  };
+}
+
+/** Options of {@link associativeRecall}. */
+export interface AssociativeRecallOptions extends TaskOptions {
+  /** Key-value pairs per row (default 8); at most the number of key tokens, floor(vocab / 2). */
+  nPairs?: number;
+}
+
+/** An {@link associativeRecall} batch. */
+export interface AssociativeRecallBatch extends TaskBatch {
+  /** Pairs per row. */
+  nPairs: number;
+  /** Queries per row (ceil((L - 2 nPairs) / 2)); each is scored. */
+  nQueries: number;
+  /** Keys are tokens 0 .. nKeys - 1, values nKeys .. vocab - 1 (nKeys = floor(vocab / 2)). */
+  nKeys: number;
+  /** Each row's keys in order (B, nPairs), distinct within a row. */
+  keys: Int32Array;
+  /** Each row's values (B, nPairs), values[b, i] bound to keys[b, i]. */
+  values: Int32Array;
+}
+
+/**
+ * Multi-query associative recall (the in-context retrieval behind induction heads, with many keys): each row
+ * starts with `nPairs` pairs `k v` (distinct keys from 0 .. nKeys - 1, values uniform over nKeys .. vocab - 1,
+ * nKeys = floor(vocab / 2)), then alternates a query key (one of the row's keys, uniform) and its value. The
+ * target at every query position is the value bound to that key; the value that follows as input is the
+ * teacher-forced answer (unscored), so a language model is scored on recall alone. When L - 2 nPairs is odd
+ * the row ends with a query. The pairs differ per row, so the bindings can only be read from the context.
+ *
+ * @example
+ * ```ts
+ * import { associativeRecall } from "seqlab";
+ * const t = associativeRecall({ batch: 1, length: 11, nPairs: 3, vocab: 10, seed: 4 });
+ * const x = Array.from(t.inputs), bind = new Map([[x[0], x[1]], [x[2], x[3]], [x[4], x[5]]]);
+ * console.log(t.nQueries, t.targets[6] === bind.get(x[6]), t.targets[10] === bind.get(x[10])); // 3 true true
+ * ```
+ */
+export function associativeRecall(o: AssociativeRecallOptions): AssociativeRecallBatch {
+  const op = "associativeRecall";
+  const { B, L, V, seed, ignoreIndex } = common(op, o, 4);
+  const nKeys = Math.floor(V / 2);
+  const n = positiveInt(op, "nPairs", o.nPairs ?? 8);
+  if (n > nKeys) {
+    throw new Error(
+      `${op}: nPairs ${n} exceeds the ${nKeys} key tokens of vocab ${V} (keys are the lower half)`,
+    );
+  }
+  if (L < 2 * n + 1) {
+    throw new Error(
+      `${op}: length ${L} must be at least 2 * nPairs + 1 = ${2 * n + 1} (the pairs and a query)`,
+    );
+  }
+  const Q = Math.ceil((L - 2 * n) / 2);
+  const inputs = new Int32Array(B * L), targets = new Int32Array(B * L).fill(ignoreIndex);
+  const keys = new Int32Array(B * n), values = new Int32Array(B * n);
+  const rng = new IntStream(seed, 0xa55c);
+  const pool = new Int32Array(nKeys);
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < nKeys; i++) pool[i] = i;
+    const row = b * L;
+    for (let i = 0; i < n; i++) {
+      const j = i + rng.below(nKeys - i); // distinct keys: a partial Fisher-Yates shuffle
+      const k = pool[j];
+      pool[j] = pool[i];
+      pool[i] = k;
+      const v = nKeys + rng.below(V - nKeys);
+      keys[b * n + i] = k;
+      values[b * n + i] = v;
+      inputs[row + 2 * i] = k;
+      inputs[row + 2 * i + 1] = v;
+    }
+    for (let q = 0; q < Q; q++) {
+      const i = rng.below(n), t = row + 2 * n + 2 * q;
+      inputs[t] = keys[b * n + i];
+      targets[t] = values[b * n + i];
+      if (2 * n + 2 * q + 1 < L) inputs[t + 1] = values[b * n + i];
+    }
+  }
+  return {
+    inputs,
+    targets,
+    shape: [B, L],
+    ignoreIndex,
+    vocab: V,
+    scored: Q,
+    nPairs: n,
+    nQueries: Q,
+    nKeys,
+    keys,
+    values,
+  };
+}
+
+/** Options of {@link fewShotLabels}. */
+export interface FewShotLabelsOptions extends Omit<TaskOptions, "vocab"> {
+  /** Words per example m, odd so that the majority is defined (default 3). */
+  inputLength?: number;
+  /** Label tokens in the pool (default 8); each row uses two of them. */
+  nLabels?: number;
+  /** Words of each class (default 4): 2 nWords word tokens. */
+  nWords?: number;
+  /** Vocabulary size (default and minimum 2 + nLabels + 2 nWords; tokens past that minimum are unused). */
+  vocab?: number;
+  /** Also score the label of every example, not only the query's (default false). */
+  scoreShots?: boolean;
+}
+
+/** A {@link fewShotLabels} batch. */
+export interface FewShotLabelsBatch extends TaskBatch {
+  /** Labelled examples before the query: floor((L + 1) / (m + 2)) - 1. */
+  shots: number;
+  /** Words per example m. */
+  inputLength: number;
+  /** The padding token (0), filling the start of a row. */
+  padToken: number;
+  /** The separator (1) between an example's words and its label; the query ends with it. */
+  sepToken: number;
+  /** The first label token (2); the pool is firstLabel .. firstLabel + nLabels - 1. */
+  firstLabel: number;
+  /** Label tokens in the pool. */
+  nLabels: number;
+  /** Words of class 0 are firstWord .. firstWord + nWords - 1, class 1 the next nWords. */
+  firstWord: number;
+  /** Words per class. */
+  nWords: number;
+  /** Per row (B, 2): the label token of class 0 and of class 1, distinct. */
+  labels: Int32Array;
+  /** Per row: the query's class (B), 0 or 1. */
+  queryClass: Int32Array;
+  /** Per row: the query's label token (B), the target at L - 1. */
+  answers: Int32Array;
+}
+
+/**
+ * A few-shot classification probe in the spirit of Jamba's IMDB few-shot test: each row holds labelled
+ * examples `w_1 .. w_m SEP label`, then a query `w_1 .. w_m SEP` whose label is the target at L - 1. A word
+ * belongs to class 0 or 1 (a fixed lexicon, the same in every row, like sentiment words); an example's class
+ * is the majority class of its words. The two label tokens are drawn per row from a pool of `nLabels`
+ * (distinct, in random order), so which token names which class, and which two tokens are valid answers at
+ * all, can only be read from the row's examples; every row shows both classes at least once. An answer
+ * outside the row's two labels breaks the format, as the paper's pure Mamba model often did. Rows are
+ * left-padded with the pad token to length L.
+ *
+ * @example
+ * ```ts
+ * import { fewShotLabels } from "seqlab";
+ * const t = fewShotLabels({ batch: 1, length: 20, inputLength: 3, seed: 3 });
+ * console.log(t.shots, t.inputs[19] === t.sepToken, t.targets[19] === t.labels[t.queryClass[0]]); // 3 true true
+ * ```
+ */
+export function fewShotLabels(o: FewShotLabelsOptions): FewShotLabelsBatch {
+  const op = "fewShotLabels";
+  if (o === null || typeof o !== "object") throw new Error(`${op}: options must be an object`);
+  const m = positiveInt(op, "inputLength", o.inputLength ?? 3);
+  if (m % 2 === 0) throw new Error(`${op}: inputLength must be odd (a majority of the words), got ${m}`);
+  const nLabels = positiveInt(op, "nLabels", o.nLabels ?? 8, 2);
+  const nWords = positiveInt(op, "nWords", o.nWords ?? 4);
+  const minVocab = 2 + nLabels + 2 * nWords;
+  const { B, L, V, seed, ignoreIndex } = common(op, { ...o, vocab: o.vocab ?? minVocab }, minVocab);
+  const S = Math.floor((L + 1) / (m + 2)) - 1;
+  if (S < 2) {
+    throw new Error(
+      `${op}: length ${L} holds ${Math.max(S, 0)} examples of ${
+        m + 2
+      } tokens before the query; at least 2 are needed ` +
+        `(length >= ${3 * (m + 2) - 1})`,
+    );
+  }
+  const pad = 0, sep = 1, firstLabel = 2, firstWord = 2 + nLabels;
+  const start = L - ((S + 1) * (m + 2) - 1); // left padding
+  const inputs = new Int32Array(B * L), targets = new Int32Array(B * L).fill(ignoreIndex);
+  const labels = new Int32Array(B * 2), queryClass = new Int32Array(B), answers = new Int32Array(B);
+  const rng = new IntStream(seed, 0xf5b1);
+  const cls = new Int32Array(S + 1), words = new Int32Array(m);
+  for (let b = 0; b < B; b++) {
+    const row = b * L;
+    const l0 = rng.below(nLabels), l1 = (l0 + 1 + rng.below(nLabels - 1)) % nLabels;
+    labels[2 * b] = firstLabel + l0;
+    labels[2 * b + 1] = firstLabel + l1;
+    for (let s = 0; s <= S; s++) cls[s] = rng.below(2);
+    let ones = 0;
+    for (let s = 0; s < S; s++) ones += cls[s];
+    if (ones === 0 || ones === S) cls[rng.below(S)] ^= 1; // both classes among the examples
+    inputs.fill(pad, row, row + start);
+    for (let s = 0; s <= S; s++) {
+      const c = cls[s], at = row + start + s * (m + 2);
+      // c's words in the majority: (m + 1) / 2 .. m of them, in random positions
+      const own = (m + 1) / 2 + rng.below(m - (m + 1) / 2 + 1);
+      for (let i = 0; i < m; i++) {
+        const cw = i < own ? c : 1 - c;
+        words[i] = firstWord + cw * nWords + rng.below(nWords);
+      }
+      for (let i = m - 1; i > 0; i--) {
+        const j = rng.below(i + 1), w = words[i];
+        words[i] = words[j];
+        words[j] = w;
+      }
+      inputs.set(words, at);
+      inputs[at + m] = sep;
+      const label = labels[2 * b + c];
+      if (s < S) {
+        inputs[at + m + 1] = label;
+        if (o.scoreShots) targets[at + m] = label;
+      } else {
+        targets[at + m] = label;
+        queryClass[b] = c;
+        answers[b] = label;
+      }
+    }
+  }
+  return {
+    inputs,
+    targets,
+    shape: [B, L],
+    ignoreIndex,
+    vocab: V,
+    scored: o.scoreShots ? S + 1 : 1,
+    shots: S,
+    inputLength: m,
+    padToken: pad,
+    sepToken: sep,
+    firstLabel,
+    nLabels,
+    firstWord,
+    nWords,
+    labels,
+    queryClass,
     answers,
   };
 }
