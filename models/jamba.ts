@@ -4,7 +4,9 @@
  * without positional encoding. Layers repeat in blocks of `blockLayers` (Jamba: 8) with an attention:Mamba
  * ratio `a:m` (Jamba: 1:7, attention at i % 8 == 4) and MoE every `moeEvery` layers (Jamba: 2, at
  * i % 2 == 1). The same class runs the pure-attention and pure-Mamba ablations (`mixer`). Decoding keeps a
- * mixed cache: contiguous K/V for the attention layers, conv and SSM states for the Mamba layers.
+ * mixed cache: contiguous K/V for the attention layers, conv and SSM states for the Mamba layers. For
+ * serving, `initPagedCache` / `forwardPaged` (the `PagedModel` interface) keep the attention layers' K/V in
+ * the paged pools of `ops/paged` and each sequence's Mamba states in a state slot (`models/mamba_paged.ts`).
  * @module
  */
 
@@ -14,12 +16,25 @@ import { noGrad } from "../runtime/autograd.ts";
 import { keep, type Tensor, tidy } from "../runtime/tensor.ts";
 import { zeros } from "../ops/core/creation.ts";
 import { copyInto } from "../ops/core/elementwise.ts";
-import { concat } from "../ops/core/layout.ts";
+import { tensor } from "../ops/core/creation.ts";
+import { concat, gather } from "../ops/core/layout.ts";
 import { attention, attentionDecode } from "../ops/attention/mod.ts";
+import { pagedAttention, pagedPools, pagedPrefill, writeKV } from "../ops/paged/mod.ts";
 import type { SelectiveScanGpuOptions } from "../ops/ssm/mod.ts";
 import { Mamba, type MambaState } from "./mamba.ts";
+import { mambaPagedLayer, mambaStatePools, planMambaBatch } from "./mamba_paged.ts";
 import { MoE, SwiGLU } from "./moe.ts";
 import { Embedding, init, type Initializer, Linear, Module, RMSNorm } from "./nn.ts";
+import { JambaSpecError } from "./jamba_config.ts";
+import {
+  checkPagedBatch,
+  type PagedBatch,
+  PagedBatchError,
+  type PagedCacheConfig,
+  PagedKVCache,
+  type PagedModel,
+  type PagedTensors,
+} from "./paged.ts";
 
 /** Configuration of a {@link JambaLM}; defaults are Jamba's layout (sizes are the caller's). */
 export interface JambaLMConfig {
@@ -90,8 +105,8 @@ export interface JambaLayout {
 }
 
 /**
- * The layer layout of a Jamba configuration, checked: throws a named error when the ratio's group does not
- * divide the block, the block does not divide the layers, or K > n.
+ * The layer layout of a Jamba configuration, checked: throws a {@link JambaSpecError} when the ratio's group
+ * does not divide the block, the block does not divide the layers, K > n, or the mixer is unknown.
  *
  * @example
  * ```ts
@@ -109,34 +124,44 @@ export function jambaLayout(
   const L = cfg.nLayer, l = cfg.blockLayers ?? 8, e = cfg.moeEvery ?? 2;
   const mixer = cfg.mixer ?? "hybrid";
   if (!["hybrid", "attention", "mamba"].includes(mixer)) {
-    throw new Error(`JambaLM: mixer must be "hybrid", "attention" or "mamba", got ${JSON.stringify(mixer)}`);
+    throw new JambaSpecError(
+      `JambaLM: mixer must be "hybrid", "attention" or "mamba", got ${JSON.stringify(mixer)}`,
+    );
   }
   const [a, m] = mixer === "attention" ? [1, 0] : mixer === "mamba" ? [0, 1] : cfg.attnRatio ?? [1, 7];
   const n = cfg.nExperts ?? 16, K = cfg.topK ?? 2;
   for (const [name, v] of [["nLayer", L], ["blockLayers", l], ["nExperts", n], ["topK", K]] as const) {
     if (!Number.isInteger(v) || v < 1) {
-      throw new Error(`JambaLM: ${name} must be a positive integer, got ${v}`);
+      throw new JambaSpecError(`JambaLM: ${name} must be a positive integer, got ${v}`);
     }
   }
   if (!Number.isInteger(a) || !Number.isInteger(m) || a < 0 || m < 0 || a + m < 1) {
-    throw new Error(`JambaLM: attnRatio must be two non-negative integers a:m, not both 0, got ${a}:${m}`);
+    throw new JambaSpecError(
+      `JambaLM: attnRatio must be two non-negative integers a:m, not both 0, got ${a}:${m}`,
+    );
   }
-  if (!Number.isInteger(e) || e < 0) throw new Error(`JambaLM: moeEvery must be an integer >= 0, got ${e}`);
+  if (!Number.isInteger(e) || e < 0) {
+    throw new JambaSpecError(`JambaLM: moeEvery must be an integer >= 0, got ${e}`);
+  }
   const g = a + m;
   if (l % g !== 0) {
-    throw new Error(
+    throw new JambaSpecError(
       `JambaLM: the attention:Mamba ratio ${a}:${m} (groups of ${g} layers) does not divide a block of ${l} layers`,
     );
   }
-  if (L % l !== 0) throw new Error(`JambaLM: nLayer = ${L} is not a multiple of blockLayers = ${l}`);
+  if (L % l !== 0) throw new JambaSpecError(`JambaLM: nLayer = ${L} is not a multiple of blockLayers = ${l}`);
   if (e > 0 && l % e !== 0) {
-    throw new Error(`JambaLM: moeEvery = ${e} does not divide a block of ${l} layers`);
+    throw new JambaSpecError(`JambaLM: moeEvery = ${e} does not divide a block of ${l} layers`);
   }
   const off = mixer === "hybrid" ? cfg.attnOffset ?? (m > 0 ? Math.floor(g / 2) : 0) : 0;
   if (!Number.isInteger(off) || off < 0 || off + a > g) {
-    throw new Error(`JambaLM: attnOffset = ${off} puts attention outside a group of ${g} layers (${a}:${m})`);
+    throw new JambaSpecError(
+      `JambaLM: attnOffset = ${off} puts attention outside a group of ${g} layers (${a}:${m})`,
+    );
   }
-  if (e > 0 && K > n) throw new Error(`JambaLM: topK = ${K} is more than the nExperts = ${n} experts`);
+  if (e > 0 && K > n) {
+    throw new JambaSpecError(`JambaLM: topK = ${K} is more than the nExperts = ${n} experts`);
+  }
   const mixers = Array.from({ length: L }, (_, i) => {
     const j = (i % g) - off;
     return j >= 0 && j < a ? "attention" as const : "mamba" as const;
@@ -212,6 +237,22 @@ export class JambaAttention extends Module {
     copyInto(cache.v.slice([null, null, [p, p + 1]]), v.transpose(1, 2));
     const { o } = attentionDecode(q.transpose(1, 2), cache.k, cache.v, { length: p + 1 }); // (B, H, 1, Dh)
     return this.wo.forward(o.transpose(1, 2).reshape([B, 1, D]));
+  }
+
+  /**
+   * A ragged paged batch, x (1, N, D): writes the rows' keys and values into their `slots` of the pools and
+   * attends each row to its sequence's pages (decode when every sequence has one new row, chunked prefill
+   * otherwise) -> (1, N, D). No positions (Jamba's attention has none). Inference only.
+   */
+  forwardPaged(x: Tensor, pool: { k: Tensor; v: Tensor }, m: PagedTensors): Tensor {
+    const N = x.shape[1], H = this.nHead, Hkv = this.nKvHead, Dh = this.dModel / H;
+    const [q, k, v] = this.#qkv(x); // (1, N, H, Dh), (1, N, Hkv, Dh) x 2
+    writeKV(pool.k, pool.v, k.reshape([N, Hkv, Dh]), v.reshape([N, Hkv, Dh]), m.slots);
+    const q3 = q.reshape([N, H, Dh]);
+    const { o } = m.decode
+      ? pagedAttention(q3, pool.k, pool.v, m.blockTables, m.contextLens)
+      : pagedPrefill(q3, pool.k, pool.v, m.blockTables, m.contextLens, m.queryStarts); // (N, H, Dh)
+    return this.wo.forward(o.reshape([1, N, this.dModel])); // (1, N, D)
   }
 }
 
@@ -340,7 +381,7 @@ export interface JambaOutput {
  * lm.dispose();
  * ```
  */
-export class JambaLM extends Module {
+export class JambaLM extends Module implements PagedModel {
   /** Token embedding (V, D). */
   embed: Embedding;
   /** The layers. */
@@ -357,17 +398,17 @@ export class JambaLM extends Module {
   readonly #dh: number;
   readonly #hkv: number;
 
-  /** Creates the model's parameters; throws a named error on an inconsistent configuration. */
+  /** Creates the model's parameters; throws a {@link JambaSpecError} on an inconsistent configuration. */
   constructor(cfg: JambaLMConfig) {
     super();
     const V = cfg.vocabSize, D = cfg.dModel, H = cfg.nHead, Hkv = cfg.nKvHead ?? H;
     for (const [n, v] of [["vocabSize", V], ["dModel", D], ["nHead", H], ["nKvHead", Hkv]] as const) {
       if (!Number.isInteger(v) || v < 1) {
-        throw new Error(`JambaLM: ${n} must be a positive integer, got ${v}`);
+        throw new JambaSpecError(`JambaLM: ${n} must be a positive integer, got ${v}`);
       }
     }
-    if (D % H !== 0) throw new Error(`JambaLM: nHead = ${H} must divide dModel = ${D}`);
-    if (H % Hkv !== 0) throw new Error(`JambaLM: nKvHead = ${Hkv} must divide nHead = ${H}`);
+    if (D % H !== 0) throw new JambaSpecError(`JambaLM: nHead = ${H} must divide dModel = ${D}`);
+    if (H % Hkv !== 0) throw new JambaSpecError(`JambaLM: nKvHead = ${Hkv} must divide nHead = ${H}`);
     this.layout = jambaLayout(cfg);
     this.config = { ...cfg };
     const L = cfg.nLayer, F = cfg.dFf ?? 4 * D, eps = cfg.eps ?? 1e-6, std = cfg.initStd ?? 0.02;
@@ -593,5 +634,126 @@ export class JambaLM extends Module {
   /** Vocabulary size (the logits' width). */
   get vocabSize(): number {
     return this.config.vocabSize;
+  }
+
+  /**
+   * A paged cache for the serving engine (`LLMEngine`) or {@link JambaLM.forwardPaged}: a key and a value
+   * pool of (numBlocks, Hkv, blockSize, D / H) per attention layer only, and per Mamba layer a conv pool
+   * (maxSeqs, ED, dConv - 1) and an SSM pool (maxSeqs, ED, N): `maxSeqs` state slots, one per sequence in
+   * flight (required when the model has Mamba layers). Exempt from `tidy`; free it with its `dispose()`.
+   */
+  initPagedCache(cfg: PagedCacheConfig): PagedKVCache {
+    const op = "JambaLM.initPagedCache", bs = cfg.blockSize ?? 16;
+    if (!Number.isInteger(cfg.numBlocks) || cfg.numBlocks < 1) {
+      throw new PagedBatchError(`${op}: numBlocks must be a positive integer, got ${cfg.numBlocks}`);
+    }
+    const mambas = this.layers.flatMap((l) => (l.mamba ? [l.mamba] : []));
+    if (mambas.length && (!Number.isInteger(cfg.maxSeqs) || cfg.maxSeqs! < 1)) {
+      throw new PagedBatchError(
+        `${op}: maxSeqs (state slots) must be a positive integer for a model with ${mambas.length} Mamba layers, got ${cfg.maxSeqs}`,
+      );
+    }
+    const o = { device: this.embed.weight.device, dtype: this.embed.weight.dtype };
+    const pools = this.layers.flatMap((
+      l,
+    ) => (l.attn ? [pagedPools(cfg.numBlocks, this.#hkv, bs, this.#dh, o)] : []));
+    const state = mambas.flatMap((m) => {
+      const p = mambaStatePools(m, cfg.maxSeqs!);
+      return [keep(p.conv), keep(p.ssm)];
+    });
+    return new PagedKVCache(pools.map((p) => keep(p.k)), pools.map((p) => keep(p.v)), cfg.numBlocks, bs, {
+      state,
+      stateSlots: mambas.length ? cfg.maxSeqs : 0,
+      signature: this.#sig,
+    });
+  }
+
+  /**
+   * Runs a ragged batch of new tokens from many sequences against a paged cache (see {@link PagedBatch}):
+   * the attention layers write their keys and values into the slots the batch names and attend over each
+   * sequence's pages; the Mamba layers continue each sequence's state from its `stateSlots` entry (a
+   * sequence whose new tokens start at position 0 starts from a zero state) and leave the new state there.
+   * Returns the logits of each sequence's last new token, (S, V), or with `allRows` of every new token,
+   * (N, V); a sequence's logits equal {@link JambaLM.forward} over its whole context. Inference only.
+   * Throws a `PagedBatchError` for a batch that does not fit (a missing or out-of-range state slot among
+   * them) or a cache made for another configuration.
+   *
+   * @example
+   * ```ts
+   * import { JambaLM } from "seqlab";
+   * const lm = new JambaLM({
+   *   vocabSize: 7, dModel: 8, nLayer: 2, blockLayers: 2, attnRatio: [1, 1], moeEvery: 0, nHead: 2,
+   *   dState: 4, seed: 1,
+   * });
+   * const cache = lm.initPagedCache({ numBlocks: 4, blockSize: 8, maxSeqs: 2 });
+   * // one sequence in state slot 1, a 3-token prompt in block 2 (slots 16, 17, 18)
+   * const logits = lm.forwardPaged({
+   *   tokens: new Int32Array([1, 2, 3]), positions: new Int32Array([0, 1, 2]),
+   *   slots: new Int32Array([16, 17, 18]), queryStarts: new Int32Array([0, 3]),
+   *   contextLens: new Int32Array([3]), blockTables: new Int32Array([2]), maxBlocks: 1,
+   *   stateSlots: new Int32Array([1]),
+   * }, cache);
+   * console.log(logits.shape); // [1, 7]
+   * cache.dispose();
+   * lm.dispose();
+   * ```
+   */
+  forwardPaged(batch: PagedBatch, cache: PagedKVCache, opts: { allRows?: boolean } = {}): Tensor {
+    const op = "JambaLM.forwardPaged";
+    if (!(cache instanceof PagedKVCache) || !cache.signature) {
+      throw new PagedBatchError(`${op}: cache must come from JambaLM.initPagedCache`);
+    }
+    if (cache.signature !== this.#sig) {
+      throw new PagedBatchError(
+        `${op}: the cache was made for another configuration (layers ${
+          JSON.parse(cache.signature)[0].length
+        }, its layout or sizes differ from this model's)`,
+      );
+    }
+    if ([...cache.k, ...cache.state][0].disposed) {
+      throw new PagedBatchError(`${op}: the cache has been disposed`);
+    }
+    const { S, N } = checkPagedBatch(op, batch, cache);
+    const V = this.vocabSize, D = this.config.dModel;
+    for (let i = 0; i < N; i++) {
+      if (!(batch.tokens[i] >= 0 && batch.tokens[i] < V)) {
+        throw new PagedBatchError(
+          `${op}: token ${batch.tokens[i]} at row ${i} is outside the vocabulary [0, ${V})`,
+        );
+      }
+    }
+    const device = this.embed.weight.device;
+    return noGrad(() =>
+      tidy(() => {
+        const i32 = (a: Int32Array, shape: number[]) => tensor(a, { dtype: "i32", device, shape });
+        const m: PagedTensors = {
+          slots: i32(batch.slots, [N]),
+          blockTables: i32(batch.blockTables, [S, batch.maxBlocks]),
+          contextLens: i32(batch.contextLens, [S]),
+          queryStarts: i32(batch.queryStarts, [S + 1]),
+          decode: N === S,
+        };
+        const plan = cache.stateSlots > 0 ? planMambaBatch(batch, device) : null;
+        let x = this.embed.forward(i32(batch.tokens, [1, N])); // (1, N, D)
+        let ai = 0, mi = 0;
+        for (const l of this.layers) {
+          if (l.attn) {
+            const pool = { k: cache.k[ai], v: cache.v[ai++] };
+            x = x.add(l.attn.forwardPaged(l.norm1.forward(x), pool, m));
+          } else {
+            const pools = { conv: cache.state[2 * mi], ssm: cache.state[2 * mi++ + 1] };
+            x = mambaPagedLayer(l.mamba!, l.norm1, x.reshape([N, D]), pools, plan!, this.config.scan)
+              .reshape([1, N, D]);
+          }
+          x = l.ffn(x).y;
+        }
+        let h = x.reshape([N, D]); // (N, D)
+        if (!opts.allRows) {
+          const last = Int32Array.from({ length: S }, (_, s) => batch.queryStarts[s + 1] - 1);
+          h = gather(h, i32(last, [S])); // (S, D)
+        }
+        return this.head.forward(this.normF.forward(h)); // (S or N, V)
+      })
+    );
   }
 }

@@ -1,7 +1,10 @@
 /**
  * What a model offers the serving engine (`serve/engine.ts`): a paged K/V cache (per attention layer a pool
  * of fixed-size blocks, see `ops/paged/`) and one call that runs a ragged batch of new tokens from many
- * sequences (prompt chunks and single decode tokens together) against it.
+ * sequences (prompt chunks and single decode tokens together) against it. A model with per-sequence
+ * recurrent state (JambaLM's Mamba layers) also keeps state slots in the cache: one per running sequence,
+ * named by the batch's `stateSlots`; a sequence whose new tokens start at position 0 starts from a zero
+ * state, any other continues from its slot, and the call leaves the state after its last new token there.
  * @module
  */
 
@@ -28,6 +31,12 @@ export interface PagedBatch {
   blockTables: Int32Array;
   /** Columns of `blockTables`. */
   maxBlocks: number;
+  /**
+   * State slot of each sequence (S), distinct, in [0, cache.stateSlots): required when the cache has state
+   * slots (a model with recurrent layers), ignored otherwise. The slot holds the sequence's state between
+   * calls; the caller keeps one slot per live sequence (the engine: `StateSlots`).
+   */
+  stateSlots?: Int32Array;
 }
 
 /** A {@link PagedBatch}'s index arrays as i32 tensors on the model's device (what each layer reads). */
@@ -50,14 +59,42 @@ export interface PagedCacheConfig {
   numBlocks: number;
   /** Tokens per block (8, 16, 32, 64 or 128; default 16). */
   blockSize?: number;
+  /**
+   * Per-sequence state slots, for models with recurrent state (JambaLM with Mamba layers: required there);
+   * the most sequences that can be in flight at once. Models without state ignore it.
+   */
+  maxSeqs?: number;
+}
+
+/** What the paged cache's state side holds besides K/V (see {@link PagedKVCache}'s last argument). */
+export interface PagedStateOptions {
+  /** Per-sequence state pools, each (stateSlots, ...): row i of every pool is slot i. */
+  state?: Tensor[];
+  /** Slots in each state pool (0: the model keeps no state). */
+  stateSlots?: number;
+  /** What the cache was made for (layout and sizes); the model that made it compares it with its own. */
+  signature?: string;
+}
+
+/** A paged batch or cache that does not fit the model or itself; the message names the op and field. */
+export class PagedBatchError extends Error {
+  /** Always "PagedBatchError". */
+  override name = "PagedBatchError";
 }
 
 /**
  * A model's paged K/V cache: per attention layer a key pool and a value pool, each (numBlocks, Hkv,
  * blockSize, Dh). The engine's allocator decides which blocks a sequence owns; the model only reads and
- * writes the slots a {@link PagedBatch} names. Free it with `dispose()`.
+ * writes the slots a {@link PagedBatch} names. A model with recurrent layers adds per-sequence state pools
+ * (`state`, each (stateSlots, ...)), addressed by the batch's `stateSlots`. Free it with `dispose()`.
  */
 export class PagedKVCache {
+  /** Per-sequence state pools, each (stateSlots, ...); empty for a model without state. */
+  readonly state: Tensor[];
+  /** Slots in each state pool (0: no state; the engine then needs no slot per sequence). */
+  readonly stateSlots: number;
+  /** What the cache was made for ("" when the model does not check). */
+  readonly signature: string;
   /** Creates a cache over pools (use the model's `initPagedCache`). */
   constructor(
     /** Key pools per attention layer. */
@@ -68,16 +105,26 @@ export class PagedKVCache {
     readonly numBlocks: number,
     /** Tokens per block. */
     readonly blockSize: number,
-  ) {}
+    /** State pools, their slot count and the signature, for models with state. */
+    opts: PagedStateOptions = {},
+  ) {
+    this.state = opts.state ?? [];
+    this.stateSlots = opts.stateSlots ?? 0;
+    this.signature = opts.signature ?? "";
+  }
   /** Bytes of one block across every layer's K and V pool (what a block of tokens costs). */
   get bytesPerBlock(): number {
     if (!this.k.length) return 0;
     const per = this.k[0].size / this.numBlocks * (this.k[0].dtype === "f16" ? 2 : 4);
     return 2 * per * this.k.length;
   }
+  /** Bytes of one sequence's state slot across every state pool (0 without state). */
+  get bytesPerStateSlot(): number {
+    return this.state.reduce((n, t) => n + t.size / t.shape[0] * (t.dtype === "f16" ? 2 : 4), 0);
+  }
   /** Frees the pools. */
   dispose(): void {
-    for (const t of [...this.k, ...this.v]) t.dispose();
+    for (const t of [...this.k, ...this.v, ...this.state]) t.dispose();
   }
 }
 
@@ -94,11 +141,14 @@ export interface PagedModel {
   forwardPaged(batch: PagedBatch, cache: PagedKVCache, opts?: { allRows?: boolean }): Tensor;
 }
 
-/** Checks a batch's arrays against each other and the cache; throws naming `op` and the field. */
+/**
+ * Checks a batch's arrays against each other and the cache (its state slots too, when the cache has them);
+ * throws a {@link PagedBatchError} naming `op` and the field.
+ */
 export function checkPagedBatch(op: string, b: PagedBatch, cache: PagedKVCache): { S: number; N: number } {
   const N = b.tokens.length, S = b.contextLens.length;
-  const fail = (m: string) => {
-    throw new Error(`${op}: ${m}`);
+  const fail = (m: string): never => {
+    throw new PagedBatchError(`${op}: ${m}`);
   };
   if (N === 0) fail("the batch has no tokens");
   if (b.positions.length !== N || b.slots.length !== N) {
@@ -141,6 +191,21 @@ export function checkPagedBatch(op: string, b: PagedBatch, cache: PagedKVCache):
           }`,
         );
       }
+    }
+  }
+  if (cache.stateSlots > 0) {
+    const ss = b.stateSlots ??
+      fail(
+        `stateSlots is required: the model keeps per-sequence state (${cache.stateSlots} slots in the cache)`,
+      );
+    if (ss.length !== S) fail(`stateSlots must have one entry per sequence (${S}), got ${ss.length}`);
+    const seen = new Set<number>();
+    for (let s = 0; s < S; s++) {
+      if (!(Number.isInteger(ss[s]) && ss[s] >= 0 && ss[s] < cache.stateSlots)) {
+        fail(`stateSlots[${s}] = ${ss[s]} is outside the cache's state slots [0, ${cache.stateSlots})`);
+      }
+      if (seen.has(ss[s])) fail(`stateSlots[${s}] = ${ss[s]} is named by two sequences of the batch`);
+      seen.add(ss[s]);
     }
   }
   return { S, N };
