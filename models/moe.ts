@@ -96,7 +96,9 @@ export interface MoEOutput {
  * gate * SwiGLU_e(x). Expert weights are stacked, w1 and w3 (E, D, F), w2 (E, F, D), so one batched matmul
  * serves all experts.
  *
- * Paths: `"grouped"` (default) builds a dispatch table on the device ({@link moeRouteBlocks}: each
+ * Paths: `"auto"` (default) takes the dense path when it computes fewer expert rows than the grouped one
+ * would (T (E - K) <= min(E, T K) blockRows / 2: a few tokens, as in decoding, where each chosen expert's
+ * block of `blockRows` rows would be mostly padding), else the grouped path. `"grouped"` builds a dispatch table on the device ({@link moeRouteBlocks}: each
  * expert's tokens in order, in whole blocks of `blockRows`), gathers the tokens (P, B, D) and each block's
  * expert weights, runs one batched matmul per projection and scatter-adds the weighted outputs back: exact,
  * no readback. With `capacityFactor` it uses E fixed-capacity slot lists instead ({@link moeRoute}), which
@@ -171,21 +173,27 @@ export class MoE extends Module {
     this.w3 = u([experts, dim, hidden], dim, 3);
   }
 
-  /** x (..., D) -> y (..., D) by the grouped path; the auxiliary loss is dropped (see `forwardAux`). */
-  forward(x: Tensor): Tensor {
-    const { y, auxLoss, load, dropped } = this.forwardAux(x);
+  /** x (..., D) -> y (..., D) by `path` (default "auto"); the auxiliary loss is dropped (see `forwardAux`). */
+  forward(x: Tensor, path: "auto" | "grouped" | "dense" = "auto"): Tensor {
+    const { y, auxLoss, load, dropped } = this.forwardAux(x, path);
     for (const t of [auxLoss, load, dropped]) t.dispose();
     return y;
   }
 
-  /** x (..., D) -> y, auxLoss, load and dropped, by `path` (default "grouped"). */
-  forwardAux(x: Tensor, path: "grouped" | "dense" = "grouped"): MoEOutput {
+  /** x (..., D) -> y, auxLoss, load and dropped, by `path` (default "auto", see the class). */
+  forwardAux(x: Tensor, path: "auto" | "grouped" | "dense" = "auto"): MoEOutput {
     const D = this.dim, E = this.experts, K = this.topK;
     if (x.check("MoE").rank === 0 || x.shape[x.rank - 1] !== D) {
       throw new Error(`MoE: input ${x.describe()} does not end in dim ${D}`);
     }
-    if (path !== "grouped" && path !== "dense") {
-      throw new Error(`MoE: path must be "grouped" or "dense", got ${JSON.stringify(path)}`);
+    if (path !== "auto" && path !== "grouped" && path !== "dense") {
+      throw new Error(`MoE: path must be "auto", "grouped" or "dense", got ${JSON.stringify(path)}`);
+    }
+    if (path === "auto") {
+      const T = x.size / D;
+      path = T * (E - K) <= (Math.min(E, T * K) * this.blockRows) / 2 && this.capacityFactor === null
+        ? "dense"
+        : "grouped";
     }
     return tidy(() => {
       const x2 = x.reshape([-1, D]); // (T, D)

@@ -1,7 +1,8 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
-import { assertClose, GPU, leakCheck, scoped } from "../test/helpers.ts";
+import { assertClose, GPU, leakCheck, requireGpu, scoped } from "../test/helpers.ts";
+import { gpu } from "../runtime/device.ts";
 
 leakCheck();
 
@@ -143,8 +144,35 @@ describe("MoE", () => {
       );
       // deno-lint-ignore no-explicit-any
       expect(() => moe.forwardAux(s.zeros([3, 8], { device: "cpu" }), "sparse" as any)).toThrow(
-        'MoE: path must be "grouped" or "dense", got "sparse"',
+        'MoE: path must be "auto", "grouped" or "dense", got "sparse"',
       );
+      moe.dispose();
+    }),
+  );
+});
+
+describe("MoE path auto", () => {
+  test(
+    "a few tokens take the dense path (fewer dispatches than grouped), many the grouped one; values agree",
+    scoped(async () => {
+      requireGpu();
+      const moe = new s.MoE(16, 16, 8, 2, { seed: 3, device: "webgpu" });
+      const run = async (T: number, path: "auto" | "grouped" | "dense") => {
+        const x = s.randn([T, 16], { seed: T, device: "webgpu" });
+        await gpu().sync();
+        const c0 = gpu().counters.dispatches;
+        const y = s.noGrad(() => moe.forward(x, path));
+        const n = gpu().counters.dispatches - c0;
+        return { y: Array.from(await y.toArray()), n };
+      };
+      for (const T of [1, 3, 512]) {
+        const [a, g, d] = [await run(T, "auto"), await run(T, "grouped"), await run(T, "dense")];
+        assertClose(a.y, g.y, { atol: 1e-5, rtol: 1e-4 });
+        assertClose(a.y, d.y, { atol: 1e-5, rtol: 1e-4 });
+        // T (E - K) <= min(E, T K) blockRows / 2: dense for 1 and 3 tokens, grouped for 512
+        expect(a.n, `T ${T}`).toBe(T < 512 ? d.n : g.n);
+        if (T === 1) expect(d.n).toBeLessThan(g.n);
+      }
       moe.dispose();
     }),
   );
