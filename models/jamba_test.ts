@@ -82,7 +82,7 @@ describe("Mamba innerNorm (Jamba's RMSNorms on delta, B and C)", () => {
       };
       assertClose(await steps(0), want, tol);
       assertClose(await steps(4), want, tol);
-      // stepResidual takes the composed path (mambaLayerStep has no inner norms)
+      // stepResidual: mambaLayerStep with the inner norms (fused v5 on webgpu, composed on cpu)
       const norm = new s.RMSNorm(Dm, o);
       const r = m.stepResidual(x.slice([null, 0]), m.initialState(Bn), norm);
       const first = await arr(
@@ -92,9 +92,7 @@ describe("Mamba innerNorm (Jamba's RMSNorms on delta, B and C)", () => {
       expect(() => m.innerParams()).toThrow(
         "Mamba.innerParams: mambaInner has no inner norms (innerNorm: true)",
       );
-      expect(() => m.stepParams(null, 1e-5)).toThrow(
-        "Mamba.stepParams: mambaLayerStep has no inner norms (innerNorm: true)",
-      );
+      expect(m.stepParams(null, 1e-5).inner?.dt).toBe(m.dtNorm!.weight);
       expect(() => new s.Mamba({ dModel: 4, selective: false, innerNorm: true })).toThrow(
         "Mamba: innerNorm needs a selective block (selective: true)",
       );
@@ -352,18 +350,31 @@ describe("JambaLM", () => {
   test(
     "bad configurations and caches: named errors",
     scoped(() => {
-      expect(() => new s.JambaLM({ ...tiny, attnRatio: [1, 2] })).toThrow(
+      // every configuration error is a JambaSpecError, with its message
+      const spec = (cfg: Partial<s.JambaLMConfig>, msg: string) => {
+        expect(() => new s.JambaLM({ ...tiny, ...cfg })).toThrow(msg);
+        expect(() => new s.JambaLM({ ...tiny, ...cfg })).toThrow(s.JambaSpecError);
+      };
+      spec(
+        { attnRatio: [1, 2] },
         "JambaLM: the attention:Mamba ratio 1:2 (groups of 3 layers) does not divide a block of 4 layers",
       );
-      expect(() => new s.JambaLM({ ...tiny, nLayer: 6 })).toThrow(
-        "JambaLM: nLayer = 6 is not a multiple of blockLayers = 4",
+      spec({ nLayer: 6 }, "JambaLM: nLayer = 6 is not a multiple of blockLayers = 4");
+      spec({ topK: 5 }, "JambaLM: topK = 5 is more than the nExperts = 4 experts");
+      spec({ nKvHead: 3 }, "JambaLM: nKvHead = 3 must divide nHead = 4");
+      spec({ nHead: 3 }, "JambaLM: nHead = 3 must divide dModel = 16");
+      spec({ vocabSize: 0 }, "JambaLM: vocabSize must be a positive integer, got 0");
+      spec(
+        { mixer: "rnn" as "hybrid" },
+        'JambaLM: mixer must be "hybrid", "attention" or "mamba", got "rnn"',
       );
-      expect(() => new s.JambaLM({ ...tiny, topK: 5 })).toThrow(
-        "JambaLM: topK = 5 is more than the nExperts = 4 experts",
+      spec(
+        { attnRatio: [0, 0] },
+        "JambaLM: attnRatio must be two non-negative integers a:m, not both 0, got 0:0",
       );
-      expect(() => new s.JambaLM({ ...tiny, nKvHead: 3 })).toThrow(
-        "JambaLM: nKvHead = 3 must divide nHead = 4",
-      );
+      spec({ moeEvery: 3 }, "JambaLM: moeEvery = 3 does not divide a block of 4 layers");
+      spec({ attnOffset: 4 }, "JambaLM: attnOffset = 4 puts attention outside a group of 4 layers (1:3)");
+      expect(() => s.jambaLayout({ nLayer: 8, topK: 17 })).toThrow(s.JambaSpecError);
       const a = new s.JambaLM({ ...tiny, device: "cpu" });
       const b = new s.JambaLM({ ...tiny, mixer: "mamba", device: "cpu" });
       const c = new s.JambaLM({ ...tiny, dState: 8, device: "cpu" });
