@@ -1,5 +1,5 @@
 /**
- * `LLMEngine`: serving a {@link PagedModel} (TransformerLM) with a paged KV cache, after vLLM. Each `step()`
+ * `LLMEngine`: serving a {@link PagedModel} (TransformerLM, JambaLM) with a paged KV cache, after vLLM. Each `step()`
  * asks the {@link Scheduler} what to run (continuous batching: prompt chunks and decode tokens of many
  * requests in one model call), performs its block operations (swap out, swap in, copy-on-write), runs the
  * model once, reads the sampled rows' logits back (the step's one readback) and samples on the host:
@@ -12,12 +12,21 @@
  * `reservation: "static-max"` runs the same engine the way systems before vLLM reserved memory: a request
  * is admitted only when a whole `maxModelLen` of blocks per sequence can be set aside for it, so the
  * benchmark can compare paged allocation against static reservation at the same KV budget.
+ *
+ * Models with per-sequence recurrent state (a JambaLM with Mamba layers: its cache has `stateSlots`) are
+ * served too: the cache holds `maxNumSeqs` state slots, each running sequence owns one ({@link StateSlots})
+ * and gives it back when it finishes, is aborted or is preempted; preemption recomputes (the next prefill
+ * starts at position 0, from a zero state). A state cannot be rebuilt from cached blocks, copied to a fork
+ * or swapped, so for such a model the engine refuses, with an {@link EngineError}, prefix caching
+ * (`enablePrefixCaching`), swapping (`preemptionMode: "swap"`, `swapBlocks` > 0), parallel sampling
+ * (`n` > 1) and beam search (`beamWidth` > 1).
  * @module
  */
 
 import { PagedKVCache, type PagedModel } from "../models/paged.ts";
 import { copyBlocks, pagedPools, swapBlocks } from "../ops/paged/mod.ts";
 import { BlockAllocator } from "./block_allocator.ts";
+import { StateSlots } from "./state_slots.ts";
 import { packBatch, type PreemptionMode, type ScheduledSequence, Scheduler } from "./scheduler.ts";
 import type { FinishReason, Sequence, SequenceGroup } from "./sequence.ts";
 import {
@@ -127,6 +136,8 @@ export interface EngineStats {
   aborted: number;
   /** The allocator's counters (prefix-cache hits among them). */
   blocks: ReturnType<BlockAllocator["stats"]>;
+  /** State slots held by running sequences, of the cache's total (0 of 0 for a model without state). */
+  stateSlots: { used: number; total: number };
 }
 
 /** An error of the engine's input (names the method and what was wrong). */
@@ -185,6 +196,7 @@ export class LLMEngine {
   /** Per-step records, for calibration and plots. */
   readonly records: StepRecord[] = [];
   #host: PagedKVCache | null = null;
+  #slots: StateSlots | null = null;
   #requests = new Map<string, Request>();
   #held: Request[] = [];
   #reserved = 0;
@@ -200,7 +212,10 @@ export class LLMEngine {
   };
   #disposed = false;
 
-  /** An engine over `model` with a fresh paged cache of `opts.numBlocks` blocks. */
+  /**
+   * An engine over `model` with a fresh paged cache of `opts.numBlocks` blocks (and `maxNumSeqs` state slots
+   * for a model with state, which refuses prefix caching and swapping: see the module comment).
+   */
   constructor(model: PagedModel, opts: EngineOptions) {
     const op = "LLMEngine";
     const bs = opts.blockSize ?? 16;
@@ -242,7 +257,21 @@ export class LLMEngine {
       preemptionMode: o.preemptionMode,
       swapBlocks: o.swapBlocks,
     });
-    this.cache = model.initPagedCache({ numBlocks: o.numBlocks, blockSize: bs });
+    this.cache = model.initPagedCache({ numBlocks: o.numBlocks, blockSize: bs, maxSeqs: o.maxNumSeqs });
+    if (this.cache.stateSlots > 0) {
+      const refuse = o.enablePrefixCaching
+        ? "prefix caching (enablePrefixCaching) would skip computing the cached tokens, but a recurrent state " +
+          "cannot be rebuilt from cached blocks"
+        : o.preemptionMode === "swap" || o.swapBlocks > 0
+        ? `swapping (preemptionMode "${o.preemptionMode}", swapBlocks ${o.swapBlocks}) moves K/V blocks only, ` +
+          `not the recurrent state: use preemptionMode "recompute" or "auto" with swapBlocks 0`
+        : null;
+      if (refuse !== null) {
+        this.cache.dispose();
+        throw new EngineError(`${op}: the model keeps per-sequence recurrent state; ${refuse}`);
+      }
+      this.#slots = new StateSlots(this.cache.stateSlots);
+    }
   }
 
   #hostPools(): PagedKVCache {
@@ -295,6 +324,13 @@ export class LLMEngine {
     if (width > o.maxNumSeqs) {
       throw new EngineError(`${op}: ${width} sequences for "${id}" exceed maxNumSeqs ${o.maxNumSeqs}`);
     }
+    if (this.#slots && width > 1) {
+      throw new EngineError(
+        `${op}: ${
+          p.beamWidth > 1 ? `beam search (beamWidth ${p.beamWidth})` : `parallel sampling (n ${p.n})`
+        } for "${id}" forks sequences, and the model's recurrent state is not copied to forks: use n 1`,
+      );
+    }
     const r: Request = {
       id,
       prompt: toks,
@@ -340,6 +376,7 @@ export class LLMEngine {
     const held = this.#held.indexOf(r);
     if (held >= 0) this.#held.splice(held, 1);
     else this.scheduler.abortGroup(id, reason);
+    this.#slots?.releaseStopped();
     this.#end(r, reason);
     this.#requests.delete(id);
     return true;
@@ -417,6 +454,7 @@ export class LLMEngine {
       }
     }
     for (const r of changed) if (!r.ended && r.group!.isDone) this.#end(r);
+    this.#slots?.releaseStopped();
     this.#stats.steps++;
     const a = this.scheduler.allocator;
     // slots holding token states, each physical block counted once (shared blocks are)
@@ -457,6 +495,7 @@ export class LLMEngine {
   /** Runs the model on the step's entries; returns each entry's logits row (sampled entries only). */
   async #run(entries: ScheduledSequence[]): Promise<Float32Array[]> {
     const b = packBatch(entries);
+    if (this.#slots) b.stateSlots = this.#stateSlots(entries);
     const logits = this.model.forwardPaged(b, this.cache); // (S, V)
     try {
       const a = (await logits.toArray()) as Float32Array;
@@ -465,6 +504,27 @@ export class LLMEngine {
     } finally {
       logits.dispose();
     }
+  }
+
+  /**
+   * Each entry's state slot: slots of sequences that stopped running (preempted, finished) are freed first,
+   * then a sequence fed from position 0 takes a slot; one fed later must already hold one.
+   */
+  #stateSlots(entries: ScheduledSequence[]): Int32Array {
+    const slots = this.#slots!;
+    slots.releaseStopped();
+    return Int32Array.from(entries, (e) => {
+      const have = slots.slotOf(e.seq);
+      if (have !== undefined) return have;
+      if (e.positions[0] !== 0) {
+        throw new EngineError(
+          `LLMEngine.step: internal error: sequence ${e.seq.id} continues at position ${
+            e.positions[0]
+          } but holds no state slot`,
+        );
+      }
+      return slots.acquire(e.seq);
+    });
   }
 
   #sample(r: Request, seq: Sequence, row: Float32Array): void {
@@ -617,6 +677,7 @@ export class LLMEngine {
       swappedBlocks: { ...this.#stats.swappedBlocks },
       preemptions: this.scheduler.preemptions,
       blocks: this.scheduler.allocator.stats(),
+      stateSlots: { used: this.#slots?.numUsed ?? 0, total: this.cache.stateSlots },
     };
   }
 

@@ -21,3 +21,4 @@ export * from "./traces.ts";
 export * from "./simulator.ts";
 export * from "./sampling.ts";
 export * from "./engine.ts";
+export * from "./state_slots.ts";
