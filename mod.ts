@@ -29,6 +29,7 @@ export * from "./ops/approx/mod.ts";
 export * from "./ops/ssm/mod.ts";
 export * from "./ops/paged/mod.ts";
 export * from "./ops/moe/mod.ts";
+export * from "./ops/vision/mod.ts";
 export { isGradEnabled, noGrad, param, record } from "./runtime/autograd.ts";
 export type { GradNode } from "./runtime/autograd.ts";
 export * from "./models/mod.ts";
