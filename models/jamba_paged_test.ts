@@ -134,7 +134,7 @@ describe("JambaLM paged (attention K/V in pages, Mamba states in slots)", () => 
   }
 
   test(
-    "webgpu hybrid without inner norms (the fused Mamba step for decode runs from slot 0): equals forward",
+    "webgpu hybrid without inner norms: equals forward",
     scoped(async () => {
       requireDevice("webgpu");
       const lm = new s.JambaLM({ ...tiny("hybrid", "webgpu"), mambaInnerNorm: false, dModel: 32, nHead: 4 });

@@ -6,8 +6,9 @@
  * - sequences whose new tokens start at position 0 run the block's prompt path (`Mamba.prefill`) from a
  *   zero state, whatever their slot held;
  * - sequences with one new token after earlier ones (decode) are stepped together (`Mamba.stepResidual`,
- *   batch = their count), ordered by slot so that runs of consecutive slots are read and written as one
- *   slice each;
+ *   batch = their count), ordered by slot: their rows and states are gathered into fresh tensors (the
+ *   fused `mambaLayerStep` takes operands at offset 0 only) unless they already sit at the start of x and
+ *   of the pools, and the new states are written back as one slice per run of consecutive slots;
  * - sequences with several new tokens after earlier ones (a later chunk of a chunked prompt) run the scan
  *   from zero and add the initial state's contribution, which the selective scan has no input for:
  *   with a = softplus(delta + bias) the state after token t is h_t = h_t^0 + exp(A cumsum_t(a)) h_init, so
@@ -51,8 +52,10 @@ export function mambaStatePools(m: Mamba, slots: number): MambaStatePools {
 export interface MambaBatchPlan {
   /** Sequences run as chunks (in batch order): first row, rows, slot, and whether they continue a state. */
   chunks: { row: number; len: number; slot: number; fromState: boolean }[];
-  /** Decode sequences' rows in slot order, as an index tensor (k), or a row range when they are one. */
-  stepRows: Tensor | [number, number] | null;
+  /** Decode sequences' rows in slot order, as an index tensor (k), or k when they are rows 0 .. k - 1. */
+  stepRows: Tensor | number | null;
+  /** Decode sequences' slots in slot order as an index tensor (k), or k when they are slots 0 .. k - 1. */
+  stepSlots: Tensor | number | null;
   /** Decode sequences' slots as runs of consecutive slots: [first slot, count], in slot order. */
   stepRuns: [number, number][];
   /** Decode sequences in all. */
@@ -83,12 +86,10 @@ export function planMambaBatch(batch: PagedBatch, device: Tensor["device"]): Mam
     else stepRuns.push([st.slot, 1]);
   }
   const i32 = (a: number[]) => tensor(Int32Array.from(a), { dtype: "i32", device, shape: [a.length] });
-  let stepRows: MambaBatchPlan["stepRows"] = null;
+  let stepRows: MambaBatchPlan["stepRows"] = null, stepSlots: MambaBatchPlan["stepSlots"] = null;
   if (steps.length) {
-    const r0 = steps[0].row;
-    stepRows = steps.every((st, i) => st.row === r0 + i)
-      ? [r0, r0 + steps.length]
-      : i32(steps.map((st) => st.row));
+    stepRows = steps.every((st, i) => st.row === i) ? steps.length : i32(steps.map((st) => st.row));
+    stepSlots = steps.every((st, i) => st.slot === i) ? steps.length : i32(steps.map((st) => st.slot));
   }
   const order = [
     ...chunks.flatMap((c) => Array.from({ length: c.len }, (_, i) => c.row + i)),
@@ -97,7 +98,7 @@ export function planMambaBatch(batch: PagedBatch, device: Tensor["device"]): Mam
   const inv = new Array<number>(N);
   order.forEach((row, i) => (inv[row] = i));
   const identity = order.every((row, i) => row === i);
-  return { chunks, stepRows, stepRuns, numStep: steps.length, inv: identity ? null : i32(inv) };
+  return { chunks, stepRows, stepSlots, stepRuns, numStep: steps.length, inv: identity ? null : i32(inv) };
 }
 
 /**
@@ -181,14 +182,11 @@ export function mambaPagedLayer(
       put(pools.conv, c.slot, 1, r.state.conv);
       put(pools.ssm, c.slot, 1, r.state.ssm);
     }
-    if (plan.stepRows) {
-      const xs = Array.isArray(plan.stepRows)
-        ? x.slice([plan.stepRows]) // (k, D), a view
-        : gather(x, plan.stepRows); // (k, D)
-      const read = (pool: Tensor) => {
-        const parts = plan.stepRuns.map(([s, n]) => pool.slice([[s, s + n]]));
-        return parts.length === 1 ? parts[0] : concat(parts, 0); // (k, ...)
-      };
+    if (plan.stepRows !== null && plan.stepSlots !== null) {
+      const pick = (t: Tensor, idx: Tensor | number) =>
+        typeof idx === "number" ? t.slice([[0, idx]]) : gather(t, idx); // (k, ...) at offset 0
+      const xs = pick(x, plan.stepRows); // (k, D)
+      const read = (pool: Tensor) => pick(pool, plan.stepSlots!); // (k, ...)
       const r = m.stepResidual(xs, { conv: read(pools.conv), ssm: read(pools.ssm) }, norm);
       pieces.push(r.y); // (k, D)
       let off = 0;

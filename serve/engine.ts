@@ -44,7 +44,7 @@ export interface EngineOptions {
   numBlocks: number;
   /** Tokens per block (default 16). */
   blockSize?: number;
-  /** Most sequences per step (default 32, at most maxNumBatchedTokens). */
+  /** Most sequences per step (default 32, at most maxNumBatchedTokens); also the state slots of a model with state. */
   maxNumSeqs?: number;
   /** Most tokens fed per step (default 512). */
   maxNumBatchedTokens?: number;
@@ -52,9 +52,9 @@ export interface EngineOptions {
   maxModelLen?: number;
   /** How to preempt when blocks run out (default "auto": recompute single sequences, swap groups). */
   preemptionMode?: PreemptionMode;
-  /** Host pool for swapping, in blocks (default 0: no swapping, preemption recomputes). */
+  /** Host pool for swapping, in blocks (default 0: no swapping, preemption recomputes; refused > 0 with state). */
   swapBlocks?: number;
-  /** Cache full prompt blocks by content and reuse them across requests (default false). */
+  /** Cache full prompt blocks by content and reuse them across requests (default false; refused with state). */
   enablePrefixCaching?: boolean;
   /** Fraction of blocks kept free when admitting (default 0.01). */
   watermark?: number;
