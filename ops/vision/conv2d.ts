@@ -3,7 +3,7 @@
  * included) and bias, differentiable on both backends.
  *
  * How: im2col rearranges each group's receptive fields into a matrix cols (groups, N OH OW, Cg KH KW)
- * (`im2colSource`, one WGSL pass; loops on the cpu), then one batched matmul by the weights (O / groups,
+ * (`im2colSource`, one WGSL pass with the geometry as constants; loops on the cpu), then one batched matmul by the weights (O / groups,
  * Cg KH KW) per group gives the output, moved to NCHW by one copy. On WebGPU the matmul is seqlab's texture
  * matmul (`ops/core/matmul_tex.ts`, ~50 GFLOP/s on lavapipe). The backward is the composition's: the matmul's
  * (dcols = dy W, dW = dy^T cols) and col2im (`col2imSource`), the adjoint of im2col, as a gather with a
@@ -22,7 +22,7 @@ import { concat } from "../core/layout.ts";
 import { matmul } from "../core/matmul.ts";
 import { empty, Uniforms } from "../core/util.ts";
 import { col2imRef, type ConvGeometry, im2colRef } from "./conv2d_ref.ts";
-import { col2imSource, CONV_WG, im2colSource } from "./conv2d_wgsl.ts";
+import { col2imSource, CONV_WG, geometryKey, im2colSource } from "./conv2d_wgsl.ts";
 
 export type { ConvGeometry } from "./conv2d_ref.ts";
 
@@ -129,12 +129,6 @@ export function conv2dGeometry(
   return { N, C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, groups, OH, OW };
 }
 
-/** The geometry's uniform words: [total, geometry..., srcOff, s0, s1, s2, s3]. */
-function words(total: number, g: ConvGeometry, off: number, s: readonly number[]): Uint32Array {
-  return new Uniforms().u32(total, g.N, g.C, g.H, g.W, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
-    .u32(g.groups, g.OH, g.OW, off, s[0], s[1], s[2], s[3] ?? 0).build();
-}
-
 /**
  * The im2col matrix of x (N, C, H, W) for geometry `g`: (groups, N OH OW, Cg KH KW), row (n, i, j) holding
  * the receptive field of output position (i, j) of image n, column (c, kh, kw); 0 in the padding.
@@ -163,14 +157,15 @@ export function im2col(x: Tensor, g: ConvGeometry): Tensor {
     if (x.device === "cpu") {
       im2colRef(g, { data: x.storage.data!, off: x.offset, s: x.strides }, cols.storage.data!);
     } else if (total > 0) {
+      const n = g.groups * M * Cg; // (group, row, channel) invocations
       gpu().run({
         name: "im2col",
-        key: `v1|${x.dtype}`,
-        source: () => im2colSource(x.dtype),
+        key: `v2|${x.dtype}|${geometryKey(g)}`,
+        source: () => im2colSource(x.dtype, g),
         inputs: [x.storage.buffer!],
         outputs: [cols.storage.buffer!],
-        uniforms: words(total, g, x.offset, x.strides),
-        workgroups: grid(total, CONV_WG),
+        uniforms: new Uniforms().u32(n, x.offset, ...x.strides).build(),
+        workgroups: grid(n, CONV_WG),
       });
     }
   } catch (e) {
@@ -189,11 +184,11 @@ function col2im(gc: Tensor, g: ConvGeometry): Tensor {
     } else if (dx.size > 0) {
       gpu().run({
         name: "im2col backward",
-        key: `col2im v1|${gc.dtype}`,
-        source: () => col2imSource(gc.dtype),
+        key: `col2im v2|${gc.dtype}|${geometryKey(g)}`,
+        source: () => col2imSource(gc.dtype, g),
         inputs: [gc.storage.buffer!],
         outputs: [dx.storage.buffer!],
-        uniforms: words(dx.size, g, gc.offset, gc.strides),
+        uniforms: new Uniforms().u32(dx.size, gc.offset, ...gc.strides).build(),
         workgroups: grid(dx.size, CONV_WG),
       });
     }

@@ -3,84 +3,118 @@
  * texture matmul, `ops/core/matmul_tex.ts`) over the im2col matrix, so only the gathers live here.
  *
  * Versions (numbers are never reused):
- * - im2col v1: one invocation per element of cols (groups, N OH OW, Cg KH KW): decodes (group, n, i, j, c,
- *   kh, kw) and loads x through its strides (0 in the padding).
+ * - im2col v1: one invocation per element of cols (groups, N OH OW, Cg KH KW), the geometry in uniforms:
+ *   it decoded (group, n, i, j, c, kh, kw) with ten divisions by runtime values, which lavapipe splits into
+ *   eight scalar divisions each: 167 ms for the 3.6M entries of (8, 64, 28, 28) under a 3x3 kernel.
+ * - im2col v2: the geometry baked into the shader as constants (a pipeline per geometry; divisions by
+ *   constants are multiplies), one invocation per (group, row, channel) writing its KH KW taps.
  * - col2im v1: one invocation per element of dx (N, C, H, W): sums, in kernel order, the cols entries that
  *   read it (KH KW candidates, those on the stride grid and inside the output); deterministic, no atomics.
+ * - col2im v2: v1 with the geometry as constants.
  * @module
  */
 
 import { type DType, wgslType } from "../../runtime/dtype.ts";
 import { flatId } from "../../runtime/webgpu.ts";
 import { binding, enables, uniformDecl } from "../core/util.ts";
+import type { ConvGeometry } from "./conv2d_ref.ts";
 
 /** Invocations per workgroup of the rearrangements. */
 export const CONV_WG = 64;
 
-/** Uniform words shared by both: the geometry, then the source's offset and strides. */
-const GEOM = `let N = U(1u); let C = U(2u); let H = i32(U(3u)); let W = i32(U(4u));
-  let KH = U(5u); let KW = U(6u); let sh = i32(U(7u)); let sw = i32(U(8u));
-  let ph = i32(U(9u)); let pw = i32(U(10u)); let dh = i32(U(11u)); let dw = i32(U(12u));
-  let G = U(13u); let OH = U(14u); let OW = U(15u);
-  let Cg = C / G; let KK = KH * KW; let K = Cg * KK; let P = OH * OW; let M = N * P;
-  let so = U(16u); let s0 = U(17u); let s1 = U(18u); let s2 = U(19u); let s3 = U(20u);`;
+/** The geometry as WGSL constants: every division by a size is by a constant (a multiply, not 8 scalar divides). */
+function consts(g: ConvGeometry): string {
+  const Cg = g.C / g.groups;
+  return [
+    ["N", g.N],
+    ["C", g.C],
+    ["H", g.H],
+    ["W", g.W],
+    ["KH", g.KH],
+    ["KW", g.KW],
+    ["SH", g.sh],
+    ["SW", g.sw],
+    ["PH", g.ph],
+    ["PW", g.pw],
+    ["DH", g.dh],
+    ["DW", g.dw],
+    ["G", g.groups],
+    ["OH", g.OH],
+    ["OW", g.OW],
+    ["CG", Cg],
+    ["KK", g.KH * g.KW],
+    ["K", Cg * g.KH * g.KW],
+    ["P", g.OH * g.OW],
+    ["M", g.N * g.OH * g.OW],
+  ].map(([n, v]) => `const ${n} = ${v}i;`).join("\n");
+}
+
+/** The pipeline key of a geometry (the shaders bake it in). */
+export function geometryKey(g: ConvGeometry): string {
+  return [g.N, g.C, g.H, g.W, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.groups].join(",");
+}
 
 /**
- * im2col v1. Uniforms: [total, N, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, groups, OH, OW, xOff, sN, sC,
- * sH, sW]. Bindings: x, cols (contiguous (groups, N OH OW, Cg KH KW)).
+ * im2col v2. Uniforms: [total rows x channels (G M Cg), xOff, sN, sC, sH, sW]. Bindings: x, cols
+ * (contiguous (groups, N OH OW, Cg KH KW)). One invocation per (group, row, channel c): its KH KW taps.
  */
-export function im2colSource(dtype: DType): string {
+export function im2colSource(dtype: DType, g: ConvGeometry): string {
   const T = wgslType(dtype);
-  return `// conv2d im2col v1
-${enables(dtype)}${uniformDecl(21)}
+  return `// conv2d im2col v2
+${enables(dtype)}${uniformDecl(6)}
 ${binding(1, "X", dtype)}
 ${binding(2, "COLS", dtype, true)}
+${consts(g)}
 ${flatId(CONV_WG)}
   if (gid >= U(0u)) { return; }
-  ${GEOM}
-  let k = gid % K; let rest = gid / K; let r = rest % M; let gr = rest / M;
-  let c = k / KK; let kk = k - c * KK; let kh = kk / KW; let kw = kk - kh * KW;
+  let so = i32(U(1u)); let s0 = i32(U(2u)); let s1 = i32(U(3u)); let s2 = i32(U(4u)); let s3 = i32(U(5u));
+  let id = i32(gid);
+  let c = id % CG; let rest = id / CG; let r = rest % M; let gr = rest / M;
   let n = r / P; let p = r - n * P; let i = p / OW; let j = p - i * OW;
-  let ih = i32(i) * sh - ph + i32(kh) * dh;
-  let iw = i32(j) * sw - pw + i32(kw) * dw;
-  var v = ${T}(0);
-  if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
-    v = X[so + n * s0 + (gr * Cg + c) * s1 + u32(ih) * s2 + u32(iw) * s3];
+  let xb = so + n * s0 + (gr * CG + c) * s1;
+  let ob = (gr * M + r) * K + c * KK;
+  for (var kh = 0i; kh < KH; kh++) {
+    let ih = i * SH - PH + kh * DH;
+    for (var kw = 0i; kw < KW; kw++) {
+      let iw = j * SW - PW + kw * DW;
+      var v = ${T}(0);
+      if (ih >= 0 && ih < H && iw >= 0 && iw < W) { v = X[xb + ih * s2 + iw * s3]; }
+      COLS[ob + kh * KW + kw] = v;
+    }
   }
-  COLS[gid] = v;
 }`;
 }
 
 /**
- * col2im v1. Uniforms: as im2col (total = N C H W), then the cols' offset and (group, row, column)
- * strides in words 16 .. 19. Bindings: cols, dx (contiguous (N, C, H, W)).
+ * col2im v2. Uniforms: [N C H W, cols offset, group, row and column strides]. Bindings: cols, dx
+ * (contiguous (N, C, H, W)). One invocation per element of dx.
  */
-export function col2imSource(dtype: DType): string {
+export function col2imSource(dtype: DType, g: ConvGeometry): string {
   const T = wgslType(dtype);
-  return `// conv2d col2im v1
-${enables(dtype)}${uniformDecl(21)}
+  return `// conv2d col2im v2
+${enables(dtype)}${uniformDecl(5)}
 ${binding(1, "COLS", dtype)}
 ${binding(2, "DX", dtype, true)}
+${consts(g)}
 ${flatId(CONV_WG)}
   if (gid >= U(0u)) { return; }
-  ${GEOM}
-  let uW = u32(W); let uH = u32(H);
-  let iw = i32(gid % uW); let r1 = gid / uW; let ih = i32(r1 % uH); let r2 = r1 / uH;
+  let so = i32(U(1u)); let s0 = i32(U(2u)); let s1 = i32(U(3u)); let s2 = i32(U(4u));
+  let id = i32(gid);
+  let iw = id % W; let r1 = id / W; let ih = r1 % H; let r2 = r1 / H;
   let ch = r2 % C; let n = r2 / C;
-  let gr = ch / Cg; let c = ch - gr * Cg;
+  let gr = ch / CG; let c = ch - gr * CG;
   var acc = ${T}(0);
-  for (var kh = 0u; kh < KH; kh++) {
-    let ti = ih + ph - i32(kh) * dh;
-    if (ti < 0 || ti % sh != 0) { continue; }
-    let i = u32(ti / sh);
+  for (var kh = 0i; kh < KH; kh++) {
+    let ti = ih + PH - kh * DH;
+    if (ti < 0 || ti % SH != 0) { continue; }
+    let i = ti / SH;
     if (i >= OH) { continue; }
-    for (var kw = 0u; kw < KW; kw++) {
-      let tj = iw + pw - i32(kw) * dw;
-      if (tj < 0 || tj % sw != 0) { continue; }
-      let j = u32(tj / sw);
+    for (var kw = 0i; kw < KW; kw++) {
+      let tj = iw + PW - kw * DW;
+      if (tj < 0 || tj % SW != 0) { continue; }
+      let j = tj / SW;
       if (j >= OW) { continue; }
-      let row = (n * OH + i) * OW + j;
-      acc += COLS[so + gr * s0 + row * s1 + (c * KK + kh * KW + kw) * s2];
+      acc += COLS[so + gr * s0 + ((n * OH + i) * OW + j) * s1 + (c * KK + kh * KW + kw) * s2];
     }
   }
   DX[gid] = acc;
