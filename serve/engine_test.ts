@@ -31,7 +31,7 @@ async function greedyContiguous(lm: s.TransformerLM, p: number[], n: number): Pr
   const device = lm.embed.weight.device;
   const cache = lm.initCache(1, p.length + n + 1);
   const logits = lm.prefill(s.tensor(p, { dtype: "i32", shape: [1, p.length], device }), cache);
-  let last = (await logits.toArray()).slice((p.length - 1) * V, p.length * V);
+  let last = Float32Array.from((await logits.toArray()).slice((p.length - 1) * V, p.length * V));
   logits.dispose();
   const out: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -40,7 +40,7 @@ async function greedyContiguous(lm: s.TransformerLM, p: number[], n: number): Pr
     out.push(best);
     if (i === n - 1) break;
     const r = lm.step(s.tensor([best], { dtype: "i32", device }), cache);
-    last = await r.logits.toArray();
+    last = Float32Array.from(await r.logits.toArray());
     r.logits.dispose();
   }
   cache.dispose();
