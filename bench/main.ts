@@ -18,6 +18,7 @@ const BENCHES = [
   "paged",
   "profile",
   "moe",
+  "conv",
 ] as const;
 
 const args = [...Deno.args];

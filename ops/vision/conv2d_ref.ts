@@ -12,28 +12,47 @@ import type { TypedArray } from "../../runtime/dtype.ts";
 
 /** The geometry of one convolution (all sizes resolved). */
 export interface ConvGeometry {
+  /** Images. */
   N: number;
+  /** Input channels. */
   C: number;
+  /** Input height. */
   H: number;
+  /** Input width. */
   W: number;
+  /** Output channels. */
   O: number;
+  /** Kernel height. */
   KH: number;
+  /** Kernel width. */
   KW: number;
+  /** Stride along the height. */
   sh: number;
+  /** Stride along the width. */
   sw: number;
+  /** Zero padding on each side, along the height. */
   ph: number;
+  /** Zero padding on each side, along the width. */
   pw: number;
+  /** Dilation along the height. */
   dh: number;
+  /** Dilation along the width. */
   dw: number;
+  /** Channel groups (C and O multiples of it). */
   groups: number;
+  /** Output height, floor((H + 2 ph - dh (KH - 1) - 1) / sh) + 1. */
   OH: number;
+  /** Output width. */
   OW: number;
 }
 
-/** A strided (N, C, H, W) source: element (n, c, h, w) at off + n sN + c sC + h sH + w sW. */
+/** A strided (N, C, H, W) source: element (n, c, h, w) at off + n s[0] + c s[1] + h s[2] + w s[3]. */
 export interface Strided4 {
+  /** The storage. */
   data: TypedArray;
+  /** Element offset of (0, 0, 0, 0). */
   off: number;
+  /** Strides in elements. */
   s: readonly number[];
 }
 

@@ -5,4 +5,4 @@
  */
 
 export * from "./conv2d.ts";
-export { conv2dBackwardRef, conv2dRef } from "./conv2d_ref.ts";
+export { conv2dBackwardRef, conv2dRef, type Strided4 } from "./conv2d_ref.ts";
