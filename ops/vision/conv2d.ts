@@ -12,17 +12,26 @@
  * @module
  */
 
-import { record } from "../../runtime/autograd.ts";
+import { noGrad, record } from "../../runtime/autograd.ts";
 import { gpu } from "../../runtime/device.ts";
 import { isFloat } from "../../runtime/dtype.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
 import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
+import { add, contiguous, mul } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
+import { sum } from "../core/reduce.ts";
 import { matmul } from "../core/matmul.ts";
 import { empty, Uniforms } from "../core/util.ts";
 import { col2imRef, type ConvGeometry, im2colRef } from "./conv2d_ref.ts";
-import { col2imSource, CONV_WG, geometryKey, im2colSource } from "./conv2d_wgsl.ts";
+import {
+  col2imSource,
+  CONV_WG,
+  convDirectSource,
+  DIRECT_MAX_TAPS,
+  geometryKey,
+  im2colSource,
+} from "./conv2d_wgsl.ts";
 
 export type { ConvGeometry } from "./conv2d_ref.ts";
 
@@ -55,6 +64,13 @@ export interface Conv2dOptions {
   dilation?: number | readonly [number, number];
   /** Channel groups: C and O must be multiples; groups = C is depthwise (default 1). */
   groups?: number;
+  /**
+   * WebGPU version: "im2col" (im2col v2 + the texture matmul), "direct" (direct v1: one output channel per
+   * group and at most DIRECT_MAX_TAPS = 64 taps (C / groups) KH KW, e.g. depthwise), "auto" (default):
+   * direct where it applies and there is more than one group, else im2col. Checked on every backend; the
+   * cpu runs the im2col composition either way.
+   */
+  version?: "auto" | "im2col" | "direct";
 }
 
 const pair = (
@@ -227,8 +243,27 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   }
   const { N, O, OH, OW, groups: G } = g;
   const Cg = g.C / G, Og = O / G, K = Cg * g.KH * g.KW, P = OH * OW;
+  const version = opts.version ?? "auto";
+  if (!["auto", "im2col", "direct"].includes(version)) {
+    throw new ConvError(
+      `conv2d: version must be "auto", "im2col" or "direct", got ${JSON.stringify(version)}`,
+    );
+  }
+  const directFits = Og === 1 && K <= DIRECT_MAX_TAPS;
+  if (version === "direct" && !directFits) {
+    throw new ConvError(
+      `conv2d: version "direct" takes one output channel per group and at most ${DIRECT_MAX_TAPS} taps ` +
+        `(C / groups x KH x KW); got ${Og} output channels per group and ${K} taps`,
+    );
+  }
   // images per chunk: cols (G, n P, K) under the cap
   const per = Math.max(1, Math.floor(conv2dLimits.im2colBytes / Math.max(1, G * P * K * 4)));
+  if (x.device === "webgpu" && (version === "direct" || (version === "auto" && directFits && G > 1))) {
+    return tidy(() => {
+      const y = convDirect(x, w, g, per);
+      return bias ? y.add(bias.reshape([1, O, 1, 1])) : y;
+    });
+  }
   return tidy(() => {
     const wT = w.reshape([G, Og, K]).transpose(1, 2); // (G, K, Og)
     const parts: Tensor[] = [];
@@ -245,4 +280,55 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     const y = parts.length === 1 ? parts[0] : concat(parts, 0);
     return bias ? y.add(bias.reshape([1, O, 1, 1])) : y;
   });
+}
+
+/**
+ * direct v1 forward (one output channel per group); its backward builds the im2col matrix in chunks of
+ * `per` images: dW = sum over rows of dy cols, dx = col2im(dy w).
+ */
+function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number): Tensor {
+  const { N, O, OH, OW, groups: G } = g;
+  const K = (g.C / G) * g.KH * g.KW;
+  const y = empty("conv2d", [N, O, OH, OW], x.dtype, "webgpu");
+  const wc = contiguous(w);
+  try {
+    const n = N * G * OH * Math.ceil(OW / 4);
+    if (n > 0) {
+      gpu().run({
+        name: "conv2d",
+        key: `direct v1|${x.dtype}|${geometryKey(g)}`,
+        source: () => convDirectSource(x.dtype, g),
+        inputs: [x.storage.buffer!, wc.storage.buffer!],
+        outputs: [y.storage.buffer!],
+        uniforms: new Uniforms().u32(n, x.offset, ...x.strides).build(),
+        workgroups: grid(n, CONV_WG),
+      });
+    }
+  } catch (e) {
+    y.dispose();
+    throw e;
+  } finally {
+    wc.dispose();
+  }
+  const wShape = w.shape;
+  return record("conv2d", y, [x, w], [x, w], (gy, [xs, ws]) =>
+    noGrad(() =>
+      tidy(() => {
+        const wk = ws.reshape([G, 1, K]); // (G, 1, K)
+        const dxs: Tensor[] = [];
+        let dw: Tensor | null = null;
+        for (let n0 = 0; n0 < N; n0 += per) {
+          const n1 = Math.min(N, n0 + per), Nc = n1 - n0;
+          const gc = { ...g, N: Nc };
+          const M = Nc * OH * OW;
+          const gyc = Nc === N ? gy : gy.slice([[n0, n1]]);
+          const gyg = gyc.transpose(0, 1).contiguous().reshape([G, M, 1]); // (G, M, 1)
+          const cols = im2col(Nc === N ? xs : xs.slice([[n0, n1]]), gc); // (G, M, K)
+          const part = sum(mul(gyg, cols), 1); // (G, K)
+          dw = dw ? add(dw, part) : part;
+          dxs.push(col2im(mul(gyg, wk), gc)); // (Nc, C, H, W)
+        }
+        return [dxs.length === 1 ? dxs[0] : concat(dxs, 0), dw!.reshape(wShape)];
+      })
+    ));
 }

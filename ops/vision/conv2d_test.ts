@@ -92,6 +92,42 @@ describe("conv2d", () => {
   }
 
   test(
+    "direct v1 (one output channel per group: depthwise) equals im2col and the reference, gradients too",
+    scoped(async () => {
+      requireGpu();
+      for (
+        const [N, C, H, W, KH, stride, padding, dilation, mult] of [
+          [2, 6, 9, 7, 3, 1, 1, 1, 1],
+          [1, 4, 11, 10, 5, 2, 2, 1, 1],
+          [3, 3, 8, 8, 3, 1, 2, 2, 1],
+          [1, 8, 6, 5, 3, 1, 1, 1, 1],
+        ]
+      ) {
+        const o = { device: "webgpu" as const };
+        const x = s.randn([N, C, H, W], { seed: 11, ...o });
+        const w = s.randn([C * mult, 1, KH, KH], { seed: 12, ...o });
+        x.requiresGrad = true;
+        w.requiresGrad = true;
+        const run = async (version: "direct" | "im2col") => {
+          const y = s.conv2d(x, w, { stride, padding, dilation, groups: C, version });
+          y.mul(y).sum().backward();
+          const out = [await arr(y), await arr(x.grad!), await arr(w.grad!)];
+          x.zeroGrad();
+          w.zeroGrad();
+          return out;
+        };
+        const [d, i] = [await run("direct"), await run("im2col")];
+        for (let k = 0; k < 3; k++) assertClose(d[k], i[k], { atol: 1e-4, rtol: 1e-4 });
+      }
+      const x = s.zeros([1, 4, 5, 5], { device: "webgpu" });
+      expect(() => s.conv2d(x, s.zeros([8, 1, 3, 3], { device: "webgpu" }), { groups: 4, version: "direct" }))
+        .toThrow('version "direct" takes one output channel per group and at most 64 taps');
+      expect(() => s.conv2d(x, s.zeros([4, 4, 3, 3], { device: "webgpu" }), { version: "fast" as "direct" }))
+        .toThrow('version must be "auto", "im2col" or "direct", got "fast"');
+    }),
+  );
+
+  test(
     "testOp: both backends and finite differences, on a strided (transposed) input",
     scoped(async () => {
       await testOp([[2, 3, 5, 4], [4, 3, 2, 2], [4]], (x, w, b) => s.conv2d(x, w, { bias: b, padding: 1 }));
