@@ -54,3 +54,4 @@ export * from "./jamba.ts";
 export * from "./tasks.ts";
 export * from "./timemachine.ts";
 export * from "./jamba_config.ts";
+export * from "./vision/mod.ts";
