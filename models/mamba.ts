@@ -87,6 +87,42 @@ export interface MambaState {
 }
 
 /**
+ * Mamba's initializer of dt_proj's bias: dt = exp(U (log dtMax - log dtMin) + log dtMin) floored at
+ * `floor`, stored as softplus^-1(dt) = dt + log(-expm1(-dt)), so that softplus(bias) starts in [dtMin, dtMax].
+ *
+ * @example
+ * ```ts
+ * import { mambaDtBiasInit, softplus } from "seqlab";
+ * const b = mambaDtBiasInit(1e-3, 0.1, 1e-4)([4], { seed: 1 });
+ * console.log((await softplus(b).toArray()).every((d) => d >= 1e-3 && d <= 0.1)); // true
+ * ```
+ */
+export function mambaDtBiasInit(dtMin = 1e-3, dtMax = 0.1, floor = 1e-4): Initializer {
+  return (s, io) =>
+    tidy(() => {
+      const u = rand(s, { ...io, device: "cpu", dtype: "f64" }).storage.data as Float64Array;
+      const inv = Float64Array.from(u, (x) => {
+        const dt = Math.max(Math.exp(x * (Math.log(dtMax) - Math.log(dtMin)) + Math.log(dtMin)), floor);
+        return dt + Math.log(-Math.expm1(-dt));
+      });
+      return tensor(inv, { shape: s, device: io.device, dtype: io.dtype ?? "f32" });
+    });
+}
+
+/**
+ * S4D-Real's A as Mamba stores it: ALog (ED, N) with row n = log(n + 1), so A = -exp(ALog) = -(1 .. N).
+ *
+ * @example
+ * ```ts
+ * import { s4dRealALog } from "seqlab";
+ * console.log(await s4dRealALog(2, 3).toArray()); // log 1, log 2, log 3 per row
+ * ```
+ */
+export function s4dRealALog(ED: number, N: number, o: { device?: DeviceName; dtype?: DType } = {}): Tensor {
+  return tidy(() => log(arange(1, N + 1, 1, o).reshape([1, N]).expand([ED, N]).contiguous()));
+}
+
+/**
  * A Mamba block: x (B, L, D) -> (B, L, D).
  *
  * Parameters (seqlab's Linear layout: weight (in, out)): inProj (D, 2 ED) no bias; convWeight (ED, dConv),
@@ -171,19 +207,7 @@ export class Mamba<S extends boolean = true> extends Module {
       ? null
       : param(init.uniform([ED], { ...o, low: -cb, high: cb, seed: (seed(1) ?? 0) + 1 }));
     const wb = dtScale / Math.sqrt(R);
-    const dtBiasInit: Initializer = (s, io) =>
-      tidy(() => {
-        // dt = exp(U * (log dtMax - log dtMin) + log dtMin), floored; bias = dt + log(-expm1(-dt))
-        const u = rand(s, { ...io, device: "cpu", dtype: "f64" }).storage.data as Float64Array;
-        const inv = Float64Array.from(u, (x) => {
-          const dt = Math.max(
-            Math.exp(x * (Math.log(dtMax) - Math.log(dtMin)) + Math.log(dtMin)),
-            dtInitFloor,
-          );
-          return dt + Math.log(-Math.expm1(-dt));
-        });
-        return tensor(inv, { shape: s, device: io.device, dtype: io.dtype ?? "f32" });
-      });
+    const dtBiasInit = mambaDtBiasInit(dtMin, dtMax, dtInitFloor);
     type Sel = Mamba<S>;
     if (this.selective) {
       this.xProj = new Linear(ED, R + 2 * N, { ...o, bias: false, seed: seed(2) }) as Sel["xProj"];
@@ -206,7 +230,7 @@ export class Mamba<S extends boolean = true> extends Module {
     this.dtNorm = norm(R);
     this.BNorm = norm(N);
     this.CNorm = norm(N);
-    this.ALog = param(tidy(() => log(arange(1, N + 1, 1, o).reshape([1, N]).expand([ED, N]).contiguous())));
+    this.ALog = param(s4dRealALog(ED, N, o));
     this.D = param(init.ones([ED], o));
     const ob = 1 / Math.sqrt(ED) / Math.sqrt(nLayer);
     this.outProj = new Linear(ED, D, {
