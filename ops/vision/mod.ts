@@ -6,3 +6,22 @@
 
 export * from "./conv2d.ts";
 export { conv2dBackwardRef, conv2dRef, type Strided4 } from "./conv2d_ref.ts";
+export {
+  adaptiveAvgPool2d,
+  type AdaptiveGeometry,
+  avgPool2d,
+  type AvgPool2dOptions,
+  maxPool2d,
+  type MaxPool2dOptions,
+  type PoolGeometry,
+  poolGeometry,
+  type Size2,
+} from "./pool.ts";
+export {
+  adaptiveAvgPool2dBackwardRef,
+  adaptiveAvgPool2dRef,
+  avgPool2dBackwardRef,
+  avgPool2dRef,
+  maxPool2dBackwardRef,
+  maxPool2dRef,
+} from "./pool_ref.ts";
