@@ -82,3 +82,27 @@ export async function writeFile(path: string, bytes: Uint8Array): Promise<void> 
     throw e;
   }
 }
+
+/**
+ * Whether `path` names an existing regular file; false when nothing is there, and any other failure
+ * (no read permission) is thrown.
+ *
+ * @example
+ * ```ts
+ * import { fileExists } from "./platform.ts";
+ * const path = await Deno.makeTempFile();
+ * console.log(await fileExists(path), await fileExists(`${path}.missing`)); // true false
+ * await Deno.remove(path);
+ * ```
+ */
+export async function fileExists(path: string): Promise<boolean> {
+  try {
+    if (g.Deno?.stat) return (await g.Deno.stat(path)).isFile;
+    const fs = await import("node:fs/promises");
+    return (await fs.stat(path)).isFile();
+  } catch (e) {
+    const err = e as { name?: string; code?: string };
+    if (err.name === "NotFound" || err.code === "ENOENT" || err.code === "ENOTDIR") return false;
+    throw e;
+  }
+}

@@ -21,3 +21,4 @@ export * from "./channel.ts";
 export * from "./nonlocal.ts";
 export * from "./cbam.ts";
 export * from "./vit.ts";
+export * from "./data.ts";

@@ -90,7 +90,7 @@ export class NonLocal extends Module {
    */
   forwardWithAttention(x: Tensor, query?: readonly [number, number]): NonLocalOutput {
     checkFeatureMap("NonLocal", x, this.channels, this.theta.weight.device);
-    const [N, C, H, W] = x.shape, Ci = this.inter, P = H * W;
+    const [N, , H, W] = x.shape, Ci = this.inter, P = H * W;
     const [qi, qj] = query ?? [Math.floor(H / 2), Math.floor(W / 2)];
     if (!Number.isInteger(qi) || !Number.isInteger(qj) || qi < 0 || qi >= H || qj < 0 || qj >= W) {
       throw new VisionError(
