@@ -25,3 +25,5 @@ export {
   maxPool2dBackwardRef,
   maxPool2dRef,
 } from "./pool_ref.ts";
+export { type PatchGeometry, patchGeometry, patchify, unpatchify } from "./patch.ts";
+export { patchifyRef, type Strided3, unpatchifyRef } from "./patch_ref.ts";
