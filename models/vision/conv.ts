@@ -166,6 +166,7 @@ export class Conv2d extends Module {
   /** x (N, C, H, W) -> (N, O, OH, OW). */
   forward(x: Tensor): Tensor {
     checkFeatureMap("Conv2d", x, this.inChannels, this.weight.device);
+    conv2dGeometry(x.shape, this.weight.shape, this.#opts(), "Conv2d"); // errors named after the layer
     return conv2d(x, this.weight, { ...this.#opts(), bias: this.bias });
   }
 
