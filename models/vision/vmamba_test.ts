@@ -2,6 +2,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
 import { assertClose, GPU, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
+import { backendsAgree, fitSideTask } from "../../test/models.ts";
 import { PatchMerging, SS2D, VMamba } from "./vmamba.ts";
 
 leakCheck();
@@ -35,26 +36,7 @@ describe("VMamba", () => {
       expect(cpu.flops(2)).toBeGreaterThan(0);
       if (!GPU) return;
       const gpu = new VMamba({ ...cfg, device: "webgpu" });
-      const run = async (m: VMamba, xx: Tensor) => {
-        const out = m.forward(xx);
-        out.mul(out).sum().backward();
-        const grads = await Promise.all(m.parameters().map(async (p) => await arr(p.grad!)));
-        for (const p of m.parameters()) p.zeroGrad();
-        return { out: await arr(out), grads };
-      };
-      const xg = await x.to("webgpu");
-      const a = await run(cpu, x), b = await run(gpu, xg);
-      xg.dispose();
-      assertClose(b.out, a.out, { atol: 2e-4, rtol: 2e-3 });
-      const names = cpu.namedParameters().map(([n]) => n);
-      a.grads.forEach((g, i) => {
-        expect(g.some((v) => v !== 0), `${names[i]} gets a gradient`).toBe(true);
-        try {
-          assertClose(b.grads[i], g, { atol: 5e-4, rtol: 5e-3 });
-        } catch (e) {
-          throw new Error(`${names[i]}: ${(e as Error).message}`);
-        }
-      });
+      await backendsAgree(cpu, gpu, x);
       cpu.dispose();
       gpu.dispose();
     }),
@@ -105,29 +87,8 @@ describe("VMamba", () => {
         seed: 7,
         device: "webgpu",
       });
-      const B = 16;
-      const img = new Float32Array(B * 64), lab = new Int32Array(B);
-      for (let b = 0; b < B; b++) {
-        lab[b] = b % 2;
-        img[b * 64 + ((b * 3) % 8) * 8 + (lab[b] ? 7 : 0)] = 3;
-      }
-      const x = s.tensor(img, { shape: [B, 1, 8, 8], device: "webgpu" });
-      const y = s.tensor(lab, { dtype: "i32", device: "webgpu" });
-      const opt = new s.Adam(m.parameters(), { lr: 1e-2 });
-      const losses: number[] = [];
-      for (let i = 0; i < 60; i++) {
-        const l = s.tidy(() => {
-          opt.zeroGrad();
-          const loss = s.crossEntropy(m.forward(x), y);
-          loss.backward();
-          opt.step();
-          return loss;
-        });
-        losses.push(await l.item());
-        l.dispose();
-      }
-      expect(losses[59]).toBeLessThan(0.5 * losses[0]);
-      opt.dispose();
+      const { first, last } = await fitSideTask(m);
+      expect(last).toBeLessThan(0.5 * first);
       m.dispose();
     }),
   );
