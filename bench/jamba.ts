@@ -11,7 +11,7 @@
  */
 
 import * as s from "../mod.ts";
-import type { JambaLM, JambaLMConfig, JambaSpec, Tensor } from "../mod.ts";
+import type { JambaLM, JambaLMConfig, JambaSpec } from "../mod.ts";
 import { median } from "./util.ts";
 
 /** The {@link JambaSpec} (models/jamba_config.ts arithmetic) of a {@link JambaLMConfig}. */
