@@ -22,7 +22,7 @@
  */
 
 import * as s from "../mod.ts";
-import type { KVCache, MambaLMState, Tensor } from "../mod.ts";
+import type { MambaLMState, Tensor } from "../mod.ts";
 import { gpu, hasWebGPU } from "../runtime/device.ts";
 import { loadAverage, median, table, verdict, writeResult } from "./util.ts";
 
@@ -67,6 +67,19 @@ export interface DecodeRow {
 
 type Model = s.MambaLM | s.TransformerLM | s.JambaLM;
 type Kind = DecodeRow["model"];
+/** The cache API TransformerLM and JambaLM share (K/V per layer, null for a Mamba layer; Mamba states). */
+interface LMCache {
+  k: (Tensor | null)[];
+  v: (Tensor | null)[];
+  mamba?: ({ conv: Tensor; ssm: Tensor } | null)[];
+  length: number;
+  dispose(): void;
+}
+interface CachedLM {
+  initCache(batch: number, maxLen: number): LMCache;
+  prefill(tokens: Tensor, cache: LMCache): Tensor;
+  step(tokens: Tensor, cache: LMCache): { logits: Tensor };
+}
 
 /** A decoding session: advances the batch one token; `state` owns its tensors. */
 interface Session {
@@ -142,51 +155,11 @@ async function prefilled(
   await gpu().sync();
   const t0 = performance.now();
   let first: Tensor;
-  if (m instanceof s.TransformerLM) {
-    const cache = m.initCache(1, context);
-    const logits = m.prefill(prompt, cache);
-    first = s.tidy(() => logits.slice([null, -1]).argmax(-1)); // (1)
-    await first.toArray();
-    const prefillMs = performance.now() - t0;
-    logits.dispose();
-    prompt.dispose();
-    const Hkv = m.config.nKvHead;
-    const Dh = m.config.dModel / m.config.nHead;
-    return {
-      prefillMs,
-      session: (B) => {
-        const c: KVCache = m.initCache(B, capacity);
-        s.noGrad(() =>
-          s.tidy(() => {
-            // every row gets the batch-1 context (copyInto broadcasts the batch dim)
-            for (let i = 0; i < c.k.length; i++) {
-              s.copyInto(c.k[i].slice([null, null, [0, context]]), cache.k[i]);
-              s.copyInto(c.v[i].slice([null, null, [0, context]]), cache.v[i]);
-            }
-          })
-        );
-        c.length = context;
-        const sess: Session = {
-          model: "transformer",
-          tok: first.expand([B]).contiguous(),
-          step: () => m.step(sess.tok, c).logits,
-          stateBytes: 2 * m.blocks.length * B * Hkv * context * Dh * 4,
-          dispose: () => {
-            c.dispose();
-            sess.tok.dispose();
-          },
-        };
-        return sess;
-      },
-      dispose: () => {
-        cache.dispose();
-        first.dispose();
-      },
-    };
-  }
-  if (m instanceof s.JambaLM) {
-    const cache = m.initCache(1, context);
-    const logits = m.prefill(prompt, cache);
+  if (m instanceof s.TransformerLM || m instanceof s.JambaLM) {
+    // a KV cache (the JambaLM's: K/V for its attention layers, conv/SSM states for its Mamba layers)
+    const lm = m as CachedLM;
+    const cache = lm.initCache(1, context);
+    const logits = lm.prefill(prompt, cache);
     first = s.tidy(() => logits.slice([null, -1]).argmax(-1)); // (1)
     await first.toArray();
     const prefillMs = performance.now() - t0;
@@ -195,31 +168,32 @@ async function prefilled(
     return {
       prefillMs,
       session: (B) => {
-        const c = m.initCache(B, capacity);
+        const c = lm.initCache(B, capacity);
         s.noGrad(() =>
           s.tidy(() => {
-            // every row gets the batch-1 context: K/V rows by broadcasting copies, Mamba states expanded
+            // every row gets the batch-1 context: K/V rows and Mamba states by broadcasting copies
             for (let i = 0; i < c.k.length; i++) {
               if (c.k[i]) {
                 s.copyInto(c.k[i]!.slice([null, null, [0, context]]), cache.k[i]!);
                 s.copyInto(c.v[i]!.slice([null, null, [0, context]]), cache.v[i]!);
               }
-              const st = cache.mamba[i];
+              const st = cache.mamba?.[i];
               if (st) {
-                s.copyInto(c.mamba[i]!.conv, st.conv);
-                s.copyInto(c.mamba[i]!.ssm, st.ssm);
+                s.copyInto(c.mamba![i]!.conv, st.conv);
+                s.copyInto(c.mamba![i]!.ssm, st.ssm);
               }
             }
           })
         );
         c.length = context;
+        // K/V (B, Hkv, capacity, Dh) per attention layer: the filled part; the Mamba states whole
         const kvPerToken = c.k.reduce((n, k) => n + (k ? 2 * k.shape[1] * k.shape[3] * 4 : 0), 0);
-        const stateBytes = c.mamba.reduce((n, st) => n + (st ? (st.conv.size + st.ssm.size) * 4 : 0), 0);
+        const states = (c.mamba ?? []).reduce((n, st) => n + (st ? (st.conv.size + st.ssm.size) * 4 : 0), 0);
         const sess: Session = {
-          model: "jamba",
+          model: m instanceof s.JambaLM ? "jamba" : "transformer",
           tok: first.expand([B]).contiguous(),
-          step: () => m.step(sess.tok, c).logits,
-          stateBytes: B * kvPerToken * context + stateBytes,
+          step: () => lm.step(sess.tok, c).logits,
+          stateBytes: B * kvPerToken * context + states,
           dispose: () => {
             c.dispose();
             sess.tok.dispose();
