@@ -168,11 +168,15 @@ export class MixedData {
 
 /** Training settings. */
 export interface TrainOptions {
+  /** Steps, one batch each. */
   steps: number;
+  /** Peak learning rate (AdamW). */
   lr: number;
+  /** Linear warmup steps. */
   warmup: number;
   /** Read the losses back every `logEvery` steps (a readback waits for the adapter). */
   logEvery: number;
+  /** AdamW weight decay (default 0.01). */
   weightDecay?: number;
   /** Called after each logged step (progress output). */
   onLog?: (step: number, text: number, task: number) => void;
@@ -182,7 +186,9 @@ export interface TrainOptions {
 export interface TrainResult {
   /** [step, text loss, task loss, aux loss] at each logged step (nats). */
   log: [number, number, number, number][];
+  /** Wall time of the loop. */
   seconds: number;
+  /** Steps run. */
   steps: number;
 }
 
@@ -340,10 +346,13 @@ export function imbalance(shares: number[]): number {
 
 /** One decoding measurement. */
 export interface DecodeRow {
+  /** The model's name (its key in the models given). */
   model: string;
+  /** Tokens prefilled before the timed steps. */
   context: number;
   /** Median ms per decode step (batch 1) over the trials. */
   msPerStep: number;
+  /** 1000 / msPerStep (batch 1). */
   tokensPerSecond: number;
   /** The cache's bytes after the context (K/V for the attention layers plus the Mamba states). */
   cacheBytes: number;
