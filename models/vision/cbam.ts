@@ -14,8 +14,8 @@ import { add, mul, relu, sigmoid } from "../../ops/core/elementwise.ts";
 import { concat } from "../../ops/core/layout.ts";
 import { max, mean } from "../../ops/core/reduce.ts";
 import { type LayerOptions, Linear, Module } from "../nn.ts";
-import { reducedWidth } from "./channel.ts";
-import { checkFeatureMap, checkInt, checkShape, Conv2d, linearFlops, VisionError } from "./conv.ts";
+import { checkFeatureMap, checkInt, checkShape, linearFlops, reducedWidth, VisionError } from "./common.ts";
+import { Conv2d } from "./conv.ts";
 
 /** What {@link CBAM} computed. */
 export interface CBAMOutput {

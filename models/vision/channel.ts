@@ -14,7 +14,8 @@ import { tidy } from "../../runtime/tensor.ts";
 import { mul, sigmoid } from "../../ops/core/elementwise.ts";
 import { mean } from "../../ops/core/reduce.ts";
 import { type LayerOptions, Linear, Module } from "../nn.ts";
-import { checkFeatureMap, checkInt, checkShape, Conv2d, linearFlops, VisionError } from "./conv.ts";
+import { checkFeatureMap, checkInt, checkShape, linearFlops, reducedWidth, VisionError } from "./common.ts";
+import { Conv2d } from "./conv.ts";
 
 /** What a channel-attention module computed: the output and its weight per channel. */
 export interface ChannelAttentionOutput {
@@ -22,18 +23,6 @@ export interface ChannelAttentionOutput {
   y: Tensor;
   /** (N, C) in (0, 1): the weight of each channel of each image. */
   weights: Tensor;
-}
-
-/** The hidden width C / r (floored) of a reduction MLP; throws when r is not in [1, C]. */
-export function reducedWidth(op: string, channels: number, r: number): number {
-  checkInt(op, "channels", channels);
-  checkInt(op, "r", r);
-  if (r > channels) {
-    throw new VisionError(
-      `${op}: the reduction r = ${r} is larger than the channels C = ${channels} (C / r must be at least 1)`,
-    );
-  }
-  return Math.floor(channels / r);
 }
 
 /**

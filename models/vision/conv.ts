@@ -1,6 +1,5 @@
 /**
- * `Conv2d`, a {@link Module} over the `conv2d` op (NCHW), the named error of the vision modules
- * ({@link VisionError}) and the input checks and FLOP counts they share.
+ * `Conv2d`, a {@link Module} over the `conv2d` op (NCHW).
  *
  * FLOPs here follow seqlab's convention (ops' `stats`): a multiply-add is 2 FLOPs, and an elementwise op,
  * a comparison or one element entering a reduction is 1. The vision papers' "GFLOPs" (ResNet-50's 3.86)
@@ -9,57 +8,10 @@
  */
 
 import { param } from "../../runtime/autograd.ts";
-import { isFloat } from "../../runtime/dtype.ts";
-import { fmt } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { conv2d, conv2dGeometry } from "../../ops/vision/conv2d.ts";
 import { init, type LayerOptions, Module } from "../nn.ts";
-
-/** A named error for bad input to the vision modules and their data (shapes, channels, options). */
-export class VisionError extends Error {
-  /** Always "VisionError". */
-  override name = "VisionError";
-}
-
-/** Throws a {@link VisionError} unless `v` is an integer >= `min`. */
-export function checkInt(op: string, name: string, v: number, min = 1): void {
-  if (!Number.isInteger(v) || v < min) {
-    throw new VisionError(`${op}: ${name} must be an integer >= ${min}, got ${v}`);
-  }
-}
-
-/**
- * Checks a feature map x (N, C, H, W) against a module of `channels` channels whose parameters live on
- * `device`: rank 4, float, the channel count, the device. Throws a {@link VisionError}.
- */
-export function checkFeatureMap(op: string, x: Tensor, channels: number, device: string): void {
-  if (x.rank !== 4) throw new VisionError(`${op}: x must be (N, C, H, W), got ${x.describe()}`);
-  if (!isFloat(x.dtype)) throw new VisionError(`${op}: x must be a float tensor, got ${x.describe()}`);
-  if (x.shape[1] !== channels) {
-    throw new VisionError(
-      `${op}: x ${fmt(x.shape)} has ${x.shape[1]} channels but the module was built for ${channels}`,
-    );
-  }
-  if (x.device !== device) {
-    throw new VisionError(`${op}: x is on ${x.device} but the module's parameters are on ${device}`);
-  }
-}
-
-/** Checks a shape argument of a `flops(shape)` method: (N, C, H, W) with C = `channels`. */
-export function checkShape(op: string, shape: readonly number[], channels: number): number[] {
-  if (shape.length !== 4 || !shape.every((n) => Number.isInteger(n) && n > 0)) {
-    throw new VisionError(`${op}: the shape must be (N, C, H, W) of positive integers, got ${fmt(shape)}`);
-  }
-  if (shape[1] !== channels) {
-    throw new VisionError(`${op}: the shape ${fmt(shape)} has ${shape[1]} channels, the module ${channels}`);
-  }
-  return [...shape];
-}
-
-/** FLOPs of a Linear (in -> out) applied to `rows` rows: 2 in out per row, plus out for the bias. */
-export function linearFlops(rows: number, inF: number, outF: number, bias: boolean): number {
-  return rows * (2 * inF * outF + (bias ? outF : 0));
-}
+import { checkFeatureMap, checkInt, checkShape, VisionError } from "./common.ts";
 
 /** Options of {@link Conv2d}. */
 export interface Conv2dLayerOptions extends LayerOptions {

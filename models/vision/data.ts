@@ -15,7 +15,7 @@ import { fileExists, readFile } from "../../runtime/platform.ts";
 import type { DeviceName } from "../../runtime/device.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { tensor } from "../../ops/core/creation.ts";
-import { VisionError } from "./conv.ts";
+import { VisionError } from "./common.ts";
 
 /** A named error for missing or malformed data files and bad loader options. */
 export class DatasetError extends VisionError {
@@ -320,7 +320,7 @@ export function imageTensors(
 }
 
 /** A seeded stream of uniform 32-bit integers (splitmix32). */
-export class SplitMix32 {
+class SplitMix32 {
   #s: number;
   /** Starts the stream at `seed`. */
   constructor(seed: number) {
@@ -341,7 +341,7 @@ export class SplitMix32 {
 }
 
 /**
- * A seeded permutation of 0 .. n-1 (Fisher-Yates over {@link SplitMix32}).
+ * A seeded permutation of 0 .. n-1 (Fisher-Yates over a splitmix32 stream).
  *
  * @example
  * ```ts

@@ -16,6 +16,7 @@
  * @module
  */
 
+export { VisionError } from "./common.ts";
 export * from "./conv.ts";
 export * from "./channel.ts";
 export * from "./nonlocal.ts";

@@ -12,7 +12,8 @@ import { softmax } from "../../ops/core/rowwise.ts";
 import { attention } from "../../ops/attention/attention.ts";
 import { param } from "../../runtime/autograd.ts";
 import { init, type LayerOptions, Module } from "../nn.ts";
-import { checkFeatureMap, checkInt, checkShape, Conv2d, VisionError } from "./conv.ts";
+import { checkFeatureMap, checkInt, checkShape, VisionError } from "./common.ts";
+import { Conv2d } from "./conv.ts";
 
 /** What {@link NonLocal} computed: the output and the attention map of one query pixel. */
 export interface NonLocalOutput {

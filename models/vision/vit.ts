@@ -15,7 +15,7 @@ import { mean, sum } from "../../ops/core/reduce.ts";
 import { softmax } from "../../ops/core/rowwise.ts";
 import { attention } from "../../ops/attention/attention.ts";
 import { type LayerOptions, Linear, Module } from "../nn.ts";
-import { checkInt, linearFlops, VisionError } from "./conv.ts";
+import { checkInt, linearFlops, VisionError } from "./common.ts";
 
 /** What {@link ViTAttention} computed. */
 export interface ViTAttentionOutput {
