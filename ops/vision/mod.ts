@@ -27,3 +27,10 @@ export {
 } from "./pool_ref.ts";
 export { type PatchGeometry, patchGeometry, patchify, unpatchify } from "./patch.ts";
 export { patchifyRef, type Strided3, unpatchifyRef } from "./patch_ref.ts";
+export { batchNorm2d, type BatchNorm2dOptions } from "./batchnorm.ts";
+export {
+  batchNorm2dBackwardRef,
+  batchNorm2dRef,
+  batchNormStatsRef,
+  runningUpdateRef,
+} from "./batchnorm_ref.ts";
