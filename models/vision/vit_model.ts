@@ -14,7 +14,7 @@ import { add } from "../../ops/core/elementwise.ts";
 import { concat } from "../../ops/core/layout.ts";
 import { conv2d } from "../../ops/vision/conv2d.ts";
 import { init, LayerNorm, Linear, Module } from "../nn.ts";
-import { checkInt, VisionError } from "./conv.ts";
+import { checkInt, VisionError } from "./common.ts";
 import { ViTAttention } from "./vit.ts";
 
 /** Sizes and options of a {@link ViT}. */
