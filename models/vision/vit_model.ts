@@ -140,7 +140,9 @@ export class ViT extends Module {
     if (Hi % p !== 0 || Wi % p !== 0) {
       throw new VisionError(`ViT: patchSize ${p} does not divide the image ${Hi}x${Wi}`);
     }
-    if (D % cfg.nHead !== 0) throw new VisionError(`ViT: dModel ${D} is not a multiple of nHead ${cfg.nHead}`);
+    if (D % cfg.nHead !== 0) {
+      throw new VisionError(`ViT: dModel ${D} is not a multiple of nHead ${cfg.nHead}`);
+    }
     if (!(r > 0) || !Number.isInteger(r * D)) {
       throw new VisionError(`ViT: mlpRatio ${r} must give an integer hidden width for dModel ${D}`);
     }
