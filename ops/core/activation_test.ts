@@ -179,7 +179,7 @@ describe("biasAct: act(x + bias) in one pass", () => {
     );
   });
 
-  test("a bias that does not require grad, an x that does not", async () => {
+  test("a bias that does not require grad, an x that does not", () => {
     requireGpu();
     for (const device of ["cpu", "webgpu"] as const) {
       const x = s.param(s.rand([4, 8], { seed: 1, device }));
