@@ -5,6 +5,10 @@
  * @module
  */
 
+import { Rng } from "../runtime/rng.ts";
+
+export { Rng };
+
 /** How a request samples (the engine's `addRequest` options). */
 export interface SamplingParams {
   /** Most new tokens per sequence (default 16). */
@@ -69,32 +73,6 @@ export function resolveSampling(op: string, p: SamplingParams, defaultSeed: numb
     }
   }
   return r;
-}
-
-/**
- * A small seeded generator (SplitMix32 over a 32-bit counter): one stream per sequence, so the tokens a
- * seeded request draws are the same whatever else the scheduler batches with it.
- */
-export class Rng {
-  #s: number;
-  /** A stream from a seed and a stream index (e.g. the sample's index in its request). */
-  constructor(seed: number, stream = 0) {
-    this.#s = (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(stream + 1, 0x85ebca6b)) >>> 0;
-  }
-  #word(): number {
-    let z = (this.#s = (this.#s + 0x9e3779b9) >>> 0);
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-    return (z ^ (z >>> 16)) >>> 0;
-  }
-  /** A uniform number in [0, 1). */
-  next(): number {
-    return this.#word() / 2 ** 32;
-  }
-  /** A uniform number in (0, 1): never 0, so its logarithm is finite. */
-  nextOpen(): number {
-    return (this.#word() + 0.5) / 2 ** 32;
-  }
 }
 
 /** log softmax of a logits row (float64), with the temperature applied when positive. */

@@ -11,6 +11,7 @@
  * @module
  */
 
+import { Rng } from "../../runtime/rng.ts";
 import { fileExists, readFile } from "../../runtime/platform.ts";
 import type { DeviceName } from "../../runtime/device.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
@@ -319,29 +320,8 @@ export function imageTensors(
   };
 }
 
-/** A seeded stream of uniform 32-bit integers (splitmix32). */
-class SplitMix32 {
-  #s: number;
-  /** Starts the stream at `seed`. */
-  constructor(seed: number) {
-    this.#s = (seed >>> 0) ^ Math.floor(seed / 2 ** 32);
-  }
-  /** The next integer in [0, 2^32). */
-  next(): number {
-    this.#s = (this.#s + 0x9e3779b9) >>> 0;
-    let z = this.#s;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    return (z ^ (z >>> 16)) >>> 0;
-  }
-  /** An integer in [0, n). */
-  below(n: number): number {
-    return Math.floor((this.next() / 2 ** 32) * n);
-  }
-}
-
 /**
- * A seeded permutation of 0 .. n-1 (Fisher-Yates over a splitmix32 stream).
+ * A seeded permutation of 0 .. n-1 (Fisher-Yates over an {@link Rng} stream).
  *
  * @example
  * ```ts
@@ -351,7 +331,7 @@ class SplitMix32 {
  */
 export function seededPermutation(n: number, seed: number): Int32Array {
   const p = Int32Array.from({ length: n }, (_, i) => i);
-  const rng = new SplitMix32(seed);
+  const rng = new Rng(seed);
   for (let i = n - 1; i > 0; i--) {
     const j = rng.below(i + 1);
     [p[i], p[j]] = [p[j], p[i]];
@@ -436,7 +416,7 @@ export function* imageBatches(split: ImageSplit, o: BatchOptions): Generator<Ima
   const order = o.shuffle === false
     ? Int32Array.from({ length: split.count }, (_, i) => i)
     : seededPermutation(split.count, mixed);
-  const rng = new SplitMix32(mixed ^ 0x5bd1e995);
+  const rng = new Rng(mixed ^ 0x5bd1e995);
   const H = split.height, W = split.width, P = H * W;
   for (let start = 0; start < split.count; start += bs) {
     const end = Math.min(split.count, start + bs);
@@ -449,7 +429,7 @@ export function* imageBatches(split: ImageSplit, o: BatchOptions): Generator<Ima
       // the window's offset in the padded image (pad = no shift) and the flip, drawn per image
       const di = augmenting && pad ? rng.below(2 * pad + 1) - pad : 0;
       const dj = augmenting && pad ? rng.below(2 * pad + 1) - pad : 0;
-      const mirror = augmenting && flip && (rng.next() & 1) === 1;
+      const mirror = augmenting && flip && (rng.word() & 1) === 1;
       for (let i = 0; i < H; i++) {
         const si = i + di;
         for (let j = 0; j < W; j++) {
