@@ -25,7 +25,7 @@ export {
   maxPool2dBackwardRef,
   maxPool2dRef,
 } from "./pool_ref.ts";
-export { type PatchGeometry, patchGeometry, patchify, unpatchify } from "./patch.ts";
+export { type PatchGeometry, patchGeometry, patchify, type PatchOptions, unpatchify } from "./patch.ts";
 export { patchifyRef, type Strided3, unpatchifyRef } from "./patch_ref.ts";
 export { batchNorm2d, type BatchNorm2dOptions } from "./batchnorm.ts";
 export {

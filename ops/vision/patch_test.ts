@@ -46,34 +46,38 @@ describe("patchify / unpatchify", () => {
         const tokRef = patchifyRef(g, strided4(x0)), imgRef = unpatchifyRef(g, s3(t0));
         // the adjoint of a permutation is its inverse: the references give each other's gradients
         const dxRef = unpatchifyRef(g, s3(t0)), dtRef = patchifyRef(g, strided4(x0));
+        // v2 (vec4) where the patch width allows it, on a contiguous x; v1 on a transposed view
+        const versions = PW % 4 === 0 ? ["v1", "v2"] as const : ["v1"] as const;
         for (const device of DEVICES) {
           for (const dtype of device === "cpu" ? ["f64", "f32"] as const : ["f32"] as const) {
-            const leaf = async (t: Tensor, transposed: boolean) => {
-              const src = transposed ? t.transpose(2, 3).contiguous().transpose(2, 3) : t;
-              const l = (await s.cast(src, dtype).to(device)).detach();
-              l.requiresGrad = true;
-              return l;
-            };
-            const x = await leaf(x0, true), t = await leaf(t0, false);
-            const tok = s.patchify(x, [PH, PW]);
-            const img = s.unpatchify(t, [PH, PW], [H, W]);
-            tok.mul(await s.cast(t0, dtype).to(device)).sum().backward(); // dx = unpatchify(t0)
-            img.mul(await s.cast(x0, dtype).to(device)).sum().backward(); // dt = patchify(x0)
-            const what = `${device} ${dtype}`;
-            try {
-              expect(tok.shape).toEqual([N, L, D]);
-              expect(img.shape).toEqual([N, C, H, W]);
-              // a rearrangement: exact in every dtype (f32 holds the rounded f64 values exactly)
-              const f32 = (a: ArrayLike<number>) => Array.from(dtype === "f64" ? a : Float32Array.from(a));
-              expect(await arr(tok)).toEqual(f32(tokRef));
-              expect(await arr(img)).toEqual(f32(imgRef));
-              expect(await arr(x.grad!)).toEqual(f32(dxRef));
-              expect(await arr(t.grad!)).toEqual(f32(dtRef));
-            } catch (e) {
-              throw new Error(`${what}: ${(e as Error).message}`);
-            } finally {
-              x.zeroGrad();
-              t.zeroGrad();
+            for (const version of versions) {
+              const leaf = async (t: Tensor, transposed: boolean) => {
+                const src = transposed ? t.transpose(2, 3).contiguous().transpose(2, 3) : t;
+                const l = (await s.cast(src, dtype).to(device)).detach();
+                l.requiresGrad = true;
+                return l;
+              };
+              const x = await leaf(x0, version === "v1"), t = await leaf(t0, false);
+              const tok = s.patchify(x, [PH, PW], { version });
+              const img = s.unpatchify(t, [PH, PW], [H, W], { version });
+              tok.mul(await s.cast(t0, dtype).to(device)).sum().backward(); // dx = unpatchify(t0)
+              img.mul(await s.cast(x0, dtype).to(device)).sum().backward(); // dt = patchify(x0)
+              const what = `${device} ${dtype} ${version}`;
+              try {
+                expect(tok.shape).toEqual([N, L, D]);
+                expect(img.shape).toEqual([N, C, H, W]);
+                // a rearrangement: exact in every dtype (f32 holds the rounded f64 values exactly)
+                const f32 = (a: ArrayLike<number>) => Array.from(dtype === "f64" ? a : Float32Array.from(a));
+                expect(await arr(tok)).toEqual(f32(tokRef));
+                expect(await arr(img)).toEqual(f32(imgRef));
+                expect(await arr(x.grad!)).toEqual(f32(dxRef));
+                expect(await arr(t.grad!)).toEqual(f32(dtRef));
+              } catch (e) {
+                throw new Error(`${what}: ${(e as Error).message}`);
+              } finally {
+                x.zeroGrad();
+                t.zeroGrad();
+              }
             }
           }
         }
@@ -127,6 +131,18 @@ describe("patchify / unpatchify", () => {
         [() => s.unpatchify(s.zeros([1, 4, 10]), 2, [4, 4]), "the token width 10"],
         [() => s.unpatchify(s.zeros([4, 12]), 2, [4, 4]), "tokens must be (N, L, D), got [4, 12]"],
         [() => s.unpatchify(s.zeros([1, 4, 12]), 2, [5, 4]), "the patch 2x2 does not divide the image 5x4"],
+        [
+          () => s.patchify(s.zeros([1, 3, 8, 8]), 2, { version: "v2" }),
+          "v2 reads vec4s: it needs a contiguous source at an offset divisible by 4 and a patch width divisible by 4",
+        ],
+        [
+          () => s.patchify(s.zeros([1, 3, 8, 8]).transpose(2, 3), 4, { version: "v2" }),
+          "contiguous false) and PW 4",
+        ],
+        [
+          () => s.patchify(s.zeros([1, 3, 8, 8]), 4, { version: "v3" as unknown as "v1" }),
+          'version must be "auto", "v1" or "v2"',
+        ],
       ];
       for (const [f, msg] of bad) {
         let err: unknown;
