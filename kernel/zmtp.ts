@@ -1,10 +1,11 @@
 /**
- * ZeroMQ wire protocol (ZMTP 3.0, NULL mechanism) over TCP, server side only, for the Jupyter kernel.
+ * ZeroMQ wire protocol (ZMTP 3.0, NULL mechanism) over TCP, for the Jupyter kernel and its client.
  *
  * The npm `zeromq` binding cannot serve from Deno (a bound ROUTER never hears another process), so the
  * kernel speaks the wire protocol itself. Only what a Jupyter kernel needs is here: ROUTER (shell,
  * control, stdin), PUB (iopub) and REP (heartbeat), each bound to one TCP port and accepting any
- * number of peers.
+ * number of peers; and, for kernel/client.ts, the connecting side: DEALER, SUB and REQ
+ * (`ClientSocket`), one connection each.
  *
  * Wire layout, per connection:
  *   greeting  64 bytes: 0xFF, 8 pad, 0x7F, version 3.0, mechanism "NULL" padded to 20, as-server, 31 filler
@@ -162,6 +163,36 @@ class Reader {
   }
 }
 
+/** One frame as read from the wire. */
+interface Frame {
+  more: boolean;
+  command: boolean;
+  body: Uint8Array;
+}
+
+/** Read one frame; null at a clean end of stream. Throws on bad flags or a frame over the limit. */
+async function readFrame(r: Reader): Promise<Frame | null> {
+  const h = await r.read(1);
+  if (!h) return null;
+  const flags = h[0];
+  if (flags & ~7) throw new Error(`bad frame flags 0x${flags.toString(16)}`);
+  let size: number;
+  if (flags & FLAG_LONG) {
+    const s = await r.read(8);
+    if (!s) return null;
+    const big = new DataView(s.buffer, s.byteOffset, 8).getBigUint64(0);
+    if (big > BigInt(MAX_MESSAGE_BYTES)) throw new Error(`frame of ${big} bytes is over the limit`);
+    size = Number(big);
+  } else {
+    const s = await r.read(1);
+    if (!s) return null;
+    size = s[0];
+  }
+  const body = size === 0 ? new Uint8Array() : await r.read(size);
+  if (!body) return null;
+  return { more: (flags & FLAG_MORE) !== 0, command: (flags & FLAG_COMMAND) !== 0, body };
+}
+
 let nextGeneratedId = (Math.random() * 0xffffffff) >>> 0;
 
 /** One accepted connection on a bound socket. */
@@ -256,7 +287,7 @@ export class Peer {
       const props: Record<string, Uint8Array | string> = { "Socket-Type": this.owner.type };
       if (this.owner.type === "ROUTER") props["Identity"] = new Uint8Array();
       await this.sendCommand("READY", encodeProperties(props));
-      const ready = await this.readFrame(r);
+      const ready = await readFrame(r);
       if (!ready) return this.close("closed before READY");
       if (!ready.command) return this.close("expected READY command");
       const { name, data } = parseCommand(ready.body);
@@ -281,7 +312,7 @@ export class Peer {
       let msg: Frames = [];
       let msgBytes = 0;
       for (;;) {
-        const f = await this.readFrame(r);
+        const f = await readFrame(r);
         if (!f) return this.close();
         if (f.command) {
           this.onCommand(f.body);
@@ -300,28 +331,6 @@ export class Peer {
     } catch (e) {
       this.close(`read failed: ${(e as Error).message}`);
     }
-  }
-
-  private async readFrame(r: Reader): Promise<{ more: boolean; command: boolean; body: Uint8Array } | null> {
-    const h = await r.read(1);
-    if (!h) return null;
-    const flags = h[0];
-    if (flags & ~7) throw new Error(`bad frame flags 0x${flags.toString(16)}`);
-    let size: number;
-    if (flags & FLAG_LONG) {
-      const s = await r.read(8);
-      if (!s) return null;
-      const big = new DataView(s.buffer, s.byteOffset, 8).getBigUint64(0);
-      if (big > BigInt(MAX_MESSAGE_BYTES)) throw new Error(`frame of ${big} bytes is over the limit`);
-      size = Number(big);
-    } else {
-      const s = await r.read(1);
-      if (!s) return null;
-      size = s[0];
-    }
-    const body = size === 0 ? new Uint8Array() : await r.read(size);
-    if (!body) return null;
-    return { more: (flags & FLAG_MORE) !== 0, command: (flags & FLAG_COMMAND) !== 0, body };
   }
 
   private onCommand(body: Uint8Array): void {
@@ -480,4 +489,181 @@ function startsWith(a: Uint8Array, prefix: Uint8Array): boolean {
 
 function equal(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && startsWith(a, b);
+}
+
+// ------------------------------------------------------------------------------------------ client side
+
+/** The socket types a client connects with: DEALER (shell, control, stdin), SUB (iopub), REQ (heartbeat). */
+export type ClientSocketType = "DEALER" | "SUB" | "REQ";
+
+/** Peers a connecting socket accepts, per ZMTP's socket compatibility table. */
+const CLIENT_COMPATIBLE: Record<ClientSocketType, string[]> = {
+  DEALER: ["ROUTER", "DEALER", "REP"],
+  SUB: ["PUB", "XPUB"],
+  REQ: ["REP", "ROUTER"],
+};
+
+/**
+ * One connecting socket over one TCP connection (a Jupyter client needs no more: each channel talks to one
+ * kernel). DEALER sends and receives frames as they are; REQ adds and strips the empty delimiter frame;
+ * SUB subscribes with ZMTP 3.0 subscription messages, which 3.0 and 3.1 publishers both accept.
+ *
+ * Received messages queue until `recv()` takes them: nothing is dropped, in the same spirit as the server
+ * side. There is no reconnection: if the connection ends, `recv()` returns null and `closedReason` says why.
+ *
+ * @example
+ * ```ts ignore
+ * const shell = await ClientSocket.connect("DEALER", "127.0.0.1", conn.shell_port);
+ * await shell.send([delimiter, signature, header, parent, metadata, content]);
+ * const reply = await shell.recv(); // Frames, or null once closed
+ * shell.close();
+ * ```
+ */
+export class ClientSocket {
+  /** Why the connection ended (null while open). */
+  closedReason: string | null = null;
+  /** Socket type the peer announced in READY. */
+  peerType = "";
+  private queue: Frames[] = [];
+  private waiters: ((m: Frames | null) => void)[] = [];
+  private writing: Promise<void> = Promise.resolve();
+
+  private constructor(readonly type: ClientSocketType, private conn: Deno.Conn, readonly name: string) {}
+
+  /**
+   * Connect, exchange greetings and READY; resolves once the peer's READY arrived, so a SUB's
+   * subscriptions (sent right after) are on the wire before anything else is sent on other sockets.
+   */
+  static async connect(
+    type: ClientSocketType,
+    hostname: string,
+    port: number,
+    opts: { identity?: Uint8Array; subscribe?: Uint8Array[]; name?: string } = {},
+  ): Promise<ClientSocket> {
+    const name = opts.name ?? `${type} ${hostname}:${port}`;
+    let conn: Deno.TcpConn;
+    try {
+      conn = await Deno.connect({ hostname, port, transport: "tcp" });
+    } catch (e) {
+      throw new Error(`${name}: cannot connect to ${hostname}:${port}: ${(e as Error).message}`);
+    }
+    try {
+      conn.setNoDelay(true);
+    } catch { /* not TCP */ }
+    const s = new ClientSocket(type, conn, name);
+    const r = new Reader(conn);
+    try {
+      await s.writeRaw(greeting(false));
+      const g = await r.read(64);
+      if (!g) throw new Error("closed during greeting");
+      if (g[0] !== 0xff || g[9] !== 0x7f) throw new Error("not a ZMTP greeting");
+      if (g[10] < 3) throw new Error(`unsupported ZMTP version ${g[10]}.${g[11]}`);
+      const mech = dec.decode(g.subarray(12, 32)).replace(/\0+$/, "");
+      if (mech !== "NULL") throw new Error(`unsupported mechanism ${mech}`);
+      const props: Record<string, Uint8Array | string> = { "Socket-Type": type };
+      if (type !== "SUB") props["Identity"] = opts.identity ?? new Uint8Array();
+      const body = commandBody("READY", encodeProperties(props));
+      await s.writeRaw(concat([frameHeader(body.length, FLAG_COMMAND), body]));
+      const ready = await readFrame(r);
+      if (!ready) throw new Error("closed before READY");
+      if (!ready.command) throw new Error("expected READY command");
+      const cmd = parseCommand(ready.body);
+      if (cmd.name === "ERROR") throw new Error(`peer error: ${dec.decode(cmd.data.subarray(1))}`);
+      if (cmd.name !== "READY") throw new Error(`expected READY, got ${cmd.name}`);
+      s.peerType = dec.decode(decodeProperties(cmd.data).get("socket-type") ?? new Uint8Array());
+      if (!CLIENT_COMPATIBLE[type].includes(s.peerType)) {
+        throw new Error(`incompatible peer socket type ${s.peerType || "(none)"} for ${type}`);
+      }
+      for (const topic of opts.subscribe ?? []) await s.sendRaw([concat([Uint8Array.of(1), topic])]);
+    } catch (e) {
+      s.close();
+      throw new Error(`${name}: handshake failed: ${(e as Error).message}`);
+    }
+    s.readLoop(r);
+    return s;
+  }
+
+  /** Send one multipart message (REQ adds the empty delimiter frame). Rejects once the socket is closed. */
+  send(frames: Frames): Promise<void> {
+    if (this.closedReason !== null) {
+      return Promise.reject(new Error(`${this.name}: send on a closed socket (${this.closedReason})`));
+    }
+    return this.sendRaw(this.type === "REQ" ? [new Uint8Array(), ...frames] : frames);
+  }
+
+  /** The next message, in arrival order; null once the connection is closed and the queue is empty. */
+  recv(): Promise<Frames | null> {
+    const m = this.queue.shift();
+    if (m) return Promise.resolve(m);
+    if (this.closedReason !== null) return Promise.resolve(null);
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Close the connection; pending and later `recv()` calls get null. */
+  close(why = "closed by this side"): void {
+    if (this.closedReason !== null) return;
+    this.closedReason = why;
+    try {
+      this.conn.close();
+    } catch { /* already closed */ }
+    for (const w of this.waiters.splice(0)) w(null);
+  }
+
+  private sendRaw(frames: Frames): Promise<void> {
+    const parts: Uint8Array[] = [];
+    frames.forEach((f, i) => parts.push(frameHeader(f.length, i < frames.length - 1 ? FLAG_MORE : 0), f));
+    return this.writeRaw(concat(parts));
+  }
+
+  private writeRaw(b: Uint8Array): Promise<void> {
+    const w = this.writing.then(async () => {
+      let off = 0;
+      while (off < b.length) off += await this.conn.write(b.subarray(off));
+    });
+    // A failed write closes the socket; the caller's promise still rejects with the cause.
+    this.writing = w.catch((e) => this.close(`write failed: ${(e as Error).message}`));
+    return w;
+  }
+
+  private async readLoop(r: Reader): Promise<void> {
+    let msg: Frames = [];
+    let bytes = 0;
+    try {
+      for (;;) {
+        const f = await readFrame(r);
+        if (!f) return this.close("closed by the peer");
+        if (f.command) {
+          const { name, data } = parseCommand(f.body);
+          if (name === "PING") await this.writeRaw(pongFrame(data));
+          else if (name === "ERROR") return this.close(`peer error: ${dec.decode(data.subarray(1))}`);
+          continue;
+        }
+        msg.push(f.body);
+        bytes += f.body.length;
+        if (bytes > MAX_MESSAGE_BYTES) return this.close(`message over ${MAX_MESSAGE_BYTES} bytes`);
+        if (f.more) continue;
+        let m = msg;
+        msg = [];
+        bytes = 0;
+        if (this.type === "REQ") {
+          if (m.length === 0 || m[0].length !== 0) {
+            log(`${this.name}: dropped a reply without the empty delimiter frame`);
+            continue;
+          }
+          m = m.slice(1);
+        }
+        const w = this.waiters.shift();
+        if (w) w(m);
+        else this.queue.push(m);
+      }
+    } catch (e) {
+      if (this.closedReason === null) this.close(`read failed: ${(e as Error).message}`);
+    }
+  }
+}
+
+function pongFrame(pingData: Uint8Array): Uint8Array {
+  // PING: ttl (2 bytes) + context; PONG echoes the context.
+  const body = commandBody("PONG", pingData.subarray(2));
+  return concat([frameHeader(body.length, FLAG_COMMAND), body]);
 }
