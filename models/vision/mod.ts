@@ -23,3 +23,7 @@ export * from "./nonlocal.ts";
 export * from "./cbam.ts";
 export * from "./vit.ts";
 export * from "./data.ts";
+export * from "./resnet.ts";
+export * from "./vit_model.ts";
+export * from "./vim.ts";
+export * from "./vmamba.ts";

@@ -78,8 +78,8 @@ export class BatchNorm2d extends Module {
 /** Which attention module a {@link ResNet} carries. */
 export type VisionAttention = "none" | "se" | "eca" | "cbam" | "bam" | "nonlocal";
 
-/** A module with an output of its input's shape and a FLOP count. */
-type Plug = Module & { forward(x: Tensor): Tensor; flops(shape: readonly number[]): number };
+/** An attention module a {@link ResNet} plugs in: output of its input's shape, and a FLOP count. */
+export type Plug = Module & { forward(x: Tensor): Tensor; flops(shape: readonly number[]): number };
 
 /** The basic block: relu(bn2(conv2(relu(bn1(conv1 x)))) [attention] + shortcut(x)). */
 export class BasicBlock extends Module {
@@ -201,7 +201,7 @@ export interface ResNetConfig {
  * @example
  * ```ts
  * import { randn, ResNet } from "seqlab";
- * const m = new ResNet({ numClasses: 10, widths: [8, 16], depths: [1, 1], attention: "se", seed: 1 });
+ * const m = new ResNet({ numClasses: 10, widths: [16, 32], depths: [1, 1], attention: "se", seed: 1 });
  * console.log(m.forward(randn([2, 1, 28, 28], { seed: 2 })).shape); // [2, 10]
  * m.dispose();
  * ```
