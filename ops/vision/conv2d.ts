@@ -23,7 +23,10 @@ import { concat } from "../core/layout.ts";
 import { sum } from "../core/reduce.ts";
 import { matmul } from "../core/matmul.ts";
 import { empty, Uniforms } from "../core/util.ts";
+import { ConvError, pair2 } from "./common.ts";
 import { col2imRef, type ConvGeometry, im2colRef } from "./conv2d_ref.ts";
+
+export { ConvError };
 import {
   col2imSource,
   CONV_WG,
@@ -46,12 +49,6 @@ export type { ConvGeometry } from "./conv2d_ref.ts";
  */
 export const conv2dLimits: { im2colBytes: number } = { im2colBytes: 32 * 2 ** 20 };
 
-/** A named error for bad input to the vision ops (shapes, channels, kernel, stride, padding, groups). */
-export class ConvError extends Error {
-  /** Always "ConvError". */
-  override name = "ConvError";
-}
-
 /** Options of {@link conv2d}. */
 export interface Conv2dOptions {
   /** (O), added to every output channel; null or absent: none. */
@@ -72,22 +69,6 @@ export interface Conv2dOptions {
    */
   version?: "auto" | "im2col" | "direct";
 }
-
-const pair = (
-  op: string,
-  name: string,
-  v: number | readonly [number, number] | undefined,
-  dflt: number,
-  min: number,
-): [number, number] => {
-  const p: readonly number[] = v === undefined ? [dflt, dflt] : typeof v === "number" ? [v, v] : v;
-  if (p.length !== 2 || !p.every((n) => Number.isInteger(n) && n >= min)) {
-    throw new ConvError(
-      `${op}: ${name} must be an integer >= ${min} or two of them, got ${JSON.stringify(v)}`,
-    );
-  }
-  return [p[0], p[1]];
-};
 
 /**
  * The geometry of `conv2d(x, w, opts)` from the shapes, checked: x (N, C, H, W), w (O, C / groups, KH, KW),
@@ -130,9 +111,9 @@ export function conv2dGeometry(
   if (KH < 1 || KW < 1 || O < 1) {
     throw new ConvError(`${op}: the weight ${fmt(wShape)} has an empty dimension`);
   }
-  const [sh, sw] = pair(op, "stride", opts.stride, 1, 1);
-  const [ph, pw] = pair(op, "padding", opts.padding, 0, 0);
-  const [dh, dw] = pair(op, "dilation", opts.dilation, 1, 1);
+  const [sh, sw] = pair2(op, "stride", opts.stride, 1, 1);
+  const [ph, pw] = pair2(op, "padding", opts.padding, 0, 0);
+  const [dh, dw] = pair2(op, "dilation", opts.dilation, 1, 1);
   const eh = dh * (KH - 1) + 1, ew = dw * (KW - 1) + 1; // the kernel's extent
   if (eh > H + 2 * ph || ew > W + 2 * pw) {
     throw new ConvError(

@@ -15,7 +15,9 @@ import { fmt } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { empty, Uniforms } from "../core/util.ts";
-import { ConvError } from "./conv2d.ts";
+import { checkImage, ConvError, pair2, type Size2, strided4 } from "./common.ts";
+
+export { checkImage, ConvError, pair2, type Size2, strided4 };
 import type { Strided4 } from "./conv2d_ref.ts";
 import {
   adaptiveAvgPool2dBackwardRef,
@@ -41,9 +43,6 @@ import {
 
 export type { AdaptiveGeometry, PoolGeometry } from "./pool_ref.ts";
 
-/** A size given as one number or [h, w]. */
-export type Size2 = number | readonly [number, number];
-
 /** Options of {@link maxPool2d}. */
 export interface MaxPool2dOptions {
   /** Step between windows, one number or [h, w] (default: the kernel). */
@@ -62,31 +61,6 @@ export interface AvgPool2dOptions {
   padding?: Size2;
   /** Divide by KH KW (true, PyTorch's default) or by the number of taps inside the input (false). */
   countIncludePad?: boolean;
-}
-
-/** A checked [h, w] pair of integers >= min; throws a {@link ConvError} naming `name` otherwise. */
-export function pair2(
-  op: string,
-  name: string,
-  v: Size2 | undefined,
-  dflt: Size2,
-  min: number,
-): [number, number] {
-  const given = v ?? dflt;
-  const p: readonly number[] = typeof given === "number" ? [given, given] : given;
-  if (!Array.isArray(p) || p.length !== 2 || !p.every((n) => Number.isInteger(n) && n >= min)) {
-    throw new ConvError(
-      `${op}: ${name} must be an integer >= ${min} or two of them, got ${JSON.stringify(v)}`,
-    );
-  }
-  return [p[0], p[1]];
-}
-
-/** Throws unless x is a live float (N, C, H, W) tensor. */
-export function checkImage(op: string, x: Tensor): void {
-  x.check(op);
-  if (x.rank !== 4) throw new ConvError(`${op}: x must be (N, C, H, W), got ${fmt(x.shape)}`);
-  if (!isFloat(x.dtype)) throw new ConvError(`${op}: x must be a float tensor, got ${x.describe()}`);
 }
 
 /**
@@ -130,9 +104,6 @@ export function poolGeometry(
   const OH = Math.floor((H + 2 * ph - eh) / sh) + 1, OW = Math.floor((W + 2 * pw - ew) / sw) + 1;
   return { N, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW };
 }
-
-/** A tensor's storage as a strided (N, C, H, W) source for the references. */
-export const strided4 = (t: Tensor): Strided4 => ({ data: t.storage.data!, off: t.offset, s: t.strides });
 
 /** Uniforms [total, offset, 4 strides] of a strided (N, C, H, W) operand. */
 const stridedUniforms = (total: number, t: Tensor) =>

@@ -10,39 +10,13 @@
  * @module
  */
 
-import type { Strided4 } from "./conv2d_ref.ts";
+import type { ConvGeometry, Strided4 } from "./conv2d_ref.ts";
 
-/** The geometry of one window pooling (all sizes resolved). */
-export interface PoolGeometry {
-  /** Images. */
-  N: number;
-  /** Channels. */
-  C: number;
-  /** Input height. */
-  H: number;
-  /** Input width. */
-  W: number;
-  /** Kernel height. */
-  KH: number;
-  /** Kernel width. */
-  KW: number;
-  /** Stride along the height. */
-  sh: number;
-  /** Stride along the width. */
-  sw: number;
-  /** Padding on each side, along the height. */
-  ph: number;
-  /** Padding on each side, along the width. */
-  pw: number;
-  /** Dilation along the height (1 for average pooling). */
-  dh: number;
-  /** Dilation along the width. */
-  dw: number;
-  /** Output height, floor((H + 2 ph - dh (KH - 1) - 1) / sh) + 1. */
-  OH: number;
-  /** Output width. */
-  OW: number;
-}
+/**
+ * The geometry of one window pooling (all sizes resolved): a convolution's without output channels and
+ * groups (C channels in, C out; dilation 1 for average pooling).
+ */
+export type PoolGeometry = Omit<ConvGeometry, "O" | "groups">;
 
 /** The geometry of one adaptive pooling: x (N, C, H, W) -> (N, C, OH, OW). */
 export interface AdaptiveGeometry {
