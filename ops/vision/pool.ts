@@ -10,7 +10,6 @@
 
 import { isGradEnabled, record } from "../../runtime/autograd.ts";
 import { gpu } from "../../runtime/device.ts";
-import { isFloat } from "../../runtime/dtype.ts";
 import { fmt } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
 import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
@@ -18,7 +17,6 @@ import { empty, Uniforms } from "../core/util.ts";
 import { checkImage, ConvError, pair2, type Size2, strided4 } from "./common.ts";
 
 export { checkImage, ConvError, pair2, type Size2, strided4 };
-import type { Strided4 } from "./conv2d_ref.ts";
 import {
   adaptiveAvgPool2dBackwardRef,
   adaptiveAvgPool2dRef,
