@@ -9,7 +9,8 @@
  * every shape.
  *
  * Run: `deno task bench conv`. Prints the table, writes bench/results/conv.json. tfjs comes from npm
- * (`@tensorflow/tfjs-core`, `@tensorflow/tfjs-backend-webgpu`, bench-only dependencies).
+ * (`@tensorflow/tfjs-core`, `@tensorflow/tfjs-backend-webgpu`, fetched when the bench runs, as bench/matmul.ts
+ * does; `deno install` does not install them).
  * @module
  */
 
@@ -60,8 +61,8 @@ type Tf = any;
 /** tfjs with its WebGPU backend, or the reason it could not load. */
 async function loadTf(): Promise<Tf | string> {
   try {
-    const tf = await import("@tensorflow/tfjs-core");
-    await import("@tensorflow/tfjs-backend-webgpu");
+    const tf = await import("npm:@tensorflow/tfjs-core@4.22.0");
+    await import("npm:@tensorflow/tfjs-backend-webgpu@4.22.0");
     if (!(await tf.setBackend("webgpu"))) return "tfjs: the webgpu backend did not initialise";
     await tf.ready();
     return tf;
