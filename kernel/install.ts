@@ -48,6 +48,20 @@ export function userDataDir(): string {
   return join(env.XDG_DATA_HOME ?? join(home, ".local", "share"), "jupyter");
 }
 
+/**
+ * For a PREFIX install, how to make Jupyter look there (it searches sys.prefix, the user's data directory
+ * and JUPYTER_PATH, not an arbitrary prefix): the `export JUPYTER_PATH=...` line, or null without a prefix.
+ */
+export function pathHint(prefix?: string): string | null {
+  if (!prefix) return null;
+  const data = join(prefix, "share", "jupyter");
+  const have = (Deno.env.get("JUPYTER_PATH") ?? "").split(Deno.build.os === "windows" ? ";" : ":");
+  if (have.includes(data)) return `JUPYTER_PATH already lists ${data}: Jupyter will find it.`;
+  return `Jupyter looks for kernels in its own prefix, your data directory and JUPYTER_PATH; to use this one:\n` +
+    `  export JUPYTER_PATH=${data}${have[0] ? ":$JUPYTER_PATH" : ""}\n` +
+    `then check with \`jupyter kernelspec list\`.`;
+}
+
 /** Write kernel.json; returns the directory written. */
 export function install(prefix?: string, name = "seqlab"): string {
   const dir = prefix
@@ -72,4 +86,6 @@ if (import.meta.main) {
   }
   const dir = install(args[0], name);
   console.log(`installed kernelspec "${name}" in ${dir}`);
+  const hint = pathHint(args[0]);
+  if (hint) console.log(hint);
 }

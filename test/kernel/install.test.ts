@@ -1,0 +1,33 @@
+/**
+ * kernel:install PREFIX: the kernelspec lands under PREFIX/share/jupyter/kernels, the command prints the
+ * JUPYTER_PATH line, and with that line a real Jupyter client (Debian's jupyter_client) finds the kernel.
+ */
+import { expect, test } from "vitest";
+import { pathHint } from "../../kernel/install.ts";
+import { ROOT, run } from "./harness.ts";
+
+test("kernel:install PREFIX prints the JUPYTER_PATH that makes jupyter_client find the kernel", async () => {
+  const prefix = Deno.makeTempDirSync({ prefix: "seqlab-install-" });
+  try {
+    const r = await run(Deno.execPath(), ["run", "-A", `${ROOT}/kernel/install.ts`, prefix], {
+      timeoutMs: 60_000,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const line = r.stdout.split("\n").find((l) => l.trim().startsWith("export JUPYTER_PATH="));
+    expect(line, r.stdout).toBeDefined();
+    const path = line!.trim().slice("export JUPYTER_PATH=".length).split(":")[0];
+    expect(path).toBe(`${prefix}/share/jupyter`);
+    const find = (env: Record<string, string>) =>
+      run("/usr/bin/python3", [
+        "-c",
+        "from jupyter_client.kernelspec import KernelSpecManager as K; print(K().find_kernel_specs().get('seqlab', 'missing'))",
+      ], { timeoutMs: 60_000, env });
+    const found = await find({ JUPYTER_PATH: path, JUPYTER_DATA_DIR: `${prefix}/nowhere` });
+    expect(found.stdout.trim()).toBe(`${prefix}/share/jupyter/kernels/seqlab`);
+    const without = await find({ JUPYTER_PATH: "", JUPYTER_DATA_DIR: `${prefix}/nowhere` });
+    expect(without.stdout.trim()).not.toBe(`${prefix}/share/jupyter/kernels/seqlab`);
+    expect(pathHint(undefined)).toBeNull();
+  } finally {
+    Deno.removeSync(prefix, { recursive: true });
+  }
+});
