@@ -2,6 +2,7 @@
 
 import { env, notice } from "./platform.ts";
 import type { DeviceName } from "./memory.ts";
+import { adapterSelfTest } from "./selftest.ts";
 import { GpuContext, WebGPUError } from "./webgpu.ts";
 
 export type { DeviceName };
@@ -12,7 +13,8 @@ let initialised = false;
 
 /**
  * Acquires the WebGPU adapter (once) and picks the default device: `SEQLAB_DEVICE=cpu|webgpu` forces one;
- * otherwise webgpu when an adapter exists, else cpu with a one-line notice. Called by mod.ts on import.
+ * otherwise webgpu when an adapter exists and passes its self-test (`runtime/selftest.ts`: a tiny known
+ * computation), else cpu with a one-line notice saying why. Called by mod.ts on import.
  */
 export async function initDevices(): Promise<DeviceName> {
   if (initialised) return defaultDevice;
@@ -34,6 +36,18 @@ export async function initDevices(): Promise<DeviceName> {
     notice(`WebGPU failed to start (${(e as Error).message}); using the cpu backend`);
   }
   if (gpuContext) {
+    // a device that accepts every call but computes wrong numbers is refused before anything runs on it
+    const why = await adapterSelfTest(gpuContext.device);
+    if (why) {
+      const name = gpuContext.info.description || gpuContext.info.vendor || "the WebGPU adapter";
+      gpuContext.device.destroy();
+      gpuContext = null;
+      if (forced === "webgpu") {
+        throw new WebGPUError(`SEQLAB_DEVICE=webgpu but ${name} failed its self-test: ${why}`);
+      }
+      notice(`${name} failed the WebGPU self-test (${why}); using the cpu backend`);
+      return defaultDevice;
+    }
     defaultDevice = "webgpu";
   } else if (forced === "webgpu") {
     throw new WebGPUError("SEQLAB_DEVICE=webgpu but this host has no WebGPU adapter");
