@@ -22,6 +22,20 @@ import { kernelSpec } from "./install.ts";
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
+/** Whether `p` settles within `ms` (null: no limit); its timer never outlives it. Rejects as `p` does. */
+async function within(p: Promise<unknown>, ms: number | null): Promise<boolean> {
+  if (ms === null) return p.then(() => true);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p.then(() => true),
+      new Promise<false>((r) => (timer = setTimeout(() => r(false), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** How to start the kernel. */
 export interface StartOptions {
   /** The kernel's working directory (a notebook's folder); default this process's. */
@@ -120,7 +134,7 @@ export class KernelClient {
     this.collect(child.stdout);
     this.exited = child.status.then(async (s) => {
       this.exitStatus = s;
-      await Promise.race([this.stderrDone, new Promise((r) => setTimeout(r, 500))]);
+      await within(this.stderrDone, 500);
       const why = this.deathMessage();
       for (const p of this.pending.values()) p.reject(new KernelDiedError(why));
       this.pending.clear();
@@ -246,10 +260,7 @@ export class KernelClient {
       try {
         const reply = await this.request("shell", msg, left);
         this.kernelInfo = reply.content;
-        const live = await Promise.race([
-          status.then(() => true),
-          new Promise<false>((r) => setTimeout(() => r(false), Math.min(1000 * (attempt + 1), 5000))),
-        ]);
+        const live = await within(status, Math.min(1000 * (attempt + 1), 5000));
         if (live) return;
       } finally {
         this.iopubListeners.delete(msg.header.msg_id);
@@ -389,17 +400,12 @@ export class KernelClient {
     const replied = this.request("shell", msg, null).then((m) => (reply = m));
     const done = Promise.all([replied, gotIdle]);
     done.catch(() => {}); // a kernel that dies is reported through `failure`, below
-    const within = (ms: number | undefined) =>
-      ms === undefined ? done.then(() => true) : Promise.race([
-        done.then(() => true),
-        new Promise<false>((r) => setTimeout(() => r(false), ms)),
-      ]);
     try {
-      if (!(await within(opts.timeoutMs))) {
+      if (!(await within(done, opts.timeoutMs ?? null))) {
         timedOut = true;
         await this.interrupt().catch(() => {});
         const grace = opts.interruptGraceMs ?? 15_000;
-        if (!(await within(grace))) {
+        if (!(await within(done, grace))) {
           failure = reply
             ? `no status idle on iopub ${grace / 1000} s after the interrupt`
             : `the kernel did not answer ${grace / 1000} s after the interrupt`;
@@ -425,12 +431,9 @@ export class KernelClient {
   async ping(timeoutMs = 2000): Promise<boolean> {
     if (!this.sockets || this.exitStatus) return false;
     const token = crypto.randomUUID();
-    const pong = new Promise<boolean>((r) => {
-      this.pongs.set(token, () => r(true));
-      setTimeout(() => r(false), timeoutMs);
-    });
+    const pong = new Promise<void>((r) => this.pongs.set(token, r));
     await this.sockets.hb.send([enc.encode(token)]).catch(() => {});
-    const ok = await pong;
+    const ok = await within(pong, timeoutMs);
     this.pongs.delete(token);
     return ok;
   }
@@ -445,11 +448,7 @@ export class KernelClient {
         await this.request("control", this.message("shutdown_request", { restart: false }), 5000)
           .catch(() => {});
       }
-      const waitExit = (ms: number) =>
-        Promise.race([
-          this.exited.then(() => true),
-          new Promise<false>((r) => setTimeout(() => r(false), ms)),
-        ]);
+      const waitExit = (ms: number) => within(this.exited, ms);
       if (!(await waitExit(5000))) {
         for (const sig of ["SIGTERM", "SIGKILL"] as const) {
           try {
