@@ -196,7 +196,16 @@ function newSummary(nb: string, out: string, runner: Runner, quick: boolean): No
 // deno-lint-ignore no-explicit-any -- nbformat JSON: checked where it is read, kept as it is otherwise
 type Json = any;
 
-/** Python's str.splitlines(True): the line boundaries nbformat splits on when it writes. */
+/**
+ * Python's str.splitlines(True): the line boundaries nbformat splits on when it writes.
+ *
+ * @example
+ * ```ts
+ * import { splitLines } from "./repro.ts";
+ * if (!(JSON.stringify(splitLines("a\r\nb\rc\n")) === '["a\\r\\n","b\\r","c\\n"]')) throw new Error("example failed");
+ * if (!(splitLines("").length === 0)) throw new Error("example failed");
+ * ```
+ */
 export function splitLines(s: string): string[] {
   const out: string[] = [];
   // deno-lint-ignore no-control-regex -- \v, \f and \x1c-\x1e are line boundaries to Python
@@ -235,7 +244,17 @@ function stripTransient(nb: Json): void {
   for (const c of nb.cells) delete c.metadata?.trusted;
 }
 
-/** Parse a notebook as nbformat's reader does (multi-line strings joined); throws on what is not nbformat 4. */
+/**
+ * Parse a notebook as nbformat's reader does (multi-line strings joined); throws on what is not nbformat 4.
+ *
+ * @example
+ * ```ts
+ * import { readNotebook } from "./repro.ts";
+ * const nb = readNotebook('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": ' +
+ *   '[{"cell_type": "code", "source": ["a\\n", "b"], "metadata": {}, "outputs": []}]}');
+ * if (!(nb.cells[0].source === "a\nb")) throw new Error("example failed");
+ * ```
+ */
 export function readNotebook(text: string, name = "notebook"): Json {
   let nb: Json;
   try {
@@ -296,7 +315,16 @@ function pyJson(v: Json, pad = ""): string {
   return `{\n${keys.map((k) => `${inner}${JSON.stringify(k)}: ${pyJson(v[k], inner)}`).join(",\n")}\n${pad}}`;
 }
 
-/** The notebook as nbformat.write writes it: multi-line strings split into lines, keys sorted. */
+/**
+ * The notebook as nbformat.write writes it: multi-line strings split into lines, keys sorted.
+ *
+ * @example
+ * ```ts
+ * import { writeNotebookText } from "./repro.ts";
+ * const text = writeNotebookText({ nbformat: 4, nbformat_minor: 5, metadata: { x: 1e-5 }, cells: [] });
+ * if (!(text === '{\n "cells": [],\n "metadata": {\n  "x": 1e-05\n },\n "nbformat": 4,\n "nbformat_minor": 5\n}\n')) throw new Error("example failed");
+ * ```
+ */
 export function writeNotebookText(nb: Json): string {
   const copy = structuredClone(nb);
   for (const c of copy.cells) {
