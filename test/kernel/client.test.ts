@@ -1,11 +1,13 @@
 /**
  * kernel/client.ts, the TypeScript Jupyter client, against the real kernel: start and kernel_info, outputs
  * in order, errors, display updates, input, interrupt, per-request timeout, a kernel that dies, a kernel
- * that cannot start, and shutdown with its files removed.
+ * that cannot start, and shutdown with its files removed. Then ipykernel, whose sockets are libzmq's,
+ * through the same client (no interrupt there: ipykernel answers one by signalling its process group).
  */
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { type ExecuteResult, KernelClient, KernelDiedError } from "../../kernel/client.ts";
 import { kernelSpec } from "../../kernel/install.ts";
+import { PYTHON } from "./harness.ts";
 
 // No seqlab preload: these tests are about the protocol, and the kernel starts faster without it.
 const ARGV = [...(kernelSpec().argv as string[]), "--no-preload"];
@@ -184,3 +186,26 @@ test(
   },
   60_000,
 );
+
+test("interop: the same client drives ipykernel, whose sockets are libzmq's (ROUTER, PUB, REP)", async () => {
+  const k = await KernelClient.start({
+    argv: [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    env: { PYDEVD_DISABLE_FILE_VALIDATION: "1" },
+    startTimeoutMs: 60_000,
+  });
+  try {
+    expect(k.kernelInfo.implementation).toBe("ipython");
+    const ok = await k.execute("import sys\nprint('hi')\nprint('err', file=sys.stderr)\n6 * 7", {
+      timeoutMs: 30_000,
+    });
+    expect(types(ok)).toEqual(["status", "execute_input", "stream", "stream", "execute_result", "status"]);
+    expect(outputs(ok).map((m) => m.content.text ?? (m.content.data as Record<string, string>)["text/plain"]))
+      .toEqual(["hi\n", "err\n", "42"]);
+    const bad = await k.execute("1 / 0", { timeoutMs: 30_000, stopOnError: false });
+    expect(bad.reply?.content).toMatchObject({ status: "error", ename: "ZeroDivisionError" });
+    expect(await k.ping()).toBe(true);
+  } finally {
+    await k.shutdown();
+  }
+  expect(k.exitStatus?.code).toBe(0);
+}, 90_000);
