@@ -11,7 +11,7 @@
  */
 
 import * as s from "../mod.ts";
-import type { JambaLM, JambaLMConfig, JambaSpec } from "../mod.ts";
+import type { JambaCache, JambaLM, JambaLMConfig, JambaSpec, Tensor } from "../mod.ts";
 import { median } from "./util.ts";
 
 /** The {@link JambaSpec} (models/jamba_config.ts arithmetic) of a {@link JambaLMConfig}. */
@@ -361,9 +361,11 @@ export interface DecodeRow {
 }
 
 /**
- * Decoding throughput at batch 1: for each model and context, `initCache(1, context + margin)`, `prefill` a
- * context of corpus characters, then `trials` timed loops of `steps` greedy steps (the argmax stays on the
- * device and feeds the next step; one readback ends each loop). Only the steps are timed.
+ * Decoding throughput at batch 1: for each context, every model gets `initCache(1, context + margin)` and a
+ * `prefill` of the context (corpus characters), then `trials` rounds each run one timed loop of `steps`
+ * greedy steps per model, the models taking turns so that a change in the host's load hits them alike (the
+ * argmax stays on the device and feeds the next step; one readback ends each loop). Only the steps are
+ * timed; the median loop is reported.
  */
 export async function decodeSweep(
   models: Record<string, JambaLM>,
@@ -375,44 +377,52 @@ export async function decodeSweep(
     if (ctx > o.corpus.length) {
       throw new Error(`decodeSweep: context ${ctx} is longer than the corpus (${o.corpus.length})`);
     }
+    const runs: {
+      name: string;
+      lm: JambaLM;
+      cache: JambaCache;
+      tok: Tensor;
+      prefillMs: number;
+      ms: number[];
+    }[] = [];
     for (const [name, lm] of Object.entries(models)) {
       const cache = lm.initCache(1, ctx + (o.trials + 1) * o.steps + 1);
       const t0 = performance.now();
       const prompt = s.tensor(o.corpus.subarray(0, ctx), { shape: [1, ctx], dtype: "i32" });
       const logits = lm.prefill(prompt, cache); // (1, ctx, V)
-      let tok = s.tidy(() => s.argmax(logits.slice([null, [ctx - 1, ctx]]).reshape([1, -1]), -1)); // (1)
+      const tok = s.tidy(() => s.argmax(logits.slice([null, [ctx - 1, ctx]]).reshape([1, -1]), -1)); // (1)
       await tok.toArray();
       const prefillMs = performance.now() - t0;
       logits.dispose();
       prompt.dispose();
-      const run = () => {
-        for (let i = 0; i < o.steps; i++) {
-          const r = lm.step(tok, cache);
-          const next = s.tidy(() => s.argmax(r.logits, -1));
-          r.logits.dispose();
-          tok.dispose();
-          tok = next;
-        }
-      };
-      run(); // warm: the first loop compiles the step's pipelines
-      await tok.toArray();
-      const ms: number[] = [];
-      for (let t = 0; t < o.trials; t++) {
-        const t1 = performance.now();
-        run();
-        await tok.toArray();
-        ms.push((performance.now() - t1) / o.steps);
+      runs.push({ name, lm, cache, tok, prefillMs, ms: [] });
+    }
+    const loop = async (r: (typeof runs)[number]) => {
+      const t1 = performance.now();
+      for (let i = 0; i < o.steps; i++) {
+        const out = r.lm.step(r.tok, r.cache);
+        const next = s.tidy(() => s.argmax(out.logits, -1));
+        out.logits.dispose();
+        r.tok.dispose();
+        r.tok = next;
       }
+      await r.tok.toArray();
+      return (performance.now() - t1) / o.steps;
+    };
+    for (const r of runs) await loop(r); // warm: the first loop compiles the step's pipelines
+    for (let t = 0; t < o.trials; t++) for (const r of runs) r.ms.push(await loop(r));
+    for (const r of runs) {
+      const ms = median(r.ms);
       rows.push({
-        model: name,
+        model: r.name,
         context: ctx,
-        msPerStep: median(ms),
-        tokensPerSecond: 1000 / median(ms),
-        cacheBytes: cache.bytes,
-        prefillMs,
+        msPerStep: ms,
+        tokensPerSecond: 1000 / ms,
+        cacheBytes: r.cache.bytes,
+        prefillMs: r.prefillMs,
       });
-      tok.dispose();
-      cache.dispose();
+      r.tok.dispose();
+      r.cache.dispose();
     }
   }
   return rows;
