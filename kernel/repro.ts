@@ -649,12 +649,15 @@ if (import.meta.main) {
       PYDEVD_DISABLE_FILE_VALIDATION: "1",
     });
   }
+  let reinterrupt: ReturnType<typeof setInterval> | undefined;
   const onSigint = () => {
     stopper.requested++;
     const kc = stopper.current;
     if (stopper.requested === 1) {
       console.error("\nrepro: interrupting the cell and stopping (Ctrl-C again kills the kernel)");
       kc?.interrupt().catch(() => {});
+      // An interrupt that lands while the kernel is still preparing the cell finds nothing to stop: repeat it.
+      reinterrupt = setInterval(() => stopper.current?.interrupt().catch(() => {}), 2000);
     } else if (kc) kc.kill();
     else Deno.exit(130);
   };
@@ -677,6 +680,7 @@ if (import.meta.main) {
     );
   }
   if (opts.runner === "seqlab") Deno.removeSignalListener("SIGINT", onSigint);
+  clearInterval(reinterrupt);
   Deno.writeTextFileSync(join(opts.out, "summary.json"), JSON.stringify(rows, null, 2) + "\n");
   const md = summaryMarkdown(rows);
   Deno.writeTextFileSync(join(opts.out, "summary.md"), md);

@@ -31,6 +31,9 @@ const repro = (args: string[], env: Record<string, string> = NO_PYTHON, timeoutM
 
 // deno-lint-ignore no-explicit-any -- executed nbformat JSON, checked field by field below
 type Nb = { metadata: Record<string, any>; cells: Record<string, any>[] };
+/** Each output's first text line, or its ename. */
+// deno-lint-ignore no-explicit-any -- as above
+const shortOutputs = (c: Record<string, any>): string[] => c.outputs.map((o: any) => o.text?.[0] ?? o.ename);
 const readNb = (p: string): Nb => JSON.parse(Deno.readTextFileSync(p));
 
 test("repro without Python: runs in order, accepts raises-exception, fails on other errors", async () => {
@@ -101,7 +104,7 @@ test("a cell past --timeout is interrupted and fails; Ctrl-C stops the run; outp
   expect(summary[0].message).toBe("cell 2 timed out after 2 s and was interrupted");
   const nb = readNb(`${dir}/out/slow.ipynb`);
   expect(nb.cells[0].outputs[0].text).toEqual(["kept\n"]);
-  expect(nb.cells[1].outputs.map((o) => o.text?.[0] ?? o.ename)).toEqual(["looping\n", "InterruptError"]);
+  expect(shortOutputs(nb.cells[1])).toEqual(["looping\n", "InterruptError"]);
   expect(nb.cells[2].execution_count).toBeNull();
 
   // Ctrl-C (SIGINT to repro alone): the cell is interrupted, the notebook and summary are written, exit 130.
@@ -129,7 +132,7 @@ test("a cell past --timeout is interrupted and fails; Ctrl-C stops the run; outp
   expect(status.code).toBe(130);
   const stopped = readNb(`${dir}/int/slow.ipynb`);
   expect(stopped.cells[0].outputs[0].text).toEqual(["kept\n"]);
-  expect(stopped.cells[1].outputs.map((o) => o.text?.[0] ?? o.ename)).toEqual([
+  expect(shortOutputs(stopped.cells[1])).toEqual([
     "looping\n",
     "InterruptError",
   ]);
