@@ -379,6 +379,52 @@ export abstract class Optimizer {
   }
 
   /**
+   * The slots the update rule keeps per parameter (Adam: m, v; SGD with momentum: momentum; plain SGD:
+   * none), or null when the subclass has no fused rule to name them.
+   *
+   * @example
+   * ```ts
+   * import { Adam, param, SGD, tensor } from "seqlab";
+   * const w = param(tensor([1, 2]));
+   * console.log(new Adam([w], { lr: 0.1 }).stateSlots()); // ["m", "v"]
+   * console.log(new SGD([w], { lr: 0.1 }).stateSlots()); // []
+   * ```
+   */
+  stateSlots(): readonly string[] | null {
+    const rule = this.fusedRule();
+    return rule ? ruleSlots(rule) : null;
+  }
+
+  /**
+   * The keys {@link Optimizer.stateTensors} lists once the parameters have taken `paramSteps` steps
+   * (default: the current counts): every slot of every parameter whose (device, dtype) group has a
+   * parameter that has taken a step (state is kept per group, so a parameter without a gradient yet has
+   * zeros), in parameter order; null where {@link Optimizer.stateSlots} is. Checkpoint loading checks a
+   * file's state against it.
+   *
+   * @example
+   * ```ts
+   * import { Adam, param, tensor } from "seqlab";
+   * const opt = new Adam([param(tensor([1, 2])), param(tensor([3]))], { lr: 0.1 });
+   * console.log(opt.stateKeys(), opt.stateKeys([1, 0])); // [] ["0.m", "0.v", "1.m", "1.v"]
+   * ```
+   */
+  stateKeys(paramSteps: readonly number[] = this.paramSteps): string[] | null {
+    const slots = this.stateSlots();
+    if (!slots) return null;
+    const stepped = new Set<number>();
+    for (const [n, g] of this.#groups.entries()) {
+      if (g.idx.some((k) => (paramSteps[k] ?? 0) > 0)) stepped.add(n);
+    }
+    const keys: string[] = [];
+    this.params.forEach((_, k) => {
+      if (!stepped.has(this.#groups.findIndex((g) => g.idx.includes(k)))) return;
+      for (const slot of slots) keys.push(`${k}.${slot}`);
+    });
+    return keys;
+  }
+
+  /**
    * Replaces the state with copies of `tensors` (named as {@link Optimizer.stateTensors} names them), the
    * step count and the per-parameter step counts (default: all `stepCount`). Everything is validated
    * before anything changes.

@@ -48,9 +48,86 @@ export async function readFile(path: string): Promise<Uint8Array> {
   return new Uint8Array(await fs.readFile(path));
 }
 
+/** A path's directory ("." when it has none) and last component; both separators are understood. */
+function splitPath(path: string): [string, string] {
+  const i = Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\"));
+  return [i < 0 ? "." : i === 0 ? path.slice(0, 1) : path.slice(0, i), path.slice(i + 1)];
+}
+
+/** Temporary files of an atomic write to `path` are `<path>.tmp-<base-36 letters and digits>`. */
+const TMP_TAIL = /^\.tmp-[0-9a-z]+$/;
+
 /**
- * Writes bytes to a file atomically: to `path.tmp-<random>` first, then renamed over `path`, so a crash
- * mid-write never leaves a truncated file under the real name.
+ * Flushes a directory's entries to disk (so a rename in it survives a power cut). A no-op where the
+ * runtime or the file system cannot open or sync a directory (Windows, some network file systems).
+ */
+async function syncDir(dir: string): Promise<void> {
+  try {
+    if (g.Deno?.open) {
+      const d = await g.Deno.open(dir, { read: true });
+      try {
+        await d.sync();
+      } finally {
+        d.close();
+      }
+      return;
+    }
+    const fs = await import("node:fs/promises");
+    const d = await fs.open(dir, "r");
+    try {
+      await d.sync();
+    } finally {
+      await d.close();
+    }
+  } catch {
+    // cannot sync a directory here: the rename is still atomic, only its durability is the OS's
+  }
+}
+
+/**
+ * Removes the temporary files that killed atomic writes to `path` left behind (`<path>.tmp-<random>`,
+ * as {@link writeFile} names them; no other file is touched). Returns their names. A write to the same
+ * path running concurrently in another process loses its temporary file and fails.
+ *
+ * @example
+ * ```ts
+ * import { removeStaleTemps } from "./platform.ts";
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeFile(`${dir}/ckpt.safetensors.tmp-k3j9x`, new Uint8Array(4));
+ * await Deno.writeFile(`${dir}/other.safetensors.tmp-k3j9x`, new Uint8Array(4));
+ * console.log(await removeStaleTemps(`${dir}/ckpt.safetensors`)); // ["ckpt.safetensors.tmp-k3j9x"]
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export async function removeStaleTemps(path: string): Promise<string[]> {
+  const [dir, base] = splitPath(path);
+  const stale = (name: string) => name.startsWith(base) && TMP_TAIL.test(name.slice(base.length));
+  const removed: string[] = [];
+  if (g.Deno?.readDir) {
+    for await (const e of g.Deno.readDir(dir)) {
+      if (e.isFile && stale(e.name)) {
+        await g.Deno.remove(`${dir}/${e.name}`).catch(() => {}); // gone already: fine
+        removed.push(e.name);
+      }
+    }
+    return removed.sort();
+  }
+  const fs = await import("node:fs/promises");
+  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+    if (e.isFile() && stale(e.name)) {
+      await fs.rm(`${dir}/${e.name}`, { force: true });
+      removed.push(e.name);
+    }
+  }
+  return removed.sort();
+}
+
+/**
+ * Writes bytes to a file atomically and durably: removes the temporary files of earlier writes to `path`
+ * that were killed ({@link removeStaleTemps}), writes `path.tmp-<random>`, fsyncs it, renames it over
+ * `path` and fsyncs the directory. A crash or kill at any point leaves either the old file or the new
+ * one under `path`, never a truncated one; after the call returns the new file survives a power cut
+ * (where the OS honours fsync; directory sync is skipped where the runtime cannot do it).
  *
  * @example
  * ```ts
@@ -62,25 +139,40 @@ export async function readFile(path: string): Promise<Uint8Array> {
  * ```
  */
 export async function writeFile(path: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${Math.random().toString(36).slice(2, 10)}`;
-  if (g.Deno?.writeFile) {
+  await removeStaleTemps(path);
+  const tmp = `${path}.tmp-${Math.random().toString(36).slice(2, 10) || "0"}`;
+  if (g.Deno?.open) {
     try {
-      await g.Deno.writeFile(tmp, bytes);
+      const f = await g.Deno.open(tmp, { write: true, createNew: true });
+      try {
+        // chunks: one write call may write less than asked, and a huge one blocks the runtime longer
+        for (let at = 0; at < bytes.length;) at += await f.write(bytes.subarray(at, at + (1 << 24)));
+        await f.sync();
+      } finally {
+        f.close();
+      }
       await g.Deno.rename(tmp, path);
     } catch (e) {
       await g.Deno.remove(tmp).catch(() => {});
       throw e;
     }
-    return;
+  } else {
+    const fs = await import("node:fs/promises");
+    try {
+      const f = await fs.open(tmp, "wx");
+      try {
+        await f.writeFile(bytes);
+        await f.sync();
+      } finally {
+        await f.close();
+      }
+      await fs.rename(tmp, path);
+    } catch (e) {
+      await fs.rm(tmp, { force: true }).catch(() => {});
+      throw e;
+    }
   }
-  const fs = await import("node:fs/promises");
-  try {
-    await fs.writeFile(tmp, bytes);
-    await fs.rename(tmp, path);
-  } catch (e) {
-    await fs.rm(tmp, { force: true }).catch(() => {});
-    throw e;
-  }
+  await syncDir(splitPath(path)[0]);
 }
 
 /**

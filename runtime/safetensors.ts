@@ -9,11 +9,16 @@
  * - {@link encodeSafetensors} / {@link decodeSafetensors}: pure bytes <-> host arrays. Decoding validates
  *   everything (header length against the file size, UTF-8 and JSON, every entry's fields, dtype known
  *   and supported, byte count = numel x item size, offsets in range, no overlaps, no gaps) and throws a
- *   {@link SafetensorsError} naming the problem.
+ *   {@link SafetensorsError} naming the problem. Encoding writes a content checksum into the metadata
+ *   (`seqlab.checksum`, CRC-32 over the tensor table, the other metadata and the data); decoding verifies
+ *   it when present (files from other tools have none and still load).
  * - {@link saveModel} / {@link loadModel} (files) and {@link encodeModel} / {@link decodeIntoModel}
  *   (bytes): a module's parameters and, optionally, an optimiser's state. Loading checks every name,
- *   shape and dtype and uploads every tensor before the first parameter changes, so a malformed,
- *   truncated or mismatched file never leaves a partly loaded model.
+ *   shape and dtype, the optimiser's slots (exactly those it keeps, see `Optimizer.stateKeys`) and the
+ *   step counters, and uploads every tensor before the first parameter changes, so a malformed,
+ *   truncated, corrupted or mismatched file never leaves a partly loaded model. Saving is atomic and
+ *   durable (temporary file, fsync, rename, directory fsync) and removes temporary files of the same
+ *   checkpoint left by a killed save.
  *
  * dtypes: F32, F16, F64, I32 and U32 (seqlab's); BF16, I64, U8 and the rest are refused by name.
  * @module
@@ -82,10 +87,83 @@ function isSize(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 }
 
+/** CRC-32 tables for slicing by 8: table s maps a byte to its CRC after s more zero bytes. */
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(8 * 256);
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[i] = c;
+  }
+  for (let i = 0; i < 256; i++) {
+    for (let s = 1; s < 8; s++) {
+      t[s * 256 + i] = (t[(s - 1) * 256 + i] >>> 8) ^ t[t[(s - 1) * 256 + i] & 0xff];
+    }
+  }
+  return t;
+})();
+
+/**
+ * CRC-32 (IEEE 802.3, zlib's `crc32`) of bytes, or of several byte arrays read one after another.
+ * Detects every single-bit flip and every burst of up to 32 flipped bits.
+ *
+ * @example
+ * ```ts
+ * import { crc32 } from "./safetensors.ts";
+ * console.log(crc32(new TextEncoder().encode("123456789")).toString(16)); // "cbf43926"
+ * ```
+ */
+export function crc32(data: Uint8Array | Iterable<Uint8Array>): number {
+  const T = CRC_TABLE;
+  let c = 0xffffffff;
+  for (const b of data instanceof Uint8Array ? [data] : data) {
+    const n = b.length;
+    let i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const lo = (b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24)) ^ c;
+      const hi = b[i + 4] | (b[i + 5] << 8) | (b[i + 6] << 16) | (b[i + 7] << 24);
+      c = T[1792 + (lo & 0xff)] ^ T[1536 + ((lo >>> 8) & 0xff)] ^ T[1280 + ((lo >>> 16) & 0xff)] ^
+        T[1024 + (lo >>> 24)] ^ T[768 + (hi & 0xff)] ^ T[512 + ((hi >>> 8) & 0xff)] ^
+        T[256 + ((hi >>> 16) & 0xff)] ^ T[hi >>> 24];
+    }
+    for (; i < n; i++) c = T[(c ^ b[i]) & 0xff] ^ (c >>> 8);
+  }
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** The metadata key of the content checksum. */
+const CHECKSUM_KEY = "seqlab.checksum";
+/** The metadata keys seqlab writes; any other `seqlab.` key in a file is a corruption or a newer format. */
+const SEQLAB_KEYS = [CHECKSUM_KEY, "seqlab.optimizer", "seqlab.step", "seqlab.paramSteps"];
+
+/**
+ * The content checksum: CRC-32 of a manifest (every tensor's name, dtype and shape, sorted by name, and
+ * every metadata entry but the checksum, sorted by key) followed by the tensors' bytes in name order.
+ * Layout-free on purpose: offsets, header order and padding are not hashed (the decoder checks that the
+ * tensors tile the data exactly), so a file re-laid by another writer that keeps the metadata verifies.
+ */
+function contentChecksum(
+  entries: readonly (readonly [string, DType, readonly number[], Uint8Array])[],
+  metadata: Record<string, string>,
+): string {
+  const sorted = [...entries].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const meta = Object.keys(metadata).filter((k) => k !== CHECKSUM_KEY).sort().map((k) => [k, metadata[k]]);
+  const manifest = JSON.stringify({
+    tensors: sorted.map(([n, d, sh]) => [n, TO_FILE[d], sh]),
+    metadata: meta,
+  });
+  const crc = crc32([new TextEncoder().encode(manifest), ...sorted.map((e) => e[3])]);
+  return `crc32:${crc.toString(16).padStart(8, "0")}`;
+}
+
+const bytesOf = (t: TypedArray) => new Uint8Array(t.buffer, t.byteOffset, t.byteLength);
+
 /**
  * Encodes host tensors (and optional string metadata) as safetensors bytes. Tensors are laid out by
  * item size, largest first (8, 4, 2 bytes), in insertion order within a size, so that with the header
- * padded to 8 bytes every tensor is aligned to its item size, as Hugging Face's writer does.
+ * padded to 8 bytes every tensor is aligned to its item size, as Hugging Face's writer does. The
+ * metadata gets `seqlab.checksum` (see the module doc; a `seqlab.checksum` passed in is replaced, or
+ * dropped with `checksum: false`).
  *
  * @example
  * ```ts
@@ -97,12 +175,15 @@ function isSize(v: unknown): v is number {
 export function encodeSafetensors(
   tensors: Map<string, HostTensor> | Record<string, HostTensor>,
   metadata: Record<string, string> = {},
+  o: { checksum?: boolean } = {},
 ): Uint8Array {
   if (!LITTLE_ENDIAN) fail("this host is big-endian; encoding is not supported");
   const entries = tensors instanceof Map ? [...tensors] : Object.entries(tensors);
   for (const [k, v] of Object.entries(metadata)) {
     if (typeof v !== "string") fail(`metadata "${k}" must be a string, got ${typeof v}`);
   }
+  metadata = { ...metadata };
+  delete metadata[CHECKSUM_KEY];
   for (const [name, t] of entries) {
     if (name === "" || name === "__metadata__") fail(`invalid tensor name ${JSON.stringify(name)}`);
     if (!(t.dtype in TO_FILE)) fail(`tensor "${name}": unknown dtype ${JSON.stringify(t.dtype)}`);
@@ -117,6 +198,12 @@ export function encodeSafetensors(
   const order = entries.map((e, i) => ({ e, i })).sort((a, b) =>
     itemSize(b.e[1].dtype) - itemSize(a.e[1].dtype) || a.i - b.i
   ).map(({ e }) => e);
+  if (o.checksum ?? true) {
+    metadata[CHECKSUM_KEY] = contentChecksum(
+      entries.map(([name, t]) => [name, t.dtype, t.shape, bytesOf(t.data)] as const),
+      metadata,
+    );
+  }
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
@@ -139,7 +226,7 @@ export function encodeSafetensors(
   out.set(json, 8);
   let at = 8 + json.length;
   for (const [, t] of order) {
-    out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), at);
+    out.set(bytesOf(t.data), at);
     at += t.data.byteLength;
   }
   return out;
@@ -149,7 +236,9 @@ export function encodeSafetensors(
  * Decodes and validates safetensors bytes. Throws a {@link SafetensorsError} naming the first problem:
  * a file shorter than its header, a header that is not UTF-8 JSON of the right shape, an unknown or
  * unsupported dtype, a byte range that does not match numel x item size, lies outside the data, overlaps
- * another tensor or leaves bytes that belong to no tensor. The returned arrays are copies (aligned).
+ * another tensor or leaves bytes that belong to no tensor, a `seqlab.` metadata key seqlab does not
+ * write, or contents that do not match the `seqlab.checksum` (when there is one). The returned arrays
+ * are copies (aligned).
  *
  * @example
  * ```ts
@@ -204,6 +293,9 @@ export function decodeSafetensors(bytes: Uint8Array): SafetensorsFile {
       }
       for (const [k, v] of Object.entries(entry as Record<string, unknown>)) {
         if (typeof v !== "string") fail(`__metadata__ "${k}" must be a string, got ${JSON.stringify(v)}`);
+        if (k.startsWith("seqlab.") && !SEQLAB_KEYS.includes(k)) {
+          fail(`__metadata__ "${k}" is not a key seqlab writes (${SEQLAB_KEYS.join(", ")})`);
+        }
         metadata[k] = v;
       }
       continue;
@@ -256,6 +348,25 @@ export function decodeSafetensors(bytes: Uint8Array): SafetensorsFile {
     covered = s.end;
   }
   if (covered !== dataLen) fail(`data bytes [${covered}, ${dataLen}) belong to no tensor (trailing data)`);
+  const stored = metadata[CHECKSUM_KEY];
+  if (stored !== undefined) {
+    if (!/^crc32:[0-9a-f]{8}$/.test(stored)) {
+      fail(
+        `__metadata__ "${CHECKSUM_KEY}" is ${
+          JSON.stringify(stored)
+        }, not "crc32:" and 8 lowercase hex digits`,
+      );
+    }
+    const actual = contentChecksum(
+      parsed.map(([name, dt, shape, begin, end]) =>
+        [name, dt, shape, bytes.subarray(dataStart + begin, dataStart + end)] as const
+      ),
+      metadata,
+    );
+    if (actual !== stored) {
+      fail(`checksum mismatch: the file says ${stored}, its contents hash to ${actual} (corrupted file)`);
+    }
+  }
   const tensors = new Map<string, HostTensor>();
   for (const [name, dtype, shape, begin, end] of parsed) {
     const copy = bytes.slice(dataStart + begin, dataStart + end); // own, aligned buffer
@@ -293,13 +404,20 @@ export interface HasState {
   stateTensors(): Map<string, Tensor>;
   /** Replaces the state (validating first) and the step counts. */
   loadState(tensors: Map<string, Tensor>, stepCount: number, paramSteps?: readonly number[]): void;
+  /** The slots kept per parameter (Adam: m, v), or null when unknown; checked on load when present. */
+  stateSlots?(): readonly string[] | null;
+  /**
+   * The state keys held after these per-parameter step counts, or null when unknown; when present, a
+   * file's optimiser state must hold exactly these keys.
+   */
+  stateKeys?(paramSteps: readonly number[]): string[] | null;
 }
 
 /** Options of {@link encodeModel} and {@link saveModel}. */
 export interface SaveOptions {
   /** Also store this optimiser's state (names `__optimizer__.<param index>.<slot>`) and step count. */
   optimizer?: HasState;
-  /** Extra `__metadata__` strings. */
+  /** Extra `__metadata__` strings (keys starting "seqlab." are reserved). */
   metadata?: Record<string, string>;
 }
 
@@ -340,6 +458,11 @@ export async function encodeModel(model: HasParameters, o: SaveOptions = {}): Pr
     await add(name, t);
   }
   const metadata: Record<string, string> = { ...o.metadata };
+  for (const k of Object.keys(metadata)) {
+    if (k.startsWith("seqlab.")) {
+      fail(`metadata key "${k}" is reserved (seqlab writes ${SEQLAB_KEYS.join(", ")})`);
+    }
+  }
   if (o.optimizer) {
     for (const [k, t] of o.optimizer.stateTensors()) await add(OPT_PREFIX + k, t);
     metadata["seqlab.optimizer"] = o.optimizer.name;
@@ -351,9 +474,11 @@ export async function encodeModel(model: HasParameters, o: SaveOptions = {}): Pr
 
 /**
  * Loads safetensors bytes into a module's parameters (in place, on their devices) and optionally an
- * optimiser's state; returns the file's metadata. All validation (the file itself, then every name, shape
- * and dtype against the model) and every upload happen before the first parameter is written, so on any
- * error the model and optimiser are untouched.
+ * optimiser's state; returns the file's metadata. All validation (the file itself and its checksum, then
+ * every name, shape and dtype against the model; for an optimiser its kind, step counters consistent
+ * with each other, and exactly the state keys it keeps after those steps, see `Optimizer.stateKeys`) and
+ * every upload happen before the first parameter is written, so on any error the model and optimiser are
+ * untouched.
  *
  * @example
  * ```ts
@@ -410,9 +535,10 @@ export function decodeIntoModel(
     const saved = file.metadata["seqlab.optimizer"];
     if (saved === undefined) fail(`the file holds no optimizer state (saved without one)`);
     if (saved !== opt.name) fail(`the file holds ${saved} state, not ${opt.name}`);
-    step = Number(file.metadata["seqlab.step"]);
-    if (!Number.isSafeInteger(step) || step < 0) {
-      fail(`metadata seqlab.step ${JSON.stringify(file.metadata["seqlab.step"])} is not a step count`);
+    const stepText = file.metadata["seqlab.step"];
+    step = /^(0|[1-9]\d*)$/.test(stepText ?? "") ? Number(stepText) : NaN;
+    if (!Number.isSafeInteger(step)) {
+      fail(`metadata seqlab.step ${JSON.stringify(stepText)} is not a step count`);
     }
     const ps = file.metadata["seqlab.paramSteps"];
     if (ps !== undefined) {
@@ -428,16 +554,49 @@ export function decodeIntoModel(
       ) {
         fail(`metadata seqlab.paramSteps ${JSON.stringify(ps)} is not ${opt.params.length} step counts`);
       }
+      const k = parsed.findIndex((n: number) => n > step);
+      if (k >= 0) {
+        fail(
+          `metadata seqlab.paramSteps ${ps}: parameter ${k} has taken ${parsed[k]} steps, ` +
+            `more than seqlab.step ${step}`,
+        );
+      }
       paramSteps = parsed;
     }
+    // the slots the optimiser keeps, and which parameters hold them after these step counts
+    const steps = paramSteps ?? opt.params.map(() => step);
+    const slots = opt.stateSlots?.() ?? null;
+    const expected = opt.stateKeys?.(steps) ?? null;
     for (const [key, src] of optState) {
-      const m = /^(\d+)\.([A-Za-z_]\w*)$/.exec(key);
+      const m = /^(0|[1-9]\d*)\.([A-Za-z_]\w*)$/.exec(key);
       const k = m ? Number(m[1]) : -1;
       if (!m || k >= opt.params.length) {
         fail(`optimizer state "${key}" names no parameter (${opt.params.length} parameters)`);
       }
+      if (slots && !slots.includes(m[2])) {
+        fail(
+          `optimizer state "${key}": ${opt.name} keeps no slot "${m[2]}" (its slots: ${
+            slots.join(", ") || "none"
+          })`,
+        );
+      }
+      if (expected && !expected.includes(key)) {
+        fail(
+          `optimizer state "${key}": by seqlab.paramSteps no parameter sharing parameter ${k}'s device ` +
+            `and dtype has taken a step, so ${opt.name} would hold no state for it`,
+        );
+      }
       check(`optimizer state "${key}"`, opt.params[k], src);
       optPlan.push([key, opt.params[k], src]);
+    }
+    for (const key of expected ?? []) {
+      if (!optState.has(key)) {
+        const k = Number(key.slice(0, key.indexOf(".")));
+        fail(
+          `the file lacks optimizer state "${key}" (${opt.name} keeps ${slots!.join(", ")} for parameter ` +
+            `${k}, at step ${steps[k]})`,
+        );
+      }
     }
   }
   // upload everything (an allocation error, e.g. f16 on an adapter without it, still changes nothing)
@@ -450,8 +609,9 @@ export function decodeIntoModel(
     };
     const uploads = plan.map(([p, src]) => upload(src, p));
     const optUploads = new Map(optPlan.map(([key, p, src]) => [key, upload(src, p)]));
-    noGrad(() => plan.forEach(([p], i) => ops.copyInto(p, uploads[i])));
+    // the optimiser first: loadState validates again before it changes anything
     if (opt) opt.loadState(optUploads, step, paramSteps);
+    noGrad(() => plan.forEach(([p], i) => ops.copyInto(p, uploads[i])));
   } finally {
     for (const t of staged) t.dispose();
   }
@@ -459,8 +619,9 @@ export function decodeIntoModel(
 }
 
 /**
- * Saves a module's parameters (and optionally an optimiser's state) to a `.safetensors` file, written
- * atomically (a temporary file renamed into place).
+ * Saves a module's parameters (and optionally an optimiser's state) to a `.safetensors` file with a
+ * content checksum, atomically and durably (platform `writeFile`: stale `<path>.tmp-*` files of this
+ * path removed, a temporary file written and fsynced, renamed into place, the directory fsynced).
  *
  * @example
  * ```ts

@@ -9,6 +9,7 @@ import { leakCheck, requireDevice, scoped } from "../test/helpers.ts";
 leakCheck();
 
 const DEVICES = ["cpu", "webgpu"] as const;
+const CRC = /^crc32:[0-9a-f]{8}$/;
 
 /**
  * An independent encoder: a header given as an object or raw text (no padding unless asked), the data
@@ -82,7 +83,11 @@ describe("encode/decode", () => {
     };
     const bytes = s.encodeSafetensors(tensors, { note: "hello", step: "3" });
     const back = s.decodeSafetensors(bytes);
-    expect(back.metadata).toEqual({ note: "hello", step: "3" });
+    expect(back.metadata).toEqual({
+      note: "hello",
+      step: "3",
+      "seqlab.checksum": expect.stringMatching(CRC),
+    });
     expect([...back.tensors.keys()].sort()).toEqual(Object.keys(tensors).sort());
     for (const [name, t] of Object.entries(tensors)) {
       const got = back.tensors.get(name)!;
@@ -106,7 +111,12 @@ describe("encode/decode", () => {
     expect(header.c.data_offsets).toEqual([0, 8]);
     expect(header.b.data_offsets).toEqual([8, 12]);
     expect(header.a.data_offsets).toEqual([12, 18]);
-    expect(header.__metadata__).toBeUndefined();
+    expect(Object.keys(header.__metadata__)).toEqual(["seqlab.checksum"]);
+    const plain = s.encodeSafetensors({ a: { dtype: "f16", shape: [1], data: new Float16Array(1) } }, {}, {
+      checksum: false,
+    });
+    expect(JSON.parse(new TextDecoder().decode(plain.subarray(8, 8 + plain[0]))).__metadata__)
+      .toBeUndefined();
   });
 
   test("a file from an independent encoder: unpadded header, unsorted entries, every dtype", () => {
@@ -151,7 +161,7 @@ describe("encode/decode", () => {
     const path = await Deno.makeTempFile({ suffix: ".safetensors" });
     await Deno.writeFile(path, bytes);
     const py = `
-import json, struct, sys
+import json, struct, sys, zlib
 b = open(sys.argv[1], "rb").read()
 n, = struct.unpack("<Q", b[:8])
 h = json.loads(b[8:8 + n])
@@ -161,6 +171,14 @@ for k, v in h.items():
     a, z = v["data_offsets"]
     c = struct.calcsize(fmt[v["dtype"]])
     out[k] = {"shape": v["shape"], "values": list(struct.unpack("<%d%s" % ((z - a) // c, fmt[v["dtype"]]), b[8 + n + a:8 + n + z]))}
+# the checksum from its definition: zlib's CRC-32 of the manifest, then the data in name order
+meta = sorted((k, v) for k, v in out["__metadata__"].items() if k != "seqlab.checksum")
+names = sorted(h)
+manifest = json.dumps({"tensors": [[k, h[k]["dtype"], h[k]["shape"]] for k in names], "metadata": meta}, separators=(",", ":"))
+crc = zlib.crc32(manifest.encode())
+for k in names:
+    crc = zlib.crc32(b[8 + n + h[k]["data_offsets"][0]:8 + n + h[k]["data_offsets"][1]], crc)
+out["checksum"] = "crc32:%08x" % crc
 print(json.dumps(out))
 `;
     const r = await new Deno.Command("python3", { args: ["-c", py, path], stdout: "piped", stderr: "piped" })
@@ -168,7 +186,7 @@ print(json.dumps(out))
     await Deno.remove(path);
     expect(r.success, new TextDecoder().decode(r.stderr)).toBe(true);
     const got = JSON.parse(new TextDecoder().decode(r.stdout));
-    expect(got.__metadata__).toEqual({ who: "seqlab" });
+    expect(got.__metadata__).toEqual({ who: "seqlab", "seqlab.checksum": got.checksum });
     expect(got.w).toEqual({ shape: [2, 2], values: [1, -2.5, 3.25, Math.fround(1e-3)] });
     expect(got.h.values).toEqual([0.5, -4]);
     expect(got.d.values).toEqual([Math.E]);
@@ -433,6 +451,7 @@ describe("loading into a model", () => {
         "seqlab.optimizer": "Adam",
         "seqlab.step": "1",
         "seqlab.paramSteps": "[1,1]",
+        "seqlab.checksum": expect.stringMatching(CRC),
       });
       expect(opt.paramSteps).toEqual([1, 1]);
       expect(await Promise.all(b.parameters().map(async (p) => Array.from(await p.toArray())))).toEqual(
