@@ -251,7 +251,7 @@ function stripTransient(nb: Json): void {
  * ```ts
  * import { readNotebook } from "./repro.ts";
  * const nb = readNotebook('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": ' +
- *   '[{"cell_type": "code", "source": ["a\\n", "b"], "metadata": {}, "outputs": []}]}');
+ *   '[{"cell_type": "code", "id": "c1", "source": ["a\\n", "b"], "metadata": {}, "outputs": []}]}');
  * if (!(nb.cells[0].source === "a\nb")) throw new Error("example failed");
  * ```
  */
@@ -287,6 +287,27 @@ export function readNotebook(text: string, name = "notebook"): Json {
     }
   });
   stripTransient(nb);
+  // nbformat 4.5 requires cell ids; nbformat's reader gives a cell without one (or with a duplicate) a fresh
+  // random id, with a warning, so nbclient's output has them: do the same.
+  if ((nb.nbformat_minor ?? 0) >= 5) {
+    const seen = new Set<string>();
+    const given: number[] = [];
+    nb.cells.forEach((c: Json, i: number) => {
+      if (typeof c.id !== "string" || seen.has(c.id)) {
+        c.id = crypto.randomUUID().replaceAll("-", "").slice(0, 8);
+        given.push(i + 1);
+      }
+      seen.add(c.id);
+    });
+    if (given.length) {
+      console.error(
+        `${name}: cell(s) ${
+          given.join(", ")
+        } had no id or a duplicate one (nbformat 4.5 requires unique ids); ` +
+          "they were given random ids, as nbformat does",
+      );
+    }
+  }
   return nb;
 }
 

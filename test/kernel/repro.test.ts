@@ -10,12 +10,12 @@ import { PYTHON, ROOT, run } from "./harness.ts";
 /** No python3 on PATH and SEQLAB_PYTHON pointing nowhere: a run that used Python would fail. */
 const NO_PYTHON = { PATH: "/nonexistent", SEQLAB_PYTHON: "/nonexistent/python3" };
 
-function notebook(cells: { src: string; tags?: string[] }[]): string {
+function notebook(cells: { src: string; tags?: string[] }[], ids = true): string {
   return JSON.stringify({
     cells: cells.map((c, i) => ({
       cell_type: "code",
       execution_count: null,
-      id: `c${i}`,
+      id: ids ? `c${i}` : undefined,
       metadata: c.tags ? { tags: c.tags } : {},
       outputs: [],
       source: c.src,
@@ -46,7 +46,11 @@ test("repro without Python: runs in order, accepts raises-exception, fails on ot
       { src: "console.log(x * 21)" },
     ]),
   );
-  Deno.writeTextFileSync(`${dir}/b_bad.ipynb`, notebook([{ src: "undefinedThing.call()" }, { src: "1" }]));
+  // without cell ids, which nbformat 4.5 requires: nbformat's reader (so nbclient) adds random ones, as repro does
+  Deno.writeTextFileSync(
+    `${dir}/b_bad.ipynb`,
+    notebook([{ src: "undefinedThing.call()" }, { src: "1" }], false),
+  );
   const out = `${dir}/out`;
   const ok = await repro(["--out", out, "--quick", `${dir}/a_ok.ipynb`]);
   expect(ok.code, ok.stdout + ok.stderr).toBe(0);
@@ -77,6 +81,8 @@ test("repro without Python: runs in order, accepts raises-exception, fails on ot
   const badNb = readNb(`${out}/b_bad.ipynb`);
   expect(badNb.cells[0].outputs[0].ename).toBe("ReferenceError");
   expect(badNb.cells[1].execution_count).toBeNull(); // not run, left as it was
+  expect(badNb.cells.map((c) => /^[0-9a-f]{8}$/.test(c.id))).toEqual([true, true]);
+  expect(bad.stderr).toMatch(/b_bad\.ipynb: cell\(s\) 1, 2 had no id or a duplicate one/);
 
   // The same environment really has no Python: the nbclient runner cannot start in it.
   const py = await repro(["--python", "--out", `${dir}/py`, `${dir}/a_ok.ipynb`]);
