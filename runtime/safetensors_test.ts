@@ -5,6 +5,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { leakCheck, requireDevice, scoped } from "../test/helpers.ts";
+import { crc32 } from "./safetensors.ts";
 
 leakCheck();
 
@@ -507,5 +508,436 @@ describe("loading into a model", () => {
       a.dispose();
       b.dispose();
     }),
+  );
+});
+
+// ---- checksum, optimiser structure, bit-flip fuzz, durable saves (issue #16) ---------------------------------
+
+/** CRC-32 bit by bit, straight from the polynomial: the oracle for the sliced version. */
+function crcRef(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** A seeded uniform in [0, 1) (mulberry32). */
+function rng(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), seed | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+const hex = (t: ArrayBufferView) =>
+  Array.from(new Uint8Array(t.buffer, t.byteOffset, t.byteLength), (b) => b.toString(16).padStart(2, "0"))
+    .join("");
+
+/** Everything a load may change, bit for bit: parameters, state by key, step counters. */
+async function stateOf(model: s.Module, opt: s.Optimizer): Promise<string> {
+  const params = await Promise.all(
+    model.namedParameters().map(async ([n, p]) => [n, hex(await p.toArray())]),
+  );
+  const state = await Promise.all(
+    [...opt.stateTensors()].sort(([a], [b]) => (a < b ? -1 : 1)).map(async (
+      [k, t],
+    ) => [k, hex(await t.toArray())]),
+  );
+  return JSON.stringify({ params, state, step: opt.stepCount, paramSteps: opt.paramSteps });
+}
+
+/** Two linear layers and an Adam stepped `steps` times on cpu (seeded). */
+function trained(seed: number, steps: number) {
+  const model = new s.Sequential(
+    new s.Linear(4, 3, { seed, device: "cpu" }),
+    new s.Linear(3, 2, { seed: seed + 1, device: "cpu" }),
+  );
+  const opt = new s.Adam(model.parameters(), { lr: 0.01 });
+  for (let i = 0; i < steps; i++) {
+    s.tidy(() => {
+      opt.zeroGrad();
+      const y = model.forward(s.randn([5, 4], { seed: seed + 10 + i, device: "cpu" }));
+      y.mul(y).sum().backward();
+      opt.step();
+    });
+  }
+  model.zeroGrad();
+  return { model, opt, done: () => (opt.dispose(), model.dispose()) };
+}
+
+describe("content checksum", () => {
+  test("crc32 equals the bit-by-bit reference and zlib's check value; parts hash as their concatenation", () => {
+    expect(crc32(new TextEncoder().encode("123456789"))).toBe(0xcbf43926);
+    expect(crc32(new Uint8Array())).toBe(0);
+    const r = rng(7);
+    const bytes = Uint8Array.from({ length: 1037 }, () => Math.floor(r() * 256));
+    expect(crc32(bytes)).toBe(crcRef(bytes));
+    expect(crc32([bytes.subarray(0, 3), bytes.subarray(3, 10), bytes.subarray(10)])).toBe(crcRef(bytes));
+  });
+
+  test("a flipped data bit, a wrong or malformed checksum, an unknown seqlab. key: named errors", () => {
+    const t = { w: { dtype: "f32" as const, shape: [2], data: new Float32Array([1, 2]) } };
+    const bytes = s.encodeSafetensors(t, { note: "x" });
+    const sum = s.decodeSafetensors(bytes).metadata["seqlab.checksum"];
+    const flipped = bytes.slice();
+    flipped[flipped.length - 1] ^= 0x01;
+    expect(() => s.decodeSafetensors(flipped)).toThrow(
+      new RegExp(
+        `checksum mismatch: the file says ${sum}, its contents hash to crc32:[0-9a-f]{8} \\(corrupted`,
+      ),
+    );
+    const meta = (m: Record<string, string>) =>
+      rawFile({ w: { dtype: "F32", shape: [2], data_offsets: [0, 8] }, __metadata__: m }, le("F32", [1, 2]));
+    expect(() => s.decodeSafetensors(meta({ note: "y", "seqlab.checksum": sum }))).toThrow(
+      /checksum mismatch/,
+    );
+    expect(() => s.decodeSafetensors(meta({ note: "x", "seqlab.checksum": sum.toUpperCase() }))).toThrow(
+      /"seqlab.checksum" is "CRC32:[0-9A-F]{8}", not "crc32:" and 8 lowercase hex digits/,
+    );
+    expect(() => s.decodeSafetensors(meta({ note: "x", "seqlab.checksun": sum }))).toThrow(
+      /__metadata__ "seqlab.checksun" is not a key seqlab writes/,
+    );
+    // the same contents laid out by another writer (reversed order, unpadded, metadata first) verify
+    const relaid = rawFile(
+      `{"__metadata__":{"seqlab.checksum":"${sum}","note":"x"},"w":{"shape":[2],"dtype":"F32","data_offsets":[0,8]}}`,
+      le("F32", [1, 2]),
+    );
+    expect(s.decodeSafetensors(relaid).tensors.get("w")!.data).toEqual(new Float32Array([1, 2]));
+    // files without a checksum (other tools) load
+    expect(s.decodeSafetensors(meta({ note: "x" })).metadata).toEqual({ note: "x" });
+  });
+
+  test("what the checksum adds: a step count flipped 2 -> 3 loads silently without one, is refused with one", async () => {
+    const src = trained(1, 2), dst = trained(5, 3);
+    const withSum = await s.encodeModel(src.model, { optimizer: src.opt });
+    const f = s.decodeSafetensors(withSum);
+    const without = s.encodeSafetensors(f.tensors, f.metadata, { checksum: false });
+    const flipStep = (b: Uint8Array) => {
+      const at = new TextDecoder().decode(b).indexOf('"seqlab.step":"2"') + '"seqlab.step":"'.length;
+      const out = b.slice();
+      out[at] ^= 0x01; // "2" (0x32) -> "3" (0x33): still a consistent counter (paramSteps [2,2,2,2] <= 3)
+      return out;
+    };
+    expect(() => s.decodeIntoModel(flipStep(withSum), dst.model, { optimizer: dst.opt })).toThrow(
+      /checksum mismatch/,
+    );
+    s.decodeIntoModel(flipStep(without), dst.model, { optimizer: dst.opt });
+    expect(dst.opt.stepCount).toBe(3);
+    src.done();
+    dst.done();
+  });
+
+  test(
+    "encodeModel refuses user metadata in the seqlab. namespace",
+    scoped(async () => {
+      const l = new s.Linear(2, 2, { device: "cpu" });
+      await expect(s.encodeModel(l, { metadata: { "seqlab.step": "3" } })).rejects.toThrow(
+        /metadata key "seqlab.step" is reserved/,
+      );
+      l.dispose();
+    }),
+  );
+});
+
+describe("optimiser state must be exactly what the optimiser keeps", () => {
+  /** The trained fixture's file, decoded, edited by `edit`, re-encoded without a checksum. */
+  async function edited(
+    src: { model: s.Module; opt: s.Optimizer },
+    edit: (t: Map<string, s.HostTensor>, m: Record<string, string>) => void,
+  ): Promise<Uint8Array> {
+    const f = s.decodeSafetensors(await s.encodeModel(src.model, { optimizer: src.opt }));
+    edit(f.tensors, f.metadata);
+    return s.encodeSafetensors(f.tensors, f.metadata, { checksum: false });
+  }
+  const rename = (t: Map<string, s.HostTensor>, from: string, to: string) => {
+    t.set(to, t.get(from)!);
+    t.delete(from);
+  };
+
+  test("renamed, missing, unknown or unstepped slots and inconsistent step counters are refused whole", async () => {
+    const src = trained(1, 2), dst = trained(5, 3);
+    const before = await stateOf(dst.model, dst.opt);
+    const mem = s.memory("cpu").bytesInUse;
+    const cases: [(t: Map<string, s.HostTensor>, m: Record<string, string>) => void, RegExp][] = [
+      // the issue's case: "0.v" renamed "0.w" loaded, left v at zero, and the next step moved a weight 1.66e4
+      [
+        (t) => rename(t, "__optimizer__.0.v", "__optimizer__.0.w"),
+        /optimizer state "0.w": Adam keeps no slot "w" \(its slots: m, v\)/,
+      ],
+      [
+        (t) => t.delete("__optimizer__.3.m"),
+        /the file lacks optimizer state "3.m" \(Adam keeps m, v for parameter 3, at step 2\)/,
+      ],
+      [
+        (t) => rename(t, "__optimizer__.1.m", "__optimizer__.01.m"),
+        /optimizer state "01.m" names no parameter \(4 parameters\)/,
+      ],
+      [
+        (t) => rename(t, "__optimizer__.1.m", "__optimizer__.4.m"),
+        /optimizer state "4.m" names no parameter/,
+      ],
+      [
+        (_, m) => (m["seqlab.paramSteps"] = "[0,0,0,0]"),
+        /optimizer state "0.m": by seqlab.paramSteps no parameter sharing parameter 0's device and dtype has/,
+      ],
+      [
+        (_, m) => (m["seqlab.paramSteps"] = "[2,3,2,2]"),
+        /seqlab.paramSteps \[2,3,2,2\]: parameter 1 has taken 3 steps, more than seqlab.step 2/,
+      ],
+      [(_, m) => (m["seqlab.paramSteps"] = "[2,2,2]"), /seqlab.paramSteps "\[2,2,2\]" is not 4 step counts/],
+      [(_, m) => (m["seqlab.paramSteps"] = "[2,2,-1,2]"), /is not 4 step counts/],
+      [(_, m) => (m["seqlab.step"] = "02"), /metadata seqlab.step "02" is not a step count/],
+      [(_, m) => (m["seqlab.step"] = ""), /metadata seqlab.step "" is not a step count/],
+      [(_, m) => (m["seqlab.step"] = "1"), /parameter 0 has taken 2 steps, more than seqlab.step 1/],
+      [(t) => t.delete("layers.1.bias"), /the file has no tensor "layers.1.bias"/],
+      [
+        (t) => t.set("__optimizer__.0.m", { dtype: "f64", shape: [4, 3], data: new Float64Array(12) }),
+        /optimizer state "0.m" is \[4, 3\] F64 in the file but \[4, 3\] F32 in the model/,
+      ],
+    ];
+    for (const [edit, message] of cases) {
+      let err: unknown;
+      try {
+        s.decodeIntoModel(await edited(src, edit), dst.model, { optimizer: dst.opt });
+      } catch (e) {
+        err = e;
+      }
+      expect(err, String(message)).toBeInstanceOf(s.SafetensorsError);
+      expect((err as Error).message).toMatch(message);
+    }
+    expect(await stateOf(dst.model, dst.opt)).toBe(before); // bit-identical after every refusal
+    expect(s.memory("cpu").bytesInUse).toBe(mem);
+    // the unedited file (no checksum either) loads
+    s.decodeIntoModel(await edited(src, () => {}), dst.model, { optimizer: dst.opt });
+    expect(await stateOf(dst.model, dst.opt)).toBe(await stateOf(src.model, src.opt));
+    src.done();
+    dst.done();
+  });
+
+  test(
+    "SGD: plain SGD keeps no slot, momentum SGD keeps momentum",
+    scoped(async () => {
+      const a = new s.Linear(2, 2, { seed: 1, device: "cpu" });
+      const mom = new s.SGD(a.parameters(), { lr: 0.1, momentum: 0.9 });
+      a.forward(s.ones([1, 2], { device: "cpu" })).sum().backward();
+      mom.step();
+      const bytes = await s.encodeModel(a, { optimizer: mom });
+      const plain = new s.SGD(a.parameters(), { lr: 0.1 });
+      plain.step(); // no state, only counters
+      expect(() => s.decodeIntoModel(bytes, a, { optimizer: plain })).toThrow(
+        /optimizer state "0.momentum": SGD keeps no slot "momentum" \(its slots: none\)/,
+      );
+      const again = new s.SGD(a.parameters(), { lr: 0.1, momentum: 0.9 });
+      s.decodeIntoModel(bytes, a, { optimizer: again });
+      expect([...again.stateTensors().keys()]).toEqual(["0.momentum", "1.momentum"]);
+      for (const o of [mom, plain, again]) o.dispose();
+      a.zeroGrad();
+      a.dispose();
+    }),
+  );
+
+  test(
+    "state kept per (device, dtype) group: a group that never stepped holds none, and the file must agree",
+    scoped(async () => {
+      const w32 = s.param(s.tensor([1, 2], { device: "cpu" }));
+      const w16 = s.param(s.tensor([3], { device: "cpu", dtype: "f16" }));
+      const model = { namedParameters: (): [string, s.Tensor][] => [["a", w32], ["b", w16]] };
+      const opt = new s.Adam([w32, w16], { lr: 0.1 });
+      w32.mul(w32).sum().backward(); // only the f32 parameter has a gradient
+      opt.step();
+      expect([...opt.stateTensors().keys()]).toEqual(opt.stateKeys());
+      expect(opt.stateKeys()).toEqual(["0.m", "0.v"]);
+      const bytes = await s.encodeModel(model, { optimizer: opt });
+      const fresh = new s.Adam([w32, w16], { lr: 0.1 });
+      s.decodeIntoModel(bytes, model, { optimizer: fresh });
+      expect(fresh.paramSteps).toEqual([1, 0]);
+      expect([...fresh.stateTensors().keys()]).toEqual(["0.m", "0.v"]);
+      const f = s.decodeSafetensors(bytes);
+      f.tensors.set("__optimizer__.1.m", { dtype: "f16", shape: [1], data: new Float16Array(1) });
+      f.tensors.set("__optimizer__.1.v", { dtype: "f16", shape: [1], data: new Float16Array(1) });
+      expect(() => s.decodeIntoModel(s.encodeSafetensors(f.tensors, f.metadata), model, { optimizer: fresh }))
+        .toThrow(/optimizer state "1.m": by seqlab.paramSteps no parameter sharing parameter 1's device/);
+      w32.zeroGrad();
+      for (const t of [opt, fresh, w32, w16]) t.dispose();
+    }),
+  );
+});
+
+describe("bit flips: refused with a named error or loaded identically, never a silent change", () => {
+  /**
+   * Flips `n` seeded bits, one per try, in bytes [lo, hi) of `bytes` and loads each into `dst`. Counts
+   * refusals (each a SafetensorsError that left `dst` bit-identical) and identical loads (`dst` then
+   * equals the source, and is restored); anything else is a silent change, returned with its bit.
+   */
+  async function fuzz(
+    bytes: Uint8Array,
+    [lo, hi]: [number, number],
+    n: number,
+    seed: number,
+    dst: { model: s.Module; opt: s.Optimizer },
+    source: string,
+  ) {
+    const restore = await s.encodeModel(dst.model, { optimizer: dst.opt });
+    const before = await stateOf(dst.model, dst.opt);
+    const r = rng(seed),
+      out = { refused: 0, identical: 0, silent: [] as string[], otherErrors: [] as string[] };
+    for (let i = 0; i < n; i++) {
+      const bit = lo * 8 + Math.floor(r() * (hi - lo) * 8);
+      const b = bytes.slice();
+      b[bit >> 3] ^= 1 << (bit & 7);
+      try {
+        s.decodeIntoModel(b, dst.model, { optimizer: dst.opt });
+      } catch (e) {
+        if (!(e instanceof s.SafetensorsError)) out.otherErrors.push(`bit ${bit}: ${e}`);
+        else if ((await stateOf(dst.model, dst.opt)) !== before) {
+          out.silent.push(`bit ${bit}: refused but changed`);
+        } else out.refused++;
+        continue;
+      }
+      const now = await stateOf(dst.model, dst.opt);
+      if (now === source) out.identical++;
+      else {
+        const tensorsOnly = (x: string) => JSON.stringify({ ...JSON.parse(x), step: 0, paramSteps: [] });
+        out.silent.push(
+          `bit ${bit} (byte ${bit >> 3} ${JSON.stringify(String.fromCharCode(bytes[bit >> 3]))}` +
+            `${tensorsOnly(now) === tensorsOnly(source) ? ", step counters only" : ", TENSORS"})`,
+        );
+      }
+      s.decodeIntoModel(restore, dst.model, { optimizer: dst.opt });
+    }
+    return out;
+  }
+
+  test("500 header flips and 500 data flips of a checkpoint with its checksum", async () => {
+    const src = trained(1, 2), dst = trained(5, 3);
+    const bytes = await s.encodeModel(src.model, { optimizer: src.opt });
+    const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    const source = await stateOf(src.model, src.opt);
+    const header = await fuzz(bytes, [0, 8 + n], 500, 16, dst, source);
+    const data = await fuzz(bytes, [8 + n, bytes.length], 500, 17, dst, source);
+    console.log(
+      `header flips (${8 + n} bytes): ${header.refused} refused, ${header.identical} loaded identically; ` +
+        `data flips (${bytes.length - 8 - n} bytes): ${data.refused} refused, ${data.identical} identical`,
+    );
+    for (const r of [header, data]) {
+      expect(r.otherErrors).toEqual([]);
+      expect(r.silent).toEqual([]);
+      expect(r.refused + r.identical).toBe(500);
+    }
+    expect(data.refused).toBe(500); // CRC-32 detects every single-bit flip
+    src.done();
+    dst.done();
+  });
+
+  test("500 header flips without a checksum: structure checks alone (counts reported, slots never renamed)", async () => {
+    const src = trained(1, 2), dst = trained(5, 3);
+    const f = s.decodeSafetensors(await s.encodeModel(src.model, { optimizer: src.opt }));
+    const bytes = s.encodeSafetensors(f.tensors, f.metadata, { checksum: false });
+    const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    const r = await fuzz(bytes, [0, 8 + n], 500, 18, dst, await stateOf(src.model, src.opt));
+    console.log(
+      `header flips without checksum (${8 + n} bytes): ${r.refused} refused, ${r.identical} identical, ` +
+        `${r.silent.length} changed: ${r.silent.join("; ")}`,
+    );
+    expect(r.otherErrors).toEqual([]);
+    expect(r.refused + r.identical + r.silent.length).toBe(500);
+    // without a checksum only a step-count digit can change silently (see "what the checksum adds")
+    expect(r.silent.filter((x) => !x.endsWith("step counters only)"))).toEqual([]);
+    src.done();
+    dst.done();
+  });
+});
+
+describe("atomic, durable saves", () => {
+  const names = (dir: string) => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+
+  test(
+    "a save removes stale temporary files of its own checkpoint, and only those",
+    scoped(async () => {
+      const dir = await Deno.makeTempDir();
+      const path = `${dir}/ckpt.safetensors`;
+      const junk = new Uint8Array(1000);
+      for (
+        const n of ["ckpt.safetensors.tmp-4fz9q1", "ckpt.safetensors.tmp-x", "other.safetensors.tmp-4fz9q1"]
+      ) {
+        await Deno.writeFile(`${dir}/${n}`, junk);
+      }
+      await Deno.writeFile(`${dir}/ckpt.safetensors.tmp-notes.txt`, junk); // not a name a save makes
+      await Deno.writeFile(`${dir}/my.ckpt.safetensors.tmp-4fz9q1`, junk); // another checkpoint's
+      const l = new s.Linear(2, 2, { seed: 1, device: "cpu" });
+      await s.saveModel(path, l);
+      expect(names(dir)).toEqual([
+        "ckpt.safetensors",
+        "ckpt.safetensors.tmp-notes.txt",
+        "my.ckpt.safetensors.tmp-4fz9q1",
+        "other.safetensors.tmp-4fz9q1",
+      ]);
+      await s.loadModel(path, l);
+      l.dispose();
+      await Deno.remove(dir, { recursive: true });
+    }),
+  );
+
+  test(
+    "a save killed mid-write leaves the previous checkpoint loadable; the next save cleans up",
+    async () => {
+      const dir = await Deno.makeTempDir();
+      const path = `${dir}/ckpt.safetensors`;
+      const small = new s.Linear(3, 2, { seed: 1, device: "cpu" });
+      await s.saveModel(path, small);
+      const previous = await Deno.readFile(path);
+      // the child saves one 128 MB tensor to the same path; it is killed once its temporary file has bytes
+      const script = `${dir}/save_big.ts`;
+      await Deno.writeTextFile(
+        script,
+        `import * as s from ${JSON.stringify(new URL("../mod.ts", import.meta.url).href)};
+const w = s.full([32 * 2 ** 20], 0.5, { device: "cpu" });
+await s.saveModel(Deno.args[0], { namedParameters: () => [["w", w]] });
+`,
+      );
+      const config = new URL("../deno.json", import.meta.url).pathname;
+      const isTmp = (n: string) => /^ckpt\.safetensors\.tmp-[0-9a-z]+$/.test(n);
+      let killedMidWrite = false;
+      for (let attempt = 0; attempt < 3 && !killedMidWrite; attempt++) {
+        const child = new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", "--config", config, script, path],
+          stdout: "null",
+          stderr: "null",
+        }).spawn();
+        let exited = false;
+        const status = child.status.then((st) => ((exited = true), st));
+        while (!exited) {
+          const tmp = names(dir).find(isTmp);
+          const size = tmp ? (await Deno.stat(`${dir}/${tmp}`).catch(() => null))?.size : 0;
+          if (size) {
+            child.kill("SIGKILL");
+            killedMidWrite = (await status).signal === "SIGKILL";
+            console.log(
+              `attempt ${attempt + 1}: killed the save with ${size} bytes of about ${2 ** 27} written`,
+            );
+            break;
+          }
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        await status;
+        if (!killedMidWrite) await Deno.writeFile(path, previous); // the child finished first: try again
+      }
+      expect(killedMidWrite, "never caught the child while it was writing").toBe(true);
+      expect(names(dir).filter(isTmp).length).toBe(1); // what the killed save left
+      expect(await Deno.readFile(path)).toEqual(previous);
+      const back = new s.Linear(3, 2, { seed: 2, device: "cpu" });
+      await s.loadModel(path, back);
+      expect(await back.weight.toArray()).toEqual(await small.weight.toArray());
+      await s.saveModel(path, back);
+      expect(names(dir)).toEqual(["ckpt.safetensors", "save_big.ts"]);
+      back.dispose();
+      small.dispose();
+      await Deno.remove(dir, { recursive: true });
+    },
+    120_000,
   );
 });
