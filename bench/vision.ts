@@ -133,7 +133,10 @@ export interface TrainOptions {
   warmup: number;
   /** Seed of the batch order (the model's own seed is separate). */
   seed: number;
-  /** Read the loss back every `logEvery` steps (a readback waits for the adapter). */
+  /**
+   * Read the loss back every `logEvery` steps. A readback waits for the adapter, yet on lavapipe reading every
+   * step trained 1.2-1.8x faster than every 10th (measured: the deferred steps' buffers pile up unreused).
+   */
   logEvery: number;
   /** Called after each logged step. */
   onLog?: (step: number, loss: number) => void;
