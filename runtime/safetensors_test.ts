@@ -768,6 +768,10 @@ describe("optimiser state must be exactly what the optimiser keeps", () => {
 });
 
 describe("bit flips: refused with a named error or loaded identically, never a silent change", () => {
+  /** The header text around byte k, for reports. */
+  const context = (b: Uint8Array, k: number) =>
+    JSON.stringify(new TextDecoder().decode(b.subarray(Math.max(0, k - 12), k + 4)));
+
   /**
    * Flips `n` seeded bits, one per try, in bytes [lo, hi) of `bytes` and loads each into `dst`. Counts
    * refusals (each a SafetensorsError that left `dst` bit-identical) and identical loads (`dst` then
@@ -783,8 +787,14 @@ describe("bit flips: refused with a named error or loaded identically, never a s
   ) {
     const restore = await s.encodeModel(dst.model, { optimizer: dst.opt });
     const before = await stateOf(dst.model, dst.opt);
-    const r = rng(seed),
-      out = { refused: 0, identical: 0, silent: [] as string[], otherErrors: [] as string[] };
+    const r = rng(seed);
+    const out = {
+      refused: 0,
+      identical: 0,
+      same: [] as string[],
+      silent: [] as string[],
+      otherErrors: [] as string[],
+    };
     for (let i = 0; i < n; i++) {
       const bit = lo * 8 + Math.floor(r() * (hi - lo) * 8);
       const b = bytes.slice();
@@ -799,8 +809,10 @@ describe("bit flips: refused with a named error or loaded identically, never a s
         continue;
       }
       const now = await stateOf(dst.model, dst.opt);
-      if (now === source) out.identical++;
-      else {
+      if (now === source) {
+        out.identical++;
+        out.same.push(`${context(bytes, bit >> 3)} -> ${context(b, bit >> 3)}`);
+      } else {
         const tensorsOnly = (x: string) => JSON.stringify({ ...JSON.parse(x), step: 0, paramSteps: [] });
         out.silent.push(
           `bit ${bit} (byte ${bit >> 3} ${JSON.stringify(String.fromCharCode(bytes[bit >> 3]))}` +
@@ -820,7 +832,9 @@ describe("bit flips: refused with a named error or loaded identically, never a s
     const header = await fuzz(bytes, [0, 8 + n], 500, 16, dst, source);
     const data = await fuzz(bytes, [8 + n, bytes.length], 500, 17, dst, source);
     console.log(
-      `header flips (${8 + n} bytes): ${header.refused} refused, ${header.identical} loaded identically; ` +
+      `header flips (${8 + n} bytes): ${header.refused} refused, ${header.identical} loaded identically (${
+        header.same.join(", ")
+      }); ` +
         `data flips (${bytes.length - 8 - n} bytes): ${data.refused} refused, ${data.identical} identical`,
     );
     for (const r of [header, data]) {
@@ -840,7 +854,9 @@ describe("bit flips: refused with a named error or loaded identically, never a s
     const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
     const r = await fuzz(bytes, [0, 8 + n], 500, 18, dst, await stateOf(src.model, src.opt));
     console.log(
-      `header flips without checksum (${8 + n} bytes): ${r.refused} refused, ${r.identical} identical, ` +
+      `header flips without checksum (${8 + n} bytes): ${r.refused} refused, ${r.identical} identical (${
+        r.same.join(", ")
+      }), ` +
         `${r.silent.length} changed: ${r.silent.join("; ")}`,
     );
     expect(r.otherErrors).toEqual([]);
