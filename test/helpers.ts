@@ -516,3 +516,18 @@ export async function periodicLmLosses(
   y.dispose();
   return [losses[0], losses[1]];
 }
+
+/**
+ * Throws unless `f` throws an instance of `cls` whose message contains `msg` (a named error, not just any
+ * error that happens to say the right words).
+ */
+export function expectThrowsNamed(f: () => unknown, cls: new (...a: never[]) => Error, msg: string): void {
+  let err: unknown;
+  try {
+    f();
+  } catch (e) {
+    err = e;
+  }
+  expect(err, msg).toBeInstanceOf(cls);
+  expect((err as Error).message).toContain(msg);
+}

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, GPU, leakCheck, scoped, testOp } from "../../test/helpers.ts";
+import { assertClose, expectThrowsNamed, GPU, leakCheck, scoped, testOp } from "../../test/helpers.ts";
 import { batchNorm2dBackwardRef, batchNorm2dRef, batchNormStatsRef } from "./batchnorm_ref.ts";
 import { strided4 } from "./pool.ts";
 
@@ -200,16 +200,7 @@ describe("batchNorm2d", () => {
         [() => s.batchNorm2d(x, { momentum: 1.5 }), "momentum must be in [0, 1], got 1.5"],
         [() => s.batchNorm2d(x, { bias: s.zeros([3], { dtype: "i32" }) }), "must have x's device and dtype"],
       ];
-      for (const [f, msg] of bad) {
-        let err: unknown;
-        try {
-          f();
-        } catch (e) {
-          err = e;
-        }
-        expect(err, msg).toBeInstanceOf(s.ConvError);
-        expect((err as Error).message).toContain(msg);
-      }
+      for (const [f, msg] of bad) expectThrowsNamed(f, s.ConvError, msg);
     }),
   );
 });

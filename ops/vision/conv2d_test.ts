@@ -1,7 +1,15 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, GPU, leakCheck, requireGpu, scoped, testOp } from "../../test/helpers.ts";
+import {
+  assertClose,
+  expectThrowsNamed,
+  GPU,
+  leakCheck,
+  requireGpu,
+  scoped,
+  testOp,
+} from "../../test/helpers.ts";
 import { conv2dBackwardRef, conv2dRef } from "./conv2d_ref.ts";
 
 leakCheck();
@@ -197,16 +205,7 @@ describe("conv2d", () => {
           "extent 7x7) is larger than the padded input 5x5",
         ],
       ];
-      for (const [f, msg] of bad) {
-        let err: unknown;
-        try {
-          f();
-        } catch (e) {
-          err = e;
-        }
-        expect(err, msg).toBeInstanceOf(s.ConvError);
-        expect((err as Error).message).toContain(msg);
-      }
+      for (const [f, msg] of bad) expectThrowsNamed(f, s.ConvError, msg);
     }),
   );
 });

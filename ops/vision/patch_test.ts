@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, GPU, leakCheck, scoped, testOp } from "../../test/helpers.ts";
+import { assertClose, expectThrowsNamed, GPU, leakCheck, scoped, testOp } from "../../test/helpers.ts";
 import { patchifyRef, unpatchifyRef } from "./patch_ref.ts";
 import { strided4 } from "./pool.ts";
 
@@ -144,16 +144,7 @@ describe("patchify / unpatchify", () => {
           'version must be "auto", "v1" or "v2"',
         ],
       ];
-      for (const [f, msg] of bad) {
-        let err: unknown;
-        try {
-          f();
-        } catch (e) {
-          err = e;
-        }
-        expect(err, msg).toBeInstanceOf(s.ConvError);
-        expect((err as Error).message).toContain(msg);
-      }
+      for (const [f, msg] of bad) expectThrowsNamed(f, s.ConvError, msg);
     }),
   );
 });

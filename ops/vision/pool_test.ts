@@ -1,7 +1,15 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, GPU, leakCheck, requireGpu, scoped, testOp } from "../../test/helpers.ts";
+import {
+  assertClose,
+  expectThrowsNamed,
+  GPU,
+  leakCheck,
+  requireGpu,
+  scoped,
+  testOp,
+} from "../../test/helpers.ts";
 import type { Strided4 } from "./conv2d_ref.ts";
 import { strided4 } from "./pool.ts";
 import {
@@ -18,17 +26,7 @@ leakCheck();
 const arr = async (t: Tensor) => Array.from(await t.toArray());
 const DEVICES = GPU ? ["cpu", "webgpu"] as const : ["cpu"] as const;
 
-/** Throws unless `f` throws a ConvError whose message holds `msg`. */
-function expectConvError(f: () => unknown, msg: string): void {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, msg).toBeInstanceOf(s.ConvError);
-  expect((err as Error).message).toContain(msg);
-}
+const expectConvError = (f: () => unknown, msg: string) => expectThrowsNamed(f, s.ConvError, msg);
 
 /**
  * The op's values and dx on cpu f64 / f32 and webgpu f32 against the float64 reference (`ref` forward,
