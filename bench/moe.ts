@@ -5,14 +5,14 @@
  * the router's share (router matmul, softmax, topk, moeRouteBlocks). Wall ms per call
  * on webgpu (batches of calls, one readback each), median of interleaved trials.
  *
- * Run: `deno task bench moe [T]` (default T 1024 tokens). Prints the table; writes no results file.
+ * Run: `deno task bench moe [T]` (default T 1024 tokens). Prints the table; writes bench/results/moe.json.
  * @module
  */
 
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { hasWebGPU } from "../runtime/device.ts";
-import { loadAverage, prepareTimer, table, timeInterleaved, type Timer } from "./util.ts";
+import { loadAverage, prepareTimer, table, timeInterleaved, type Timer, writeResult } from "./util.ts";
 
 const E = 16, K = 2;
 
@@ -107,13 +107,25 @@ async function benchWidth(T: number, D: number): Promise<string[][]> {
   return rows;
 }
 
-/** `deno task bench moe [T]`: prints the table (no results file: the lead measures on a quiet machine). */
+/** `deno task bench moe [T]`: prints the table and writes bench/results/moe.json. */
 export async function main(args: string[] = []): Promise<void> {
   if (!hasWebGPU()) throw new Error("bench moe: needs a WebGPU adapter");
   const T = args.length ? Number(args[0]) : 1024;
-  console.log(`adapter: ${s.adapterInfo()}\nload average at start: ${loadAverage() ?? "?"}`);
+  const load0 = loadAverage();
+  console.log(`adapter: ${s.adapterInfo()}\nload average at start: ${load0 ?? "?"}`);
+  const started = new Date().toISOString();
   const rows: string[][] = [];
   for (const D of [64, 128]) rows.push(...await benchWidth(T, D));
+  const file = await writeResult("moe", {
+    bench: "moe",
+    started,
+    adapter: s.adapterInfo(),
+    loadAverage: { start: load0, end: loadAverage() },
+    config: { E, K, T },
+    columns: ["width", "path", "fwd ms", "fwd+bwd ms", "fwd x", "fwd+bwd x", "dropped"],
+    rows,
+  });
+  console.log(`wrote ${file}`);
   console.log(
     `\nMoE, E ${E}, top ${K}, T ${T} tokens, f32 on webgpu: wall ms per call (median of interleaved trials)\n` +
       table(["width", "path", "fwd ms", "fwd+bwd ms", "fwd x", "fwd+bwd x", "dropped"], rows) +
@@ -121,3 +133,5 @@ export async function main(args: string[] = []): Promise<void> {
       `\nload average at end: ${loadAverage() ?? "?"}`,
   );
 }
+
+if (import.meta.main) await main(Deno.args);
