@@ -62,7 +62,7 @@ export interface Conv2dOptions {
   /** Channel groups: C and O must be multiples; groups = C is depthwise (default 1). */
   groups?: number;
   /**
-   * WebGPU version: "im2col" (im2col v2 + the texture matmul), "direct" (direct v1: one output channel per
+   * WebGPU version: "im2col" (im2col v2 + the texture matmul), "direct" (direct v2: one output channel per
    * group and at most DIRECT_MAX_TAPS = 64 taps (C / groups) KH KW, e.g. depthwise), "auto" (default):
    * direct where it applies and there is more than one group, else im2col. Checked on every backend; the
    * cpu runs the im2col composition either way.
@@ -264,7 +264,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
 }
 
 /**
- * direct v1 forward (one output channel per group); its backward builds the im2col matrix in chunks of
+ * direct v2 forward (one output channel per group); its backward builds the im2col matrix in chunks of
  * `per` images: dW = sum over rows of dy cols, dx = col2im(dy w).
  */
 function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number): Tensor {
@@ -273,11 +273,11 @@ function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number): Tensor 
   const y = empty("conv2d", [N, O, OH, OW], x.dtype, "webgpu");
   const wc = contiguous(w);
   try {
-    const n = N * G * OH * Math.ceil(OW / 4);
+    const n = N * G * OH * Math.ceil(OW / 8);
     if (n > 0) {
       gpu().run({
         name: "conv2d",
-        key: `direct v1|${x.dtype}|${geometryKey(g)}`,
+        key: `direct v2|${x.dtype}|${geometryKey(g)}`,
         source: () => convDirectSource(x.dtype, g),
         inputs: [x.storage.buffer!, wc.storage.buffer!],
         outputs: [y.storage.buffer!],
