@@ -8,7 +8,8 @@
  * matmul (`ops/core/matmul_tex.ts`, ~50 GFLOP/s on lavapipe). The backward is the composition's: the matmul's
  * (dcols = dy W, dW = dy^T cols) and col2im (`col2imSource`), the adjoint of im2col, as a gather with a
  * fixed summation order (deterministic, no atomics). Large batches run in chunks of images so that cols
- * stays under {@link conv2dLimits} bytes. The float64 oracle is `conv2dRef` (direct loops).
+ * stays under {@link conv2dLimits} bytes. A 1x1 convolution (stride 1, no padding, one group) skips im2col:
+ * it is W (O, C) @ x (N, C, H W). The float64 oracle is `conv2dRef` (direct loops).
  * @module
  */
 
@@ -242,6 +243,16 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   if (x.device === "webgpu" && (version === "direct" || (version === "auto" && directFits && G > 1))) {
     return tidy(() => {
       const y = convDirect(x, w, g, per);
+      return bias ? y.add(bias.reshape([1, O, 1, 1])) : y;
+    });
+  }
+  const pointwise = G === 1 && g.KH === 1 && g.KW === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 &&
+    g.pw === 0;
+  if (pointwise && version !== "direct") {
+    // a 1x1 convolution is a matmul over the channels: W (O, C) @ x (N, C, H W) is NCHW already (no im2col,
+    // no transposing copy)
+    return tidy(() => {
+      const y = matmul(w.reshape([O, g.C]), x.reshape([N, g.C, P])).reshape([N, O, OH, OW]); // (N, O, H, W)
       return bias ? y.add(bias.reshape([1, O, 1, 1])) : y;
     });
   }

@@ -26,6 +26,7 @@ const CASES: Case[] = [
   [1, 2, 10, 11, 3, 3, 2, 1, 2, 2, 1, true], // dilation 2, rectangular kernel, padding 2
   [3, 1, 5, 5, 2, 5, 5, 1, 0, 1, 1, false], // kernel the size of the input: 1x1 output
   [1, 6, 6, 6, 4, 1, 1, 1, 0, 1, 2, true], // 1x1 convolution, grouped
+  [2, 5, 4, 3, 6, 1, 1, 1, 0, 1, 1, true], // 1x1 convolution: the pointwise path (a matmul, no im2col)
   [2, 3, 12, 12, 8, 7, 7, 2, 3, 1, 1, true], // a ResNet stem
   [1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, false], // 1x1 everything
 ];
