@@ -37,12 +37,23 @@ export interface Message {
   buffers: Uint8Array[];
 }
 
+/**
+ * How many verified message digests the kernel remembers to refuse replays (ipykernel's digest history
+ * size). The history lives in the kernel process: a restarted kernel with the same key starts empty.
+ */
+export const REPLAY_HISTORY = 65_536;
+
 /** Signs and verifies messages with the connection file's key. An empty key disables signing. */
 export class Signer {
   private key: Uint8Array;
-  /** Digests seen recently: a replayed message is rejected like a forged one. */
+  /**
+   * Digests of the last {@link REPLAY_HISTORY} verified messages (a ring, oldest overwritten first): a
+   * replayed message is rejected like a forged one. ipykernel keeps 65,536 too, but culls a random tenth
+   * when full; a ring always remembers the most recent ones.
+   */
   private seen = new Set<string>();
-  private seenOrder: string[] = [];
+  private ring: string[] = [];
+  private next = 0;
 
   constructor(key: string, readonly scheme = "hmac-sha256") {
     if (key && scheme !== "hmac-sha256") throw new Error(`unsupported signature scheme ${scheme}`);
@@ -66,8 +77,12 @@ export class Signer {
     if (a.length !== b.length || !timingSafeEqual(a, b)) return "bad signature";
     if (this.seen.has(sig)) return "replayed signature";
     this.seen.add(sig);
-    this.seenOrder.push(sig);
-    if (this.seenOrder.length > 4096) this.seen.delete(this.seenOrder.shift()!);
+    if (this.ring.length < REPLAY_HISTORY) this.ring.push(sig);
+    else {
+      this.seen.delete(this.ring[this.next]);
+      this.ring[this.next] = sig;
+      this.next = (this.next + 1) % REPLAY_HISTORY;
+    }
     return null;
   }
 }
