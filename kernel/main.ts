@@ -55,6 +55,9 @@ interface Running {
 }
 
 /** The kernel: sockets, session, worker and request handlers. */
+/** Requests the control channel serves (all others belong on shell). */
+const CONTROL_TYPES = new Set(["shutdown_request", "interrupt_request", "kernel_info_request"]);
+
 export class Kernel {
   readonly session = crypto.randomUUID();
   private signer: Signer;
@@ -274,7 +277,15 @@ export class Kernel {
     }
     const msg = d.msg;
     if (socket === this.control) {
-      this.handle(msg, socket).catch((e) => log(`control ${msg.header.msg_type} failed: ${e?.stack ?? e}`));
+      // control runs beside a busy shell: only what needs no worker and touches no cell state. Anything else
+      // (an execute_request sent here would have run beside the shell's cell and taken over its outputs)
+      // gets an error reply naming the channel, and the shell's cell is left alone.
+      const type = msg.header.msg_type;
+      if (!CONTROL_TYPES.has(type)) {
+        this.refuseOnControl(msg).catch((e) => log(`control ${type} refusal failed: ${e?.stack ?? e}`));
+        return;
+      }
+      this.handle(msg, socket).catch((e) => log(`control ${type} failed: ${e?.stack ?? e}`));
       return;
     }
     // kernel_info needs no worker: answer it at once, so clients connect even while a cell runs.
@@ -284,6 +295,23 @@ export class Kernel {
     }
     this.shellQueue.push({ msg, socket });
     this.pump();
+  }
+
+  /** An error reply to a shell-only request that came on the control channel (busy and idle around it). */
+  private async refuseOnControl(msg: Message): Promise<void> {
+    const type = msg.header.msg_type;
+    log(`refused ${type} on control: it belongs on the shell channel`);
+    this.publish("status", { execution_state: "busy" }, msg.header);
+    try {
+      await this.send(this.control, msg, type.replace(/_request$/, "_reply"), {
+        status: "error",
+        ename: "WrongChannel",
+        evalue: `${type} must be sent on the shell channel; control takes ${[...CONTROL_TYPES].join(", ")}`,
+        traceback: [],
+      });
+    } finally {
+      this.publish("status", { execution_state: "idle" }, msg.header);
+    }
   }
 
   private async pump(): Promise<void> {
