@@ -780,25 +780,27 @@ const KEYWORDS = [
  * behind. Linux only (reads /proc); elsewhere a no-op.
  */
 function watchParent(onGone: () => void): void {
-  const ppid = () => {
+  // null: could not tell (e.g. no free descriptor to open /proc with): never read as "gone"
+  const ppid = (): number | null => {
     try {
       return Number(/^PPid:\s*(\d+)/m.exec(Deno.readTextFileSync("/proc/self/status"))?.[1]);
     } catch {
-      return NaN;
+      return null;
     }
   };
-  const exists = (pid: number) => {
+  const exists = (pid: number): boolean | null => {
     try {
       return !/^State:\s*Z/m.test(Deno.readTextFileSync(`/proc/${pid}/status`));
-    } catch {
-      return false;
+    } catch (e) {
+      return e instanceof Deno.errors.NotFound ? false : null;
     }
   };
   const first = ppid();
-  if (!Number.isFinite(first)) return;
+  if (first === null || !Number.isFinite(first)) return;
   const jpy = Number(Deno.env.get("JPY_PARENT_PID") ?? NaN);
   const t = setInterval(() => {
-    const gone = (first > 1 && ppid() !== first) || (jpy > 1 && !exists(jpy));
+    const now = ppid();
+    const gone = (first > 1 && now !== null && now !== first) || (jpy > 1 && exists(jpy) === false);
     if (gone) {
       log(`parent process ${jpy > 1 ? jpy : first} is gone: shutting down`);
       clearInterval(t);

@@ -32,6 +32,15 @@ const COMPATIBLE: Record<SocketType, string[]> = {
   REP: ["REQ", "DEALER"],
 };
 
+/**
+ * Open connections a bound socket keeps at most (a guard against one client exhausting descriptors: five
+ * sockets at this cap stay under the usual limit of 1024).
+ */
+export const MAX_CONNECTIONS = 128;
+
+/** Time a new connection has to complete the ZMTP handshake before it is closed. */
+export const HANDSHAKE_MS = 10_000;
+
 /** Largest message a peer may send before its connection is closed (a guard, not a protocol limit). */
 export const MAX_MESSAGE_BYTES = 1 << 30;
 
@@ -271,11 +280,17 @@ export class Peer {
       this.conn.close();
     } catch { /* already closed */ }
     this.owner.removePeer(this);
+    this.owner.forget(this);
   }
 
   /** Handshake, then read messages until the connection ends. */
   async run(): Promise<void> {
     const r = new Reader(this.conn);
+    // a connection that does not finish the handshake in time is closed: idle sockets cannot hold descriptors
+    const timer = setTimeout(() => {
+      if (!this.key) this.close(`no handshake within ${HANDSHAKE_MS / 1000} s`);
+    }, HANDSHAKE_MS);
+    Deno.unrefTimer(timer);
     try {
       await this.writeRaw(greeting(true));
       const g = await r.read(64);
@@ -308,6 +323,7 @@ export class Peer {
         this.identity = gen;
       }
       this.key = hex(this.identity);
+      clearTimeout(timer);
       this.owner.addPeer(this);
       let msg: Frames = [];
       let msgBytes = 0;
@@ -367,29 +383,62 @@ export abstract class BoundSocket {
 
   constructor(readonly name: string) {}
 
-  /** Bind and start accepting; returns the port (useful with port 0). */
+  /** Open connections (handshaking or not); at {@link MAX_CONNECTIONS} new ones are closed at once. */
+  private open = new Set<Peer>();
+  private closing = false;
+
+  /**
+   * Bind and start accepting; returns the port (useful with port 0). A failed accept (e.g. "Too many open
+   * files" during a burst of connections) does not stop the listener: it retries with a backoff up to 1 s
+   * until descriptors free up, and logs once per episode.
+   */
   bind(hostname: string, port: number): number {
     this.listener = Deno.listen({ hostname, port, transport: "tcp" });
     const l = this.listener;
     (async () => {
-      try {
-        for await (const conn of l) {
+      let backoff = 10, failing = false;
+      while (!this.closing) {
+        let conn: Deno.Conn;
+        try {
+          conn = await l.accept();
+        } catch (e) {
+          if (this.closing || e instanceof Deno.errors.BadResource) return;
+          if (!failing) log(`${this.name}: accept failed: ${(e as Error).message}; retrying`);
+          failing = true;
+          await new Promise((r) => setTimeout(r, backoff));
+          backoff = Math.min(1000, 2 * backoff);
+          continue;
+        }
+        if (failing) log(`${this.name}: accepting again`);
+        failing = false;
+        backoff = 10;
+        if (this.open.size >= MAX_CONNECTIONS) {
+          // one client cannot starve the others of descriptors: refuse past the cap
+          log(`${this.name}: ${MAX_CONNECTIONS} connections open: refusing another`);
           try {
-            (conn as Deno.TcpConn).setNoDelay(true);
-          } catch { /* not TCP */ }
-          new Peer(conn, this).run();
+            conn.close();
+          } catch { /* closed */ }
+          continue;
         }
-      } catch (e) {
-        if (!(e instanceof Deno.errors.BadResource)) {
-          log(`${this.name}: accept failed: ${(e as Error).message}`);
-        }
+        try {
+          (conn as Deno.TcpConn).setNoDelay(true);
+        } catch { /* not TCP */ }
+        const peer = new Peer(conn, this);
+        this.open.add(peer);
+        peer.run().finally(() => this.open.delete(peer));
       }
     })();
     return (l.addr as Deno.NetAddr).port;
   }
 
+  /** A closed peer leaves the count of open connections. */
+  forget(p: Peer): void {
+    this.open.delete(p);
+  }
+
   /** Stop listening and drop every peer. */
   close(): void {
+    this.closing = true;
     try {
       this.listener?.close();
     } catch { /* closed */ }
