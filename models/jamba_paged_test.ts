@@ -2,6 +2,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { JambaLMConfig, PagedBatch, PagedKVCache } from "../mod.ts";
 import { assertClose, leakCheck, requireDevice, scoped } from "../test/helpers.ts";
+import { tinyJamba } from "../test/models.ts";
 
 leakCheck();
 
@@ -13,23 +14,9 @@ function ids(n: number, V: number, seed: number): number[] {
   return Array.from({ length: n }, () => (x = (x * 1103515245 + 12345) % 2147483648) % V);
 }
 
-/** A tiny Jamba: 4 layers in one block, MoE at layers 1 and 3. */
-const tiny = (mixer: "hybrid" | "attention" | "mamba", device: "cpu" | "webgpu"): JambaLMConfig => ({
-  vocabSize: 13,
-  dModel: 16,
-  nLayer: 4,
-  blockLayers: 4,
-  attnRatio: [1, 3],
-  mixer,
-  nExperts: 4,
-  topK: 2,
-  dFf: 24,
-  nHead: 4,
-  nKvHead: 2,
-  dState: 4,
-  seed: 3,
-  device,
-});
+/** The shared tiny Jamba (test/models.ts) with this file's vocabulary. */
+const tiny = (mixer: "hybrid" | "attention" | "mamba", device: "cpu" | "webgpu"): JambaLMConfig =>
+  tinyJamba({ vocabSize: 13, mixer, device });
 
 /**
  * Runs sequences through forwardPaged in the given schedule: each iteration lists (sequence, new token

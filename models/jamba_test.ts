@@ -2,6 +2,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { assertClose, leakCheck, requireDevice, scoped } from "../test/helpers.ts";
+import { tinyJamba } from "../test/models.ts";
 
 leakCheck();
 
@@ -15,21 +16,8 @@ function tokens(B: number, L: number, V: number, device: "cpu" | "webgpu", seed 
   return s.tensor(data, { shape: [B, L], dtype: "i32", device });
 }
 
-/** A tiny hybrid: 4 layers in one block, 1:3 (attention at layer 2), MoE at layers 1 and 3. */
-const tiny = {
-  vocabSize: 11,
-  dModel: 16,
-  nLayer: 4,
-  blockLayers: 4,
-  attnRatio: [1, 3] as [number, number],
-  nExperts: 4,
-  topK: 2,
-  dFf: 24,
-  nHead: 4,
-  nKvHead: 2,
-  dState: 4,
-  seed: 3,
-};
+/** The shared tiny hybrid (test/models.ts). */
+const tiny = tinyJamba({ vocabSize: 11 });
 
 describe("Mamba innerNorm (Jamba's RMSNorms on delta, B and C)", () => {
   test(

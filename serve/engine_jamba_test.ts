@@ -2,6 +2,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import type { JambaLMConfig, RequestOutput } from "../mod.ts";
 import { leakCheck, requireDevice, scoped } from "../test/helpers.ts";
+import { tinyJamba } from "../test/models.ts";
 
 leakCheck();
 
@@ -9,22 +10,7 @@ const V = 17;
 
 /** A tiny Jamba: attention at layer 2 of 4, MoE at layers 1 and 3. */
 function model(device: "cpu" | "webgpu", mixer: JambaLMConfig["mixer"] = "hybrid") {
-  return new s.JambaLM({
-    vocabSize: V,
-    dModel: 16,
-    nLayer: 4,
-    blockLayers: 4,
-    attnRatio: [1, 3],
-    mixer,
-    nExperts: 4,
-    topK: 2,
-    dFf: 24,
-    nHead: 4,
-    nKvHead: 2,
-    dState: 4,
-    seed: 5,
-    device,
-  });
+  return new s.JambaLM(tinyJamba({ vocabSize: V, mixer, seed: 5, device }));
 }
 
 function prompt(n: number, seed: number): number[] {

@@ -4,7 +4,7 @@
  */
 import { expect } from "vitest";
 import * as s from "../mod.ts";
-import type { Module, Tensor } from "../mod.ts";
+import type { JambaLMConfig, Module, Tensor } from "../mod.ts";
 import { assertClose } from "./helpers.ts";
 
 const arr = async (t: Tensor) => Array.from(await t.toArray());
@@ -74,4 +74,26 @@ export async function fitSideTask(
   x.dispose();
   y.dispose();
   return { first: losses[0], last: losses[steps - 1] };
+}
+
+/**
+ * The tiny JambaLM the Jamba tests share: 4 layers in one block at attention:Mamba 1:3 (attention at
+ * layer 2), MoE of 4 experts (top 2) at layers 1 and 3, GQA 4:2, N 4; `over` sets the rest (vocab, seed,
+ * mixer, device).
+ */
+export function tinyJamba(over: Partial<JambaLMConfig> & { vocabSize: number }): JambaLMConfig {
+  return {
+    dModel: 16,
+    nLayer: 4,
+    blockLayers: 4,
+    attnRatio: [1, 3],
+    nExperts: 4,
+    topK: 2,
+    dFf: 24,
+    nHead: 4,
+    nKvHead: 2,
+    dState: 4,
+    seed: 3,
+    ...over,
+  };
 }
