@@ -24,7 +24,7 @@ import { concat } from "../core/layout.ts";
 import { sum } from "../core/reduce.ts";
 import { matmul } from "../core/matmul.ts";
 import { empty, Uniforms } from "../core/util.ts";
-import { ConvError, pair2 } from "./common.ts";
+import { ConvError, pair2, pass, strided4 } from "./common.ts";
 import { col2imRef, type ConvGeometry, im2colRef } from "./conv2d_ref.ts";
 
 export { ConvError };
@@ -149,52 +149,36 @@ export function im2col(x: Tensor, g: ConvGeometry): Tensor {
     );
   }
   const Cg = g.C / g.groups, M = g.N * g.OH * g.OW, K = Cg * g.KH * g.KW;
-  const cols = empty("im2col", [g.groups, M, K], x.dtype, x.device);
-  const total = cols.size;
-  try {
-    if (x.device === "cpu") {
-      im2colRef(g, { data: x.storage.data!, off: x.offset, s: x.strides }, cols.storage.data!);
-    } else if (total > 0) {
-      const n = g.groups * M * Cg; // (group, row, channel) invocations
-      gpu().run({
-        name: "im2col",
-        key: `v2|${x.dtype}|${geometryKey(g)}`,
-        source: () => im2colSource(x.dtype, g),
-        inputs: [x.storage.buffer!],
-        outputs: [cols.storage.buffer!],
-        uniforms: new Uniforms().u32(n, x.offset, ...x.strides).build(),
-        workgroups: grid(n, CONV_WG),
-      });
-    }
-  } catch (e) {
-    cols.dispose();
-    throw e;
-  }
+  const cols = pass(
+    "im2col",
+    x,
+    [g.groups, M, K],
+    () => {
+      const out = new Float64Array(g.groups * M * K);
+      im2colRef(g, strided4(x), out);
+      return out;
+    },
+    `v2|${x.dtype}|${geometryKey(g)}`,
+    () => im2colSource(x.dtype, g),
+    { threads: g.groups * M * Cg }, // one per (group, row, channel)
+  );
   return record("im2col", cols, [x], [], (gc) => [col2im(gc, g)]);
 }
 
 /** col2im: dx (N, C, H, W) of the cols gradient (groups, N OH OW, Cg KH KW), any strides. */
 function col2im(gc: Tensor, g: ConvGeometry): Tensor {
-  const dx = empty("im2col backward", [g.N, g.C, g.H, g.W], gc.dtype, gc.device);
-  try {
-    if (gc.device === "cpu") {
-      col2imRef(g, { data: gc.storage.data!, off: gc.offset, s: gc.strides }, dx.storage.data!);
-    } else if (dx.size > 0) {
-      gpu().run({
-        name: "im2col backward",
-        key: `col2im v2|${gc.dtype}|${geometryKey(g)}`,
-        source: () => col2imSource(gc.dtype, g),
-        inputs: [gc.storage.buffer!],
-        outputs: [dx.storage.buffer!],
-        uniforms: new Uniforms().u32(dx.size, gc.offset, ...gc.strides).build(),
-        workgroups: grid(dx.size, CONV_WG),
-      });
-    }
-  } catch (e) {
-    dx.dispose();
-    throw e;
-  }
-  return dx;
+  return pass(
+    "im2col backward",
+    gc,
+    [g.N, g.C, g.H, g.W],
+    () => {
+      const out = new Float64Array(g.N * g.C * g.H * g.W);
+      col2imRef(g, { data: gc.storage.data!, off: gc.offset, s: gc.strides }, out);
+      return out;
+    },
+    `col2im v2|${gc.dtype}|${geometryKey(g)}`,
+    () => col2imSource(gc.dtype, g),
+  );
 }
 
 /**

@@ -24,9 +24,10 @@ import { type DType, wgslType } from "../../runtime/dtype.ts";
 import { flatId } from "../../runtime/webgpu.ts";
 import { binding, enables, uniformDecl } from "../core/util.ts";
 import type { ConvGeometry } from "./conv2d_ref.ts";
+import { VISION_WG } from "./common.ts";
 
 /** Invocations per workgroup of the rearrangements. */
-export const CONV_WG = 64;
+export const CONV_WG = VISION_WG;
 
 /** The geometry as WGSL constants: every division by a size is by a constant (a multiply, not 8 scalar divides). */
 function consts(g: ConvGeometry): string {

@@ -9,12 +9,11 @@
  */
 
 import { isGradEnabled, record } from "../../runtime/autograd.ts";
-import { gpu } from "../../runtime/device.ts";
 import { fmt } from "../../runtime/shape.ts";
 import type { Tensor } from "../../runtime/tensor.ts";
-import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
-import { empty, Uniforms } from "../core/util.ts";
-import { checkImage, ConvError, pair2, type Size2, strided4 } from "./common.ts";
+import { MAX_LOOP } from "../../runtime/webgpu.ts";
+import { empty } from "../core/util.ts";
+import { checkImage, ConvError, pair2, pass, type Size2, strided4 } from "./common.ts";
 
 export { checkImage, ConvError, pair2, type Size2, strided4 };
 import {
@@ -35,7 +34,6 @@ import {
   avgPoolSource,
   maxPoolBackwardSource,
   maxPoolSource,
-  POOL_WG,
   poolKey,
 } from "./pool_wgsl.ts";
 
@@ -101,44 +99,6 @@ export function poolGeometry(
   if (KH * KW > MAX_LOOP) throw new ConvError(`${op}: a kernel of ${KH * KW} taps is over ${MAX_LOOP}`);
   const OH = Math.floor((H + 2 * ph - eh) / sh) + 1, OW = Math.floor((W + 2 * pw - ew) / sw) + 1;
   return { N, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW };
-}
-
-/** Uniforms [total, offset, 4 strides] of a strided (N, C, H, W) operand. */
-const stridedUniforms = (total: number, t: Tensor) =>
-  new Uniforms().u32(total, t.offset, ...t.strides).build();
-
-/**
- * Runs one pooling pass into a new contiguous `shape` tensor: `cpu` fills it from the reference, else
- * the WGSL program reads `src` through its strides. Frees the output if anything throws.
- */
-function pass(
-  name: string,
-  src: Tensor,
-  shape: number[],
-  cpu: () => ArrayLike<number>,
-  key: string,
-  source: () => string,
-  extra: { inputs?: Tensor[]; outputs?: Tensor[] } = {},
-): Tensor {
-  const out = empty(name, shape, src.dtype, src.device);
-  try {
-    if (src.device === "cpu") out.storage.data!.set(cpu());
-    else if (out.size > 0) {
-      gpu().run({
-        name,
-        key,
-        source,
-        inputs: [src, ...(extra.inputs ?? [])].map((t) => t.storage.buffer!),
-        outputs: [out, ...(extra.outputs ?? [])].map((t) => t.storage.buffer!),
-        uniforms: stridedUniforms(out.size, src),
-        workgroups: grid(out.size, POOL_WG),
-      });
-    }
-  } catch (e) {
-    out.dispose();
-    throw e;
-  }
-  return out;
 }
 
 /**

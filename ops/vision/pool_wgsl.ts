@@ -24,9 +24,10 @@ import { type DType, wgslType } from "../../runtime/dtype.ts";
 import { flatId } from "../../runtime/webgpu.ts";
 import { binding, enables, uniformDecl, WGSL_MATH } from "../core/util.ts";
 import type { AdaptiveGeometry, PoolGeometry } from "./pool_ref.ts";
+import { VISION_WG } from "./common.ts";
 
 /** Invocations per workgroup of the pooling shaders. */
-export const POOL_WG = 64;
+export const POOL_WG = VISION_WG;
 
 function consts(values: Record<string, number>): string {
   return Object.entries(values).map(([n, v]) => `const ${n} = ${v}i;`).join("\n");
