@@ -31,3 +31,17 @@ test("kernel:install PREFIX prints the JUPYTER_PATH that makes jupyter_client fi
     Deno.removeSync(prefix, { recursive: true });
   }
 });
+
+// `deno install` (README's install, .ci/run) fetches every npm package deno.lock names, not only deno.json's
+// imports, so a test- or bench-only peer that reaches the lock (a `deno run` of its inline npm: specifier
+// without --no-lock) is fetched for every user: tfjs and onnxruntime-web were 200 MB of 409.
+test("deno.lock names only deno.json's imports: the plain deno install fetches no test or bench peer", () => {
+  const config = JSON.parse(Deno.readTextFileSync(`${ROOT}/deno.json`));
+  const lock = JSON.parse(Deno.readTextFileSync(`${ROOT}/deno.lock`));
+  const imports = new Set(Object.values(config.imports as Record<string, string>));
+  const extra = Object.keys(lock.specifiers ?? {}).filter((s) => !imports.has(s));
+  expect(extra, "run the peer with --no-lock and drop these from deno.lock").toEqual([]);
+  expect(imports.has("npm:zeromq@6.8.0"), "zeromq is a test peer (test/kernel/npm_zeromq.test.ts)").toBe(
+    false,
+  );
+});
