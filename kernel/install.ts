@@ -8,12 +8,14 @@
  * to PREFIX/share/jupyter/kernels/NAME, the layout `jupyter kernelspec install --prefix` uses.
  *
  * The spec runs this checkout's kernel with the Deno that ran this script, so it keeps working offline
- * and from any directory.
+ * and from any directory. Beside kernel.json go the logos (kernel/assets/logo-*.png, drawn by
+ * kernel/assets/logo.ts), which Notebook and JupyterLab show for the kernel.
  *
  * @module
  */
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { LOGO_FILES } from "./assets/logo.ts";
 
 /** The kernel.json for this checkout. */
 export function kernelSpec(denoPath = Deno.execPath()): Record<string, unknown> {
@@ -62,13 +64,16 @@ export function pathHint(prefix?: string): string | null {
     `then check with \`jupyter kernelspec list\`.`;
 }
 
-/** Write kernel.json; returns the directory written. */
+/** Write kernel.json and copy the logos; returns the directory written. */
 export function install(prefix?: string, name = "seqlab"): string {
   const dir = prefix
     ? join(prefix, "share", "jupyter", "kernels", name)
     : join(userDataDir(), "kernels", name);
   Deno.mkdirSync(dir, { recursive: true });
   Deno.writeTextFileSync(join(dir, "kernel.json"), JSON.stringify(kernelSpec(), null, 2) + "\n");
+  for (const logo of LOGO_FILES) {
+    Deno.copyFileSync(new URL(`./assets/${logo}`, import.meta.url), join(dir, logo));
+  }
   return dir;
 }
 

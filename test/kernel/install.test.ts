@@ -1,9 +1,11 @@
 /**
  * kernel:install PREFIX: the kernelspec lands under PREFIX/share/jupyter/kernels, the command prints the
- * JUPYTER_PATH line, and with that line a real Jupyter client (Debian's jupyter_client) finds the kernel.
+ * JUPYTER_PATH line, and with that line a real Jupyter client (Debian's jupyter_client) finds the kernel;
+ * Notebook's kernelspec API lists its logos, which are the ones kernel/assets/logo.ts draws.
  */
 import { expect, test } from "vitest";
 import { pathHint } from "../../kernel/install.ts";
+import { LOGO_FILES, logoPng } from "../../kernel/assets/logo.ts";
 import { ROOT, run } from "./harness.ts";
 
 test("kernel:install PREFIX prints the JUPYTER_PATH that makes jupyter_client find the kernel", async () => {
@@ -24,6 +26,22 @@ test("kernel:install PREFIX prints the JUPYTER_PATH that makes jupyter_client fi
       ], { timeoutMs: 60_000, env });
     const found = await find({ JUPYTER_PATH: path, JUPYTER_DATA_DIR: `${prefix}/nowhere` });
     expect(found.stdout.trim()).toBe(`${prefix}/share/jupyter/kernels/seqlab`);
+    // The logos, as Notebook's /api/kernelspecs lists them (resources named logo-WxH.png in the spec's dir).
+    const resources = await run("/usr/bin/python3", [
+      "-c",
+      "import json, types; from notebook.services.kernelspecs.handlers import kernelspec_model as m; " +
+      "from jupyter_client.kernelspec import KernelSpecManager as K; " +
+      "print(json.dumps(sorted(m(types.SimpleNamespace(base_url='/'), 'seqlab', {}, K().get_kernel_spec('seqlab').resource_dir)['resources'])))",
+    ], { timeoutMs: 60_000, env: { JUPYTER_PATH: path, JUPYTER_DATA_DIR: `${prefix}/nowhere` } });
+    expect(resources.stdout.trim(), resources.stderr).toBe('["logo-32x32", "logo-64x64"]');
+    for (const logo of LOGO_FILES) {
+      const size = Number(logo.match(/(\d+)x/)![1]);
+      expect(
+        Deno.readFileSync(`${prefix}/share/jupyter/kernels/seqlab/${logo}`),
+        `${logo} is stale: run kernel/assets/logo.ts`,
+      )
+        .toEqual(logoPng(size));
+    }
     const without = await find({ JUPYTER_PATH: "", JUPYTER_DATA_DIR: `${prefix}/nowhere` });
     expect(without.stdout.trim()).not.toBe(`${prefix}/share/jupyter/kernels/seqlab`);
     expect(pathHint(undefined)).toBeNull();
