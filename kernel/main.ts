@@ -3,9 +3,11 @@
  *
  * Usage: deno run -A --config deno.json kernel/main.ts CONNECTION_FILE
  *
- * The main thread speaks the protocol (kernel/zmtp.ts, kernel/wire.ts) and owns the order of
- * messages; cells run in a Worker (kernel/worker.ts) so that a runaway cell can be interrupted while
- * the protocol keeps answering. Shell requests are handled one at a time; control requests
+ * This process speaks the protocol (kernel/zmtp.ts, kernel/wire.ts) and owns the order of messages;
+ * cells run in a child process, the execution host (kernel/host.ts, started by kernel/host_process.ts),
+ * so that a cell can neither block the protocol nor take the kernel down with it: when the host dies
+ * (out of memory, killed, crashed) the running cell ends with an error naming the variables that were
+ * lost, and a fresh host runs the next cells. Shell requests are handled one at a time; control requests
  * (interrupt, shutdown, kernel_info) are answered at once, even while a cell runs.
  *
  * For each request: status busy, then every output and the reply, then status idle.
@@ -14,9 +16,9 @@
  */
 import { EchoRepSocket, type Frames, PubSocket, RouterSocket, setLogger } from "./zmtp.ts";
 import { decode, encode, type Header, header, type Message, PROTOCOL_VERSION, Signer } from "./wire.ts";
-import type { FromWorker, Output, ToWorker } from "./messages.ts";
-import { CTL_INPUT_LEN, CTL_INPUT_STATE, CTL_INTERRUPT, INPUT_INTERRUPTED, INPUT_READY } from "./messages.ts";
+import type { FromHost, FromWorker, Output, ToHost } from "./messages.ts";
 import { DocIndex } from "./docs.ts";
+import { ExecutionHost, HEAP_ENV, heapLimitMb, type HostExit, HostListener } from "./host_process.ts";
 
 /** Contents of a Jupyter connection file. */
 export interface ConnectionInfo {
@@ -44,20 +46,23 @@ setLogger((m) => log(`zmtp: ${m}`));
 
 type Transform = typeof import("./transform.ts");
 
+/** A cell's end: the worker's `done`, or the kernel's own when the execution process died under it. */
+type Done = Extract<FromWorker, { type: "done" }> & { processDied?: boolean };
+
 interface Running {
   seq: number;
   msg: Message;
   count: number;
   silent: boolean;
-  resolve: (d: Extract<FromWorker, { type: "done" }>) => void;
+  resolve: (d: Done) => void;
   rewrite?: { mapPosition(line: number, column: number): { line: number; column: number } };
   label: string;
 }
 
-/** The kernel: sockets, session, worker and request handlers. */
 /** Requests the control channel serves (all others belong on shell). */
 const CONTROL_TYPES = new Set(["shutdown_request", "interrupt_request", "kernel_info_request"]);
 
+/** The kernel: sockets, session, execution host and request handlers. */
 export class Kernel {
   readonly session = crypto.randomUUID();
   private signer: Signer;
@@ -71,10 +76,18 @@ export class Kernel {
   private shellQueue: { msg: Message; socket: RouterSocket }[] = [];
   private shellBusy = false;
   private abortQueued = false;
-  private worker!: Worker;
-  private workerReady!: Promise<void>;
-  private ctl = new Int32Array(new SharedArrayBuffer(16));
-  private inputBuf = new Uint8Array(new SharedArrayBuffer(4 * 1024 * 1024));
+  private host!: ExecutionHost;
+  private hostListener!: HostListener;
+  private heapMb = heapLimitMb();
+  /** Hosts that failed to start in a row; after 3 the next cell tries again instead of a restart loop. */
+  private startFailures = 0;
+  private hostBroken: string | null = null;
+  /** The host killed because its cell ignored an interrupt (its cell's error is an InterruptError). */
+  private killedForInterrupt: ExecutionHost | null = null;
+  /** Top-level names the cells run in the current host declared: what is lost when it dies. */
+  private userNames = new Set<string>();
+  /** The host died between cells: said on the next cell's stderr. */
+  private lostWhileIdle: string | null = null;
   private seq = 0;
   private running: Running | null = null;
   private parents = new Map<number, { header: Header; label: string; count: number }>();
@@ -82,7 +95,8 @@ export class Kernel {
   private inputWaiting = false;
   private replyWaiters = new Map<number, (v: unknown) => void>();
   private replyId = 0;
-  private cellDir = Deno.makeTempDirSync({ prefix: "seqlab-kernel-" });
+  /** Cell files and the host's socket; the pid in its name lets the next kernel remove it if this one dies. */
+  private cellDir = Deno.makeTempDirSync({ prefix: `seqlab-kernel-${Deno.pid}-` });
   private transform: Promise<Transform> = import("./transform.ts");
   private docs = new DocIndex();
   private shuttingDown = false;
@@ -99,7 +113,7 @@ export class Kernel {
     );
   }
 
-  /** Bind the five sockets and start the worker. */
+  /** Bind the five sockets and start the execution host. */
   start(): void {
     const ip = this.conn.ip || "127.0.0.1";
     this.conn.shell_port = this.shell.bind(ip, this.conn.shell_port);
@@ -110,45 +124,100 @@ export class Kernel {
     this.shell.onMessage = (f) => this.receive(f, this.shell);
     this.control.onMessage = (f) => this.receive(f, this.control);
     this.stdin.onMessage = (f) => this.receiveStdin(f);
-    this.startWorker();
+    removeStaleDirs(this.cellDir);
+    this.hostListener = new HostListener(`${this.cellDir}/host.sock`);
+    this.startHost();
     this.transform.catch((e) => log(`TypeScript failed to load: ${e}`));
     log(
-      `listening on ${ip}: shell ${this.conn.shell_port}, iopub ${this.conn.iopub_port}, session ${this.session}`,
+      `listening on ${ip}: shell ${this.conn.shell_port}, iopub ${this.conn.iopub_port}, session ${this.session}, ` +
+        `cells in ${this.cellDir}, heap limit ${this.heapMb ?? "V8's default"} MiB`,
     );
   }
 
-  // ---------------------------------------------------------------- worker
+  // ---------------------------------------------------------------- execution host
 
-  private startWorker(): void {
-    this.worker = new Worker(new URL("./worker.ts", import.meta.url), {
-      type: "module",
-      name: "seqlab-cells",
+  private startHost(): void {
+    const host = new ExecutionHost(this.hostListener, {
+      preload: this.opts.preload ?? true,
+      heapMb: this.heapMb,
+      log,
     });
-    let ready!: () => void;
-    this.workerReady = new Promise((r) => (ready = r));
-    Atomics.store(this.ctl, CTL_INTERRUPT, 0);
-    this.worker.onmessage = (e: MessageEvent<FromWorker>) => {
-      const m = e.data;
+    this.host = host;
+    host.onMessage = (m: FromHost) => {
+      if (this.host !== host) return;
       if (m.type === "ready") {
+        this.startFailures = 0;
         if (m.warning) log(m.warning);
         if (m.warning?.includes("not preloaded")) this.startupWarning = m.warning;
-        ready();
-      } else this.onWorker(m);
+      } else if (m.type === "fatal") log(`execution worker failed: ${m.message}`);
+      else if (m.type !== "hello") this.onWorker(m);
     };
-    this.worker.onerror = (e) => {
-      e.preventDefault();
-      log(`worker error: ${e.message}`);
-      this.replaceWorker(
-        `the execution worker failed (${e.message}), so it was restarted: all variables are lost`,
-      );
-    };
-    const init: ToWorker = {
-      type: "init",
-      ctl: this.ctl.buffer as SharedArrayBuffer,
-      input: this.inputBuf.buffer as SharedArrayBuffer,
-      preload: this.opts.preload ?? true,
-    };
-    this.worker.postMessage(init);
+    host.exited.then((x) => this.onHostExit(host, x));
+  }
+
+  /** The current host once its worker is ready, or why there is none (it keeps failing to start). */
+  private async readyHost(): Promise<ExecutionHost | string> {
+    if (this.hostBroken !== null) {
+      this.hostBroken = null;
+      this.startFailures = 0;
+      this.startHost();
+    }
+    while (true) {
+      const h = this.host;
+      if (await h.ready) return h;
+      await h.exited;
+      await new Promise((r) => setTimeout(r, 0)); // onHostExit has run: a successor, or none
+      if (this.host === h) return this.hostBroken ?? "the execution process ended";
+    }
+  }
+
+  /** The host is gone: end its cell with an error that says what was lost, and start a fresh one. */
+  private onHostExit(host: ExecutionHost, x: HostExit): void {
+    if (this.shuttingDown || this.host !== host) return;
+    const how = x.signal ? `was killed by ${x.signal}` : `exited with code ${x.code}`;
+    const interrupted = this.killedForInterrupt === host;
+    let why: string;
+    if (x.outOfMemory) {
+      why = `the execution process ${how}, probably out of memory (its JavaScript heap limit is ` +
+        `${this.heapMb ?? "V8's default"} MiB, set by ${HEAP_ENV})`;
+    } else if (x.killedBecause) why = x.killedBecause;
+    else if (x.fatal) why = `the execution worker failed (${x.fatal}) and its process ${how}`;
+    else why = `the execution process (pid ${host.pid}) ${how}`;
+    const names = [...this.userNames];
+    this.userNames.clear();
+    const shown = names.length > 60 ? [...names.slice(0, 60), `and ${names.length - 60} more`] : names;
+    const lost = names.length
+      ? `all variables were lost: ${shown.join(", ")}`
+      : "all variables were lost (no cell had defined any)";
+    log(`${why}; ${lost}`);
+    if (x.beforeReady) this.startFailures++;
+    if (this.startFailures >= 3) {
+      this.hostBroken = `the execution process failed to start 3 times (${how}): ${
+        x.stderrTail.trim().split("\n").slice(-3).join(" | ")
+      }`;
+      log(`${this.hostBroken}; the next cell tries again`);
+    } else this.startHost();
+    this.inputWaiting = false;
+    for (const w of this.replyWaiters.values()) w(null);
+    this.replyWaiters.clear();
+
+    const r = this.running;
+    if (!r) {
+      if (!x.beforeReady) this.lostWhileIdle = `between cells, ${why}; ${lost}`;
+      return;
+    }
+    const ename = interrupted ? "InterruptError" : "ExecutionProcessDied";
+    const evalue = `${why}; ${lost}`;
+    const last = x.stderrTail.trim().split("\n").filter((l) => l.trim()).pop();
+    const traceback = [
+      `${ename}: ${why}`,
+      `    ${lost[0].toUpperCase()}${lost.slice(1)}.`,
+      ...(!x.outOfMemory && !x.killedBecause && last ? [`    Its last line on stderr: ${last}`] : []),
+      `    A fresh execution process runs the next cells: run the cells that define what you need again.`,
+    ];
+    this.lastError = { ename, evalue, traceback };
+    this.publish("error", { ...this.lastError }, r.msg.header);
+    r.resolve({ type: "done", seq: r.seq, status: "error", userExpressions: {}, processDied: !interrupted });
   }
 
   private onWorker(m: FromWorker): void {
@@ -176,7 +245,7 @@ export class Kernel {
         clearTimeout(t);
         resolve(v as T);
       });
-      this.worker.postMessage({ ...msg, id });
+      this.host.send({ ...msg, id });
     });
   }
 
@@ -499,16 +568,31 @@ export class Kernel {
     this.docs.addCell(code);
     const file = `${this.cellDir}/cell-${seq}.ts`;
     await Deno.writeTextFile(file, rw.code);
-    await this.workerReady;
+    const host = await this.readyHost();
+    if (typeof host === "string") {
+      Deno.remove(file).catch(() => {});
+      const err = {
+        ename: "ExecutionProcessDied",
+        evalue: host,
+        traceback: [`ExecutionProcessDied: ${host}`, `    The cell did not run; the next cell tries again.`],
+      };
+      this.publish("error", err, msg.header);
+      await reply({ status: "error", ...err, user_expressions: {} }, null);
+      return;
+    }
     if (this.startupWarning && !silent) {
       this.publish("stream", { name: "stderr", text: `warning: ${this.startupWarning}\n` }, msg.header);
       this.startupWarning = null;
     }
+    if (this.lostWhileIdle) {
+      this.publish("stream", { name: "stderr", text: `warning: ${this.lostWhileIdle}\n` }, msg.header);
+      this.lostWhileIdle = null;
+    }
     this.lastError = null;
-    Atomics.store(this.ctl, CTL_INTERRUPT, 0);
-    const done = await new Promise<Extract<FromWorker, { type: "done" }>>((resolve) => {
+    for (const n of rw.declared) this.userNames.add(n);
+    const done = await new Promise<Done>((resolve) => {
       this.running = { seq, msg, count, silent, resolve, rewrite: rw, label };
-      const run: ToWorker = {
+      const run: ToHost = {
         type: "run",
         seq,
         url: `file://${file}`,
@@ -517,10 +601,9 @@ export class Kernel {
         hasResult: rw.hasResult,
         userExpressions: c.user_expressions ?? {},
       };
-      this.worker.postMessage(run);
+      host.send(run);
     });
     this.running = null;
-    Atomics.store(this.ctl, CTL_INTERRUPT, 0);
     Deno.remove(file).catch(() => {});
     if (done.status === "ok") {
       await reply(
@@ -528,45 +611,30 @@ export class Kernel {
         done.resultText ?? null,
       );
     } else {
-      if (c.stop_on_error ?? true) this.abortQueued = true;
+      // A dead execution process does not abort the queue: the cells behind it run in the fresh one.
+      if ((c.stop_on_error ?? true) && !done.processDied) this.abortQueued = true;
       const err = this.lastError ?? { ename: "Error", evalue: "cell failed", traceback: [] };
       await reply({ status: "error", ...err, user_expressions: {} }, null);
     }
   }
 
-  /** Interrupt the running cell: flag for loops, message for awaits, and a watchdog as the last resort. */
+  /** Interrupt the running cell: flag for loops, message for awaits, and a restart as the last resort. */
   interrupt(): void {
     const r = this.running;
     if (!r) return;
-    Atomics.store(this.ctl, CTL_INTERRUPT, 1);
-    this.worker.postMessage({ type: "interrupt" } satisfies ToWorker);
-    if (this.inputWaiting) {
-      this.inputWaiting = false;
-      Atomics.store(this.ctl, CTL_INPUT_STATE, INPUT_INTERRUPTED);
-      Atomics.notify(this.ctl, CTL_INPUT_STATE);
-    }
+    const host = this.host;
+    host.send({ type: "interrupt", seq: r.seq });
+    this.inputWaiting = false;
     setTimeout(() => {
-      if (this.running !== r) return;
+      if (this.running !== r || this.host !== host) return;
       // The cell is stuck where no check runs (a long native call, a loop in library code): replace the
-      // worker. Its state is lost, which the error says.
-      log(`cell ${r.label} ignored the interrupt for ${INTERRUPT_GRACE_MS} ms: restarting the worker`);
-      this.replaceWorker(
-        "the cell did not stop, so the execution worker was restarted: all variables are lost",
+      // execution process. Its state is lost, which the error says.
+      log(
+        `cell ${r.label} ignored the interrupt for ${INTERRUPT_GRACE_MS} ms: restarting the execution process`,
       );
+      this.killedForInterrupt = host;
+      host.kill("the cell did not stop after the interrupt, so the execution process was restarted");
     }, INTERRUPT_GRACE_MS);
-  }
-
-  /** Terminate the worker and start a fresh one; the running cell, if any, ends with an error. */
-  private replaceWorker(why: string): void {
-    const r = this.running;
-    try {
-      this.worker.terminate();
-    } catch { /* already gone */ }
-    this.startWorker();
-    if (!r) return;
-    this.lastError = { ename: "InterruptError", evalue: why, traceback: [] };
-    this.publish("error", { ...this.lastError }, r.msg.header);
-    r.resolve({ type: "done", seq: r.seq, status: "error", userExpressions: {} });
   }
 
   // ---------------------------------------------------------------- stdin
@@ -574,8 +642,7 @@ export class Kernel {
   private requestInput(prompt: string, password: boolean): void {
     const r = this.running;
     if (!r) {
-      Atomics.store(this.ctl, CTL_INPUT_STATE, INPUT_INTERRUPTED);
-      Atomics.notify(this.ctl, CTL_INPUT_STATE);
+      this.host.send({ type: "input_cancel" });
       return;
     }
     this.inputWaiting = true;
@@ -594,12 +661,7 @@ export class Kernel {
     }
     if (!this.inputWaiting) return;
     this.inputWaiting = false;
-    let bytes = enc.encode(String(d.msg.content.value ?? ""));
-    if (bytes.length > this.inputBuf.length) bytes = bytes.subarray(0, this.inputBuf.length);
-    this.inputBuf.set(bytes);
-    Atomics.store(this.ctl, CTL_INPUT_LEN, bytes.length);
-    Atomics.store(this.ctl, CTL_INPUT_STATE, INPUT_READY);
-    Atomics.notify(this.ctl, CTL_INPUT_STATE);
+    this.host.send({ type: "input_reply", value: String(d.msg.content.value ?? "") });
   }
 
   // ---------------------------------------------------------------- complete, inspect, history
@@ -636,7 +698,7 @@ export class Kernel {
   }
 
   private async inspectText(expr: string): Promise<string | null> {
-    await this.workerReady;
+    await this.readyHost();
     const info = await this.ask<
       { found: boolean; type?: string; signature?: string; repr?: string }
     >({ type: "inspect", expr });
@@ -712,20 +774,49 @@ export class Kernel {
 
   // ---------------------------------------------------------------- shutdown
 
-  /** Stop the worker and sockets and exit the process. */
+  /** Stop the execution host and sockets, remove the cell directory and exit the process. */
   async shutdown(): Promise<never> {
     if (!this.shuttingDown) {
       this.shuttingDown = true;
       await new Promise((r) => setTimeout(r, 50)); // let the reply and idle reach the wire
-      try {
-        this.worker.terminate();
-      } catch { /* gone */ }
+      this.host?.kill("the kernel shut down");
+      this.hostListener?.close();
       for (const s of [this.shell, this.control, this.stdin, this.iopub, this.hb]) s.close();
       try {
         Deno.removeSync(this.cellDir, { recursive: true });
       } catch { /* already gone */ }
     }
     Deno.exit(0);
+  }
+}
+
+/**
+ * Remove the cell directories of kernels that are gone (`seqlab-kernel-PID-*` beside `own`, whose PID is no
+ * longer a live process): a kernel that was killed could not remove its own. Linux only (reads /proc).
+ */
+function removeStaleDirs(own: string): void {
+  const tmp = own.replace(/\/[^/]*$/, "");
+  try {
+    Deno.statSync("/proc/self");
+    for (const e of Deno.readDirSync(tmp)) {
+      const m = /^seqlab-kernel-(\d+)-/.exec(e.name);
+      if (!m || !e.isDirectory || Number(m[1]) === Deno.pid || pidAlive(Number(m[1])) !== false) continue;
+      try {
+        Deno.removeSync(`${tmp}/${e.name}`, { recursive: true });
+        log(`removed ${tmp}/${e.name}: its kernel (pid ${m[1]}) is gone`);
+      } catch (err) {
+        log(`could not remove ${tmp}/${e.name}: ${(err as Error).message}`);
+      }
+    }
+  } catch { /* no /proc, or the folder cannot be read: leave them */ }
+}
+
+/** Whether a process lives (a zombie does not); null when /proc cannot tell. */
+function pidAlive(pid: number): boolean | null {
+  try {
+    return !/^State:\s*Z/m.test(Deno.readTextFileSync(`/proc/${pid}/status`));
+  } catch (e) {
+    return e instanceof Deno.errors.NotFound ? false : null;
   }
 }
 
@@ -788,13 +879,7 @@ function watchParent(onGone: () => void): void {
       return null;
     }
   };
-  const exists = (pid: number): boolean | null => {
-    try {
-      return !/^State:\s*Z/m.test(Deno.readTextFileSync(`/proc/${pid}/status`));
-    } catch (e) {
-      return e instanceof Deno.errors.NotFound ? false : null;
-    }
-  };
+  const exists = pidAlive;
   const first = ppid();
   if (first === null || !Number.isFinite(first)) return;
   const jpy = Number(Deno.env.get("JPY_PARENT_PID") ?? NaN);

@@ -1,7 +1,7 @@
 /**
- * Messages between the kernel's main thread and its cell worker, and the layout of their shared
- * control array. Kept apart from worker.ts, whose top level installs the cell environment and must
- * only ever run inside the worker.
+ * Messages between the kernel, its execution host and the host's cell worker, and the layout of the shared
+ * control array (host and worker). Kept apart from worker.ts, whose top level installs the cell environment
+ * and must only ever run inside the worker.
  *
  * @module
  */
@@ -56,3 +56,22 @@ export type FromWorker =
   }
   | { type: "reply"; id: number; value: unknown }
   | { type: "log"; text: string };
+
+/**
+ * Messages from the kernel process to the execution host (kernel/host.ts) over the private channel
+ * (kernel/host_channel.ts). Cell work is forwarded to the worker as is; the rest the host does itself with the
+ * shared control array: set the interrupt flag, hand over an input line, or cancel a pending prompt.
+ */
+export type ToHost =
+  | Extract<ToWorker, { type: "run" | "complete" | "inspect" }>
+  | { type: "interrupt"; seq: number }
+  | { type: "input_reply"; value: string }
+  | { type: "input_cancel" };
+
+/** Messages from the execution host: the worker's, forwarded in order, plus the host's own. */
+export type FromHost =
+  | FromWorker
+  /** First frame on a new connection: proves it is the host this kernel started. */
+  | { type: "hello"; token: string; pid: number }
+  /** The worker failed in a way that leaves it unusable; the host exits after sending this. */
+  | { type: "fatal"; message: string };
