@@ -18,6 +18,8 @@
  * @module
  */
 
+import { PLOTLY_FILE, plotlyVersion } from "./assets.ts";
+
 /** The display protocol symbol, shared with Deno's kernel. */
 export const $display: unique symbol = Symbol.for("Jupyter.display") as never;
 
@@ -114,28 +116,10 @@ export interface PlotlyFigure {
   data: Record<string, unknown>[];
   layout?: Record<string, unknown>;
   config?: Record<string, unknown>;
+  frames?: Record<string, unknown>[];
 }
 
-let plotlyEmbedded = false;
-let plotlyJs: string | null | undefined;
 let figureCount = 0;
-
-/** plotly.js source from the npm package, or null when it is not installed. */
-function plotlySource(): string | null {
-  if (plotlyJs !== undefined) return plotlyJs;
-  try {
-    const url = new URL("../node_modules/plotly.js-dist-min/plotly.min.js", import.meta.url);
-    plotlyJs = Deno.readTextFileSync(url);
-  } catch {
-    plotlyJs = null;
-  }
-  return plotlyJs;
-}
-
-/** Forget that plotly.js was embedded (a new notebook, e.g. after a kernel restart). */
-export function resetPlotlyEmbedding(): void {
-  plotlyEmbedded = false;
-}
 
 /** Whether a value has the shape of a plotly figure ({data: [trace...], layout?}). */
 export function isPlotlyFigure(v: unknown): v is PlotlyFigure {
@@ -149,43 +133,84 @@ export function isPlotlyFigure(v: unknown): v is PlotlyFigure {
     f.data.every((t) => t && typeof t === "object" && ("type" in t || "x" in t || "y" in t || "z" in t));
 }
 
+/** Where a page finds plotly.js: the kernelspec's copy (kernel/assets.ts), then the pinned CDN build. */
+function plotlySources(): { kernel: string; file: string; cdn: string | null } {
+  const v = plotlyVersion();
+  return { kernel: "seqlab", file: PLOTLY_FILE, cdn: v ? `https://cdn.plot.ly/plotly-${v}.min.js` : null };
+}
+
 /**
- * MIME bundle of a plotly figure: the plotly JSON for frontends that render it (VS Code, JupyterLab
- * with the plotly extension), and HTML that draws it with plotly.js for the rest (nbconvert's HTML
- * export, a plain JupyterLab). plotly.js is embedded in the first figure's HTML only; later figures
- * use the `Plotly` global it defines.
+ * The figure's script. Every figure carries the whole loader, so each output draws on its own whatever ran
+ * before it; the loads share one promise on the page (`window.__seqlabPlotly`), so plotly.js is fetched
+ * once however many figures the page has. The sources, in order: a `Plotly` the page already has (the run
+ * report loads it), the kernelspec's copy under the Jupyter server's base URL (Notebook 6's
+ * `data-base-url`, JupyterLab's `jupyter-config-data`), the CDN. If none loads, the figure's text stays, with
+ * the reason. The element is looked up when drawing: Notebook 6 runs output scripts before it attaches them.
+ */
+const PLOTLY_LOADER = `var w=window,me=document.currentScript;
+function base(){
+if(!/^https?:$/.test(location.protocol))return null;
+var b=document.body&&document.body.getAttribute("data-base-url");
+if(b)return b;
+var c=document.getElementById("jupyter-config-data");
+try{return c?JSON.parse(c.textContent).baseUrl||null:null}catch(e){return null}
+}
+function load(src,cb){
+var s=document.createElement("script");s.src=src;s.async=true;
+s.onload=function(){cb(w.Plotly&&w.Plotly.newPlot?w.Plotly:null)};
+s.onerror=function(){cb(null)};
+document.head.appendChild(s);
+}
+if(!w.__seqlabPlotly)w.__seqlabPlotly=new Promise(function(ok,fail){
+var urls=[],tried=[],b=base();
+if(b)urls.push(b.replace(/\\/?$/,"/")+"kernelspecs/"+lib.kernel+"/"+lib.file);
+if(lib.cdn)urls.push(lib.cdn);
+(function next(){
+if(w.Plotly&&w.Plotly.newPlot)return ok(w.Plotly);
+var u=urls.shift();
+if(!u)return fail(new Error(tried.length?"could not load plotly.js from "+tried.join(", "):"no plotly.js source"));
+tried.push(u);load(u,function(P){P?ok(P):next()});
+})();
+});
+function el(n,cb){
+var e=document.getElementById(id)||(me&&me.previousElementSibling);
+if(e&&e.isConnected)return cb(e);
+if(n>0)setTimeout(function(){el(n-1,cb)},50);
+}
+w.__seqlabPlotly.then(function(P){el(100,function(e){
+e.textContent="";e.style.height=h;
+P.newPlot(e,fig);
+})},function(err){el(100,function(e){
+e.textContent=e.textContent+" Not drawn: "+err.message+"; the figure is in this output's plotly JSON.";
+})});`;
+
+/**
+ * MIME bundle of a plotly figure: the plotly JSON (application/vnd.plotly.v1+json), which VS Code and
+ * JupyterLab with plotly's extension render themselves; a small HTML output that draws it with plotly.js,
+ * loaded once per page (see PLOTLY_LOADER), for Notebook 6, a plain JupyterLab and nbconvert's HTML export
+ * (online: it has no Jupyter server to serve the kernelspec's copy); and text/plain.
  */
 export function plotlyBundle(fig: PlotlyFigure): MimeBundle {
   const id = `seqlab-plot-${Date.now().toString(36)}-${figureCount++}`;
   const layout = fig.layout ?? {};
   const config = { responsive: true, ...(fig.config ?? {}) };
   const jsonSafe = (v: unknown) => JSON.stringify(v).replace(/</g, "\\u003c");
-  let lib = "";
-  if (!plotlyEmbedded) {
-    const src = plotlySource();
-    if (src) {
-      // Shadow AMD/CommonJS so the UMD bundle always defines window.Plotly, even under require.js.
-      lib = `<script type="text/javascript">(function(define, module, exports){${
-        src.replace(/<\/script/gi, "<\\/script")
-      }\n}).call(window);</script>`;
-      plotlyEmbedded = true;
-    }
-  }
-  const height = typeof layout.height === "number" ? `${layout.height}px` : "450px";
-  const htmlText =
-    `${lib}<div id="${id}" class="plotly-graph-div" style="height:${height}; width:100%;"></div>
-<script type="text/javascript">(function(){var d=${jsonSafe(fig.data)},l=${jsonSafe(layout)},c=${
-      jsonSafe(config)
-    };function draw(){if(window.Plotly){window.Plotly.newPlot("${id}",d,l,c);}else{setTimeout(draw,50);}}draw();})();</script>`;
   const traces = fig.data.map((t) => String((t as Record<string, unknown>).type ?? "scatter")).join(", ");
   const title = layout.title as { text?: string } | string | undefined;
   const titleText = typeof title === "string" ? title : title?.text;
+  const plain = `<plotly figure${
+    titleText ? ` "${titleText}"` : ""
+  }: ${fig.data.length} trace(s): ${traces}>`;
+  const height = typeof layout.height === "number" ? `${layout.height}px` : "450px";
+  const drawn = { data: fig.data, layout, config, ...(fig.frames ? { frames: fig.frames } : {}) };
+  const vars = `var id=${JSON.stringify(id)},h=${JSON.stringify(height)},lib=${jsonSafe(plotlySources())},` +
+    `fig=${jsonSafe(drawn)};`;
   return {
     "application/vnd.plotly.v1+json": { data: fig.data, layout, config: fig.config ?? {} },
-    "text/html": htmlText,
-    "text/plain": `<plotly figure${
-      titleText ? ` "${titleText}"` : ""
-    }: ${fig.data.length} trace(s): ${traces}>`,
+    "text/html": `<div id="${id}" class="seqlab-plot">${
+      escapeHtml(plain)
+    }</div>\n<script type="text/javascript">(function(){${vars}\n${PLOTLY_LOADER}\n})();</script>`,
+    "text/plain": plain,
   };
 }
 

@@ -23,16 +23,28 @@ describe("formatValue", () => {
     expect(stripAnsi("\x1b[33m42\x1b[39m")).toBe("42");
   });
 
-  test("plotly figures get plotly JSON plus self-contained HTML; plotly.js is embedded once", async () => {
-    const fig = { data: [{ type: "scatter", x: [1, 2], y: [3, 4] }], layout: { title: { text: "t" } } };
+  test("plotly figures: plotly JSON, a small HTML that loads plotly.js (never embeds it), text", async () => {
+    const fig = {
+      data: [{ type: "scatter", x: [1, 2], y: [3, 4] }],
+      layout: { title: { text: "t</script>" } },
+    };
     expect(isPlotlyFigure(fig)).toBe(true);
     expect(isPlotlyFigure({ data: [1, 2] })).toBe(false);
     const first = (await formatValue(fig)).data;
     expect(first["application/vnd.plotly.v1+json"]).toMatchObject({ data: fig.data, layout: fig.layout });
-    expect(String(first["text/html"]).length).toBeGreaterThan(1_000_000); // plotly.min.js inside
     const second = (await formatValue(plot([{ type: "bar", x: [1], y: [2] }]))).data;
-    expect(String(second["text/html"]).length).toBeLessThan(2000);
+    for (const b of [first, second]) {
+      const h = String(b["text/html"]);
+      expect(h.length).toBeLessThan(4000); // the loader and the figure, no plotly.js: every figure alike
+      expect(h).toMatch(/__seqlabPlotly/); // one shared load per page
+      expect(h).toMatch(/kernelspecs\/"\+lib\.kernel/);
+      expect(h.match(/<\/script/gi)?.length).toBe(1); // the title's </script> is escaped
+    }
     expect(second["text/plain"]).toBe("<plotly figure: 1 trace(s): bar>");
+    // without script, the div shows the figure's text, not a blank box
+    expect(String(second["text/html"])).toMatch(
+      /^<div id="seqlab-plot-[a-z0-9]+-\d+" class="seqlab-plot">&lt;plotly figure: 1 trace\(s\): bar&gt;<\/div>/,
+    );
   });
 
   test("arquero tables show as HTML and Markdown, tensors without a display method as a summary", async () => {
