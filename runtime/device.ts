@@ -27,9 +27,11 @@ export async function initDevices(): Promise<DeviceName> {
     defaultDevice = "cpu";
     return defaultDevice;
   }
+  let failed = false; // its notice said why already: one line, not two
   try {
     gpuContext = await GpuContext.create();
   } catch (e) {
+    failed = true;
     if (forced === "webgpu") {
       throw new WebGPUError(`SEQLAB_DEVICE=webgpu but no device: ${(e as Error).message}`);
     }
@@ -39,7 +41,8 @@ export async function initDevices(): Promise<DeviceName> {
     // a device that accepts every call but computes wrong numbers is refused before anything runs on it
     const why = await adapterSelfTest(gpuContext.device);
     if (why) {
-      const name = gpuContext.info.description || gpuContext.info.vendor || "the WebGPU adapter";
+      const i = gpuContext.info;
+      const name = i.description || i.vendor || (i.device ? `adapter ${i.device}` : "the WebGPU adapter");
       gpuContext.device.destroy();
       gpuContext = null;
       if (forced === "webgpu") {
@@ -51,7 +54,7 @@ export async function initDevices(): Promise<DeviceName> {
     defaultDevice = "webgpu";
   } else if (forced === "webgpu") {
     throw new WebGPUError("SEQLAB_DEVICE=webgpu but this host has no WebGPU adapter");
-  } else {
+  } else if (!failed) {
     notice("no WebGPU adapter found; using the cpu backend");
   }
   return defaultDevice;

@@ -1,6 +1,7 @@
 /**
- * The one place the library touches its host runtime (Deno today; Bun and Node later).
- * Everything else in runtime/, ops/ and models/ uses only web-standard APIs.
+ * The one place the library touches its host runtime. Under Deno it calls `Deno.*`; under Bun and Node,
+ * which have no `Deno` global, the same functions use `node:fs` and `process`. Everything else in runtime/,
+ * ops/ and models/ uses only web-standard APIs.
  * @module
  */
 
@@ -28,6 +29,37 @@ export function hostName(): string {
   if (g.Bun?.version) return `Bun ${g.Bun.version}`;
   if (g.process?.versions?.node) return `Node ${g.process.versions.node}`;
   return "unknown host";
+}
+
+/**
+ * The host's WebGPU entry point: `navigator.gpu` where the runtime has one (Deno), undefined where it has
+ * none (Node). Bun has none of its own; there the optional `bun-webgpu` package (Dawn over FFI; not a
+ * dependency of seqlab) provides it when Bun can resolve it (installed beside the script, or on
+ * `NODE_PATH`). Throws, with the reason, when Bun has no way to WebGPU, so the caller's notice says why.
+ *
+ * @example
+ * ```ts
+ * import { webgpuEntry } from "./platform.ts";
+ * const gpu = await webgpuEntry(); // Deno: its own navigator.gpu
+ * console.log(gpu ? "a WebGPU entry point (an adapter may still be absent)" : "no WebGPU");
+ * ```
+ */
+export async function webgpuEntry(): Promise<GPU | undefined> {
+  if (g.navigator?.gpu) return g.navigator.gpu as GPU;
+  if (!g.Bun) return undefined;
+  const name = "bun-webgpu"; // a variable, not a literal: nothing resolves or bundles it unless Bun runs this
+  let m: { setupGlobals(): void };
+  try {
+    m = await import(name);
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    if (err.code === "ERR_MODULE_NOT_FOUND") {
+      throw new Error("Bun has no WebGPU of its own and the optional bun-webgpu package is not installed");
+    }
+    throw new Error(`bun-webgpu failed to load: ${String(err.message).split("\n")[0]}`);
+  }
+  m.setupGlobals(); // navigator.gpu and the GPUBufferUsage-style flag globals the backend uses
+  return g.navigator?.gpu as GPU | undefined;
 }
 
 /**

