@@ -3,7 +3,9 @@
  *
  * Executes every notebook under notebooks/ (or those named), in name order, on the seqlab kernel, shows
  * progress per cell, writes the executed notebooks to out/notebooks/ with a summary (summary.json,
- * summary.md: runner, mode, cells, errors, seconds per notebook), and exits 1 if any cell failed. A cell
+ * summary.md: runner, mode, cells, errors, seconds, load average, commit, adapter per notebook; a run of some
+ * notebooks replaces their rows and keeps the others), builds the run report (out/report.html, by
+ * kernel/report.ts), and exits 1 if any cell failed. A cell
  * tagged `raises-exception` may fail. The first other failure stops that notebook (later cells usually
  * depend on it); the executed notebook is written either way, with every output up to the failure.
  *
@@ -15,7 +17,8 @@
  *   through this checkout's kernelspec installed into out/notebooks/.jupyter (so the run neither depends on
  *   nor changes the user's kernels). Kept as the conformance reference.
  *
- * Options: --out DIR (default out/notebooks), --timeout SECONDS per cell (default 600; a cell past it is
+ * Options: --out DIR (default out/notebooks), --report PATH (default report.html beside DIR, so
+ *          out/report.html), --timeout SECONDS per cell (default 600; a cell past it is
  *          interrupted and fails), --quick (the same as SEQLAB_QUICK=1), --python [PATH] (the nbclient
  *          runner; PATH defaults to $SEQLAB_PYTHON, else /usr/bin/python3, else python3).
  *
@@ -30,6 +33,7 @@ import { install } from "./install.ts";
 import { KernelClient } from "./client.ts";
 import type { Message } from "./wire.ts";
 import { outputFromMsg, readNotebook, splitLines, timestamp, writeNotebookText } from "./nbformat.ts";
+import { load1, readSummary, runContext, type RunInfo, writeReport } from "./report.ts";
 
 export { readNotebook, splitLines, writeNotebookText };
 
@@ -38,8 +42,8 @@ const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 /** Which client executes the notebooks. */
 export type Runner = "seqlab" | "python";
 
-/** One notebook's outcome. */
-export interface NotebookSummary {
+/** One notebook's outcome; the run fields (kernel/report.ts's RunInfo) are filled in by the command line. */
+export interface NotebookSummary extends Partial<RunInfo> {
   notebook: string;
   output: string;
   runner: Runner;
@@ -56,6 +60,7 @@ export interface NotebookSummary {
 /** Command line options. */
 export interface ReproOptions {
   out: string;
+  report: string;
   timeout: number;
   runner: Runner;
   python: string;
@@ -63,7 +68,8 @@ export interface ReproOptions {
   notebooks: string[];
 }
 
-const USAGE = "usage: deno task repro [--out DIR] [--timeout SECONDS] [--quick] [--python [PATH]] " +
+const USAGE =
+  "usage: deno task repro [--out DIR] [--report PATH] [--timeout SECONDS] [--quick] [--python [PATH]] " +
   "[notebook.ipynb...]";
 
 /** Parse the command line; throws with a message that names the bad argument. */
@@ -74,6 +80,7 @@ export function parseArgs(args: string[], env: Record<string, string | undefined
   }
   const opts: ReproOptions = {
     out: join(ROOT, "out", "notebooks"),
+    report: "",
     timeout: 600,
     runner: runnerEnv === "python" ? "python" : "seqlab",
     python: "",
@@ -87,6 +94,7 @@ export function parseArgs(args: string[], env: Record<string, string | undefined
       return args[++i];
     };
     if (a === "--out") opts.out = resolve(value());
+    else if (a === "--report") opts.report = resolve(value());
     else if (a === "--timeout") {
       const v = value();
       opts.timeout = Number(v);
@@ -102,6 +110,7 @@ export function parseArgs(args: string[], env: Record<string, string | undefined
     } else if (a.startsWith("-")) throw new Error(`unknown option ${a}\n${USAGE}`);
     else opts.notebooks.push(resolve(a));
   }
+  opts.report ||= join(dirname(opts.out), "report.html");
   if (opts.runner === "python" && !opts.python) {
     opts.python = env.SEQLAB_PYTHON ?? (exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3");
   }
@@ -430,6 +439,18 @@ export async function runNotebookPython(
   return s;
 }
 
+const round2 = (x: number) => Math.round(x * 100) / 100;
+
+/**
+ * The summary after a run: the previous rows (summary.json in the same directory) with this run's notebooks
+ * replaced or added, in notebook order.
+ */
+export function mergeSummary(previous: NotebookSummary[], rows: NotebookSummary[]): NotebookSummary[] {
+  const ran = new Set(rows.map((r) => r.notebook));
+  return [...previous.filter((r) => !ran.has(r.notebook)), ...rows]
+    .sort((a, b) => a.notebook.localeCompare(b.notebook));
+}
+
 /** Summary as Markdown: the runner and mode, then one row per notebook. */
 export function summaryMarkdown(rows: NotebookSummary[]): string {
   const runners = [...new Set(rows.map((r) => r.runner))].join(", ");
@@ -437,11 +458,13 @@ export function summaryMarkdown(rows: NotebookSummary[]): string {
   const lines = [
     `runner: ${runners || "-"}; mode: ${modes || "-"}`,
     "",
-    "| notebook | status | cells | executed | errors | expected errors | seconds |",
-    "|---|---|--:|--:|--:|--:|--:|",
+    "| notebook | status | cells | executed | errors | expected errors | seconds | load | started |",
+    "|---|---|--:|--:|--:|--:|--:|--:|---|",
     ...rows.map((r) =>
       `| ${r.notebook} | ${r.status} | ${r.cells} | ${r.executed} | ${r.errors} | ${r.expectedErrors} | ${
         r.seconds.toFixed(1)
+      } | ${r.load?.every(Number.isFinite) ? r.load.map((x) => x.toFixed(1)).join(" → ") : "-"} | ${
+        r.startedAt?.slice(0, 19).replace("T", " ") ?? "-"
       } |`
     ),
   ];
@@ -491,21 +514,33 @@ if (import.meta.main) {
       relative(ROOT, opts.out) || "."
     }`,
   );
+  const context = await runContext();
   const rows: NotebookSummary[] = [];
   for (const nb of opts.notebooks) {
     if (stopper.requested) break;
+    const startedAt = new Date().toISOString(), loadAtStart = round2(load1());
+    const row = opts.runner === "python"
+      ? await runNotebookPython(nb, opts.out, { ...opts, env })
+      : await runNotebookSeqlab(nb, opts.out, { ...opts, env });
     rows.push(
-      opts.runner === "python"
-        ? await runNotebookPython(nb, opts.out, { ...opts, env })
-        : await runNotebookSeqlab(nb, opts.out, { ...opts, env }),
+      Object.assign(row, { startedAt, load: [loadAtStart, round2(load1())] as [number, number] }, context),
     );
   }
   if (opts.runner === "seqlab") Deno.removeSignalListener("SIGINT", onSigint);
   clearInterval(reinterrupt);
-  Deno.writeTextFileSync(join(opts.out, "summary.json"), JSON.stringify(rows, null, 2) + "\n");
-  const md = summaryMarkdown(rows);
-  Deno.writeTextFileSync(join(opts.out, "summary.md"), md);
-  console.log("\n" + md);
+  const all = mergeSummary(readSummary(opts.out) as NotebookSummary[], rows);
+  Deno.writeTextFileSync(join(opts.out, "summary.json"), JSON.stringify(all, null, 2) + "\n");
+  Deno.writeTextFileSync(join(opts.out, "summary.md"), summaryMarkdown(all));
+  console.log("\n" + summaryMarkdown(rows));
+  try {
+    const r = writeReport(opts.out, opts.report);
+    console.log(
+      `report: ${relative(Deno.cwd(), r.path)} (${r.notebooks} notebook(s), ${r.figures} figure(s))` +
+        (r.plotly ? "" : "; plotly.js-dist-min is not installed (deno install): figures show as text"),
+    );
+  } catch (e) {
+    console.error(`repro: the report could not be written: ${(e as Error).message}`);
+  }
   if (stopper.requested) Deno.exit(130);
   const failed = rows.filter((r) => r.status !== "ok");
   if (failed.length) {

@@ -287,7 +287,7 @@ function delay(ms: number): Promise<void> {
 async function readDevToolsUrl(child: Deno.ChildProcess, sink: string[], timeoutMs: number): Promise<string> {
   const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
   let seen = "";
-  let timer: number | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
       () => reject(new Error(`cdp: chromium did not print its DevTools URL within ${timeoutMs} ms`)),
