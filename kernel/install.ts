@@ -15,6 +15,7 @@
  */
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { installKernelAssets } from "./assets.ts";
 import { LOGO_FILES } from "./assets/logo.ts";
 
 /** The kernel.json for this checkout. */
@@ -74,6 +75,7 @@ export function install(prefix?: string, name = "seqlab"): string {
   for (const logo of LOGO_FILES) {
     Deno.copyFileSync(new URL(`./assets/${logo}`, import.meta.url), join(dir, logo));
   }
+  installKernelAssets(dir); // plotly.min.js, which figure outputs load from /kernelspecs/NAME/ (kernel/assets.ts)
   return dir;
 }
 
