@@ -40,7 +40,13 @@ export class Storage {
 }
 
 /** Allocates uninitialised storage for `n` elements. `what` names the tensor in errors. */
-export function newStorage(device: DeviceName, dtype: DType, n: number, what: string): Storage {
+export function newStorage(
+  device: DeviceName,
+  dtype: DType,
+  n: number,
+  what: string,
+  upload = false,
+): Storage {
   if (device === "cpu") {
     let data: TypedArray;
     try {
@@ -57,7 +63,7 @@ export function newStorage(device: DeviceName, dtype: DType, n: number, what: st
   if (dtype === "f16" && !ctx.hasF16) {
     throw new Error(`${what}: dtype f16 needs the adapter feature shader-f16, which this adapter lacks`);
   }
-  return new Storage("webgpu", dtype, n, null, ctx.alloc(n * itemSize(dtype), what));
+  return new Storage("webgpu", dtype, n, null, ctx.alloc(n * itemSize(dtype), what, upload));
 }
 
 // ---------------------------------------------------------------------------------------------------------

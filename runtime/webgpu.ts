@@ -138,6 +138,10 @@ const UNIFORM_DECL = "@group(0) @binding(0) var<uniform>";
 
 const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment on every adapter we know
 const ARENA_BYTES = 128 * 1024;
+/** Arenas of the sticky uniform store (512 blocks of 256 bytes each). */
+const STICKY_ARENAS = 16;
+/** Uniform blocks a shader adds to the sticky store before its hit rate decides whether it stays there. */
+const STICKY_TRIAL = 16;
 const MIB = 1024 * 1024;
 
 /** Rounds a byte count up to its pool size class: quarter steps between powers of two (<= 25% waste). */
@@ -216,8 +220,28 @@ export class GpuContext {
   /** Pool of freed buffers by size class. */
   private pool = new Map<number, GPUBuffer[]>();
   private bufPooledBytes = 0;
-  /** Buffers freed while commands that use them are still unsubmitted; they rejoin the pool at flush. */
-  private pendingFree: GPUBuffer[] = [];
+  /**
+   * Buffers freed while commands that use them are still unsubmitted, by size class. They rejoin the pool at
+   * flush; before that, a later dispatch of the same batch may take one for its output (the batch's commands
+   * run in order, so it writes only after the earlier users read), but an upload into it first submits the
+   * batch (queue writes run before the batch they were issued in).
+   */
+  private batchFree = new Map<number, GPUBuffer[]>();
+  /** Buffers taken from {@link batchFree} in the batch being recorded. */
+  private reusedInBatch = new Set<GPUBuffer>();
+  /**
+   * Uniform blocks kept by content in arenas of their own that are never rewritten while the content is
+   * cached, so a dispatch repeating an earlier one (a decode step, a training step) binds the same slot and
+   * finds its bind group in the cache (measured on lavapipe: a bind group costs ~40 us to create, and a
+   * MambaLM decode step of 11 dispatches missed them all). A shader whose uniforms change at most calls (a
+   * position, a step counter) uses the batch arena instead.
+   */
+  private sticky = new Map<string, { arena: number; offset: number }>();
+  private stickyArenas: GPUBuffer[] = [];
+  private stickyUsed = 0;
+  private stickyFull = false;
+  /** Per pipeline: uniform blocks found in and added to the sticky store. */
+  private stickyStats = new Map<number, { hits: number; misses: number }>();
   /** Objects to destroy once the batch that may use them is submitted. */
   private pendingDestroy: { destroy(): void }[] = [];
   private stagingPool = new Map<number, GPUBuffer[]>();
@@ -363,9 +387,10 @@ export class GpuContext {
 
   /**
    * Allocates a storage buffer of at least `bytes` (from the pool when it can). `what` describes the tensor
-   * for errors: its name, shape and dtype.
+   * for errors: its name, shape and dtype. `upload`: the buffer will be written from the host (see
+   * {@link write}), so it is not taken from buffers the unsubmitted batch may still use.
    */
-  alloc(bytes: number, what: string): GPUBuffer {
+  alloc(bytes: number, what: string, upload = false): GPUBuffer {
     this.checkAlive(`allocating ${what}`);
     if (bytes > this.maxBinding) {
       throw new WebGPUError(
@@ -374,9 +399,10 @@ export class GpuContext {
       );
     }
     const size = Math.min(sizeClass(bytes), Math.max(16, Math.ceil(bytes / 4) * 4, this.maxBinding));
-    const free = this.pool.get(size);
-    let buf = free?.pop();
-    if (buf) {
+    // host data is written before the batch runs, so an upload never takes a buffer the batch still uses
+    let buf = upload ? undefined : this.batchFree.get(size)?.pop();
+    if (buf) this.reusedInBatch.add(buf);
+    else if ((buf = this.pool.get(size)?.pop())) {
       this.bufPooledBytes -= size;
       ledgerPooled("webgpu", -size);
     } else {
@@ -402,8 +428,11 @@ export class GpuContext {
   /** Returns a buffer to the pool (after any recorded commands that use it are submitted). */
   release(buf: GPUBuffer): void {
     ledgerFree("webgpu", buf.size);
-    if (this.encoder || this.scopeOpen) this.pendingFree.push(buf);
-    else this.toPool(buf);
+    if (this.encoder || this.scopeOpen) {
+      let list = this.batchFree.get(buf.size);
+      if (!list) this.batchFree.set(buf.size, list = []);
+      list.push(buf);
+    } else this.toPool(buf);
   }
 
   private toPool(buf: GPUBuffer): void {
@@ -419,9 +448,13 @@ export class GpuContext {
     ledgerPooled("webgpu", buf.size);
   }
 
-  /** Writes host data into a buffer. Safe with batching: pooled buffers have no unsubmitted users. */
+  /**
+   * Writes host data into a buffer. Safe with batching: a buffer that commands of the unsubmitted batch may
+   * still read under an earlier owner gets the batch submitted first.
+   */
   write(buf: GPUBuffer, data: ArrayBufferView, byteOffset = 0): void {
     this.checkAlive("upload");
+    if (this.reusedInBatch.has(buf)) this.flush();
     let bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
     if (bytes.byteLength % 4 !== 0) {
       const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
@@ -689,6 +722,59 @@ export class GpuContext {
     return { arena: this.arenaIdx, offset };
   }
 
+  /**
+   * Where `p`'s uniform block is bound from: the sticky slot holding the same bytes (added if there is
+   * room), else a slot of the batch arena. `key` names the slot for the bind-group cache.
+   */
+  private uniformSlot(
+    p: Program,
+    pipe: Pipe,
+    ubytes: number,
+  ): { buf: GPUBuffer; offset: number; key: string } {
+    const src = new Uint8Array(p.uniforms.buffer, p.uniforms.byteOffset, p.uniforms.byteLength);
+    const content = `${pipe.id}:${ubytes}:${String.fromCharCode(...src)}`;
+    let slot = this.sticky.get(content);
+    let st = this.stickyStats.get(pipe.id);
+    if (!st) this.stickyStats.set(pipe.id, st = { hits: 0, misses: 0 });
+    if (slot) st.hits++;
+    else st.misses++;
+    if (st.hits + st.misses > 4096) st.hits /= 2, st.misses /= 2;
+    // a shader whose blocks rarely repeat (a position, a step counter) stays in the batch arena
+    const volatile = st.misses > STICKY_TRIAL && st.hits < st.misses;
+    if (!slot && !volatile && !this.stickyFull) {
+      const slots = Math.ceil(ubytes / UNIFORM_SLOT) * UNIFORM_SLOT;
+      let at = this.stickyUsed;
+      if ((at % ARENA_BYTES) + slots > ARENA_BYTES) at = Math.ceil(at / ARENA_BYTES) * ARENA_BYTES;
+      if (slots > ARENA_BYTES || at + slots > STICKY_ARENAS * ARENA_BYTES) this.stickyFull = true;
+      else {
+        const arena = Math.floor(at / ARENA_BYTES);
+        while (this.stickyArenas.length <= arena) {
+          this.stickyArenas.push(this.device.createBuffer({
+            label: `uniform store ${this.stickyArenas.length}`,
+            size: ARENA_BYTES,
+            usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+          }));
+        }
+        slot = { arena, offset: at % ARENA_BYTES };
+        const block = new Uint8Array(ubytes);
+        block.set(src);
+        this.device.queue.writeBuffer(this.stickyArenas[arena], slot.offset, block);
+        this.sticky.set(content, slot);
+        this.stickyUsed = at + slots;
+      }
+    }
+    if (slot) {
+      return {
+        buf: this.stickyArenas[slot.arena],
+        offset: slot.offset,
+        key: `s${slot.arena}|${slot.offset}`,
+      };
+    }
+    const { arena, offset } = this.slot(ubytes, p.name);
+    this.arenas[arena].data.set(src, offset);
+    return { buf: this.arenas[arena].buf, offset, key: `${arena}|${offset}` };
+  }
+
   /** The bindings of `p` in order (1..k) with whether each is written. */
   private bindingsOf(p: Program, pipe: Pipe): { res: GPUBindingResource; obj: object; writes: boolean }[] {
     const out: { res: GPUBindingResource; obj: object; writes: boolean }[] = [];
@@ -758,13 +844,9 @@ export class GpuContext {
     this.beginRecord(p.name);
     const pipe = this.pipeline(p);
     const ubytes = Math.max(16, Math.ceil(p.uniforms.byteLength / 16) * 16);
-    const { arena, offset } = this.slot(ubytes, p.name);
-    this.arenas[arena].data.set(
-      new Uint8Array(p.uniforms.buffer, p.uniforms.byteOffset, p.uniforms.byteLength),
-      offset,
-    );
+    const u = this.uniformSlot(p, pipe, ubytes);
     const binds = this.bindingsOf(p, pipe);
-    let key = `${pipe.id}|${arena}|${offset}|${ubytes}`;
+    let key = `${pipe.id}|${u.key}|${ubytes}`;
     for (const b of binds) key += `|${this.idOf(b.obj)}`;
     let group = this.bindGroups.get(key);
     if (group && !this.faults.has(p.name)) {
@@ -775,7 +857,7 @@ export class GpuContext {
       this.cacheStats.bindGroupMisses++;
       const entries: GPUBindGroupEntry[] = [{
         binding: 0,
-        resource: { buffer: this.arenas[arena].buf, offset, size: ubytes },
+        resource: { buffer: u.buf, offset: u.offset, size: ubytes },
       }];
       binds.forEach((b, i) => entries.push({ binding: i + 1, resource: b.res }));
       const fault = this.faults.delete(p.name);
@@ -1004,9 +1086,19 @@ export class GpuContext {
     // back to the pool latest-allocated first, so the next batch draws the buffers in the order this one
     // did (a training step then reuses the same buffers, and so the same cached bind groups)
     const stamp = (b: GPUBuffer) => this.allocStamp.get(b) ?? 0;
-    this.pendingFree.sort((a, b) => stamp(b) - stamp(a));
-    for (const b of this.pendingFree) this.toPool(b);
-    this.pendingFree = [];
+    const freed: GPUBuffer[] = [];
+    for (const list of this.batchFree.values()) freed.push(...list);
+    this.batchFree.clear();
+    this.reusedInBatch.clear();
+    freed.sort((a, b) => stamp(b) - stamp(a));
+    for (const b of freed) this.toPool(b);
+    if (this.stickyFull) {
+      // slots are rewritten only now, after the batches that bound them were submitted (queue order)
+      this.sticky.clear();
+      this.stickyUsed = 0;
+      this.stickyFull = false;
+      this.bindGroups.clear();
+    }
     for (const o of this.pendingDestroy) o.destroy();
     this.pendingDestroy = [];
   }

@@ -43,7 +43,7 @@ export function fromArray(
   const n = numel(shape);
   const what = `${name ? `tensor "${name}"` : "tensor"} ${fmt(shape)} ${dtype}`;
   const values = data.length <= n ? data : Array.from(data).slice(0, n);
-  const storage = newStorage(device, dtype, n, what);
+  const storage = newStorage(device, dtype, n, what, true);
   if (storage.data) storage.data.set(values);
   else if (n > 0) {
     const arr = allocArray(dtype, n);
