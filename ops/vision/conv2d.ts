@@ -32,7 +32,9 @@ import {
   col2imSource,
   CONV_WG,
   convDirectSource,
+  convDirectV3Source,
   DIRECT_MAX_TAPS,
+  DIRECT_R,
   geometryKey,
   im2colSource,
 } from "./conv2d_wgsl.ts";
@@ -63,12 +65,12 @@ export interface Conv2dOptions {
   /** Channel groups: C and O must be multiples; groups = C is depthwise (default 1). */
   groups?: number;
   /**
-   * WebGPU version: "im2col" (im2col v2 + the texture matmul), "direct" (direct v2: one output channel per
-   * group and at most DIRECT_MAX_TAPS = 64 taps (C / groups) KH KW, e.g. depthwise), "auto" (default):
-   * direct where it applies and there is more than one group, else im2col. Checked on every backend; the
-   * cpu runs the im2col composition either way.
+   * WebGPU version: "im2col" (im2col v2 + the texture matmul), "direct" (direct v3: one output channel per
+   * group and at most DIRECT_MAX_TAPS = 64 taps (C / groups) KH KW, e.g. depthwise; "direct v2" is the
+   * previous direct shader, kept for comparison), "auto" (default): direct where it applies and there is
+   * more than one group, else im2col. Checked on every backend; the cpu runs the im2col composition either way.
    */
-  version?: "auto" | "im2col" | "direct";
+  version?: "auto" | "im2col" | "direct" | "direct v2";
 }
 
 /**
@@ -210,29 +212,32 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   const { N, O, OH, OW, groups: G } = g;
   const Cg = g.C / G, Og = O / G, K = Cg * g.KH * g.KW, P = OH * OW;
   const version = opts.version ?? "auto";
-  if (!["auto", "im2col", "direct"].includes(version)) {
+  if (!["auto", "im2col", "direct", "direct v2"].includes(version)) {
     throw new ConvError(
-      `conv2d: version must be "auto", "im2col" or "direct", got ${JSON.stringify(version)}`,
+      `conv2d: version must be "auto", "im2col", "direct" or "direct v2", got ${JSON.stringify(version)}`,
     );
   }
   const directFits = Og === 1 && K <= DIRECT_MAX_TAPS;
-  if (version === "direct" && !directFits) {
+  const direct = version === "direct" || version === "direct v2";
+  if (direct && !directFits) {
     throw new ConvError(
-      `conv2d: version "direct" takes one output channel per group and at most ${DIRECT_MAX_TAPS} taps ` +
+      `conv2d: version ${
+        JSON.stringify(version)
+      } takes one output channel per group and at most ${DIRECT_MAX_TAPS} taps ` +
         `(C / groups x KH x KW); got ${Og} output channels per group and ${K} taps`,
     );
   }
   // images per chunk: cols (G, n P, K) under the cap
   const per = Math.max(1, Math.floor(conv2dLimits.im2colBytes / Math.max(1, G * P * K * 4)));
-  if (x.device === "webgpu" && (version === "direct" || (version === "auto" && directFits && G > 1))) {
+  if (x.device === "webgpu" && (direct || (version === "auto" && directFits && G > 1))) {
     return tidy(() => {
-      const y = convDirect(x, w, g, per);
+      const y = convDirect(x, w, g, per, version === "direct v2" ? "v2" : "v3");
       return bias ? y.add(bias.reshape([1, O, 1, 1])) : y;
     });
   }
   const pointwise = G === 1 && g.KH === 1 && g.KW === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 &&
     g.pw === 0;
-  if (pointwise && version !== "direct") {
+  if (pointwise && !direct) {
     // a 1x1 convolution is a matmul over the channels: W (O, C) @ x (N, C, H W) is NCHW already (no im2col,
     // no transposing copy)
     return tidy(() => {
@@ -259,21 +264,21 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
 }
 
 /**
- * direct v2 forward (one output channel per group); its backward builds the im2col matrix in chunks of
- * `per` images: dW = sum over rows of dy cols, dx = col2im(dy w).
+ * direct v3 (or v2) forward (one output channel per group); its backward builds the im2col matrix in chunks
+ * of `per` images: dW = sum over rows of dy cols, dx = col2im(dy w).
  */
-function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number): Tensor {
+function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number, v: "v2" | "v3"): Tensor {
   const { N, O, OH, OW, groups: G } = g;
   const K = (g.C / G) * g.KH * g.KW;
   const y = empty("conv2d", [N, O, OH, OW], x.dtype, "webgpu");
   const wc = contiguous(w);
   try {
-    const n = N * G * OH * Math.ceil(OW / 8);
+    const n = N * G * (v === "v2" ? OH : Math.ceil(OH / DIRECT_R)) * Math.ceil(OW / 8);
     if (n > 0) {
       gpu().run({
         name: "conv2d",
-        key: `direct v2|${x.dtype}|${geometryKey(g)}`,
-        source: () => convDirectSource(x.dtype, g),
+        key: `direct ${v}|${x.dtype}|${geometryKey(g)}`,
+        source: () => v === "v2" ? convDirectSource(x.dtype, g) : convDirectV3Source(x.dtype, g),
         inputs: [x.storage.buffer!, wc.storage.buffer!],
         outputs: [y.storage.buffer!],
         uniforms: new Uniforms().u32(n, x.offset, ...x.strides).build(),

@@ -101,7 +101,7 @@ describe("conv2d", () => {
   }
 
   test(
-    "direct v1 (one output channel per group: depthwise) equals im2col and the reference, gradients too",
+    "direct v3 and v2 (one output channel per group: depthwise) equal im2col, gradients too",
     scoped(async () => {
       requireGpu();
       for (
@@ -110,6 +110,9 @@ describe("conv2d", () => {
           [1, 4, 11, 10, 5, 2, 2, 1, 1],
           [3, 3, 8, 8, 3, 1, 2, 2, 1],
           [1, 8, 6, 5, 3, 1, 1, 1, 1],
+          [2, 5, 13, 17, 3, 1, 1, 1, 1], // rows and columns past a block of 4 x 8
+          [1, 3, 14, 9, 7, 2, 3, 1, 1], // a 7x7 stride-2 kernel: input rows shared by two output rows
+          [1, 2, 10, 12, 3, 3, 0, 2, 1], // stride 3, dilation 2: no input row shared
         ]
       ) {
         const o = { device: "webgpu" as const };
@@ -117,7 +120,7 @@ describe("conv2d", () => {
         const w = s.randn([C * mult, 1, KH, KH], { seed: 12, ...o });
         x.requiresGrad = true;
         w.requiresGrad = true;
-        const run = async (version: "direct" | "im2col") => {
+        const run = async (version: "direct" | "direct v2" | "im2col") => {
           const y = s.conv2d(x, w, { stride, padding, dilation, groups: C, version });
           y.mul(y).sum().backward();
           const out = [await arr(y), await arr(x.grad!), await arr(w.grad!)];
@@ -125,14 +128,17 @@ describe("conv2d", () => {
           w.zeroGrad();
           return out;
         };
-        const [d, i] = [await run("direct"), await run("im2col")];
-        for (let k = 0; k < 3; k++) assertClose(d[k], i[k], { atol: 1e-4, rtol: 1e-4 });
+        const [d, d2, i] = [await run("direct"), await run("direct v2"), await run("im2col")];
+        for (let k = 0; k < 3; k++) {
+          assertClose(d[k], i[k], { atol: 1e-4, rtol: 1e-4 });
+          assertClose(d2[k], i[k], { atol: 1e-4, rtol: 1e-4 });
+        }
       }
       const x = s.zeros([1, 4, 5, 5], { device: "webgpu" });
       expect(() => s.conv2d(x, s.zeros([8, 1, 3, 3], { device: "webgpu" }), { groups: 4, version: "direct" }))
         .toThrow('version "direct" takes one output channel per group and at most 64 taps');
       expect(() => s.conv2d(x, s.zeros([4, 4, 3, 3], { device: "webgpu" }), { version: "fast" as "direct" }))
-        .toThrow('version must be "auto", "im2col" or "direct", got "fast"');
+        .toThrow('version must be "auto", "im2col", "direct" or "direct v2", got "fast"');
     }),
   );
 
