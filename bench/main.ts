@@ -19,6 +19,7 @@ const BENCHES = [
   "profile",
   "moe",
   "conv",
+  "vision_ops",
 ] as const;
 
 const args = [...Deno.args];

@@ -5,15 +5,15 @@
  * call backpropagates sum(y * y0) and reads dx. Before timing, every op's WebGPU output is checked against
  * the cpu path (the float64 reference loops) on the same input; a mismatch stops the benchmark.
  *
- * Run: `deno run -A bench/vision_ops.ts` (not registered in bench/main.ts; about a minute on lavapipe).
- * Prints a table.
+ * Run: `deno task bench vision_ops` (about a minute on lavapipe). Prints the table, writes
+ * bench/results/vision_ops.json.
  * @module
  */
 
 import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { hasWebGPU } from "../runtime/device.ts";
-import { loadAverage, prepareTimer, table, timeInterleaved } from "./util.ts";
+import { loadAverage, prepareTimer, table, timeInterleaved, writeResult } from "./util.ts";
 
 /** One benchmarked op: a label, the input shape, and the op itself. */
 export interface VisionCase {
@@ -135,16 +135,28 @@ export async function visionBench(cases: VisionCase[] = CASES): Promise<{ rows: 
   return { rows, text };
 }
 
-/** Entry point: prints the adapter, the load average and the table. */
+/** Entry point: prints the adapter, the load average and the table; writes bench/results/vision_ops.json. */
 export async function main(): Promise<void> {
   if (!hasWebGPU()) {
-    throw new Error("bench vision_ops needs a WebGPU adapter (mesa-vulkan-drivers on Debian)");
+    console.log("bench vision_ops: no WebGPU adapter; skipped");
+    return;
   }
-  console.log(
-    `adapter: ${JSON.stringify(s.adapterInfo())}; load average at the start: ${loadAverage() ?? "?"}`,
-  );
-  const { text } = await visionBench();
-  console.log(text);
+  const load0 = loadAverage();
+  console.log(`adapter: ${s.adapterInfo()}\nload average at start: ${load0 ?? "?"}`);
+  const started = new Date().toISOString();
+  const { rows, text } = await visionBench();
+  const load1 = loadAverage();
+  console.log(`\n${text}\nload average at end: ${load1 ?? "?"}`);
+  const file = await writeResult("vision_ops", {
+    bench: "vision_ops",
+    started,
+    adapter: s.adapterInfo(),
+    deno: Deno.version.deno,
+    loadAverage: { start: load0, end: load1 },
+    unit: "ms",
+    rows,
+  });
+  console.log(`wrote ${file}`);
 }
 
 if (import.meta.main) await main();
