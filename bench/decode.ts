@@ -32,7 +32,11 @@ export interface DecodeBenchOptions {
   contexts?: number[];
   /** Batch sizes (default [1, 4]). */
   batches?: number[];
-  /** Decode steps per timed loop (default 16). */
+  /**
+   * Decode steps per timed loop (default 64). Device mode pays one submit-and-wait (~11 ms on lavapipe) per
+   * loop, so a short loop measures that more than decoding: 16 steps added ~0.7 ms to every token (the
+   * Mamba paper's throughput figure generates 128 tokens per prompt: docs/papers.md).
+   */
   steps?: number;
   /** Timed loops per cell; the median is reported (default 3). */
   trials?: number;
@@ -279,8 +283,8 @@ export async function decodeThroughput(
   const cfg: Required<DecodeBenchOptions> = {
     contexts: opts.contexts ?? [1024, 8192],
     batches: opts.batches ?? [1, 4],
-    steps: opts.steps ?? 16,
-    trials: opts.trials ?? 3,
+    steps: opts.steps ?? 64,
+    trials: opts.trials ?? 5,
     dModel: opts.dModel ?? 128,
     nLayer: opts.nLayer ?? 2,
     vocabSize: opts.vocabSize ?? 256,
