@@ -184,13 +184,37 @@ P.newPlot(e,fig);
 e.textContent=e.textContent+" Not drawn: "+err.message+"; the figure is in this output's plotly JSON.";
 })});`;
 
+/** Significant digits a figure's numbers keep: float32's (seqlab's tensors are float32); far past what a plot shows. */
+export const FIGURE_DIGITS = 7;
+
+/**
+ * Trace data as stored in the notebook: numbers to FIGURE_DIGITS significant digits (a double's 17 digits
+ * doubled the size of figure-heavy notebooks), typed arrays as plain arrays (JSON.stringify would make them
+ * objects keyed "0", "1", ...).
+ */
+function compactData(v: unknown): unknown {
+  if (typeof v === "number") {
+    return Number.isInteger(v) || !Number.isFinite(v) ? v : +v.toPrecision(FIGURE_DIGITS);
+  }
+  if (Array.isArray(v)) return v.map(compactData);
+  if (ArrayBuffer.isView(v) && !(v instanceof DataView)) {
+    return Array.from(v as unknown as ArrayLike<number>, compactData);
+  }
+  if (v && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, compactData(x)]));
+  }
+  return v;
+}
+
 /**
  * MIME bundle of a plotly figure: the plotly JSON (application/vnd.plotly.v1+json), which VS Code and
  * JupyterLab with plotly's extension render themselves; a small HTML output that draws it with plotly.js,
  * loaded once per page (see PLOTLY_LOADER), for Notebook 6, a plain JupyterLab and nbconvert's HTML export
- * (online: it has no Jupyter server to serve the kernelspec's copy); and text/plain.
+ * (online: it has no Jupyter server to serve the kernelspec's copy); and text/plain. Trace numbers are kept
+ * to FIGURE_DIGITS significant digits.
  */
-export function plotlyBundle(fig: PlotlyFigure): MimeBundle {
+export function plotlyBundle(figure: PlotlyFigure): MimeBundle {
+  const fig = { ...figure, data: compactData(figure.data) as Record<string, unknown>[] };
   const id = `seqlab-plot-${Date.now().toString(36)}-${figureCount++}`;
   const layout = fig.layout ?? {};
   const config = { responsive: true, ...(fig.config ?? {}) };

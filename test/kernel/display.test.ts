@@ -41,6 +41,11 @@ describe("formatValue", () => {
       expect(h.match(/<\/script/gi)?.length).toBe(1); // the title's </script> is escaped
     }
     expect(second["text/plain"]).toBe("<plotly figure: 1 trace(s): bar>");
+    // stored to float32's 7 significant digits, typed arrays as lists
+    const f32 = (await formatValue(plot([{ x: new Float32Array([0.1, 2]), y: [1 / 3, 2, 1e-9 / 3] }]))).data;
+    expect(f32["application/vnd.plotly.v1+json"]).toMatchObject({
+      data: [{ x: [0.1, 2], y: [0.3333333, 2, 3.333333e-10] }],
+    });
     // without script, the div shows the figure's text, not a blank box
     expect(String(second["text/html"])).toMatch(
       /^<div id="seqlab-plot-[a-z0-9]+-\d+" class="seqlab-plot">&lt;plotly figure: 1 trace\(s\): bar&gt;<\/div>/,
