@@ -136,6 +136,18 @@ const CHECKSUM_KEY = "seqlab.checksum";
 /** The metadata keys seqlab writes; any other `seqlab.` key in a file is a corruption or a newer format. */
 const SEQLAB_KEYS = [CHECKSUM_KEY, "seqlab.optimizer", "seqlab.step", "seqlab.paramSteps"];
 
+/** Whether two strings of the same length differ in exactly one bit of one UTF-16 code unit. */
+function oneBitApart(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) {
+    const x = a.charCodeAt(i) ^ b.charCodeAt(i);
+    if (x === 0) continue;
+    if ((x & (x - 1)) !== 0 || ++diff > 1) return false;
+  }
+  return diff === 1;
+}
+
 /**
  * The content checksum: CRC-32 of a manifest (every tensor's name, dtype and shape, sorted by name, and
  * every metadata entry but the checksum, sorted by key) followed by the tensors' bytes in name order.
@@ -295,6 +307,11 @@ export function decodeSafetensors(bytes: Uint8Array): SafetensorsFile {
         if (typeof v !== "string") fail(`__metadata__ "${k}" must be a string, got ${JSON.stringify(v)}`);
         if (k.startsWith("seqlab.") && !SEQLAB_KEYS.includes(k)) {
           fail(`__metadata__ "${k}" is not a key seqlab writes (${SEQLAB_KEYS.join(", ")})`);
+        }
+        const near = SEQLAB_KEYS.find((s) => oneBitApart(k, s));
+        if (near !== undefined) {
+          // a flip in the prefix would otherwise turn seqlab's key into a user's, and the checksum into none
+          fail(`__metadata__ key "${k}" is seqlab's "${near}" with one bit flipped (corrupted header)`);
         }
         metadata[k] = v;
       }

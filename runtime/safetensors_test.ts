@@ -851,6 +851,31 @@ describe("bit flips: refused with a named error or loaded identically, never a s
     dst.done();
   });
 
+  test("a flip in the checksum's key never turns the checksum off: every bit of the key, each with a data flip", async () => {
+    const src = trained(1, 2);
+    const bytes = await s.encodeModel(src.model, { optimizer: src.opt });
+    const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    const key = new TextEncoder().encode('"seqlab.checksum"');
+    const at = bytes.subarray(8, 8 + n).findIndex((_, i) => key.every((c, j) => bytes[8 + i + j] === c)) + 8 +
+      1;
+    expect(at).toBeGreaterThan(8);
+    const loaded: string[] = [];
+    for (let bit = 0; bit < 8 * (key.length - 2); bit++) {
+      const b = bytes.slice();
+      b[at + (bit >> 3)] ^= 1 << (bit & 7);
+      b[8 + n + 5] ^= 4; // and one data bit
+      try {
+        s.decodeSafetensors(b);
+        loaded.push(new TextDecoder().decode(b.subarray(at, at + key.length - 2)));
+      } catch (e) {
+        expect(e).toBeInstanceOf(s.SafetensorsError);
+      }
+    }
+    // before, a flip in the "seqlab." prefix made the key a user's: no checksum, the data flip loaded
+    expect(loaded).toEqual([]);
+    src.done();
+  });
+
   test("500 header flips without a checksum: structure checks alone (counts reported, slots never renamed)", async () => {
     const src = trained(1, 2), dst = trained(5, 3);
     const f = s.decodeSafetensors(await s.encodeModel(src.model, { optimizer: src.opt }));
