@@ -20,6 +20,7 @@ const BENCHES = [
   "moe",
   "conv",
   "vision_ops",
+  "soak",
 ] as const;
 
 const args = [...Deno.args];
