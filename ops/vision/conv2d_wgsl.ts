@@ -139,6 +139,41 @@ export const DIRECT_MAX_TAPS = 64;
 const DIRECT_Q = 8;
 
 /**
+ * The direct shaders' common head: bindings, the geometry, and per invocation its (n, group, row block `ib`
+ * of `rows` output rows (the row itself when rows = 1: `i`), column block `jb` of 8) and the group's weights
+ * in registers (`wv`).
+ */
+function directPrelude(version: string, dtype: DType, g: ConvGeometry, rows: number): string {
+  const T = wgslType(dtype);
+  const taps = (g.C / g.groups) * g.KH * g.KW;
+  const row = rows === 1 ? "let i = r1 % OH; let r2 = r1 / OH;" : "let ib = r1 % OHR; let r2 = r1 / OHR;";
+  return `// conv2d direct ${version}
+${enables(dtype)}${uniformDecl(6)}
+${binding(1, "X", dtype)}
+${binding(2, "WT", dtype)}
+${binding(3, "Y", dtype, true)}
+${consts(g)}
+const OWQ = ${Math.ceil(g.OW / DIRECT_Q)}i;
+const OHR = ${Math.ceil(g.OH / rows)}i;
+${flatId(CONV_WG)}
+  if (gid >= U(0u)) { return; }
+  let so = i32(U(1u)); let s0 = i32(U(2u)); let s1 = i32(U(3u)); let s2 = i32(U(4u)); let s3 = i32(U(5u));
+  let id = i32(gid);
+  let jb = id % OWQ; let r1 = id / OWQ; ${row} let gr = r2 % G; let n = r2 / G;
+  var wv: array<${T}, ${taps}>;
+  for (var t = 0i; t < ${taps}i; t++) { wv[t] = WT[gr * ${taps}i + t]; }`;
+}
+
+/** `span` input values of one row from column iw0 on, zero outside [0, W): registers x0 .. x(span-1). */
+function spanLoads(T: string, span: number): string {
+  return Array.from(
+    { length: span },
+    (_, t) =>
+      `let x${t} = select(${T}(0), X[max(rb + (iw0 + ${t}i) * s3, 0i)], iw0 + ${t}i >= 0i && iw0 + ${t}i < W);`,
+  ).join("\n        ");
+}
+
+/**
  * direct v2. Uniforms: [invocations (N G OH ceil(OW / 8)), xOff, sN, sC, sH, sW]. Bindings: x, w (contiguous
  * (G, Cg, KH, KW)), y (contiguous (N, G, OH, OW)). Per (channel, kernel row) the input span the 8 outputs
  * read, (8 - 1) SW + (KW - 1) DW + 1 values, is loaded once into registers (the taps unrolled: every index
@@ -146,14 +181,9 @@ const DIRECT_Q = 8;
  */
 export function convDirectSource(dtype: DType, g: ConvGeometry): string {
   const T = wgslType(dtype);
-  const Cg = g.C / g.groups, taps = Cg * g.KH * g.KW, Q = DIRECT_Q;
-  const OWQ = Math.ceil(g.OW / Q);
+  const Q = DIRECT_Q;
   const span = (Q - 1) * g.sw + (g.KW - 1) * g.dw + 1;
-  const loads = Array.from(
-    { length: span },
-    (_, t) =>
-      `let x${t} = select(${T}(0), X[max(rb + (iw0 + ${t}i) * s3, 0i)], iw0 + ${t}i >= 0i && iw0 + ${t}i < W);`,
-  ).join("\n        ");
+  const loads = spanLoads(T, span);
   const fmas = Array.from(
     { length: g.KW },
     (_, kw) =>
@@ -161,20 +191,7 @@ export function convDirectSource(dtype: DType, g: ConvGeometry): string {
         Array.from({ length: Q }, (_, q) => `a${q} += x${q * g.sw + kw * g.dw} * wk;`).join(" ")
       } }`,
   ).join("\n        ");
-  return `// conv2d direct v2
-${enables(dtype)}${uniformDecl(6)}
-${binding(1, "X", dtype)}
-${binding(2, "WT", dtype)}
-${binding(3, "Y", dtype, true)}
-${consts(g)}
-const OWQ = ${OWQ}i;
-${flatId(CONV_WG)}
-  if (gid >= U(0u)) { return; }
-  let so = i32(U(1u)); let s0 = i32(U(2u)); let s1 = i32(U(3u)); let s2 = i32(U(4u)); let s3 = i32(U(5u));
-  let id = i32(gid);
-  let jb = id % OWQ; let r1 = id / OWQ; let i = r1 % OH; let r2 = r1 / OH; let gr = r2 % G; let n = r2 / G;
-  var wv: array<${T}, ${taps}>;
-  for (var t = 0i; t < ${taps}i; t++) { wv[t] = WT[gr * ${taps}i + t]; }
+  return `${directPrelude("v2", dtype, g, 1)}
   ${Array.from({ length: Q }, (_, q) => `var a${q} = ${T}(0);`).join(" ")}
   let j0 = jb * ${Q}i;
   let iw0 = j0 * SW - PW;
@@ -203,8 +220,7 @@ export const DIRECT_R = 4;
  */
 export function convDirectV3Source(dtype: DType, g: ConvGeometry): string {
   const T = wgslType(dtype);
-  const Cg = g.C / g.groups, taps = Cg * g.KH * g.KW, Q = DIRECT_Q, R = DIRECT_R;
-  const OWQ = Math.ceil(g.OW / Q), OHR = Math.ceil(g.OH / R);
+  const Q = DIRECT_Q, R = DIRECT_R;
   const span = (Q - 1) * g.sw + (g.KW - 1) * g.dw + 1;
   const rows = (R - 1) * g.sh + (g.KH - 1) * g.dh + 1;
   const blocks: string[] = [];
@@ -224,11 +240,7 @@ export function convDirectV3Source(dtype: DType, g: ConvGeometry): string {
       }
     }
     if (uses.length === 0) continue;
-    const loads = Array.from(
-      { length: span },
-      (_, u) =>
-        `let x${u} = select(${T}(0), X[max(rb + (iw0 + ${u}i) * s3, 0i)], iw0 + ${u}i >= 0i && iw0 + ${u}i < W);`,
-    ).join("\n        ");
+    const loads = spanLoads(T, span);
     blocks.push(`{
       let ih = ih0 + ${t}i;
       if (ih >= 0 && ih < H) {
@@ -250,21 +262,7 @@ export function convDirectV3Source(dtype: DType, g: ConvGeometry): string {
           .join(" ")
       } }`,
   ).join("\n  ");
-  return `// conv2d direct v3
-${enables(dtype)}${uniformDecl(6)}
-${binding(1, "X", dtype)}
-${binding(2, "WT", dtype)}
-${binding(3, "Y", dtype, true)}
-${consts(g)}
-const OWQ = ${OWQ}i;
-const OHR = ${OHR}i;
-${flatId(CONV_WG)}
-  if (gid >= U(0u)) { return; }
-  let so = i32(U(1u)); let s0 = i32(U(2u)); let s1 = i32(U(3u)); let s2 = i32(U(4u)); let s3 = i32(U(5u));
-  let id = i32(gid);
-  let jb = id % OWQ; let r1 = id / OWQ; let ib = r1 % OHR; let r2 = r1 / OHR; let gr = r2 % G; let n = r2 / G;
-  var wv: array<${T}, ${taps}>;
-  for (var t = 0i; t < ${taps}i; t++) { wv[t] = WT[gr * ${taps}i + t]; }
+  return `${directPrelude("v3", dtype, g, R)}
   ${accs}
   let j0 = jb * ${Q}i;
   let i0 = ib * ${R}i;
