@@ -164,6 +164,8 @@ test.skipIf(why !== null)(
         if (c.tags.includes("raises-exception")) expect(c.errors, `code cell ${i}`).toHaveLength(1);
         else expect(c.errors, `code cell ${i}`).toEqual([]);
       }
+      // The tour's progress bar ends at 100% (update_display_data reached the page).
+      expect(cells.map((c) => c.text).join("\n")).toMatch(/\[#{30}\] (\d+)\/\1 100%/);
       const figures = cells.reduce((n, c) => n + c.figures, 0);
       expect(figures, "the tour draws a plotly figure").toBeGreaterThan(0);
       await figuresDrawn(page);
