@@ -132,7 +132,16 @@ function cellsOf(line: string): string[] {
   return t.split(/(?<!\\)\|/).map((c) => c.trim().replace(/\\\|/g, "|"));
 }
 
-/** The first pipe table in Markdown text, or null. */
+/**
+ * The first pipe table in Markdown text, or null.
+ *
+ * @example
+ * ```ts
+ * import { parseTable } from "./report.ts";
+ * const t = parseTable("| a | b |\n|---|---|\n| 1 \\| 2 | x |");
+ * if (JSON.stringify(t?.rows) !== '[["1 | 2","x"]]') throw new Error("example failed");
+ * ```
+ */
 export function parseTable(md: string): Table | null {
   const lines = md.split("\n");
   for (let i = 0; i + 1 < lines.length; i++) {
@@ -203,7 +212,15 @@ export function cellSeconds(nb: Json): { cell: number; seconds: number }[] {
 
 // ------------------------------------------------------------------------------------------ HTML
 
-/** Escape text for HTML content and attribute values. */
+/**
+ * Escape text for HTML content and attribute values.
+ *
+ * @example
+ * ```ts
+ * import { escapeHtml } from "./report.ts";
+ * if (escapeHtml(`<a href="x">&</a>`) !== "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;") throw new Error("example failed");
+ * ```
+ */
 export function escapeHtml(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;")
     .replace(/'/g, "&#39;");
@@ -212,6 +229,12 @@ export function escapeHtml(s: string): string {
 /**
  * Numbers with four or more decimals rounded for reading: to four significant digits (0.123456 → 0.1235),
  * whole numbers from 1000 on (12345.678 → 12346). Versions (1.2.3456) and exponents are left alone.
+ *
+ * @example
+ * ```ts
+ * import { roundForReading } from "./report.ts";
+ * if (roundForReading("0.123456 s, v1.2.3456") !== "0.1235 s, v1.2.3456") throw new Error("example failed");
+ * ```
  */
 export function roundForReading(s: string): string {
   return s.replace(/(?<![\w.])(-?\d+\.\d{4,})(?![\w.]|\.\d)/g, (m) => {
