@@ -57,9 +57,12 @@ export class HostListener {
     this.acceptLoop();
   }
 
-  /** Resolves with the channel of the host that says hello with `token`. */
-  expect(token: string): Promise<{ channel: FrameChannel<FromHost, ToHost>; pid: number }> {
-    return new Promise((resolve) => this.waiting.set(token, (channel, pid) => resolve({ channel, pid })));
+  /**
+   * Call `take` with the channel of the host that says hello with `token`, synchronously, so that it sets its
+   * handler before the frames that followed the hello in the same read are delivered.
+   */
+  expect(token: string, take: (c: FrameChannel<FromHost, ToHost>, pid: number) => void): void {
+    this.waiting.set(token, take);
   }
 
   /** Stop waiting for `token`. */
@@ -94,7 +97,6 @@ export class HostListener {
           return;
         }
         this.waiting.delete(m.token);
-        channel.onMessage = () => {};
         take(channel, m.pid);
       };
     }
@@ -122,12 +124,27 @@ export class ExecutionHost {
     opts: { preload: boolean; heapMb: number | null; log: (line: string) => void },
   ) {
     const token = crypto.randomUUID();
+    let readyResolve!: (ok: boolean) => void;
+    this.ready = new Promise((r) => (readyResolve = r));
     const config = new URL("../deno.json", import.meta.url).pathname;
     const args = ["run", "--allow-all", "--quiet", "--config", config];
     if (opts.heapMb !== null) args.push(`--v8-flags=--max-old-space-size=${opts.heapMb}`);
     args.push(new URL("./host.ts", import.meta.url).pathname, listener.path);
     if (!opts.preload) args.push("--no-preload");
-    const connected = listener.expect(token);
+    let connected!: (c: FrameChannel<FromHost, ToHost>) => void;
+    const channelClosed = new Promise<void>((r) => (connected = (c) => c.closed.then(r)));
+    listener.expect(token, (channel) => {
+      this.channel = channel;
+      channel.onMessage = (m) => {
+        if (m.type === "ready") {
+          this.isReady = true;
+          readyResolve(true);
+        }
+        if (m.type === "fatal") this.fatal = m.message;
+        this.onMessage(m);
+      };
+      connected(channel);
+    });
     this.child = new Deno.Command(Deno.execPath(), {
       args,
       env: { SEQLAB_HOST_TOKEN: token },
@@ -138,24 +155,8 @@ export class ExecutionHost {
     }).spawn();
     this.pid = this.child.pid;
     const stderrDone = this.readStderr(opts.log);
-    let readyResolve!: (ok: boolean) => void;
-    this.ready = new Promise((r) => (readyResolve = r));
     const status = this.child.status;
-    const channelClosed = Promise.race([
-      connected.then(({ channel }) => {
-        this.channel = channel;
-        channel.onMessage = (m) => {
-          if (m.type === "ready") {
-            this.isReady = true;
-            readyResolve(true);
-          }
-          if (m.type === "fatal") this.fatal = m.message;
-          this.onMessage(m);
-        };
-        return channel.closed;
-      }),
-      status.then(() => listener.forget(token)),
-    ]);
+    status.then(() => listener.forget(token));
     // A channel that ends while the process lives (it closed its end, or broke) leaves a host nobody can
     // reach: end it.
     let gone = false;
@@ -167,11 +168,12 @@ export class ExecutionHost {
     );
     this.exited = (async () => {
       const s = await status;
+      // Everything the host sent before it died, and its last words on stderr, are read first (a host
+      // that never connected has no channel to wait for).
+      if (this.channel) await within(channelClosed, 1000);
+      await within(stderrDone, 1000);
       const beforeReady = !this.isReady;
       readyResolve(false);
-      // Everything the host sent before it died, and its last words on stderr, are read first.
-      await within(channelClosed, 1000);
-      await within(stderrDone, 1000);
       this.channel?.close();
       return {
         code: s.code,
