@@ -5,6 +5,7 @@
  */
 import { expect, test } from "vitest";
 import { HEAVY, HERE, PYTHON, ROOT, run } from "./harness.ts";
+import { chromiumPath, launch } from "../browser/cdp.ts";
 
 const STRESS_RUNS = Number(Deno.env.get("SEQLAB_STRESS_RUNS") ?? (HEAVY ? 40 : 20));
 
@@ -31,7 +32,7 @@ const txt = (v: string | string[]) => (Array.isArray(v) ? v.join("") : v);
 type Cell = { cell_type: string; id: string; metadata: { tags?: string[] }; outputs: Record<string, any>[] };
 
 test(
-  "the tour executes under nbconvert, and its HTML export has the figure without plotly.js itself",
+  "the tour executes under nbconvert, its HTML export has the figure, drawn when plotly's CDN answers",
   async () => {
     const out = Deno.makeTempDirSync({ prefix: "seqlab-nb-" });
     // allow-errors: the tour has one cell tagged raises-exception; every other cell must still succeed.
@@ -81,10 +82,52 @@ test(
     expect(page.match(/w\.__seqlabPlotly=new Promise/g)?.length).toBe(1);
     expect(page).toMatch(/fig=\{"data":\[\{"type":"histogram"/);
     expect(page).not.toMatch(/plotly\.js v\d/);
+    if (chromiumPath()) await exportInChromium(`${out}/tour.html`);
+    else console.warn("notebooks.test.ts: chromium not found: the HTML export was not opened in a browser");
     Deno.removeSync(out, { recursive: true });
   },
   180_000,
 );
+
+/**
+ * The export in headless Chromium: offline (plotly's CDN blocked) the figure's text says why it is not drawn;
+ * online (the CDN answered from node_modules, as this host has no network) it is drawn.
+ */
+async function exportInChromium(file: string) {
+  const lib = Deno.readFileSync(`${ROOT}/node_modules/plotly.js-dist-min/plotly.min.js`);
+  let bin = "";
+  for (let i = 0; i < lib.length; i += 0x8000) bin += String.fromCharCode(...lib.subarray(i, i + 0x8000));
+  const body = btoa(bin);
+  const browser = await launch();
+  try {
+    const offline = await browser.newPage();
+    await offline.send("Network.enable");
+    await offline.send("Network.setBlockedURLs", { urls: ["*cdn.plot.ly*"] });
+    await offline.goto(`file://${file}`);
+    expect(
+      await offline.waitFor<string>(
+        `document.querySelector(".seqlab-plot").textContent.match(/Not drawn.*/)?.[0]`,
+      ),
+    )
+      .toMatch(/could not load plotly\.js from https:\/\/cdn\.plot\.ly\//);
+
+    const online = await browser.newPage();
+    await online.send("Fetch.enable", { patterns: [{ urlPattern: "https://cdn.plot.ly/*" }] });
+    online.on("Fetch.requestPaused", (e) =>
+      online.send("Fetch.fulfillRequest", {
+        requestId: e.requestId,
+        responseCode: 200,
+        responseHeaders: [{ name: "content-type", value: "text/javascript" }],
+        body,
+      }));
+    await online.goto(`file://${file}`);
+    expect(await online.waitFor(`document.querySelectorAll(".seqlab-plot .main-svg").length`))
+      .toBeGreaterThan(0);
+    expect(online.problems()).toEqual([]);
+  } finally {
+    await browser.close();
+  }
+}
 
 test(`the 50-cell stress notebook, ${STRESS_RUNS} runs: zero lost or misplaced outputs`, async () => {
   const out = Deno.makeTempDirSync({ prefix: "seqlab-stress-" });
