@@ -18,7 +18,7 @@ import { gpu } from "../../runtime/device.ts";
 import { isFloat } from "../../runtime/dtype.ts";
 import { fmt } from "../../runtime/shape.ts";
 import { type Tensor, tidy } from "../../runtime/tensor.ts";
-import { grid, MAX_LOOP } from "../../runtime/webgpu.ts";
+import { type GpuTexture, grid, MAX_LOOP } from "../../runtime/webgpu.ts";
 import { add, contiguous, mul } from "../core/elementwise.ts";
 import { concat } from "../core/layout.ts";
 import { sum } from "../core/reduce.ts";
@@ -32,11 +32,11 @@ import {
   col2imSource,
   CONV_WG,
   convDirectSource,
-  convDirectV3Source,
+  convDirectV4Source,
   DIRECT_MAX_TAPS,
-  DIRECT_R,
   geometryKey,
   im2colSource,
+  TEX_ROW,
 } from "./conv2d_wgsl.ts";
 
 export type { ConvGeometry } from "./conv2d_ref.ts";
@@ -65,10 +65,11 @@ export interface Conv2dOptions {
   /** Channel groups: C and O must be multiples; groups = C is depthwise (default 1). */
   groups?: number;
   /**
-   * WebGPU version: "im2col" (im2col v2 + the texture matmul), "direct" (direct v3: one output channel per
-   * group and at most DIRECT_MAX_TAPS = 64 taps (C / groups) KH KW, e.g. depthwise; "direct v2" is the
-   * previous direct shader, kept for comparison), "auto" (default): direct where it applies and there is
-   * more than one group, else im2col. Checked on every backend; the cpu runs the im2col composition either way.
+   * WebGPU version: "im2col" (im2col v2 + the texture matmul), "direct" (one output channel per group and at
+   * most DIRECT_MAX_TAPS = 64 taps (C / groups) KH KW, e.g. depthwise: direct v4, x read through a texture,
+   * for f32 within the texture limits, else direct v2; "direct v2" forces v2), "auto" (default): direct where
+   * it applies and there is more than one group, else im2col. Checked on every backend; the cpu runs the
+   * im2col composition either way.
    */
   version?: "auto" | "im2col" | "direct" | "direct v2";
 }
@@ -231,7 +232,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   const per = Math.max(1, Math.floor(conv2dLimits.im2colBytes / Math.max(1, G * P * K * 4)));
   if (x.device === "webgpu" && (direct || (version === "auto" && directFits && G > 1))) {
     return tidy(() => {
-      const y = convDirect(x, w, g, per, version === "direct v2" ? "v2" : "v3");
+      const y = convDirect(x, w, g, per, version === "direct v2" ? "v2" : "v4");
       return bias ? y.add(bias.reshape([1, O, 1, 1])) : y;
     });
   }
@@ -264,21 +265,86 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
 }
 
 /**
- * direct v3 (or v2) forward (one output channel per group); its backward builds the im2col matrix in chunks
+ * The texture direct v4 reads x from: x's buffer from element `x.offset` in rows of TEX_ROW floats, `height`
+ * rows a layer; null where v4 does not apply (not f32 or not contiguous, an offset off a texel, over the
+ * texture limits, or a buffer too short for the last row's whole texels).
+ */
+function texLayout(x: Tensor): { height: number; layers: number } | null {
+  if (x.dtype !== "f32" || !x.isContiguous || x.offset % 4 !== 0 || x.size === 0) return null;
+  const lim = gpu().limits;
+  const rows = Math.ceil(x.size / TEX_ROW);
+  const height = Math.min(rows, lim.maxTextureDimension2D);
+  const layers = Math.ceil(rows / height);
+  if (layers > lim.maxTextureArrayLayers) return null;
+  if ((x.offset + Math.ceil(x.size / 4) * 4) * 4 > x.storage.buffer!.size) return null;
+  return { height, layers };
+}
+
+/** Copies x into a pooled texture laid out as {@link texLayout} says (whole rows per layer, then the tail). */
+function xTexture(x: Tensor, t: { height: number; layers: number }): GpuTexture {
+  const ctx = gpu();
+  const tex = ctx.acquireTexture({ width: TEX_ROW / 4, height: t.height, layers: t.layers }, "conv2d x");
+  const buffer = x.storage.buffer!;
+  const full = Math.floor(x.size / TEX_ROW), tail = x.size - full * TEX_ROW;
+  try {
+    for (let l = 0; l * t.height < full; l++) {
+      const r0 = l * t.height, nr = Math.min(t.height, full - r0);
+      ctx.copyBufferToTexture(
+        "conv2d",
+        { buffer, offset: (x.offset + r0 * TEX_ROW) * 4, bytesPerRow: TEX_ROW * 4 },
+        { texture: tex, origin: [0, 0, l] },
+        [TEX_ROW / 4, nr, 1],
+      );
+    }
+    if (tail > 0) {
+      ctx.copyBufferToTexture(
+        "conv2d",
+        { buffer, offset: (x.offset + full * TEX_ROW) * 4, bytesPerRow: TEX_ROW * 4 },
+        { texture: tex, origin: [0, full % t.height, Math.floor(full / t.height)] },
+        [Math.ceil(tail / 4), 1, 1],
+      );
+    }
+  } catch (e) {
+    tex.release();
+    throw e;
+  }
+  return tex;
+}
+
+/**
+ * direct v4 (or v2) forward (one output channel per group); its backward builds the im2col matrix in chunks
  * of `per` images: dW = sum over rows of dy cols, dx = col2im(dy w).
  */
-function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number, v: "v2" | "v3"): Tensor {
+function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number, want: "v2" | "v4"): Tensor {
   const { N, O, OH, OW, groups: G } = g;
   const K = (g.C / G) * g.KH * g.KW;
   const y = empty("conv2d", [N, O, OH, OW], x.dtype, "webgpu");
   const wc = contiguous(w);
+  const n = N * G * OH * Math.ceil(OW / 8);
+  const layout = want === "v4" && n > 0 ? texLayout(x) : null;
+  const wLayout = layout ? texLayout(wc) : null;
+  let tex: GpuTexture | null = null, wTex: GpuTexture | null = null;
   try {
-    const n = N * G * (v === "v2" ? OH : Math.ceil(OH / DIRECT_R)) * Math.ceil(OW / 8);
-    if (n > 0) {
+    if (layout && wLayout) {
+      const t = tex = xTexture(x, layout);
+      const tw = wTex = xTexture(wc, wLayout);
       gpu().run({
         name: "conv2d",
-        key: `direct ${v}|${x.dtype}|${geometryKey(g)}`,
-        source: () => v === "v2" ? convDirectSource(x.dtype, g) : convDirectV3Source(x.dtype, g),
+        key: `direct v4|${geometryKey(g)}|${layout.height}|${wLayout.height}`,
+        source: () => convDirectV4Source(g, layout.height, wLayout.height),
+        bindings: [
+          { texture: t, access: "read" },
+          { texture: tw, access: "read" },
+          { buffer: y.storage.buffer!, access: "read_write" },
+        ],
+        uniforms: new Uniforms().u32(n, x.offset).build(),
+        workgroups: grid(n, CONV_WG),
+      });
+    } else if (n > 0) {
+      gpu().run({
+        name: "conv2d",
+        key: `direct v2|${x.dtype}|${geometryKey(g)}`,
+        source: () => convDirectSource(x.dtype, g),
         inputs: [x.storage.buffer!, wc.storage.buffer!],
         outputs: [y.storage.buffer!],
         uniforms: new Uniforms().u32(n, x.offset, ...x.strides).build(),
@@ -290,7 +356,10 @@ function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number, v: "v2" 
     throw e;
   } finally {
     wc.dispose();
+    tex?.release();
+    wTex?.release();
   }
+
   const wShape = w.shape;
   return record("conv2d", y, [x, w], [x, w], (gy, [xs, ws]) =>
     noGrad(() =>

@@ -10,6 +10,7 @@ import {
   scoped,
   testOp,
 } from "../../test/helpers.ts";
+import { gpu } from "../../runtime/device.ts";
 import { conv2dBackwardRef, conv2dRef } from "./conv2d_ref.ts";
 
 leakCheck();
@@ -101,7 +102,7 @@ describe("conv2d", () => {
   }
 
   test(
-    "direct v3 and v2 (one output channel per group: depthwise) equal im2col, gradients too",
+    "direct v4 (x through a texture) and v2 (one output channel per group: depthwise) equal im2col, gradients too",
     scoped(async () => {
       requireGpu();
       for (
@@ -110,9 +111,9 @@ describe("conv2d", () => {
           [1, 4, 11, 10, 5, 2, 2, 1, 1],
           [3, 3, 8, 8, 3, 1, 2, 2, 1],
           [1, 8, 6, 5, 3, 1, 1, 1, 1],
-          [2, 5, 13, 17, 3, 1, 1, 1, 1], // rows and columns past a block of 4 x 8
-          [1, 3, 14, 9, 7, 2, 3, 1, 1], // a 7x7 stride-2 kernel: input rows shared by two output rows
-          [1, 2, 10, 12, 3, 3, 0, 2, 1], // stride 3, dilation 2: no input row shared
+          [2, 5, 13, 17, 3, 1, 1, 1, 1], // rows of x not aligned to texels: every span alignment
+          [1, 3, 14, 9, 7, 2, 3, 1, 1], // a 7x7 stride-2 kernel, padding 3 (spans start 3 before a row)
+          [1, 2, 10, 12, 3, 3, 0, 2, 1], // stride 3, dilation 2
         ]
       ) {
         const o = { device: "webgpu" as const };
@@ -139,6 +140,29 @@ describe("conv2d", () => {
         .toThrow('version "direct" takes one output channel per group and at most 64 taps');
       expect(() => s.conv2d(x, s.zeros([4, 4, 3, 3], { device: "webgpu" }), { version: "fast" as "direct" }))
         .toThrow('version must be "auto", "im2col", "direct" or "direct v2", got "fast"');
+    }),
+  );
+
+  test(
+    "direct v4's texture: views at texel-aligned and unaligned offsets, and an x over one texture layer",
+    scoped(async () => {
+      requireGpu();
+      const o = { device: "webgpu" as const };
+      const run = async (x: Tensor, w: Tensor, version: "direct" | "direct v2") =>
+        await arr(s.conv2d(x, w, { padding: 1, groups: x.shape[1], version }));
+      // offsets 1 x 3 x 7 x 5 = 105 elements (off a texel: v2 reads it) and 2 x 105 = 210 (on one when even)
+      const base = s.randn([4, 3, 7, 5], { seed: 21, ...o });
+      const w = s.randn([3, 1, 3, 3], { seed: 22, ...o });
+      for (const [a, b] of [[1, 3], [2, 4], [0, 4]]) {
+        const x = base.slice([[a, b]]);
+        assertClose(await run(x, w, "direct"), await run(x, w, "direct v2"), { atol: 1e-5, rtol: 1e-5 });
+      }
+      // more rows of 256 floats than a texture layer holds: the copy and the reads span layers
+      const limit = gpu().limits.maxTextureDimension2D;
+      const H = Math.ceil((limit * 256 * 1.1) / (2 * 64 * 64));
+      const big = s.randn([2, 64, H, 64], { seed: 23, ...o });
+      const wb = s.randn([64, 1, 3, 3], { seed: 24, ...o });
+      assertClose(await run(big, wb, "direct"), await run(big, wb, "direct v2"), { atol: 1e-5, rtol: 1e-5 });
     }),
   );
 

@@ -17,10 +17,13 @@
  *   took ~1 s that way, v1 28 ms, against tfjs's 17 ms: it loaded every tap once per output).
  * - direct v2: 8 outputs per invocation, each kernel row's input span loaded once into registers (unrolled,
  *   constant indices) and shared by the outputs that cover it.
- * - direct v3: a block of DIRECT_R output rows by 8 columns per invocation: each input row's span is loaded
- *   once and feeds every output row whose kernel covers it (v2 loaded each input row KH times, once per
- *   output row), and the group's weights are loaded once per 32 outputs instead of 8. A depthwise 3x3 loads
- *   (4 + 2) x 10 input values per 32 outputs against v2's 3 x 10 per 8: 1.9 loads an output against 3.75.
+ * - direct v3 (removed): a block of 4 output rows by 8 columns per invocation, each input row's span loaded
+ *   once for every output row its kernel covers (1.9 storage loads an output for a depthwise 3x3 against
+ *   v2's 3.75). Slower on lavapipe all the same: 10.4 against v2's 8.0 ms on (8, 128, 28, 28) (load 4).
+ * - direct v4: v2 reading x from a texture (texture loads cost ~1/50 of a storage load on lavapipe). x is
+ *   copied whole into a 64-texel-wide rgba32float array texture (256 floats a row, so the copy needs no
+ *   repacking: copyBufferToTexture's rows are 1 KiB); a row span of x is 4 texel loads and a pick of
+ *   components by the span's alignment. The weights come through a texture the same way. No storage reads.
  * @module
  */
 
@@ -211,68 +214,103 @@ export function convDirectSource(dtype: DType, g: ConvGeometry): string {
 }`;
 }
 
-/** Output rows per invocation of direct v3. */
-export const DIRECT_R = 4;
+/** Floats per row of direct v4's texture (64 rgba32float texels: 1 KiB, copyBufferToTexture's row unit). */
+export const TEX_ROW = 256;
 
 /**
- * direct v3 (see the module notes). Uniforms: [invocations (N G ceil(OH / R) ceil(OW / 8)), xOff, sN, sC, sH,
- * sW]. Bindings: x, w (contiguous (O, Cg, KH, KW)), y (N, O, OH, OW) contiguous.
+ * direct v4 (see the module notes). `height`, `wHeight`: the textures' rows per layer. Uniforms:
+ * [invocations (N G OH ceil(OW / 8)), xOff (a multiple of 4: x's texture holds its buffer from there)].
+ * Bindings: x's texture, w's texture (contiguous (O, Cg, KH, KW) from element 0), y (N, O, OH, OW)
+ * contiguous. x is contiguous.
  */
-export function convDirectV3Source(dtype: DType, g: ConvGeometry): string {
-  const T = wgslType(dtype);
-  const Q = DIRECT_Q, R = DIRECT_R;
+export function convDirectV4Source(g: ConvGeometry, height: number, wHeight: number): string {
+  const Q = DIRECT_Q;
+  const taps = (g.C / g.groups) * g.KH * g.KW;
+  const wTexels = Math.ceil((3 + taps) / 4);
+  const wPicks = Array.from(
+    { length: 4 },
+    (_, a) =>
+      `case ${a}i: { ${
+        Array.from({ length: taps }, (_, t) => `wv[${t}] = w${(a + t) >> 2}.${"xyzw"[(a + t) & 3]};`).join(
+          " ",
+        )
+      } }`,
+  ).join("\n    ");
   const span = (Q - 1) * g.sw + (g.KW - 1) * g.dw + 1;
-  const rows = (R - 1) * g.sh + (g.KH - 1) * g.dh + 1;
-  const blocks: string[] = [];
-  for (let t = 0; t < rows; t++) {
-    // the output rows r and kernel rows kh that read input row t of the block: r SH + kh DH = t
-    const uses: string[] = [];
-    for (let r = 0; r < R; r++) {
-      for (let kh = 0; kh < g.KH; kh++) {
-        if (r * g.sh + kh * g.dh !== t) continue;
-        for (let kw = 0; kw < g.KW; kw++) {
-          uses.push(
-            `{ let wk = wv[c * KK + ${kh * g.KW + kw}i]; ${
-              Array.from({ length: Q }, (_, q) => `a${r}_${q} += x${q * g.sw + kw * g.dw} * wk;`).join(" ")
-            } }`,
-          );
+  const texels = Math.ceil((3 + span) / 4);
+  const comp = "xyzw";
+  const picks = Array.from(
+    { length: 4 },
+    (_, a) =>
+      `case ${a}i: { ${
+        Array.from({ length: span }, (_, t) => `x${t} = t${(a + t) >> 2}.${comp[(a + t) & 3]};`).join(" ")
+      } }`,
+  ).join("\n          ");
+  const fmas = Array.from(
+    { length: g.KW },
+    (_, kw) =>
+      `{ let wk = wv[(c * KH + kh) * KW + ${kw}i];\n          ${
+        Array.from({ length: Q }, (_, q) => `a${q} += x${q * g.sw + kw * g.dw} * wk;`).join(" ")
+      } }`,
+  ).join("\n        ");
+  return `// conv2d direct v4
+${uniformDecl(2)}
+@group(0) @binding(1) var X: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(2) var WT: texture_storage_2d_array<rgba32float, read>;
+${binding(3, "Y", "f32", true)}
+${consts(g)}
+const OWQ = ${Math.ceil(g.OW / Q)}i;
+const HT = ${height}u;
+const HW = ${wHeight}u;
+fn texel(q: i32) -> vec4<f32> {
+  let u = u32(max(q, 0i));
+  return textureLoad(X, vec2<u32>(u % 64u, (u / 64u) % HT), u / (64u * HT));
+}
+fn wtexel(q: i32) -> vec4<f32> {
+  let u = u32(q);
+  return textureLoad(WT, vec2<u32>(u % 64u, (u / 64u) % HW), u / (64u * HW));
+}
+${flatId(CONV_WG)}
+  if (gid >= U(0u)) { return; }
+  let id = i32(gid);
+  let jb = id % OWQ; let r1 = id / OWQ; let i = r1 % OH; let r2 = r1 / OH; let gr = r2 % G; let n = r2 / G;
+  var wv: array<f32, ${taps}>;
+  let wf = gr * ${taps}i;
+  let wq = wf >> 2u;
+  ${Array.from({ length: wTexels }, (_, k) => `let w${k} = wtexel(wq + ${k}i);`).join(" ")}
+  switch wf & 3 {
+    ${wPicks}
+    default: {}
+  }
+  ${Array.from({ length: Q }, (_, q) => `var a${q} = 0.0;`).join(" ")}
+  ${Array.from({ length: span }, (_, t) => `var x${t} = 0.0;`).join(" ")}
+  let j0 = jb * ${Q}i;
+  let iw0 = j0 * SW - PW;
+  for (var c = 0i; c < CG; c++) {
+    let xb = i32(U(1u)) + (n * C + gr * CG + c) * H * W;
+    for (var kh = 0i; kh < KH; kh++) {
+      let ih = i * SH - PH + kh * DH;
+      if (ih >= 0 && ih < H) {
+        let f0 = xb + ih * W + iw0;
+        let al = f0 & 3;
+        let q0 = (f0 - al) >> 2u;
+        ${Array.from({ length: texels }, (_, k) => `let t${k} = texel(q0 + ${k}i);`).join(" ")}
+        switch al {
+          ${picks}
+          default: {}
         }
+        ${
+    Array.from(
+      { length: span },
+      (_, t) => `x${t} = select(0.0, x${t}, iw0 + ${t}i >= 0i && iw0 + ${t}i < W);`,
+    )
+      .join("\n        ")
+  }
+        ${fmas}
       }
     }
-    if (uses.length === 0) continue;
-    const loads = spanLoads(T, span);
-    blocks.push(`{
-      let ih = ih0 + ${t}i;
-      if (ih >= 0 && ih < H) {
-        let rb = xb + ih * s2;
-        ${loads}
-        ${uses.join("\n        ")}
-      }
-    }`);
   }
-  const accs = Array.from(
-    { length: R },
-    (_, r) => Array.from({ length: Q }, (_, q) => `var a${r}_${q} = ${T}(0);`).join(" "),
-  ).join("\n  ");
-  const stores = Array.from(
-    { length: R },
-    (_, r) =>
-      `if (i0 + ${r}i < OH) { ${
-        Array.from({ length: Q }, (_, q) => `if (j0 + ${q}i < OW) { Y[yb + ${r * g.OW + q}i] = a${r}_${q}; }`)
-          .join(" ")
-      } }`,
-  ).join("\n  ");
-  return `${directPrelude("v3", dtype, g, R)}
-  ${accs}
-  let j0 = jb * ${Q}i;
-  let i0 = ib * ${R}i;
-  let iw0 = j0 * SW - PW;
-  let ih0 = i0 * SH - PH;
-  for (var c = 0i; c < CG; c++) {
-    let xb = so + n * s0 + (gr * CG + c) * s1;
-    ${blocks.join("\n    ")}
-  }
-  let yb = ((n * G + gr) * OH + i0) * OW + j0;
-  ${stores}
+  let yb = ((n * G + gr) * OH + i) * OW + j0;
+  ${Array.from({ length: Q }, (_, q) => `if (j0 + ${q}i < OW) { Y[yb + ${q}i] = a${q}; }`).join("\n  ")}
 }`;
 }
