@@ -144,7 +144,8 @@ function plotlySources(): { kernel: string; file: string; cdn: string | null } {
  * before it; the loads share one promise on the page (`window.__seqlabPlotly`), so plotly.js is fetched
  * once however many figures the page has. The sources, in order: a `Plotly` the page already has (the run
  * report loads it), the kernelspec's copy under the Jupyter server's base URL (Notebook 6's
- * `data-base-url`, JupyterLab's `jupyter-config-data`), the CDN. If none loads, the figure's text stays, with
+ * `data-base-url`, JupyterLab's `jupyter-config-data`; the notebook's kernelspec name where Notebook 6 says
+ * it, then "seqlab"), the CDN. If none loads, the figure's text stays, with
  * the reason. The element is looked up when drawing: Notebook 6 runs output scripts before it attaches them.
  */
 const PLOTLY_LOADER = `var w=window,me=document.currentScript;
@@ -155,6 +156,11 @@ if(b)return b;
 var c=document.getElementById("jupyter-config-data");
 try{return c?JSON.parse(c.textContent).baseUrl||null:null}catch(e){return null}
 }
+function names(){
+var n=[],J=w.Jupyter,m=J&&J.notebook&&J.notebook.metadata&&J.notebook.metadata.kernelspec;
+if(m&&m.name&&m.name!==lib.kernel)n.push(m.name);
+n.push(lib.kernel);return n;
+}
 function load(src,cb){
 var s=document.createElement("script");s.src=src;s.async=true;
 s.onload=function(){cb(w.Plotly&&w.Plotly.newPlot?w.Plotly:null)};
@@ -163,7 +169,7 @@ document.head.appendChild(s);
 }
 if(!w.__seqlabPlotly)w.__seqlabPlotly=new Promise(function(ok,fail){
 var urls=[],tried=[],b=base();
-if(b)urls.push(b.replace(/\\/?$/,"/")+"kernelspecs/"+lib.kernel+"/"+lib.file);
+if(b)names().forEach(function(k){urls.push(b.replace(/\\/?$/,"/")+"kernelspecs/"+encodeURIComponent(k)+"/"+lib.file)});
 if(lib.cdn)urls.push(lib.cdn);
 (function next(){
 if(w.Plotly&&w.Plotly.newPlot)return ok(w.Plotly);

@@ -34,7 +34,7 @@ describe.skipIf(!CHROMIUM)(
       server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, (req) => {
         const path = new URL(req.url).pathname;
         requests.push(path);
-        if (/^(\/lab-base)?\/kernelspecs\/seqlab\/plotly\.min\.js$/.test(path)) {
+        if (/^(\/lab-base)?\/kernelspecs\/seqlab(-dev)?\/plotly\.min\.js$/.test(path)) {
           return new Response(lib, { headers: { "content-type": "text/javascript" } });
         }
         if (path === "/favicon.ico") return new Response(null, { status: 204 }); // not an error to report
@@ -76,6 +76,25 @@ describe.skipIf(!CHROMIUM)(
         .toEqual(
           ["a", "b", "c"],
         );
+      expect(page.problems()).toEqual([]);
+    });
+
+    test("Notebook 6 with the kernelspec installed under another name: its directory is asked first", async () => {
+      const b = figure("renamed");
+      pages.set(
+        "/renamed",
+        `<!doctype html><html><head><script>window.Jupyter = { notebook: { metadata: { kernelspec: ` +
+          `{ name: "seqlab-dev" } } } };</script></head><body data-base-url="/">${
+            b["text/html"]
+          }</body></html>`,
+      );
+      const page = await browser.newPage();
+      requests.length = 0;
+      await page.goto(`${base}/renamed`);
+      expect(await page.waitFor(drawn, 30_000)).toBe(1);
+      expect(requests.filter((r) => r.endsWith("plotly.min.js"))).toEqual([
+        "/kernelspecs/seqlab-dev/plotly.min.js",
+      ]);
       expect(page.problems()).toEqual([]);
     });
 

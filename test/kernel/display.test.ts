@@ -37,7 +37,7 @@ describe("formatValue", () => {
       const h = String(b["text/html"]);
       expect(h.length).toBeLessThan(4000); // the loader and the figure, no plotly.js: every figure alike
       expect(h).toMatch(/__seqlabPlotly/); // one shared load per page
-      expect(h).toMatch(/kernelspecs\/"\+lib\.kernel/);
+      expect(h).toMatch(/"kernelspecs\/"\+encodeURIComponent\(k\)/);
       expect(h.match(/<\/script/gi)?.length).toBe(1); // the title's </script> is escaped
     }
     expect(second["text/plain"]).toBe("<plotly figure: 1 trace(s): bar>");
