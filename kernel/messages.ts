@@ -12,7 +12,7 @@ export const CTL_INTERRUPT = 0, CTL_INPUT_STATE = 1, CTL_INPUT_LEN = 2;
 /** Input states. */
 export const INPUT_WAITING = 0, INPUT_READY = 1, INPUT_INTERRUPTED = 2;
 
-/** Messages from the main thread. */
+/** Messages from the host's main thread to the worker. */
 export type ToWorker =
   | { type: "init"; ctl: SharedArrayBuffer; input: SharedArrayBuffer; preload: boolean }
   | {
@@ -42,7 +42,7 @@ export type Output =
   | { kind: "result"; data: MimeBundle; metadata: Record<string, unknown> }
   | { kind: "error"; ename: string; evalue: string; stack: string };
 
-/** Messages to the main thread. */
+/** Messages from the worker to the host's main thread (most are forwarded to the kernel). */
 export type FromWorker =
   | { type: "ready"; warning?: string }
   | { type: "out"; seq: number; out: Output }

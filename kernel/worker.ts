@@ -1,13 +1,14 @@
 /**
- * The cell executor. Runs in a Worker so that the protocol side (main thread) keeps answering while a
- * cell computes, and can interrupt it.
+ * The cell executor. Runs in a Worker of the execution host (kernel/host.ts, a child process of the
+ * kernel), so that the host's main thread can interrupt it and answer prompts through the shared control
+ * array while a cell computes, and the kernel process keeps answering the protocol whatever the cell does.
  *
  * A cell arrives as a rewritten module (see transform.ts) written to a file; it is imported, which
  * runs it with top-level await. Its top-level names live on globalThis. Every output goes through one
- * ordered outbox to the main thread, and `done` is posted only after the cell's module has finished and
+ * ordered outbox to the host's main thread, and `done` is posted only after the cell's module has finished and
  * every output it produced has been posted: nothing a cell awaited can arrive after its `idle`.
  *
- * Interrupts: the main thread sets ctl[CTL_INTERRUPT]; loop bodies call `__sl_ck()`, which throws an
+ * Interrupts: the host's main thread sets ctl[CTL_INTERRUPT]; loop bodies call `__sl_ck()`, which throws an
  * InterruptError while it is set (it stays set until the cell ends, so a `catch` cannot swallow it for
  * good). A cell that is awaiting is interrupted by an `interrupt` message instead.
  *
