@@ -280,30 +280,35 @@ function texLayout(x: Tensor): { height: number; layers: number } | null {
   return { height, layers };
 }
 
-/** Copies x into a pooled texture laid out as {@link texLayout} says (whole rows per layer, then the tail). */
-function xTexture(x: Tensor, t: { height: number; layers: number }): GpuTexture {
+/**
+ * Copies between tensor t's buffer (from element t.offset) and texture `tex`, laid out as {@link texLayout}
+ * says: whole rows per layer, then the last row's texels.
+ */
+function copyRows(t: Tensor, tex: GpuTexture, height: number, toTexture: boolean): void {
   const ctx = gpu();
-  const tex = ctx.acquireTexture({ width: TEX_ROW / 4, height: t.height, layers: t.layers }, "conv2d x");
-  const buffer = x.storage.buffer!;
-  const full = Math.floor(x.size / TEX_ROW), tail = x.size - full * TEX_ROW;
+  const buffer = t.storage.buffer!;
+  const full = Math.floor(t.size / TEX_ROW), tail = t.size - full * TEX_ROW;
+  const copy = (row: number, size: [number, number, number]) => {
+    const buf = { buffer, offset: (t.offset + row * TEX_ROW) * 4, bytesPerRow: TEX_ROW * 4 };
+    const at = {
+      texture: tex,
+      origin: [0, row % height, Math.floor(row / height)] as [number, number, number],
+    };
+    if (toTexture) ctx.copyBufferToTexture("conv2d", buf, at, size);
+    else ctx.copyTextureToBuffer("conv2d", at, buf, size);
+  };
+  for (let r0 = 0; r0 < full; r0 += height) copy(r0, [TEX_ROW / 4, Math.min(height, full - r0), 1]);
+  if (tail > 0) copy(full, [Math.ceil(tail / 4), 1, 1]);
+}
+
+/** A pooled texture holding tensor t (see {@link texLayout}). */
+function texOf(t: Tensor, layout: { height: number; layers: number }): GpuTexture {
+  const tex = gpu().acquireTexture(
+    { width: TEX_ROW / 4, height: layout.height, layers: layout.layers },
+    "conv2d",
+  );
   try {
-    for (let l = 0; l * t.height < full; l++) {
-      const r0 = l * t.height, nr = Math.min(t.height, full - r0);
-      ctx.copyBufferToTexture(
-        "conv2d",
-        { buffer, offset: (x.offset + r0 * TEX_ROW) * 4, bytesPerRow: TEX_ROW * 4 },
-        { texture: tex, origin: [0, 0, l] },
-        [TEX_ROW / 4, nr, 1],
-      );
-    }
-    if (tail > 0) {
-      ctx.copyBufferToTexture(
-        "conv2d",
-        { buffer, offset: (x.offset + full * TEX_ROW) * 4, bytesPerRow: TEX_ROW * 4 },
-        { texture: tex, origin: [0, full % t.height, Math.floor(full / t.height)] },
-        [Math.ceil(tail / 4), 1, 1],
-      );
-    }
+    copyRows(t, tex, layout.height, true);
   } catch (e) {
     tex.release();
     throw e;
@@ -323,23 +328,37 @@ function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number, want: "v
   const n = N * G * OH * Math.ceil(OW / 8);
   const layout = want === "v4" && n > 0 ? texLayout(x) : null;
   const wLayout = layout ? texLayout(wc) : null;
-  let tex: GpuTexture | null = null, wTex: GpuTexture | null = null;
+  // texel-aligned output rows: y through a texture too
+  const yLayout = wLayout && OW % 4 === 0 ? texLayout(y) : null;
+  const textures: GpuTexture[] = [];
   try {
     if (layout && wLayout) {
-      const t = tex = xTexture(x, layout);
-      const tw = wTex = xTexture(wc, wLayout);
+      const t = texOf(x, layout);
+      textures.push(t);
+      const tw = texOf(wc, wLayout);
+      textures.push(tw);
+      let ty: GpuTexture | null = null;
+      if (yLayout) {
+        ty = gpu().acquireTexture(
+          { width: TEX_ROW / 4, height: yLayout.height, layers: yLayout.layers },
+          "conv2d",
+        );
+        textures.push(ty);
+      }
+      const yh = yLayout?.height ?? 0;
       gpu().run({
         name: "conv2d",
-        key: `direct v4|${geometryKey(g)}|${layout.height}|${wLayout.height}`,
-        source: () => convDirectV4Source(g, layout.height, wLayout.height),
+        key: `direct v4|${geometryKey(g)}|${layout.height}|${wLayout.height}|${yh}`,
+        source: () => convDirectV4Source(g, layout.height, wLayout.height, yh),
         bindings: [
           { texture: t, access: "read" },
           { texture: tw, access: "read" },
-          { buffer: y.storage.buffer!, access: "read_write" },
+          ty ? { texture: ty, access: "write" } : { buffer: y.storage.buffer!, access: "read_write" },
         ],
         uniforms: new Uniforms().u32(n, x.offset).build(),
         workgroups: grid(n, CONV_WG),
       });
+      if (ty) copyRows(y, ty, yh, false);
     } else if (n > 0) {
       gpu().run({
         name: "conv2d",
@@ -356,8 +375,7 @@ function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number, want: "v
     throw e;
   } finally {
     wc.dispose();
-    tex?.release();
-    wTex?.release();
+    for (const t of textures) t.release();
   }
 
   const wShape = w.shape;
