@@ -45,6 +45,7 @@ export interface HostExit {
   stderrTail: string;
 }
 
+const START_TIMEOUT_MS = 120_000;
 const OOM = /Fatal JavaScript out of memory|JavaScript heap out of memory|Fatal process out of memory/;
 
 /** Accepts the hosts' connections on one Unix socket and hands each to the host that presents its token. */
@@ -161,9 +162,18 @@ export class ExecutionHost {
     // reach: end it.
     let gone = false;
     status.then(() => (gone = true));
+    // A host that hangs while starting would hold every cell back: it gets two minutes (the seqlab preload
+    // takes seconds, more on a loaded machine).
+    const startTimer = setTimeout(() => {
+      if (!this.isReady) {
+        this.kill(`the execution process did not become ready within ${START_TIMEOUT_MS / 1000} s`);
+      }
+    }, START_TIMEOUT_MS);
+    Deno.unrefTimer(startTimer);
+    this.ready.then(() => clearTimeout(startTimer));
     channelClosed.then(() =>
       setTimeout(() => {
-        if (!gone) this.kill("its channel to the kernel closed");
+        if (!gone) this.kill("the execution process lost its channel to the kernel, so it was restarted");
       }, 1000)
     );
     this.exited = (async () => {
