@@ -75,28 +75,33 @@ export function gitCommit(): string {
   return dirty ? `${head}+changes` : head;
 }
 
+/** Prints the adapter's info as JSON, or null; run in a child so the runner holds no GPU instance. */
+const ADAPTER_PROBE = `const a = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+const i = a?.info;
+console.log(JSON.stringify(i ? { vendor: i.vendor, architecture: i.architecture, description: i.description } : null));`;
+
 /**
- * The WebGPU adapter this process gets, as runtime/device.ts asks for it (SEQLAB_DEVICE=cpu: none asked).
- * At most `timeoutMs`; never throws.
+ * The WebGPU adapter this Deno gets, as runtime/device.ts asks for it (SEQLAB_DEVICE=cpu: none asked). Asked
+ * in a child process (the drivers' stderr chatter goes nowhere; the runner keeps no GPU instance while the
+ * kernel works), at most `timeoutMs`; never throws.
  */
-export async function adapterName(timeoutMs = 15_000): Promise<string> {
+export async function adapterName(timeoutMs = 20_000): Promise<string> {
   if (Deno.env.get("SEQLAB_DEVICE") === "cpu") return "cpu (SEQLAB_DEVICE=cpu)";
-  const gpu = (navigator as { gpu?: GPU }).gpu;
-  if (!gpu) return "no WebGPU (cpu backend only)";
-  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
-    const adapter = await Promise.race([
-      gpu.requestAdapter({ powerPreference: "high-performance" }),
-      new Promise<null>((r) => timer = setTimeout(() => r(null), timeoutMs)),
-    ]);
-    if (!adapter) return "no WebGPU adapter (cpu backend only)";
-    const i = adapter.info;
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--quiet", "--no-config", ADAPTER_PROBE],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+      signal: AbortSignal.timeout(timeoutMs),
+    }).output();
+    const lines = new TextDecoder().decode(r.stdout).trim().split("\n");
+    const i = JSON.parse(lines[lines.length - 1] || "null");
+    if (!i) return "no WebGPU adapter (cpu backend only)";
     return [i.description || i.vendor || "unknown adapter", i.architecture, i.vendor && `vendor ${i.vendor}`]
       .filter(Boolean).join(", ");
   } catch (e) {
-    return `no WebGPU adapter (${(e as Error).message})`;
-  } finally {
-    clearTimeout(timer);
+    return `unknown (the adapter probe failed: ${(e as Error).message})`;
   }
 }
 
