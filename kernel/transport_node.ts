@@ -1,7 +1,8 @@
 /**
  * The kernel's network surface on `node:net`, for Bun (and Node), which have no `Deno.listen`/`Deno.connect`.
  * A prototype for issue #15: the shapes are Deno's (a listener whose `accept()` resolves to a connection,
- * a connection with `read(buffer)` / `write(bytes)` / `close()` / `setNoDelay()`), so kernel/zmtp.ts and
+ * a connection with `read(buffer)` / `write(bytes)` / `close()` / `setNoDelay()` and `readable` /
+ * `writable` streams), so kernel/zmtp.ts and
  * kernel/host_channel.ts could take these in place of `Deno.*` with one import changed; until then
  * {@link installDenoNet} puts them on a `Deno` global where none exists, and zmtp.ts runs unchanged.
  * TCP and Unix-domain sockets; `bind()` stays synchronous because Bun's `node:net` knows the port as soon
@@ -93,6 +94,36 @@ export class NodeConn {
     return new Promise((resolve, reject) => {
       this.socket.write(copy, (e) => (e ? reject(e) : resolve(p.length)));
     });
+  }
+
+  private streams: { readable: ReadableStream<Uint8Array>; writable: WritableStream<Uint8Array> } | null =
+    null;
+
+  /** Deno's stream views of the connection, over read() and write() (so the two styles can be mixed). */
+  get readable(): ReadableStream<Uint8Array> {
+    return this.webStreams().readable;
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    return this.webStreams().writable;
+  }
+
+  private webStreams() {
+    this.streams ??= {
+      readable: new ReadableStream<Uint8Array>({
+        pull: async (c) => {
+          const buf = new Uint8Array(1 << 16);
+          const n = await this.read(buf).catch(() => null);
+          if (n === null) c.close();
+          else c.enqueue(buf.subarray(0, n));
+        },
+      }),
+      writable: new WritableStream<Uint8Array>({
+        write: async (chunk) => void await this.write(chunk),
+        close: () => void this.socket.end(),
+      }),
+    };
+    return this.streams;
   }
 
   setNoDelay(on = true): void {
