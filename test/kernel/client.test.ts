@@ -142,7 +142,7 @@ test(
     try {
       const r = await k.execute(
         "console.log('last words'); await new Promise((r) => setTimeout(r, 200)); " +
-          "Deno.kill(Deno.pid, 'SIGKILL')",
+          "Deno.kill((await import('node:process')).ppid, 'SIGKILL')", // the kernel: cells run in its child
         { timeoutMs: 30_000 },
       );
       expect(r.reply).toBeNull();
