@@ -42,6 +42,12 @@ const enc = new TextEncoder();
 function log(msg: string): void {
   console.error(`[seqlab kernel] ${msg}`);
 }
+/** Routine start-up and protocol notes, on stderr only with SEQLAB_KERNEL_DEBUG=1: jupyter console shows the
+ * kernel's stderr in the user's terminal, so a normal start prints nothing there. */
+const DEBUG = Deno.env.get("SEQLAB_KERNEL_DEBUG") === "1";
+function debug(msg: string): void {
+  if (DEBUG) log(msg);
+}
 setLogger((m) => log(`zmtp: ${m}`));
 
 type Transform = typeof import("./transform.ts");
@@ -128,7 +134,7 @@ export class Kernel {
     this.hostListener = new HostListener(`${this.cellDir}/host.sock`);
     this.startHost();
     this.transform.catch((e) => log(`TypeScript failed to load: ${e}`));
-    log(
+    debug(
       `listening on ${ip}: shell ${this.conn.shell_port}, iopub ${this.conn.iopub_port}, session ${this.session}, ` +
         `cells in ${this.cellDir}, heap limit ${this.heapMb ?? "V8's default"} MiB`,
     );
@@ -440,7 +446,7 @@ export class Kernel {
           await this.send(socket, msg, "comm_info_reply", { status: "ok", comms: {} });
           break;
         case "comm_open":
-          log(`comm_open for target ${msg.content.target_name}: no such target, closing it`);
+          debug(`comm_open for target ${msg.content.target_name}: no such target, closing it`);
           this.publish("comm_close", { comm_id: msg.content.comm_id, data: {} }, msg.header);
           break;
         case "comm_msg":
@@ -485,7 +491,7 @@ export class Kernel {
         mimetype: "text/x.typescript",
         file_extension: ".ts",
         pygments_lexer: "typescript",
-        codemirror_mode: "typescript",
+        codemirror_mode: "application/typescript",
         nbconvert_exporter: "script",
       },
       banner: `seqlab kernel ${KERNEL_VERSION}: TypeScript on Deno ${Deno.version.deno}`,
@@ -803,7 +809,7 @@ function removeStaleDirs(own: string): void {
       if (!m || !e.isDirectory || Number(m[1]) === Deno.pid || pidAlive(Number(m[1])) !== false) continue;
       try {
         Deno.removeSync(`${tmp}/${e.name}`, { recursive: true });
-        log(`removed ${tmp}/${e.name}: its kernel (pid ${m[1]}) is gone`);
+        debug(`removed ${tmp}/${e.name}: its kernel (pid ${m[1]}) is gone`);
       } catch (err) {
         log(`could not remove ${tmp}/${e.name}: ${(err as Error).message}`);
       }
