@@ -49,7 +49,7 @@ export interface SyntaxFailure {
 }
 
 /** Names of the helpers the rewritten code calls (defined by the worker on globalThis). */
-export const HELPERS = ["__sl_decl", "__sl_set", "__sl_import", "__sl_r", "__sl_ck"] as const;
+export const HELPERS = ["__sl_decl", "__sl_set", "__sl_import", "__sl_r", "__sl_ck", "__sl_aw"] as const;
 
 /** Parse a cell as TypeScript. */
 export function parse(src: string): ts.SourceFile {
@@ -248,6 +248,12 @@ export function rewriteCell(
         insert(body.getStart(sf), "{__sl_ck();");
         insert(body.end, "}");
       }
+    }
+    // Every awaited value goes through `__sl_aw`, which notes where the cell waits: an interrupt that
+    // ends the wait then points at this line, not at the worker's message handler.
+    if (ts.isAwaitExpression(node)) {
+      insert(node.expression.getStart(sf), "__sl_aw(");
+      insert(node.expression.end, ")");
     }
     ts.forEachChild(node, visit);
   };

@@ -273,6 +273,30 @@ try {
 g.__sl_ck = () => {
   if (Atomics.load(ctl, CTL_INTERRUPT) !== 0) throw new InterruptError();
 };
+/** The running cell's pending awaits, each with the stack where it waits (the last is the innermost). */
+const awaiting = new Set<Error>();
+g.__sl_aw = <T>(v: T): T => {
+  // Only a native promise can keep the cell waiting; the value is returned as is, so `await` behaves as
+  // before (no extra tick, a thenable's `then` called once).
+  if (!(v instanceof Promise)) return v;
+  const at = new Error();
+  awaiting.add(at);
+  const done = () => awaiting.delete(at);
+  v.then(done, done);
+  return v;
+};
+/**
+ * An InterruptError whose stack is where the cell waits, if it waits: the pending await with the deepest
+ * stack (`await f()` waits on f's own await, whose stack also names the line calling f).
+ */
+function interruptedAwait(): InterruptError {
+  const e = new InterruptError();
+  const depth = (x: Error) => x.stack?.split("\n").length ?? 0;
+  const at = [...awaiting].reduce<Error | undefined>((a, b) => (a && depth(a) > depth(b) ? a : b), undefined);
+  // at.stack: "Error", then this helper's frame (main.ts drops worker.ts frames), then the cell's.
+  if (at?.stack) e.stack = `${e.name}: ${e.message}\n${at.stack.split("\n").slice(1).join("\n")}`;
+  return e;
+}
 g.__sl_decl = (names: string[]) => {
   for (const n of names) {
     const d = Object.getOwnPropertyDescriptor(globalThis, n);
@@ -363,6 +387,7 @@ async function run(m: Extract<ToWorker, { type: "run" }>): Promise<void> {
     emit(errorOutput(e));
   }
   interruptReject = null;
+  awaiting.clear();
   result = { has: false, value: undefined };
   // Async displays that were interrupted must not hold back the rest.
   for (const p of pending) p.ready = true;
@@ -503,7 +528,7 @@ self.onmessage = async (ev: MessageEvent<ToWorker>) => {
       await run(m);
       break;
     case "interrupt":
-      interruptReject?.(new InterruptError());
+      interruptReject?.(interruptedAwait());
       break;
     case "complete":
       post({ type: "reply", id: m.id, value: complete(m.object, m.prefix) });

@@ -23,6 +23,10 @@ test("interrupting while(true), an endless await, and a prompt keeps state", asy
     expect(x.stop_seconds!).toBeLessThan(1);
     expect(x.order_ok).toBe(true);
   }
+  // Tracebacks point at the cell's line: the loop's check, the await the cell was waiting on (not the
+  // worker's message handler inside Deno).
+  expect(loop.reply.traceback!.slice(1)).toEqual([expect.stringMatching(/^\s+at cell\[\d+\]:1:\d+$/)]);
+  expect(wait.reply.traceback!.slice(1)).toEqual([expect.stringMatching(/^\s+at cell\[\d+\]:1:7$/)]);
   expect(ask.prompts).toEqual(["waiting"]);
   expect(resultOf(after)).toBe("42");
   expect(resultOf(last)).toBe("41");
