@@ -441,12 +441,26 @@ class ProgressBar {
     };
   }
 
-  tick(done = false): void {
+  tick(done = false, start = false): void {
     if (!done) this.n++;
     const now = performance.now();
     if (sink) {
-      if (!done && now - this.lastShown < this.interval && this.shown) return;
+      // jupyter console prints a display_data's text/plain and ignores update_display_data, so it shows a
+      // bar's first state only. That state waits for the first interval: a loop shorter than that shows
+      // only its end.
+      if (start) {
+        this.lastShown = now;
+        return;
+      }
+      if (!done && now - this.lastShown < this.interval) return;
       this.lastShown = now;
+      if (done && this.shown) {
+        // A bar shown before its end is blanked and shown anew, finished: a frontend that cannot update a
+        // display still prints the end.
+        sink.display({ "text/plain": "", "text/html": "" }, {}, this.id, true);
+        this.id = `seqlab-progress-${displayCount++}`;
+        this.shown = false;
+      }
       sink.display(this.bundle(), {}, this.id, this.shown);
       this.shown = true;
       return;
@@ -486,7 +500,7 @@ export function progress<T>(
     return {
       async *[Symbol.asyncIterator]() {
         const bar = make();
-        bar.tick(true);
+        bar.tick(true, true);
         for await (const x of src as AsyncIterable<T>) {
           yield x;
           bar.tick();
@@ -498,7 +512,7 @@ export function progress<T>(
   return {
     *[Symbol.iterator]() {
       const bar = make();
-      bar.tick(true);
+      bar.tick(true, true);
       const it = Symbol.iterator in (src as object) ? (src as Iterable<T>) : Array.from(src as ArrayLike<T>);
       for (const x of it) {
         yield x;

@@ -71,19 +71,35 @@ describe("formatValue", () => {
 });
 
 describe("progress", () => {
-  test("with a frontend: one display, then in-place updates ending at 100%", () => {
+  const record = (items: number[], intervalMs: number) => {
     const calls: { text: string; id?: string; update: boolean }[] = [];
     setDisplaySink({
       display: (d, _m, id, update) => calls.push({ text: String(d["text/plain"]), id, update: !!update }),
       clear: () => {},
     });
     let n = 0;
-    for (const x of progress([1, 2, 3, 4], { label: "p", intervalMs: 0 })) n += x;
+    for (const x of progress(items, { label: "p", intervalMs })) n += x;
     setDisplaySink(null);
-    expect(n).toBe(10);
+    expect(n).toBe(items.reduce((a, b) => a + b, 0));
+    return calls;
+  };
+
+  test("with a frontend: in-place updates, then the bar blanked and shown anew, finished (jupyter console)", () => {
+    const calls = record([1, 2, 3, 4], 0);
+    const [first, blank, last] = [calls[0], calls.at(-2)!, calls.at(-1)!];
+    expect(first.update).toBe(false);
+    expect(calls.slice(1, -1).every((c) => c.update && c.id === first.id)).toBe(true);
+    expect(blank.text).toBe("");
+    expect(last.update).toBe(false);
+    expect(last.id).not.toBe(first.id);
+    expect(last.text).toMatch(/^p \[#{30}\] 4\/4 100%/);
+  });
+
+  test("with a frontend: a loop shorter than the interval shows one display, its end", () => {
+    const calls = record([1, 2, 3, 4], 60_000);
+    expect(calls).toHaveLength(1);
     expect(calls[0].update).toBe(false);
-    expect(calls.slice(1).every((c) => c.update && c.id === calls[0].id)).toBe(true);
-    expect(calls.at(-1)!.text).toMatch(/^p \[#{30}\] 4\/4 100%/);
+    expect(calls[0].text).toMatch(/^p \[#{30}\] 4\/4 100%/);
   });
 
   test("without a frontend: plain lines, at most one per 10%", async () => {

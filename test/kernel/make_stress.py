@@ -35,7 +35,8 @@ for i in range(1, 50):
     elif k == 3:
         code(f'let acc{i} = 0;\nfor (const k of progress(20, {{ label: "c{i}", intervalMs: 2 }})) {{\n'
              f'  acc{i} += k;\n  await sleep(1);\n}}\nacc{i}',
-             [["display_data", "text/plain", f"c{i} [##############################] 20/20 100%"],
+             [["display_data", "text/plain", ""],
+              ["display_data", "text/plain", f"c{i} [##############################] 20/20 100%"],
               ["execute_result", "text/plain", "190"]])
     else:
         code(f'await Promise.all([1, 2, 3].map(async (k) => {{\n  await sleep(k * 3);\n  console.log("c{i} k" + k);\n}}));\n'

@@ -59,9 +59,12 @@ test(
       expect.arrayContaining(["application/vnd.plotly.v1+json", "text/html", "text/plain"]),
     );
     expect(fig["application/vnd.plotly.v1+json"].data[0].type).toBe("histogram");
-    expect(types("table")).toEqual(["display_data", "execute_result"]);
-    expect(txt(byId.table.outputs[0].data["text/plain"])).toMatch(/4\/4 100%/);
-    expect(Object.keys(byId.table.outputs[1].data)).toEqual(
+    // A progress bar still on screen at its end is blanked and shown anew, finished (for jupyter console);
+    // a loop shorter than the bar's interval has one display.
+    const table = byId.table.outputs.filter((o) => txt(o.data?.["text/plain"] ?? "-") !== "");
+    expect(table.map((o) => o.output_type)).toEqual(["display_data", "execute_result"]);
+    expect(txt(table[0].data["text/plain"])).toMatch(/4\/4 100%/);
+    expect(Object.keys(table[1].data)).toEqual(
       expect.arrayContaining(["text/html", "text/markdown"]),
     );
 
