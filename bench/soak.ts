@@ -248,11 +248,11 @@ function growthCheck(what: string, t: Trend, boundMiB: number): Check {
 function slopeCheck(what: string, t: Trend, total: number, bound: number, unit: string): Check {
   const span = total - t.lowAt, name = `${what}: slope < ${bound} bytes/${unit}`;
   if (!(span >= MIN_SLOPE_SPAN)) {
-    // a short run is judged by its growth alone (see MIN_SLOPE_SPAN)
+    // a short run, or one whose lowest point is near its end, is judged by its growth alone (MIN_SLOPE_SPAN)
     return {
       name,
       ok: true,
-      detail: `not judged: ${span} ${unit}s after the lowest point, under ${MIN_SLOPE_SPAN}`,
+      detail: `not judged: the lowest point is ${span} ${unit}s before the end, under ${MIN_SLOPE_SPAN}`,
     };
   }
   return {
