@@ -11,6 +11,8 @@ test("jupyter console runs a scripted session", async () => {
     "sq(a)",
     'throw new Error("bad thing")',
     "a",
+    // a bar that outlives its first interval: the console prints display_data only, never an update
+    'for (const i of progress(12, { label: "long" })) { const t = Date.now(); while (Date.now() - t < 30) {} }',
     "exit",
   ].join("\n") + "\n";
   const r = await run(PYTHON, ["-m", "jupyter_console", "--kernel", "seqlab", "--simple-prompt"], {
@@ -25,5 +27,6 @@ test("jupyter console runs a scripted session", async () => {
   expect(out).toMatch(/Out\[5\]: 400/);
   expect(out).toMatch(/Error: bad thing\s+at cell\[6\]:1:7/);
   expect(out).toMatch(/Out\[7\]: 20/); // state survives an error
+  expect(out).toMatch(/long .*12\/12 100%/); // the bar's end, not its first state
   expect(out).toMatch(/Shutting down kernel/);
 }, 100_000);
