@@ -33,7 +33,7 @@ import { install } from "./install.ts";
 import { KernelClient } from "./client.ts";
 import type { Message } from "./wire.ts";
 import { outputFromMsg, readNotebook, splitLines, timestamp, writeNotebookText } from "./nbformat.ts";
-import { load1, readSummary, runContext, type RunInfo, writeReport } from "./report.ts";
+import { load1, readSummary, runContext, type SummaryRow, writeReport } from "./report.ts";
 
 export { readNotebook, splitLines, writeNotebookText };
 
@@ -43,18 +43,8 @@ const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 export type Runner = "seqlab" | "python";
 
 /** One notebook's outcome; the run fields (kernel/report.ts's RunInfo) are filled in by the command line. */
-export interface NotebookSummary extends Partial<RunInfo> {
-  notebook: string;
-  output: string;
+export interface NotebookSummary extends SummaryRow {
   runner: Runner;
-  mode: "quick" | "full";
-  cells: number;
-  executed: number;
-  errors: number;
-  expectedErrors: number;
-  seconds: number;
-  status: "ok" | "failed";
-  message?: string;
 }
 
 /** Command line options. */
