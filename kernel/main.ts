@@ -146,7 +146,9 @@ export class Kernel {
     const host = new ExecutionHost(this.hostListener, {
       preload: this.opts.preload ?? true,
       heapMb: this.heapMb,
-      log,
+      // The host's stderr (Deno's own warnings, V8's out-of-memory dump) is a debugging aid: the cell's error
+      // already says how the host died.
+      log: debug,
     });
     this.host = host;
     host.onMessage = (m: FromHost) => {

@@ -12,7 +12,8 @@ import { kernelSpec } from "../../kernel/install.ts";
 
 // No seqlab preload (faster starts); a small heap so the out-of-memory cell fails within seconds.
 const ARGV = [...(kernelSpec().argv as string[]), "--no-preload"];
-const ENV = { SEQLAB_KERNEL_HEAP_MB: "256" };
+// SEQLAB_KERNEL_DEBUG: the start-up line that names the cell directory.
+const ENV = { SEQLAB_KERNEL_HEAP_MB: "256", SEQLAB_KERNEL_DEBUG: "1" };
 const clients: KernelClient[] = [];
 afterAll(async () => {
   for (const kc of clients) await kc.shutdown();
@@ -21,7 +22,10 @@ afterAll(async () => {
 async function start(): Promise<{ kc: KernelClient; dir: string }> {
   const kc = await KernelClient.start({ argv: ARGV, env: ENV, startTimeoutMs: 90_000 });
   clients.push(kc);
-  const dir = /cells in (\S+),/.exec(kc.stderr())?.[1];
+  // The kernel's stderr is read as it comes: its first line may arrive after kernel_info's reply.
+  const cellDir = () => /cells in (\S+),/.exec(kc.stderr())?.[1];
+  for (let i = 0; i < 100 && !cellDir(); i++) await new Promise((r) => setTimeout(r, 100));
+  const dir = cellDir();
   expect(dir, `the kernel's log names its cell directory:\n${kc.stderr()}`).toBeTruthy();
   return { kc, dir: dir! };
 }
