@@ -30,7 +30,7 @@ import type { Tensor } from "../mod.ts";
 import { adapterInfo, gpu, hasWebGPU } from "../runtime/device.ts";
 import { KernelClient } from "../kernel/client.ts";
 import { type Message, REPLAY_HISTORY } from "../kernel/wire.ts";
-import { loadMnist, type MnistSplit, permutation, shuffled } from "../test/mnist.ts";
+import { BATCH, data, HIDDEN, model } from "./train.ts";
 import { loadAverage, median, table, writeResult } from "./util.ts";
 
 const MiB = 2 ** 20;
@@ -327,42 +327,14 @@ interface Trainer {
   dispose(): void;
 }
 
-const HIDDEN = 128, BATCH = 128, TRAIN = 20000;
-
-// Loaded once per process: the quick soak and its negative control share it.
-let mnist: Promise<MnistSplit> | null = null;
-
 /** bench/train.ts's MLP on MNIST: a batch is sliced from the training images every step. */
 async function mlpTrainer(): Promise<Trainer> {
-  const device = "webgpu";
-  const train = await (mnist ??= loadMnist("train", TRAIN).then((m) => shuffled(m, permutation(TRAIN, 1))));
-  const X = s.tensor(train.images, { shape: [train.count, 784], device });
-  const Y = s.tensor(train.labels, { device });
-  const batches = Math.floor(train.count / BATCH);
-  const net = new s.Sequential(
-    new s.Linear(784, HIDDEN, { seed: 1, device }),
-    new s.ReLU(),
-    new s.Linear(HIDDEN, 10, { seed: 2, device }),
-  );
-  const opt = new s.Adam(net.parameters(), { lr: 2e-3 });
-  let i = 0;
+  const d = await data("webgpu");
+  const m = model("webgpu");
   return {
     model: `MLP 784-${HIDDEN}-10 on MNIST, Adam, B${BATCH}`,
-    step: () => {
-      const b0 = (i++ % batches) * BATCH;
-      const x = X.slice([[b0, b0 + BATCH]]), y = Y.slice([[b0, b0 + BATCH]]);
-      const loss = s.tidy(() => {
-        opt.zeroGrad();
-        const l = s.crossEntropy(net.forward(x), y);
-        l.backward();
-        opt.step();
-        return l;
-      });
-      x.dispose();
-      y.dispose();
-      return loss;
-    },
-    dispose: () => (opt.dispose(), net.dispose(), X.dispose(), Y.dispose()),
+    step: () => m.step(d),
+    dispose: () => (m.dispose(), d.dispose()),
   };
 }
 

@@ -22,7 +22,9 @@ import { loadMnist, permutation, shuffled } from "../test/mnist.ts";
 import { loadAverage, table, verdict, writeResult } from "./util.ts";
 import { type LmRow, lmSteps, lmTable, type RssRow, rssRun, rssTable } from "./train_lm.ts";
 
-const HIDDEN = 128, BATCH = 128, TRAIN = 20000, WARMUP = 10;
+/** The MLP's hidden width and batch. */
+export const HIDDEN = 128, BATCH = 128;
+const TRAIN = 20000, WARMUP = 10;
 
 /** One configuration's measurement. */
 export interface TrainRow {
@@ -52,21 +54,24 @@ export interface LedgerRow {
   pooledBytesEnd: number;
 }
 
-interface Data {
+/** MNIST training images X (n, 784) and labels Y (n) on a device, in whole batches of BATCH. */
+export interface Data {
   X: Tensor;
   Y: Tensor;
   batches: number;
   dispose(): void;
 }
 
-async function data(device: s.DeviceName): Promise<Data> {
+/** The first TRAIN MNIST training images, shuffled with seed 1, on `device`. */
+export async function data(device: s.DeviceName): Promise<Data> {
   const train = shuffled(await loadMnist("train", TRAIN), permutation(TRAIN, 1));
   const X = s.tensor(train.images, { shape: [train.count, 784], device });
   const Y = s.tensor(train.labels, { device });
   return { X, Y, batches: Math.floor(train.count / BATCH), dispose: () => (X.dispose(), Y.dispose()) };
 }
 
-function model(device: s.DeviceName) {
+/** The MLP 784-HIDDEN-10 with Adam (lr 2e-3); `step(d)` trains on the next batch of d and returns the loss. */
+export function model(device: s.DeviceName) {
   const net = new s.Sequential(
     new s.Linear(784, HIDDEN, { seed: 1, device }),
     new s.ReLU(),
