@@ -61,7 +61,10 @@ type Tf = any;
 /** tfjs with its WebGPU backend, or the reason it could not load. */
 async function loadTf(): Promise<Tf | string> {
   try {
+    // a bench-only peer: pinned npm: specifiers, not deno.json imports (deno install does not fetch it)
+    // deno-lint-ignore no-import-prefix
     const tf = await import("npm:@tensorflow/tfjs-core@4.22.0");
+    // deno-lint-ignore no-import-prefix
     await import("npm:@tensorflow/tfjs-backend-webgpu@4.22.0");
     if (!(await tf.setBackend("webgpu"))) return "tfjs: the webgpu backend did not initialise";
     await tf.ready();
