@@ -280,23 +280,18 @@ function texLayout(x: Tensor): { height: number; layers: number } | null {
   return { height, layers };
 }
 
-/**
- * Copies between tensor t's buffer (from element t.offset) and texture `tex`, laid out as {@link texLayout}
- * says: whole rows per layer, then the last row's texels.
- */
-function copyRows(t: Tensor, tex: GpuTexture, height: number, toTexture: boolean): void {
+/** Copies tensor t's buffer (from element t.offset) into `tex` as {@link texLayout} says: whole rows per layer, then the last row's texels. */
+function copyRows(t: Tensor, tex: GpuTexture, height: number): void {
   const ctx = gpu();
   const buffer = t.storage.buffer!;
   const full = Math.floor(t.size / TEX_ROW), tail = t.size - full * TEX_ROW;
-  const copy = (row: number, size: [number, number, number]) => {
-    const buf = { buffer, offset: (t.offset + row * TEX_ROW) * 4, bytesPerRow: TEX_ROW * 4 };
-    const at = {
-      texture: tex,
-      origin: [0, row % height, Math.floor(row / height)] as [number, number, number],
-    };
-    if (toTexture) ctx.copyBufferToTexture("conv2d", buf, at, size);
-    else ctx.copyTextureToBuffer("conv2d", at, buf, size);
-  };
+  const copy = (row: number, size: [number, number, number]) =>
+    ctx.copyBufferToTexture(
+      "conv2d",
+      { buffer, offset: (t.offset + row * TEX_ROW) * 4, bytesPerRow: TEX_ROW * 4 },
+      { texture: tex, origin: [0, row % height, Math.floor(row / height)] },
+      size,
+    );
   for (let r0 = 0; r0 < full; r0 += height) copy(r0, [TEX_ROW / 4, Math.min(height, full - r0), 1]);
   if (tail > 0) copy(full, [Math.ceil(tail / 4), 1, 1]);
 }
@@ -308,7 +303,7 @@ function texOf(t: Tensor, layout: { height: number; layers: number }): GpuTextur
     "conv2d",
   );
   try {
-    copyRows(t, tex, layout.height, true);
+    copyRows(t, tex, layout.height);
   } catch (e) {
     tex.release();
     throw e;
@@ -328,8 +323,6 @@ function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number, want: "v
   const n = N * G * OH * Math.ceil(OW / 8);
   const layout = want === "v4" && n > 0 ? texLayout(x) : null;
   const wLayout = layout ? texLayout(wc) : null;
-  // texel-aligned output rows: y through a texture too
-  const yLayout = wLayout && OW % 4 === 0 ? texLayout(y) : null;
   const textures: GpuTexture[] = [];
   try {
     if (layout && wLayout) {
@@ -337,28 +330,18 @@ function convDirect(x: Tensor, w: Tensor, g: ConvGeometry, per: number, want: "v
       textures.push(t);
       const tw = texOf(wc, wLayout);
       textures.push(tw);
-      let ty: GpuTexture | null = null;
-      if (yLayout) {
-        ty = gpu().acquireTexture(
-          { width: TEX_ROW / 4, height: yLayout.height, layers: yLayout.layers },
-          "conv2d",
-        );
-        textures.push(ty);
-      }
-      const yh = yLayout?.height ?? 0;
       gpu().run({
         name: "conv2d",
-        key: `direct v4|${geometryKey(g)}|${layout.height}|${wLayout.height}|${yh}`,
-        source: () => convDirectV4Source(g, layout.height, wLayout.height, yh),
+        key: `direct v4|${geometryKey(g)}|${layout.height}|${wLayout.height}`,
+        source: () => convDirectV4Source(g, layout.height, wLayout.height),
         bindings: [
           { texture: t, access: "read" },
           { texture: tw, access: "read" },
-          ty ? { texture: ty, access: "write" } : { buffer: y.storage.buffer!, access: "read_write" },
+          { buffer: y.storage.buffer!, access: "read_write" },
         ],
         uniforms: new Uniforms().u32(n, x.offset).build(),
         workgroups: grid(n, CONV_WG),
       });
-      if (ty) copyRows(y, ty, yh, false);
     } else if (n > 0) {
       gpu().run({
         name: "conv2d",

@@ -24,8 +24,8 @@
  *   copied whole into a 64-texel-wide rgba32float array texture (256 floats a row, so the copy needs no
  *   repacking: copyBufferToTexture's rows are 1 KiB); a row span of x is 4 texel loads and a pick of
  *   components by the span's alignment. The weights come through a texture the same way. No storage reads.
- *   Where OW is a multiple of 4 (texel-aligned output rows), y is written as texels into a texture of the
- *   same layout and copied out: no storage access at all.
+ *   Writing y as texels into a texture and copying it out (where OW is a multiple of 4) was tried and is
+ *   slower: 3.87 against 3.43 ms on (8, 128, 28, 28), quiet machine; v2 took 4.95, a plain x + 1 2.53.
  * @module
  */
 
@@ -223,9 +223,9 @@ export const TEX_ROW = 256;
  * direct v4 (see the module notes). `height`, `wHeight`: the textures' rows per layer. Uniforms:
  * [invocations (N G OH ceil(OW / 8)), xOff (a multiple of 4: x's texture holds its buffer from there)].
  * Bindings: x's texture, w's texture (contiguous (O, Cg, KH, KW) from element 0), y (N, O, OH, OW)
- * contiguous, or with `yHeight` (OW a multiple of 4) y's texture of that many rows a layer. x is contiguous.
+ * contiguous. x is contiguous.
  */
-export function convDirectV4Source(g: ConvGeometry, height: number, wHeight: number, yHeight = 0): string {
+export function convDirectV4Source(g: ConvGeometry, height: number, wHeight: number): string {
   const Q = DIRECT_Q;
   const taps = (g.C / g.groups) * g.KH * g.KW;
   const wTexels = Math.ceil((3 + taps) / 4);
@@ -259,23 +259,10 @@ export function convDirectV4Source(g: ConvGeometry, height: number, wHeight: num
 ${uniformDecl(2)}
 @group(0) @binding(1) var X: texture_storage_2d_array<rgba32float, read>;
 @group(0) @binding(2) var WT: texture_storage_2d_array<rgba32float, read>;
-${
-    yHeight
-      ? "@group(0) @binding(3) var YT: texture_storage_2d_array<rgba32float, write>;"
-      : binding(3, "Y", "f32", true)
-  }
+${binding(3, "Y", "f32", true)}
 ${consts(g)}
 const OWQ = ${Math.ceil(g.OW / Q)}i;
 const HT = ${height}u;
-${
-    yHeight
-      ? `const HY = ${yHeight}u;
-fn ystore(q: i32, v: vec4<f32>) {
-  let u = u32(q);
-  textureStore(YT, vec2<u32>(u % 64u, (u / 64u) % HY), u / (64u * HY), v);
-}`
-      : ""
-  }
 const HW = ${wHeight}u;
 fn texel(q: i32) -> vec4<f32> {
   let u = u32(max(q, 0i));
@@ -326,11 +313,6 @@ ${flatId(CONV_WG)}
     }
   }
   let yb = ((n * G + gr) * OH + i) * OW + j0;
-  ${
-    yHeight
-      ? `ystore(yb >> 2u, vec4<f32>(a0, a1, a2, a3));
-  if (j0 + 4i < OW) { ystore((yb >> 2u) + 1i, vec4<f32>(a4, a5, a6, a7)); }`
-      : Array.from({ length: Q }, (_, q) => `if (j0 + ${q}i < OW) { Y[yb + ${q}i] = a${q}; }`).join("\n  ")
-  }
+  ${Array.from({ length: Q }, (_, q) => `if (j0 + ${q}i < OW) { Y[yb + ${q}i] = a${q}; }`).join("\n  ")}
 }`;
 }
