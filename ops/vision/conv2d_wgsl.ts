@@ -169,6 +169,17 @@ ${flatId(CONV_WG)}
   for (var t = 0i; t < ${taps}i; t++) { wv[t] = WT[gr * ${taps}i + t]; }`;
 }
 
+/** One kernel row's multiply-adds: a0..a7 += x(q SW + kw DW) w(c, kh, kw) for every kw. */
+function directFmas(g: ConvGeometry): string {
+  return Array.from(
+    { length: g.KW },
+    (_, kw) =>
+      `{ let wk = wv[(c * KH + kh) * KW + ${kw}i];\n          ${
+        Array.from({ length: DIRECT_Q }, (_, q) => `a${q} += x${q * g.sw + kw * g.dw} * wk;`).join(" ")
+      } }`,
+  ).join("\n        ");
+}
+
 /** `span` input values of one row from column iw0 on, zero outside [0, W): registers x0 .. x(span-1). */
 function spanLoads(T: string, span: number): string {
   return Array.from(
@@ -189,13 +200,7 @@ export function convDirectSource(dtype: DType, g: ConvGeometry): string {
   const Q = DIRECT_Q;
   const span = (Q - 1) * g.sw + (g.KW - 1) * g.dw + 1;
   const loads = spanLoads(T, span);
-  const fmas = Array.from(
-    { length: g.KW },
-    (_, kw) =>
-      `{ let wk = wv[(c * KH + kh) * KW + ${kw}i];\n          ${
-        Array.from({ length: Q }, (_, q) => `a${q} += x${q * g.sw + kw * g.dw} * wk;`).join(" ")
-      } }`,
-  ).join("\n        ");
+  const fmas = directFmas(g);
   return `${directPrelude("v2", dtype, g, 1)}
   ${Array.from({ length: Q }, (_, q) => `var a${q} = ${T}(0);`).join(" ")}
   let j0 = jb * ${Q}i;
@@ -248,13 +253,7 @@ export function convDirectV4Source(g: ConvGeometry, height: number, wHeight: num
         Array.from({ length: span }, (_, t) => `x${t} = t${(a + t) >> 2}.${comp[(a + t) & 3]};`).join(" ")
       } }`,
   ).join("\n          ");
-  const fmas = Array.from(
-    { length: g.KW },
-    (_, kw) =>
-      `{ let wk = wv[(c * KH + kh) * KW + ${kw}i];\n          ${
-        Array.from({ length: Q }, (_, q) => `a${q} += x${q * g.sw + kw * g.dw} * wk;`).join(" ")
-      } }`,
-  ).join("\n        ");
+  const fmas = directFmas(g);
   return `// conv2d direct v4
 ${uniformDecl(2)}
 @group(0) @binding(1) var X: texture_storage_2d_array<rgba32float, read>;
