@@ -18,7 +18,7 @@
  * @module
  */
 
-import { PLOTLY_FILE, plotlyVersion } from "./assets.ts";
+import { PLOTLY_FILE, plotlyVersion } from "./assets/mod.ts";
 
 /** The display protocol symbol, shared with Deno's kernel. */
 export const $display: unique symbol = Symbol.for("Jupyter.display") as never;
@@ -133,7 +133,7 @@ export function isPlotlyFigure(v: unknown): v is PlotlyFigure {
     f.data.every((t) => t && typeof t === "object" && ("type" in t || "x" in t || "y" in t || "z" in t));
 }
 
-/** Where a page finds plotly.js: the kernelspec's copy (kernel/assets.ts), then the pinned CDN build. */
+/** Where a page finds plotly.js: the kernelspec's copy (kernel/assets/mod.ts), then the pinned CDN build. */
 function plotlySources(): { kernel: string; file: string; cdn: string | null } {
   const v = plotlyVersion();
   return { kernel: "seqlab", file: PLOTLY_FILE, cdn: v ? `https://cdn.plot.ly/plotly-${v}.min.js` : null };

@@ -15,8 +15,7 @@
  */
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { installKernelAssets } from "./assets.ts";
-import { LOGO_FILES } from "./assets/logo.ts";
+import { installKernelAssets } from "./assets/mod.ts";
 
 /** The kernel.json for this checkout. */
 export function kernelSpec(denoPath = Deno.execPath()): Record<string, unknown> {
@@ -65,17 +64,15 @@ export function pathHint(prefix?: string): string | null {
     `then check with \`jupyter kernelspec list\`.`;
 }
 
-/** Write kernel.json and copy the logos; returns the directory written. */
+/** Write kernel.json and the kernelspec's assets (logos, plotly.js); returns the directory written. */
 export function install(prefix?: string, name = "seqlab"): string {
   const dir = prefix
     ? join(prefix, "share", "jupyter", "kernels", name)
     : join(userDataDir(), "kernels", name);
   Deno.mkdirSync(dir, { recursive: true });
   Deno.writeTextFileSync(join(dir, "kernel.json"), JSON.stringify(kernelSpec(), null, 2) + "\n");
-  for (const logo of LOGO_FILES) {
-    Deno.copyFileSync(new URL(`./assets/${logo}`, import.meta.url), join(dir, logo));
-  }
-  installKernelAssets(dir); // plotly.min.js, which figure outputs load from /kernelspecs/NAME/ (kernel/assets.ts)
+  // the logos, and plotly.min.js, which figure outputs load from /kernelspecs/NAME/
+  installKernelAssets(dir);
   return dir;
 }
 

@@ -19,7 +19,7 @@
  */
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { copyPlotly, PLOTLY_FILE, plotlyVersion } from "./assets.ts";
+import { copyPlotly, PLOTLY_FILE, plotlyVersion } from "./assets/mod.ts";
 import { readNotebook } from "./nbformat.ts";
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));

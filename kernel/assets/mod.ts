@@ -7,25 +7,26 @@
  *
  * @example
  * ```ts
- * import { plotlyVersion } from "./assets.ts";
+ * import { plotlyVersion } from "./mod.ts";
  * console.log(plotlyVersion()); // "3.7.0", or null when node_modules has no plotly.js-dist-min
  * ```
  *
  * @module
  */
 import { join } from "node:path";
+import { LOGO_FILES } from "./logo.ts";
 
 /** The file name plotly.js has wherever seqlab puts it. */
 export const PLOTLY_FILE = "plotly.min.js";
 
-const PACKAGE = new URL("../node_modules/plotly.js-dist-min/", import.meta.url);
+const PACKAGE = new URL("../../node_modules/plotly.js-dist-min/", import.meta.url);
 
 /**
  * Path of the installed plotly.min.js, or null when the npm package is not installed.
  *
  * @example
  * ```ts
- * import { plotlyPath } from "./assets.ts";
+ * import { plotlyPath } from "./mod.ts";
  * const p = plotlyPath(); // ".../node_modules/plotly.js-dist-min/plotly.min.js" or null
  * ```
  */
@@ -45,7 +46,7 @@ let version: string | null | undefined;
  *
  * @example
  * ```ts
- * import { plotlyVersion } from "./assets.ts";
+ * import { plotlyVersion } from "./mod.ts";
  * const v = plotlyVersion(); // e.g. "3.7.0"
  * ```
  */
@@ -66,7 +67,7 @@ export function plotlyVersion(): string | null {
  *
  * @example
  * ```ts
- * import { copyPlotly } from "./assets.ts";
+ * import { copyPlotly } from "./mod.ts";
  * const dir = Deno.makeTempDirSync();
  * copyPlotly(dir); // dir/plotly.min.js
  * Deno.removeSync(dir, { recursive: true });
@@ -86,19 +87,25 @@ export function copyPlotly(dir: string): string | null {
 }
 
 /**
- * What a kernelspec directory needs beside kernel.json: plotly.min.js, for the figures' HTML outputs.
- * Returns the files written (empty when plotly.js is not installed: figures then fall back to the CDN,
- * else to a line of text).
+ * What a kernelspec directory needs beside kernel.json: the logos, and plotly.min.js for the figures' HTML
+ * outputs. Returns the files written (without plotly.min.js when plotly.js is not installed: figures then
+ * fall back to the CDN, else to a line of text).
  *
  * @example
  * ```ts
- * import { installKernelAssets } from "./assets.ts";
+ * import { installKernelAssets } from "./mod.ts";
  * const spec = Deno.makeTempDirSync();
- * installKernelAssets(spec); // [spec/plotly.min.js]
+ * installKernelAssets(spec); // [spec/logo-32x32.png, spec/logo-64x64.png, spec/plotly.min.js]
  * Deno.removeSync(spec, { recursive: true });
  * ```
  */
 export function installKernelAssets(specDir: string): string[] {
+  Deno.mkdirSync(specDir, { recursive: true });
+  const written = LOGO_FILES.map((logo) => {
+    const dest = join(specDir, logo);
+    Deno.copyFileSync(new URL(`./${logo}`, import.meta.url), dest);
+    return dest;
+  });
   const p = copyPlotly(specDir);
-  return p ? [p] : [];
+  return p ? [...written, p] : written;
 }
