@@ -621,3 +621,67 @@ describe("schedules", () => {
     expect(() => s.warmupSchedule(1, -1)).toThrow(/warmup must be an integer >= 0/);
   });
 });
+
+describe("trainStep", () => {
+  const net = (device: "cpu" | "webgpu") =>
+    new s.Sequential(
+      new s.Linear(6, 8, { seed: 1, device }),
+      new s.ReLU(),
+      new s.Linear(8, 3, { seed: 2, device }),
+    );
+  const batch = (device: "cpu" | "webgpu") => ({
+    x: s.tensor(data(5 * 6, 3, 1), { shape: [5, 6], device }),
+    y: s.tensor([0, 2, 1, 1, 0], { dtype: "i32", device }),
+  });
+  for (const device of ["cpu", "webgpu"] as const) {
+    test(
+      `the same losses and parameters as zeroGrad, loss, backward, step, item (${device})`,
+      scoped(async () => {
+        if (device === "webgpu") requireGpu();
+        const [a, b] = [net(device), net(device)];
+        const [oa, ob] = [
+          new s.AdamW(a.parameters(), { lr: 0.05 }),
+          new s.AdamW(b.parameters(), { lr: 0.05 }),
+        ];
+        const { x, y } = batch(device);
+        const submits0 = device === "webgpu" ? gpu().counters.submits : 0;
+        const got: number[] = [];
+        for (let i = 0; i < 4; i++) got.push(await s.trainStep(oa, () => s.crossEntropy(a.forward(x), y)));
+        if (device === "webgpu") expect(gpu().counters.submits - submits0).toBeLessThanOrEqual(8); // 2 a step
+        const want: number[] = [];
+        for (let i = 0; i < 4; i++) {
+          const l = s.tidy(() => {
+            ob.zeroGrad();
+            const l = s.crossEntropy(b.forward(x), y);
+            l.backward();
+            ob.step();
+            return l;
+          });
+          want.push(await l.item());
+          l.dispose();
+        }
+        expect(got).toEqual(want);
+        expect(got[3]).toBeLessThan(got[0]);
+        const pa = a.parameters(), pb = b.parameters();
+        for (let i = 0; i < pa.length; i++) expect(await pa[i].toArray()).toEqual(await pb[i].toArray());
+        for (const t of [oa, ob, a, b, x, y]) t.dispose();
+      }),
+    );
+  }
+
+  test(
+    "a loss of more than one element, or a loss function that throws, fails the step cleanly",
+    scoped(async () => {
+      const a = net("cpu"), opt = new s.SGD(a.parameters(), { lr: 0.1 });
+      const { x, y } = batch("cpu");
+      await expect(s.trainStep(opt, () => a.forward(x))).rejects.toThrow(
+        /trainStep: the loss must have one element, got/,
+      );
+      await expect(s.trainStep(opt, () => {
+        throw new Error("bad batch");
+      })).rejects.toThrow("bad batch");
+      expect(await s.trainStep(opt, () => s.crossEntropy(a.forward(x), y))).toBeGreaterThan(0);
+      for (const t of [opt, a, x, y]) t.dispose();
+    }),
+  );
+});

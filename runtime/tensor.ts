@@ -569,6 +569,7 @@ export class Tensor {
       throw new Error(`slice: ${specs.length} selections for ${this.describe()} of rank ${this.rank}`);
     }
     const shape: number[] = [], strides: number[] = [];
+    const region: [number, number][] = []; // [start, end) per dimension of this tensor
     let offset = this.offset;
     for (let d = 0; d < this.rank; d++) {
       const spec = specs[d], n = this.shape[d], st = this.strides[d];
@@ -580,11 +581,13 @@ export class Tensor {
           );
         }
         offset += i * st;
+        region.push([i, i + 1]);
         continue;
       }
       if (spec === null || spec === undefined) {
         shape.push(n);
         strides.push(st);
+        region.push([0, n]);
         continue;
       }
       const [s0, e0, step = 1] = spec;
@@ -601,16 +604,20 @@ export class Tensor {
       if (len > 0) offset += s * st;
       shape.push(len);
       strides.push(st * step);
+      region.push(len > 0 ? [s, s + (len - 1) * step + 1] : [s, s]);
     }
     const r = this.view(shape, strides, offset);
     const shape0 = this.shape, dtype = this.dtype, device = this.device;
-    return recordView("slice", r, this, (g) => {
+    const out = recordView("slice", r, this, (g) => {
       const z = ops.zeros(shape0, { dtype, device });
       const dst = z.slice(specs);
       ops.copyInto(dst, g);
       dst.dispose();
       return z;
     });
+    // backward writes into one gradient shared by every slice of this tensor (autograd.ts)
+    if (out.gradFn && out.gradFn.inputs[0] === this) out.gradFn.slice = { specs: [...specs], region };
+    return out;
   }
 
   /**

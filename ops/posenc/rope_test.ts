@@ -1,7 +1,8 @@
 import { describe, expect, test } from "vitest";
 import * as s from "../../mod.ts";
 import type { Tensor } from "../../mod.ts";
-import { assertClose, compareBackends, data, leakCheck, scoped } from "../../test/helpers.ts";
+import { assertClose, compareBackends, data, leakCheck, requireGpu, scoped } from "../../test/helpers.ts";
+import { gpu } from "../../runtime/device.ts";
 
 leakCheck();
 
@@ -139,6 +140,30 @@ describe("applyRope", () => {
     await compareBackends((t) => s.applyRope(t.permute([0, 2, 1, 3]), 2), [x], { atol: 2e-6, rtol: 2e-6 });
     x.dispose();
   });
+
+  test(
+    "heads sliced from a fused projection are read through their strides, not copied first",
+    scoped(async () => {
+      requireGpu();
+      const ctx = gpu();
+      for (const [D, H3] of [[8, 9], [6, 7]]) { // vec4 rows (v2), and rows of 3 pairs at odd strides (v1)
+        const qkv = cpu([2, 5, H3, D], 11).to("webgpu");
+        const q = (await qkv).slice([null, null, [1, 4]]); // (B, T, 3, D), T stride H3 D
+        const want = s.applyRope(s.contiguous(q), 2, undefined, { layout: "bthd" });
+        const ops: string[] = [];
+        const run = ctx.run.bind(ctx);
+        ctx.run = (p) => (ops.push(p.name), run(p));
+        let got: Tensor;
+        try {
+          got = s.applyRope(q, 2, undefined, { layout: "bthd" });
+        } finally {
+          ctx.run = run;
+        }
+        expect(ops).toEqual(["applyRope"]);
+        assertClose(await arr(got), await arr(want), { atol: 0, rtol: 0 });
+      }
+    }),
+  );
 
   test(
     "layout bthd: (B, T, H, D) gives the permuted (B, H, T, D) result, shared and per-batch positions",
