@@ -51,6 +51,18 @@ function debug(msg: string): void {
 setLogger((m) => log(`zmtp: ${m}`));
 
 type Transform = typeof import("./transform.ts");
+/** A cell's script positions back to the cell's own (null: the wrapper around the cell). */
+type CellMap = { mapPosition(line: number, column: number): { line: number; column: number } | null };
+
+/**
+ * A stack frame in a cell's script (kernel/worker.ts evaluates it with `//# sourceURL=file://…/cell-N.js`):
+ * V8 writes `at NAME (URL, <anonymous>:L:C)` for eval'd code, `at URL:L:C` elsewhere (a SyntaxError's
+ * position, Bun). The cell's own function is named `eval`.
+ */
+const CELL_FRAME =
+  /^(\s+at )(async )?(?:(.+?) \()?file:\/\/[^\s)]*\/cell-(\d+)\.(?:js|ts)(?:, <anonymous>)?:(\d+):(\d+)\)?$/;
+/** A cell's script named in an error message (a SyntaxError's position). */
+const CELL_REF = /file:\/\/[^\s)]*\/cell-(\d+)\.(?:js|ts)(?:, <anonymous>)?(?::(\d+):(\d+))?/g;
 
 /** A cell's end: the worker's `done`, or the kernel's own when the execution process died under it. */
 type Done = Extract<FromWorker, { type: "done" }> & { processDied?: boolean };
@@ -61,7 +73,7 @@ interface Running {
   count: number;
   silent: boolean;
   resolve: (d: Done) => void;
-  rewrite?: { mapPosition(line: number, column: number): { line: number; column: number } };
+  rewrite?: CellMap;
   label: string;
 }
 
@@ -304,9 +316,11 @@ export class Kernel {
         break;
       case "error": {
         const tb = this.traceback(out.ename, out.evalue, out.stack, seq);
-        this.publish("error", { ename: out.ename, evalue: out.evalue, traceback: tb }, parent);
+        // A SyntaxError's message names the cell's script file: the cell's label and line instead.
+        const evalue = this.mapEvalue(out.evalue);
+        this.publish("error", { ename: out.ename, evalue, traceback: tb }, parent);
         if (this.running?.seq === seq) {
-          this.lastError = { ename: out.ename, evalue: out.evalue, traceback: tb };
+          this.lastError = { ename: out.ename, evalue, traceback: tb };
         }
         break;
       }
@@ -321,28 +335,35 @@ export class Kernel {
     const mapped: string[] = [];
     for (const f of frames) {
       if (f.includes("/kernel/worker.ts") || f.includes("/kernel/display.ts")) continue;
-      mapped.push(f.replace(/(file:\/\/[^\s)]*\/cell-(\d+)\.ts):(\d+):(\d+)/g, (_all, _url, s, l, c) => {
-        const info = this.parents.get(Number(s));
-        const rw = this.rewrites.get(Number(s));
-        const pos = rw ? rw.mapPosition(Number(l), Number(c)) : { line: Number(l), column: Number(c) };
-        return `${info?.label ?? `cell[${s}]`}:${pos.line}:${pos.column}`;
-      }));
+      if (/^\s+at eval \(<anonymous>\)$/.test(f)) continue; // the worker's eval of the cell
+      const m = CELL_FRAME.exec(f);
+      if (!m) {
+        mapped.push(f);
+        continue;
+      }
+      const [, at, async_, name, s, l, c] = m;
+      const rw = this.rewrites.get(Number(s));
+      const pos = rw ? rw.mapPosition(Number(l), Number(c)) : { line: Number(l), column: Number(c) };
+      if (!pos) continue; // the wrapper around the cell (its call, TypeScript's helpers)
+      const loc = `${this.parents.get(Number(s))?.label ?? `cell[${s}]`}:${pos.line}:${pos.column}`;
+      // The cell's own function is the cell's top level, written as a module's was: `at cell[N]:L:C`.
+      mapped.push(`${at}${async_ ?? ""}${name && name !== "eval" ? `${name} (${loc})` : loc}`);
     }
-    // Errors thrown while loading the module (syntax errors Deno finds) name the file in the message.
-    const ev = evalue.replace(/file:\/\/[^\s)]*\/cell-(\d+)\.ts(?::(\d+):(\d+))?/g, (_a, s, l, c) => {
+    void seq;
+    return [`${ename}: ${this.mapEvalue(evalue)}`, ...mapped];
+  }
+
+  /** An error message with the cell scripts it names (a SyntaxError's position) as `cell[N]:L:C`. */
+  private mapEvalue(evalue: string): string {
+    return evalue.replace(CELL_REF, (_a, s, l, c) => {
       const label = this.parents.get(Number(s))?.label ?? `cell[${s}]`;
       if (!l) return label;
       const rw = this.rewrites.get(Number(s));
       const pos = rw ? rw.mapPosition(Number(l), Number(c)) : { line: Number(l), column: Number(c) };
-      return `${label}:${pos.line}:${pos.column}`;
+      return pos ? `${label}:${pos.line}:${pos.column}` : label;
     });
-    void seq;
-    return [`${ename}: ${ev}`, ...mapped];
   }
-  private rewrites = new Map<
-    number,
-    { mapPosition(line: number, column: number): { line: number; column: number } }
-  >();
+  private rewrites = new Map<number, CellMap>();
 
   // ---------------------------------------------------------------- receiving
 
@@ -552,7 +573,7 @@ export class Kernel {
     this.parents.set(seq, { header: msg.header, label, count });
     if (this.parents.size > 1000) this.parents.delete(this.parents.keys().next().value!);
     const cwdUrl = new URL(`file://${Deno.cwd().replace(/\/?$/, "/")}`);
-    const rw = t.rewriteCell(code, (s) => /^\.{0,2}\//.test(s) ? new URL(s, cwdUrl).href : s);
+    const rw = t.compileCell(code, (s) => /^\.{0,2}\//.test(s) ? new URL(s, cwdUrl).href : s);
     if (!rw.ok) {
       const lines = code.split("\n");
       const tb = [
@@ -574,8 +595,9 @@ export class Kernel {
     this.rewrites.set(seq, rw);
     if (this.rewrites.size > 1000) this.rewrites.delete(this.rewrites.keys().next().value!);
     this.docs.addCell(code);
-    const file = `${this.cellDir}/cell-${seq}.ts`;
-    await Deno.writeTextFile(file, rw.code);
+    // The script, for the worker to read and eval (never to import: see kernel/worker.ts); removed after.
+    const file = `${this.cellDir}/cell-${seq}.js`;
+    await Deno.writeTextFile(file, rw.script);
     const host = await this.readyHost();
     if (typeof host === "string") {
       Deno.remove(file).catch(() => {});

@@ -1,18 +1,22 @@
 /**
- * Rewrites a TypeScript cell into a module the worker can import, with REPL semantics:
+ * Rewrites a TypeScript cell into a script the worker evaluates, with REPL semantics:
  *
  * - top-level `const`, `let`, `var` become assignments to globals (`const x: T = 1` → `;(x      = 1)`),
  *   so later cells see them and may declare them again;
  * - top-level `function`, `class`, `enum` and `namespace` keep their declaration and are copied to a
  *   global (functions in a prologue, since they hoist; the others after their declaration);
  * - `import` lines become `await __sl_import(...)` (relative paths resolved against the kernel's cwd),
- *   so imported names persist too;
+ *   so imported names persist too; `import(...)` calls become `__sl_import(...)` (relative paths resolved
+ *   against the executor's cwd when they run) and `import.meta` becomes `__sl_meta`: a script has neither;
  * - the last expression statement is wrapped in `__sl_r((...))`, which records the cell's result;
  * - every loop body starts with `__sl_ck();`, which throws when an interrupt was requested.
  *
- * Types are not stripped here: the worker imports the rewritten text as a `.ts` module and Deno strips
- * them. Edits never add or remove a newline, so Deno's stack positions are the cell's own lines;
- * `mapPosition` undoes the column shifts the edits cause.
+ * {@link rewriteCell} does only that: its edits never add or remove a newline, and `mapPosition` undoes the
+ * column shifts they cause. {@link compileCell} then wraps the rewritten text in an async arrow function
+ * (top-level await) and strips its types with TypeScript's `transpileModule`, keeping the source map: the
+ * worker runs the result with an indirect eval, so no cell is ever a module (Deno never unloads a module:
+ * each one cost the kernel memory and made the next dynamic import slower, issue #16). Its `mapPosition`
+ * goes back through the source map and then through the rewrite to the cell's own line and column.
  *
  * @module
  */
@@ -49,7 +53,15 @@ export interface SyntaxFailure {
 }
 
 /** Names of the helpers the rewritten code calls (defined by the worker on globalThis). */
-export const HELPERS = ["__sl_decl", "__sl_set", "__sl_import", "__sl_r", "__sl_ck", "__sl_aw"] as const;
+export const HELPERS = [
+  "__sl_decl",
+  "__sl_set",
+  "__sl_import",
+  "__sl_meta",
+  "__sl_r",
+  "__sl_ck",
+  "__sl_aw",
+] as const;
 
 /** Parse a cell as TypeScript. */
 export function parse(src: string): ts.SourceFile {
@@ -255,6 +267,15 @@ export function rewriteCell(
       insert(node.expression.getStart(sf), "__sl_aw(");
       insert(node.expression.end, ")");
     }
+    // A script has no `import.meta` and its `import()` resolves against the worker's own file: both go
+    // through the worker's helpers (relative specifiers against the cwd, as for `import` lines).
+    if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword) {
+      replace(node.expression.getStart(sf), node.expression.end, "__sl_import");
+    }
+    if (ts.isMetaProperty(node) && node.keywordToken === ts.SyntaxKind.ImportKeyword) {
+      replace(node.getStart(sf), node.end, "__sl_meta");
+      return;
+    }
     ts.forEachChild(node, visit);
   };
   visit(sf);
@@ -299,6 +320,105 @@ export function rewriteCell(
   };
 
   return { ok: true, code, hasResult, declared: [...new Set(declared)], mapPosition };
+}
+
+/** A cell compiled to a script: {@link rewriteCell}'s text, wrapped in an async function, types stripped. */
+export interface Compiled {
+  ok: true;
+  /** JavaScript for an indirect eval; its value is the promise of the cell's end. */
+  script: string;
+  /** Whether the cell ends in an expression whose value is the cell's result. */
+  hasResult: boolean;
+  /** Names the cell declares at top level. */
+  declared: string[];
+  /**
+   * Map a 1-based (line, column) in `script` to the cell's own 1-based (line, column); null for a position
+   * in the wrapper (the `"use strict"` line, the call of the async function) or in TypeScript's helpers.
+   */
+  mapPosition(line: number, column: number): { line: number; column: number } | null;
+}
+
+/** Before and after the rewritten cell (the head is one line of its own, so cell line N is line N + 1). */
+const WRAP_HEAD = '"use strict";(async () => {\n';
+const WRAP_TAIL = "\n})()";
+
+/**
+ * What `transpileModule` emits: ES2024 keeps every syntax V8 runs natively (async, classes, private fields)
+ * and lowers what it does not: TC39 decorators and `using` (helpers emitted at the script's top).
+ */
+const COMPILER_OPTIONS: ts.CompilerOptions = {
+  target: ts.ScriptTarget.ES2024,
+  module: ts.ModuleKind.ESNext,
+  sourceMap: true,
+  inlineSources: false,
+  removeComments: false,
+};
+
+/** Rewrite a cell ({@link rewriteCell}) and compile it to a script the worker runs with an indirect eval. */
+export function compileCell(
+  source: string,
+  resolveSpecifier: (spec: string) => string = (s) => s,
+): Compiled | SyntaxFailure {
+  const rw = rewriteCell(source, resolveSpecifier);
+  if (!rw.ok) return rw;
+  const wrapped = WRAP_HEAD + rw.code + WRAP_TAIL;
+  const out = ts.transpileModule(wrapped, { compilerOptions: COMPILER_OPTIONS, fileName: "cell.ts" });
+  const script = out.outputText.replace(/\n\/\/# sourceMappingURL=[^\n]*\s*$/, "\n");
+  const map = decodeMappings((JSON.parse(out.sourceMapText ?? "{}") as { mappings?: string }).mappings ?? "");
+  const wrappedLines = wrapped.split("\n");
+  const codeLines = wrappedLines.length - 2;
+  const mapPosition = (line: number, column: number) => {
+    const segs = map[line - 1];
+    if (!segs?.length) return null;
+    // The last segment at or before the column; within a segment the text is the source's own.
+    let i = 0;
+    while (i + 1 < segs.length && segs[i + 1][0] <= column - 1) i++;
+    const [genCol, srcLine, srcCol] = segs[i];
+    if (srcLine < 1 || srcLine > codeLines) return null;
+    const delta = Math.max(0, column - 1 - genCol);
+    const col = Math.min(srcCol + delta, wrappedLines[srcLine].length);
+    return rw.mapPosition(srcLine, col + 1);
+  };
+  return { ok: true, script, hasResult: rw.hasResult, declared: rw.declared, mapPosition };
+}
+
+const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/**
+ * A source map's `mappings` as, for each generated line, its segments [generated column, source line,
+ * source column] (0-based, in order of column); segments without a source are left out.
+ */
+export function decodeMappings(mappings: string): [number, number, number][][] {
+  const lines: [number, number, number][][] = [];
+  // One source (the wrapped cell) and no names are used: their deltas (fields 2 and 5) are skipped.
+  let srcLine = 0, srcCol = 0;
+  for (const lineText of mappings.split(";")) {
+    const segs: [number, number, number][] = [];
+    let genCol = 0;
+    for (const seg of lineText.split(",")) {
+      if (!seg) continue;
+      const v: number[] = [];
+      let value = 0, shift = 0;
+      for (const ch of seg) {
+        const d = B64.indexOf(ch);
+        value += (d & 31) << shift;
+        if (d & 32) shift += 5;
+        else {
+          v.push(value & 1 ? -(value >>> 1) : value >>> 1);
+          value = 0;
+          shift = 0;
+        }
+      }
+      genCol += v[0];
+      if (v.length >= 4) {
+        srcLine += v[2];
+        srcCol += v[3];
+        segs.push([genCol, srcLine, srcCol]);
+      }
+    }
+    lines.push(segs);
+  }
+  return lines;
 }
 
 function lineStarts(s: string): number[] {

@@ -3,10 +3,13 @@
  * kernel), so that the host's main thread can interrupt it and answer prompts through the shared control
  * array while a cell computes, and the kernel process keeps answering the protocol whatever the cell does.
  *
- * A cell arrives as a rewritten module (see transform.ts) written to a file; it is imported, which
- * runs it with top-level await. Its top-level names live on globalThis. Every output goes through one
- * ordered outbox to the host's main thread, and `done` is posted only after the cell's module has finished and
- * every output it produced has been posted: nothing a cell awaited can arrive after its `idle`.
+ * A cell arrives as a script (transform.ts's compileCell: rewritten, wrapped in an async function, types
+ * stripped) that the kernel wrote to a file; the worker reads it and runs it with an indirect eval, named by
+ * `//# sourceURL=` after the file, so tracebacks name the cell. It is never imported: Deno keeps every module
+ * it has loaded, and a module per cell made the executor grow and each import slower (issue #16). Its
+ * top-level names live on globalThis. Every output goes through one ordered outbox to the host's main
+ * thread, and `done` is posted only after the cell's function has finished and every output it produced has
+ * been posted: nothing a cell awaited can arrive after its `idle`.
  *
  * Interrupts: the host's main thread sets ctl[CTL_INTERRUPT]; loop bodies call `__sl_ck()`, which throws an
  * InterruptError while it is set (it stays set until the cell ends, so a `catch` cannot swallow it for
@@ -330,7 +333,24 @@ g.__sl_set = (name: string, value: unknown) => {
       enumerable: true,
     });}
 };
-g.__sl_import = (spec: string, opts?: ImportCallOptions) => import(spec, opts);
+/** The executor's working directory as a directory URL: the base of a cell's relative specifiers. */
+const cwdUrl = () => new URL(`file://${Deno.cwd().replace(/\/?$/, "/")}`);
+/** Relative specifiers against the cwd; the rest (file URLs, `npm:`, "seqlab") through deno.json's imports. */
+const resolveSpec = (spec: string) => /^\.{0,2}\//.test(spec) ? new URL(spec, cwdUrl()).href : spec;
+// `import` lines arrive resolved against the kernel's cwd; `import(x)` calls resolve x when they run.
+g.__sl_import = (spec: string, opts?: ImportCallOptions) => import(resolveSpec(String(spec)), opts);
+/** `import.meta` in a cell (a script has none): the working directory stands for the cell's location. */
+g.__sl_meta = {
+  get url() {
+    return cwdUrl().href;
+  },
+  get dirname() {
+    return Deno.cwd();
+  },
+  filename: undefined,
+  main: false,
+  resolve: (spec: string) => /^\.{0,2}\//.test(spec) ? resolveSpec(spec) : import.meta.resolve(spec),
+};
 let result: { has: boolean; value: unknown } = { has: false, value: undefined };
 g.__sl_r = (v: unknown) => {
   result = { has: true, value: v };
@@ -357,6 +377,46 @@ function errorOutput(e: unknown): Output {
   return { kind: "error", ename: "Uncaught", evalue: s, stack: `Uncaught ${s}` };
 }
 
+/**
+ * Run the cell's script (the file at `url`) with an indirect eval: global scope, strict (the script says
+ * so), no module registered. Resolves when the cell's async function ends.
+ */
+async function evalCell(url: string): Promise<unknown> {
+  const src = await Deno.readTextFile(new URL(url));
+  let p: unknown;
+  try {
+    p = (0, eval)(`${src}\n//# sourceURL=${url}`);
+  } catch (e) {
+    // Thrown by eval itself: the script did not compile (an early error TypeScript's parser lets through,
+    // such as `await` in a function that is not async). V8 gives no position: find it, see syntaxErrorAt.
+    if (e instanceof SyntaxError) throw await syntaxErrorAt(e, src, url);
+    throw e;
+  }
+  return await p;
+}
+
+/**
+ * A SyntaxError naming where in the script it is, as `url:line:column` (the kernel maps that to the cell's
+ * line). An eval's SyntaxError has no position, a module's has one: the script is imported as a data: module
+ * inside a function that is never called, only to read the position from the error. Only a cell that failed to
+ * compile pays that module, and if the module does compile after all, the error is left without a position.
+ */
+async function syntaxErrorAt(e: SyntaxError, src: string, url: string): Promise<SyntaxError> {
+  const bytes = new TextEncoder().encode(`export default function () {\n${src}\n}`);
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  let where = "";
+  try {
+    await import(`data:application/javascript;base64,${btoa(bin)}`);
+  } catch (m) {
+    const at = /:(\d+):(\d+)\s*$/.exec(String((m as Error)?.message ?? ""));
+    if (at && Number(at[1]) > 1) where = `${url}:${Number(at[1]) - 1}:${at[2]}`;
+  }
+  const out = new SyntaxError(where ? `${e.message} at ${where}` : `${e.message} (in ${url})`);
+  out.stack = `SyntaxError: ${out.message}${where ? `\n    at ${where}` : ""}`;
+  return out;
+}
+
 async function run(m: Extract<ToWorker, { type: "run" }>): Promise<void> {
   currentSeq = m.seq;
   allowStdin = m.allowStdin;
@@ -366,7 +426,7 @@ async function run(m: Extract<ToWorker, { type: "run" }>): Promise<void> {
   const interrupted = new Promise<never>((_, rej) => (interruptReject = rej));
   interrupted.catch(() => {});
   try {
-    await Promise.race([import(m.url), interrupted]);
+    await Promise.race([evalCell(m.url), interrupted]);
     const v = result.value as Record<symbol, unknown> | undefined;
     const hidden = v !== null && (typeof v === "object" || typeof v === "function") && v[NO_RESULT] === true;
     if (result.has && result.value !== undefined && !m.silent && !hidden) {
