@@ -17,6 +17,7 @@ import { tidy } from "../../runtime/tensor.ts";
 import { registerOps } from "../../runtime/tensor_ops.ts";
 import { normBackwardRef, normRef, normUnitRef, softmaxRef } from "./rowwise_ref.ts";
 import {
+  normBackwardFusedSource,
   normBackwardSource,
   normParamFinishSource,
   normParamPartialSource,
@@ -128,7 +129,9 @@ function fitsVec4(D: number, ...offsets: number[]): boolean {
 
 /**
  * layerNorm / rmsNorm backward on webgpu from the forward's saved statistics (see normBackwardSource):
- * one dispatch for dx, two for dw and db (partial column sums per chunk of rows, then per column).
+ * one dispatch for dx, two for dw and db (partial column sums per chunk of rows, then per column); or,
+ * for rows of up to 64 column vectors, dx and the partial sums in one pass (normBackwardFusedSource), then
+ * the column sums.
  */
 function normBackwardGpu(
   op: string,
@@ -148,6 +151,32 @@ function normBackwardGpu(
     const V = v4 ? 4 : 1, DV = D / V;
     const ctx = gpu();
     let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;
+    // dx and the param grads' partial sums in one pass (v2) when a chunk's loops stay within the loop
+    // limit and its per-column sums fit in registers: chunks of CR rows, at least 256 of them
+    const CRf = Math.max(1, Math.ceil(rows / 256));
+    if (need.x && (need.w || need.b) && DV <= 64 && CRf * (2 * DV + 2) <= MAX_LOOP) {
+      const chunks = Math.ceil(rows / CRf);
+      dx = empty(name, xs.shape, dtype, "webgpu");
+      owned.push(dx);
+      const part = empty(name, [chunks, 2, D], "f32", "webgpu");
+      try {
+        ctx.run({
+          name,
+          key: `dx+part|${dtype}|${rms}|${!!w}|${v4}|${DV}`,
+          source: () => normBackwardFusedSource(dtype, rms, !!w, v4, DV),
+          inputs: [x, g, ...(w ? [w] : []), stats].map((t) => t.storage.buffer!),
+          outputs: [dx.storage.buffer!, part.storage.buffer!],
+          uniforms: new Uniforms()
+            .u32(rows, DV, D, x.offset / V, g.offset / V, (w?.offset ?? 0) / V, CRf)
+            .build(),
+          workgroups: grid(chunks, ROW_WG),
+        });
+        [dw, db] = finishParams(name, part, chunks, D, DV, dtype, need, v4, owned);
+      } finally {
+        part.dispose(); // freed while queued: the pool reuses it only after the submit
+      }
+      return [dx, dw, db];
+    }
     if (need.x) {
       dx = empty(name, xs.shape, dtype, "webgpu");
       owned.push(dx);
@@ -175,18 +204,7 @@ function normBackwardGpu(
           uniforms: new Uniforms().u32(rows, DV, CR, x.offset / V, g.offset / V).build(),
           workgroups: grid(chunks * DV, ROW_WG),
         });
-        dw = need.w ? empty(name, [D], dtype, "webgpu") : null;
-        db = need.b ? empty(name, [D], dtype, "webgpu") : null;
-        owned.push(dw, db);
-        ctx.run({
-          name,
-          key: `sum|${dtype}|${need.w}|${need.b}|${v4}`,
-          source: () => normParamFinishSource(dtype, need.w, need.b, v4),
-          inputs: [part.storage.buffer!],
-          outputs: [dw, db].filter((t) => t !== null).map((t) => t.storage.buffer!),
-          uniforms: new Uniforms().u32(chunks, DV).build(),
-          workgroups: grid(DV, ROW_WG),
-        });
+        [dw, db] = finishParams(name, part, chunks, D, DV, dtype, need, v4, owned);
       } finally {
         part.dispose(); // freed while queued: the pool reuses it only after the submit
       }
@@ -200,6 +218,33 @@ function normBackwardGpu(
     g.dispose();
     w?.dispose();
   }
+}
+
+/** Stage 2 of the param grads: dw and db (as `need` asks) from the chunks' partial sums. */
+function finishParams(
+  name: string,
+  part: Tensor,
+  chunks: number,
+  D: number,
+  DV: number,
+  dtype: DType,
+  need: { w: boolean; b: boolean },
+  v4: boolean,
+  owned: (Tensor | null)[],
+): [Tensor | null, Tensor | null] {
+  const dw = need.w ? empty(name, [D], dtype, "webgpu") : null;
+  const db = need.b ? empty(name, [D], dtype, "webgpu") : null;
+  owned.push(dw, db);
+  gpu().run({
+    name,
+    key: `sum|${dtype}|${need.w}|${need.b}|${v4}`,
+    source: () => normParamFinishSource(dtype, need.w, need.b, v4),
+    inputs: [part.storage.buffer!],
+    outputs: [dw, db].filter((t) => t !== null).map((t) => t.storage.buffer!),
+    uniforms: new Uniforms().u32(chunks, DV).build(),
+    workgroups: grid(DV, ROW_WG),
+  });
+  return [dw, db];
 }
 
 /** layerNorm / rmsNorm backward on cpu: the float64 reference (normBackwardRef). */

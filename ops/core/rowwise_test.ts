@@ -143,12 +143,44 @@ describe("layerNorm and rmsNorm", () => {
     }
   });
 
+  test(
+    "layerNorm backward of 64-wide rows: dx and the param partials in one pass, then the column sums",
+    scoped(() => {
+      requireGpu();
+      const x = s.param(s.randn([512, 64], { seed: 1, device: "webgpu" }));
+      const w = s.param(s.randn([64], { seed: 2, device: "webgpu" }));
+      const b = s.param(s.randn([64], { seed: 3, device: "webgpu" }));
+      const y = s.layerNorm(x, w, b, 1e-5).sum();
+      const ctx = gpu();
+      const keys: string[] = [];
+      const run = ctx.run.bind(ctx);
+      ctx.run = (p) => (p.name === "layerNorm backward" && keys.push(String(p.key).split("|")[0]), run(p));
+      try {
+        y.backward();
+      } finally {
+        ctx.run = run;
+      }
+      expect(keys).toEqual(["dx+part", "sum"]);
+      for (const p of [x, w, b]) p.zeroGrad(), p.dispose();
+    }),
+  );
+
   test("the fused backward against the unfused composition (vec4 and scalar loads, views, f16)", async () => {
     requireGpu();
-    const cases: [number[], string][] = [[[2, 3, 64], "f32"], [[65, 33], "f32"], [[5, 12], "f32"], [
-      [1, 1],
-      "f32",
-    ]];
+    // one pass for dx and the param grads' partials (v2) up to 64 column vectors, chunks of several rows
+    // with a partial last one ([1003, 16]); three dispatches (v1) past that ([7, 300] scalar, [6, 320] vec4)
+    const cases: [number[], string][] = [
+      [[2, 3, 64], "f32"],
+      [[65, 33], "f32"],
+      [[5, 12], "f32"],
+      [
+        [1, 1],
+        "f32",
+      ],
+      [[1003, 16], "f32"],
+      [[7, 300], "f32"],
+      [[6, 320], "f32"],
+    ];
     if (gpu().hasF16) cases.push([[9, 32], "f16"], [[4, 7], "f16"]);
     else expect(() => s.zeros([1], { dtype: "f16", device: "webgpu" })).toThrow(/f16 needs the adapter/);
     for (const [shape, dtype] of cases) {

@@ -182,6 +182,69 @@ ${flatId(ROW_WG)}
 }
 
 /**
+ * norm backward v2 (dx and the param grads' stage 1 in one pass): one invocation per chunk of CR rows
+ * computes each row's dx as v1 does and adds the row's g xhat and g into per-column sums kept in private
+ * arrays of DV entries (DV is compiled in), then writes the chunk's partials as stage 1 does (part[k * 2 DV
+ * + c] and part[k * 2 DV + DV + c]). x and g are read once for both, where v1 and stage 1 read them twice.
+ * Uniforms: [rows, DV, D, xOff, gOff, wOff, CR]; bindings: x, g, (w), stats, dx, part.
+ */
+export function normBackwardFusedSource(
+  dtype: DType,
+  rms: boolean,
+  hasW: boolean,
+  v4: boolean,
+  DV: number,
+): string {
+  const T = v4 ? "vec4<f32>" : "f32";
+  const O = v4 ? `vec4<${wgslType(dtype)}>` : wgslType(dtype);
+  let b = 3;
+  const wBind = hasW ? vbinding(b++, "w", dtype, v4) : "";
+  return `${enables(dtype)}${uniformDecl(8)}
+${vbinding(1, "x", dtype, v4)}
+${vbinding(2, "g", dtype, v4)}
+${wBind}
+@group(0) @binding(${b}) var<storage, read> stats: array<vec4<f32>>;
+${vbinding(b + 1, "dx", dtype, v4, true)}
+@group(0) @binding(${b + 2}) var<storage, read_write> part: array<${T}>;
+fn hsum(v: ${T}) -> f32 { return ${v4 ? "v.x + v.y + v.z + v.w" : "v"}; }
+${flatId(ROW_WG)}
+  let rows = U(0u); let D = f32(U(2u)); let CR = U(6u);
+  let chunks = (rows + CR - 1u) / CR;
+  if (gid >= chunks) { return; }
+  var aw: array<${T}, ${DV}>;
+  var ab: array<${T}, ${DV}>;
+  for (var d = 0u; d < ${DV}u; d++) { aw[d] = ${T}(0.0); ab[d] = ${T}(0.0); }
+  let r1 = min(rows, (gid + 1u) * CR);
+  for (var r = gid * CR; r < r1; r++) {
+    let st = stats[r];
+    let xb = U(3u) + r * ${DV}u; let gb = U(4u) + r * ${DV}u;
+    var sg = ${T}(0.0);
+    var sgx = ${T}(0.0);
+    for (var d = 0u; d < ${DV}u; d++) {
+      let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
+      let gw = ${T}(g[gb + d])${hasW ? ` * ${T}(w[U(5u) + d])` : ""};
+      sg += gw;
+      sgx += gw * xh;
+    }
+    let mg = ${rms ? "0.0" : "hsum(sg) / D"};
+    let mgx = hsum(sgx) / D;
+    for (var d = 0u; d < ${DV}u; d++) {
+      let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
+      let gv = ${T}(g[gb + d]);
+      let gw = gv${hasW ? ` * ${T}(w[U(5u) + d])` : ""};
+      dx[r * ${DV}u + d] = ${O}(((gw - mg - xh * mgx) * st.y) * st.z);
+      aw[d] += gv * xh;
+      ab[d] += gv;
+    }
+  }
+  for (var d = 0u; d < ${DV}u; d++) {
+    part[gid * ${2 * DV}u + d] = aw[d];
+    part[gid * ${2 * DV}u + ${DV}u + d] = ab[d];
+  }
+}`;
+}
+
+/**
  * norm param grads v1, stage 1: one invocation per (chunk of CR rows, column vector) writes the chunk's
  * partial sums of g xhat (at part[k * 2 DV + c]) and g (at part[k * 2 DV + DV + c]).
  * Uniforms: [rows, DV, CR, xOff, gOff]; bindings: x, g, stats, part (f32 or vec4<f32>).
