@@ -1,6 +1,7 @@
 // Soak (issue #16) through bench/soak.ts, the functions `deno task bench soak` runs. The quick soak runs in
 // every test run (300 MLP steps, 100 TransformerLM steps, 200 kernel cells; the same checks as the full one)
-// with negative controls: a leak injected per step must fail the ledger and RSS checks, and a lost,
+// with negative controls: a leak injected per step must fail the ledger and RSS checks, a kernel that keeps
+// a module per cell (as before #16) must fail the executor's heap, RSS and cell-time checks, and a lost,
 // repeated or reordered output must be reported. The full soak (10,000 steps, 1,000 TransformerLM steps,
 // 10,000 cells) runs with SEQLAB_SOAK=1: `deno task test:soak`.
 import { describe, expect, test } from "vitest";
@@ -9,11 +10,14 @@ import {
   type Check,
   judgeKernel,
   judgeTrain,
+  type KernelSample,
+  type KernelSoak,
   kernelSoak,
   NATIVE_BOUND_MIB,
   RSS_BOUND_MIB,
   soakCell,
   trainSoak,
+  trend,
 } from "../bench/soak.ts";
 import type { Message } from "../kernel/wire.ts";
 import { env } from "../runtime/platform.ts";
@@ -62,7 +66,7 @@ describe("quick soak", () => {
   );
 
   test(
-    "kernel: 200 cells through one client; every reply ok, every output once and in order, RSS flat",
+    "kernel: 200 cells through one client; every reply ok, every output once and in order, the executor's heap flat",
     async () => {
       const r = await kernelSoak({ cells: 200, sampleEvery: 10 });
       const checks = judgeKernel(r);
@@ -74,6 +78,63 @@ describe("quick soak", () => {
     },
     180_000,
   );
+
+  test("negative control: a module per cell (the kernel before #16) fails the heap, RSS and cell-time checks", () => {
+    // 10,000 cells sampled every 100, growing linearly from cell 1,000 at the given bytes per cell, with the
+    // given median cell times over the first and last tenth; everything else as a clean run.
+    const run = (rssPerCell: number, heapPerCell: number, firstMs: number, lastMs: number): KernelSoak => {
+      const samples: KernelSample[] = [];
+      for (let cell = 100; cell <= 10_000; cell += 100) {
+        const n = Math.max(0, cell - 1000);
+        samples.push({
+          cell,
+          kernelRss: 450 * 2 ** 20 + n * rssPerCell,
+          workerHeap: 8 * 2 ** 20 + n * heapPerCell,
+          clientRss: 390 * 2 ** 20,
+          clientHeap: 12 * 2 ** 20,
+          cellSeconds: firstMs / 1000,
+          verified: cell * 6,
+        });
+      }
+      const series = (f: (x: KernelSample) => number) => trend(samples.map((x) => [x.cell, f(x)]), 10_000);
+      return {
+        cells: 10_000,
+        seconds: 60,
+        cellsPerSecond: 10_000 / 60,
+        firstTenthCellSeconds: firstMs / 1000,
+        lastTenthCellSeconds: lastMs / 1000,
+        maxCellSeconds: 0.1,
+        outputs: 18_000,
+        expectedOutputs: 18_000,
+        verified: 60_000,
+        problems: [],
+        problemCount: 0,
+        kernelPid: 1,
+        gc: true,
+        samples,
+        kernelRss: series((x) => x.kernelRss),
+        workerHeap: series((x) => x.workerHeap),
+        clientRss: series((x) => x.clientRss),
+        clientHeap: series((x) => x.clientHeap),
+        alive: true,
+        exitCode: 0,
+      };
+    };
+    // as measured with cells as scripts (bench/results/soak.json): every check passes
+    expect(failures(judgeKernel(run(3700, 4, 5.5, 4.0)))).toEqual([]);
+    // as measured with a module per cell: 12.7 KiB of RSS and 2.46 KiB of heap a cell, 4.8 -> 19.0 ms
+    const failed = failures(judgeKernel(run(12_700, 2460, 4.8, 19.0)));
+    expect(failed.map((f) => f.split(":")[0])).toEqual([
+      "kernel process tree RSS",
+      "kernel cell executor's JS heap",
+      "kernel cell executor's JS heap",
+      "median cell time over the last tenth < 1.5x the first tenth's",
+    ]);
+    // one 128-byte object kept per cell fails the executor's heap growth
+    expect(failures(judgeKernel(run(3700, 128, 5.5, 4.0)))).toEqual([
+      expect.stringMatching(/^kernel cell executor's JS heap: growth < 1 MiB/),
+    ]);
+  });
 
   test("negative control: a lost, repeated or reordered output, a wrong count, an error reply are each reported", () => {
     // cell 3 prints to stdout and stderr, displays markdown and returns a string
