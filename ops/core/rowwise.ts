@@ -130,8 +130,8 @@ function fitsVec4(D: number, ...offsets: number[]): boolean {
 /**
  * layerNorm / rmsNorm backward on webgpu from the forward's saved statistics (see normBackwardSource):
  * one dispatch for dx, two for dw and db (partial column sums per chunk of rows, then per column); or,
- * for rows of up to 64 column vectors, dx and the partial sums in one pass (normBackwardFusedSource), then
- * the column sums.
+ * for rows of up to normBackwardLimits.fusedMaxDV column vectors, dx and the partial sums in one pass
+ * (normBackwardFusedSource), then the column sums.
  */
 function normBackwardGpu(
   op: string,
@@ -152,9 +152,11 @@ function normBackwardGpu(
     const ctx = gpu();
     let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;
     // dx and the param grads' partial sums in one pass (v2) when a chunk's loops stay within the loop
-    // limit and its per-column sums fit in registers: chunks of CR rows, at least 256 of them
+    // limit and its per-column sums fit in registers: chunks of CR rows, 256 of them where rows allow
     const CRf = Math.max(1, Math.ceil(rows / 256));
-    if (need.x && (need.w || need.b) && DV <= 64 && CRf * (2 * DV + 2) <= MAX_LOOP) {
+    if (
+      need.x && (need.w || need.b) && DV <= normBackwardLimits.fusedMaxDV && CRf * (2 * DV + 2) <= MAX_LOOP
+    ) {
       const chunks = Math.ceil(rows / CRf);
       dx = empty(name, xs.shape, dtype, "webgpu");
       owned.push(dx);
@@ -219,6 +221,21 @@ function normBackwardGpu(
     w?.dispose();
   }
 }
+
+/**
+ * The widest rows (in column vectors: D / 4 with vec4 loads, else D) whose norm backward runs dx and the
+ * param grads' partials in one pass (v2); wider rows take v1's three dispatches. `deno task bench rowwise`
+ * measured (load ~1.9) v1 / v2 at 1.02-1.04x for 2048 rows of 32-128 floats and 1.29x for 16384 of 64,
+ * but 0.67x for 4096 rows of 256 (64 vectors: the per-column sums no longer fit in registers, and 256
+ * invocations are too few), hence 32. A knob for tests and the bench (0 forces v1).
+ *
+ * @example
+ * ```ts
+ * import { normBackwardLimits } from "./rowwise.ts";
+ * console.log(normBackwardLimits.fusedMaxDV); // 32
+ * ```
+ */
+export const normBackwardLimits: { fusedMaxDV: number } = { fusedMaxDV: 32 };
 
 /** Stage 2 of the param grads: dw and db (as `need` asks) from the chunks' partial sums. */
 function finishParams(

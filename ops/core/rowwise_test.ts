@@ -167,8 +167,9 @@ describe("layerNorm and rmsNorm", () => {
 
   test("the fused backward against the unfused composition (vec4 and scalar loads, views, f16)", async () => {
     requireGpu();
-    // one pass for dx and the param grads' partials (v2) up to 64 column vectors, chunks of several rows
-    // with a partial last one ([1003, 16]); three dispatches (v1) past that ([7, 300] scalar, [6, 320] vec4)
+    // one pass for dx and the param grads' partials (v2) up to 32 column vectors (vec4 or scalar: [9, 30],
+    // and the odd-offset views), chunks of several rows with a partial last one ([1003, 16]); three
+    // dispatches (v1) past that ([65, 33] and [7, 300] scalar, [6, 320] vec4)
     const cases: [number[], string][] = [
       [[2, 3, 64], "f32"],
       [[65, 33], "f32"],
@@ -178,6 +179,7 @@ describe("layerNorm and rmsNorm", () => {
         "f32",
       ],
       [[1003, 16], "f32"],
+      [[9, 30], "f32"],
       [[7, 300], "f32"],
       [[6, 320], "f32"],
     ];
