@@ -592,7 +592,7 @@ export class Kernel {
       await reply({ status: "error", ...err }, null);
       return;
     }
-    this.rewrites.set(seq, rw);
+    this.rewrites.set(seq, { mapPosition: rw.mapPosition }); // not the script: it is in the file until the end
     if (this.rewrites.size > 1000) this.rewrites.delete(this.rewrites.keys().next().value!);
     this.docs.addCell(code);
     // The script, for the worker to read and eval (never to import: see kernel/worker.ts); removed after.

@@ -364,10 +364,14 @@ export function compileCell(
   const wrapped = WRAP_HEAD + rw.code + WRAP_TAIL;
   const out = ts.transpileModule(wrapped, { compilerOptions: COMPILER_OPTIONS, fileName: "cell.ts" });
   const script = out.outputText.replace(/\n\/\/# sourceMappingURL=[^\n]*\s*$/, "\n");
-  const map = decodeMappings((JSON.parse(out.sourceMapText ?? "{}") as { mappings?: string }).mappings ?? "");
-  const wrappedLines = wrapped.split("\n");
-  const codeLines = wrappedLines.length - 2;
+  // Decoded when a traceback needs it (the kernel keeps the last 1,000 cells' maps): the string is compact.
+  const mappings = (JSON.parse(out.sourceMapText ?? "{}") as { mappings?: string }).mappings ?? "";
+  let map: [number, number, number][][] | undefined;
+  let wrappedLines: string[] | undefined;
   const mapPosition = (line: number, column: number) => {
+    map ??= decodeMappings(mappings);
+    wrappedLines ??= wrapped.split("\n");
+    const codeLines = wrappedLines.length - 2;
     const segs = map[line - 1];
     if (!segs?.length) return null;
     // The last segment at or before the column; within a segment the text is the source's own.
