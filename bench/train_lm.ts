@@ -27,11 +27,11 @@ export interface LmRow {
   /**
    * The same steps through `trainStep`, which starts the loss readback as soon as the forward pass has
    * computed it (Deno's mapAsync resolves 10 ms after the work it waits for, a timer sleep after its
-   * device poll; the backward pass and the update are recorded and run meanwhile). Median and min; each
-   * step still has its loss in hand before the next starts.
+   * device poll; the backward pass and the update are recorded and run meanwhile). Each step has its loss
+   * in hand before the next starts, but its backward may still be running, so single steps alternate
+   * short and long: this is the whole run's time (to the last step's work done) over its steps.
    */
   msPerStepTrainStep: number;
-  msPerStepTrainStepMin: number;
   dispatchesPerStep: number;
   submitsPerStep: number;
   readbacksPerStep: number;
@@ -137,12 +137,11 @@ export async function lmSteps(steps = 10): Promise<LmRow[]> {
       l.dispose();
     }
     const c1 = { ...gpu().counters };
-    const early: number[] = [];
-    for (let i = 0; i < steps; i++) {
-      const t0 = performance.now();
-      await tr.trainStep();
-      early.push(performance.now() - t0);
-    }
+    await gpu().sync();
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) await tr.trainStep();
+    await gpu().sync();
+    const early = (performance.now() - t0) / steps;
     rows.push({
       model: kind === "transformer"
         ? `TransformerLM V${V} d64 L2 H4, B${B} T${T}`
@@ -151,8 +150,7 @@ export async function lmSteps(steps = 10): Promise<LmRow[]> {
       steps,
       msPerStepMedian: median(times),
       msPerStepMin: Math.min(...times),
-      msPerStepTrainStep: median(early),
-      msPerStepTrainStepMin: Math.min(...early),
+      msPerStepTrainStep: early,
       dispatchesPerStep: (c1.dispatches - c0.dispatches) / steps,
       submitsPerStep: (c1.submits - c0.submits) / steps,
       readbacksPerStep: (c1.readbacks - c0.readbacks) / steps,
@@ -204,8 +202,7 @@ export function lmTable(rows: LmRow[]): string {
       "params",
       "ms/step (median)",
       "min",
-      "trainStep (median)",
-      "min",
+      "trainStep (run / steps)",
       "dispatches/step",
       "submits/step",
       "final loss",
@@ -216,7 +213,6 @@ export function lmTable(rows: LmRow[]): string {
       r.msPerStepMedian.toFixed(1),
       r.msPerStepMin.toFixed(1),
       r.msPerStepTrainStep.toFixed(1),
-      r.msPerStepTrainStepMin.toFixed(1),
       r.dispatchesPerStep.toFixed(0),
       r.submitsPerStep.toFixed(2),
       r.finalLoss.toFixed(3),
