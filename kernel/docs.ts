@@ -24,9 +24,19 @@ export class DocIndex {
 
   constructor(private modPath = new URL("../mod.ts", import.meta.url)) {}
 
-  /** Remember a cell's source; it is parsed at the next lookup. */
+  /**
+   * Remember a cell's source; it is parsed at the next lookup, or once 64 cells wait, so that a long
+   * session keeps the declarations it made, not the code of every cell it ran.
+   */
   addCell(code: string): void {
     this.pendingCells.push(code);
+    if (this.pendingCells.length >= 64) void this.absorb().catch(() => {});
+  }
+
+  /** Parses the waiting cells into the index. */
+  private async absorb(): Promise<void> {
+    const t = (await import("typescript")).default;
+    for (const c of this.pendingCells.splice(0)) collect(t, c, this.entries, () => true);
   }
 
   /** Docs for a name, or undefined. */

@@ -18,6 +18,7 @@ import { EchoRepSocket, type Frames, PubSocket, RouterSocket, setLogger } from "
 import { decode, encode, type Header, header, type Message, PROTOCOL_VERSION, Signer } from "./wire.ts";
 import type { FromHost, FromWorker, Output, ToHost } from "./messages.ts";
 import { DocIndex } from "./docs.ts";
+import { type HistoryEntry, HistoryLog } from "./history.ts";
 import { ExecutionHost, HEAP_ENV, heapLimitMb, type HostExit, HostListener } from "./host_process.ts";
 
 /** Contents of a Jupyter connection file. */
@@ -90,7 +91,6 @@ export class Kernel {
   private iopub = new PubSocket("iopub");
   private hb = new EchoRepSocket("hb");
   private executionCount = 0;
-  private history: { line: number; input: string; output: string | null }[] = [];
   private shellQueue: { msg: Message; socket: RouterSocket }[] = [];
   private shellBusy = false;
   private abortQueued = false;
@@ -115,6 +115,8 @@ export class Kernel {
   private replyId = 0;
   /** Cell files and the host's socket; the pid in its name lets the next kernel remove it if this one dies. */
   private cellDir = Deno.makeTempDirSync({ prefix: `seqlab-kernel-${Deno.pid}-` });
+  /** Input history on disk in the cell directory (kernel/history.ts): memory stays flat over any run. */
+  private history = new HistoryLog(this.cellDir);
   private transform: Promise<Transform> = import("./transform.ts");
   private docs = new DocIndex();
   private shuttingDown = false;
@@ -543,7 +545,7 @@ export class Kernel {
     if (!silent) this.publish("execute_input", { code, execution_count: count }, msg.header);
 
     const reply = async (content: Record<string, unknown>, output: string | null) => {
-      if (storeHistory) this.history.push({ line: count, input: code, output });
+      if (storeHistory) this.history.add({ line: count, input: code, output });
       await this.send(socket, msg, "execute_reply", { execution_count: count, ...content });
     };
 
@@ -770,14 +772,13 @@ export class Kernel {
   private historyReply(c: Record<string, unknown>): Record<string, unknown> {
     const session = 1;
     const withOutput = !!c.output;
-    const row = (h: { line: number; input: string; output: string | null }) =>
+    const row = (h: HistoryEntry) =>
       withOutput ? [session, h.line, [h.input, h.output]] : [session, h.line, h.input];
-    let items = this.history;
     const type = c.hist_access_type;
-    if (type === "tail") {
-      const n = Number(c.n ?? 10);
-      items = n > 0 ? items.slice(-n) : [];
-    } else if (type === "range") {
+    let items: HistoryEntry[] = [];
+    if (type === "tail") items = this.history.tail(Number(c.n ?? 10));
+    else if (type === "range") {
+      items = this.history.all();
       const s = Number(c.session ?? 0);
       if (s !== 0 && s !== session && s > 0) items = [];
       else {
@@ -786,6 +787,7 @@ export class Kernel {
         items = items.filter((h) => h.line >= start && h.line < stop);
       }
     } else if (type === "search") {
+      items = this.history.all();
       const pattern = String(c.pattern ?? "*");
       const re = new RegExp(
         "^" + pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".") + "$",
@@ -798,7 +800,7 @@ export class Kernel {
       }
       const n = c.n == null ? 0 : Number(c.n);
       if (n > 0) items = items.slice(-n);
-    } else items = [];
+    }
     return { status: "ok", history: items.map(row) };
   }
 
