@@ -21,6 +21,7 @@ import { adapterInfo, gpu, hasWebGPU } from "../runtime/device.ts";
 import { loadMnist, permutation, shuffled } from "../test/mnist.ts";
 import { loadAverage, table, verdict, writeResult } from "./util.ts";
 import { type LmRow, lmSteps, lmTable, type RssRow, rssRun, rssTable } from "./train_lm.ts";
+import { baselineComparison, type BaselineRow } from "./train_baseline.ts";
 
 /** The MLP's hidden width and batch. */
 export const HIDDEN = 128, BATCH = 128;
@@ -178,8 +179,8 @@ const LM_STEPS = 20;
 const MLP_BASELINE = { 1: 103.9, 25: 86.6 };
 
 export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; ledgers: LedgerRow[] }> {
-  const withRss = args.includes("rss");
-  args = args.filter((a) => a !== "rss");
+  const withRss = args.includes("rss"), withBaseline = args.includes("baseline");
+  args = args.filter((a) => a !== "rss" && a !== "baseline");
   const steps = Number(args[0] ?? 100);
   let previous: { lm?: LmRow[] } = {};
   try {
@@ -227,7 +228,7 @@ export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; led
     ),
   ].join("\n");
   console.log(text);
-  let lm: LmRow[] = [], rss: RssRow[] = [];
+  let lm: LmRow[] = [], rss: RssRow[] = [], baseline: BaselineRow[] = [];
   const lmTargets: Record<string, string> = {};
   for (const r of rows.filter((r) => r.device === "webgpu")) {
     const base = MLP_BASELINE[r.readEvery as 1 | 25];
@@ -276,6 +277,24 @@ export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; led
       const f = await writeResult("train_rss", { adapter: adapterInfo(), loadAverage: loadAverage(), rss });
       console.log(`wrote ${f}`);
     }
+    if (withBaseline) {
+      const b = await baselineComparison();
+      baseline = b.rows;
+      console.log(`\n${b.text}`);
+      for (const r of b.rows) {
+        const name = r.kind === "transformer" ? "TransformerLM" : "MambaLM";
+        lmTargets[
+          `${name}: 3x issue 11's baseline commit in the same hour, blocking loop (${
+            r.blockingSpeedup.toFixed(2)
+          }x, min ${r.blockingSpeedupMin.toFixed(2)})`
+        ] = verdict(r.blockingSpeedup >= 3);
+        lmTargets[
+          `${name}: 3x issue 11's baseline commit in the same hour, trainStep (${
+            r.trainStepSpeedup.toFixed(2)
+          }x, min ${r.trainStepSpeedupMin.toFixed(2)})`
+        ] = verdict(r.trainStepSpeedup >= 3);
+      }
+    }
     console.log("\ntargets:");
     for (const [k, v] of Object.entries(lmTargets)) console.log(`  ${k}: ${v}`);
   }
@@ -287,6 +306,7 @@ export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; led
     ledgers,
     lm,
     rss,
+    baseline,
     targets: lmTargets,
   });
   console.log(`wrote ${file}`);
