@@ -26,10 +26,11 @@ const BENCHES = [
 const args = [...Deno.args];
 const isBench = (a: string) => (BENCHES as readonly string[]).includes(a);
 const names = args.filter(isBench);
-// the rest goes to the benchmarks: sizes (numbers) and their own words (train's "rss", attention's "peers")
+// the rest goes to the benchmarks: sizes (numbers) and their own words (train's "rss" and "baseline",
+// attention's "peers", profile's "detail")
 const rest = args.filter((a) => !isBench(a));
 for (const a of rest) {
-  if (Number.isNaN(Number(a)) && !["rss", "peers", "detail"].includes(a)) {
+  if (Number.isNaN(Number(a)) && !["rss", "peers", "detail", "baseline"].includes(a)) {
     console.error(`unknown benchmark "${a}"; available: ${BENCHES.join(", ")}`);
     Deno.exit(2);
   }
