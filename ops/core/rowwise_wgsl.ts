@@ -141,20 +141,30 @@ function vbinding(index: number, name: string, dtype: DType, v4: boolean, write 
 }
 
 /**
- * norm backward v1 (dx). Uniforms: [rows, DV, D, xOff, gOff, wOff] with DV = D / 4 and offsets in vec4s
- * when `v4`, else DV = D and offsets in elements. Bindings: x, g, (w), stats, dx.
+ * The bindings of norm backward v1 and v2 (x, g, (w), stats, dx, and v2's `part`) and their hsum helper.
  */
-export function normBackwardSource(dtype: DType, rms: boolean, hasW: boolean, v4: boolean): string {
+function normBackwardHead(dtype: DType, hasW: boolean, v4: boolean, part: string): string {
   const T = v4 ? "vec4<f32>" : "f32";
   let b = 3;
   const wBind = hasW ? vbinding(b++, "w", dtype, v4) : "";
+  const partBind = part ? `@group(0) @binding(${b + 2}) var<storage, read_write> ${part}: array<${T}>;` : "";
   return `${enables(dtype)}${uniformDecl(8)}
 ${vbinding(1, "x", dtype, v4)}
 ${vbinding(2, "g", dtype, v4)}
 ${wBind}
 @group(0) @binding(${b}) var<storage, read> stats: array<vec4<f32>>;
 ${vbinding(b + 1, "dx", dtype, v4, true)}
-fn hsum(v: ${T}) -> f32 { return ${v4 ? "v.x + v.y + v.z + v.w" : "v"}; }
+${partBind}
+fn hsum(v: ${T}) -> f32 { return ${v4 ? "v.x + v.y + v.z + v.w" : "v"}; }`;
+}
+
+/**
+ * norm backward v1 (dx). Uniforms: [rows, DV, D, xOff, gOff, wOff] with DV = D / 4 and offsets in vec4s
+ * when `v4`, else DV = D and offsets in elements. Bindings: x, g, (w), stats, dx.
+ */
+export function normBackwardSource(dtype: DType, rms: boolean, hasW: boolean, v4: boolean): string {
+  const T = v4 ? "vec4<f32>" : "f32";
+  return `${normBackwardHead(dtype, hasW, v4, "")}
 ${flatId(ROW_WG)}
   let rows = U(0u); let DV = U(1u); let D = f32(U(2u));
   if (gid >= rows) { return; }
@@ -197,16 +207,7 @@ export function normBackwardFusedSource(
 ): string {
   const T = v4 ? "vec4<f32>" : "f32";
   const O = v4 ? `vec4<${wgslType(dtype)}>` : wgslType(dtype);
-  let b = 3;
-  const wBind = hasW ? vbinding(b++, "w", dtype, v4) : "";
-  return `${enables(dtype)}${uniformDecl(8)}
-${vbinding(1, "x", dtype, v4)}
-${vbinding(2, "g", dtype, v4)}
-${wBind}
-@group(0) @binding(${b}) var<storage, read> stats: array<vec4<f32>>;
-${vbinding(b + 1, "dx", dtype, v4, true)}
-@group(0) @binding(${b + 2}) var<storage, read_write> part: array<${T}>;
-fn hsum(v: ${T}) -> f32 { return ${v4 ? "v.x + v.y + v.z + v.w" : "v"}; }
+  return `${normBackwardHead(dtype, hasW, v4, "part")}
 ${flatId(ROW_WG)}
   let rows = U(0u); let D = f32(U(2u)); let CR = U(6u);
   let chunks = (rows + CR - 1u) / CR;
