@@ -179,6 +179,7 @@ const LM_STEPS = 20;
 const MLP_BASELINE = { 1: 103.9, 25: 86.6 };
 
 export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; ledgers: LedgerRow[] }> {
+  const load0 = loadAverage();
   const withRss = args.includes("rss"), withBaseline = args.includes("baseline");
   args = args.filter((a) => a !== "rss" && a !== "baseline");
   const steps = Number(args[0] ?? 100);
@@ -300,7 +301,9 @@ export async function main(args: string[] = []): Promise<{ rows: TrainRow[]; led
   }
   const file = await writeResult("train", {
     adapter: adapterInfo(),
-    loadAverage: loadAverage(),
+    // at the start (the machine as the bench found it) and at the end (the baseline pairs' own processes
+    // raise it)
+    loadAverage: { start: load0, end: loadAverage() },
     config: { hidden: HIDDEN, batch: BATCH, train: TRAIN, warmup: WARMUP, steps, optimizer: "Adam lr 2e-3" },
     rows,
     ledgers,

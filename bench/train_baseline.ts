@@ -14,6 +14,7 @@
  */
 
 import { median, table } from "./util.ts";
+import { makeLm, trainer } from "./lm_trainer.ts";
 
 /** Issue 11's baseline commit (its LM steps: 367.5 and 381.0 ms in its own bench run, 340 / 329 filed). */
 export const BASELINE_COMMIT = "8823ec6";
@@ -44,27 +45,12 @@ export interface BaselineRow {
 
 /** Runs in this process: `steps` blocking steps, then `steps` trainSteps, of the model in `root`. */
 async function pair(root: string, kind: "transformer" | "mamba", steps: number): Promise<PairRun> {
-  // deno-lint-ignore no-explicit-any
-  const s: any = await import(new URL(`${root}/mod.ts`, "file:///").href);
+  const mod = await import(new URL(`${root}/mod.ts`, "file:///").href);
   const { gpu } = await import(new URL(`${root}/runtime/device.ts`, "file:///").href);
-  const B = 8, T = 256, V = 64;
-  const lm = kind === "transformer"
-    ? new s.TransformerLM({ vocabSize: V, dModel: 64, nLayer: 2, nHead: 4, seed: 1, device: "webgpu" })
-    : new s.MambaLM({ vocabSize: V, dModel: 64, nLayer: 2, seed: 1, device: "webgpu" });
-  const opt = new s.AdamW(lm.parameters(), { lr: 3e-3 });
-  const seq = (off: number) =>
-    Int32Array.from({ length: B * T }, (_, i) => ((Math.floor(i / T) * 7 + (i % T) + off) * 5) % V);
-  const x = s.tensor(seq(0), { shape: [B, T], dtype: "i32", device: "webgpu" });
-  const y = s.tensor(seq(1), { shape: [B * T], dtype: "i32", device: "webgpu" });
-  const loss = () => s.crossEntropy(lm.forward(x).reshape([B * T, V]), y);
+  const lm = makeLm(mod, kind);
+  const tr = trainer(mod, lm, 8, 256, 64);
   const step = async () => {
-    const l = s.tidy(() => {
-      opt.zeroGrad();
-      const l = loss();
-      l.backward();
-      opt.step();
-      return l;
-    });
+    const l = tr.step();
     await l.item();
     l.dispose();
   };
@@ -76,11 +62,11 @@ async function pair(root: string, kind: "transformer" | "mamba", steps: number):
     times.push(performance.now() - t0);
   }
   const out: PairRun = { root, kind, blocking: median(times) };
-  if (s.trainStep) {
-    for (let i = 0; i < 2; i++) await s.trainStep(opt, loss);
+  if (tr.trainStep) {
+    for (let i = 0; i < 2; i++) await tr.trainStep();
     await gpu().sync();
     const t0 = performance.now();
-    for (let i = 0; i < steps; i++) await s.trainStep(opt, loss);
+    for (let i = 0; i < steps; i++) await tr.trainStep();
     await gpu().sync();
     out.trainStep = (performance.now() - t0) / steps;
   }

@@ -16,6 +16,7 @@ import * as s from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { gpu, hasWebGPU } from "../runtime/device.ts";
 import { loadAverage, median, table } from "./util.ts";
+import { makeLm, trainer } from "./lm_trainer.ts";
 
 /** One model's step measurement. */
 export interface LmRow {
@@ -50,44 +51,10 @@ export interface RssRow {
 
 const B = 8, T = 256, V = 64;
 
-type Lm = { forward(tokens: Tensor): Tensor; parameters(): Tensor[]; dispose(): void };
-
-function makeLm(kind: "transformer" | "mamba", vocab = V, d = 64): Lm {
-  return kind === "transformer"
-    ? new s.TransformerLM({ vocabSize: vocab, dModel: d, nLayer: 2, nHead: 4, seed: 1, device: "webgpu" })
-    : new s.MambaLM({ vocabSize: vocab, dModel: d, nLayer: 2, seed: 1, device: "webgpu" });
-}
-
-/** A trainer for `lm` on a fixed periodic batch: `step()` returns the loss tensor. */
-function trainer(lm: Lm, b: number, t: number, vocab: number) {
-  const opt = new s.AdamW(lm.parameters(), { lr: 3e-3 });
-  const seq = (off: number) =>
-    Int32Array.from({ length: b * t }, (_, i) => ((Math.floor(i / t) * 7 + (i % t) + off) * 5) % vocab);
-  const x = s.tensor(seq(0), { shape: [b, t], dtype: "i32", device: "webgpu" });
-  const y = s.tensor(seq(1), { shape: [b * t], dtype: "i32", device: "webgpu" });
-  const loss = () => s.crossEntropy(lm.forward(x).reshape([b * t, vocab]), y);
-  return {
-    step: (): Tensor =>
-      s.tidy(() => {
-        opt.zeroGrad();
-        const l = loss();
-        l.backward();
-        opt.step();
-        return l;
-      }),
-    trainStep: (): Promise<number> => s.trainStep(opt, loss),
-    dispose: () => {
-      opt.dispose();
-      x.dispose();
-      y.dispose();
-    },
-  };
-}
-
 /** A trainer for the bench's TransformerLM or MambaLM (B 8, T 256, vocab 64); dispose frees the model too. */
 export function stepTrainer(kind: "transformer" | "mamba"): { step: () => Tensor; dispose: () => void } {
-  const lm = makeLm(kind);
-  const tr = trainer(lm, B, T, V);
+  const lm = makeLm(s, kind);
+  const tr = trainer(s, lm, B, T, V);
   return { step: tr.step, dispose: () => (tr.dispose(), lm.dispose()) };
 }
 
@@ -118,8 +85,8 @@ export function mlpTrainer(): { step: () => Tensor; dispose: () => void } {
 export async function lmSteps(steps = 10): Promise<LmRow[]> {
   const rows: LmRow[] = [];
   for (const kind of ["transformer", "mamba"] as const) {
-    const lm = makeLm(kind);
-    const tr = trainer(lm, B, T, V);
+    const lm = makeLm(s, kind);
+    const tr = trainer(s, lm, B, T, V);
     for (let i = 0; i < 3; i++) {
       const l = tr.step();
       await l.item();
@@ -139,7 +106,7 @@ export async function lmSteps(steps = 10): Promise<LmRow[]> {
     const c1 = { ...gpu().counters };
     await gpu().sync();
     const t0 = performance.now();
-    for (let i = 0; i < steps; i++) await tr.trainStep();
+    for (let i = 0; i < steps; i++) await tr.trainStep!();
     await gpu().sync();
     const early = (performance.now() - t0) / steps;
     rows.push({
@@ -169,8 +136,8 @@ export async function rssRun(steps = 2000): Promise<RssRow[]> {
   const rows: RssRow[] = [];
   const models: [string, () => { step: () => Tensor; dispose: () => void }][] = [
     ["TransformerLM V32 d32 L2 H4, B4 T64", () => {
-      const lm = makeLm("transformer", 32, 32);
-      const tr = trainer(lm, 4, 64, 32);
+      const lm = makeLm(s, "transformer", 32, 32);
+      const tr = trainer(s, lm, 4, 64, 32);
       return { step: tr.step, dispose: () => (tr.dispose(), lm.dispose()) };
     }],
     ["MLP 784-128-10, Adam, B128", mlpTrainer],

@@ -159,6 +159,29 @@ fn hsum(v: ${T}) -> f32 { return ${v4 ? "v.x + v.y + v.z + v.w" : "v"}; }`;
 }
 
 /**
+ * WGSL of one row's element d in norm backward (row bases xb, gb and stats st in scope): xhat `xh`, g `g0`
+ * and g times the weight `gw`.
+ */
+function xhGw(T: string, hasW: boolean): string {
+  return `let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
+    let g0 = ${T}(g[gb + d]);
+    let gw = g0${hasW ? ` * ${T}(w[U(5u) + d])` : ""};`;
+}
+
+/** WGSL of a row's means in norm backward over its n column vectors: mg = mean(g w) (0 for RMS), mgx. */
+function rowMeans(T: string, hasW: boolean, rms: boolean, n: string): string {
+  return `var sg = ${T}(0.0);
+  var sgx = ${T}(0.0);
+  for (var d = 0u; d < ${n}; d++) {
+    ${xhGw(T, hasW)}
+    sg += gw;
+    sgx += gw * xh;
+  }
+  let mg = ${rms ? "0.0" : "hsum(sg) / D"};
+  let mgx = hsum(sgx) / D;`;
+}
+
+/**
  * norm backward v1 (dx). Uniforms: [rows, DV, D, xOff, gOff, wOff] with DV = D / 4 and offsets in vec4s
  * when `v4`, else DV = D and offsets in elements. Bindings: x, g, (w), stats, dx.
  */
@@ -170,19 +193,9 @@ ${flatId(ROW_WG)}
   if (gid >= rows) { return; }
   let st = stats[gid];
   let xb = U(3u) + gid * DV; let gb = U(4u) + gid * DV;
-  var sg = ${T}(0.0);
-  var sgx = ${T}(0.0);
+  ${rowMeans(T, hasW, rms, "DV")}
   for (var d = 0u; d < DV; d++) {
-    let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
-    let gw = ${T}(g[gb + d])${hasW ? ` * ${T}(w[U(5u) + d])` : ""};
-    sg += gw;
-    sgx += gw * xh;
-  }
-  let mg = ${rms ? "0.0" : "hsum(sg) / D"};
-  let mgx = hsum(sgx) / D;
-  for (var d = 0u; d < DV; d++) {
-    let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
-    let gw = ${T}(g[gb + d])${hasW ? ` * ${T}(w[U(5u) + d])` : ""};
+    ${xhGw(T, hasW)}
     // 1 / sigma in x's units is st.y * st.z: applied in two steps, so the first keeps the value normal
     dx[gid * DV + d] = ${
     v4 ? `vec4<${wgslType(dtype)}>` : wgslType(dtype)
@@ -219,23 +232,12 @@ ${flatId(ROW_WG)}
   for (var r = gid * CR; r < r1; r++) {
     let st = stats[r];
     let xb = U(3u) + r * ${DV}u; let gb = U(4u) + r * ${DV}u;
-    var sg = ${T}(0.0);
-    var sgx = ${T}(0.0);
+    ${rowMeans(T, hasW, rms, `${DV}u`)}
     for (var d = 0u; d < ${DV}u; d++) {
-      let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
-      let gw = ${T}(g[gb + d])${hasW ? ` * ${T}(w[U(5u) + d])` : ""};
-      sg += gw;
-      sgx += gw * xh;
-    }
-    let mg = ${rms ? "0.0" : "hsum(sg) / D"};
-    let mgx = hsum(sgx) / D;
-    for (var d = 0u; d < ${DV}u; d++) {
-      let xh = (${T}(x[xb + d]) * st.z - st.x) * st.y;
-      let gv = ${T}(g[gb + d]);
-      let gw = gv${hasW ? ` * ${T}(w[U(5u) + d])` : ""};
+      ${xhGw(T, hasW)}
       dx[r * ${DV}u + d] = ${O}(((gw - mg - xh * mgx) * st.y) * st.z);
-      aw[d] += gv * xh;
-      ab[d] += gv;
+      aw[d] += g0 * xh;
+      ab[d] += g0;
     }
   }
   for (var d = 0u; d < ${DV}u; d++) {
